@@ -1,0 +1,1 @@
+"""ROS-free core of surg3d: importable and testable without rclpy."""

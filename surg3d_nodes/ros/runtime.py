@@ -1,0 +1,155 @@
+"""Node runtime: the base class of every surg3d node and the process entry points.
+
+Every node subclasses `SurgNode` with the signature `__init__(self, **kwargs)` and passes `**kwargs` on to
+`SurgNode.__init__(self, "<default_name>", **kwargs)`, so the same class runs in its own process
+(`run_node`) or beside the others on one executor (`run_nodes`, the launcher's single-process mode,
+which passes per-node `cli_args`). A node module ends with `def main() -> None: run_node(MyNode)`.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+
+import rclpy
+from rclpy.executors import MultiThreadedExecutor
+from rclpy.node import Node
+from rclpy.signals import SignalHandlerOptions
+
+from surg3d_msgs.msg import NodeStatus
+from surg3d_nodes.ros import topics
+from surg3d_nodes.ros.convert import header, key_values
+
+OK, WARN, ERROR, STALE = 0, 1, 2, 3
+_LEVEL_BYTES = {lvl: bytes([lvl]) for lvl in (OK, WARN, ERROR, STALE)}
+
+
+class SurgNode(Node):
+    """Node with a NodeStatus heartbeat, problem counters and rate-limited problem logs.
+
+    `count(key)` bumps a counter shown in the heartbeat; `report_problem(kind, text)` counts a bad input or
+    failure, logs it at most once per `problem_log_period` s per kind, and raises the heartbeat level;
+    `close()` is called once before the node is destroyed (stop threads, flush files there).
+    """
+
+    def __init__(self, name: str, **kwargs) -> None:
+        super().__init__(name, **kwargs)
+        self.counters: Counter[str] = Counter()
+        self._level = OK
+        self._message = "ok"
+        self._last_problem_log: dict[str, float] = {}
+        self._status_lock = threading.Lock()
+        period = self.declare_parameter("heartbeat_period", 1.0).value
+        self.problem_log_period = 5.0
+        self._status_pub = self.create_publisher(NodeStatus, topics.NODE_STATUS, 10)
+        self.create_timer(float(period), self._heartbeat)
+
+    def count(self, key: str, n: int = 1) -> None:
+        """Add `n` to the counter `key` (shown in the heartbeat)."""
+        with self._status_lock:
+            self.counters[key] += n
+
+    def report_problem(self, kind: str, text: str, level: int = WARN) -> None:
+        """Count and (rate-limited) log a problem of type `kind`; the node keeps running."""
+        now = time.monotonic()
+        with self._status_lock:
+            self.counters[f"problems.{kind}"] += 1
+            self._level = max(self._level, level)
+            self._message = f"{kind}: {text}"
+            last = self._last_problem_log.get(kind)
+            if last is not None and now - last < self.problem_log_period:
+                return
+            self._last_problem_log[kind] = now
+            n = self.counters[f"problems.{kind}"]
+        log = self.get_logger().error if level >= ERROR else self.get_logger().warning
+        log(f"{kind}: {text} (seen {n}x)")
+
+    def status_values(self) -> dict[str, object]:
+        """Extra key/values for the heartbeat; nodes override to add their own."""
+        return {}
+
+    def _heartbeat(self) -> None:
+        with self._status_lock:
+            values = dict(self.counters)
+            level, message = self._level, self._message
+            self._level, self._message = OK, "ok"  # a problem shows for one period unless it recurs
+        values.update(self.status_values())
+        msg = NodeStatus(header=header(self.get_clock().now().nanoseconds, ""),
+                         node=self.get_fully_qualified_name(), level=_LEVEL_BYTES[level],
+                         message=message, values=key_values(values))
+        self._status_pub.publish(msg)
+
+    def close(self) -> None:
+        """Release resources before destruction; override (and call super) when a node has any."""
+
+
+def _spin_until_signal(nodes: Sequence[SurgNode]) -> int:
+    """Spin `nodes` on one executor until SIGINT/SIGTERM or a callback raises; shut down in the order
+    rclpy needs (executor, spin thread, nodes, context). Returns the process exit code."""
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    executor = MultiThreadedExecutor()
+    for node in nodes:
+        executor.add_node(node)
+    failure: list[BaseException] = []
+
+    def spin() -> None:
+        try:
+            executor.spin()
+        except BaseException as e:  # a callback raised: report it and stop the process
+            failure.append(e)
+            stop.set()
+
+    thread = threading.Thread(target=spin, name="executor", daemon=True)
+    thread.start()
+    stop.wait()
+    for node in nodes:
+        try:
+            node.close()
+        except Exception as e:
+            node.get_logger().error(f"close failed: {e!r}")
+    executor.shutdown(timeout_sec=5.0)
+    thread.join(timeout=5.0)
+    for node in nodes:
+        node.destroy_node()
+    rclpy.try_shutdown()
+    if failure:
+        import traceback
+
+        traceback.print_exception(failure[0], file=sys.stderr)
+        return 1
+    return 0
+
+
+def run_node(node_cls: Callable[..., SurgNode], args: list[str] | None = None) -> None:
+    """Entry point of a node process: init, build the node, spin until SIGINT/SIGTERM, exit cleanly."""
+    rclpy.init(args=sys.argv if args is None else args, signal_handler_options=SignalHandlerOptions.NO)
+    try:
+        node = node_cls()
+    except Exception as e:
+        print(f"[{getattr(node_cls, '__name__', node_cls)}] failed to start: {e}", file=sys.stderr)
+        rclpy.try_shutdown()
+        sys.exit(1)
+    sys.exit(_spin_until_signal([node]))
+
+
+def run_nodes(specs: Sequence[tuple[Callable[..., SurgNode], list[str]]]) -> int:
+    """Run several nodes in this process on one MultiThreadedExecutor; each spec is (class, cli_args)."""
+    rclpy.init(args=[], signal_handler_options=SignalHandlerOptions.NO)
+    nodes: list[SurgNode] = []
+    try:
+        for cls, cli_args in specs:
+            nodes.append(cls(cli_args=cli_args, use_global_arguments=False))
+    except Exception as e:
+        print(f"failed to start {getattr(cls, '__name__', cls)}: {e}", file=sys.stderr)
+        for node in nodes:
+            node.close()
+            node.destroy_node()
+        rclpy.try_shutdown()
+        return 1
+    return _spin_until_signal(nodes)

@@ -1,0 +1,52 @@
+"""Topic and service names of the graph: the one place they are spelt out.
+
+Nodes use these defaults; the graph config (config/graph.yaml) remaps them per preset (e.g. dVRK topics).
+"""
+
+# Stereo input (from a camera driver, the dVRK video pipeline or bag_replay).
+LEFT_IMAGE = "/stereo/left/image_raw"
+RIGHT_IMAGE = "/stereo/right/image_raw"
+LEFT_INFO = "/stereo/left/camera_info"
+RIGHT_INFO = "/stereo/right/camera_info"
+CAMERA_POSE = "/camera/pose"              # geometry_msgs/PoseStamped, T_world_camera (left optical frame)
+TF = "/tf"
+CLOCK = "/clock"
+
+# Dataset ground truth carried in bags for evaluation only (never consumed by the live path).
+DATASET_DEPTH = "/dataset/depth"
+DATASET_MASK = "/dataset/tool_mask"
+DATASET_TISSUE = "/dataset/tissue_image"
+
+# Perception.
+LEFT_RECT = "/stereo/left/image_rect"
+LEFT_RECT_INFO = "/stereo/left/camera_info_rect"
+DEPTH = "/depth/image"
+DEPTH_CONFIDENCE = "/depth/confidence"
+DEPTH_POINTS = "/depth/points"
+INSTRUMENT_MASK = "/instrument/mask"
+INSTRUMENT_PRIOR = "/instrument/prior_mask"
+
+# Reconstruction.
+RECON_POINTS = "/recon/points"
+RECON_RENDER = "/recon/render/image"
+RECON_RENDER_DEPTH = "/recon/render/depth"
+RECON_DEOCCLUDED = "/recon/deoccluded/image"
+RECON_STATUS = "/recon/status"
+RECON_VIEW_REQUEST = "/recon/view_request"
+RECON_VIEW_IMAGE = "/recon/view/image"
+RECON_ROI = "/recon/roi"
+SRV_PAUSE = "/recon/pause"
+SRV_RESUME = "/recon/resume"
+SRV_RESET = "/recon/reset"
+SRV_SAVE = "/recon/save"
+SRV_LOAD = "/recon/load"
+SRV_RENDER_VIEW = "/recon/render_view"
+
+# Monitoring.
+NODE_STATUS = "/surg3d/node_status"       # surg3d_msgs/NodeStatus heartbeat of every node
+DIAGNOSTICS = "/diagnostics"
+
+# Frames.
+WORLD_FRAME = "world"
+LEFT_OPTICAL_FRAME = "stereo_left_optical"
+RIGHT_OPTICAL_FRAME = "stereo_right_optical"

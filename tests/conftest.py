@@ -1,0 +1,73 @@
+"""Shared fixtures: where the real data is, and an environment that keeps DDS on loopback."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import random
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+# A random base so that parallel runs on one machine do not share domains; each test gets its own.
+_BASE = random.SystemRandom().randrange(100)
+_DOMAINS = itertools.cycle([(_BASE + i) % 100 + 1 for i in range(100)])
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The read-only shared data folder ($SURG3D_DATA or ../shared/data); skips when absent."""
+    path = Path(os.environ.get("SURG3D_DATA", ROOT.parent / "shared" / "data"))
+    if not path.is_dir():
+        pytest.skip(f"shared data folder {path} is absent (set SURG3D_DATA)")
+    return path
+
+
+@pytest.fixture
+def ros_env(tmp_path: Path) -> dict[str, str]:
+    """Environment for ROS 2 processes started by a test: loopback-only discovery, a domain of its own,
+    large-data transport, unbuffered output, logs in the test's tmp dir."""
+    env = dict(os.environ)
+    env.update({
+        "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",
+        "ROS_DOMAIN_ID": str(next(_DOMAINS)),
+        "FASTDDS_BUILTIN_TRANSPORTS": "LARGE_DATA",
+        "PYTHONUNBUFFERED": "1",
+        "ROS_LOG_DIR": str(tmp_path / "ros_log"),
+        "AMENT_PREFIX_PATH": sys.prefix,
+    })
+    env.pop("ROS_LOCALHOST_ONLY", None)
+    return env
+
+
+# DDS of the test process itself (ros_node) stays on loopback too.
+os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+os.environ["FASTDDS_BUILTIN_TRANSPORTS"] = "LARGE_DATA"
+os.environ.pop("ROS_LOCALHOST_ONLY", None)
+
+
+@pytest.fixture
+def ros_node(ros_env: dict[str, str]):
+    """An rclpy node in the test process, on the test's domain, spun by a background executor.
+
+    Yields the node; create publishers, subscriptions and clients on it. Shut down cleanly afterwards.
+    """
+    import threading
+
+    import rclpy
+    from rclpy.executors import MultiThreadedExecutor
+
+    context = rclpy.Context()
+    rclpy.init(context=context, domain_id=int(ros_env["ROS_DOMAIN_ID"]))
+    node = rclpy.create_node("surg3d_test", context=context)
+    executor = MultiThreadedExecutor(context=context)
+    executor.add_node(node)
+    thread = threading.Thread(target=executor.spin, daemon=True)
+    thread.start()
+    yield node
+    executor.shutdown(timeout_sec=5.0)
+    thread.join(timeout=5.0)
+    node.destroy_node()
+    rclpy.try_shutdown(context=context)

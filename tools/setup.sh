@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# One-step setup of the embedded default (no system ROS): a venv with the ROS 2 Kilted wheels,
+# CPU torch, the project (editable) and its message packages built against the wheels.
+# Idempotent: a second run only checks. Usage: tools/setup.sh [VENV_DIR]
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+venv=${1:-$root/.venv}
+py=${PYTHON:-python3.11}
+command -v "$py" >/dev/null || py=python3
+
+log() { printf '[setup] %s\n' "$*"; }
+
+if [ ! -x "$venv/bin/python" ]; then
+  log "creating venv $venv"
+  "$py" -m venv "$venv"
+  "$venv/bin/pip" install -q -U pip
+fi
+vpy="$venv/bin/python"
+# The CPU build first: anything asking for torch later is then satisfied without a multi-GB CUDA download.
+"$vpy" -c "import torch" 2>/dev/null || { log "installing torch==2.13.0 (CPU)"; "$venv/bin/pip" install -q torch==2.13.0; }
+stamp="$venv/.surg3d-requirements"
+if ! cmp -s "$root/requirements.txt" "$stamp"; then
+  log "installing requirements (ROS 2 wheels, OpenCV, rosbags, gsplat, ...)"
+  "$venv/bin/pip" install -q -r "$root/requirements.txt"
+  "$venv/bin/pip" install -q --no-deps -e "$root"
+  cp "$root/requirements.txt" "$stamp"
+fi
+
+# The wheels' CMake configs carry the path of the machine that built them for Python.h and numpy headers.
+inc=$("$vpy" -c "import sysconfig; print(sysconfig.get_paths()['include'])")
+npinc=$("$vpy" -c "import numpy; print(numpy.get_include())")
+{ grep -rlZ --include='*.cmake' '/opt/python/cp311-cp311' "$venv/share" 2>/dev/null || true; } | while IFS= read -r -d '' f; do
+  sed -i -e "s#/opt/python/cp311-cp311/lib/python3.11/site-packages/numpy/_core/include#$npinc#g" \
+         -e "s#/opt/python/cp311-cp311/include/python3.11#$inc#g" "$f"
+done
+
+build_interfaces() {  # name, source dir: rosidl build with plain cmake into the venv prefix
+  local name=$1 src=$2 out="$root/build/$1"
+  local hash; hash=$(find "$src" -type f -print0 | sort -z | xargs -0 cat | sha1sum | cut -c1-16)
+  if [ -f "$venv/.built-$name" ] && [ "$(cat "$venv/.built-$name")" = "$hash" ] && "$vpy" -c "import $name.msg" 2>/dev/null; then
+    return
+  fi
+  log "building $name (rosidl, about a minute)"
+  AMENT_PREFIX_PATH=$venv CMAKE_PREFIX_PATH=$venv PATH="$venv/bin:$PATH" \
+    cmake -S "$src" -B "$out" -DCMAKE_INSTALL_PREFIX="$venv" -DPython3_EXECUTABLE="$vpy" \
+      -DBUILD_TESTING=OFF -DCMAKE_BUILD_TYPE=Release -Wno-dev > "$out.log" 2>&1 \
+    && AMENT_PREFIX_PATH=$venv cmake --build "$out" -j"$(nproc)" >> "$out.log" 2>&1 \
+    && cmake --install "$out" >> "$out.log" 2>&1 \
+    || { log "building $name failed; the log is $out.log:"; tail -30 "$out.log"; exit 1; }
+  "$vpy" -c "import $name.msg" || { log "$name built but does not import"; exit 1; }
+  echo "$hash" > "$venv/.built-$name"
+}
+mkdir -p "$root/build"
+# tf2_msgs is not among the wheels; /tf must carry the standard type, built from its definition.
+build_interfaces tf2_msgs "$root/tools/interfaces/tf2_msgs"
+build_interfaces surg3d_msgs "$root/surg3d_msgs"
+log "ready: $venv (activate it, or call $venv/bin/surg3d)"
