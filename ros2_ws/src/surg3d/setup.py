@@ -1,0 +1,26 @@
+"""colcon (ament_python) build of the `surg3d` ROS package: node executables in lib/surg3d/, launch and
+config files in share/surg3d/. The sources are symlinks to the repository's top-level folders."""
+
+from glob import glob
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+here = Path(__file__).resolve().parent
+nodes = sorted(p.stem for p in (here / "surg3d_nodes" / "nodes").glob("*.py") if not p.stem.startswith("_"))
+
+setup(
+    name="surg3d",
+    version="0.1.0",
+    packages=find_packages(include=["surg3d_nodes", "surg3d_nodes.*"]),
+    data_files=[
+        ("share/ament_index/resource_index/packages", ["resource/surg3d"]),
+        ("share/surg3d", ["package.xml"]),
+        ("share/surg3d/launch", glob("launch/*.launch.py")),
+        ("share/surg3d/config", [p for p in glob("config/*") if Path(p).is_file()]),
+    ],
+    install_requires=["setuptools"],
+    zip_safe=False,
+    entry_points={"console_scripts": [f"{n} = surg3d_nodes.nodes.{n}:main" for n in nodes]
+                  + ["surg3d = surg3d_nodes.cli:main"]},
+)

@@ -1,0 +1,66 @@
+"""`surg3d launch PRESET [name:=value ...]`: run a preset of config/graph.yaml without the `launch` package."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from pathlib import Path
+
+from surg3d_nodes.core.graph import GraphError, NodeSpec, load_preset
+from surg3d_nodes.core.supervisor import GRAPH_ENV, Supervisor
+
+
+def node_class(spec: NodeSpec) -> type:
+    """The SurgNode subclass defined by a node module (for the single-process mode)."""
+    from surg3d_nodes.ros.runtime import SurgNode
+
+    module = importlib.import_module(spec.module)
+    classes = [c for c in vars(module).values()
+               if isinstance(c, type) and issubclass(c, SurgNode) and c.__module__ == module.__name__]
+    if len(classes) != 1:
+        raise GraphError(f"{spec.module} must define exactly one SurgNode subclass, found {len(classes)}")
+    return classes[0]
+
+
+def parse_overrides(items: list[str]) -> dict[str, str]:
+    """`name:=value` pairs as a dict; anything else raises GraphError."""
+    out = {}
+    for item in items:
+        name, sep, value = item.partition(":=")
+        if not sep or not name:
+            raise GraphError(f"launch arguments are name:=value, got {item!r}")
+        out[name] = value
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Load and validate the preset, then run it (one process per node, or all in this process)."""
+    ap = argparse.ArgumentParser(prog="surg3d launch", description=__doc__)
+    ap.add_argument("preset", help="preset of config/graph.yaml: live, replay, dvrk")
+    ap.add_argument("arguments", nargs="*", help="launch arguments name:=value (see --show)")
+    ap.add_argument("--config-dir", type=Path, help="config directory (default: the package's config/)")
+    ap.add_argument("--single-process", action="store_true",
+                    help="run all nodes in this process on one MultiThreadedExecutor (lowest latency)")
+    ap.add_argument("--show", action="store_true", help="print the resolved graph and exit")
+    args = ap.parse_args(argv)
+    try:
+        preset = load_preset(args.preset, parse_overrides(args.arguments), args.config_dir)
+        classes = [node_class(s) for s in preset.nodes] if args.single_process else []
+    except GraphError as e:
+        print(f"surg3d launch: {e}", file=sys.stderr)
+        return 2
+    if args.show:
+        for a in preset.arguments.values():
+            print(f"argument {a.name} (default {a.default!r}): {a.description}")
+        for s in preset.nodes:
+            print(f"node {s.name}: python -m {s.module} {' '.join(s.ros_args())}" + (" [respawn]" if s.respawn else ""))
+        return 0
+    if args.single_process:
+        import os
+
+        from surg3d_nodes.ros.runtime import run_nodes
+
+        os.environ.update(GRAPH_ENV)
+        return run_nodes([(cls, s.ros_args()) for cls, s in zip(classes, preset.nodes, strict=True)])
+    return Supervisor(preset.nodes).run()
