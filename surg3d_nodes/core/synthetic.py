@@ -1,0 +1,421 @@
+"""Synthetic surgical stereo scene with exact ground truth (depth, instrument masks, tissue-only view, poses).
+
+The tissue is a textured heightfield in the world frame, z_world = distance + h(x, y, t): breathing
+lifts the centre, and the first instrument grasps a tissue point and pulls it towards the camera over the
+clip. One or two grey metal instruments (cylindrical shaft + thinner tip with a spherical end) move above it
+and occlude it. Every pixel of both views of a rectified stereo pair is ray cast exactly: analytic
+ray-cylinder/sphere hits for the tools, fixed-point + secant iterations for the heightfield. Lighting comes
+from a headlight between the two lenses (like an endoscope), so diffuse shading is shared by both views while
+specular highlights move with the viewpoint. The world frame is the left optical frame of the first frame
+(x right, y down, z forward).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from surg3d_nodes.core.camera import CameraModel
+from surg3d_nodes.core.datasets.base import DatasetFrame
+from surg3d_nodes.core.datasets.endonerf import write_endonerf_layout
+
+MOTIONS = ("static", "moving")
+_LATTICE = 256
+
+
+@dataclass
+class SynthConfig:
+    """Parameters of a synthetic clip (lengths in metres, noise in 8-bit grey levels)."""
+
+    width: int = 160
+    height: int = 128
+    frames: int = 30
+    fps: float = 30.0
+    baseline: float = 0.0045
+    focal_scale: float = 0.9                 # fx = fy = focal_scale * width
+    camera_motion: str = "static"
+    instruments: int = 1
+    noise_std: float = 2.0
+    seed: int = 0
+    tissue_distance: float = 0.08
+    breathing_amplitude: float = 0.0015
+    breathing_hz: float = 0.5
+    pull_amplitude: float = 0.004
+    start_ns: int = 1_700_000_000 * 10**9
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first parameter outside its range."""
+        if self.width < 16 or self.height < 16:
+            raise ValueError(f"image size must be at least 16x16, got {self.width}x{self.height}")
+        if self.frames < 1:
+            raise ValueError(f"frames must be >= 1, got {self.frames}")
+        if not self.fps > 0:
+            raise ValueError(f"fps must be > 0, got {self.fps}")
+        if not 0 < self.baseline < 0.05:
+            raise ValueError(f"baseline must be in (0, 0.05) m, got {self.baseline}")
+        if not 0.3 <= self.focal_scale <= 3.0:
+            raise ValueError(f"focal_scale must be in [0.3, 3], got {self.focal_scale}")
+        if self.camera_motion not in MOTIONS:
+            raise ValueError(f"camera_motion must be one of {MOTIONS}, got {self.camera_motion!r}")
+        if self.instruments not in (0, 1, 2):
+            raise ValueError(f"instruments must be 0, 1 or 2, got {self.instruments}")
+        if self.noise_std < 0:
+            raise ValueError(f"noise_std must be >= 0, got {self.noise_std}")
+        if not 0.03 <= self.tissue_distance <= 0.2:
+            raise ValueError(f"tissue_distance must be in [0.03, 0.2] m, got {self.tissue_distance}")
+
+
+@dataclass
+class SynthFrame:
+    """One rendered stereo frame and its ground truth (left view unless named otherwise)."""
+
+    stamp_ns: int
+    left: np.ndarray            # HxWx3 uint8 RGB
+    right: np.ndarray           # HxWx3 uint8 RGB
+    depth: np.ndarray           # HxW float32 metres of what is visible (instruments included), NaN = nothing
+    tissue_depth: np.ndarray    # HxW float32 metres of the tissue alone
+    mask: np.ndarray            # HxW uint8, 255 = instrument
+    tissue_left: np.ndarray     # left view without instruments (same noise), for de-occlusion scores
+    pose: np.ndarray            # 4x4 float64 T_world_cam of the left optical frame
+
+
+@dataclass
+class SynthScene:
+    """A rendered clip: the rectified camera pair and its frames."""
+
+    config: SynthConfig
+    cam_left: CameraModel
+    cam_right: CameraModel
+    frames: list[SynthFrame] = field(default_factory=list)
+
+
+@dataclass
+class _Tool:
+    tip: np.ndarray             # centre of the spherical tip end (world)
+    axis: np.ndarray            # unit vector from the tip towards the shaft (away from the tissue)
+
+
+class _Scene:
+    """World content of one clip; all methods are vectorised over points or rays."""
+
+    def __init__(self, cfg: SynthConfig) -> None:
+        rng = np.random.default_rng(cfg.seed)
+        self.cfg = cfg
+        self.duration = max(cfg.frames - 1, 1) / cfg.fps
+        self.lattices = rng.random((6, _LATTICE, _LATTICE))
+        self.offsets = rng.uniform(0, _LATTICE, size=(6, 2))
+        n_waves = 4
+        ang = rng.uniform(0, np.pi, n_waves)
+        k = 2 * np.pi / rng.uniform(0.015, 0.04, n_waves)
+        self.wave_k = np.stack([k * np.cos(ang), k * np.sin(ang)], axis=1)
+        self.wave_a = rng.uniform(0.0006, 0.0015, n_waves)
+        self.wave_phase = rng.uniform(0, 2 * np.pi, n_waves)
+        self.tilt = rng.uniform(-0.12, 0.12, 2)
+        half_w = 0.5 * cfg.width / (cfg.focal_scale * cfg.width) * cfg.tissue_distance
+        self.half_w = half_w
+        self.grasp = np.array([rng.uniform(-0.3, 0.1), rng.uniform(-0.2, 0.2)]) * half_w
+        self.sweep_phase = rng.uniform(0, 2 * np.pi, 2)
+
+    # ---------------------------------------------------------------- tissue geometry
+    def _pull(self, t: float) -> float:
+        return self.cfg.pull_amplitude * 0.5 * (1 - np.cos(2 * np.pi * t / self.duration)) \
+            if self.cfg.instruments > 0 else 0.0
+
+    def surface_z(self, x: np.ndarray, y: np.ndarray, t: float) -> np.ndarray:
+        """World z of the tissue under (x, y) at time t (bigger z = farther from the first camera)."""
+        z = np.full(np.broadcast(x, y).shape, self.cfg.tissue_distance)
+        z = z + self.tilt[0] * x + self.tilt[1] * y
+        for (kx, ky), a, ph in zip(self.wave_k, self.wave_a, self.wave_phase, strict=True):
+            z = z + a * np.sin(kx * x + ky * y + ph)
+        r2 = (x * x + y * y) / (2 * (1.5 * self.half_w) ** 2)
+        z = z - self.cfg.breathing_amplitude * np.sin(2 * np.pi * self.cfg.breathing_hz * t) * np.exp(-r2)
+        pull = self._pull(t)
+        if pull > 0:
+            g2 = ((x - self.grasp[0]) ** 2 + (y - self.grasp[1]) ** 2) / (2 * 0.004 ** 2)
+            z = z - pull * np.exp(-g2)
+        return z
+
+    def surface_normal(self, x: np.ndarray, y: np.ndarray, t: float) -> np.ndarray:
+        """Unit normals (..., 3) of the tissue facing the camera (negative z)."""
+        e = 1e-5
+        dzdx = (self.surface_z(x + e, y, t) - self.surface_z(x - e, y, t)) / (2 * e)
+        dzdy = (self.surface_z(x, y + e, t) - self.surface_z(x, y - e, t)) / (2 * e)
+        n = np.stack([dzdx, dzdy, -np.ones_like(dzdx)], axis=-1)
+        return n / np.linalg.norm(n, axis=-1, keepdims=True)
+
+    def intersect_tissue(self, o: np.ndarray, d: np.ndarray, t: float) -> np.ndarray:
+        """Ray parameter s where o + s d hits the heightfield (NaN where it does not converge)."""
+        dz = d[:, 2]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            s = (self.cfg.tissue_distance - o[2]) / dz
+            for _ in range(4):    # contraction: slopes * ray obliquity << 1, so this gets close fast
+                s = (self.surface_z(o[0] + s * d[:, 0], o[1] + s * d[:, 1], t) - o[2]) / dz
+
+            def f(si: np.ndarray) -> np.ndarray:
+                return o[2] + si * dz - self.surface_z(o[0] + si * d[:, 0], o[1] + si * d[:, 1], t)
+
+            s0, s1 = s * (1 - 1e-3), s
+            f0, f1 = f(s0), f(s1)
+            for _ in range(4):
+                den = f1 - f0
+                step = np.where(np.abs(den) > 1e-300, f1 * (s1 - s0) / den, 0.0)
+                s0, f0 = s1, f1
+                s1 = s1 - step
+                f1 = f(s1)
+        ok = (dz > 0) & np.isfinite(s1) & (s1 > 0) & (np.abs(f1) < 1e-6)
+        return np.where(ok, s1, np.nan)
+
+    # ---------------------------------------------------------------- tissue appearance
+    def _noise(self, i: int, x: np.ndarray, y: np.ndarray, scale: float) -> np.ndarray:
+        """Smooth value noise in [0, 1] of lattice i at feature size `scale` metres."""
+        u = x / scale + self.offsets[i, 0]
+        v = y / scale + self.offsets[i, 1]
+        iu, iv = np.floor(u), np.floor(v)
+        fu, fv = u - iu, v - iv
+        fu, fv = fu * fu * (3 - 2 * fu), fv * fv * (3 - 2 * fv)
+        iu = iu.astype(np.int64) % _LATTICE
+        iv = iv.astype(np.int64) % _LATTICE
+        iu1, iv1 = (iu + 1) % _LATTICE, (iv + 1) % _LATTICE
+        lat = self.lattices[i]
+        a = lat[iv, iu] * (1 - fu) + lat[iv, iu1] * fu
+        b = lat[iv1, iu] * (1 - fu) + lat[iv1, iu1] * fu
+        return a * (1 - fv) + b * fv
+
+    def albedo(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Tissue colour (..., 3) in [0, 1]: pink/red base, darker vessels, yellowish fat patches."""
+        fbm = (0.5 * self._noise(0, x, y, 0.006) + 0.3 * self._noise(1, x, y, 0.003)
+               + 0.2 * self._noise(2, x, y, 0.0012))
+        base = np.array([0.78, 0.33, 0.33]) + fbm[..., None] * np.array([0.16, 0.2, 0.16])
+        warp = 0.002 * (self._noise(5, x, y, 0.004) - 0.5)
+        ridge = 1 - np.abs(2 * self._noise(3, x + warp, y - warp, 0.01) - 1)
+        ridge_fine = 1 - np.abs(2 * self._noise(4, x - warp, y + warp, 0.004) - 1)
+        vessel = np.clip((ridge - 0.95) / 0.035, 0, 1) + 0.5 * np.clip((ridge_fine - 0.975) / 0.02, 0, 1)
+        vessel = np.clip(vessel, 0, 1)[..., None]
+        fat = 0.8 * np.clip((self._noise(2, y, x, 0.008) - 0.68) / 0.12, 0, 1)[..., None]
+        col = base * (1 - fat) + np.array([0.93, 0.8, 0.45]) * fat
+        return col * (1 - vessel) + np.array([0.42, 0.07, 0.09]) * vessel
+
+    # ---------------------------------------------------------------- instruments
+    def tools(self, t: float) -> list[_Tool]:
+        """Instrument poses at time t: tool 0 grasps and lifts the tissue, tool 1 sweeps above it."""
+        out: list[_Tool] = []
+        if self.cfg.instruments >= 1:
+            gx, gy = self.grasp
+            tip_z = float(self.surface_z(np.array(gx), np.array(gy), t)) - 0.0012
+            axis = np.array([-0.55, 0.45, -1.0])
+            out.append(_Tool(np.array([gx, gy, tip_z]), axis / np.linalg.norm(axis)))
+        if self.cfg.instruments >= 2:
+            w = 2 * np.pi * t / max(self.duration, 1e-9)
+            x = self.half_w * (0.35 + 0.25 * np.sin(0.8 * w + self.sweep_phase[0]))
+            y = self.half_w * (0.05 + 0.35 * np.sin(1.3 * w + self.sweep_phase[1]))
+            z = float(self.surface_z(np.array(x), np.array(y), t)) - 0.004 - 0.002 * np.sin(w)
+            axis = np.array([0.6, 0.35, -1.0])
+            out.append(_Tool(np.array([x, y, z]), axis / np.linalg.norm(axis)))
+        return out
+
+
+# Tool dimensions (metres): tip sphere/cylinder radius, tip length, shaft radius, shaft length.
+_TIP_R, _TIP_LEN, _SHAFT_R, _SHAFT_LEN = 0.0011, 0.006, 0.0024, 0.25
+
+
+def _ray_cylinder(o: np.ndarray, d: np.ndarray, a: np.ndarray, u: np.ndarray, r: float,
+                  q0: float, q1: float) -> np.ndarray:
+    """Nearest positive s where o + s d hits the side of the cylinder (axis a + q u, q in [q0, q1])."""
+    w = o - a
+    du = d @ u
+    d_perp = d - du[:, None] * u
+    w_perp = w - (w @ u) * u
+    A = np.einsum("ij,ij->i", d_perp, d_perp)
+    B = 2 * d_perp @ w_perp
+    C = w_perp @ w_perp - r * r
+    disc = B * B - 4 * A * C
+    with np.errstate(invalid="ignore", divide="ignore"):
+        s = (-B - np.sqrt(disc)) / (2 * A)
+    q = w @ u + s * du
+    return np.where((disc >= 0) & (s > 0) & (q >= q0) & (q <= q1), s, np.nan)
+
+
+def _ray_sphere(o: np.ndarray, d: np.ndarray, c: np.ndarray, r: float) -> np.ndarray:
+    """Nearest positive s where o + s d hits the sphere (c, r)."""
+    w = o - c
+    A = np.einsum("ij,ij->i", d, d)
+    B = 2 * d @ w
+    C = w @ w - r * r
+    disc = B * B - 4 * A * C
+    with np.errstate(invalid="ignore"):
+        s = (-B - np.sqrt(disc)) / (2 * A)
+    return np.where((disc >= 0) & (s > 0), s, np.nan)
+
+
+def _intersect_tools(o: np.ndarray, d: np.ndarray, tools: list[_Tool]) -> tuple[np.ndarray, np.ndarray,
+                                                                                np.ndarray]:
+    """(s, normal, part) of the nearest tool hit per ray; part 0 = none, 1 = shaft, 2 = tip."""
+    n = d.shape[0]
+    best = np.full(n, np.inf)
+    normal = np.zeros((n, 3))
+    part = np.zeros(n, dtype=np.int8)
+    for tool in tools:
+        a, u = tool.tip, tool.axis
+        cands = [
+            (_ray_sphere(o, d, a, _TIP_R), 2, "sphere"),
+            (_ray_cylinder(o, d, a, u, _TIP_R, 0.0, _TIP_LEN), 2, "cyl"),
+            (_ray_cylinder(o, d, a, u, _SHAFT_R, _TIP_LEN, _SHAFT_LEN), 1, "cyl"),
+        ]
+        for s, kind, shape in cands:
+            hit = np.isfinite(s) & (s < best)
+            if not hit.any():
+                continue
+            p = o + s[hit, None] * d[hit]
+            if shape == "sphere":
+                nrm = p - a
+            else:
+                rel = p - a
+                nrm = rel - (rel @ u)[:, None] * u
+            normal[hit] = nrm / np.linalg.norm(nrm, axis=1, keepdims=True)
+            best[hit] = s[hit]
+            part[hit] = kind
+    best[part == 0] = np.nan
+    return best, normal, part
+
+
+def _shade(p: np.ndarray, n: np.ndarray, albedo: np.ndarray, light: np.ndarray, eye: np.ndarray,
+           spec: float, shininess: float, ref_dist: float) -> np.ndarray:
+    """Headlight Blinn-Phong with inverse-square falloff; the eye position makes highlights view dependent."""
+    to_l = light - p
+    dist = np.linalg.norm(to_l, axis=1, keepdims=True)
+    lv = to_l / dist
+    ev = eye - p
+    ev /= np.linalg.norm(ev, axis=1, keepdims=True)
+    h = lv + ev
+    h /= np.linalg.norm(h, axis=1, keepdims=True)
+    ndl = np.clip(np.einsum("ij,ij->i", n, lv), 0, 1)[:, None]
+    ndh = np.clip(np.einsum("ij,ij->i", n, h), 0, 1)[:, None]
+    fall = np.clip((ref_dist / dist) ** 2, 0, 2.0)
+    return fall * (albedo * (0.15 + 0.85 * ndl) + spec * ndh ** shininess)
+
+
+def _camera_pose(cfg: SynthConfig, t: float) -> np.ndarray:
+    """T_world_cam of the left camera at time t (identity for a static camera)."""
+    if cfg.camera_motion == "static":
+        return np.eye(4)
+    w = 2 * np.pi * t / max((cfg.frames - 1) / cfg.fps, 1e-9)
+    trans = np.array([0.004 * np.sin(0.5 * w), 0.0025 * (1 - np.cos(0.5 * w)), 0.003 * np.sin(0.25 * w)])
+    angles = np.radians([1.5 * np.sin(0.5 * w), -2.0 * np.sin(0.5 * w), 1.0 * np.sin(0.25 * w)])
+    T = np.eye(4)
+    T[:3, :3] = cv2.Rodrigues(angles.reshape(3, 1))[0]
+    T[:3, 3] = trans
+    return T
+
+
+class _Renderer:
+    """Renders one view of the scene: per-pixel rays from a camera pose and the shared rectified K."""
+
+    def __init__(self, scene: _Scene, K: np.ndarray, width: int, height: int) -> None:
+        self.scene = scene
+        uu, vv = np.meshgrid(np.arange(width, dtype=np.float64), np.arange(height, dtype=np.float64))
+        # Camera-frame rays with unit z, so the ray parameter of a hit is its optical depth.
+        self.rays_cam = np.stack([(uu - K[0, 2]) / K[0, 0], (vv - K[1, 2]) / K[1, 1],
+                                  np.ones_like(uu)], axis=-1).reshape(-1, 3)
+        self.shape = (height, width)
+
+    def render(self, T_world_cam: np.ndarray, t: float, tools: list[_Tool], light: np.ndarray,
+               with_tissue_only: bool) -> dict[str, np.ndarray]:
+        """Linear colour images (float, before noise), depth and mask of one view."""
+        sc = self.scene
+        R, o = T_world_cam[:3, :3], T_world_cam[:3, 3]
+        d = self.rays_cam @ R.T
+        s_t = sc.intersect_tissue(o, d, t)
+        p_t = o + np.nan_to_num(s_t)[:, None] * d
+        n_t = sc.surface_normal(p_t[:, 0], p_t[:, 1], t)
+        ref = sc.cfg.tissue_distance
+        tissue = _shade(p_t, n_t, sc.albedo(p_t[:, 0], p_t[:, 1]), light, o, 0.3, 90.0, ref)
+        tissue[~np.isfinite(s_t)] = 0.0
+        s_i, n_i, part = _intersect_tools(o, d, tools) if tools else (
+            np.full_like(s_t, np.nan), np.zeros_like(d), np.zeros(len(s_t), np.int8))
+        tool_vis = np.isfinite(s_i) & ~(s_t <= s_i)
+        color = tissue.copy()
+        if tool_vis.any():
+            p_i = o + s_i[tool_vis, None] * d[tool_vis]
+            grey = np.where(part[tool_vis, None] == 2, 0.32, 0.58) * np.ones((1, 3))
+            grey = grey * np.array([1.0, 1.0, 1.04])
+            color[tool_vis] = _shade(p_i, n_i[tool_vis], grey, light, o, 0.9, 60.0, ref)
+        depth = np.where(tool_vis, s_i, s_t)
+        h, w = self.shape
+        out = {"color": color.reshape(h, w, 3), "depth": depth.reshape(h, w),
+               "mask": tool_vis.reshape(h, w)}
+        if with_tissue_only:
+            out["tissue"] = tissue.reshape(h, w, 3)
+            out["tissue_depth"] = s_t.reshape(h, w)
+        return out
+
+
+def _to_uint8(img: np.ndarray, vignette: np.ndarray, noise: np.ndarray | None) -> np.ndarray:
+    v = img * vignette[..., None] * 255.0
+    if noise is not None:
+        v = v + noise
+    return np.clip(np.rint(v), 0, 255).astype(np.uint8)
+
+
+def generate(cfg: SynthConfig | None = None,
+             progress: Callable[[int, int], None] | None = None) -> SynthScene:
+    """Render a synthetic clip; `progress(done, total)` is called after every frame."""
+    cfg = cfg or SynthConfig()
+    cfg.validate()
+    scene = _Scene(cfg)
+    fx = cfg.focal_scale * cfg.width
+    cam_l = CameraModel.pinhole(cfg.width, cfg.height, fx, frame_id="stereo_left_optical")
+    cam_r = CameraModel.pinhole(cfg.width, cfg.height, fx, baseline=cfg.baseline,
+                                frame_id="stereo_right_optical")
+    K = cam_l.intrinsics()
+    renderer = _Renderer(scene, K, cfg.width, cfg.height)
+    yy, xx = np.mgrid[0:cfg.height, 0:cfg.width]
+    r2 = ((xx - K[0, 2]) / cfg.width) ** 2 + ((yy - K[1, 2]) / cfg.width) ** 2
+    vignette = 1.0 - 0.9 * r2         # endoscope light falls off towards the corners
+    rng = np.random.default_rng(cfg.seed + 1)
+    out = SynthScene(cfg, cam_l, cam_r)
+    T_left_right = np.eye(4)
+    T_left_right[0, 3] = cfg.baseline
+    for i in range(cfg.frames):
+        t = i / cfg.fps
+        T_wl = _camera_pose(cfg, t)
+        T_wr = T_wl @ T_left_right
+        light = T_wl[:3, 3] + T_wl[:3, 0] * (0.5 * cfg.baseline)
+        tools = scene.tools(t)
+        left = renderer.render(T_wl, t, tools, light, with_tissue_only=True)
+        right = renderer.render(T_wr, t, tools, light, with_tissue_only=False)
+        shape = (cfg.height, cfg.width, 3)
+        nl = rng.normal(0, cfg.noise_std, shape) if cfg.noise_std > 0 else None
+        nr = rng.normal(0, cfg.noise_std, shape) if cfg.noise_std > 0 else None
+        out.frames.append(SynthFrame(
+            stamp_ns=cfg.start_ns + round(i * 1e9 / cfg.fps),
+            left=_to_uint8(left["color"], vignette, nl),
+            right=_to_uint8(right["color"], vignette, nr),
+            depth=left["depth"].astype(np.float32),
+            tissue_depth=left["tissue_depth"].astype(np.float32),
+            mask=np.where(left["mask"], 255, 0).astype(np.uint8),
+            tissue_left=_to_uint8(left["tissue"], vignette, nl),
+            pose=T_wl,
+        ))
+        if progress is not None:
+            progress(i + 1, cfg.frames)
+    return out
+
+
+def scene_frames(scene: SynthScene) -> list[DatasetFrame]:
+    """The clip as common DatasetFrames (extras: tissue image, exact mask and tissue depth)."""
+    return [DatasetFrame(index=i, stamp_ns=f.stamp_ns, left=f.left, right=f.right, cam_left=scene.cam_left,
+                         cam_right=scene.cam_right, pose=f.pose, depth=f.depth, mask=f.mask,
+                         extras={"tissue": f.tissue_left, "gt_mask": f.mask, "tissue_depth": f.tissue_depth})
+            for i, f in enumerate(scene.frames)]
+
+
+def write_endonerf(scene: SynthScene, out_dir: str | os.PathLike,
+                   progress: Callable[[int, int], None] | None = None, overwrite: bool = False) -> Path:
+    """Write the clip in the EndoNeRF layout (see core.datasets.endonerf), readable by EndoNeRFReader."""
+    return write_endonerf_layout(out_dir, scene_frames(scene), len(scene.frames), scene.config.fps,
+                                 progress=progress, overwrite=overwrite)
