@@ -1,0 +1,131 @@
+"""The graph config, its validation, and the equivalence of `surg3d launch` with the launch_ros files."""
+
+from __future__ import annotations
+
+import runpy
+import shutil
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+from surg3d_nodes.core.graph import GraphError, format_value, load_preset
+
+ROOT = Path(__file__).resolve().parents[1]
+PRESETS = ("live", "replay", "dvrk")
+
+
+def test_presets_resolve_and_arguments_set_parameters() -> None:
+    replay = load_preset("replay", {"bag": "/data/run1", "rate": "2", "loop": "true"})
+    nodes = {n.name: n for n in replay.nodes}
+    assert {"bag_replay", "stereo_depth", "instrument_seg", "trainer"} <= set(nodes)
+    assert nodes["bag_replay"].parameters["bag"] == "/data/run1"
+    assert nodes["bag_replay"].parameters["rate"] == 2.0 and isinstance(nodes["bag_replay"].parameters["rate"], float)
+    assert nodes["bag_replay"].parameters["loop"] is True
+    assert nodes["trainer"].respawn
+    for preset in PRESETS:
+        for spec in load_preset(preset).nodes:
+            assert (ROOT / "surg3d_nodes" / "nodes" / f"{spec.executable}.py").is_file()
+            assert all(f.is_file() for f in spec.parameter_files)
+
+
+def test_dvrk_preset_remaps_the_rig_topics() -> None:
+    stereo = next(n for n in load_preset("dvrk", {"rig": "rigA"}).nodes if n.name == "stereo_depth")
+    assert stereo.remappings["/stereo/left/image_raw"] == "/rigA/left/image_raw"
+    assert "-r" in stereo.ros_args() and "/stereo/right/camera_info:=/rigA/right/camera_info" in stereo.ros_args()
+
+
+def test_format_value_keeps_types() -> None:
+    assert format_value(2.0) == "2.0" and format_value(1e-9) == "1e-09" and format_value(True) == "true"
+    assert format_value(3) == "3" and format_value("x") == "x"
+
+
+def _config_copy(tmp_path: Path) -> Path:
+    cdir = tmp_path / "config"
+    shutil.copytree(ROOT / "config", cdir)
+    return cdir
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda c: (c / "graph.yaml").write_text((c / "graph.yaml").read_text().replace(
+        "nodes: [bag_replay,", "nodes: [no_such_node, bag_replay,")), "unknown node 'no_such_node'"),
+    (lambda c: (c / "trainer.yaml").unlink(), "trainer.yaml: file not found"),
+    (lambda c: (c / "stereo_depth.yaml").write_text("a: [1, 2\n"), "stereo_depth.yaml: malformed YAML"),
+    (lambda c: (c / "graph.yaml").write_text("nodes: [\n"), "graph.yaml: malformed YAML"),
+])
+def test_bad_config_is_named(tmp_path: Path, mutate, message: str) -> None:
+    cdir = _config_copy(tmp_path)
+    mutate(cdir)
+    with pytest.raises(GraphError, match=message.replace("[", r"\[")):
+        load_preset("replay", config_dir=cdir)
+    # The launcher stops before starting any node, naming the file and the problem.
+    proc = subprocess.run([sys.executable, "-m", "surg3d_nodes.cli", "launch", "replay", "--config-dir", str(cdir)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert message in proc.stderr and "started" not in proc.stdout
+
+
+def test_bad_arguments_are_refused() -> None:
+    with pytest.raises(GraphError, match="unknown launch argument 'nope'"):
+        load_preset("replay", {"nope": "1"})
+    with pytest.raises(GraphError, match="rate:='fast' is not a float"):
+        load_preset("replay", {"rate": "fast"})
+
+
+class _Recorder:
+    """Stands in for a launch/launch_ros class: records its constructor arguments."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        self.args, self.kwargs = args, kwargs
+
+
+def _fake_launch_modules(monkeypatch: pytest.MonkeyPatch) -> None:
+    """launch and launch_ros are not available as wheels: record what the launch files build."""
+
+    class LaunchConfiguration:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def perform(self, context) -> str:
+            return context.launch_configurations[self.name]
+
+    mods = {
+        "launch": {"LaunchDescription": _Recorder},
+        "launch.actions": {"DeclareLaunchArgument": _Recorder, "OpaqueFunction": _Recorder},
+        "launch.substitutions": {"LaunchConfiguration": LaunchConfiguration},
+        "launch_ros": {},
+        "launch_ros.actions": {"Node": _Recorder},
+        "ament_index_python": {},
+        "ament_index_python.packages": {"get_package_share_directory": lambda pkg: str(ROOT)},
+    }
+    for name, attrs in mods.items():
+        monkeypatch.setitem(sys.modules, name, types.SimpleNamespace(**attrs))
+    monkeypatch.delitem(sys.modules, "surg3d_nodes.ros.launch_description", raising=False)
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_launch_files_match_the_launcher(monkeypatch: pytest.MonkeyPatch, preset: str) -> None:
+    _fake_launch_modules(monkeypatch)
+    description = runpy.run_path(str(ROOT / "launch" / f"{preset}.launch.py"))["generate_launch_description"]()
+    actions = description.args[0]
+    declared = {a.args[0]: a.kwargs["default_value"] for a in actions if "default_value" in a.kwargs}
+    expected = load_preset(preset)
+    assert declared == {name: format_value(a.default) for name, a in expected.arguments.items()}
+    # Resolve at "launch time" with one argument overridden, as `ros2 launch ... name:=value` does.
+    overrides = {name: value for name, value in declared.items()}
+    overrides["output_dir"] = "/tmp/elsewhere"
+    opaque = actions[-1]
+    context = types.SimpleNamespace(launch_configurations=overrides)
+    nodes = opaque.kwargs["function"](context, *opaque.kwargs["args"])
+    resolved = load_preset(preset, {"output_dir": "/tmp/elsewhere"})
+    assert [n.kwargs["name"] for n in nodes] == [s.name for s in resolved.nodes]
+    for node, spec in zip(nodes, resolved.nodes, strict=True):
+        assert node.kwargs["package"] == "surg3d"
+        assert node.kwargs["executable"] == spec.executable
+        assert node.kwargs["parameters"] == [*(str(f) for f in spec.parameter_files), spec.parameters]
+        assert dict(node.kwargs["remappings"]) == spec.remappings
+        assert node.kwargs["respawn"] == spec.respawn
+    trainer = next(n for n in nodes if n.kwargs["name"] == "trainer")
+    assert trainer.kwargs["parameters"][-1]["output_dir"] == "/tmp/elsewhere"
