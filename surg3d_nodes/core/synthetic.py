@@ -46,6 +46,7 @@ class SynthConfig:
     breathing_amplitude: float = 0.0015
     breathing_hz: float = 0.5
     pull_amplitude: float = 0.004
+    vignetting: float = 0.9                  # brightness loss at the image corners ~ vignetting * 0.4
     start_ns: int = 1_700_000_000 * 10**9
 
     def validate(self) -> None:
@@ -64,6 +65,8 @@ class SynthConfig:
             raise ValueError(f"camera_motion must be one of {MOTIONS}, got {self.camera_motion!r}")
         if self.instruments not in (0, 1, 2):
             raise ValueError(f"instruments must be 0, 1 or 2, got {self.instruments}")
+        if not 0 <= self.vignetting <= 1.5:
+            raise ValueError(f"vignetting must be in [0, 1.5], got {self.vignetting}")
         if self.noise_std < 0:
             raise ValueError(f"noise_std must be >= 0, got {self.noise_std}")
         if not 0.03 <= self.tissue_distance <= 0.2:
@@ -186,15 +189,26 @@ class _Scene:
         b = lat[iv1, iu] * (1 - fu) + lat[iv1, iu1] * fu
         return a * (1 - fv) + b * fv
 
-    def albedo(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        """Tissue colour (..., 3) in [0, 1]: pink/red base, darker vessels, yellowish fat patches."""
-        fbm = (0.5 * self._noise(0, x, y, 0.006) + 0.3 * self._noise(1, x, y, 0.003)
-               + 0.2 * self._noise(2, x, y, 0.0012))
+    def albedo(self, x: np.ndarray, y: np.ndarray, footprint: np.ndarray) -> np.ndarray:
+        """Tissue colour (..., 3) in [0, 1]: pink/red base, darker vessels, yellowish fat patches.
+
+        `footprint` (metres per pixel at each point) band-limits the texture: octaves finer than ~3 pixels
+        fade out and vessel edges widen to a pixel, so the views do not alias differently.
+        """
+        def fade(scale: float) -> np.ndarray:
+            return np.clip(scale / footprint / 2.0 - 1.0, 0.0, 1.0)
+
+        def band(r: np.ndarray, thr: float, width: float, scale: float) -> np.ndarray:
+            wd = np.maximum(width, 2.5 * footprint / scale)
+            return np.clip((r - thr) / wd + 0.5, 0.0, 1.0)
+
+        fbm = (0.5 * self._noise(0, x, y, 0.006) + 0.3 * fade(0.003) * (self._noise(1, x, y, 0.003) - 0.5)
+               + 0.2 * fade(0.0012) * (self._noise(2, x, y, 0.0012) - 0.5) + 0.25)
         base = np.array([0.78, 0.33, 0.33]) + fbm[..., None] * np.array([0.16, 0.2, 0.16])
         warp = 0.002 * (self._noise(5, x, y, 0.004) - 0.5)
         ridge = 1 - np.abs(2 * self._noise(3, x + warp, y - warp, 0.01) - 1)
         ridge_fine = 1 - np.abs(2 * self._noise(4, x - warp, y + warp, 0.004) - 1)
-        vessel = np.clip((ridge - 0.95) / 0.035, 0, 1) + 0.5 * np.clip((ridge_fine - 0.975) / 0.02, 0, 1)
+        vessel = band(ridge, 0.965, 0.035, 0.01) + 0.5 * fade(0.002) * band(ridge_fine, 0.985, 0.02, 0.004)
         vessel = np.clip(vessel, 0, 1)[..., None]
         fat = 0.8 * np.clip((self._noise(2, y, x, 0.008) - 0.68) / 0.12, 0, 1)[..., None]
         col = base * (1 - fat) + np.array([0.93, 0.8, 0.45]) * fat
@@ -322,6 +336,7 @@ class _Renderer:
         self.rays_cam = np.stack([(uu - K[0, 2]) / K[0, 0], (vv - K[1, 2]) / K[1, 1],
                                   np.ones_like(uu)], axis=-1).reshape(-1, 3)
         self.shape = (height, width)
+        self.fx = float(K[0, 0])
 
     def render(self, T_world_cam: np.ndarray, t: float, tools: list[_Tool], light: np.ndarray,
                with_tissue_only: bool) -> dict[str, np.ndarray]:
@@ -333,7 +348,8 @@ class _Renderer:
         p_t = o + np.nan_to_num(s_t)[:, None] * d
         n_t = sc.surface_normal(p_t[:, 0], p_t[:, 1], t)
         ref = sc.cfg.tissue_distance
-        tissue = _shade(p_t, n_t, sc.albedo(p_t[:, 0], p_t[:, 1]), light, o, 0.3, 90.0, ref)
+        footprint = np.nan_to_num(s_t, nan=1.0) / self.fx
+        tissue = _shade(p_t, n_t, sc.albedo(p_t[:, 0], p_t[:, 1], footprint), light, o, 0.3, 90.0, ref)
         tissue[~np.isfinite(s_t)] = 0.0
         s_i, n_i, part = _intersect_tools(o, d, tools) if tools else (
             np.full_like(s_t, np.nan), np.zeros_like(d), np.zeros(len(s_t), np.int8))
@@ -375,7 +391,7 @@ def generate(cfg: SynthConfig | None = None,
     renderer = _Renderer(scene, K, cfg.width, cfg.height)
     yy, xx = np.mgrid[0:cfg.height, 0:cfg.width]
     r2 = ((xx - K[0, 2]) / cfg.width) ** 2 + ((yy - K[1, 2]) / cfg.width) ** 2
-    vignette = 1.0 - 0.9 * r2         # endoscope light falls off towards the corners
+    vignette = 1.0 - cfg.vignetting * r2   # endoscope light falls off towards the corners
     rng = np.random.default_rng(cfg.seed + 1)
     out = SynthScene(cfg, cam_l, cam_r)
     T_left_right = np.eye(4)
