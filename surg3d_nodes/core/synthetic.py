@@ -326,6 +326,33 @@ def _camera_pose(cfg: SynthConfig, t: float) -> np.ndarray:
     return T
 
 
+class SceneKinematics:
+    """Continuous-time ground truth of a clip's motion, for robot-kinematics emulation (dVRK emulator).
+
+    `camera_pose(t)`: T_world_cam of the left camera; `instruments(t)`: (tip, axis) per instrument in the
+    world frame (tip = centre of the spherical tip end, axis = unit vector from the tip towards the shaft);
+    t in seconds from the first frame, any value (also between frames). The tool dimensions are attributes.
+    """
+
+    tip_radius = _TIP_R
+    tip_length = _TIP_LEN
+    shaft_radius = _SHAFT_R
+    shaft_length = _SHAFT_LEN
+
+    def __init__(self, cfg: SynthConfig) -> None:
+        cfg.validate()
+        self.cfg = cfg
+        self._scene = _Scene(cfg)
+
+    def camera_pose(self, t: float) -> np.ndarray:
+        """T_world_cam of the left optical frame at time t."""
+        return _camera_pose(self.cfg, t)
+
+    def instruments(self, t: float) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(tip, axis) of each instrument at time t, world frame."""
+        return [(tool.tip.copy(), tool.axis.copy()) for tool in self._scene.tools(t)]
+
+
 class _Renderer:
     """Renders one view of the scene: per-pixel rays from a camera pose and the shared rectified K."""
 
