@@ -36,7 +36,7 @@ def read_opencv_calibration(path: Path) -> dict[str, np.ndarray]:
     require_file(path, "stereo calibration")
     try:
         fs = cv2.FileStorage(str(path), cv2.FILE_STORAGE_READ)
-    except cv2.error as e:
+    except (cv2.error, SystemError) as e:    # OpenCV's parser surfaces as SystemError in Python
         raise DatasetError(f"malformed OpenCV calibration YAML {path}: {e}") from e
     if not fs.isOpened():
         raise DatasetError(f"cannot open OpenCV calibration YAML {path}")
