@@ -1,0 +1,198 @@
+"""The periodic monitoring unit's logic: message rates, frame-stamp-to-output latencies, node heartbeats,
+queue drops, trainer resources and stall detection. ROS-free; the monitor node feeds it and publishes
+`evaluate()`'s results as diagnostics.
+
+Times: `now` values are monotonic seconds (stall detection); stamps and receive times for latency are
+nanoseconds of the graph clock.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+OK, WARN, ERROR, STALE = 0, 1, 2, 3
+LEVEL_NAMES = {OK: "OK", WARN: "WARN", ERROR: "ERROR", STALE: "STALE"}
+
+
+@dataclass
+class Health:
+    """The verdict on one monitored item (a node or a topic)."""
+
+    name: str
+    level: int
+    message: str
+    values: dict[str, object] = field(default_factory=dict)
+
+
+class TopicTracker:
+    """Arrival times and latencies of one topic over a sliding window."""
+
+    def __init__(self, window_s: float = 5.0, max_samples: int = 2000) -> None:
+        self.window_s = window_s
+        self.arrivals: deque[float] = deque(maxlen=max_samples)
+        self.latencies_ms: deque[float] = deque(maxlen=max_samples)
+        self.count = 0
+        self.last: float | None = None
+
+    def record(self, now: float, latency_ms: float | None = None) -> None:
+        """A message arrived at monotonic time `now`; `latency_ms` = receive time minus its frame stamp."""
+        self.arrivals.append(now)
+        if latency_ms is not None and np.isfinite(latency_ms):
+            self.latencies_ms.append(latency_ms)
+        self.count += 1
+        self.last = now
+
+    def rate(self, now: float) -> float:
+        """Messages per second over the window ending at `now` (0 when fewer than two arrived)."""
+        recent = [t for t in self.arrivals if now - t <= self.window_s]
+        if len(recent) < 2:
+            return 0.0
+        span = max(now - recent[0], recent[-1] - recent[0])
+        return (len(recent) - 1) / span if span > 0 else 0.0
+
+    def latency(self) -> tuple[float, float] | None:
+        """(p50, max) of the latencies of the newest window, milliseconds; None when none were measured."""
+        if not self.latencies_ms:
+            return None
+        lat = np.asarray(list(self.latencies_ms)[-200:])
+        return float(np.median(lat)), float(lat.max())
+
+
+@dataclass
+class NodeRecord:
+    """The newest heartbeat of a node and the drop counter of the heartbeat before."""
+
+    last: float
+    level: int
+    message: str
+    values: dict[str, str]
+    drops: int = 0
+    drops_before: int = 0
+
+
+def drop_count(values: dict[str, str]) -> int:
+    """Sum of the heartbeat counters that count dropped/skipped messages (keys containing 'drop')."""
+    total = 0
+    for k, v in values.items():
+        if "drop" in k:
+            try:
+                total += int(float(v))
+            except ValueError:
+                continue
+    return total
+
+
+class Monitor:
+    """Health of the graph from heartbeats, watched topics and the trainer's status.
+
+    A node is flagged ERROR when its heartbeat has been missing for `stall_periods` periods, a watched topic
+    when it delivered before and then nothing for `stall_periods` periods (trainer outputs are exempt while
+    the trainer says it is paused or idle), WARN on new queue drops, high latency or GPU memory.
+    """
+
+    def __init__(self, period: float, stall_periods: int = 3, latency_warn_ms: float = 1000.0,
+                 gpu_memory_warn_mb: float = 0.0, trainer_prefix: str = "/recon/") -> None:
+        if period <= 0 or stall_periods < 1:
+            raise ValueError(f"monitor period must be > 0 and stall_periods >= 1, "
+                             f"got {period}, {stall_periods}")
+        self.period = period
+        self.stall_periods = stall_periods
+        self.latency_warn_ms = latency_warn_ms
+        self.gpu_memory_warn_mb = gpu_memory_warn_mb
+        self.trainer_prefix = trainer_prefix
+        self.nodes: dict[str, NodeRecord] = {}
+        self.topics: dict[str, TopicTracker] = {}
+        self.trainer: dict[str, object] | None = None
+
+    @property
+    def stall_after(self) -> float:
+        """Seconds of silence after which a node or topic counts as stalled."""
+        return self.period * self.stall_periods
+
+    def watch(self, topic: str) -> None:
+        """Track `topic` (it is reported as 'no data yet' until its first message)."""
+        self.topics.setdefault(topic, TopicTracker(window_s=max(5.0, 2 * self.period)))
+
+    def heartbeat(self, node: str, level: int, message: str, values: dict[str, str], now: float) -> None:
+        """A NodeStatus heartbeat arrived."""
+        prev = self.nodes.get(node)
+        drops = drop_count(values)
+        before = prev.drops if prev is not None else drops
+        if prev is not None and drops < prev.drops:  # the node restarted: its counters began again
+            before = 0
+        self.nodes[node] = NodeRecord(now, int(level), message, dict(values), drops, before)
+
+    def message(self, topic: str, now: float, recv_ns: int | None = None,
+                stamp_ns: int | None = None) -> None:
+        """A message on a watched topic; latency is taken when its frame stamp is known and non-zero."""
+        self.watch(topic)
+        lat = (recv_ns - stamp_ns) / 1e6 if recv_ns is not None and stamp_ns else None
+        self.topics[topic].record(now, lat)
+
+    def trainer_status(self, status: dict[str, object]) -> None:
+        """The newest TrainerStatus as a dict (state, num_gaussians, gpu_memory_mb, ...)."""
+        self.trainer = dict(status)
+
+    def _trainer_paused(self) -> bool:
+        return self.trainer is not None and self.trainer.get("state") in ("paused", "idle")
+
+    def evaluate(self, now: float) -> list[Health]:
+        """Health of every known node and watched topic, and of the trainer's resources, at time `now`."""
+        out: list[Health] = []
+        for name, rec in sorted(self.nodes.items()):
+            age = now - rec.last
+            vals: dict[str, object] = {"heartbeat_age_s": round(age, 2), "dropped": rec.drops, **rec.values}
+            if age > self.stall_after:
+                out.append(Health(name, ERROR, f"stalled: no heartbeat for {age:.1f} s", vals))
+                continue
+            new_drops = rec.drops - rec.drops_before
+            if rec.level > OK:
+                out.append(Health(name, rec.level, rec.message, vals))
+            elif new_drops > 0:
+                out.append(Health(name, WARN, f"{new_drops} messages dropped since the last heartbeat", vals))
+            else:
+                out.append(Health(name, OK, rec.message or "ok", vals))
+        for topic, tr in sorted(self.topics.items()):
+            vals = {"rate_hz": round(tr.rate(now), 2), "count": tr.count}
+            lat = tr.latency()
+            if lat is not None:
+                vals["latency_p50_ms"], vals["latency_max_ms"] = round(lat[0], 1), round(lat[1], 1)
+            if tr.last is None:
+                out.append(Health(topic, OK, "no data yet", vals))
+                continue
+            age = now - tr.last
+            vals["age_s"] = round(age, 2)
+            if age > self.stall_after:
+                if topic.startswith(self.trainer_prefix) and self._trainer_paused():
+                    out.append(Health(topic, OK, f"trainer {self.trainer.get('state')}", vals))
+                else:
+                    out.append(Health(topic, ERROR, f"stalled: no message for {age:.1f} s", vals))
+            elif lat is not None and lat[0] > self.latency_warn_ms:
+                out.append(Health(topic, WARN, f"latency {lat[0]:.0f} ms above {self.latency_warn_ms:.0f} ms",
+                                  vals))
+            else:
+                out.append(Health(topic, OK, f"{vals['rate_hz']} Hz", vals))
+        if self.trainer is not None:
+            t = self.trainer
+            vals = {k: t[k] for k in ("state", "num_gaussians", "gpu_memory_mb", "iterations_per_second",
+                                      "latency_ms", "psnr_recent") if k in t}
+            gpu = float(t.get("gpu_memory_mb", 0.0) or 0.0)
+            if self.gpu_memory_warn_mb > 0 and gpu > self.gpu_memory_warn_mb:
+                out.append(Health("trainer model", WARN, f"GPU memory {gpu:.0f} MB above "
+                                  f"{self.gpu_memory_warn_mb:.0f} MB", vals))
+            else:
+                out.append(Health("trainer model", OK, f"{t.get('num_gaussians', 0)} Gaussians, "
+                                  f"{gpu:.0f} MB GPU", vals))
+        return out
+
+
+def summary(health: list[Health]) -> dict[str, object]:
+    """A compact status for the UI: the worst level, the problems, and each item's level."""
+    worst = max((h.level for h in health), default=OK)
+    problems = [f"{h.name}: {h.message}" for h in health if h.level > OK]
+    return {"level": worst, "level_name": LEVEL_NAMES[worst],
+            "message": "; ".join(problems) if problems else "all ok",
+            "items": {h.name: LEVEL_NAMES[h.level] for h in health}}

@@ -1,0 +1,154 @@
+"""ROS-free logic of the operator's view: input validation, ROI store, display conversion, monitoring."""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+
+import numpy as np
+import pytest
+
+from surg3d_nodes.core import display, monitoring
+from surg3d_nodes.core.viewer_input import (
+    InputError,
+    RoiStore,
+    parse_empty,
+    parse_roi,
+    parse_save,
+    parse_tunables,
+    parse_view_request,
+)
+
+POSE = {"position": {"x": 0.01, "y": 0.0, "z": -0.05}, "orientation": {"x": 0, "y": 0, "z": 0, "w": 1}}
+
+
+def test_roi_accepts_center_or_point_and_refuses_bad_values() -> None:
+    r = parse_roi({"center": [0.01, 0.02, 0.08], "radius": 0.004, "label": "vessel"})
+    assert r.center == (0.01, 0.02, 0.08) and r.radius == 0.004 and r.label == "vessel"
+    assert parse_roi({"point": {"x": 0, "y": 0, "z": 0.1}}).center == (0.0, 0.0, 0.1)
+    for bad, reason in [({"center": [0, float("nan"), 0]}, "finite"), ({"center": [0, 0]}, "center"),
+                        ({"center": [0, 0, 99]}, "outside"), ({"center": [0, 0, 0], "radius": -1}, "radius"),
+                        ({"center": [0, True, 0]}, "number"), ({"radius": 0.1}, "center"),
+                        ([1, 2, 3], "object"),
+                        ({"center": [0, 0, 0], "label": "x" * 100}, "label")]:
+        with pytest.raises(InputError, match=reason):
+            parse_roi(bad)
+
+
+def test_view_request_validation() -> None:
+    v = parse_view_request({"pose": POSE, "width": 320, "height": 256, "deoccluded": True})
+    assert v.width == 320 and v.deoccluded and np.allclose(v.T_world_camera[:3, 3], [0.01, 0, -0.05])
+    nan_pose = json.loads(json.dumps(POSE))
+    nan_pose["orientation"]["w"] = math.nan
+    zero = {"position": POSE["position"], "orientation": {"x": 0, "y": 0, "z": 0, "w": 0}}
+    for bad, reason in [({"pose": nan_pose}, "finite"), ({"pose": zero}, "zero quaternion"),
+                        ({"pose": POSE, "width": 320}, "both"), ({"pose": POSE, "width": 1.5, "height": 2},
+                                                                "integer"),
+                        ({"pose": POSE, "deoccluded": "yes"}, "deoccluded"), ({}, "pose"),
+                        ({"pose": POSE, "width": 100000, "height": 10}, "outside")]:
+        with pytest.raises(InputError, match=reason):
+            parse_view_request(bad)
+
+
+def test_save_and_empty_requests() -> None:
+    assert parse_save({"kind": "checkpoint"}) == ("checkpoint", "")
+    assert parse_save(None) == ("ply", "")
+    with pytest.raises(InputError, match="kind"):
+        parse_save({"kind": "obj"})
+    with pytest.raises(InputError, match="unknown"):
+        parse_save({"kind": "ply", "rm": "-rf"})
+    parse_empty({}, "pause")
+    with pytest.raises(InputError, match="no arguments"):
+        parse_empty({"now": 1}, "pause")
+
+
+def test_tunables_check_type_and_range() -> None:
+    t = parse_tunables(["trainer.iterations_per_frame:int:0:200:iterations",
+                        "trainer.points_rate:float:0.1:30"])
+    it, rate = t["trainer.iterations_per_frame"], t["trainer.points_rate"]
+    assert it.check(10) == 10 and it.check(12.0) == 12 and isinstance(rate.check(2), float)
+    for tun, bad, reason in [(it, 201, "outside"), (it, 2.5, "integer"), (it, "5", "number"),
+                             (it, True, "number"),
+                             (rate, math.inf, "finite"), (rate, 0.0, "outside")]:
+        with pytest.raises(InputError, match=reason):
+            tun.check(bad)
+    with pytest.raises(InputError, match="expected"):
+        parse_tunables(["trainer.x:str:0:1"])
+
+
+def test_roi_store_persists_atomically(tmp_path) -> None:
+    path = tmp_path / "out" / "rois.json"
+    store = RoiStore(path)
+    a = store.add(parse_roi({"center": [0, 0, 0.1], "label": "a"}), 5)
+    b = store.add(parse_roi({"center": [0.01, 0, 0.1]}), 6)
+    assert (a.id, b.id) == (1, 2)
+    again = RoiStore(path)
+    assert [r.center for r in again.all()] == [(0.0, 0.0, 0.1), (0.01, 0.0, 0.1)]
+    again.remove(1)
+    assert [r.id for r in RoiStore(path).all()] == [2]
+    with pytest.raises(InputError, match="no region"):
+        again.remove(7)
+    assert not list(path.parent.glob(".rois.*"))  # no temporary file left behind
+    path.write_text("{broken")
+    with pytest.raises(InputError, match=r"rois\.json"):
+        RoiStore(path)
+
+
+def test_depth_mm_and_mask_overlay() -> None:
+    d = np.array([[0.05, np.nan], [-1.0, 70.0]], np.float32)
+    assert display.depth_to_mm16(d).tolist() == [[50, 0], [0, 65535]]
+    rgb = np.full((4, 6, 3), 100, np.uint8)
+    mask = np.zeros((2, 3), np.uint8)
+    mask[0, 0] = 255
+    out = display.overlay_mask(rgb, mask)
+    assert out.shape == rgb.shape and (out[:2, :2] != 100).any() and (out[2:, 2:] == 100).all()
+    with pytest.raises(ValueError, match="HxWx3"):
+        display.overlay_mask(rgb[..., 0], mask)
+
+
+def test_point_cloud_json_round_trip() -> None:
+    xyz = np.array([[0.0, 0.1, 0.2], [1.0, -1.0, 0.5]], np.float32)
+    rgb = np.array([[255, 0, 0], [0, 128, 255]], np.uint8)
+    m = display.point_cloud_json(xyz, rgb, np.array([1.0, 0.5]), 1_500_000_000, "world")
+    raw = np.frombuffer(base64.b64decode(m["data"]), dtype=[("x", "<f4"), ("y", "<f4"), ("z", "<f4"),
+                                                            ("c", "u1", 4)])
+    assert m["point_stride"] == 16 and m["timestamp"] == {"sec": 1, "nsec": 500_000_000}
+    assert np.allclose(np.stack([raw["x"], raw["y"], raw["z"]], 1), xyz)
+    assert raw["c"].tolist() == [[255, 0, 0, 255], [0, 128, 255, 127]]
+    assert len(display.subsample(10, 4)) == 4 and display.subsample(3, 4).tolist() == [0, 1, 2]
+
+
+def test_monitor_rates_latency_and_stalls() -> None:
+    mon = monitoring.Monitor(period=1.0, stall_periods=3, latency_warn_ms=100.0)
+    mon.watch("/recon/points")
+    mon.watch("/depth/image")
+    for i in range(11):  # 10 Hz with 20 ms latency
+        t = i * 0.1
+        mon.message("/depth/image", t, recv_ns=int(t * 1e9) + 20_000_000, stamp_ns=int(t * 1e9))
+        mon.heartbeat("/trainer", 0, "ok", {"dropped": str(i // 5)}, t)
+    health = {h.name: h for h in mon.evaluate(1.0)}
+    depth = health["/depth/image"]
+    assert depth.level == monitoring.OK and abs(depth.values["rate_hz"] - 10.0) < 0.5
+    assert abs(depth.values["latency_p50_ms"] - 20.0) < 1e-3
+    assert health["/recon/points"].message == "no data yet"
+    assert health["/trainer"].level == monitoring.WARN  # the drop counter went up during the last period
+    later = {h.name: h for h in mon.evaluate(5.0)}
+    assert later["/trainer"].level == monitoring.ERROR and "heartbeat" in later["/trainer"].message
+    assert later["/depth/image"].level == monitoring.ERROR
+    mon.message("/recon/points", 5.0)
+    mon.trainer_status({"state": "paused", "num_gaussians": 1000, "gpu_memory_mb": 0.0})
+    paused = {h.name: h for h in mon.evaluate(9.0)}
+    assert paused["/recon/points"].level == monitoring.OK and "paused" in paused["/recon/points"].message
+    s = monitoring.summary(list(paused.values()))
+    assert s["level_name"] == "ERROR" and "/trainer" in s["message"]
+
+
+def test_monitor_latency_warning_and_restart_counters() -> None:
+    mon = monitoring.Monitor(period=1.0, latency_warn_ms=50.0)
+    for i in range(5):
+        mon.message("/recon/status", i * 0.1, recv_ns=10**9 + 200_000_000, stamp_ns=10**9)
+    assert {h.name: h for h in mon.evaluate(0.5)}["/recon/status"].level == monitoring.WARN
+    mon.heartbeat("/n", 0, "ok", {"dropped": "7"}, 0.0)
+    mon.heartbeat("/n", 0, "ok", {"dropped": "0"}, 0.5)  # restarted: counters start again, no negative drops
+    assert {h.name: h for h in mon.evaluate(0.6)}["/n"].level == monitoring.OK
