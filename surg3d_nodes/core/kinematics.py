@@ -1,0 +1,338 @@
+"""Robot kinematics at image stamps: pose buffers for 100 Hz streams (dVRK `measured_cp`), interpolation,
+hand-eye composition and hand-eye calibration.
+
+A camera pose is only ever produced from two kinematics samples that bracket the image stamp closely
+(SLERP rotation, linear translation); a stamp outside the stream, inside a gap or beyond a stopped stream
+gets no pose and a reason, never an extrapolated or held pose, so a frame never carries a wrong pose.
+
+dVRK frames (dVRK 2.x with setup joints): `/ECM/measured_cp` is the ECM tip ("camera") frame in the patient
+cart frame, `/PSMn/measured_cp` the instrument tip in that ECM tip frame, metres. The ECM tip frame follows
+the ISI convention (x left, y up, z forward), so the optical frame (x right, y down, z forward) is, nominally,
+rotated 180 degrees about z: the default hand-eye. A real endoscope needs `calibrate_hand_eye`.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from surg3d_nodes.core.geometry import matrix_to_quat, pose_matrix, quat_to_matrix, slerp
+
+MS = 1_000_000
+# ECM tip (ISI: x left, y up, z forward) -> optical frame (x right, y down, z forward), as x y z qx qy qz qw.
+NOMINAL_HAND_EYE = (0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+
+# Why a lookup has no pose.
+OK = "ok"
+NO_DATA = "no_data"          # nothing received yet (or everything was invalid)
+PENDING = "pending"          # the stream has not reached the stamp yet: ask again later
+STALE = "stale"              # the nearest sample is older than max_age (stream stopped or far behind)
+LATE = "late"                # stream behind the stamp by less than max_age after the wait: no bracket
+GAP = "gap"                  # the bracketing samples are further apart than max_gap (dropouts)
+TOO_OLD = "too_old"          # the stamp is older than the oldest buffered sample
+
+
+@dataclass(frozen=True)
+class PoseLookup:
+    """Result of a lookup: a 4x4 pose, or None and the reason; `age_ns` = distance to the nearest sample."""
+
+    T: np.ndarray | None
+    reason: str
+    age_ns: int | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.T is not None
+
+
+def interpolate_pose(T0: np.ndarray, T1: np.ndarray, a: float) -> np.ndarray:
+    """Pose a fraction `a` (0..1) of the way from T0 to T1: SLERP rotation, linear translation."""
+    q = slerp(matrix_to_quat(T0[:3, :3]), matrix_to_quat(T1[:3, :3]), a)
+    T = np.eye(4)
+    T[:3, :3] = quat_to_matrix(q)
+    T[:3, 3] = (1 - a) * T0[:3, 3] + a * T1[:3, 3]
+    return T
+
+
+def is_rigid(T: np.ndarray | None, tol: float = 1e-3) -> bool:
+    """True for a finite 4x4 rigid transform (orthonormal rotation with det +1, last row 0 0 0 1)."""
+    if T is None:
+        return False
+    T = np.asarray(T, dtype=np.float64)
+    if T.shape != (4, 4) or not np.all(np.isfinite(T)):
+        return False
+    R = T[:3, :3]
+    return bool(np.allclose(R @ R.T, np.eye(3), atol=tol) and abs(np.linalg.det(R) - 1) < tol
+                and np.allclose(T[3], [0, 0, 0, 1]))
+
+
+def pose_error(T_est: np.ndarray, T_ref: np.ndarray) -> tuple[float, float]:
+    """(translation error in metres, rotation error in degrees) between two 4x4 poses."""
+    dR = T_est[:3, :3].T @ T_ref[:3, :3]
+    ang = np.degrees(np.arccos(np.clip((np.trace(dR) - 1) / 2, -1.0, 1.0)))
+    return float(np.linalg.norm(T_est[:3, 3] - T_ref[:3, 3])), float(ang)
+
+
+def hand_eye_from_params(values: Sequence[float]) -> np.ndarray:
+    """4x4 T_ecm_camera from a parameter list [x, y, z, qx, qy, qz, qw] (metres, ROS quaternion order)."""
+    v = [float(x) for x in values]
+    if len(v) != 7:
+        raise ValueError(f"hand_eye needs 7 numbers [x, y, z, qx, qy, qz, qw], got {len(v)}: {v}")
+    return pose_matrix(v[:3], v[3:])
+
+
+class PoseBuffer:
+    """Time-ordered buffer of one pose stream (e.g. 100 Hz `/ECM/measured_cp`) queried at image stamps.
+
+    `max_age_ns`: a sample farther than this from the stamp is stale (default 50 ms);
+    `max_gap_ns`: the widest interval interpolated across (default 30 ms: up to two lost samples at 100 Hz);
+    `horizon_ns`: how much history is kept behind the newest sample. Stamps going back by more than
+    `reset_ns` are taken as a clock reset (robot restart, looping bag): the buffer restarts from them.
+    `counters` counts received, accepted, invalid (NaN, non-rigid), duplicate, out_of_order (accepted,
+    inserted in order), too_old (dropped), gaps (intervals > max_gap), clock_reset and per-reason lookups.
+    """
+
+    def __init__(self, max_age_ns: int = 50 * MS, max_gap_ns: int = 30 * MS, horizon_ns: int = 2000 * MS,
+                 reset_ns: int = 1000 * MS) -> None:
+        if max_age_ns <= 0 or max_gap_ns <= 0 or horizon_ns <= 0 or reset_ns <= 0:
+            raise ValueError(f"PoseBuffer limits must be positive: max_age={max_age_ns} max_gap={max_gap_ns} "
+                             f"horizon={horizon_ns} reset={reset_ns} ns")
+        self.max_age_ns, self.max_gap_ns = int(max_age_ns), int(max_gap_ns)
+        self.horizon_ns, self.reset_ns = int(horizon_ns), int(reset_ns)
+        self._stamps: list[int] = []
+        self._poses: list[np.ndarray] = []
+        self.counters: Counter[str] = Counter()
+
+    def __len__(self) -> int:
+        return len(self._stamps)
+
+    @property
+    def newest_ns(self) -> int | None:
+        return self._stamps[-1] if self._stamps else None
+
+    def add(self, stamp_ns: int, T: np.ndarray | None) -> str:
+        """Add one sample (T None = a message that could not be read). Returns what happened to it:
+        'ok', 'out_of_order' (older than the newest, inserted in order), 'invalid', 'duplicate', 'too_old'."""
+        self.counters["received"] += 1
+        stamp_ns = int(stamp_ns)
+        if not is_rigid(T) or stamp_ns <= 0:
+            self.counters["invalid"] += 1
+            return "invalid"
+        T = np.array(T, dtype=np.float64)
+        newest = self.newest_ns
+        if newest is not None and stamp_ns < newest - self.reset_ns:
+            self.counters["clock_reset"] += 1
+            self._stamps.clear()
+            self._poses.clear()
+            newest = None
+        if newest is None or stamp_ns > newest:
+            if newest is not None and stamp_ns - newest > self.max_gap_ns:
+                self.counters["gaps"] += 1
+            self._stamps.append(stamp_ns)
+            self._poses.append(T)
+            self.counters["accepted"] += 1
+            self._trim()
+            return OK
+        i = bisect.bisect_left(self._stamps, stamp_ns)
+        if i < len(self._stamps) and self._stamps[i] == stamp_ns:
+            self.counters["duplicate"] += 1
+            return "duplicate"
+        if stamp_ns < newest - self.horizon_ns:
+            self.counters["too_old"] += 1
+            return "too_old"
+        self._stamps.insert(i, stamp_ns)
+        self._poses.insert(i, T)
+        self.counters["accepted"] += 1
+        self.counters["out_of_order"] += 1
+        return "out_of_order"
+
+    def _trim(self) -> None:
+        cut = bisect.bisect_left(self._stamps, self._stamps[-1] - self.horizon_ns)
+        if cut > 0:
+            del self._stamps[:cut]
+            del self._poses[:cut]
+
+    def lookup(self, stamp_ns: int, final: bool = False) -> PoseLookup:
+        """The pose at `stamp_ns`, interpolated between the two samples around it.
+
+        While the stream has not reached the stamp the answer is PENDING unless `final` (the caller waited
+        long enough): then it is STALE (newest sample older than max_age) or LATE. Every answer without a
+        pose is counted under `lookup.<reason>`.
+        """
+        res = self._lookup(int(stamp_ns), final)
+        if res.reason != PENDING:
+            self.counters[f"lookup.{res.reason}"] += 1
+        return res
+
+    def _lookup(self, t: int, final: bool) -> PoseLookup:
+        if not self._stamps:
+            return PoseLookup(None, NO_DATA)
+        newest = self._stamps[-1]
+        if t > newest:
+            age = t - newest
+            if not final:
+                return PoseLookup(None, PENDING, age)
+            return PoseLookup(None, STALE if age > self.max_age_ns else LATE, age)
+        i = bisect.bisect_left(self._stamps, t)
+        if self._stamps[i] == t:
+            return PoseLookup(self._poses[i].copy(), OK, 0)
+        if i == 0:
+            return PoseLookup(None, TOO_OLD, self._stamps[0] - t)
+        t0, t1 = self._stamps[i - 1], self._stamps[i]
+        age = min(t - t0, t1 - t)
+        if age > self.max_age_ns:
+            return PoseLookup(None, STALE, age)
+        if t1 - t0 > self.max_gap_ns:
+            return PoseLookup(None, GAP, age)
+        return PoseLookup(interpolate_pose(self._poses[i - 1], self._poses[i], (t - t0) / (t1 - t0)), OK, age)
+
+
+class KinematicCamera:
+    """Camera poses from ECM kinematics: T_world_camera(t) = T_cart_ecm(t) @ T_ecm_camera (hand-eye).
+
+    The world frame is the cart frame (the dVRK ECM base), so poses are consistent across ECM motion;
+    `image_offset_ns` is subtracted from image stamps to bring them onto the kinematics clock (the video
+    machine's clock offset plus capture latency). PSM tip poses (in the ECM tip frame) are mapped into the
+    camera frame with the same hand-eye.
+    """
+
+    def __init__(self, hand_eye: np.ndarray, image_offset_ns: int = 0, **buffer_kwargs) -> None:
+        if not is_rigid(hand_eye):
+            raise ValueError("hand-eye transform is not a rigid 4x4 transform: "
+                             f"{np.asarray(hand_eye).tolist()}")
+        self.hand_eye = np.asarray(hand_eye, dtype=np.float64)
+        self.ecm_to_camera_inv = np.linalg.inv(self.hand_eye)
+        self.image_offset_ns = int(image_offset_ns)
+        self.buffer_kwargs = buffer_kwargs
+        self.ecm = PoseBuffer(**buffer_kwargs)
+        self.psms: dict[str, PoseBuffer] = {}
+
+    def add_ecm(self, stamp_ns: int, T_cart_ecm: np.ndarray | None) -> str:
+        """Add an ECM measured_cp sample; returns PoseBuffer.add's verdict."""
+        return self.ecm.add(stamp_ns, T_cart_ecm)
+
+    def add_psm(self, arm: str, stamp_ns: int, T_ecm_tip: np.ndarray | None) -> str:
+        """Add a PSM measured_cp sample (tip in the ECM tip frame)."""
+        buf = self.psms.setdefault(arm, PoseBuffer(**self.buffer_kwargs))
+        return buf.add(stamp_ns, T_ecm_tip)
+
+    def camera_pose(self, image_stamp_ns: int, final: bool = False) -> PoseLookup:
+        """T_world_camera at an image stamp, or None and the reason."""
+        res = self.ecm.lookup(int(image_stamp_ns) - self.image_offset_ns, final)
+        return PoseLookup(res.T @ self.hand_eye, OK, res.age_ns) if res.ok else res
+
+    def tool_poses(self, image_stamp_ns: int, final: bool = False) -> dict[str, PoseLookup]:
+        """T_camera_tip of each PSM at an image stamp (each a PoseLookup)."""
+        t = int(image_stamp_ns) - self.image_offset_ns
+        out = {}
+        for arm, buf in self.psms.items():
+            res = buf.lookup(t, final)
+            out[arm] = PoseLookup(self.ecm_to_camera_inv @ res.T, OK, res.age_ns) if res.ok else res
+        return out
+
+
+def calibrate_hand_eye(T_cart_ecm: Sequence[np.ndarray], T_camera_target: Sequence[np.ndarray]) -> np.ndarray:
+    """T_ecm_camera from N >= 3 pairs (ECM measured_cp, pose of a fixed target seen by the left camera).
+
+    Procedure: fix a checkerboard in the field of view, move the ECM to N (10-20) poses with rotations about
+    different axes, and at each record `/ECM/measured_cp` and the target pose from the left image
+    (cv2.findChessboardCorners + cv2.solvePnP with the calibrated left camera). Solves AX = XB over all pose
+    pairs: rotation by Park & Martin (least squares on rotation vectors, Kabsch), then translation by
+    linear least squares. (The OpenCV 5 wheel has no calibrateHandEye.)
+    """
+    if len(T_cart_ecm) != len(T_camera_target) or len(T_cart_ecm) < 3:
+        raise ValueError("hand-eye calibration needs >= 3 matching pose pairs, got "
+                         f"{len(T_cart_ecm)} ECM poses and {len(T_camera_target)} target poses")
+    for i, (a, b) in enumerate(zip(T_cart_ecm, T_camera_target, strict=True)):
+        if not (is_rigid(a) and is_rigid(b)):
+            raise ValueError(f"hand-eye calibration pair {i} is not a pair of rigid 4x4 transforms")
+    motions = []
+    n = len(T_cart_ecm)
+    for i in range(n):
+        for j in range(i + 1, n):
+            A = np.linalg.inv(T_cart_ecm[j]) @ T_cart_ecm[i]           # ECM motion
+            B = T_camera_target[j] @ np.linalg.inv(T_camera_target[i])  # the same motion seen by the camera
+            motions.append((A, B))
+    alpha = np.array([cv2.Rodrigues(A[:3, :3])[0].ravel() for A, _ in motions])
+    beta = np.array([cv2.Rodrigues(B[:3, :3])[0].ravel() for _, B in motions])
+    U, _, Vt = np.linalg.svd(alpha.T @ beta)
+    R = U @ np.diag([1.0, 1.0, np.linalg.det(U @ Vt)]) @ Vt
+    if np.linalg.matrix_rank(alpha, tol=1e-3) < 2:
+        raise ValueError("hand-eye calibration needs ECM rotations about at least two different axes")
+    lhs = np.concatenate([A[:3, :3] - np.eye(3) for A, _ in motions])
+    rhs = np.concatenate([R @ B[:3, 3] - A[:3, 3] for A, B in motions])
+    X = np.eye(4)
+    X[:3, :3], X[:3, 3] = R, np.linalg.lstsq(lhs, rhs, rcond=None)[0]
+    return X
+
+
+@dataclass(frozen=True)
+class FrameKinematics:
+    """Kinematics resolved for one image: the camera pose (PoseLookup) and each PSM's T_camera_tip."""
+
+    stamp_ns: int
+    camera: PoseLookup
+    tools: dict[str, PoseLookup]
+
+
+class FrameResolver:
+    """Image stamps waiting for their kinematics (robot and video streams arrive with different latencies).
+
+    An image is resolved as soon as the ECM stream and every PSM stream seen so far have passed its stamp, or
+    `max_wait_ns` after it was added (then without waiting further: a stopped stream gives STALE, never a
+    held pose). `poll` returns resolved frames in stamp order. `counters` counts frames, frames_with_pose,
+    frames_without_pose, no_pose.<reason> and dropped (more than `max_pending` images waiting).
+    """
+
+    def __init__(self, camera: KinematicCamera, max_wait_ns: int = 100 * MS, max_pending: int = 30) -> None:
+        if max_wait_ns < 0 or max_pending < 1:
+            raise ValueError("FrameResolver needs max_wait_ns >= 0 and max_pending >= 1, got "
+                             f"{max_wait_ns}, {max_pending}")
+        self.camera = camera
+        self.max_wait_ns, self.max_pending = int(max_wait_ns), int(max_pending)
+        self._pending: list[tuple[int, int]] = []      # (image stamp, time added)
+        self.counters: Counter[str] = Counter()
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def add_image(self, stamp_ns: int, now_ns: int) -> None:
+        """Queue an image stamp seen at time `now_ns` (any monotonic clock, the same for `poll`)."""
+        if any(s == stamp_ns for s, _ in self._pending):
+            return
+        bisect.insort(self._pending, (int(stamp_ns), int(now_ns)))
+        while len(self._pending) > self.max_pending:
+            self._pending.pop(0)
+            self.counters["dropped"] += 1
+
+    def _ready(self, stamp_ns: int) -> bool:
+        t = stamp_ns - self.camera.image_offset_ns
+        bufs = [self.camera.ecm, *self.camera.psms.values()]
+        return all(b.newest_ns is not None and b.newest_ns >= t for b in bufs)
+
+    def poll(self, now_ns: int) -> list[FrameKinematics]:
+        """Resolve every waiting image whose kinematics are complete or whose wait is over."""
+        out = []
+        keep = []
+        for stamp, added in self._pending:
+            final = now_ns - added >= self.max_wait_ns
+            if not (final or self._ready(stamp)):
+                keep.append((stamp, added))
+                continue
+            cam = self.camera.camera_pose(stamp, final=True)
+            tools = self.camera.tool_poses(stamp, final=True)
+            self.counters["frames"] += 1
+            if cam.ok:
+                self.counters["frames_with_pose"] += 1
+            else:
+                self.counters["frames_without_pose"] += 1
+                self.counters[f"no_pose.{cam.reason}"] += 1
+            out.append(FrameKinematics(stamp, cam, tools))
+        self._pending = keep
+        return out
