@@ -1,0 +1,210 @@
+"""bag_replay: publish a rosbag2 (MCAP or sqlite3) on its recorded topics, paced by the recorded stamps.
+
+Messages go out as the recorded CDR bytes (no deserialization); publishers are created from the type names
+(importlib), so every type needs compiled rclpy support. Parameters:
+  bag (path), rate (1.0 = real time, 2.0 = twice as fast, 0.0 = no pacing: each stamp group waits only until
+  the subscribers acknowledged the previous one), loop, start_offset (s into the bag), publish_clock
+  (/clock at each stamp, for use_sim_time graphs), topics (only these; empty = all), late_threshold (s behind
+  schedule that counts a stamp group as late), drop_late + drop_threshold (skip stamp groups that are further
+  behind than this to catch up), wait_for_subscribers (publish only when every topic has this many
+  subscribers, up to wait_timeout s), exit_on_end (stop the process when the bag ends; default keeps it alive
+  so the graph keeps running), qos_depth.
+A damaged bag replays what is readable and logs where it stopped. Counters (published, late, dropped, loops)
+go to the NodeStatus heartbeat and the summary log at the end and at shutdown.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import signal
+import threading
+import time
+from typing import Any
+
+from rclpy.duration import Duration
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from rosgraph_msgs.msg import Clock
+
+from surg3d_nodes.bags import BagMessage, BagReader
+from surg3d_nodes.ros import topics
+from surg3d_nodes.ros.convert import ns_to_stamp
+from surg3d_nodes.ros.runtime import ERROR, SurgNode, run_node
+
+
+def message_class(msgtype: str) -> Any:
+    """rclpy message class of a type name `pkg/msg/Name`."""
+    pkg, kind, name = msgtype.split("/")
+    return getattr(importlib.import_module(f"{pkg}.{kind}"), name)
+
+
+class BagReplay(SurgNode):
+    """Replays a bag in a background thread (publishing is thread safe; the executor only runs timers)."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__("bag_replay", **kwargs)
+        p = self.declare_parameter
+        self.bag = str(p("bag", "").value)
+        self.rate = float(p("rate", 1.0).value)
+        self.loop = bool(p("loop", False).value)
+        self.start_offset = float(p("start_offset", 0.0).value)
+        self.publish_clock = bool(p("publish_clock", True).value)
+        self.only_topics = [t for t in p("topics", [""]).value if t]
+        self.late_threshold = float(p("late_threshold", 0.05).value)
+        self.drop_late = bool(p("drop_late", False).value)
+        self.drop_threshold = float(p("drop_threshold", 0.2).value)
+        self.wait_for_subscribers = int(p("wait_for_subscribers", 0).value)
+        self.wait_timeout = float(p("wait_timeout", 30.0).value)
+        self.exit_on_end = bool(p("exit_on_end", False).value)
+        self.qos_depth = int(p("qos_depth", 10).value)
+        if not self.bag:
+            raise ValueError("parameter 'bag' is required (path of a rosbag2 directory, .mcap or .db3)")
+        if self.rate < 0:
+            raise ValueError(f"parameter 'rate' must be >= 0, got {self.rate}")
+        self.reader = BagReader(self.bag)      # raises FileNotFoundError naming the path
+        self.publishers_: dict[str, Any] = {}
+        self.clock_pub = self.create_publisher(Clock, topics.CLOCK, 10) if self.publish_clock else None
+        self.published = self.late = self.dropped = self.loops = 0
+        self.max_lag = 0.0
+        self.position_s = 0.0
+        self.state = "starting"
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="bag_replay", daemon=True)
+        self._thread.start()
+
+    # ------------------------------------------------------------------ publishing
+    def _publisher(self, topic: str, msgtype: str) -> Any:
+        pub = self.publishers_.get(topic)
+        if pub is None:
+            qos = QoSProfile(depth=self.qos_depth, reliability=ReliabilityPolicy.RELIABLE)
+            pub = self.create_publisher(message_class(msgtype), topic, qos)
+            self.publishers_[topic] = pub
+        return pub
+
+    def _prepare(self) -> None:
+        """Create the publishers of the topics known up front and wait for subscribers if asked to."""
+        for topic, msgtype in self.reader.topics.items():
+            if not self.only_topics or topic in self.only_topics:
+                try:
+                    self._publisher(topic, msgtype)
+                except (ImportError, AttributeError, ValueError) as e:
+                    self.report_problem("type", f"cannot publish {topic} ({msgtype}): {e}", ERROR)
+        if self.wait_for_subscribers <= 0:
+            return
+        self.state = "waiting for subscribers"
+        deadline = time.monotonic() + self.wait_timeout
+        need = self.wait_for_subscribers
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            if all(p.get_subscription_count() >= need for p in self.publishers_.values()):
+                return
+            time.sleep(0.05)
+        missing = [t for t, p in self.publishers_.items() if p.get_subscription_count() < need]
+        if missing:
+            self.get_logger().warning(f"starting without {need} subscriber(s) on {missing}")
+
+    def _publish_group(self, group: list[BagMessage]) -> None:
+        if self.clock_pub is not None:
+            self.clock_pub.publish(Clock(clock=ns_to_stamp(group[0].stamp_ns)))
+        for m in group:
+            try:
+                pub = self._publisher(m.topic, m.msgtype)
+            except (ImportError, AttributeError, ValueError) as e:
+                self.report_problem("type", f"cannot publish {m.topic} ({m.msgtype}): {e}", ERROR)
+                continue
+            pub.publish(m.data)
+            self.published += 1
+        if self.rate == 0:      # unpaced: let the transport deliver before the next stamp group
+            for m in group:
+                self.publishers_[m.topic].wait_for_all_acked(Duration(seconds=1.0))
+
+    def _groups(self) -> Any:
+        """Messages of one pass in stamp groups (all messages of a frame share its stamp)."""
+        group: list[BagMessage] = []
+        for m in self.reader.messages():
+            if self.only_topics and m.topic not in self.only_topics:
+                continue
+            if group and m.stamp_ns != group[0].stamp_ns:
+                yield group
+                group = []
+            group.append(m)
+        if group:
+            yield group
+
+    def _play_once(self) -> None:
+        start_wall = None
+        first_ns = None
+        for group in self._groups():
+            if self._stop.is_set():
+                return
+            stamp = group[0].stamp_ns
+            first_ns = stamp if first_ns is None else first_ns
+            rel = (stamp - first_ns) * 1e-9
+            if rel < self.start_offset:
+                continue
+            self.position_s = rel
+            if self.rate > 0:
+                now = time.monotonic()
+                if start_wall is None:
+                    start_wall = now - (rel - self.start_offset) / self.rate
+                target = start_wall + (rel - self.start_offset) / self.rate
+                if target > now:
+                    self._stop.wait(target - now)
+                lag = time.monotonic() - target
+                self.max_lag = max(self.max_lag, lag)
+                if self.drop_late and lag > self.drop_threshold:
+                    self.dropped += len(group)
+                    continue
+                if lag > self.late_threshold:
+                    self.late += 1
+            self._publish_group(group)
+
+    def _run(self) -> None:
+        try:
+            self._prepare()
+            while not self._stop.is_set():
+                self.state = "playing"
+                self._play_once()
+                if self.reader.stopped:
+                    self.report_problem("bag", f"replay stopped early: {self.reader.stopped}", ERROR)
+                if self._stop.is_set():
+                    return
+                self.loops += 1
+                if not self.loop or self.reader.count == 0:
+                    break
+            self.state = "ended"
+            self.get_logger().info(f"bag ended: {self.summary()}")
+            if self.exit_on_end:
+                os.kill(os.getpid(), signal.SIGTERM)
+        except Exception as e:  # keep the process (and its heartbeat) alive, report what broke
+            self.state = "failed"
+            self.report_problem("replay", f"{type(e).__name__}: {e}", ERROR)
+
+    # ------------------------------------------------------------------ status
+    def summary(self) -> str:
+        """One line with the counters of this replay."""
+        return (f"{self.bag}: published {self.published} messages in {self.loops} pass(es), "
+                f"late {self.late} stamp groups (> {self.late_threshold * 1e3:.0f} ms behind, "
+                f"max {self.max_lag * 1e3:.0f} ms), "
+                f"dropped {self.dropped} messages, rate {self.rate:g}"
+                + (f"; stopped early: {self.reader.stopped}" if self.reader.stopped else ""))
+
+    def status_values(self) -> dict[str, object]:
+        """Replay counters for the heartbeat."""
+        return {"state": self.state, "published": self.published, "late": self.late, "dropped": self.dropped,
+                "loops": self.loops, "position_s": float(self.position_s), "max_lag_ms": self.max_lag * 1e3}
+
+    def close(self) -> None:
+        """Stop the replay thread and log the summary."""
+        self._stop.set()
+        self._thread.join(timeout=5.0)
+        self.get_logger().info(f"shutdown: {self.summary()}")
+        super().close()
+
+
+def main() -> None:
+    """Process entry point."""
+    run_node(BagReplay)
+
+
+if __name__ == "__main__":
+    main()
