@@ -2,9 +2,10 @@
 
 Subscriptions take raw CDR bytes (raw=True) and only enqueue them (bounded queue; a full queue counts a drop);
 a background thread writes them with rosbags. Topic types come from the graph (topics are subscribed as
-soon as a publisher appears). The bag is written under a hidden name and appears at `output` when the node
-shuts down and closes it. Parameters: topics (list), output (bag directory; default
-recordings/surg3d_<UTC time>), storage (mcap | sqlite3), queue_size, qos_depth, discovery_period (s).
+soon as a publisher appears). The bag is written under a hidden name and appears at its path when the node
+shuts down and closes it. Parameters: topics (list), output_dir (folder of recordings; the bag is
+<output_dir>/recording_<UTC time>), output (explicit bag path, overrides output_dir), storage
+(mcap | sqlite3), queue_size, qos_depth, discovery_period (s).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ class Recorder(SurgNode):
         p = self.declare_parameter
         self.topics = [t for t in p("topics", DEFAULT_TOPICS).value if t]
         output = str(p("output", "").value)
+        output_dir = Path(str(p("output_dir", "out").value))
         self.storage = str(p("storage", "mcap").value)
         self.queue_size = int(p("queue_size", 200).value)
         self.qos_depth = int(p("qos_depth", 10).value)
@@ -42,7 +44,8 @@ class Recorder(SurgNode):
             raise ValueError("parameter 'topics' lists no topic to record")
         if self.queue_size < 1:
             raise ValueError(f"parameter 'queue_size' must be >= 1, got {self.queue_size}")
-        self.output = Path(output or f"recordings/surg3d_{time.strftime('%Y%m%d_%H%M%S', time.gmtime())}")
+        stamp = time.strftime("%Y%m%d_%H%M%S", time.gmtime())
+        self.output = Path(output) if output else output_dir / f"recording_{stamp}"
         self.writer = BagWriter(self.output, storage=self.storage)   # fails early on an existing output
         self.queue: queue.Queue[tuple[str, str, int, bytes] | None] = queue.Queue(maxsize=self.queue_size)
         self.subs: dict[str, Any] = {}
