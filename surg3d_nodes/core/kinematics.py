@@ -27,6 +27,21 @@ MS = 1_000_000
 # ECM tip (ISI: x left, y up, z forward) -> optical frame (x right, y down, z forward), as x y z qx qy qz qw.
 NOMINAL_HAND_EYE = (0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 
+
+def dvrk_arm_topic(arm: str, what: str = "measured_cp") -> str:
+    """dVRK 2.x CRTK topic of an arm, e.g. /ECM/measured_cp, /PSM1/measured_cp, /PSM1/jaw/measured_js."""
+    if not arm or "/" in arm:
+        raise ValueError(f"dVRK arm name must be a plain name like ECM or PSM1, got {arm!r}")
+    return f"/{arm}/{what}"
+
+
+def dvrk_video_topic(rig: str, side: str, what: str = "image_raw") -> str:
+    """dvrk_video stereo topic, e.g. /jhu_daVinci/left/image_raw, /jhu_daVinci/right/camera_info."""
+    if not rig or side not in ("left", "right"):
+        raise ValueError(f"dvrk_video topics need a rig name and side left|right, got {rig!r}, {side!r}")
+    return f"/{rig}/{side}/{what}"
+
+
 # Why a lookup has no pose.
 OK = "ok"
 NO_DATA = "no_data"          # nothing received yet (or everything was invalid)

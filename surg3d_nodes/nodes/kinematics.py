@@ -1,0 +1,207 @@
+"""Kinematics node: camera poses and instrument priors from da Vinci Research Kit (dVRK 2.x) kinematics.
+
+Subscribes `/<ecm_arm>/measured_cp` and `/<PSM>/measured_cp` (geometry_msgs/PoseStamped, 100 Hz) and the left
+camera_info (its stamps are the image stamps; with `stamp_source: image` the left image's instead). For each
+image stamp, once the kinematics streams have passed it (or after `max_wait_ms`), it publishes
+- /camera/pose (PoseStamped, frame `world_frame` = the cart frame) and /tf: ECM pose interpolated at the stamp
+  (SLERP / linear) composed with the hand-eye transform; an image without a valid pose (stale, gap, stopped
+  stream, ...) gets no pose message, so the trainer never uses it with a wrong pose;
+- /instrument/prior_mask (mono8, the image stamp): each PSM's shaft, wrist and jaws projected into the left
+  image (core.instrument_prior), when a camera model is known (camera_info or `calibration_file`).
+Stale/gap/out-of-order/invalid counts are in the heartbeat. The prior is rendered on a worker thread.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+
+import numpy as np
+from geometry_msgs.msg import PoseStamped
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from sensor_msgs.msg import CameraInfo, Image
+from tf2_msgs.msg import TFMessage
+
+from surg3d_nodes.core.camera import CameraModel
+from surg3d_nodes.core.camera_yaml import load_camera_yaml
+from surg3d_nodes.core.instrument_prior import InstrumentGeometry, pixel_rays, project_instruments
+from surg3d_nodes.core.kinematics import (
+    MS,
+    NOMINAL_HAND_EYE,
+    FrameKinematics,
+    FrameResolver,
+    KinematicCamera,
+    dvrk_arm_topic,
+    hand_eye_from_params,
+)
+from surg3d_nodes.ros import topics
+from surg3d_nodes.ros.convert import (
+    MessageError,
+    image_to_msg,
+    msg_to_camera,
+    msg_to_pose,
+    pose_to_msg,
+    stamp_to_ns,
+    transform_msg,
+)
+from surg3d_nodes.ros.runtime import SurgNode, run_node
+
+
+class KinematicsNode(SurgNode):
+    """ECM/PSM kinematics -> camera pose, /tf and instrument prior at every image stamp (module docstring)."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__("kinematics", **kwargs)
+        p = {name: self.declare_parameter(name, default).value for name, default in [
+            ("ecm_arm", "ECM"), ("psm_arms", ["PSM1", "PSM2"]), ("hand_eye", list(NOMINAL_HAND_EYE)),
+            ("image_time_offset_ms", 0.0), ("max_age_ms", 50.0), ("max_gap_ms", 30.0), ("max_wait_ms", 100.0),
+            ("stamp_source", "camera_info"), ("calibration_file", ""), ("world_frame", topics.WORLD_FRAME),
+            ("camera_frame", topics.LEFT_OPTICAL_FRAME), ("publish_tf", True), ("publish_prior", True),
+            ("prior_rectified", False), ("shaft_radius", 0.004), ("jaw_radius", 0.003),
+            ("wrist_length", 0.010), ("shaft_length", 0.40)]}
+        if p["stamp_source"] not in ("camera_info", "image"):
+            raise ValueError(f"stamp_source must be camera_info or image, got {p['stamp_source']!r}")
+        self.world_frame, self.camera_frame = str(p["world_frame"]), str(p["camera_frame"])
+        self.publish_tf, self.publish_prior = bool(p["publish_tf"]), bool(p["publish_prior"])
+        self.prior_rectified = bool(p["prior_rectified"])
+        self.geometry = InstrumentGeometry(float(p["shaft_radius"]), float(p["jaw_radius"]),
+                                           float(p["wrist_length"]), float(p["shaft_length"]))
+        self.kin = KinematicCamera(hand_eye_from_params(p["hand_eye"]),
+                                   image_offset_ns=round(float(p["image_time_offset_ms"]) * MS),
+                                   max_age_ns=round(float(p["max_age_ms"]) * MS),
+                                   max_gap_ns=round(float(p["max_gap_ms"]) * MS))
+        self.resolver = FrameResolver(self.kin, max_wait_ns=round(float(p["max_wait_ms"]) * MS))
+        self.cam: CameraModel | None = None
+        self._rays: np.ndarray | None = None
+        if p["calibration_file"]:
+            self.cam = load_camera_yaml(p["calibration_file"], self.camera_frame)
+            self.get_logger().info(f"camera model from {p['calibration_file']} "
+                                   f"({self.cam.width}x{self.cam.height})")
+        self._lock = threading.Lock()
+        self._priors: queue.Queue[FrameKinematics | None] = queue.Queue(maxsize=4)
+
+        self.pose_pub = self.create_publisher(PoseStamped, topics.CAMERA_POSE, 10)
+        self.tf_pub = self.create_publisher(TFMessage, topics.TF, 100)
+        self.prior_pub = self.create_publisher(Image, topics.INSTRUMENT_PRIOR, 5)
+        group = MutuallyExclusiveCallbackGroup()
+        self.create_subscription(PoseStamped, dvrk_arm_topic(str(p["ecm_arm"])), self.on_ecm, 50,
+                                 callback_group=group)
+        for arm in p["psm_arms"]:
+            self.create_subscription(PoseStamped, dvrk_arm_topic(str(arm)),
+                                     lambda msg, a=str(arm): self.on_psm(a, msg), 50, callback_group=group)
+        self.create_subscription(CameraInfo, topics.LEFT_INFO, self.on_info, 10, callback_group=group)
+        if p["stamp_source"] == "image":
+            self.create_subscription(Image, topics.LEFT_IMAGE, self.on_image, 5, callback_group=group)
+        self.stamp_source = p["stamp_source"]
+        self.create_timer(0.01, self.poll, callback_group=group)   # resolves images whose wait is over
+        self._worker = threading.Thread(target=self._prior_loop, name="prior", daemon=True)
+        self._worker.start()
+
+    # ------------------------------------------------------------------ inputs
+    def on_ecm(self, msg: PoseStamped) -> None:
+        """ECM measured_cp: T_cart_ecm."""
+        self._add_pose(None, msg)
+
+    def on_psm(self, arm: str, msg: PoseStamped) -> None:
+        """PSM measured_cp: instrument tip in the ECM tip frame."""
+        self._add_pose(arm, msg)
+
+    def _add_pose(self, arm: str | None, msg: PoseStamped) -> None:
+        stamp = stamp_to_ns(msg.header.stamp)
+        try:
+            T, why = msg_to_pose(msg), ""
+        except MessageError as e:
+            T, why = None, f": {e}"
+        with self._lock:
+            verdict = self.kin.add_ecm(stamp, T) if arm is None else self.kin.add_psm(arm, stamp, T)
+        if verdict in ("invalid", "too_old", "duplicate"):
+            self.report_problem(f"kinematics_{verdict}", f"{arm or 'ECM'} sample at {stamp} ns{why}")
+        self.poll()
+
+    def on_info(self, msg: CameraInfo) -> None:
+        """Left camera_info: its stamp is an image stamp; its calibration feeds the prior (unless a file)."""
+        if self.cam is None:
+            try:
+                self.cam = msg_to_camera(msg)
+            except MessageError as e:
+                self.report_problem("camera_info", f"{e}; set calibration_file for the instrument prior")
+        if self.stamp_source == "camera_info":
+            self._add_image(stamp_to_ns(msg.header.stamp))
+
+    def on_image(self, msg: Image) -> None:
+        """Left image (stamp_source: image): only its stamp is used."""
+        self._add_image(stamp_to_ns(msg.header.stamp))
+
+    def _add_image(self, stamp_ns: int) -> None:
+        with self._lock:
+            self.resolver.add_image(stamp_ns, time.monotonic_ns())
+        self.poll()
+
+    # ------------------------------------------------------------------ outputs
+    def poll(self) -> None:
+        """Publish every image whose kinematics are resolved."""
+        with self._lock:
+            frames = self.resolver.poll(time.monotonic_ns())
+        for fk in frames:
+            self._publish(fk)
+
+    def _publish(self, fk: FrameKinematics) -> None:
+        if not fk.camera.ok:
+            age = "" if fk.camera.age_ns is None else f" (nearest ECM sample {fk.camera.age_ns / MS:.1f} ms)"
+            self.report_problem(f"no_pose_{fk.camera.reason}", f"image {fk.stamp_ns} ns gets no pose{age}")
+            return
+        self.pose_pub.publish(pose_to_msg(fk.camera.T, fk.stamp_ns, self.world_frame))
+        if self.publish_tf:
+            self.tf_pub.publish(TFMessage(transforms=[
+                transform_msg(fk.camera.T, fk.stamp_ns, self.world_frame, self.camera_frame)]))
+        if self.publish_prior and self.cam is not None:
+            try:
+                self._priors.put_nowait(fk)
+            except queue.Full:
+                self.count("prior_dropped")
+
+    def _prior_loop(self) -> None:
+        while True:
+            fk = self._priors.get()
+            if fk is None:
+                return
+            missing = [arm for arm, r in fk.tools.items() if not r.ok]
+            if missing:  # a partial prior would tell fusion "no instrument here": publish none instead
+                self.count("prior_incomplete")
+                continue
+            cam = self.cam
+            if self._rays is None or self._rays.shape[:2] != (cam.height, cam.width):
+                self._rays = pixel_rays(cam, self.prior_rectified)
+            mask = project_instruments(cam, [r.T for r in fk.tools.values()], self.geometry, rays=self._rays)
+            frame = cam.frame_id or self.camera_frame
+            self.prior_pub.publish(image_to_msg(mask, "mono8", fk.stamp_ns, frame))
+            self.count("priors")
+
+    def status_values(self) -> dict[str, object]:
+        """Kinematics stream and frame counters for the heartbeat."""
+        with self._lock:
+            values: dict[str, object] = {f"ecm.{k}": v for k, v in self.kin.ecm.counters.items()}
+            for arm, buf in self.kin.psms.items():
+                values.update({f"{arm.lower()}.{k}": v for k, v in buf.counters.items()})
+            values.update(self.resolver.counters)
+            values["pending"] = self.resolver.pending
+        return values
+
+    def close(self) -> None:
+        """Stop the prior worker."""
+        try:
+            self._priors.put(None, timeout=1.0)
+        except queue.Full:
+            pass
+        self._worker.join(timeout=2.0)
+        super().close()
+
+
+def main() -> None:
+    """Process entry point."""
+    run_node(KinematicsNode)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,174 @@
+"""dVRK nodes over DDS: the kinematics node as a real process fed faulty emulated dVRK streams (poses right
+or absent, faults in the heartbeat, prior masks), and the emulator node driving the kinematics node."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+from geometry_msgs.msg import PoseStamped
+from sensor_msgs.msg import CameraInfo, Image
+
+from surg3d_msgs.msg import NodeStatus
+from surg3d_nodes.core.dvrk_emulator import (
+    ECM,
+    SYNTHETIC_INSTRUMENT,
+    VIDEO,
+    EmulatorConfig,
+    emulate,
+)
+from surg3d_nodes.core.geometry import matrix_to_pose
+from surg3d_nodes.core.instrument_prior import mask_iou
+from surg3d_nodes.core.kinematics import MS, dvrk_arm_topic
+from surg3d_nodes.core.synthetic import SynthConfig
+from surg3d_nodes.ros import topics
+from surg3d_nodes.ros.convert import (
+    camera_to_msg,
+    msg_to_image,
+    msg_to_pose,
+    pose_to_msg,
+    stamp_to_ns,
+)
+
+CONFIG = Path(__file__).resolve().parents[1] / "config"
+GEOMETRY_ARGS = ["-p", f"shaft_radius:={SYNTHETIC_INSTRUMENT.shaft_radius}",
+                 "-p", f"jaw_radius:={SYNTHETIC_INSTRUMENT.jaw_radius}",
+                 "-p", f"wrist_length:={SYNTHETIC_INSTRUMENT.wrist_length}"]
+
+
+def _start(module: str, args: list[str], env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", module, "--ros-args", *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _stop(proc: subprocess.Popen) -> str:
+    proc.terminate()
+    try:
+        out, _ = proc.communicate(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+    return out
+
+
+class _Collector:
+    """Thread-safe lists of received messages per topic."""
+
+    def __init__(self, node, specs: dict[str, type]) -> None:
+        self.lock = threading.Lock()
+        self.msgs: dict[str, list] = {t: [] for t in specs}
+        for topic, cls in specs.items():
+            node.create_subscription(cls, topic, lambda m, t=topic: self._add(t, m), 200)
+
+    def _add(self, topic: str, msg) -> None:
+        with self.lock:
+            self.msgs[topic].append(msg)
+
+    def get(self, topic: str) -> list:
+        with self.lock:
+            return list(self.msgs[topic])
+
+
+def _wait(cond, timeout: float) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return True
+        time.sleep(0.05)
+    return cond()
+
+
+def test_kinematics_node_with_faulty_streams(ros_env, ros_node):
+    synth = SynthConfig(width=160, height=128, frames=30, camera_motion="moving", instruments=2,
+                        noise_std=0.0)
+    em = emulate(EmulatorConfig(synth=synth, sample_jitter_ms=1.0, delivery_jitter_ms=4.0, dropout=0.05,
+                                reorder=0.1, nan_rate=0.02, ecm_stop_s=0.7, video_offset_ms=8.0, seed=5))
+    t, q = matrix_to_pose(em.hand_eye)
+    hand_eye = "[" + ",".join(f"{v:.9f}" for v in [*t, *q]) + "]"
+    proc = _start("surg3d_nodes.nodes.kinematics",
+                  ["-p", f"hand_eye:={hand_eye}", "-p", "image_time_offset_ms:=8.0",
+                   "-p", "max_wait_ms:=80.0", "-p", "heartbeat_period:=0.5", *GEOMETRY_ARGS], ros_env)
+    try:
+        pubs = {kind: ros_node.create_publisher(PoseStamped, dvrk_arm_topic(kind), 50)
+                for kind in (ECM, "PSM1", "PSM2")}
+        info_pub = ros_node.create_publisher(CameraInfo, topics.LEFT_INFO, 10)
+        got = _Collector(ros_node, {topics.CAMERA_POSE: PoseStamped, topics.INSTRUMENT_PRIOR: Image,
+                                    topics.NODE_STATUS: NodeStatus})
+        assert _wait(lambda: all(p.get_subscription_count() > 0 for p in [*pubs.values(), info_pub])
+                     and ros_node.count_publishers(topics.CAMERA_POSE) > 0
+                     and ros_node.count_publishers(topics.INSTRUMENT_PRIOR) > 0, 20), "kinematics node not up"
+        time.sleep(0.5)
+        # Real-time replay of the delivery order, stamps as emulated.
+        t0 = time.monotonic_ns() - em.messages[0].send_ns
+        for m in em.messages:
+            delay = (m.send_ns + t0 - time.monotonic_ns()) / 1e9
+            if delay > 0:
+                time.sleep(delay)
+            if m.kind == VIDEO:
+                info_pub.publish(camera_to_msg(em.scene.cam_left, m.stamp_ns))
+            else:
+                pubs[m.kind].publish(pose_to_msg(m.T, m.stamp_ns, ""))
+        frame_of = {em.image_stamp(i): i for i in range(synth.frames)}
+        expect_min = sum(1 for i in range(synth.frames) if i / synth.fps < 0.7 - 0.05)
+        assert _wait(lambda: len(got.get(topics.CAMERA_POSE)) >= expect_min, 5), \
+            f"{len(got.get(topics.CAMERA_POSE))} poses, expected >= {expect_min}"
+        time.sleep(1.2)  # the remaining frames time out; one more heartbeat
+        poses = got.get(topics.CAMERA_POSE)
+        for msg in poses:
+            i = frame_of[stamp_to_ns(msg.header.stamp)]
+            assert i / synth.fps < 0.7 + 0.05, f"frame {i} after the ECM stopped got a pose"
+            err = np.linalg.norm(msg_to_pose(msg)[:3, 3] - em.true_camera_pose(i)[:3, 3])
+            assert err < 1e-4, f"frame {i}: pose off by {err * 1e3:.3f} mm"
+            assert msg.header.frame_id == topics.WORLD_FRAME
+        priors = got.get(topics.INSTRUMENT_PRIOR)
+        assert len(priors) >= expect_min - 3
+        truth = [em.scene.frames[frame_of[stamp_to_ns(m.header.stamp)]].mask for m in priors]
+        ious = [mask_iou(msg_to_image(m, "mono8"), ref) for m, ref in zip(priors, truth, strict=True)]
+        assert min(ious) >= 0.8, f"prior IoU {np.round(ious, 3).tolist()}"
+        beats = [m for m in got.get(topics.NODE_STATUS) if m.node.endswith("kinematics")]
+        assert beats, "no heartbeat"
+        values = {kv.key: kv.value for kv in beats[-1].values}
+        assert int(values["ecm.out_of_order"]) > 0 and int(values["ecm.invalid"]) > 0, values
+        assert int(values["no_pose.stale"]) >= 5 and int(values["frames_with_pose"]) == len(poses), values
+    finally:
+        out = _stop(proc)
+    assert "Traceback" not in out, out
+
+
+def test_emulator_node_drives_kinematics_node(ros_env, ros_node, tmp_path):
+    rig = "test_rig"
+    emu = _start("surg3d_nodes.nodes.dvrk_emulator",
+                 ["--params-file", str(CONFIG / "dvrk_emulator.yaml"), "-p", f"rig:={rig}",
+                  "-p", "frames:=20", "-p", "width:=96", "-p", "height:=80",
+                  "-p", "uncalibrated_camera_info:=true", "-p", f"calibration_dir:={tmp_path}",
+                  "-p", "start_delay_s:=2.0"], ros_env)
+    kin = None
+    try:
+        got = _Collector(ros_node, {topics.CAMERA_POSE: PoseStamped, topics.INSTRUMENT_PRIOR: Image,
+                                    f"/{rig}/left/image_raw": Image, "/ECM/measured_cp": PoseStamped})
+        assert _wait(lambda: (tmp_path / "left.yaml").is_file(), 30), "emulator did not write its calibration"
+        kin = _start("surg3d_nodes.nodes.kinematics",
+                     ["--params-file", str(CONFIG / "kinematics.yaml"),
+                      "-r", f"{topics.LEFT_INFO}:=/{rig}/left/camera_info",
+                      "-p", f"calibration_file:={tmp_path / 'left.yaml'}", *GEOMETRY_ARGS], ros_env)
+        def counts() -> tuple[int, int]:
+            return len(got.get(topics.CAMERA_POSE)), len(got.get(topics.INSTRUMENT_PRIOR))
+
+        assert _wait(lambda: counts()[0] >= 10 and counts()[1] >= 5, 25), f"poses, priors: {counts()}"
+        ecm = got.get("/ECM/measured_cp")
+        stamps = sorted(stamp_to_ns(m.header.stamp) for m in ecm)
+        rate = (len(stamps) - 1) / ((stamps[-1] - stamps[0]) / 1e9)
+        assert 90 < rate < 110, f"ECM measured_cp at {rate:.1f} Hz"
+        assert got.get(f"/{rig}/left/image_raw")[0].width == 96
+        prior = msg_to_image(got.get(topics.INSTRUMENT_PRIOR)[-1], "mono8")
+        assert prior.shape == (80, 96) and prior.any()
+        delays = [abs(stamp_to_ns(m.header.stamp) - time.time_ns()) for m in got.get(topics.CAMERA_POSE)[-1:]]
+        assert delays[0] < 5_000 * MS  # stamps follow the emulator's clock (now), not the synthetic epoch
+    finally:
+        outs = [_stop(p) for p in (kin, emu) if p is not None]
+    for out in outs:
+        assert "Traceback" not in out, out
