@@ -1,0 +1,199 @@
+"""`surg3d demo`: the main job end to end. Synthesises a stereo endoscopy clip with exact ground truth (or takes
+a bag), replays it through the whole graph (depth, masks, reconstruction, recorder), saves the model and prints a
+summary: frames, reconstruction quality against the ground truth, where the outputs are."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from surg3d_nodes.core.graph import GraphError, load_preset
+from surg3d_nodes.core.supervisor import Supervisor
+
+
+@dataclass
+class DemoResult:
+    """What the watcher saw of the run."""
+
+    frames_in_bag: int = 0
+    status: object | None = None
+    ply: str = ""
+    quality: dict[str, float] = field(default_factory=dict)
+    error: str = ""
+
+
+def count_frames(bag: Path, topic: str) -> int:
+    """Number of messages on `topic` in a rosbag2 (from its metadata)."""
+    from rosbags.rosbag2 import Reader
+
+    with Reader(bag) as reader:
+        return sum(c.msgcount for c in reader.connections if c.topic == topic)
+
+
+def score(render: np.ndarray, depth: np.ndarray, frame) -> dict[str, float]:
+    """PSNR* over tissue pixels, de-occlusion PSNR over instrument pixels (synthetic tissue-only truth) and depth
+    RMSE (mm) over tissue pixels of one rendered view against a dataset frame."""
+    from surg3d_nodes.core.metrics import depth_rmse_mm, psnr_star
+
+    tissue = (frame.mask == 0) if frame.mask is not None else np.ones(render.shape[:2], bool)
+    out = {"psnr_star": psnr_star(render, frame.left, tissue)}
+    if "tissue" in frame.extras and frame.mask is not None and (frame.mask > 0).any():
+        out["deocc_psnr"] = psnr_star(render, frame.extras["tissue"], frame.mask > 0)
+    if frame.depth is not None:
+        out["depth_rmse_mm"] = depth_rmse_mm(depth, frame.depth, tissue)
+    return out
+
+
+def watch(sup: Supervisor, res: DemoResult, args: argparse.Namespace, domain_id: int | None,
+          clip: Path | None) -> None:
+    """Follow the trainer until every frame is in and it trained `--train-seconds` more, then save and score."""
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+
+    from surg3d_msgs.msg import TrainerStatus
+    from surg3d_msgs.srv import RenderView, SaveModel
+    from surg3d_nodes.ros import topics
+    from surg3d_nodes.ros.convert import msg_to_image, pose_to_msg
+
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx, domain_id=domain_id)
+    node = rclpy.create_node("surg3d_demo", context=ctx)
+    ex = SingleThreadedExecutor(context=ctx)
+    ex.add_node(node)
+    threading.Thread(target=ex.spin, daemon=True).start()
+    node.create_subscription(TrainerStatus, topics.RECON_STATUS, lambda m: setattr(res, "status", m), 10)
+
+    def call(client, request, timeout: float):
+        if not client.wait_for_service(timeout_sec=timeout):
+            raise TimeoutError(f"service {client.srv_name} is not available")
+        future = client.call_async(request)
+        deadline = time.monotonic() + timeout
+        while not future.done() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if not future.done():
+            raise TimeoutError(f"service {client.srv_name} did not answer within {timeout:.0f} s")
+        return future.result()
+
+    try:
+        t0 = time.monotonic()
+        last_print = 0.0
+        while True:  # until the replay is done and the trainer has seen every frame
+            s = res.status
+            seen = (s.frames_used + s.frames_skipped) if s else 0
+            if time.monotonic() - last_print > 5:
+                last_print = time.monotonic()
+                print(f"[demo] {time.monotonic() - t0:5.1f} s: trainer {s.state if s else 'not up yet'}, "
+                      f"{seen}/{res.frames_in_bag} frames, {s.num_gaussians if s else 0} Gaussians, "
+                      f"{s.iterations if s else 0} iterations", flush=True)
+            if seen >= res.frames_in_bag:
+                break
+            if time.monotonic() - t0 > args.timeout:
+                raise TimeoutError(f"the trainer took in {seen} of {res.frames_in_bag} frames in {args.timeout:.0f} s")
+            time.sleep(0.2)
+        print(f"[demo] all frames in; training {args.train_seconds:.0f} s more", flush=True)
+        time.sleep(args.train_seconds)
+        reply = call(node.create_client(SaveModel, topics.SRV_SAVE), SaveModel.Request(kind="ply"), 60)
+        if not reply.success:
+            raise RuntimeError(f"saving the PLY failed: {reply.message}")
+        res.ply = reply.path
+        if clip is not None:
+            from surg3d_nodes.core.datasets import open_dataset
+
+            reader = open_dataset("endonerf", clip, exact_depth=True)
+            client = node.create_client(RenderView, topics.SRV_RENDER_VIEW)
+            scores: dict[str, list[float]] = {}
+            idx = range(0, len(reader), max(1, len(reader) // args.eval_frames))
+            print(f"[demo] scoring {len(idx)} frames against the ground truth", flush=True)
+            for i in idx:
+                f = reader.frame(i)
+                stamped = pose_to_msg(f.pose, f.stamp_ns, topics.WORLD_FRAME)
+                req = RenderView.Request(header=stamped.header, pose=stamped.pose)
+                out = call(client, req, 60)
+                if not out.success:
+                    raise RuntimeError(f"render_view failed: {out.message}")
+                for k, v in score(msg_to_image(out.color, "rgb8"), msg_to_image(out.depth, "32FC1"), f).items():
+                    if math.isfinite(v):
+                        scores.setdefault(k, []).append(v)
+            res.quality = {k: float(np.mean(v)) for k, v in scores.items()}
+    except Exception as e:  # reported in the summary; the graph is stopped either way
+        res.error = str(e)
+    finally:
+        ex.shutdown(timeout_sec=2)
+        node.destroy_node()
+        rclpy.try_shutdown(context=ctx)
+        sup.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the demo; returns 0 when the whole graph ran and the model was saved."""
+    ap = argparse.ArgumentParser(prog="surg3d demo", description=__doc__.split("\n")[0])
+    ap.add_argument("--bag", type=Path, help="replay this rosbag2 instead of a synthetic clip")
+    ap.add_argument("--out", type=Path, default=Path("out/demo"), help="output folder (default out/demo)")
+    ap.add_argument("--width", type=int, default=160)
+    ap.add_argument("--height", type=int, default=128)
+    ap.add_argument("--frames", type=int, default=60)
+    ap.add_argument("--rate", type=float, default=1.0, help="replay rate factor")
+    ap.add_argument("--device", default="auto", help="trainer device: auto, cpu, cuda")
+    ap.add_argument("--train-seconds", type=float, default=10.0, help="training time after the last frame")
+    ap.add_argument("--eval-frames", type=int, default=10, help="frames scored against the ground truth")
+    ap.add_argument("--timeout", type=float, default=600.0)
+    args = ap.parse_args(argv)
+
+    import os
+
+    from surg3d_nodes.ros import topics
+
+    out = args.out.resolve()
+    clip = None
+    bag = args.bag
+    if bag is None:
+        from surg3d_nodes.cli import synth
+
+        synth_dir = out / "synth"
+        print(f"[demo] synthesising {args.frames} frames {args.width}x{args.height} in {synth_dir}", flush=True)
+        rc = synth.main([str(synth_dir), "--width", str(args.width), "--height", str(args.height),
+                         "--frames", str(args.frames), "--overwrite"])
+        if rc:
+            return rc
+        bag, clip = synth_dir / "bag", synth_dir / "endonerf"
+    try:
+        preset = load_preset("replay", {"bag": str(bag.resolve()), "rate": str(args.rate),
+                                        "output_dir": str(out), "device": args.device})
+    except GraphError as e:
+        print(f"surg3d demo: {e}", file=sys.stderr)
+        return 2
+    res = DemoResult(frames_in_bag=count_frames(bag, topics.LEFT_IMAGE))
+    if res.frames_in_bag == 0:
+        print(f"surg3d demo: {bag} has no {topics.LEFT_IMAGE} messages", file=sys.stderr)
+        return 2
+    sup = Supervisor(preset.nodes)
+    domain = int(os.environ["ROS_DOMAIN_ID"]) if os.environ.get("ROS_DOMAIN_ID") else None
+    t0 = time.monotonic()
+    threading.Thread(target=watch, args=(sup, res, args, domain, clip), daemon=True).start()
+    rc = sup.run()
+    s = res.status
+    recordings = sorted(out.glob("recording_*"))
+    print("\n=== surg3d demo summary ===")
+    print(f"input:           {bag} ({res.frames_in_bag} stereo frames)")
+    print(f"wall time:       {time.monotonic() - t0:.1f} s")
+    if s is not None:
+        print(f"trainer:         {s.backend} on {s.device}: {s.frames_used} frames used, {s.frames_skipped} skipped, "
+              f"{s.num_gaussians} Gaussians, {s.iterations} iterations ({s.iterations_per_second:.1f}/s)")
+    for k, v in res.quality.items():
+        unit = "mm" if k.endswith("_mm") else "dB"
+        label = {"psnr_star": "PSNR* (tissue)", "deocc_psnr": "de-occlusion PSNR",
+                 "depth_rmse_mm": "depth RMSE (tissue)"}.get(k, k)
+        print(f"{label + ':':<17}{v:.2f} {unit}  (vs ground truth, {args.eval_frames} frames)")
+    print(f"model (PLY):     {res.ply or 'not saved'}")
+    print(f"recording:       {recordings[-1] if recordings else 'none'}")
+    if res.error:
+        print(f"surg3d demo: FAILED: {res.error}", file=sys.stderr)
+        return 1
+    return rc
