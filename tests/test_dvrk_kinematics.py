@@ -192,3 +192,39 @@ def test_hand_eye_calibration_recovers_the_transform():
     assert dt < 1e-6 and dr < 1e-4
     with pytest.raises(ValueError, match="hand_eye needs 7"):
         hand_eye_from_params([0, 0, 0])
+
+
+def test_hand_eye_error_shifts_the_trajectory_rigidly(faulty: DvrkEmulation):
+    """2 mm / 1 degree of hand-eye error: every absolute pose is off by exactly that (a rigid offset of the
+    whole trajectory, harmless for a reconstruction), while poses relative to the first frame, which a
+    reconstruction sees, are off by the perturbation conjugated with the (small) camera motion only."""
+    dX = _rot([0.2, 1.0, -0.4], 1.0, np.array([1.0, -1.0, 0.5]) / np.linalg.norm([1.0, -1.0, 0.5]) * 0.002)
+    em = faulty
+    offset = round(em.config.video_offset_ms * MS)
+    exact, _ = _replay(em, KinematicCamera(em.hand_eye, image_offset_ns=offset))
+    wrong, _ = _replay(em, KinematicCamera(em.hand_eye @ dX, image_offset_ns=offset))
+    ok = sorted(i for i in exact if exact[i].camera.ok)
+    assert ok and ok == sorted(i for i in wrong if wrong[i].camera.ok)
+    first = ok[0]
+    for i in ok:
+        dt, dr = pose_error(wrong[i].camera.T, em.true_camera_pose(i))
+        assert abs(dt - 0.002) < 1e-4 and abs(dr - 1.0) < 0.01
+        rel = np.linalg.inv(wrong[first].camera.T) @ wrong[i].camera.T
+        rel_true = np.linalg.inv(em.true_camera_pose(first)) @ em.true_camera_pose(i)
+        motion_m, motion_deg = pose_error(rel_true, np.eye(4))
+        dt, dr = pose_error(rel, rel_true)
+        # conjugating a motion by a 1 degree rotation moves its translation by <= 2 sin(0.5 deg) of its length
+        assert dt <= 0.0175 * motion_m + np.radians(motion_deg) * 0.002 + 1e-5
+        assert dr <= 0.02 * motion_deg + 1e-3
+
+
+def test_camera_yaml_round_trip(tmp_path, faulty: DvrkEmulation):
+    from surg3d_nodes.core.camera_yaml import load_camera_yaml, save_camera_yaml
+
+    cam = faulty.scene.cam_right
+    back = load_camera_yaml(save_camera_yaml(cam, tmp_path / "right.yaml"), frame_id="r")
+    np.testing.assert_allclose(back.P, cam.P)
+    assert (back.width, back.height, back.baseline) == (cam.width, cam.height, pytest.approx(cam.baseline))
+    (tmp_path / "bad.yaml").write_text("image_width: 10\nimage_height: 8\ncamera_matrix: {data: [1, 2]}\n")
+    with pytest.raises(ValueError, match=r"bad\.yaml: camera_matrix has 2 values"):
+        load_camera_yaml(tmp_path / "bad.yaml")
