@@ -149,6 +149,9 @@ def test_monitor_latency_warning_and_restart_counters() -> None:
     for i in range(5):
         mon.message("/recon/status", i * 0.1, recv_ns=10**9 + 200_000_000, stamp_ns=10**9)
     assert {h.name: h for h in mon.evaluate(0.5)}["/recon/status"].level == monitoring.WARN
+    mon.message("/stereo/left/image_raw", 0.1, recv_ns=2 * 10**18, stamp_ns=10**9)  # bag time vs wall time
+    replay = {h.name: h for h in mon.evaluate(0.5)}["/stereo/left/image_raw"]
+    assert replay.level == monitoring.OK and "another clock" in replay.values["latency"]
     mon.heartbeat("/n", 0, "ok", {"dropped": "7"}, 0.0)
     mon.heartbeat("/n", 0, "ok", {"dropped": "0"}, 0.5)  # restarted: counters start again, no negative drops
     assert {h.name: h for h in mon.evaluate(0.6)}["/n"].level == monitoring.OK

@@ -14,6 +14,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 OK, WARN, ERROR, STALE = 0, 1, 2, 3
+# |receive time - stamp| beyond this means the stamps come from another clock (a replayed bag's time while
+# this node runs on wall time: set use_sim_time), not a latency.
+FOREIGN_CLOCK_MS = 3_600_000.0
 LEVEL_NAMES = {OK: "OK", WARN: "WARN", ERROR: "ERROR", STALE: "STALE"}
 
 
@@ -35,13 +38,17 @@ class TopicTracker:
         self.arrivals: deque[float] = deque(maxlen=max_samples)
         self.latencies_ms: deque[float] = deque(maxlen=max_samples)
         self.count = 0
+        self.foreign_stamps = 0
         self.last: float | None = None
 
     def record(self, now: float, latency_ms: float | None = None) -> None:
         """A message arrived at monotonic time `now`; `latency_ms` = receive time minus its frame stamp."""
         self.arrivals.append(now)
         if latency_ms is not None and np.isfinite(latency_ms):
-            self.latencies_ms.append(latency_ms)
+            if abs(latency_ms) > FOREIGN_CLOCK_MS:
+                self.foreign_stamps += 1
+            else:
+                self.latencies_ms.append(latency_ms)
         self.count += 1
         self.last = now
 
@@ -160,6 +167,8 @@ class Monitor:
             lat = tr.latency()
             if lat is not None:
                 vals["latency_p50_ms"], vals["latency_max_ms"] = round(lat[0], 1), round(lat[1], 1)
+            elif tr.foreign_stamps:
+                vals["latency"] = "n/a: stamps on another clock (use_sim_time?)"
             if tr.last is None:
                 out.append(Health(topic, OK, "no data yet", vals))
                 continue
