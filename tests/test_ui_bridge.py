@@ -18,6 +18,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from foxglove_ws import FoxgloveWsClient
 from ui_support import FakeTrainer, start_bridge, stop
 
+ROOT = Path(__file__).resolve().parents[1]
+
 
 @pytest.fixture
 def trainer(ros_node):
@@ -42,6 +44,14 @@ def test_bridge_outputs_services_parameters_and_refusals(ros_env, trainer, tmp_p
                       "/diagnostics", "/ui/rois"):
             c.channel_id(topic)
         assert {"/recon/pause", "/recon/resume", "/recon/reset", "/recon/save"} <= set(c.services)
+        # the shipped Foxglove layout only names channels and services the bridge offers
+        layout = json.loads((ROOT / "config" / "foxglove_layout.json").read_text())["configById"]
+        advertised = {ch["topic"] for ch in c.channels.values()}
+        for panel_id, cfg in layout.items():
+            for topic in [*cfg.get("topics", {}), cfg.get("imageMode", {}).get("imageTopic"),
+                          cfg.get("topicPath"), cfg.get("topicToRender")]:
+                assert topic is None or topic in advertised, f"{panel_id}: {topic} is not advertised"
+            assert cfg.get("serviceName") in (None, *c.services), f"{panel_id}: unknown service"
 
         # outputs: the cloud (500 points x 16 B) and the trainer status
         c.subscribe("/recon/points", 1)
@@ -101,6 +111,19 @@ def test_bridge_outputs_services_parameters_and_refusals(ros_env, trainer, tmp_p
         c.publish(2, {"pose": pose, "width": 320, "height": 256})
         c.wait_for(lambda: trainer.views, what="ViewRequest on ROS")
         assert trainer.views[0].width == 320 and abs(trainer.views[0].pose.position.z + 0.02) < 1e-9
+        # RViz's Publish Point tool (ROS /clicked_point) also marks a region; another frame is refused
+        from geometry_msgs.msg import PointStamped
+
+        from surg3d_nodes.ros.convert import header
+        clicked = trainer.node.create_publisher(PointStamped, "/clicked_point", 10)
+        c.wait_for(lambda: clicked.get_subscription_count() > 0, what="bridge subscribed to /clicked_point")
+        n = len(c.text)
+        clicked.publish(PointStamped(header=header(0, "stereo_left_optical")))
+        assert "expected 'world'" in _status_since(c, n, "refused ROS /clicked_point")
+        clicked.publish(PointStamped(header=header(0, "world")))
+        c.wait_for(lambda: len(trainer.rois) == 2, what="ROI from ROS /clicked_point")
+        ok, _ = c.call("/recon/roi/delete", {"id": 2}, 9)
+        assert ok and [r["id"] for r in json.loads((out / "rois.json").read_text())["rois"]] == [1]
         # refused: NaN pose, NaN point, malformed JSON, unknown client topic; nothing reaches ROS
         n = len(c.text)
         bad = json.loads(json.dumps(pose))
@@ -117,7 +140,7 @@ def test_bridge_outputs_services_parameters_and_refusals(ros_env, trainer, tmp_p
         c.advertise(3, "/recon/delete_everything")
         assert "unknown topic" in _status_since(c, n, "refused client channel")
         c.poll(0.5)
-        assert len(trainer.rois) == 1 and len(trainer.views) == 1
+        assert len(trainer.rois) == 2 and len(trainer.views) == 1
         assert len(json.loads((out / "rois.json").read_text())["rois"]) == 1
         # region services: delete an unknown id is refused, clear works
         ok, why = c.call("/recon/roi/delete", {"id": 42}, 8)

@@ -36,7 +36,7 @@ from foxglove.websocket import (
     ServiceSchema,
     StatusLevel,
 )
-from geometry_msgs.msg import Point, PoseStamped
+from geometry_msgs.msg import Point, PointStamped, PoseStamped
 from rcl_interfaces.msg import ParameterType
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.parameter import Parameter as RosParameter
@@ -89,7 +89,8 @@ DEFAULT_TUNABLES = [
     "trainer.render_rate:float:0.1:60:rendered views publish rate (Hz)",
 ]
 # client-publish topics the bridge accepts -> what they mean
-CLIENT_TOPICS = {topics.RECON_ROI: "roi", "/clicked_point": "roi", topics.RECON_VIEW_REQUEST: "view",
+CLICKED_POINT = "/clicked_point"         # what RViz's and Foxglove's publish-point tools send
+CLIENT_TOPICS = {topics.RECON_ROI: "roi", CLICKED_POINT: "roi", topics.RECON_VIEW_REQUEST: "view",
                  "/goal_pose": "view"}
 
 
@@ -204,6 +205,7 @@ class FoxgloveBridge(SurgNode):
             self.create_subscription(CameraInfo, topic, self.on_info, 2, callback_group=subs)
         self.create_subscription(PoseStamped, topics.CAMERA_POSE, self.on_pose, 10, callback_group=subs)
         self.create_subscription(TFMessage, topics.TF, self.on_tf, 10, callback_group=subs)
+        self.create_subscription(PointStamped, CLICKED_POINT, self.on_clicked_point, 10, callback_group=subs)
         for topic, typ in [(topics.RECON_STATUS, TrainerStatus), (topics.NODE_STATUS, NodeStatus),
                            (topics.DIAGNOSTICS, DiagnosticArray), (HEALTH, NodeStatus)]:
             self.create_subscription(typ, topic, lambda m, t=topic: self.log_json(t, _msg_dict(m)), 20,
@@ -418,11 +420,7 @@ class FoxgloveBridge(SurgNode):
         try:
             obj = json.loads(data)
             if CLIENT_TOPICS[topic] == "roi":
-                roi = self.rois.add(parse_roi(obj, self.roi_radius), self.get_clock().now().nanoseconds)
-                self.roi_pub.publish(self._roi_msg(roi))
-                self.publish_rois()
-                self.count("in.roi")
-                self.get_logger().info(f"region of interest #{roi.id} at {roi.center} r={roi.radius} m")
+                self.add_roi(obj)
             else:
                 view = parse_view_request(obj)
                 self.view_pub.publish(ViewRequest(
@@ -431,6 +429,23 @@ class FoxgloveBridge(SurgNode):
                 self.count("in.view_request")
         except (ValueError, InputError) as e:  # json.JSONDecodeError is a ValueError
             self.refuse(f"message on {topic}", str(e))
+
+    def add_roi(self, obj: object) -> None:
+        """Validate, store, publish and show a new region of interest (InputError when refused)."""
+        roi = self.rois.add(parse_roi(obj, self.roi_radius), self.get_clock().now().nanoseconds)
+        self.roi_pub.publish(self._roi_msg(roi))
+        self.publish_rois()
+        self.count("in.roi")
+        self.get_logger().info(f"region of interest #{roi.id} at {roi.center} r={roi.radius} m")
+
+    def on_clicked_point(self, msg: PointStamped) -> None:
+        """RViz's Publish Point tool on ROS /clicked_point -> a region of interest (world frame only)."""
+        try:
+            if msg.header.frame_id not in ("", topics.WORLD_FRAME):
+                raise InputError(f"point in frame {msg.header.frame_id!r}, expected {topics.WORLD_FRAME!r}")
+            self.add_roi({"point": {"x": msg.point.x, "y": msg.point.y, "z": msg.point.z}})
+        except InputError as e:
+            self.refuse(f"ROS {CLICKED_POINT}", str(e))
 
     def _call(self, client, request, name: str):
         """Call a ROS service from a server thread and wait for the answer (the executor spins elsewhere)."""
