@@ -56,30 +56,65 @@ def pixel_rays(cam: CameraModel, rectified: bool = True) -> np.ndarray:
     return np.concatenate([norm, np.ones((cam.height, cam.width, 1))], axis=-1)
 
 
-def _segment_hits(rays: np.ndarray, a: np.ndarray, u: np.ndarray, q0: float, q1: float, r: float,
-                  caps: bool) -> np.ndarray:
-    """Per ray (Nx3, from the camera origin): True where it passes within r of the segment a + q u, q0<=q<=q1.
+def _segment_hits(rays: np.ndarray, A: np.ndarray, a: np.ndarray, u: np.ndarray, q0: float, q1: float,
+                  r: float, caps: bool) -> np.ndarray:
+    """Per ray (Nx3 from the camera origin, A = |ray|^2): True where it passes within r of the segment
+    a + q u, q0 <= q <= q1 (|u| = 1). Closest approach of ray s*d and axis line, clamped to the segment and
+    re-projected; the squared distance is expanded into per-ray scalars (no Nx3 temporaries).
 
     caps=False drops the rounded ends (a cylinder with flat ends, approximately: the closest point of the
     infinite axis line must lie inside [q0, q1]).
     """
-    w = -a                                    # ray origin (camera centre) minus segment origin
-    A = np.einsum("ij,ij->i", rays, rays)
-    B = rays @ u
-    D = rays @ w
-    E = float(u @ w)
-    den = A - B * B                           # |u| = 1
+    dt = rays.dtype
+    B = rays @ u.astype(dt)                   # d . u
+    Da = rays @ a.astype(dt)                  # d . a
+    E = -float(u @ a)                         # u . (origin - a)
+    aa, au = float(a @ a), float(a @ u)
+    den = A - B * B
     with np.errstate(divide="ignore", invalid="ignore"):
-        q_line = np.where(den > 1e-12, (A * E - B * D) / den, E)
+        q_line = np.where(den > 1e-12, (A * E + B * Da) / den, E)
     q = np.clip(q_line, q0, q1)
-    s = np.maximum((B * q - D) / A, 0.0)      # ray parameter closest to that axis point (in front only)
-    q = np.clip(s * B + E, q0, q1)            # re-project: exact for the clamped case
-    diff = s[:, None] * rays - (a + q[:, None] * u)
-    hit = np.einsum("ij,ij->i", diff, diff) <= r * r
-    hit &= s > 0
+    s = np.maximum((B * q + Da) / A, 0.0)     # ray parameter closest to that axis point (in front only)
+    q = np.clip(s * B + E, q0, q1)
+    dist2 = s * s * A + aa + q * q - 2 * s * Da - 2 * s * q * B + 2 * q * au
+    hit = (dist2 <= r * r) & (s > 0)
     if not caps:
         hit &= (q_line >= q0) & (q_line <= q1)
     return hit
+
+
+def _ray_range(lo: np.ndarray, hi: np.ndarray, b0: float, b1: float) -> slice:
+    """Index range whose [lo, hi] extents (per column or row of rays) overlap [b0, b1]; empty if none."""
+    idx = np.flatnonzero((hi >= b0) & (lo <= b1))
+    return slice(int(idx[0]), int(idx[-1]) + 1) if idx.size else slice(0, 0)
+
+
+def _segment_box(rays: np.ndarray, extents: tuple[np.ndarray, ...], a: np.ndarray, u: np.ndarray,
+                 q0: float, q1: float, r: float) -> tuple[slice, slice]:
+    """Rows and columns of the pixels whose rays can pass within r of the segment (a conservative box).
+
+    Works in normalised coordinates (x/z, y/z), so it holds for distorted raw images too: a column is kept
+    when any of its rays' x/z falls in the segment's padded x/z interval, likewise for rows.
+    """
+    near = 1e-3
+    full = (slice(0, rays.shape[0]), slice(0, rays.shape[1]))
+    qs = np.array([q0, q1], dtype=np.float64)
+    z = a[2] + qs * u[2]
+    if z.max() < near:
+        return slice(0, 0), slice(0, 0)          # entirely behind the camera
+    if z.min() < near:                            # clip the part behind the camera
+        qs[np.argmin(z)] = (near - a[2]) / u[2]
+        z = a[2] + qs * u[2]
+    if z.min() - r <= near:
+        return full                               # the tool reaches the lens: it may cover anything
+    pts = a[None, :] + qs[:, None] * u[None, :]
+    n = pts[:, :2] / pts[:, 2:3]
+    rho2 = float(np.max(np.sum(n * n, axis=1)))
+    pad = r / (z.min() - r) * (1.0 + rho2)        # projected radius, widened for oblique views
+    xlo, xhi, ylo, yhi = extents
+    cols = _ray_range(xlo, xhi, n[:, 0].min() - pad, n[:, 0].max() + pad)
+    rows = _ray_range(ylo, yhi, n[:, 1].min() - pad, n[:, 1].max() + pad)
+    return rows, cols
 
 
 def project_instruments(cam: CameraModel, T_cam_tips: Iterable[np.ndarray],
@@ -87,23 +122,33 @@ def project_instruments(cam: CameraModel, T_cam_tips: Iterable[np.ndarray],
                         rays: np.ndarray | None = None) -> np.ndarray:
     """uint8 HxW mask (255 = instrument) of the instruments whose tip poses T_camera_tip are given.
 
-    `rays`: the camera's `pixel_rays` when called per frame (saves recomputing them).
+    `rays`: the camera's `pixel_rays` when called per frame (saves recomputing them). Only the pixels in
+    each part's conservative image box are ray tested (640x512, two tools: a few ms instead of ~300).
     """
     if rays is None:
         rays = pixel_rays(cam, rectified)
     if rays.shape != (cam.height, cam.width, 3):
         raise ValueError(f"rays of shape {rays.shape} do not match the {cam.width}x{cam.height} camera")
-    flat = rays.reshape(-1, 3)
-    hit = np.zeros(flat.shape[0], dtype=bool)
+    rays = rays.astype(np.float32, copy=False)   # float32 halves the cost; sub-micrometre effect
+    A = np.einsum("hwc,hwc->hw", rays, rays)
+    extents = (rays[..., 0].min(axis=0), rays[..., 0].max(axis=0),
+               rays[..., 1].min(axis=1), rays[..., 1].max(axis=1))
+    hit = np.zeros((cam.height, cam.width), dtype=bool)
     g = geometry
     for T in T_cam_tips:
         T = np.asarray(T, dtype=np.float64)
         if T.shape != (4, 4) or not np.all(np.isfinite(T)):
             raise ValueError(f"instrument tip pose must be a finite 4x4 transform, got {T.tolist()}")
         tip, back = T[:3, 3], -T[:3, 2]       # the shaft runs back along -z of the tip frame
-        hit |= _segment_hits(flat, tip, back, 0.0, g.wrist_length, g.jaw_radius, caps=True)
-        hit |= _segment_hits(flat, tip, back, g.wrist_length, g.shaft_length, g.shaft_radius, caps=False)
-    return np.where(hit, 255, 0).astype(np.uint8).reshape(cam.height, cam.width)
+        for q0, q1, r, caps in ((0.0, g.wrist_length, g.jaw_radius, True),
+                                (g.wrist_length, g.shaft_length, g.shaft_radius, False)):
+            rows, cols = _segment_box(rays, extents, tip, back, q0, q1, r)
+            block = rays[rows, cols]
+            if block.size == 0:
+                continue
+            sub = _segment_hits(block.reshape(-1, 3), A[rows, cols].ravel(), tip, back, q0, q1, r, caps)
+            hit[rows, cols] |= sub.reshape(block.shape[:2])
+    return np.where(hit, 255, 0).astype(np.uint8)
 
 
 def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
