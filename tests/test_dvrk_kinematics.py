@@ -228,3 +228,33 @@ def test_camera_yaml_round_trip(tmp_path, faulty: DvrkEmulation):
     (tmp_path / "bad.yaml").write_text("image_width: 10\nimage_height: 8\ncamera_matrix: {data: [1, 2]}\n")
     with pytest.raises(ValueError, match=r"bad\.yaml: camera_matrix has 2 values"):
         load_camera_yaml(tmp_path / "bad.yaml")
+
+
+def test_prior_image_boxes_lose_no_pixel():
+    """The per-part image boxes only skip pixels that cannot be hit: compare with testing every pixel, for
+    random tools (some reaching past the lens plane) in a distorted raw camera and a rectified one."""
+    from surg3d_nodes.core.camera import CameraModel
+    from surg3d_nodes.core.dvrk_emulator import tip_frame
+    from surg3d_nodes.core.instrument_prior import InstrumentGeometry, _segment_hits
+
+    raw = CameraModel(120, 96, [[100.0, 0, 61], [0, 100.0, 47], [0, 0, 1]], D=[-0.3, 0.1, 0.001, 0.0, 0.0])
+    rng = np.random.default_rng(4)
+    g = InstrumentGeometry()
+    seen = 0
+    for cam, rectified in ((raw, False), (CameraModel.pinhole(120, 96, 100.0), True)):
+        rays = pixel_rays(cam, rectified).astype(np.float32)
+        flat = rays.reshape(-1, 3)
+        A = np.einsum("ij,ij->i", flat, flat)
+        for _ in range(15):
+            axis = rng.normal(size=3)
+            axis[2] = -abs(axis[2])
+            tools = [tip_frame(np.r_[rng.uniform(-0.04, 0.04, 2), rng.uniform(0.01, 0.12)],
+                               axis / np.linalg.norm(axis))]
+            full = np.zeros(len(flat), dtype=bool)
+            tip, back = tools[0][:3, 3], -tools[0][:3, 2]
+            full |= _segment_hits(flat, A, tip, back, 0.0, g.wrist_length, g.jaw_radius, True)
+            full |= _segment_hits(flat, A, tip, back, g.wrist_length, g.shaft_length, g.shaft_radius, False)
+            mask = project_instruments(cam, tools, g, rectified=rectified)
+            np.testing.assert_array_equal(mask > 0, full.reshape(cam.height, cam.width))
+            seen += bool(mask.any())
+    assert seen >= 10, f"only {seen} of 30 random tools were in view: the check proves little"
