@@ -133,6 +133,8 @@ def test_monitor_rates_latency_and_stalls() -> None:
     assert abs(depth.values["latency_p50_ms"] - 20.0) < 1e-3
     assert health["/recon/points"].message == "no data yet"
     assert health["/trainer"].level == monitoring.WARN  # the drop counter went up during the last period
+    mon.heartbeat("/trainer", 0, "ok", {"dropped": "2"}, 1.0)
+    assert {h.name: h for h in mon.evaluate(1.0)}["/trainer"].level == monitoring.OK  # no new drops
     later = {h.name: h for h in mon.evaluate(5.0)}
     assert later["/trainer"].level == monitoring.ERROR and "heartbeat" in later["/trainer"].message
     assert later["/depth/image"].level == monitoring.ERROR

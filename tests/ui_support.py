@@ -71,6 +71,7 @@ class FakeTrainer:
 
         self.node = rclpy.create_node("trainer", context=context)
         self.state = "running"
+        self.publishing = True  # False: silent, as a trainer busy with a long step
         self.saves: list[str] = []
         self.rois: list = []
         self.views: list = []
@@ -110,6 +111,8 @@ class FakeTrainer:
         self.thread.start()
 
     def publish(self) -> None:
+        if not self.publishing:
+            return
         from surg3d_msgs.msg import TrainerStatus
         from surg3d_nodes.ros.convert import header, pack_rgb, pointcloud_to_msg
 

@@ -70,14 +70,14 @@ class TopicTracker:
 
 @dataclass
 class NodeRecord:
-    """The newest heartbeat of a node and the drop counter of the heartbeat before."""
+    """The newest heartbeat of a node and its drop counter at the previous evaluation."""
 
     last: float
     level: int
     message: str
     values: dict[str, str]
     drops: int = 0
-    drops_before: int = 0
+    drops_at_eval: int = 0
 
 
 def drop_count(values: dict[str, str]) -> int:
@@ -127,10 +127,10 @@ class Monitor:
         """A NodeStatus heartbeat arrived."""
         prev = self.nodes.get(node)
         drops = drop_count(values)
-        before = prev.drops if prev is not None else drops
+        at_eval = prev.drops_at_eval if prev is not None else drops
         if prev is not None and drops < prev.drops:  # the node restarted: its counters began again
-            before = 0
-        self.nodes[node] = NodeRecord(now, int(level), message, dict(values), drops, before)
+            at_eval = 0
+        self.nodes[node] = NodeRecord(now, int(level), message, dict(values), drops, at_eval)
 
     def message(self, topic: str, now: float, recv_ns: int | None = None,
                 stamp_ns: int | None = None) -> None:
@@ -147,7 +147,8 @@ class Monitor:
         return self.trainer is not None and self.trainer.get("state") in ("paused", "idle")
 
     def evaluate(self, now: float) -> list[Health]:
-        """Health of every known node and watched topic, and of the trainer's resources, at time `now`."""
+        """Health of every known node and watched topic, and of the trainer's resources, at time `now`
+        (call once per period: queue drops are counted since the previous call)."""
         out: list[Health] = []
         for name, rec in sorted(self.nodes.items()):
             age = now - rec.last
@@ -155,11 +156,12 @@ class Monitor:
             if age > self.stall_after:
                 out.append(Health(name, ERROR, f"stalled: no heartbeat for {age:.1f} s", vals))
                 continue
-            new_drops = rec.drops - rec.drops_before
+            new_drops = rec.drops - rec.drops_at_eval
+            rec.drops_at_eval = rec.drops
             if rec.level > OK:
                 out.append(Health(name, rec.level, rec.message, vals))
             elif new_drops > 0:
-                out.append(Health(name, WARN, f"{new_drops} messages dropped since the last heartbeat", vals))
+                out.append(Health(name, WARN, f"{new_drops} messages dropped in the last period", vals))
             else:
                 out.append(Health(name, OK, rec.message or "ok", vals))
         for topic, tr in sorted(self.topics.items()):
