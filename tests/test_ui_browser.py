@@ -72,6 +72,10 @@ def test_browser_operator_view(ros_env, ros_node, tmp_path) -> None:
     assert result["points"] == 500 and result["drawn"] > 0 and result["litPixels"] > 100
     assert result["rois"] and trainer.rois, "the marked region reached the trainer's topic"
     assert trainer.state == "running"  # paused, then resumed by the buttons
+    views = [v for v in trainer.views if v.deoccluded and v.width == 0]
+    assert views, "the 'Render this view' button sent a ViewRequest"
+    o = views[-1].pose.orientation
+    assert abs(o.x**2 + o.y**2 + o.z**2 + o.w**2 - 1) < 1e-6 and views[-1].pose.position.z < 0.1
     assert trainer.saves, "the monitor asked for a periodic checkpoint"
     for name in ("01_cloud.png", "02_paused.png", "03_region.png"):
         assert (artifacts / name).stat().st_size > 10_000

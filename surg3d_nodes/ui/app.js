@@ -161,7 +161,7 @@ function onMessage(topic, m) {
     case "/ui/live": showJpeg("img-live", m); break;
     case "/recon/render/image": showJpeg("img-render", m); break;
     case "/recon/deoccluded/image": showJpeg("img-deoccluded", m); break;
-    case "/recon/view/image": showJpeg("img-render", m); break;
+    case "/recon/view/image": showJpeg("img-view", m); break;
     case "/recon/render/depth": showDepth("img-depth", m); break;
     case "/ui/camera_calibration": S.calib = m; scheduleDraw(); break;
     case "/ui/rois": S.rois = m.entities.map(roiOf); renderRois(); scheduleDraw(); break;
@@ -459,6 +459,23 @@ function setupScene() {
   cv.addEventListener("dblclick", () => { if (S.cloud) fitView(); scheduleDraw(); });
 }
 
+// camera-to-world pose of the current 3D view (optical frame: columns right, down, forward) as a ROS Pose
+function viewPose() {
+  const B = basis(), m = [[B.r[0], B.d[0], B.f[0]], [B.r[1], B.d[1], B.f[1]], [B.r[2], B.d[2], B.f[2]]];
+  const tr = m[0][0] + m[1][1] + m[2][2];
+  let q;
+  if (tr > 0) {
+    const s = 2 * Math.sqrt(tr + 1);
+    q = [(m[2][1] - m[1][2]) / s, (m[0][2] - m[2][0]) / s, (m[1][0] - m[0][1]) / s, s / 4];
+  } else {
+    const i = m[0][0] > m[1][1] ? (m[0][0] > m[2][2] ? 0 : 2) : (m[1][1] > m[2][2] ? 1 : 2);
+    const j = (i + 1) % 3, k = (i + 2) % 3, s = 2 * Math.sqrt(1 + m[i][i] - m[j][j] - m[k][k]);
+    q = [0, 0, 0, (m[k][j] - m[j][k]) / s];
+    q[i] = s / 4; q[j] = (m[j][i] + m[i][j]) / s; q[k] = (m[k][i] + m[i][k]) / s;
+  }
+  return { position: { x: B.eye[0], y: B.eye[1], z: B.eye[2] }, orientation: { x: q[0], y: q[1], z: q[2], w: q[3] } };
+}
+
 let marking = false;
 function markAt(u, v) {
   const i = pick(u, v);
@@ -478,6 +495,10 @@ function setupControls() {
   $("btn-reset").onclick = () => { if (confirm("Discard the reconstruction and start again?")) run("reset", "/recon/reset", {})(); };
   $("btn-save").onclick = run("save", "/recon/save", { kind: "ply" });
   $("btn-checkpoint").onclick = run("checkpoint", "/recon/save", { kind: "checkpoint" });
+  $("btn-view").onclick = () => {
+    publish("/recon/view_request", { pose: viewPose(), width: 0, height: 0, deoccluded: $("chk-deocc").checked });
+    log("asked for a render of this view");
+  };
   $("btn-roi-clear").onclick = run("clear regions", "/recon/roi/clear", {});
   $("btn-mark").onclick = () => {
     marking = !marking;

@@ -75,6 +75,10 @@ try {
   await page.waitForTimeout(300);
   await page.screenshot({ path: join(artifacts, "03_region.png") });
 
+  await page.click("#btn-view");  // the 3D view's pose -> a virtual viewpoint request
+  await page.waitForTimeout(500);  // let the request reach the graph before the browser closes
+  step("view requested");
+
   result.log = await page.evaluate(() => window.surg3d.log);
   result.pageErrors = pageErrors;
   if (pageErrors.length) throw new Error(`page errors: ${pageErrors.join(" | ")}`);
