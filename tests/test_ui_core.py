@@ -157,3 +157,25 @@ def test_monitor_latency_warning_and_restart_counters() -> None:
     mon.heartbeat("/n", 0, "ok", {"dropped": "7"}, 0.0)
     mon.heartbeat("/n", 0, "ok", {"dropped": "0"}, 0.5)  # restarted: counters start again, no negative drops
     assert {h.name: h for h in mon.evaluate(0.6)}["/n"].level == monitoring.OK
+
+
+def test_ui_server_serves_the_page_and_the_bridge_url() -> None:
+    import threading
+    import urllib.error
+    import urllib.request
+
+    from surg3d_nodes.cli.ui import main, make_server
+
+    server = make_server("127.0.0.1", 0, "ws://127.0.0.1:9999")
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        assert "app.js" in urllib.request.urlopen(f"{base}/").read().decode()
+        assert json.loads(urllib.request.urlopen(f"{base}/config.json").read()) == {"ws": "ws://127.0.0.1:9999"}
+        with pytest.raises(urllib.error.HTTPError, match="404"):
+            urllib.request.urlopen(f"{base}/../../cli/ui.py")
+    finally:
+        server.shutdown()
+        server.server_close()
+    with pytest.raises(SystemExit):
+        main(["--bridge", "http://not-a-websocket"])
