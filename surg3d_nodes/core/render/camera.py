@@ -1,0 +1,47 @@
+"""Render camera: world-to-camera view matrix + gsplat-convention intrinsics (pixel centres at +0.5)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True)
+class RenderCamera:
+    """A pinhole camera as the renderers consume it.
+
+    viewmat: 4x4 world-to-camera (OpenCV optical frame: x right, y down, z forward).
+    K: 3x3 intrinsics in gsplat convention (the centre of pixel (0, 0) at (0.5, 0.5)).
+    """
+
+    viewmat: torch.Tensor
+    K: torch.Tensor
+    width: int
+    height: int
+
+    @classmethod
+    def from_ros(cls, T_world_camera: np.ndarray, K_ros: np.ndarray, width: int, height: int,
+                 device: str | torch.device = "cpu") -> RenderCamera:
+        """Build from a camera-to-world pose and ROS/OpenCV intrinsics (adds 0.5 to cx, cy)."""
+        T = np.asarray(T_world_camera, dtype=np.float64)
+        K = np.asarray(K_ros, dtype=np.float64).copy()
+        if T.shape != (4, 4) or not np.all(np.isfinite(T)):
+            raise ValueError(f"camera pose must be a finite 4x4 matrix, got shape {T.shape}")
+        if K.shape != (3, 3) or not np.all(np.isfinite(K)) or K[0, 0] <= 0 or K[1, 1] <= 0:
+            raise ValueError(f"intrinsics must be a finite 3x3 matrix with positive focal, got {K.tolist()}")
+        K[0, 2] += 0.5
+        K[1, 2] += 0.5
+        view = np.linalg.inv(T)
+        return cls(torch.as_tensor(view, dtype=torch.float32, device=device),
+                   torch.as_tensor(K, dtype=torch.float32, device=device), int(width), int(height))
+
+    def to(self, device: str | torch.device) -> RenderCamera:
+        """The same camera with its tensors on `device`."""
+        return RenderCamera(self.viewmat.to(device), self.K.to(device), self.width, self.height)
+
+    def center(self) -> torch.Tensor:
+        """Camera centre in world coordinates."""
+        R = self.viewmat[:3, :3]
+        return -R.T @ self.viewmat[:3, 3]

@@ -1,0 +1,92 @@
+"""Adam over a dict of tensors whose rows can be added/removed and whose time-knot axis can grow.
+
+torch.optim keys its state by tensor identity, which breaks when densification replaces tensors; here
+the moments live beside the parameters under the same names, so pruning, cloning and knot growth apply
+the same row/column operation to both. Knot tensors ([N, K, 3]) can be stepped on a knot window only
+(the knots an iteration touched), which keeps an iteration's cost independent of the sequence length.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class DictAdam:
+    """Adam (betas 0.9/0.999, eps 1e-15 as in 3DGS) with per-name learning rates."""
+
+    def __init__(self, lrs: dict[str, float], betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-15):
+        self.lrs = dict(lrs)
+        self.betas = betas
+        self.eps = eps
+        self.m: dict[str, torch.Tensor] = {}
+        self.v: dict[str, torch.Tensor] = {}
+        self.steps: dict[str, torch.Tensor] = {}
+
+    def _ensure(self, name: str, p: torch.Tensor) -> None:
+        if name not in self.m or self.m[name].shape != p.shape:
+            self.m[name] = torch.zeros_like(p)
+            self.v[name] = torch.zeros_like(p)
+            self.steps[name] = torch.zeros(p.shape[1] if p.dim() == 3 else 1, device=p.device)
+
+    @torch.no_grad()
+    def step(self, params: dict[str, torch.Tensor], knot_window: tuple[int, int] | None = None,
+             scale: float = 1.0) -> None:
+        """One update of every parameter that has a gradient; `scale` multiplies all learning rates.
+
+        3-D (knot) tensors are updated only on knots [lo, hi) of `knot_window` when given.
+        """
+        b1, b2 = self.betas
+        for name, p in params.items():
+            if p.grad is None or name not in self.lrs:
+                continue
+            self._ensure(name, p)
+            if p.dim() == 3 and knot_window is not None:
+                lo, hi = knot_window
+                sl = (slice(None), slice(lo, hi))
+                steps = self.steps[name][lo:hi]
+            else:
+                sl = (slice(None),)
+                steps = self.steps[name]
+            g = p.grad[sl]
+            m = self.m[name][sl]
+            v = self.v[name][sl]
+            m.mul_(b1).add_(g, alpha=1 - b1)
+            v.mul_(b2).addcmul_(g, g, value=1 - b2)
+            steps += 1
+            bc1 = 1 - b1 ** steps
+            bc2 = 1 - b2 ** steps
+            if p.dim() == 3:
+                bc1, bc2 = bc1[None, :, None], bc2[None, :, None]
+            upd = (m / bc1) / ((v / bc2).sqrt() + self.eps)
+            p[sl] -= self.lrs[name] * scale * upd
+
+    def select(self, keep: torch.Tensor) -> None:
+        """Keep the moment rows of the kept Gaussians."""
+        for d in (self.m, self.v):
+            for k in d:
+                d[k] = d[k][keep]
+
+    def append(self, n: int) -> None:
+        """Add zero moments for n new Gaussians."""
+        for d in (self.m, self.v):
+            for k, t in d.items():
+                d[k] = torch.cat([t, t.new_zeros((n, *t.shape[1:]))])
+
+    def grow_knots(self, total: int) -> None:
+        """Extend knot moments to `total` knots (new knots start with zero moments and step count)."""
+        for k in list(self.m):
+            t = self.m[k]
+            if t.dim() == 3 and t.shape[1] < total:
+                extra = total - t.shape[1]
+                self.m[k] = torch.cat([t, t.new_zeros(t.shape[0], extra, t.shape[2])], 1)
+                self.v[k] = torch.cat([self.v[k], t.new_zeros(t.shape[0], extra, t.shape[2])], 1)
+                self.steps[k] = torch.cat([self.steps[k], self.steps[k].new_zeros(extra)])
+
+    def state_dict(self) -> dict:
+        """Moments, step counts and learning rates."""
+        return {"lrs": dict(self.lrs), "m": dict(self.m), "v": dict(self.v), "steps": dict(self.steps)}
+
+    def load_state_dict(self, sd: dict) -> None:
+        """Restore from `state_dict()`."""
+        self.lrs = dict(sd["lrs"])
+        self.m, self.v, self.steps = dict(sd["m"]), dict(sd["v"]), dict(sd["steps"])
