@@ -32,7 +32,7 @@ class CueParams:
     GrabCut then learns this frame's instrument and tissue colour models and cuts along image edges.
     """
 
-    work_scale: float = 0.5  # cues, GrabCut and morphology run at this resolution; mask returned full size
+    work_scale: float = 0.35  # cues, GrabCut and morphology run at this resolution; mask returned full size
     blur_px: int = 5
     tissue_hue_deg: float = 45.0
     specular_v: int = 220
