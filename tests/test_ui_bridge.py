@@ -18,6 +18,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from foxglove_ws import FoxgloveWsClient
 from ui_support import FakeTrainer, start_bridge, stop
 
+pytestmark = pytest.mark.ros
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

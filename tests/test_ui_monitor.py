@@ -7,8 +7,12 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).parent))
 from ui_support import FakeTrainer, start_node, stop
+
+pytestmark = pytest.mark.ros
 
 
 def _wait(pred, timeout: float, what: str):
