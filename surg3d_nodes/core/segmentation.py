@@ -34,7 +34,7 @@ class CueParams:
 
     work_scale: float = 0.35  # cues, GrabCut and morphology run at this resolution; mask returned full size
     blur_px: int = 5
-    tissue_hue_deg: float = 45.0
+    tissue_hue_deg: float = 17.0
     specular_v: int = 220
     specular_s: int = 60
     dark_v: int = 20
@@ -51,7 +51,7 @@ class CueParams:
     min_area_frac: float = 0.006
     border_margin_px: int = 8  # components must come this close to the image border (tools enter); <0 off
     fill_holes: bool = True
-    margin_px: int = 30  # final dilation: safety margin around instruments (full-resolution pixels)
+    margin_px: int = 28  # final dilation: safety margin around instruments (full-resolution pixels)
 
 
 def _disk(r: int) -> np.ndarray:

@@ -43,8 +43,8 @@ class SGBMParams:
     min_depth_m: float = 0.03
     max_depth_m: float = 0.20
     block_size: int = 5
-    p1: int = 8  # smoothness penalties per channel x block_size^2, as in the OpenCV samples
-    p2: int = 32
+    p1: int = 16  # smoothness penalties x block_size^2 (2x / 3x the OpenCV sample values: smooth tissue)
+    p2: int = 96
     uniqueness_ratio: int = 5
     speckle_window: int = 100
     speckle_range: int = 2

@@ -54,6 +54,7 @@ class StereoDepthNode(SurgNode):
             ("backend", "sgbm"), ("onnx_model", ""), ("onnx_mono_output", "inverse_depth"),
             ("onnx_normalize", "unit"), ("sync_tolerance_ms", 5.0), ("sync_queue_size", 5),
             ("work_queue_size", 2), ("min_depth_m", 0.03), ("max_depth_m", 0.20), ("block_size", 5),
+            ("p1", 16), ("p2", 96),
             ("uniqueness_ratio", 5), ("speckle_window", 100), ("speckle_range", 2), ("lr_max_diff", 1.0),
             ("median_ksize", 3), ("scale", 1.0), ("publish_points", False), ("points_stride", 2),
             ("points_min_confidence", 1)]}
@@ -64,7 +65,8 @@ class StereoDepthNode(SurgNode):
         self.onnx_mono_output, self.onnx_normalize = str(p["onnx_mono_output"]), str(p["onnx_normalize"])
         self.sgbm_params = SGBMParams(
             min_depth_m=float(p["min_depth_m"]), max_depth_m=float(p["max_depth_m"]),
-            block_size=int(p["block_size"]), uniqueness_ratio=int(p["uniqueness_ratio"]),
+            block_size=int(p["block_size"]), p1=int(p["p1"]), p2=int(p["p2"]),
+            uniqueness_ratio=int(p["uniqueness_ratio"]),
             speckle_window=int(p["speckle_window"]), speckle_range=int(p["speckle_range"]),
             lr_max_diff=float(p["lr_max_diff"]), median_ksize=int(p["median_ksize"]), scale=float(p["scale"]))
         self.publish_points = bool(p["publish_points"])
