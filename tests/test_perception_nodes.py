@@ -76,7 +76,8 @@ def _status_values(got: _Collector, node_name: str) -> dict[str, str]:
 def test_stereo_depth_node(ros_env, ros_node, scene):
     proc = _start("surg3d_nodes.nodes.stereo_depth",
                   ["--params-file", str(CONFIG / "stereo_depth.yaml"), "-p", "heartbeat_period:=0.3",
-                   "-p", "publish_points:=true"], ros_env)
+                   "-p", "publish_points:=true", "-p", "backend:=onnx",
+                   "-p", "onnx_model:=/nonexistent/stereo.onnx"], ros_env)
     try:
         pub = {t: ros_node.create_publisher(Image, t, 10) for t in (topics.LEFT_IMAGE, topics.RIGHT_IMAGE)}
         info = {t: ros_node.create_publisher(CameraInfo, t, 10)
@@ -140,12 +141,14 @@ def test_stereo_depth_node(ros_env, ros_node, scene):
             return all(f"problems.{k}" in v for k in ("corrupt_image", "size_mismatch", "encoding"))
         assert _wait(reported, 5), _status_values(got, "stereo_depth")
         values = _status_values(got, "stereo_depth")
-        assert int(values["pairs_processed"]) >= len(scene.frames) + 1 and values["backend"] == "sgbm"
+        assert int(values["pairs_processed"]) >= len(scene.frames) + 1
+        assert values["backend"] == "sgbm" and int(values["onnx_fallback"]) == 1  # missing model: SGBM
         assert proc.poll() is None
     finally:
         out = _stop(proc)
     assert "Traceback" not in out, out
     assert out.count("corrupt_image:") == 1  # logged once per kind
+    assert out.count("falling back to SGBM") == 1
 
 
 def test_instrument_seg_node_cue_with_yolo_fallback(ros_env, ros_node, scene):

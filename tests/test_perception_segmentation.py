@@ -98,7 +98,7 @@ def test_endonerf_masks_against_ground_truth(shared_data: Path):
         m = seg.segment(left, depth=sd.compute(left, right).depth) > 0
         ious.append((m & gt).sum() / (m | gt).sum())
         recalls.append((m & gt).sum() / gt.sum())
-    assert np.mean(ious) > 0.7  # measured 0.81 over the whole clip
+    assert np.mean(ious) > 0.7  # measured 0.87 over the whole clip (bench)
     assert np.mean(recalls) > 0.92  # measured 0.96
 
 
