@@ -208,6 +208,18 @@ class BagReader:
         self.topics: dict[str, str] = {}
         self.message_count: int | None = None
         self.files = self._storage_files()
+        self._probe()
+
+    def _probe(self) -> None:
+        """Topics and message count from the metadata, when the bag has readable metadata."""
+        if not (self.path.is_dir() and (self.path / "metadata.yaml").is_file()):
+            return
+        try:
+            with Reader(self.path) as reader:
+                self.topics = {c.topic: c.msgtype for c in reader.connections}
+                self.message_count = reader.message_count
+        except Exception:  # damaged: messages() falls back to scanning and finds the topics as it goes
+            self.topics, self.message_count = {}, None
 
     def _storage_files(self) -> list[Path]:
         if self.path.is_file():

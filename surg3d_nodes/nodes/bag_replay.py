@@ -2,15 +2,19 @@
 
 Messages go out as the recorded CDR bytes (no deserialization); publishers are created from the type names
 (importlib), so every type needs compiled rclpy support. Parameters:
-  bag (path), rate (1.0 = real time, 2.0 = twice as fast, 0.0 = no pacing: each stamp group waits only until
-  the subscribers acknowledged the previous one), loop, start_offset (s into the bag), publish_clock
-  (/clock at each stamp, for use_sim_time graphs), topics (only these; empty = all), late_threshold (s behind
-  schedule that counts a stamp group as late), drop_late + drop_threshold (skip stamp groups that are further
-  behind than this to catch up), wait_for_subscribers (publish only when every topic has this many
-  subscribers, up to wait_timeout s), exit_on_end (stop the process when the bag ends; default keeps it alive
-  so the graph keeps running), qos_depth.
+- bag: rosbag2 directory, .mcap or .db3; rate: 1.0 = real time, 2.0 = twice as fast, 0.0 = no pacing;
+  loop; start_offset: seconds into the bag; topics: only these (empty = all);
+- publish_clock: /clock at each stamp, for use_sim_time graphs;
+- late_threshold: s behind schedule that counts a stamp group (the messages of one stamp) as late;
+  drop_late + drop_threshold: skip stamp groups further behind than that, to catch up;
+- wait_for_subscribers: start once every topic has this many subscribers, then publish the first stamp
+  group and start the clock when they acknowledged it (a matched subscriber is not necessarily connected
+  yet; earlier messages would be lost); wait_timeout bounds both waits;
+- exit_on_end: stop the process when the bag ends (after the subscribers acknowledged the last messages);
+  the default keeps it alive so the graph keeps running;
+- qos_depth: history of image/cloud topics; qos_depth_small: history of the other topics.
 A damaged bag replays what is readable and logs where it stopped. Counters (published, late, dropped, loops)
-go to the NodeStatus heartbeat and the summary log at the end and at shutdown.
+go to the NodeStatus heartbeat and to the summary logged at the end and at shutdown.
 """
 
 from __future__ import annotations
@@ -30,6 +34,9 @@ from surg3d_nodes.bags import BagMessage, BagReader
 from surg3d_nodes.ros import topics
 from surg3d_nodes.ros.convert import ns_to_stamp
 from surg3d_nodes.ros.runtime import ERROR, SurgNode, run_node
+
+LARGE_TYPES = {"sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage", "sensor_msgs/msg/PointCloud2",
+               "stereo_msgs/msg/DisparityImage"}
 
 
 def message_class(msgtype: str) -> Any:
@@ -56,7 +63,8 @@ class BagReplay(SurgNode):
         self.wait_for_subscribers = int(p("wait_for_subscribers", 0).value)
         self.wait_timeout = float(p("wait_timeout", 30.0).value)
         self.exit_on_end = bool(p("exit_on_end", False).value)
-        self.qos_depth = int(p("qos_depth", 10).value)
+        self.qos_depth = int(p("qos_depth", 30).value)
+        self.qos_depth_small = int(p("qos_depth_small", 100).value)
         if not self.bag:
             raise ValueError("parameter 'bag' is required (path of a rosbag2 directory, .mcap or .db3)")
         if self.rate < 0:
@@ -76,31 +84,48 @@ class BagReplay(SurgNode):
     def _publisher(self, topic: str, msgtype: str) -> Any:
         pub = self.publishers_.get(topic)
         if pub is None:
-            qos = QoSProfile(depth=self.qos_depth, reliability=ReliabilityPolicy.RELIABLE)
+            # Reliable delivery can only resend what the writer still holds (Fast DDS repairs on its
+            # heartbeat, every few seconds): small messages keep a deep history, large ones (images,
+            # clouds) qos_depth to bound memory (depth x message size per topic).
+            depth = self.qos_depth if msgtype in LARGE_TYPES else max(self.qos_depth, self.qos_depth_small)
+            qos = QoSProfile(depth=depth, reliability=ReliabilityPolicy.RELIABLE)
             pub = self.create_publisher(message_class(msgtype), topic, qos)
             self.publishers_[topic] = pub
         return pub
 
     def _prepare(self) -> None:
-        """Create the publishers of the topics known up front and wait for subscribers if asked to."""
+        """Create the publishers of the topics the bag's metadata lists (damaged bags: created on the fly)."""
         for topic, msgtype in self.reader.topics.items():
             if not self.only_topics or topic in self.only_topics:
                 try:
                     self._publisher(topic, msgtype)
                 except (ImportError, AttributeError, ValueError) as e:
                     self.report_problem("type", f"cannot publish {topic} ({msgtype}): {e}", ERROR)
-        if self.wait_for_subscribers <= 0:
-            return
+
+    def _wait_subscribers(self, group: list[BagMessage]) -> None:
+        """Wait until every publisher (those of `group` included) has `wait_for_subscribers` subscribers."""
+        for m in group:
+            self._publisher(m.topic, m.msgtype)
         self.state = "waiting for subscribers"
         deadline = time.monotonic() + self.wait_timeout
         need = self.wait_for_subscribers
         while not self._stop.is_set() and time.monotonic() < deadline:
             if all(p.get_subscription_count() >= need for p in self.publishers_.values()):
-                return
+                break
             time.sleep(0.05)
         missing = [t for t, p in self.publishers_.items() if p.get_subscription_count() < need]
         if missing:
             self.get_logger().warning(f"starting without {need} subscriber(s) on {missing}")
+        self.state = "playing"
+
+    def _wait_acked(self, timeout: float) -> bool:
+        """Wait until every subscriber acknowledged everything published so far (reliable QoS)."""
+        deadline = time.monotonic() + timeout
+        for pub in self.publishers_.values():
+            left = max(deadline - time.monotonic(), 0.0)
+            if not pub.wait_for_all_acked(Duration(nanoseconds=int(left * 1e9))):
+                return False
+        return True
 
     def _publish_group(self, group: list[BagMessage]) -> None:
         if self.clock_pub is not None:
@@ -113,9 +138,6 @@ class BagReplay(SurgNode):
                 continue
             pub.publish(m.data)
             self.published += 1
-        if self.rate == 0:      # unpaced: let the transport deliver before the next stamp group
-            for m in group:
-                self.publishers_[m.topic].wait_for_all_acked(Duration(seconds=1.0))
 
     def _groups(self) -> Any:
         """Messages of one pass in stamp groups (all messages of a frame share its stamp)."""
@@ -130,9 +152,10 @@ class BagReplay(SurgNode):
         if group:
             yield group
 
-    def _play_once(self) -> None:
+    def _play_once(self, first_pass: bool) -> None:
         start_wall = None
         first_ns = None
+        handshake = first_pass and self.wait_for_subscribers > 0
         for group in self._groups():
             if self._stop.is_set():
                 return
@@ -156,14 +179,23 @@ class BagReplay(SurgNode):
                     continue
                 if lag > self.late_threshold:
                     self.late += 1
+            if handshake:
+                self._wait_subscribers(group)
             self._publish_group(group)
+            if handshake:       # the subscribers are connected once they acknowledged the first group
+                handshake = False
+                if not self._wait_acked(self.wait_timeout):
+                    self.get_logger().warning("subscribers did not acknowledge the first messages in "
+                                              f"{self.wait_timeout:g} s; playing on")
+                if self.rate > 0:      # the timeline starts now, at this group
+                    start_wall = time.monotonic() - (rel - self.start_offset) / self.rate
 
     def _run(self) -> None:
         try:
             self._prepare()
             while not self._stop.is_set():
                 self.state = "playing"
-                self._play_once()
+                self._play_once(first_pass=self.loops == 0)
                 if self.reader.stopped:
                     self.report_problem("bag", f"replay stopped early: {self.reader.stopped}", ERROR)
                 if self._stop.is_set():
@@ -174,6 +206,7 @@ class BagReplay(SurgNode):
             self.state = "ended"
             self.get_logger().info(f"bag ended: {self.summary()}")
             if self.exit_on_end:
+                self._wait_acked(5.0)
                 os.kill(os.getpid(), signal.SIGTERM)
         except Exception as e:  # keep the process (and its heartbeat) alive, report what broke
             self.state = "failed"

@@ -38,7 +38,7 @@ class Recorder(SurgNode):
         output_dir = Path(str(p("output_dir", "out").value))
         self.storage = str(p("storage", "mcap").value)
         self.queue_size = int(p("queue_size", 200).value)
-        self.qos_depth = int(p("qos_depth", 10).value)
+        self.qos_depth = int(p("qos_depth", 100).value)
         period = float(p("discovery_period", 0.5).value)
         if not self.topics:
             raise ValueError("parameter 'topics' lists no topic to record")
