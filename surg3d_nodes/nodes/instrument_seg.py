@@ -83,6 +83,7 @@ class InstrumentSegNode(SurgNode):
         self._priors: OrderedDict[int, Image] = OrderedDict()
         self._prior_lock = threading.Lock()
         self._times: list[float] = []
+        self._last_stamp = -1
         self._work: queue.Queue = queue.Queue(maxsize=2)
         self._stop = threading.Event()
 
@@ -190,6 +191,10 @@ class InstrumentSegNode(SurgNode):
                     self.report_problem("size_mismatch", f"depth {depth.shape} vs image {(h, w)}; "
                                         "segmenting without depth")
                     depth = None
+            if stamp < self._last_stamp:  # time went backwards (bag loop, new clip): drop the temporal prior
+                self.cue.reset()
+                self.count("temporal_resets")
+            self._last_stamp = stamp
             mask = self.cue.segment(image, depth=depth)
         if self.use_prior:
             prior = self._prior_for(stamp, (h, w))
