@@ -138,7 +138,8 @@ def test_stereo_depth_node(ros_env, ros_node, scene):
 
         def reported() -> bool:
             v = _status_values(got, "stereo_depth")
-            return all(f"problems.{k}" in v for k in ("corrupt_image", "size_mismatch", "encoding"))
+            return (all(f"problems.{k}" in v for k in ("corrupt_image", "size_mismatch", "encoding"))
+                    and int(v.get("pairs_processed", 0)) >= len(scene.frames) + 1)
         assert _wait(reported, 5), _status_values(got, "stereo_depth")
         values = _status_values(got, "stereo_depth")
         assert int(values["pairs_processed"]) >= len(scene.frames) + 1
