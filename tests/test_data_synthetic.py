@@ -151,3 +151,15 @@ def test_writer_failure_leaves_nothing(moving, tmp_path: Path) -> None:
     write_endonerf(moving, tmp_path / "out")
     with pytest.raises(FileExistsError, match="already exists"):
         write_endonerf(moving, tmp_path / "out")
+
+
+def test_analytic_slopes_match_finite_differences() -> None:
+    scene = _Scene(SynthConfig(instruments=1, seed=4))
+    rng = np.random.default_rng(1)
+    x, y = rng.uniform(-0.03, 0.03, 200), rng.uniform(-0.03, 0.03, 200)
+    e = 1e-6
+    for t in (0.2, 0.5):
+        _, zx, zy = scene.surface(x, y, t)
+        fx = (scene.surface_z(x + e, y, t) - scene.surface_z(x - e, y, t)) / (2 * e)
+        fy = (scene.surface_z(x, y + e, t) - scene.surface_z(x, y - e, t)) / (2 * e)
+        assert np.allclose(zx, fx, atol=1e-6) and np.allclose(zy, fy, atol=1e-6)

@@ -26,6 +26,7 @@ from surg3d_nodes.core.datasets.endonerf import write_endonerf_layout
 
 MOTIONS = ("static", "moving")
 _LATTICE = 256
+_GRASP_SIGMA = 0.004        # m, extent of the tissue lifted by the grasping instrument
 
 
 @dataclass
@@ -131,47 +132,58 @@ class _Scene:
 
     def surface_z(self, x: np.ndarray, y: np.ndarray, t: float) -> np.ndarray:
         """World z of the tissue under (x, y) at time t (bigger z = farther from the first camera)."""
-        z = np.full(np.broadcast(x, y).shape, self.cfg.tissue_distance)
-        z = z + self.tilt[0] * x + self.tilt[1] * y
+        return self.surface(x, y, t, grad=False)[0]
+
+    def surface(self, x: np.ndarray, y: np.ndarray, t: float,
+                grad: bool = True) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """(z, dz/dx, dz/dy) of the tissue heightfield at time t; the derivatives are analytic."""
+        x, y = np.broadcast_arrays(np.asarray(x, np.float64), np.asarray(y, np.float64))
+        z = self.cfg.tissue_distance + self.tilt[0] * x + self.tilt[1] * y
+        zx = np.full(x.shape, self.tilt[0]) if grad else None
+        zy = np.full(x.shape, self.tilt[1]) if grad else None
         for (kx, ky), a, ph in zip(self.wave_k, self.wave_a, self.wave_phase, strict=True):
-            z = z + a * np.sin(kx * x + ky * y + ph)
-        r2 = (x * x + y * y) / (2 * (1.5 * self.half_w) ** 2)
-        z = z - self.cfg.breathing_amplitude * np.sin(2 * np.pi * self.cfg.breathing_hz * t) * np.exp(-r2)
+            arg = kx * x + ky * y + ph
+            z = z + a * np.sin(arg)
+            if grad:
+                c = a * np.cos(arg)
+                zx, zy = zx + c * kx, zy + c * ky
+        sig2 = (1.5 * self.half_w) ** 2
+        bump = -self.cfg.breathing_amplitude * np.sin(2 * np.pi * self.cfg.breathing_hz * t) \
+            * np.exp(-(x * x + y * y) / (2 * sig2))
+        z = z + bump
+        if grad:
+            zx, zy = zx - bump * x / sig2, zy - bump * y / sig2
         pull = self._pull(t)
         if pull > 0:
-            g2 = ((x - self.grasp[0]) ** 2 + (y - self.grasp[1]) ** 2) / (2 * 0.004 ** 2)
-            z = z - pull * np.exp(-g2)
-        return z
+            gx, gy = x - self.grasp[0], y - self.grasp[1]
+            lift = -pull * np.exp(-(gx * gx + gy * gy) / (2 * _GRASP_SIGMA ** 2))
+            z = z + lift
+            if grad:
+                zx, zy = zx - lift * gx / _GRASP_SIGMA ** 2, zy - lift * gy / _GRASP_SIGMA ** 2
+        return z, zx, zy
 
-    def surface_normal(self, x: np.ndarray, y: np.ndarray, t: float) -> np.ndarray:
-        """Unit normals (..., 3) of the tissue facing the camera (negative z)."""
-        e = 1e-5
-        dzdx = (self.surface_z(x + e, y, t) - self.surface_z(x - e, y, t)) / (2 * e)
-        dzdy = (self.surface_z(x, y + e, t) - self.surface_z(x, y - e, t)) / (2 * e)
-        n = np.stack([dzdx, dzdy, -np.ones_like(dzdx)], axis=-1)
+    @staticmethod
+    def normal_from_grad(zx: np.ndarray, zy: np.ndarray) -> np.ndarray:
+        """Unit normals (..., 3) of a heightfield with these slopes, facing the camera (negative z)."""
+        n = np.stack([zx, zy, -np.ones_like(zx)], axis=-1)
         return n / np.linalg.norm(n, axis=-1, keepdims=True)
 
-    def intersect_tissue(self, o: np.ndarray, d: np.ndarray, t: float) -> np.ndarray:
-        """Ray parameter s where o + s d hits the heightfield (NaN where it does not converge)."""
-        dz = d[:, 2]
+    def intersect_tissue(self, o: np.ndarray, d: np.ndarray, t: float) -> tuple[np.ndarray, np.ndarray]:
+        """(s, normals): ray parameters where o + s d hits the heightfield (NaN where it does not
+        converge) and the surface normals there."""
+        dx, dy, dz = d[:, 0], d[:, 1], d[:, 2]
         with np.errstate(divide="ignore", invalid="ignore"):
             s = (self.cfg.tissue_distance - o[2]) / dz
-            for _ in range(4):    # contraction: slopes * ray obliquity << 1, so this gets close fast
-                s = (self.surface_z(o[0] + s * d[:, 0], o[1] + s * d[:, 1], t) - o[2]) / dz
-
-            def f(si: np.ndarray) -> np.ndarray:
-                return o[2] + si * dz - self.surface_z(o[0] + si * d[:, 0], o[1] + si * d[:, 1], t)
-
-            s0, s1 = s * (1 - 1e-3), s
-            f0, f1 = f(s0), f(s1)
-            for _ in range(4):
-                den = f1 - f0
-                step = np.where(np.abs(den) > 1e-300, f1 * (s1 - s0) / den, 0.0)
-                s0, f0 = s1, f1
-                s1 = s1 - step
-                f1 = f(s1)
-        ok = (dz > 0) & np.isfinite(s1) & (s1 > 0) & (np.abs(f1) < 1e-6)
-        return np.where(ok, s1, np.nan)
+            for _ in range(3):    # fixed point: a contraction (slopes x ray obliquity << 1), gets close fast
+                s = (self.surface_z(o[0] + s * dx, o[1] + s * dy, t) - o[2]) / dz
+            for _ in range(3):    # Newton on f(s) = ray z - surface z, with the analytic slopes
+                z, zx, zy = self.surface(o[0] + s * dx, o[1] + s * dy, t)
+                f = o[2] + s * dz - z
+                s = s - f / (dz - zx * dx - zy * dy)
+            z, zx, zy = self.surface(o[0] + s * dx, o[1] + s * dy, t)
+            f = o[2] + s * dz - z
+        ok = (dz > 0) & np.isfinite(s) & (s > 0) & (np.abs(f) < 1e-6)
+        return np.where(ok, s, np.nan), self.normal_from_grad(zx, zy)
 
     # ---------------------------------------------------------------- tissue appearance
     def _noise(self, i: int, x: np.ndarray, y: np.ndarray, scale: float) -> np.ndarray:
@@ -371,9 +383,8 @@ class _Renderer:
         sc = self.scene
         R, o = T_world_cam[:3, :3], T_world_cam[:3, 3]
         d = self.rays_cam @ R.T
-        s_t = sc.intersect_tissue(o, d, t)
+        s_t, n_t = sc.intersect_tissue(o, d, t)
         p_t = o + np.nan_to_num(s_t)[:, None] * d
-        n_t = sc.surface_normal(p_t[:, 0], p_t[:, 1], t)
         ref = sc.cfg.tissue_distance
         footprint = np.nan_to_num(s_t, nan=1.0) / self.fx
         tissue = _shade(p_t, n_t, sc.albedo(p_t[:, 0], p_t[:, 1], footprint), light, o, 0.3, 90.0, ref)
