@@ -212,3 +212,32 @@ def test_instrument_seg_node_dataset_source(ros_env, ros_node, scene):
     finally:
         out = _stop(proc)
     assert "Traceback" not in out, out
+
+
+def test_stereo_depth_node_calibration_files(ros_env, ros_node, scene, tmp_path):
+    """No CameraInfo on the wire: camera_calibration YAML files give the calibration."""
+    from surg3d_nodes.core.camera_yaml import save_camera_yaml
+
+    left_yaml = save_camera_yaml(scene.cam_left, tmp_path / "left.yaml", "left")
+    right_yaml = save_camera_yaml(scene.cam_right, tmp_path / "right.yaml", "right")
+    proc = _start("surg3d_nodes.nodes.stereo_depth",
+                  ["-p", f"left_calibration_file:={left_yaml}",
+                   "-p", f"right_calibration_file:={right_yaml}"], ros_env)
+    try:
+        pub = {t: ros_node.create_publisher(Image, t, 10) for t in (topics.LEFT_IMAGE, topics.RIGHT_IMAGE)}
+        got = _Collector(ros_node, {topics.DEPTH: Image, topics.LEFT_RECT_INFO: CameraInfo})
+        assert _wait(lambda: all(p.get_subscription_count() > 0 for p in pub.values())
+                     and ros_node.count_publishers(topics.DEPTH) > 0, 20), "stereo_depth node not up"
+        time.sleep(0.3)
+        f = scene.frames[0]
+        pub[topics.LEFT_IMAGE].publish(image_to_msg(f.left, "rgb8", f.stamp_ns, "left"))
+        pub[topics.RIGHT_IMAGE].publish(image_to_msg(f.right, "rgb8", f.stamp_ns, "right"))
+        assert _wait(lambda: len(got.get(topics.DEPTH)) >= 1 and len(got.get(topics.LEFT_RECT_INFO)) >= 1, 10)
+        depth = msg_to_image(got.get(topics.DEPTH)[0], "32FC1")
+        tissue = (f.mask == 0) & np.isfinite(f.depth) & np.isfinite(depth)
+        assert np.median(np.abs(depth[tissue] - f.depth[tissue]) / f.depth[tissue]) < 0.03
+        info = got.get(topics.LEFT_RECT_INFO)[0]
+        assert info.header.frame_id == topics.LEFT_OPTICAL_FRAME
+    finally:
+        out = _stop(proc)
+    assert "Traceback" not in out, out

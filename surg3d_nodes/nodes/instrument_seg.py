@@ -1,11 +1,12 @@
 """Instrument segmentation node: rectified left image (+ depth, + kinematic prior) -> /instrument/mask.
 
-`source`: `cue` (default, weight-free CueSegmenter: colour, specularity, depth, temporal), `yolo` (a user's
-YOLO-seg model, `model_path` .onnx or .pt; falls back to `cue` with one warning when it cannot be loaded), or
-`dataset` (re-publishes /dataset/tool_mask, stamp-matched to the image). With `use_depth` the image is paired
-with /depth/image by stamp (core.sync); with `use_prior` the /instrument/prior_mask nearest in time (within
-`prior_tolerance_ms`) is fused in (`fuse_mode`). The mask (mono8, 255 = instrument) carries the image's stamp.
-Work runs on a worker thread fed by a bounded queue; bad input is counted, logged rate-limited and skipped.
+`source`: `segmenter` (default: `yolo` when `model_path` is set, else `cue`); `cue` (the weight-free
+CueSegmenter: colour, specularity, depth, temporal); `yolo` (a user's YOLO-seg model, `model_path` .onnx
+or .pt; falls back to `cue` with one warning when it cannot be loaded); `dataset` (re-publishes
+/dataset/tool_mask, stamp-matched to the image). With `use_depth` the image is paired with /depth/image by
+stamp (core.sync); with `use_prior` the /instrument/prior_mask nearest in time (within `prior_tolerance_ms`)
+is fused in (`fuse_mode`). The mask (mono8, 255 = instrument) carries the image's stamp. Work runs on a
+worker thread fed by a bounded queue; bad input is counted, logged rate-limited and skipped.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from surg3d_nodes.ros import topics
 from surg3d_nodes.ros.convert import MessageError, image_to_msg, msg_to_image, stamp_to_ns
 from surg3d_nodes.ros.runtime import SurgNode, run_node
 
-SOURCES = ("cue", "yolo", "dataset")
+SOURCES = ("segmenter", "cue", "yolo", "dataset")
 
 
 class InstrumentSegNode(SurgNode):
@@ -43,14 +44,17 @@ class InstrumentSegNode(SurgNode):
     def __init__(self, **kwargs) -> None:
         super().__init__("instrument_seg", **kwargs)
         p = {name: self.declare_parameter(name, default).value for name, default in [
-            ("source", "cue"), ("model_path", ""), ("yolo_conf", 0.25), ("yolo_classes", [-1]),
+            ("source", "segmenter"), ("model_path", ""), ("yolo_conf", 0.25), ("yolo_classes", [-1]),
             ("yolo_imgsz", 640), ("use_depth", True), ("use_prior", False), ("fuse_mode", "union"),
             ("prior_margin_px", 0), ("prior_tolerance_ms", 20.0), ("sync_tolerance_ms", 5.0),
             ("sync_queue_size", 5), ("margin_px", CueParams.margin_px), ("work_scale", CueParams.work_scale),
             ("temporal_weight", CueParams.temporal_weight), ("depth_weight", CueParams.depth_weight)]}
         if p["source"] not in SOURCES:
             raise ValueError(f"source must be one of {SOURCES}, got {p['source']!r}")
+        # "segmenter" (graph.yaml's mask_source) = computed masks: YOLO when a model is given, else cues.
         self.source = str(p["source"])
+        if self.source == "segmenter":
+            self.source = "yolo" if p["model_path"] else "cue"
         self.margin_px = int(p["margin_px"])
         self.use_depth = bool(p["use_depth"]) and self.source == "cue"
         self.use_prior = bool(p["use_prior"])

@@ -1,13 +1,14 @@
 """Stereo depth node: left/right images + CameraInfo -> rectified left image, depth, confidence (+ points).
 
 Subscribes /stereo/{left,right}/image_raw and camera_info; pairs the images by stamp (core.sync, tolerance
-`sync_tolerance_ms`) using the latest CameraInfo of each side; rectifies unless the CameraInfo says the image
-already is rectified; computes depth with SGBM (or an ONNX model, `backend: onnx`, falling back to SGBM with
-one warning when the model cannot be loaded) on a worker thread fed by a bounded queue (oldest pair dropped
-when busy). Publishes /stereo/left/image_rect + camera_info_rect, /depth/image (32FC1 metres, NaN invalid),
-/depth/confidence (mono8) and optionally /depth/points (PointCloud2 x y z rgb). Bad input (encoding, size
-mismatch, missing/invalid CameraInfo, corrupt data) is counted, logged rate-limited, shown in the
-NodeStatus heartbeat, and skipped.
+`sync_tolerance_ms`) with the latest CameraInfo of each side (or `left/right_calibration_file`, camera_
+calibration YAML, for drivers publishing none or an uncalibrated one); rectifies unless the calibration says
+the image already is rectified; computes depth with SGBM (or an ONNX model, `backend: onnx`, falling back to
+SGBM with one warning when the model cannot be loaded) on a worker thread fed by a bounded queue (oldest
+pair dropped when busy). Publishes /stereo/left/image_rect + camera_info_rect, /depth/image (32FC1 metres,
+NaN invalid), /depth/confidence (mono8) and optionally /depth/points (PointCloud2 x y z rgb). Bad input
+(encoding, size mismatch, missing/invalid CameraInfo, corrupt data) is counted, logged rate-limited, shown
+in the NodeStatus heartbeat, and skipped.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 
 from surg3d_nodes.core.camera import CameraModel
+from surg3d_nodes.core.camera_yaml import load_camera_yaml
 from surg3d_nodes.core.geometry import backproject
 from surg3d_nodes.core.rectify import Rectifier, rectified_camera
 from surg3d_nodes.core.stereo_depth import DepthModelError, OnnxDepth, SGBMParams, StereoDepth
@@ -57,7 +59,7 @@ class StereoDepthNode(SurgNode):
             ("p1", 16), ("p2", 96),
             ("uniqueness_ratio", 5), ("speckle_window", 100), ("speckle_range", 2), ("lr_max_diff", 1.0),
             ("median_ksize", 3), ("scale", 1.0), ("publish_points", False), ("points_stride", 2),
-            ("points_min_confidence", 1)]}
+            ("points_min_confidence", 1), ("left_calibration_file", ""), ("right_calibration_file", "")]}
         if p["backend"] not in ("sgbm", "onnx"):
             raise ValueError(f"backend must be sgbm or onnx, got {p['backend']!r}")
         self.backend = str(p["backend"])
@@ -74,6 +76,11 @@ class StereoDepthNode(SurgNode):
         self.points_min_conf = int(p["points_min_confidence"])
         self.sync = ApproxTimeSync(2, round(float(p["sync_tolerance_ms"]) * 1e6), int(p["sync_queue_size"]))
         self.rectifier = Rectifier()
+        # camera_calibration YAML files override the CameraInfo of their side (uncalibrated drivers).
+        self._file_cams: list[CameraModel | None] = [
+            load_camera_yaml(path, frame) if path else None
+            for path, frame in ((str(p["left_calibration_file"]), topics.LEFT_OPTICAL_FRAME),
+                                (str(p["right_calibration_file"]), topics.RIGHT_OPTICAL_FRAME))]
         self._info: list[CameraInfo | None] = [None, None]
         self._engine = None
         self._engine_key: tuple | None = None
@@ -133,25 +140,30 @@ class StereoDepthNode(SurgNode):
 
     def _cameras(self, left: np.ndarray, right: np.ndarray,
                  infos: tuple) -> tuple[CameraModel, CameraModel] | None:
-        if infos[0] is None or infos[1] is None:
-            side = "left" if infos[0] is None else "right"
-            self.report_problem("camera_info_missing", f"no {side} camera_info received yet; pair skipped")
-            return None
-        try:
-            cams = msg_to_camera(infos[0]), msg_to_camera(infos[1])
-        except MessageError as e:
-            self.report_problem("camera_info_invalid", str(e))
-            return None
+        """Calibration of both sides: calibration files when given, else the latest CameraInfo."""
+        cams: list[CameraModel] = []
+        for side, name in enumerate(("left", "right")):
+            if self._file_cams[side] is not None:
+                cams.append(self._file_cams[side])
+                continue
+            if infos[side] is None:
+                self.report_problem("camera_info_missing", f"no {name} camera_info yet; pair skipped")
+                return None
+            try:
+                cams.append(msg_to_camera(infos[side]))
+            except MessageError as e:
+                self.report_problem("camera_info_invalid", f"{e}; set {name}_calibration_file to override")
+                return None
         for name, img, cam in (("left", left, cams[0]), ("right", right, cams[1])):
             if img.shape[:2] != (cam.height, cam.width):
                 self.report_problem("camera_info_size", f"{name} image {img.shape[1]}x{img.shape[0]} but its "
-                                    f"camera_info says {cam.width}x{cam.height}")
+                                    f"calibration says {cam.width}x{cam.height}")
                 return None
         if cams[1].baseline <= 0:
-            self.report_problem("camera_info_invalid", f"right camera_info P[0,3] = {cams[1].P[0, 3]}: "
+            self.report_problem("camera_info_invalid", f"right camera P[0,3] = {cams[1].P[0, 3]}: "
                                 "no positive stereo baseline (expected -fx * baseline)")
             return None
-        return cams
+        return cams[0], cams[1]
 
     def process(self, left_msg: Image, right_msg: Image, info_l: CameraInfo | None,
                 info_r: CameraInfo | None) -> None:
