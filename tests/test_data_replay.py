@@ -203,6 +203,22 @@ def test_replay_truncated_bag(clip_bag, ros_node, ros_env, tmp_path: Path) -> No
     assert "stopped early" in out and "truncated" in out
 
 
+def test_replay_offset_and_loop(clip_bag, ros_node, ros_env) -> None:
+    from surg3d_nodes.ros import convert
+
+    _, bag = clip_bag
+    col = Collector(ros_node, {"/camera/pose": "geometry_msgs.msg.PoseStamped"})
+    proc = start("bag_replay", ros_env, f"bag:={bag}", "rate:=4", "start_offset:=1", "loop:=true",
+                 "wait_for_subscribers:=1", "topics:=[/camera/pose]")
+    ok = wait_for(lambda: col.count("/camera/pose") >= 40, 40.0)
+    out = stop(proc)
+    assert ok, out
+    stamps = [convert.stamp_to_ns(m.header.stamp) for m in col.msgs("/camera/pose")]
+    frames = [round((s - 1_700_000_000 * 10**9) * 30e-9) for s in stamps]
+    assert frames[:33] == list(range(30, 63))       # starts 1 s (30 frames) in, plays to the end
+    assert frames[33:40] == list(range(30, 37))     # then loops back to the offset
+
+
 def test_recorder_writes_readable_mcap(clip_bag, ros_node, ros_env, tmp_path: Path) -> None:
     from surg3d_msgs.msg import NodeStatus
 

@@ -26,6 +26,7 @@ import threading
 import time
 from typing import Any
 
+from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.duration import Duration
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from rosgraph_msgs.msg import Clock
@@ -51,17 +52,18 @@ class BagReplay(SurgNode):
     def __init__(self, **kwargs) -> None:
         super().__init__("bag_replay", **kwargs)
         p = self.declare_parameter
+        num = ParameterDescriptor(dynamic_typing=True)   # accept rate:=2 as well as rate:=2.0
         self.bag = str(p("bag", "").value)
-        self.rate = float(p("rate", 1.0).value)
+        self.rate = float(p("rate", 1.0, num).value)
         self.loop = bool(p("loop", False).value)
-        self.start_offset = float(p("start_offset", 0.0).value)
+        self.start_offset = float(p("start_offset", 0.0, num).value)
         self.publish_clock = bool(p("publish_clock", True).value)
         self.only_topics = [t for t in p("topics", [""]).value if t]
-        self.late_threshold = float(p("late_threshold", 0.05).value)
+        self.late_threshold = float(p("late_threshold", 0.05, num).value)
         self.drop_late = bool(p("drop_late", False).value)
-        self.drop_threshold = float(p("drop_threshold", 0.2).value)
+        self.drop_threshold = float(p("drop_threshold", 0.2, num).value)
         self.wait_for_subscribers = int(p("wait_for_subscribers", 0).value)
-        self.wait_timeout = float(p("wait_timeout", 30.0).value)
+        self.wait_timeout = float(p("wait_timeout", 30.0, num).value)
         self.exit_on_end = bool(p("exit_on_end", False).value)
         self.qos_depth = int(p("qos_depth", 30).value)
         self.qos_depth_small = int(p("qos_depth_small", 100).value)
@@ -71,7 +73,8 @@ class BagReplay(SurgNode):
             raise ValueError(f"parameter 'rate' must be >= 0, got {self.rate}")
         self.reader = BagReader(self.bag)      # raises FileNotFoundError naming the path
         self.publishers_: dict[str, Any] = {}
-        self.clock_pub = self.create_publisher(Clock, topics.CLOCK, 10) if self.publish_clock else None
+        clock_qos = QoSProfile(depth=max(self.qos_depth_small, 10), reliability=ReliabilityPolicy.RELIABLE)
+        self.clock_pub = self.create_publisher(Clock, topics.CLOCK, clock_qos) if self.publish_clock else None
         self.published = self.late = self.dropped = self.loops = 0
         self.max_lag = 0.0
         self.position_s = 0.0
@@ -121,7 +124,7 @@ class BagReplay(SurgNode):
     def _wait_acked(self, timeout: float) -> bool:
         """Wait until every subscriber acknowledged everything published so far (reliable QoS)."""
         deadline = time.monotonic() + timeout
-        for pub in self.publishers_.values():
+        for pub in [*self.publishers_.values(), *([self.clock_pub] if self.clock_pub else [])]:
             left = max(deadline - time.monotonic(), 0.0)
             if not pub.wait_for_all_acked(Duration(nanoseconds=int(left * 1e9))):
                 return False
