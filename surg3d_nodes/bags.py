@@ -11,6 +11,7 @@ stopped. (A truncated sqlite3 file is usually unreadable as a whole: sqlite repo
 
 from __future__ import annotations
 
+import mmap
 import os
 import shutil
 import sqlite3
@@ -178,18 +179,23 @@ def _string(buf: bytes | memoryview, off: int) -> tuple[str, int]:
 
 
 def _decompress(data: bytes, compression: str, size: int) -> bytes:
+    """Chunk records of an MCAP chunk; `size` is the uncompressed size the chunk header promises."""
     if compression == "":
-        return data
-    if compression == "zstd":
+        out = data
+    elif compression == "zstd":
         try:
             from compression import zstd
         except ImportError:
             from backports import zstd
-        return zstd.decompress(data)
-    if compression == "lz4":
+        out = zstd.decompress(data)
+    elif compression == "lz4":
         from lz4.frame import decompress
-        return decompress(data)
-    raise _CorruptError(f"unknown chunk compression {compression!r}")
+        out = decompress(data)
+    else:
+        raise _CorruptError(f"unknown chunk compression {compression!r}")
+    if len(out) != size:
+        raise _CorruptError(f"chunk holds {len(out)} bytes, its header says {size}")
+    return out
 
 
 class BagReader:
@@ -269,10 +275,14 @@ class BagReader:
             reader.close()
 
     def _scan_mcap(self, path: Path) -> Iterator[BagMessage]:
-        data = path.read_bytes()
-        if data[:8] != _MCAP_MAGIC:
-            self.stopped = f"{path}: not an MCAP file (bad magic)"
-            return
+        with open(path, "rb") as fh:
+            if path.stat().st_size < 8 or fh.read(8) != _MCAP_MAGIC:
+                self.stopped = f"{path}: not an MCAP file (bad magic)"
+                return
+            with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:   # no copy of a large bag
+                yield from self._scan_mcap_data(path, data)
+
+    def _scan_mcap_data(self, path: Path, data: mmap.mmap) -> Iterator[BagMessage]:
         schemas: dict[int, str] = {}
         channels: dict[int, tuple[str, str]] = {}
         off = 8
@@ -292,15 +302,15 @@ class BagReader:
                     comp, p = _string(body, 28)
                     (clen,) = struct.unpack_from("<Q", body, p)
                     inner = _decompress(bytes(body[p + 8:p + 8 + clen]), comp, usize)
-                    yield from self._mcap_records(memoryview(inner), schemas, channels, path)
+                    yield from self._mcap_records(memoryview(inner), schemas, channels)
                 else:
-                    yield from self._mcap_records(memoryview(data)[off:body_end], schemas, channels, path)
+                    yield from self._mcap_records(memoryview(data)[off:body_end], schemas, channels)
                 off = body_end
         except (_CorruptError, struct.error, UnicodeDecodeError, ValueError, RuntimeError) as e:
             self.stopped = (f"{path}: stopped at byte {off} of {len(data)} after {self.count} messages: {e}")
 
-    def _mcap_records(self, buf: memoryview, schemas: dict[int, str], channels: dict[int, tuple[str, str]],
-                      path: Path) -> Iterator[BagMessage]:
+    def _mcap_records(self, buf: memoryview, schemas: dict[int, str],
+                      channels: dict[int, tuple[str, str]]) -> Iterator[BagMessage]:
         off = 0
         while off < len(buf):
             op, length = struct.unpack_from("<BQ", buf, off)
