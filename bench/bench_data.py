@@ -17,7 +17,7 @@ import cv2
 
 from surg3d_nodes.bags import BagReader
 from surg3d_nodes.cli.convert import convert_reader
-from surg3d_nodes.cli.synth import contact_sheet
+from surg3d_nodes.cli.synth import contact_sheet, sample_indices
 from surg3d_nodes.core.datasets import open_dataset
 from surg3d_nodes.core.synthetic import SynthConfig, generate
 
@@ -45,7 +45,8 @@ def main() -> None:
         res[f"synth_{w}x{h}_{inst}tools_ms_per_frame"] = 1e3 * dt / n
         print(f"synthetic {w}x{h}, {inst} instrument(s): {n} frames in {dt:.2f} s "
               f"({1e3 * dt / n:.0f} ms/frame)")
-    sheet = cv2.cvtColor(contact_sheet(scene), cv2.COLOR_RGB2BGR)
+    sheet = contact_sheet([(i, scene.frames[i]) for i in sample_indices(len(scene.frames))])
+    sheet = cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR)
     cv2.imwrite(str(args.out / "synthetic_640x512.png"), sheet)
     clip = args.data / "endonerf" / "pulling_soft_tissues"
     if clip.is_dir():

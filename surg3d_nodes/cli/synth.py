@@ -14,17 +14,28 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from surg3d_nodes.core.synthetic import MOTIONS, SynthConfig, SynthScene, generate, write_endonerf
+from surg3d_nodes.core.datasets.endonerf import write_endonerf_layout
+from surg3d_nodes.core.synthetic import (
+    MOTIONS,
+    SynthConfig,
+    SynthFrame,
+    cameras,
+    iter_frames,
+    to_dataset_frame,
+)
 
 
-def contact_sheet(scene: SynthScene, rows: int = 4) -> np.ndarray:
-    """RGB image: one row per sampled frame with left view, depth (turbo colours), mask and tissue view."""
-    idx = np.unique(np.linspace(0, len(scene.frames) - 1, min(rows, len(scene.frames))).round().astype(int))
-    depths = np.concatenate([scene.frames[i].depth[np.isfinite(scene.frames[i].depth)] for i in idx])
+def sample_indices(n: int, rows: int = 4) -> list[int]:
+    """Up to `rows` frame indices spread evenly over a clip of n frames."""
+    return sorted({round(float(v)) for v in np.linspace(0, n - 1, min(rows, n))})
+
+
+def contact_sheet(frames: list[tuple[int, SynthFrame]]) -> np.ndarray:
+    """RGB image: one row per (index, frame) with left view, depth (turbo colours), mask and tissue view."""
+    depths = np.concatenate([f.depth[np.isfinite(f.depth)] for _, f in frames])
     lo, hi = (float(np.percentile(depths, 1)), float(np.percentile(depths, 99))) if depths.size else (0, 1)
     out_rows = []
-    for i in idx:
-        f = scene.frames[i]
+    for i, f in frames:
         d = np.clip((np.nan_to_num(f.depth, nan=hi) - lo) / max(hi - lo, 1e-9), 0, 1)
         depth_rgb = cv2.applyColorMap((255 * (1 - d)).astype(np.uint8), cv2.COLORMAP_TURBO)[..., ::-1]
         tiles = [f.left, depth_rgb, np.repeat(f.mask[..., None], 3, axis=2), f.tissue_left]
@@ -84,26 +95,40 @@ def main(argv: list[str] | None = None) -> int:
     from surg3d_nodes.cli.convert import convert_reader, print_progress
     from surg3d_nodes.core.datasets import open_dataset
 
+    # Render and write frame by frame (constant memory); keep a few frames for the contact sheet.
+    cam_l, cam_r = cameras(cfg)
+    keep = set(sample_indices(cfg.frames))
+    kept: list[tuple[int, SynthFrame]] = []
+    stats = {"dmin": np.inf, "dmax": -np.inf, "tool": 0.0}
+
+    def frames():
+        for i, f in enumerate(iter_frames(cfg, progress=print_progress("rendered"))):
+            if i in keep:
+                kept.append((i, f))
+            valid = f.depth[np.isfinite(f.depth)]
+            if valid.size:
+                stats["dmin"] = min(stats["dmin"], float(valid.min()))
+                stats["dmax"] = max(stats["dmax"], float(valid.max()))
+            stats["tool"] += float(np.mean(f.mask > 0)) / cfg.frames
+            yield to_dataset_frame(i, f, cam_l, cam_r)
+
     t0 = time.perf_counter()
-    scene = generate(cfg, progress=print_progress("rendered"))
-    t_render = time.perf_counter() - t0
     out.mkdir(parents=True, exist_ok=True)
-    write_endonerf(scene, clip, overwrite=args.overwrite)
+    write_endonerf_layout(clip, frames(), cfg.frames, cfg.fps, overwrite=args.overwrite)
+    t_render = time.perf_counter() - t0
     if args.bag:
-        stats = convert_reader(open_dataset("synthetic", clip), bag, storage=args.storage,
-                               overwrite=args.overwrite, progress=print_progress("bagged"))
-    cv2.imwrite(str(sheet), cv2.cvtColor(contact_sheet(scene), cv2.COLOR_RGB2BGR))
-    depth = np.concatenate([f.depth[np.isfinite(f.depth)] for f in scene.frames])
-    tool = np.mean([np.mean(f.mask > 0) for f in scene.frames])
+        bag_stats = convert_reader(open_dataset("synthetic", clip), bag, storage=args.storage,
+                                   overwrite=args.overwrite, progress=print_progress("bagged"))
+    cv2.imwrite(str(sheet), cv2.cvtColor(contact_sheet(kept), cv2.COLOR_RGB2BGR))
     print(f"synthetic clip: {cfg.frames} frames {cfg.width}x{cfg.height} at {cfg.fps:g} Hz, camera "
           f"{cfg.camera_motion}, {cfg.instruments} instrument(s), seed {cfg.seed}; "
-          f"rendered in {t_render:.2f} s")
-    print(f"  fx {scene.cam_left.fx:.1f} px, baseline {cfg.baseline * 1e3:.2f} mm, depth "
-          f"{depth.min() * 1e3:.1f}-{depth.max() * 1e3:.1f} mm, instrument pixels {100 * tool:.1f} %")
+          f"rendered and written in {t_render:.2f} s")
+    print(f"  fx {cam_l.fx:.1f} px, baseline {cfg.baseline * 1e3:.2f} mm, depth {stats['dmin'] * 1e3:.1f}-"
+          f"{stats['dmax'] * 1e3:.1f} mm, instrument pixels {100 * stats['tool']:.1f} %")
     print(f"  {clip}  (EndoNeRF layout: images/, images_right/, depth/ uint8 mm, gt_depth/ uint16 0.01 mm, "
           "masks/, gt_masks/, tissue/, poses_bounds.npy)")
     if args.bag:
-        print(f"  {bag}  ({args.storage}, {stats.messages} messages, {stats.bytes / 1e6:.1f} MB)")
+        print(f"  {bag}  ({args.storage}, {bag_stats.messages} messages, {bag_stats.bytes / 1e6:.1f} MB)")
     print(f"  {sheet}")
     return 0
 

@@ -13,7 +13,7 @@ specular highlights move with the viewpoint. The world frame is the left optical
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -415,23 +415,26 @@ def _to_uint8(img: np.ndarray, vignette: np.ndarray, noise: np.ndarray | None) -
     return np.clip(np.rint(v), 0, 255).astype(np.uint8)
 
 
-def generate(cfg: SynthConfig | None = None,
-             progress: Callable[[int, int], None] | None = None) -> SynthScene:
-    """Render a synthetic clip; `progress(done, total)` is called after every frame."""
+def cameras(cfg: SynthConfig) -> tuple[CameraModel, CameraModel]:
+    """The rectified left and right cameras of a clip (right P carries -fx * baseline)."""
+    fx = cfg.focal_scale * cfg.width
+    return (CameraModel.pinhole(cfg.width, cfg.height, fx, frame_id="stereo_left_optical"),
+            CameraModel.pinhole(cfg.width, cfg.height, fx, baseline=cfg.baseline,
+                                frame_id="stereo_right_optical"))
+
+
+def iter_frames(cfg: SynthConfig | None = None,
+                progress: Callable[[int, int], None] | None = None) -> Iterator[SynthFrame]:
+    """Render the frames of a clip one at a time (constant memory); `progress(done, total)` per frame."""
     cfg = cfg or SynthConfig()
     cfg.validate()
     scene = _Scene(cfg)
-    fx = cfg.focal_scale * cfg.width
-    cam_l = CameraModel.pinhole(cfg.width, cfg.height, fx, frame_id="stereo_left_optical")
-    cam_r = CameraModel.pinhole(cfg.width, cfg.height, fx, baseline=cfg.baseline,
-                                frame_id="stereo_right_optical")
-    K = cam_l.intrinsics()
+    K = cameras(cfg)[0].intrinsics()
     renderer = _Renderer(scene, K, cfg.width, cfg.height)
     yy, xx = np.mgrid[0:cfg.height, 0:cfg.width]
     r2 = ((xx - K[0, 2]) / cfg.width) ** 2 + ((yy - K[1, 2]) / cfg.width) ** 2
     vignette = 1.0 - cfg.vignetting * r2   # endoscope light falls off towards the corners
     rng = np.random.default_rng(cfg.seed + 1)
-    out = SynthScene(cfg, cam_l, cam_r)
     T_left_right = np.eye(4)
     T_left_right[0, 3] = cfg.baseline
     for i in range(cfg.frames):
@@ -445,7 +448,7 @@ def generate(cfg: SynthConfig | None = None,
         shape = (cfg.height, cfg.width, 3)
         nl = rng.normal(0, cfg.noise_std, shape) if cfg.noise_std > 0 else None
         nr = rng.normal(0, cfg.noise_std, shape) if cfg.noise_std > 0 else None
-        out.frames.append(SynthFrame(
+        yield SynthFrame(
             stamp_ns=cfg.start_ns + round(i * 1e9 / cfg.fps),
             left=_to_uint8(left["color"], vignette, nl),
             right=_to_uint8(right["color"], vignette, nr),
@@ -454,18 +457,29 @@ def generate(cfg: SynthConfig | None = None,
             mask=np.where(left["mask"], 255, 0).astype(np.uint8),
             tissue_left=_to_uint8(left["tissue"], vignette, nl),
             pose=T_wl,
-        ))
+        )
         if progress is not None:
             progress(i + 1, cfg.frames)
-    return out
+
+
+def generate(cfg: SynthConfig | None = None,
+             progress: Callable[[int, int], None] | None = None) -> SynthScene:
+    """Render a whole synthetic clip in memory; `progress(done, total)` is called after every frame."""
+    cfg = cfg or SynthConfig()
+    return SynthScene(cfg, *cameras(cfg), list(iter_frames(cfg, progress)))
+
+
+def to_dataset_frame(index: int, f: SynthFrame, cam_left: CameraModel,
+                     cam_right: CameraModel) -> DatasetFrame:
+    """A SynthFrame as a common DatasetFrame (extras: tissue image, exact mask and tissue depth)."""
+    return DatasetFrame(index=index, stamp_ns=f.stamp_ns, left=f.left, right=f.right, cam_left=cam_left,
+                        cam_right=cam_right, pose=f.pose, depth=f.depth, mask=f.mask,
+                        extras={"tissue": f.tissue_left, "gt_mask": f.mask, "tissue_depth": f.tissue_depth})
 
 
 def scene_frames(scene: SynthScene) -> list[DatasetFrame]:
-    """The clip as common DatasetFrames (extras: tissue image, exact mask and tissue depth)."""
-    return [DatasetFrame(index=i, stamp_ns=f.stamp_ns, left=f.left, right=f.right, cam_left=scene.cam_left,
-                         cam_right=scene.cam_right, pose=f.pose, depth=f.depth, mask=f.mask,
-                         extras={"tissue": f.tissue_left, "gt_mask": f.mask, "tissue_depth": f.tissue_depth})
-            for i, f in enumerate(scene.frames)]
+    """The clip as common DatasetFrames."""
+    return [to_dataset_frame(i, f, scene.cam_left, scene.cam_right) for i, f in enumerate(scene.frames)]
 
 
 def write_endonerf(scene: SynthScene, out_dir: str | os.PathLike,
