@@ -157,9 +157,10 @@ def test_analytic_slopes_match_finite_differences() -> None:
     scene = _Scene(SynthConfig(instruments=1, seed=4))
     rng = np.random.default_rng(1)
     x, y = rng.uniform(-0.03, 0.03, 200), rng.uniform(-0.03, 0.03, 200)
-    e = 1e-6
+    e = 5e-5     # the heightfield is evaluated in float32: central differences good to ~5e-4 here
     for t in (0.2, 0.5):
         _, zx, zy = scene.surface(x, y, t)
-        fx = (scene.surface_z(x + e, y, t) - scene.surface_z(x - e, y, t)) / (2 * e)
-        fy = (scene.surface_z(x, y + e, t) - scene.surface_z(x, y - e, t)) / (2 * e)
-        assert np.allclose(zx, fx, atol=1e-6) and np.allclose(zy, fy, atol=1e-6)
+        fx = (scene.surface_z(x + e, y, t).astype(float) - scene.surface_z(x - e, y, t)) / (2 * e)
+        fy = (scene.surface_z(x, y + e, t).astype(float) - scene.surface_z(x, y - e, t)) / (2 * e)
+        assert np.abs(zx).max() > 0.05 and np.abs(zy).max() > 0.05
+        assert np.allclose(zx, fx, atol=1e-3) and np.allclose(zy, fy, atol=1e-3)

@@ -112,6 +112,9 @@ class _Scene:
         self.cfg = cfg
         self.duration = max(cfg.frames - 1, 1) / cfg.fps
         self.lattices = rng.random((6, _LATTICE, _LATTICE))
+        wrapped = np.concatenate([self.lattices, self.lattices[:, :1]], axis=1)
+        wrapped = np.concatenate([wrapped, wrapped[:, :, :1]], axis=2)
+        self.lattices_flat = wrapped.reshape(6, -1).astype(np.float32)
         self.offsets = rng.uniform(0, _LATTICE, size=(6, 2))
         n_waves = 4
         ang = rng.uniform(0, np.pi, n_waves)
@@ -137,25 +140,28 @@ class _Scene:
     def surface(self, x: np.ndarray, y: np.ndarray, t: float,
                 grad: bool = True) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
         """(z, dz/dx, dz/dy) of the tissue heightfield at time t; the derivatives are analytic."""
-        x, y = np.broadcast_arrays(np.asarray(x, np.float64), np.asarray(y, np.float64))
-        z = self.cfg.tissue_distance + self.tilt[0] * x + self.tilt[1] * y
-        zx = np.full(x.shape, self.tilt[0]) if grad else None
-        zy = np.full(x.shape, self.tilt[1]) if grad else None
-        for (kx, ky), a, ph in zip(self.wave_k, self.wave_a, self.wave_phase, strict=True):
+        # float32 is ample (5e-10 m at 8 cm) and twice as fast; python-float constants keep it float32
+        x, y = np.broadcast_arrays(np.asarray(x, np.float32), np.asarray(y, np.float32))
+        tx, ty = (float(v) for v in self.tilt)
+        z = self.cfg.tissue_distance + tx * x + ty * y
+        zx = np.full(x.shape, tx, np.float32) if grad else None
+        zy = np.full(x.shape, ty, np.float32) if grad else None
+        for (kx, ky), a, ph in zip(self.wave_k.tolist(), self.wave_a.tolist(), self.wave_phase.tolist(),
+                                   strict=True):
             arg = kx * x + ky * y + ph
             z = z + a * np.sin(arg)
             if grad:
                 c = a * np.cos(arg)
                 zx, zy = zx + c * kx, zy + c * ky
-        sig2 = (1.5 * self.half_w) ** 2
-        bump = -self.cfg.breathing_amplitude * np.sin(2 * np.pi * self.cfg.breathing_hz * t) \
+        sig2 = float((1.5 * self.half_w) ** 2)
+        bump = float(-self.cfg.breathing_amplitude * np.sin(2 * np.pi * self.cfg.breathing_hz * t)) \
             * np.exp(-(x * x + y * y) / (2 * sig2))
         z = z + bump
         if grad:
             zx, zy = zx - bump * x / sig2, zy - bump * y / sig2
-        pull = self._pull(t)
+        pull = float(self._pull(t))
         if pull > 0:
-            gx, gy = x - self.grasp[0], y - self.grasp[1]
+            gx, gy = x - float(self.grasp[0]), y - float(self.grasp[1])
             lift = -pull * np.exp(-(gx * gx + gy * gy) / (2 * _GRASP_SIGMA ** 2))
             z = z + lift
             if grad:
@@ -174,7 +180,7 @@ class _Scene:
         dx, dy, dz = d[:, 0], d[:, 1], d[:, 2]
         with np.errstate(divide="ignore", invalid="ignore"):
             s = (self.cfg.tissue_distance - o[2]) / dz
-            for _ in range(3):    # fixed point: a contraction (slopes x ray obliquity << 1), gets close fast
+            for _ in range(2):    # fixed point: a contraction (slopes x ray obliquity << 1), gets close fast
                 s = (self.surface_z(o[0] + s * dx, o[1] + s * dy, t) - o[2]) / dz
             for _ in range(3):    # Newton on f(s) = ray z - surface z, with the analytic slopes
                 z, zx, zy = self.surface(o[0] + s * dx, o[1] + s * dy, t)
@@ -187,19 +193,18 @@ class _Scene:
 
     # ---------------------------------------------------------------- tissue appearance
     def _noise(self, i: int, x: np.ndarray, y: np.ndarray, scale: float) -> np.ndarray:
-        """Smooth value noise in [0, 1] of lattice i at feature size `scale` metres."""
-        u = x / scale + self.offsets[i, 0]
-        v = y / scale + self.offsets[i, 1]
+        """Smooth value noise in [0, 1] of lattice i at feature size `scale` metres (float32)."""
+        u = (x / scale + self.offsets[i, 0]).astype(np.float32)
+        v = (y / scale + self.offsets[i, 1]).astype(np.float32)
         iu, iv = np.floor(u), np.floor(v)
         fu, fv = u - iu, v - iv
         fu, fv = fu * fu * (3 - 2 * fu), fv * fv * (3 - 2 * fv)
-        iu = iu.astype(np.int64) % _LATTICE
-        iv = iv.astype(np.int64) % _LATTICE
-        iu1, iv1 = (iu + 1) % _LATTICE, (iv + 1) % _LATTICE
-        lat = self.lattices[i]
-        a = lat[iv, iu] * (1 - fu) + lat[iv, iu1] * fu
-        b = lat[iv1, iu] * (1 - fu) + lat[iv1, iu1] * fu
-        return a * (1 - fv) + b * fv
+        # flat index into the wrapped (L+1)x(L+1) lattice: the +1 neighbours need no modulo
+        k = (iv.astype(np.int32) % _LATTICE) * (_LATTICE + 1) + iu.astype(np.int32) % _LATTICE
+        lat = self.lattices_flat[i]
+        a = lat[k] * (1 - fu) + lat[k + 1] * fu
+        b = lat[k + _LATTICE + 1] * (1 - fu) + lat[k + _LATTICE + 2] * fu
+        return (a * (1 - fv) + b * fv).astype(np.float64)
 
     def albedo(self, x: np.ndarray, y: np.ndarray, footprint: np.ndarray) -> np.ndarray:
         """Tissue colour (..., 3) in [0, 1]: pink/red base, darker vessels, yellowish fat patches.
@@ -280,13 +285,17 @@ def _ray_sphere(o: np.ndarray, d: np.ndarray, c: np.ndarray, r: float) -> np.nda
 
 def _intersect_tools(o: np.ndarray, d: np.ndarray, tools: list[_Tool]) -> tuple[np.ndarray, np.ndarray,
                                                                                 np.ndarray]:
-    """(s, normal, part) of the nearest tool hit per ray; part 0 = none, 1 = shaft, 2 = tip."""
+    """(s, normal, part) of the nearest tool hit per ray; part 0 = none, 1 = shaft, 2 = tip.
+
+    Computed in float32 (3e-9 m at 5 cm), twice as fast as float64 over every pixel.
+    """
+    o, d = o.astype(np.float32), d.astype(np.float32)
     n = d.shape[0]
-    best = np.full(n, np.inf)
-    normal = np.zeros((n, 3))
+    best = np.full(n, np.inf, np.float32)
+    normal = np.zeros((n, 3), np.float32)
     part = np.zeros(n, dtype=np.int8)
     for tool in tools:
-        a, u = tool.tip, tool.axis
+        a, u = tool.tip.astype(np.float32), tool.axis.astype(np.float32)
         cands = [
             (_ray_sphere(o, d, a, _TIP_R), 2, "sphere"),
             (_ray_cylinder(o, d, a, u, _TIP_R, 0.0, _TIP_LEN), 2, "cyl"),
