@@ -110,23 +110,28 @@ def test_tile_sizes_agree_and_gradients_flow():
     assert m2.grad is not None and m2.grad.abs().sum() > 0
 
 
-def test_gradient_matches_finite_difference():
-    means, quats, scales, opac, cols = _random_gaussians(40, seed=2)
+@pytest.mark.parametrize("which", [0, 2, 3, 4])     # means, scales, opacities, colours
+def test_gradient_matches_finite_difference(which):
+    inputs = [t.double() for t in _random_gaussians(40, seed=2)]
     cam = _camera()
-    x = means.double().clone().requires_grad_()
-    args = [t.double() for t in (quats, scales, opac, cols)]
+    weights = torch.linspace(0, 1, W, dtype=torch.float64)[None, :, None]
 
-    def f(m):
-        rgb, _, _, _ = tb.render(m, *args, cam)
-        return (rgb * torch.linspace(0, 1, W, dtype=torch.float64)[None, :, None]).sum()
+    def f(x):
+        args = list(inputs)
+        args[which] = x
+        rgb, depth, alpha, _ = tb.render(*args, cam)
+        return (rgb * weights).sum() + alpha.sum() * 0.3 + (depth * alpha).sum() * 0.1
 
+    x = inputs[which].clone().requires_grad_()
     f(x).backward()
-    i = int(torch.argmax(x.grad.abs().sum(-1)))
-    for k in range(3):
-        e = torch.zeros_like(x)
+    flat = x.grad.reshape(x.shape[0], -1)
+    i = int(torch.argmax(flat.abs().sum(-1)))
+    for k in range(flat.shape[1]):
+        e = torch.zeros_like(flat)
         e[i, k] = 1e-6
+        e = e.reshape(x.shape)
         num = (f(x.detach() + e) - f(x.detach() - e)) / 2e-6
-        assert x.grad[i, k].item() == pytest.approx(num.item(), rel=2e-3, abs=1e-3)
+        assert flat[i, k].item() == pytest.approx(num.item(), rel=2e-3, abs=1e-3)
 
 
 def test_backend_selection():
