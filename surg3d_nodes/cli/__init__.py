@@ -9,7 +9,7 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "launch": ("surg3d_nodes.cli.launch", "run the node graph (live, replay, dvrk) from config/graph.yaml"),
     "demo": ("surg3d_nodes.cli.demo", "synthesise (or take) a stereo sequence and replay it through the graph"),
-    "convert": ("surg3d_nodes.cli.convert", "convert a dataset (endonerf, stereomis, stereo) to rosbag2"),
+    "convert": ("surg3d_nodes.cli.convert", "convert a dataset (endonerf, stereomis, stereo, synthetic) to rosbag2"),
     "synth": ("surg3d_nodes.cli.synth", "generate a synthetic surgical scene with exact ground truth"),
     "eval": ("surg3d_nodes.cli.eval", "evaluate the reconstruction on an EndoNeRF-layout clip"),
     "ui": ("surg3d_nodes.cli.ui", "serve the operator's web page (connects to the foxglove_bridge node)"),
