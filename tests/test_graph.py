@@ -10,6 +10,7 @@ import types
 from pathlib import Path
 
 import pytest
+import yaml
 
 from surg3d_nodes.core.graph import GraphError, format_value, load_preset
 
@@ -42,6 +43,12 @@ def test_format_value_keeps_types() -> None:
     assert format_value(3) == "3" and format_value("x") == "x"
 
 
+def _edit_graph(cdir: Path, edit) -> None:
+    graph = yaml.safe_load((cdir / "graph.yaml").read_text())
+    edit(graph)
+    (cdir / "graph.yaml").write_text(yaml.safe_dump(graph))
+
+
 def _config_copy(tmp_path: Path) -> Path:
     cdir = tmp_path / "config"
     shutil.copytree(ROOT / "config", cdir)
@@ -49,8 +56,10 @@ def _config_copy(tmp_path: Path) -> Path:
 
 
 @pytest.mark.parametrize("mutate, message", [
-    (lambda c: (c / "graph.yaml").write_text((c / "graph.yaml").read_text().replace(
-        "nodes: [bag_replay,", "nodes: [no_such_node, bag_replay,")), "unknown node 'no_such_node'"),
+    (lambda c: _edit_graph(c, lambda g: g["presets"]["replay"]["nodes"].insert(0, "no_such_node")),
+     "unknown node 'no_such_node'"),
+    (lambda c: _edit_graph(c, lambda g: g["nodes"]["trainer"].update(executable="nope")),
+     "node 'trainer' has unknown executable 'nope'"),
     (lambda c: (c / "trainer.yaml").unlink(), "trainer.yaml: file not found"),
     (lambda c: (c / "stereo_depth.yaml").write_text("a: [1, 2\n"), "stereo_depth.yaml: malformed YAML"),
     (lambda c: (c / "graph.yaml").write_text("nodes: [\n"), "graph.yaml: malformed YAML"),
