@@ -30,7 +30,6 @@ def test_monitor_diagnostics_stall_checkpoint_snapshot(ros_env, ros_node) -> Non
     from sensor_msgs.msg import PointCloud2
 
     from surg3d_msgs.msg import NodeStatus
-    from surg3d_nodes.nodes.monitor import HEALTH, SNAPSHOT_POINTS
     from surg3d_nodes.ros import topics
     from surg3d_nodes.ros.convert import header, key_values
 
@@ -39,8 +38,8 @@ def test_monitor_diagnostics_stall_checkpoint_snapshot(ros_env, ros_node) -> Non
     health: list[NodeStatus] = []
     snapshots: list[PointCloud2] = []
     ros_node.create_subscription(DiagnosticArray, topics.DIAGNOSTICS, diags.append, 10)
-    ros_node.create_subscription(NodeStatus, HEALTH, health.append, 10)
-    ros_node.create_subscription(PointCloud2, SNAPSHOT_POINTS, snapshots.append, 10)
+    ros_node.create_subscription(NodeStatus, topics.HEALTH, health.append, 10)
+    ros_node.create_subscription(PointCloud2, topics.SNAPSHOT_POINTS, snapshots.append, 10)
     beat = ros_node.create_publisher(NodeStatus, topics.NODE_STATUS, 10)
     proc, lines, _ = start_node("monitor", ros_env, ["-p", "period:=0.5", "-p", "stall_periods:=2",
                                                      "-p", "checkpoint_period:=1.0"])

@@ -62,7 +62,6 @@ from surg3d_nodes.core.viewer_input import (
     parse_tunables,
     parse_view_request,
 )
-from surg3d_nodes.nodes.monitor import HEALTH, SNAPSHOT_POINTS
 from surg3d_nodes.ros import topics
 from surg3d_nodes.ros.convert import (
     MessageError,
@@ -77,11 +76,6 @@ from surg3d_nodes.ros.convert import (
 )
 from surg3d_nodes.ros.runtime import WARN, SurgNode, run_node
 
-UI_LIVE = "/ui/live"                     # live endoscope image with the instrument mask overlaid (JPEG)
-UI_CALIBRATION = "/ui/camera_calibration"
-UI_ROI_SCENE = "/ui/rois"                # foxglove.SceneUpdate of the regions of interest
-ROI_MARKERS = "/recon/roi/markers"       # visualization_msgs/MarkerArray of the regions (RViz)
-
 DEFAULT_TUNABLES = [
     "trainer.iterations_per_frame:int:0:1000:training iterations per incoming frame",
     "trainer.max_gaussians:int:1000:5000000:Gaussian budget",
@@ -89,9 +83,8 @@ DEFAULT_TUNABLES = [
     "trainer.render_rate:float:0.1:60:rendered views publish rate (Hz)",
 ]
 # client-publish topics the bridge accepts -> what they mean
-CLICKED_POINT = "/clicked_point"         # what RViz's and Foxglove's publish-point tools send
-CLIENT_TOPICS = {topics.RECON_ROI: "roi", CLICKED_POINT: "roi", topics.RECON_VIEW_REQUEST: "view",
-                 "/goal_pose": "view"}
+CLIENT_TOPICS = {topics.RECON_ROI: "roi", topics.CLICKED_POINT: "roi", topics.RECON_VIEW_REQUEST: "view",
+                 topics.GOAL_POSE: "view"}
 
 
 def _schema(name: str) -> Schema:
@@ -178,18 +171,18 @@ class FoxgloveBridge(SurgNode):
             topics.RECON_RENDER_DEPTH: "foxglove.RawImage",
             topics.RECON_DEOCCLUDED: "foxglove.CompressedImage",
             topics.RECON_VIEW_IMAGE: "foxglove.CompressedImage", topics.DEPTH: "foxglove.RawImage",
-            UI_LIVE: "foxglove.CompressedImage", UI_CALIBRATION: "foxglove.CameraCalibration",
-            topics.TF: "foxglove.FrameTransforms", UI_ROI_SCENE: "foxglove.SceneUpdate",
+            topics.UI_LIVE: "foxglove.CompressedImage", topics.UI_CALIBRATION: "foxglove.CameraCalibration",
+            topics.TF: "foxglove.FrameTransforms", topics.UI_ROI_SCENE: "foxglove.SceneUpdate",
             topics.RECON_STATUS: "surg3d_msgs/msg/TrainerStatus",
             topics.NODE_STATUS: "surg3d_msgs/msg/NodeStatus",
-            topics.DIAGNOSTICS: "diagnostic_msgs/msg/DiagnosticArray", HEALTH: "surg3d/Health"}
+            topics.DIAGNOSTICS: "diagnostic_msgs/msg/DiagnosticArray", topics.HEALTH: "surg3d/Health"}
         self.channels = {t: Channel(t, schema=_schema(s), message_encoding="json")
                          for t, s in schemas.items()}
 
         # ROS side: subscriptions on one exclusive group (ordered per node), clients on a reentrant one.
         subs = MutuallyExclusiveCallbackGroup()
         self.clients_group = ReentrantCallbackGroup()
-        for topic in (topics.RECON_POINTS, SNAPSHOT_POINTS):
+        for topic in (topics.RECON_POINTS, topics.SNAPSHOT_POINTS):
             self.create_subscription(PointCloud2, topic, self.on_points, 2, callback_group=subs)
         for topic, kind in [(topics.RECON_RENDER, "color"), (topics.RECON_DEOCCLUDED, "color"),
                             (topics.RECON_VIEW_IMAGE, "color"), (topics.RECON_RENDER_DEPTH, "depth"),
@@ -205,16 +198,16 @@ class FoxgloveBridge(SurgNode):
             self.create_subscription(CameraInfo, topic, self.on_info, 2, callback_group=subs)
         self.create_subscription(PoseStamped, topics.CAMERA_POSE, self.on_pose, 10, callback_group=subs)
         self.create_subscription(TFMessage, topics.TF, self.on_tf, 10, callback_group=subs)
-        self.create_subscription(PointStamped, CLICKED_POINT, self.on_clicked_point, 10, callback_group=subs)
+        self.create_subscription(PointStamped, topics.CLICKED_POINT, self.on_clicked_point, 10, callback_group=subs)
         for topic, typ in [(topics.RECON_STATUS, TrainerStatus), (topics.NODE_STATUS, NodeStatus),
-                           (topics.DIAGNOSTICS, DiagnosticArray), (HEALTH, NodeStatus)]:
+                           (topics.DIAGNOSTICS, DiagnosticArray), (topics.HEALTH, NodeStatus)]:
             self.create_subscription(typ, topic, lambda m, t=topic: self.log_json(t, _msg_dict(m)), 20,
                                      callback_group=subs)
 
         latched = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE,
                              durability=DurabilityPolicy.TRANSIENT_LOCAL)
         self.roi_pub = self.create_publisher(RegionOfInterest, topics.RECON_ROI, latched)
-        self.marker_pub = self.create_publisher(MarkerArray, ROI_MARKERS, latched)
+        self.marker_pub = self.create_publisher(MarkerArray, topics.RECON_ROI_MARKERS, latched)
         self.view_pub = self.create_publisher(ViewRequest, topics.RECON_VIEW_REQUEST, 10)
         self.trigger = {name: self.create_client(Trigger, srv, callback_group=self.clients_group)
                         for name, srv in [("pause", topics.SRV_PAUSE), ("resume", topics.SRV_RESUME),
@@ -323,14 +316,14 @@ class FoxgloveBridge(SurgNode):
             self._rect_time = now
         elif now - self._rect_time < 2.0:
             return  # the rectified stream is live: show that one
-        if not self._due(UI_LIVE):
+        if not self._due(topics.UI_LIVE):
             return
         try:
             rgb = np.ascontiguousarray(msg_to_image(msg, "rgb8"))
             mask = self._mask
             if mask is not None:
                 rgb = display.overlay_mask(rgb, mask)
-            self.log_json(UI_LIVE, display.jpeg_json(rgb, stamp_to_ns(msg.header.stamp), msg.header.frame_id,
+            self.log_json(topics.UI_LIVE, display.jpeg_json(rgb, stamp_to_ns(msg.header.stamp), msg.header.frame_id,
                                                      self.jpeg_quality))
         except (MessageError, ValueError) as e:
             self.report_problem("bad_image", f"live: {e}")
@@ -338,16 +331,16 @@ class FoxgloveBridge(SurgNode):
     def on_info(self, msg: CameraInfo) -> None:
         """Camera intrinsics for the frustum (once a second is plenty)."""
         now = time.monotonic()
-        if now - self._last_image.get(UI_CALIBRATION, -1e9) < 1.0:
+        if now - self._last_image.get(topics.UI_CALIBRATION, -1e9) < 1.0:
             return
-        self._last_image[UI_CALIBRATION] = now
+        self._last_image[topics.UI_CALIBRATION] = now
         try:
             cam = msg_to_camera(msg)
         except MessageError as e:
             self.report_problem("bad_camera_info", str(e))
             return
         K = cam.P[:, :3] if cam.is_rectified else cam.K
-        self.log_json(UI_CALIBRATION, display.camera_calibration_json(
+        self.log_json(topics.UI_CALIBRATION, display.camera_calibration_json(
             K, cam.width, cam.height, stamp_to_ns(msg.header.stamp), cam.frame_id))
 
     def on_pose(self, msg: PoseStamped) -> None:
@@ -377,7 +370,7 @@ class FoxgloveBridge(SurgNode):
         """Show the stored regions (viewer SceneUpdate + RViz MarkerArray)."""
         now = self.get_clock().now().nanoseconds
         rois = self.rois.all()
-        self.log_json(UI_ROI_SCENE, display.roi_scene_json(rois, now, topics.WORLD_FRAME))
+        self.log_json(topics.UI_ROI_SCENE, display.roi_scene_json(rois, now, topics.WORLD_FRAME))
         markers = [Marker(header=header(now, ""), ns="surg3d_roi", action=Marker.DELETEALL)]
         for r in rois:
             m = Marker(header=header(now, topics.WORLD_FRAME), ns="surg3d_roi", id=r.id, type=Marker.SPHERE,
@@ -445,7 +438,7 @@ class FoxgloveBridge(SurgNode):
                 raise InputError(f"point in frame {msg.header.frame_id!r}, expected {topics.WORLD_FRAME!r}")
             self.add_roi({"point": {"x": msg.point.x, "y": msg.point.y, "z": msg.point.z}})
         except InputError as e:
-            self.refuse(f"ROS {CLICKED_POINT}", str(e))
+            self.refuse(f"ROS {topics.CLICKED_POINT}", str(e))
 
     def _call(self, client, request, name: str):
         """Call a ROS service from a server thread and wait for the answer (the executor spins elsewhere)."""

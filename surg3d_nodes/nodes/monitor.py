@@ -27,9 +27,6 @@ from surg3d_nodes.ros import topics
 from surg3d_nodes.ros.convert import header, key_values
 from surg3d_nodes.ros.runtime import ERROR, SurgNode, run_node
 
-HEALTH = "/surg3d/health"                    # surg3d_msgs/NodeStatus: compact verdict for the UI
-SNAPSHOT_POINTS = "/surg3d/snapshot/points"  # sensor_msgs/PointCloud2: the newest cloud, re-sent each period
-
 # Topics the monitor can watch, with their types (every one starts with a std_msgs/Header).
 WATCHABLE = {
     topics.RECON_STATUS: TrainerStatus, topics.RECON_POINTS: PointCloud2, topics.RECON_RENDER: Image,
@@ -81,8 +78,8 @@ class MonitorNode(SurgNode):
                                      lambda data: self.on_raw(topics.RECON_POINTS, data, track=False), 2,
                                      raw=True, callback_group=subs)
         self.diag_pub = self.create_publisher(DiagnosticArray, topics.DIAGNOSTICS, 10)
-        self.health_pub = self.create_publisher(NodeStatus, HEALTH, 10)
-        self.snapshot_pub = self.create_publisher(PointCloud2, SNAPSHOT_POINTS, 2)
+        self.health_pub = self.create_publisher(NodeStatus, topics.HEALTH, 10)
+        self.snapshot_pub = self.create_publisher(PointCloud2, topics.SNAPSHOT_POINTS, 2)
         self.save_client = self.create_client(SaveModel, topics.SRV_SAVE,
                                               callback_group=ReentrantCallbackGroup())
         self.create_timer(float(p["period"]), self.tick, callback_group=subs)

@@ -35,6 +35,9 @@ RECON_STATUS = "/recon/status"
 RECON_VIEW_REQUEST = "/recon/view_request"
 RECON_VIEW_IMAGE = "/recon/view/image"
 RECON_ROI = "/recon/roi"
+RECON_ROI_MARKERS = "/recon/roi/markers"  # visualization_msgs/MarkerArray of the regions (RViz)
+CLICKED_POINT = "/clicked_point"          # RViz's and Foxglove's publish-point tools
+GOAL_POSE = "/goal_pose"                  # RViz's and Foxglove's pose tools (a virtual viewpoint)
 SRV_PAUSE = "/recon/pause"
 SRV_RESUME = "/recon/resume"
 SRV_RESET = "/recon/reset"
@@ -45,6 +48,13 @@ SRV_RENDER_VIEW = "/recon/render_view"
 # Monitoring.
 NODE_STATUS = "/surg3d/node_status"       # surg3d_msgs/NodeStatus heartbeat of every node
 DIAGNOSTICS = "/diagnostics"
+HEALTH = "/surg3d/health"                 # surg3d_msgs/NodeStatus: the monitor's compact verdict for the UI
+SNAPSHOT_POINTS = "/surg3d/snapshot/points"  # the newest cloud, re-sent by the monitor each period
+
+# Viewer-only channels of the foxglove_bridge (not ROS topics).
+UI_LIVE = "/ui/live"                      # live endoscope image with the instrument mask overlaid (JPEG)
+UI_CALIBRATION = "/ui/camera_calibration"
+UI_ROI_SCENE = "/ui/rois"                 # foxglove.SceneUpdate of the regions of interest
 
 # Frames.
 WORLD_FRAME = "world"
