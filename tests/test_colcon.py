@@ -39,3 +39,5 @@ def test_colcon_installs_the_ros_package(tmp_path: Path) -> None:
             exe = prefix / "lib" / "surg3d" / node.executable
             assert exe.is_file() and os.access(exe, os.X_OK), f"{exe} missing"
     assert shutil.which("surg3d", path=str(prefix / "lib" / "surg3d"))
+    site = next((prefix / "lib").glob("python3*/site-packages"))
+    assert (site / "surg3d_nodes" / "ui" / "index.html").is_file()

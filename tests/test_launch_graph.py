@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -15,6 +16,13 @@ import pytest
 from surg3d_nodes.ros import topics
 
 pytestmark = pytest.mark.ros
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now (for the viewer bridge of a test graph)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +79,8 @@ def test_replay_graph_outputs_arrive_and_sigint_stops_everything(synth_bag: Path
               topics.RECON_RENDER: Image}
     for topic, kind in wanted.items():
         ros_node.create_subscription(kind, topic, lambda m, t=topic: seen.__setitem__(t, seen.get(t, 0) + 1), 10)
-    graph = Graph(["replay", f"bag:={synth_bag}", f"output_dir:={tmp_path}", "loop:=true"], ros_env)
+    graph = Graph(["replay", f"bag:={synth_bag}", f"output_dir:={tmp_path}", "loop:=true",
+                   f"bridge_port:={free_port()}"], ros_env)
     try:
         deadline = time.monotonic() + 180
         while set(seen) != set(wanted) and time.monotonic() < deadline and graph.proc.poll() is None:
@@ -87,7 +96,8 @@ def test_replay_graph_outputs_arrive_and_sigint_stops_everything(synth_bag: Path
 
 
 def test_a_dying_node_is_respawned_or_stops_the_graph(synth_bag: Path, ros_env, tmp_path: Path) -> None:
-    graph = Graph(["replay", f"bag:={synth_bag}", f"output_dir:={tmp_path}", "loop:=true"], ros_env)
+    graph = Graph(["replay", f"bag:={synth_bag}", f"output_dir:={tmp_path}", "loop:=true",
+                   f"bridge_port:={free_port()}"], ros_env)
     try:
         trainer_pid = int(graph.wait_for(r"started trainer \(pid (\d+)\)", 60).group(1))
         depth_pid = int(graph.wait_for(r"started stereo_depth \(pid (\d+)\)", 60).group(1))

@@ -13,6 +13,7 @@ setup(
     name="surg3d",
     version="0.1.0",
     packages=find_packages(include=["surg3d_nodes", "surg3d_nodes.*"]),
+    package_data={"surg3d_nodes": ["ui/*"]},
     data_files=[
         ("share/ament_index/resource_index/packages", ["resource/surg3d"]),
         ("share/surg3d", ["package.xml"]),
