@@ -123,7 +123,10 @@ def evaluate_endonerf(root: str | Path, opts: EvalOptions, cfg: TrainerConfig | 
     t0 = time.monotonic()
     if opts.mode == "offline":
         def cb(it: int, st) -> None:
-            if it % 250 == 0 or it == opts.iterations:
+            if it < 0:
+                progress(f"  ingested {-it} frames: {st.num_gaussians} Gaussians  "
+                         f"{time.monotonic() - t0:.0f} s")
+            elif it % 100 == 0 or it == opts.iterations:
                 progress(f"  iter {it}/{opts.iterations}  loss {st.loss:.4f}  gaussians {st.num_gaussians}  "
                          f"{time.monotonic() - t0:.0f} s")
         trainer.train_offline([frame_of(data[i]) for i in train], opts.iterations, progress=cb)

@@ -329,6 +329,20 @@ class OnlineTrainer:
         d[a < 0.5] = np.nan
         return rgb8, d, a
 
+    def export_ply(self, path, time_s: float | None = None):
+        """Write a 3DGS PLY of the model at model time `time_s` (default newest); returns the path."""
+        from .ply import save_ply
+
+        with self._lock:
+            params = self.model.detached_copy()
+            t = self._latest_time() if time_s is None else float(time_s)
+        return save_ply(path, self.model, t, params)
+
+    def live_pose(self) -> np.ndarray | None:
+        """Pose of the newest used frame (None before the first)."""
+        with self._lock:
+            return None if self._last_pose is None else self._last_pose.copy()
+
     def get_stats(self) -> TrainerStats:
         """A copy of the statistics."""
         with self._lock:
@@ -344,12 +358,15 @@ class OnlineTrainer:
         """Offline mode: ingest all frames (in order, growing the model), then `iterations` steps.
 
         Position learning rates decay exponentially to `lr_final_factor`; densification runs until
-        `refine_stop_fraction` of the budget. `progress(iteration, stats)` is called every 50 steps.
+        `refine_stop_fraction` of the budget. `progress(iteration, stats)` is called every 50 steps
+        (and with -frames_done every 10 ingested frames).
         """
         self._apply_threads()
         with self._lock:
-            for f in frames:
+            for i, f in enumerate(frames):
                 self._process(f, time.monotonic())
+                if progress is not None and ((i + 1) % 10 == 0 or i + 1 == len(frames)):
+                    progress(-(i + 1), self.get_stats())
         self.total_iterations_planned = iterations
         self.stats.state = "running"
         t0 = time.monotonic()
