@@ -20,7 +20,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=["auto", "torch", "gsplat", "gsplat2d"], default="auto")
     p.add_argument("--iterations", type=int, default=None,
                    help="offline iteration budget (default 600 on CPU, 6000 on CUDA)")
-    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (1 is fastest when other processes share the cores)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a TrainerConfig field (value parsed as JSON when possible)")
     p.add_argument("--json", dest="json_out", default=None, help="write the result JSON here")

@@ -37,7 +37,7 @@ class EvalOptions:
     images: int = 3                  # test frames written as PNG comparisons
     out_dir: str | None = None
     backend: str = "auto"
-    threads: int = 2
+    threads: int = 1                 # CPU threads; 1 is fastest on a shared machine (no OpenMP stalls)
 
 
 def test_indices(n: int) -> list[int]:

@@ -45,7 +45,7 @@ def render_evaluated(g: dict[str, torch.Tensor], camera: RenderCamera, backend: 
     """Render evaluated Gaussians (dict of means, quats, scales, opacities, colors) with a backend."""
     args = (g["means"], g["quats"], g["scales"], g["opacities"], g["colors"], camera)
     if backend == "torch":
-        return torch_backend.render(*args, tile_size=tile_size or 8)
+        return torch_backend.render(*args, tile_size=tile_size or 4)
     if backend in ("gsplat", "gsplat2d"):
         return gsplat_backend.render(*args, tile_size=tile_size or 16,
                                      mode="2dgs" if backend == "gsplat2d" else "3dgs")

@@ -158,7 +158,7 @@ class _Composite(torch.autograd.Function):
 
 
 def rasterize(means2d: torch.Tensor, conics: torch.Tensor, opacities: torch.Tensor, features: torch.Tensor,
-              depths: torch.Tensor, radii: torch.Tensor, width: int, height: int, tile_size: int = 8,
+              depths: torch.Tensor, radii: torch.Tensor, width: int, height: int, tile_size: int = 4,
               buckets: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
     """Alpha-composite projected Gaussians front to back.
 
@@ -226,7 +226,7 @@ def rasterize(means2d: torch.Tensor, conics: torch.Tensor, opacities: torch.Tens
 
 
 def render(means: torch.Tensor, quats: torch.Tensor, scales: torch.Tensor, opacities: torch.Tensor,
-           colors: torch.Tensor, camera: RenderCamera, tile_size: int = 8, near_plane: float = 0.01,
+           colors: torch.Tensor, camera: RenderCamera, tile_size: int = 4, near_plane: float = 0.01,
            eps2d: float = 0.3) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]:
     """Render RGB [H,W,3], expected depth [H,W] and alpha [H,W] of world-space Gaussians.
 

@@ -1,0 +1,38 @@
+"""The CPU target: offline reconstruction of EndoNeRF 'pulling' at 160x128 reaches masked PSNR >= 30 dB."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from surg3d_nodes.cli.eval import main
+
+
+def test_cpu_eval_target(shared_data: Path, tmp_path: Path):
+    clip = shared_data / "endonerf" / "pulling_soft_tissues"
+    if not clip.is_dir():
+        pytest.skip(f"EndoNeRF clip absent: {clip}")
+    out = tmp_path / "out"
+    rc = main(["endonerf", str(clip), "--mode", "offline", "--scale", "0.25", "--device", "cpu",
+               "--iterations", "300", "--json", str(tmp_path / "r.json"), "--out-dir", str(out)])
+    assert rc == 0
+    r = json.loads((tmp_path / "r.json").read_text())
+    print(f"\nPSNR {r['psnr']:.2f} PSNR* {r['psnr_star']:.2f} SSIM {r['ssim']:.4f} depth RMSE "
+          f"{r['depth_rmse_mm']:.2f} mm right PSNR* {r['right_psnr_star']:.2f} "
+          f"train {r['train_time_s']:.0f} s")
+    assert r["test_frames"] == [1, 9, 17, 25, 33, 41, 49, 57] and r["train_frames"] == 55
+    assert r["resolution"] == [160, 128]
+    assert r["psnr"] >= 30.0
+    assert r["psnr_star"] > 25.0 and r["ssim"] > 0.85 and r["depth_rmse_mm"] < 10.0
+    assert r["baseline_neighbour_mean_psnr"] > r["baseline_copy_prev_psnr"] > 30.0
+    assert r["right_psnr_star"] > 20.0
+    assert (out / "result.json").is_file() and len(list(out.glob("test_*_gt_render_error.png"))) == 3
+
+
+def test_eval_rejects_bad_input(tmp_path: Path, capsys):
+    assert main(["endonerf", str(tmp_path / "missing")]) == 2
+    assert "expected a directory" in capsys.readouterr().err
+    assert main(["endonerf", str(tmp_path), "--set", "no_such_knob=1"]) == 2
+    assert "unknown trainer config keys" in capsys.readouterr().err
