@@ -634,7 +634,7 @@ class OnlineTrainer:
         m2d = info.get("means2d")
         if m2d is None or m2d.grad is None:
             return
-        g = m2d.grad.clone()
+        g = m2d.grad.reshape(-1, 2).clone()      # torch backend [N,2]; gsplat [1,N,2]
         g[:, 0] *= cam.width / 2.0
         g[:, 1] *= cam.height / 2.0
         radii = info["radii"]

@@ -1,8 +1,9 @@
 """CUDA backend: gsplat.rasterization (3DGS) or gsplat.rasterization_2dgs (2D surfels).
 
 Takes the same evaluated Gaussians and camera as the torch backend and returns the same outputs:
-RGB [H,W,3], expected depth [H,W], alpha [H,W] and an info dict with `means2d` (gradient retained for
-densification) and `radii`. Colours are already evaluated RGB, so gsplat runs with sh_degree=None.
+RGB [H,W,3], expected depth [H,W], alpha [H,W] and an info dict with `means2d` ([1,N,2], gradient
+retained for densification) and `radii` [N,2]. Colours are already evaluated RGB, so gsplat runs with
+sh_degree=None.
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ def render(means: torch.Tensor, quats: torch.Tensor, scales: torch.Tensor, opaci
     means2d = meta.get("gradient_2dgs") if mode == "2dgs" else meta.get("means2d")
     if means2d is not None and means2d.requires_grad:
         means2d.retain_grad()
-    info = {"means2d": means2d, "radii": meta.get("radii"), "depths": meta.get("depths")}
-    info = {k: (v[0] if v is not None and v.dim() > 1 and v.shape[0] == 1 else v) for k, v in info.items()}
+    # means2d stays [1,N,2]: its .grad lives on this very tensor (a view of it would have none).
+    radii, depths = meta.get("radii"), meta.get("depths")
+    info = {"means2d": means2d, "radii": None if radii is None else radii[0],
+            "depths": None if depths is None else depths[0]}
     return out[0, ..., :3], out[0, ..., 3], alphas[0, ..., 0], info
