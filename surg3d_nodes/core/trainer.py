@@ -389,7 +389,9 @@ class OnlineTrainer:
     def _run(self) -> None:
         self._apply_threads()
         while not self._stop.is_set():
-            drained = self._drain()
+            # One frame per loop: when frames come faster than they are processed, training still runs
+            # between them (the bounded queue drops the oldest, counted as queue_full).
+            drained = self._drain(max_frames=1)
             if self.paused or not self.keyframes or self._throttled():
                 if not drained:
                     self._wake.wait(0.02)
@@ -402,16 +404,17 @@ class OnlineTrainer:
         ipf = self.cfg.iterations_per_frame
         return ipf > 0 and self.stats.iterations >= ipf * self.stats.frames_used
 
-    def _drain(self) -> bool:
-        got = False
-        while True:
+    def _drain(self, max_frames: int) -> bool:
+        got = 0
+        while got < max_frames:
             try:
                 frame, t_in = self._queue.get_nowait()
             except queue.Empty:
-                return got
-            got = True
+                break
+            got += 1
             with self._lock:
                 self._process(frame, t_in)
+        return got > 0
 
     def _count_skip(self, reason: str) -> None:
         self._skip[reason] += 1
