@@ -26,6 +26,8 @@ class DemoResult:
     status: object | None = None
     ply: str = ""
     quality: dict[str, float] = field(default_factory=dict)
+    replay_state: str = ""
+    done: bool = False
     error: str = ""
 
 
@@ -57,7 +59,7 @@ def watch(sup: Supervisor, res: DemoResult, args: argparse.Namespace, domain_id:
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
 
-    from surg3d_msgs.msg import TrainerStatus
+    from surg3d_msgs.msg import NodeStatus, TrainerStatus
     from surg3d_msgs.srv import RenderView, SaveModel
     from surg3d_nodes.ros import topics
     from surg3d_nodes.ros.convert import msg_to_image, pose_to_msg
@@ -69,6 +71,12 @@ def watch(sup: Supervisor, res: DemoResult, args: argparse.Namespace, domain_id:
     ex.add_node(node)
     threading.Thread(target=ex.spin, daemon=True).start()
     node.create_subscription(TrainerStatus, topics.RECON_STATUS, lambda m: setattr(res, "status", m), 10)
+
+    def on_node_status(m: NodeStatus) -> None:
+        if m.node.endswith("/bag_replay"):
+            res.replay_state = next((kv.value for kv in m.values if kv.key == "state"), res.replay_state)
+
+    node.create_subscription(NodeStatus, topics.NODE_STATUS, on_node_status, 50)
 
     def call(client, request, timeout: float):
         if not client.wait_for_service(timeout_sec=timeout):
@@ -83,21 +91,26 @@ def watch(sup: Supervisor, res: DemoResult, args: argparse.Namespace, domain_id:
 
     try:
         t0 = time.monotonic()
-        last_print = 0.0
-        while True:  # until the replay is done and the trainer has seen every frame
-            s = res.status
-            seen = (s.frames_used + s.frames_skipped) if s else 0
-            if time.monotonic() - last_print > 5:
-                last_print = time.monotonic()
-                print(f"[demo] {time.monotonic() - t0:5.1f} s: trainer {s.state if s else 'not up yet'}, "
-                      f"{seen}/{res.frames_in_bag} frames, {s.num_gaussians if s else 0} Gaussians, "
-                      f"{s.iterations if s else 0} iterations", flush=True)
-            if seen >= res.frames_in_bag:
+        last_print = last_change = 0.0
+        last_received = -1
+        while True:  # until the replay has ended and no frame has reached the trainer for a while (drained)
+            s, now = res.status, time.monotonic()
+            received = s.frames_received if s else 0
+            if received != last_received:
+                last_received, last_change = received, now
+            if now - last_print > 5:
+                last_print = now
+                print(f"[demo] {now - t0:5.1f} s: replay {res.replay_state or 'starting'}, trainer "
+                      f"{s.state if s else 'not up yet'}: {received}/{res.frames_in_bag} frames received, "
+                      f"{s.num_gaussians if s else 0} Gaussians, {s.iterations if s else 0} iterations", flush=True)
+            if res.replay_state == "ended" and received and now - last_change > args.drain_seconds:
                 break
-            if time.monotonic() - t0 > args.timeout:
-                raise TimeoutError(f"the trainer took in {seen} of {res.frames_in_bag} frames in {args.timeout:.0f} s")
+            if res.replay_state == "failed":
+                raise RuntimeError("bag_replay failed (see its log above)")
+            if now - t0 > args.timeout:
+                raise TimeoutError(f"the replay did not end within {args.timeout:.0f} s")
             time.sleep(0.2)
-        print(f"[demo] all frames in; training {args.train_seconds:.0f} s more", flush=True)
+        print(f"[demo] replay done; training {args.train_seconds:.0f} s more", flush=True)
         time.sleep(args.train_seconds)
         reply = call(node.create_client(SaveModel, topics.SRV_SAVE), SaveModel.Request(kind="ply"), 60)
         if not reply.success:
@@ -122,6 +135,7 @@ def watch(sup: Supervisor, res: DemoResult, args: argparse.Namespace, domain_id:
                     if math.isfinite(v):
                         scores.setdefault(k, []).append(v)
             res.quality = {k: float(np.mean(v)) for k, v in scores.items()}
+        res.done = True
     except Exception as e:  # reported in the summary; the graph is stopped either way
         res.error = str(e)
     finally:
@@ -138,11 +152,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=Path("out/demo"), help="output folder (default out/demo)")
     ap.add_argument("--width", type=int, default=160)
     ap.add_argument("--height", type=int, default=128)
-    ap.add_argument("--frames", type=int, default=60)
-    ap.add_argument("--rate", type=float, default=1.0, help="replay rate factor")
+    ap.add_argument("--frames", type=int, default=40)
+    ap.add_argument("--rate", type=float, default=0.25,
+                    help="replay rate factor (default 0.25: a 2-core CPU keeps up with every frame)")
     ap.add_argument("--device", default="auto", help="trainer device: auto, cpu, cuda")
     ap.add_argument("--train-seconds", type=float, default=10.0, help="training time after the last frame")
     ap.add_argument("--eval-frames", type=int, default=10, help="frames scored against the ground truth")
+    ap.add_argument("--drain-seconds", type=float, default=3.0,
+                    help="after the replay, wait until no frame reached the trainer for this long")
     ap.add_argument("--timeout", type=float, default=600.0)
     args = ap.parse_args(argv)
 
@@ -184,7 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"input:           {bag} ({res.frames_in_bag} stereo frames)")
     print(f"wall time:       {time.monotonic() - t0:.1f} s")
     if s is not None:
-        print(f"trainer:         {s.backend} on {s.device}: {s.frames_used} frames used, {s.frames_skipped} skipped, "
+        print(f"trainer:         {s.backend} on {s.device}: {s.frames_received} frames received, "
+              f"{s.frames_used} used, {s.frames_skipped} skipped, "
               f"{s.num_gaussians} Gaussians, {s.iterations} iterations ({s.iterations_per_second:.1f}/s)")
     for k, v in res.quality.items():
         unit = "mm" if k.endswith("_mm") else "dB"
@@ -193,7 +211,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{label + ':':<17}{v:.2f} {unit}  (vs ground truth, {args.eval_frames} frames)")
     print(f"model (PLY):     {res.ply or 'not saved'}")
     print(f"recording:       {recordings[-1] if recordings else 'none'}")
-    if res.error:
-        print(f"surg3d demo: FAILED: {res.error}", file=sys.stderr)
+    if res.error or not res.done:
+        print(f"surg3d demo: FAILED: {res.error or 'interrupted before the model was saved and scored'}",
+              file=sys.stderr)
         return 1
     return rc
