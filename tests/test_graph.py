@@ -41,6 +41,7 @@ def test_dvrk_preset_remaps_the_rig_topics() -> None:
 def test_format_value_keeps_types() -> None:
     assert format_value(2.0) == "2.0" and format_value(1e-9) == "1e-09" and format_value(True) == "true"
     assert format_value(3) == "3" and format_value("x") == "x"
+    assert format_value(["/a", "/b"]) == "[/a,/b]" and format_value([1.0, 2]) == "[1.0,2]"
 
 
 def _edit_graph(cdir: Path, edit) -> None:

@@ -75,8 +75,10 @@ class Preset:
     arguments: dict[str, Argument]
 
 
-def format_value(v: str | int | float | bool) -> str:
+def format_value(v: str | int | float | bool | list) -> str:
     """A parameter value as ROS `-p` and YAML parse it back to the same type."""
+    if isinstance(v, list):
+        return "[" + ",".join(format_value(x) for x in v) + "]"
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, float):

@@ -7,9 +7,9 @@ Messages go out as the recorded CDR bytes (no deserialization); publishers are c
 - publish_clock: /clock at each stamp, for use_sim_time graphs;
 - late_threshold: s behind schedule that counts a stamp group (the messages of one stamp) as late;
   drop_late + drop_threshold: skip stamp groups further behind than that, to catch up;
-- wait_for_subscribers: start once every topic has this many subscribers, then publish the first stamp
-  group and start the clock when they acknowledged it (a matched subscriber is not necessarily connected
-  yet; earlier messages would be lost); wait_timeout bounds both waits;
+- wait_for_subscribers: start once every topic (or those in wait_topics) has this many subscribers, then
+  publish the first stamp group and start the clock when they acknowledged it (a matched subscriber is not
+  necessarily connected yet; earlier messages would be lost); wait_timeout bounds both waits;
 - exit_on_end: stop the process when the bag ends (after the subscribers acknowledged the last messages);
   the default keeps it alive so the graph keeps running;
 - qos_depth: history of image/cloud topics; qos_depth_small: history of the other topics.
@@ -63,6 +63,8 @@ class BagReplay(SurgNode):
         self.drop_late = bool(p("drop_late", False).value)
         self.drop_threshold = float(p("drop_threshold", 0.2, num).value)
         self.wait_for_subscribers = int(p("wait_for_subscribers", 0).value)
+        # Topics whose subscribers gate the start ([""] = all): evaluation-only topics have none in a graph.
+        self.wait_topics = [t for t in p("wait_topics", [""]).value if t]
         self.wait_timeout = float(p("wait_timeout", 30.0, num).value)
         self.exit_on_end = bool(p("exit_on_end", False).value)
         self.qos_depth = int(p("qos_depth", 30).value)
@@ -106,17 +108,19 @@ class BagReplay(SurgNode):
                     self.report_problem("type", f"cannot publish {topic} ({msgtype}): {e}", ERROR)
 
     def _wait_subscribers(self, group: list[BagMessage]) -> None:
-        """Wait until every publisher (those of `group` included) has `wait_for_subscribers` subscribers."""
+        """Wait until every gating publisher (`wait_topics`, default all, those of `group` included) has
+        `wait_for_subscribers` subscribers."""
         for m in group:
             self._publisher(m.topic, m.msgtype)
         self.state = "waiting for subscribers"
         deadline = time.monotonic() + self.wait_timeout
         need = self.wait_for_subscribers
+        gating = {t: p for t, p in self.publishers_.items() if not self.wait_topics or t in self.wait_topics}
         while not self._stop.is_set() and time.monotonic() < deadline:
-            if all(p.get_subscription_count() >= need for p in self.publishers_.values()):
+            if all(p.get_subscription_count() >= need for p in gating.values()):
                 break
             time.sleep(0.05)
-        missing = [t for t, p in self.publishers_.items() if p.get_subscription_count() < need]
+        missing = [t for t, p in gating.items() if p.get_subscription_count() < need]
         if missing:
             self.get_logger().warning(f"starting without {need} subscriber(s) on {missing}")
         self.state = "playing"
