@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="auto", help="trainer device: auto, cpu, cuda")
     ap.add_argument("--train-seconds", type=float, default=10.0, help="training time after the last frame")
     ap.add_argument("--eval-frames", type=int, default=10, help="frames scored against the ground truth")
-    ap.add_argument("--drain-seconds", type=float, default=3.0,
+    ap.add_argument("--drain-seconds", type=float, default=10.0,
                     help="after the replay, wait until no frame reached the trainer for this long")
     ap.add_argument("--timeout", type=float, default=600.0)
     args = ap.parse_args(argv)
@@ -198,19 +198,19 @@ def main(argv: list[str] | None = None) -> int:
     s = res.status
     recordings = sorted(out.glob("recording_*"))
     print("\n=== surg3d demo summary ===")
-    print(f"input:           {bag} ({res.frames_in_bag} stereo frames)")
-    print(f"wall time:       {time.monotonic() - t0:.1f} s")
+    print(f"{'input:':<22}{bag} ({res.frames_in_bag} stereo frames)")
+    print(f"{'wall time:':<22}{time.monotonic() - t0:.1f} s")
     if s is not None:
-        print(f"trainer:         {s.backend} on {s.device}: {s.frames_received} frames received, "
+        print(f"{'trainer:':<22}{s.backend} on {s.device}: {s.frames_received} frames received, "
               f"{s.frames_used} used, {s.frames_skipped} skipped, "
               f"{s.num_gaussians} Gaussians, {s.iterations} iterations ({s.iterations_per_second:.1f}/s)")
     for k, v in res.quality.items():
         unit = "mm" if k.endswith("_mm") else "dB"
         label = {"psnr_star": "PSNR* (tissue)", "deocc_psnr": "de-occlusion PSNR",
                  "depth_rmse_mm": "depth RMSE (tissue)"}.get(k, k)
-        print(f"{label + ':':<17}{v:.2f} {unit}  (vs ground truth, {args.eval_frames} frames)")
-    print(f"model (PLY):     {res.ply or 'not saved'}")
-    print(f"recording:       {recordings[-1] if recordings else 'none'}")
+        print(f"{label + ':':<22}{v:.2f} {unit}  (vs ground truth, {args.eval_frames} frames)")
+    print(f"{'model (PLY):':<22}{res.ply or 'not saved'}")
+    print(f"{'recording (MCAP):':<22}{recordings[-1] if recordings else 'none'}")
     if res.error or not res.done:
         print(f"surg3d demo: FAILED: {res.error or 'interrupted before the model was saved and scored'}",
               file=sys.stderr)
