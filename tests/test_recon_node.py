@@ -61,18 +61,32 @@ def _call(node, cls, name: str, req, timeout: float = 20.0):
     return fut.result()
 
 
-def test_trainer_node(ros_env, ros_node, scene, tmp_path):
-    out_dir = tmp_path / "recon"
-    proc = subprocess.Popen(
+def _start(out_dir: Path, env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen(
         [sys.executable, "-m", "surg3d_nodes.nodes.trainer", "--ros-args", "--params-file",
-         str(CONFIG / "trainer.yaml"), "-p", "device:=cpu", "-p", "num_threads:=1",
+         str(CONFIG / "trainer.yaml"), "-p", "device:=cpu", "-p", "num_threads:=1", "-p", "image_scale:=1.0",
          "-p", "heartbeat_period:=0.5", "-p", "points_rate:=4.0", "-p", "render_rate:=4.0",
          "-p", "deoccluded_rate:=4.0", "-p", "status_rate:=4.0", "-p", f"output_dir:={out_dir}"],
-        env=ros_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _stop(proc: subprocess.Popen) -> str:
+    proc.terminate()
     try:
-        got = _Latest(ros_node, {topics.RECON_STATUS: TrainerStatus, topics.RECON_POINTS: PointCloud2,
-                                 topics.RECON_RENDER: Image, topics.RECON_DEOCCLUDED: Image,
-                                 topics.RECON_RENDER_DEPTH: Image, topics.NODE_STATUS: NodeStatus})
+        out, _ = proc.communicate(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+    return out
+
+
+def test_trainer_node(ros_env, ros_node, scene, tmp_path):
+    out_dir = tmp_path / "recon"
+    proc = _start(out_dir, ros_env)
+    got = _Latest(ros_node, {topics.RECON_STATUS: TrainerStatus, topics.RECON_POINTS: PointCloud2,
+                             topics.RECON_RENDER: Image, topics.RECON_DEOCCLUDED: Image,
+                             topics.RECON_RENDER_DEPTH: Image, topics.NODE_STATUS: NodeStatus})
+    try:
         pubs = {name: ros_node.create_publisher(cls, topic, 10) for name, (cls, topic) in {
             "info": (CameraInfo, topics.LEFT_RECT_INFO), "image": (Image, topics.LEFT_RECT),
             "depth": (Image, topics.DEPTH), "mask": (Image, topics.INSTRUMENT_MASK),
@@ -141,10 +155,15 @@ def test_trainer_node(ros_env, ros_node, scene, tmp_path):
         assert not missing.success and "does not exist" in missing.message
         assert proc.poll() is None, "node died"
     finally:
-        proc.terminate()
-        try:
-            out, _ = proc.communicate(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            out, _ = proc.communicate()
+        out = _stop(proc)
     assert proc.returncode == 0, out
+
+    # A restarted (respawned) trainer resumes from the newest checkpoint in output_dir by itself.
+    n_before = len(got.msgs[topics.RECON_STATUS])
+    proc = _start(out_dir, ros_env)
+    try:
+        assert _wait(lambda: len(got.msgs[topics.RECON_STATUS]) > n_before
+                     and got.last(topics.RECON_STATUS).num_gaussians > 500, 60)
+    finally:
+        out = _stop(proc)
+    assert "resumed from" in out and proc.returncode == 0, out

@@ -14,7 +14,7 @@ import queue
 import threading
 import time
 from collections import Counter, deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import cv2
 import numpy as np
@@ -46,7 +46,7 @@ class TrainerConfig:
 
     device: str = "auto"                 # auto | cpu | cuda
     backend: str = "auto"                # auto | torch | gsplat | gsplat2d
-    image_scale: float = 1.0             # frames are resized by this before training
+    image_scale: float = 1.0             # frame resize before training (<= 0: 1 on CUDA, 1/4 on CPU)
     max_gaussians: int = 300_000
     init_stride: int = 1                 # pixel stride of the first frame's back-projection
     add_stride: int = 1                  # pixel stride when adding Gaussians on later frames
@@ -163,8 +163,10 @@ class OnlineTrainer:
     """Deformable Gaussian reconstruction trained while frames arrive (see module docstring)."""
 
     def __init__(self, cfg: TrainerConfig | None = None):
-        self.cfg = cfg or TrainerConfig()
+        self.cfg = replace(cfg) if cfg is not None else TrainerConfig()
         self.device = pick_device(self.cfg.device)
+        if self.cfg.image_scale <= 0:
+            self.cfg.image_scale = 1.0 if self.device.type == "cuda" else 0.25
         self.backend = resolve_backend(self.cfg.backend, self.device)
         self._lock = threading.RLock()
         self._queue: queue.Queue[tuple[Frame, float]] = queue.Queue(maxsize=self.cfg.queue_size)

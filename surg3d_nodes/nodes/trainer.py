@@ -70,6 +70,9 @@ class TrainerNode(SurgNode):
         self.points_min_opacity = float(p["points_min_opacity"])
         self.trainer = OnlineTrainer(self.cfg)
         resume = str(p["resume_from_checkpoint"])
+        if resume == "auto":      # a respawned trainer continues from the newest checkpoint, if any
+            found = self._checkpoints()
+            resume = str(found[-1]) if found else ""
         if resume:
             load_checkpoint(resume, self.trainer)
             self.get_logger().info(f"resumed from {resume}: {self.trainer.model.num_gaussians} Gaussians")
@@ -284,7 +287,7 @@ class TrainerNode(SurgNode):
         """Load a checkpoint (empty path: newest in output_dir) and continue training from it."""
         path = Path(req.path) if req.path else None
         if path is None:
-            found = sorted(self.output_dir.glob("checkpoint_*.pt"), key=lambda q: q.stat().st_mtime)
+            found = self._checkpoints()
             if not found:
                 res.success, res.message = False, f"no checkpoint_*.pt in {self.output_dir}"
                 return res
@@ -298,6 +301,10 @@ class TrainerNode(SurgNode):
         res.success = True
         res.message = f"loaded {path}: {self.trainer.model.num_gaussians} Gaussians"
         return res
+
+    def _checkpoints(self) -> list[Path]:
+        """Complete checkpoints in output_dir, oldest first (temp files are hidden, never matched)."""
+        return sorted(self.output_dir.glob("checkpoint_*.pt"), key=lambda q: q.stat().st_mtime)
 
     def _view(self, pose_msg, stamp_msg, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
         pose = msg_to_pose(pose_msg)
