@@ -145,6 +145,19 @@ def test_trainer_node(ros_env, ros_node, scene, tmp_path):
         assert view.success and (view.color.width, view.color.height) == (32, 24)
         assert msg_to_image(view.color, "rgb8").mean() > 10
 
+        from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
+        from rcl_interfaces.srv import SetParameters
+
+        def param(name, **value):
+            return Parameter(name=name, value=ParameterValue(**value))
+        live = _call(ros_node, SetParameters, "/trainer/set_parameters", SetParameters.Request(parameters=[
+            param("max_gaussians", type=ParameterType.PARAMETER_INTEGER, integer_value=123456),
+            param("points_rate", type=ParameterType.PARAMETER_DOUBLE, double_value=0.0)]))
+        assert all(r.successful for r in live.results), live
+        fixed = _call(ros_node, SetParameters, "/trainer/set_parameters", SetParameters.Request(parameters=[
+            param("device", type=ParameterType.PARAMETER_STRING, string_value="cuda")]))
+        assert not fixed.results[0].successful and "fixed at start" in fixed.results[0].reason
+
         assert _call(ros_node, Trigger, topics.SRV_RESET, Trigger.Request()).success
         assert _wait(lambda: got.last(topics.RECON_STATUS).num_gaussians == 0, 10)
         res = _call(ros_node, LoadCheckpoint, topics.SRV_LOAD, LoadCheckpoint.Request(path=""))

@@ -20,6 +20,7 @@ import cv2
 import numpy as np
 import torch
 from geometry_msgs.msg import PoseStamped
+from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from std_srvs.srv import Trigger
@@ -108,9 +109,14 @@ class TrainerNode(SurgNode):
                   (p["status_rate"], self.publish_status, MutuallyExclusiveCallbackGroup()))
         self._render_cache: tuple[float, int, np.ndarray, np.ndarray] | None = None
         self._render_max_age = 0.5 / max(float(p["render_rate"]), float(p["deoccluded_rate"]), 1e-3)
-        for rate, fn, group in timers:
-            if float(rate) > 0:
-                self.create_timer(1.0 / float(rate), fn, callback_group=group)
+        self._pub_timers = {}
+        for (rate, fn, group), name in zip(timers, ("points_rate", "render_rate", "deoccluded_rate",
+                                                     "status_rate"), strict=True):
+            # Created even at rate 0 (then cancelled) so a live parameter change can start it.
+            self._pub_timers[name] = self.create_timer(1.0 / max(float(rate), 1e-3), fn, callback_group=group)
+            if float(rate) <= 0:
+                self._pub_timers[name].cancel()
+        self.add_on_set_parameters_callback(self.on_parameters)
         services = MutuallyExclusiveCallbackGroup()
         self.create_service(Trigger, topics.SRV_PAUSE, self.srv_pause, callback_group=services)
         self.create_service(Trigger, topics.SRV_RESUME, self.srv_resume, callback_group=services)
@@ -123,6 +129,26 @@ class TrainerNode(SurgNode):
         self.trainer.start()
         self.get_logger().info(f"trainer on {self.trainer.device} ({self.trainer.backend}), inputs "
                                f"{'+'.join(self.inputs)}, output_dir {self.output_dir}")
+
+    def on_parameters(self, params) -> SetParametersResult:
+        """Live tuning: publish rates and the trainer knobs that are safe to change while training."""
+        live_cfg = ("iterations_per_frame", "max_gaussians", "depth_weight", "ssim_lambda", "pose_jump_m",
+                    "pose_jump_deg")
+        for prm in params:
+            if prm.name in self._pub_timers:
+                rate = float(prm.value)
+                timer = self._pub_timers[prm.name]
+                if rate > 0:
+                    timer.timer_period_ns = int(1e9 / rate)
+                    timer.reset()
+                else:
+                    timer.cancel()
+            elif prm.name in live_cfg:
+                setattr(self.trainer.cfg, prm.name, type(getattr(self.trainer.cfg, prm.name))(prm.value))
+            elif prm.name in CONFIG_PARAMS:
+                return SetParametersResult(successful=False,
+                                           reason=f"{prm.name} is fixed at start (restart the trainer)")
+        return SetParametersResult(successful=True)
 
     # ------------------------------------------------------------------ inputs
     def on_info(self, msg: CameraInfo) -> None:
