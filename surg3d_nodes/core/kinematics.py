@@ -299,10 +299,16 @@ class FrameResolver:
     """Image stamps waiting for their kinematics (robot and video streams arrive with different latencies).
 
     An image is resolved as soon as the ECM stream and every PSM stream seen so far have passed its stamp, or
-    `max_wait_ns` after it was added (then without waiting further: a stopped stream gives STALE, never a
-    held pose). `poll` returns resolved frames in stamp order. `counters` counts frames, frames_with_pose,
-    frames_without_pose, no_pose.<reason> and dropped (more than `max_pending` images waiting).
+    by a finalising poll once it had waited `max_wait_ns` at the previous finalising poll and none of the
+    streams still behind its stamp delivered anything since then (a stopped stream: STALE, never a held
+    pose). Judging quietness over a whole poll interval keeps a starved process, whose queued kinematics are
+    delivered after its timer fires, from giving up on frames it can resolve; `max_wait_ns *
+    hard_limit_factor` bounds the wait regardless. `poll` returns resolved frames in stamp
+    order. `counters` counts frames, frames_with_pose, frames_without_pose, no_pose.<reason> and dropped
+    (more than `max_pending` images waiting).
     """
+
+    hard_limit_factor = 5
 
     def __init__(self, camera: KinematicCamera, max_wait_ns: int = 100 * MS, max_pending: int = 30) -> None:
         if max_wait_ns < 0 or max_pending < 1:
@@ -311,6 +317,8 @@ class FrameResolver:
         self.camera = camera
         self.max_wait_ns, self.max_pending = int(max_wait_ns), int(max_pending)
         self._pending: list[tuple[int, int]] = []      # (image stamp, time added)
+        self._seen: dict[int, int] = {}                # id(buffer) -> samples received at the last final poll
+        self._last_final_poll: int | None = None
         self.counters: Counter[str] = Counter()
 
     @property
@@ -326,18 +334,31 @@ class FrameResolver:
             self._pending.pop(0)
             self.counters["dropped"] += 1
 
-    def _ready(self, stamp_ns: int) -> bool:
+    def _lagging(self, stamp_ns: int) -> list[PoseBuffer]:
+        """The streams that have not reached an image stamp yet."""
         t = stamp_ns - self.camera.image_offset_ns
         bufs = [self.camera.ecm, *self.camera.psms.values()]
-        return all(b.newest_ns is not None and b.newest_ns >= t for b in bufs)
+        return [b for b in bufs if b.newest_ns is None or b.newest_ns < t]
 
-    def poll(self, now_ns: int) -> list[FrameKinematics]:
-        """Resolve every waiting image whose kinematics are complete or whose wait is over."""
+    def poll(self, now_ns: int, finalize: bool = True) -> list[FrameKinematics]:
+        """Resolve every waiting image whose kinematics are complete, and with `finalize` (call it from a
+        periodic timer) those whose wait is over. Returns them in stamp order."""
+        bufs = [self.camera.ecm, *self.camera.psms.values()]
+        prev = self._last_final_poll
+        if finalize:
+            moved = {id(b) for b in bufs if b.counters["received"] != self._seen.get(id(b))}
+            self._seen = {id(b): b.counters["received"] for b in bufs}
+            self._last_final_poll = now_ns
         out = []
         keep = []
         for stamp, added in self._pending:
-            final = now_ns - added >= self.max_wait_ns
-            if not (final or self._ready(stamp)):
+            lagging = self._lagging(stamp)
+            final = False
+            if finalize and lagging:
+                quiet = prev is not None and prev - added >= self.max_wait_ns \
+                    and not any(id(b) in moved for b in lagging)
+                final = quiet or now_ns - added >= self.max_wait_ns * self.hard_limit_factor
+            if lagging and not final:
                 keep.append((stamp, added))
                 continue
             cam = self.camera.camera_pose(stamp, final=True)

@@ -122,7 +122,7 @@ class KinematicsNode(SurgNode):
             verdict = self.kin.add_ecm(stamp, T) if arm is None else self.kin.add_psm(arm, stamp, T)
         if verdict in ("invalid", "too_old", "duplicate"):
             self.report_problem(f"kinematics_{verdict}", f"{arm or 'ECM'} sample at {stamp} ns{why}")
-        self.poll()
+        self.poll(finalize=False)
 
     def on_info(self, msg: CameraInfo) -> None:
         """Left camera_info: its stamp is an image stamp; its calibration feeds the prior (unless a file)."""
@@ -141,13 +141,14 @@ class KinematicsNode(SurgNode):
     def _add_image(self, stamp_ns: int) -> None:
         with self._lock:
             self.resolver.add_image(stamp_ns, time.monotonic_ns())
-        self.poll()
+        self.poll(finalize=False)
 
     # ------------------------------------------------------------------ outputs
-    def poll(self) -> None:
-        """Publish every image whose kinematics are resolved."""
+    def poll(self, finalize: bool = True) -> None:
+        """Publish every image whose kinematics are resolved; the timer's polls also give up on images
+        whose kinematics stopped (see FrameResolver)."""
         with self._lock:
-            frames = self.resolver.poll(time.monotonic_ns())
+            frames = self.resolver.poll(time.monotonic_ns(), finalize)
         for fk in frames:
             self._publish(fk)
 
