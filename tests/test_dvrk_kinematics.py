@@ -258,3 +258,26 @@ def test_prior_image_boxes_lose_no_pixel():
             np.testing.assert_array_equal(mask > 0, full.reshape(cam.height, cam.width))
             seen += bool(mask.any())
     assert seen >= 10, f"only {seen} of 30 random tools were in view: the check proves little"
+
+
+def test_resolver_waits_while_lagging_kinematics_still_arrive():
+    """A frame is given up only after a whole quiet poll interval past max_wait: a starved process whose
+    queued kinematics arrive late still resolves it; a stopped stream gives STALE."""
+    cam = KinematicCamera(np.eye(4))
+    res = FrameResolver(cam, max_wait_ns=100 * MS)
+    for k in range(10):                                   # ECM up to 90 ms
+        cam.add_ecm(k * 10 * MS + MS, np.eye(4))
+    res.add_image(150 * MS, now_ns=0)
+    assert res.poll(50 * MS) == [] and res.poll(500 * MS, finalize=False) == []
+    assert res.poll(120 * MS) == []                       # waited, but the previous final poll was too early
+    for k in range(10, 13):                               # the backlog arrives (up to 121 ms)
+        cam.add_ecm(k * 10 * MS + MS, np.eye(4))
+    assert res.poll(140 * MS) == []                       # the stream moved: keep waiting
+    for k in range(13, 17):
+        cam.add_ecm(k * 10 * MS + MS, np.eye(4))
+    (fk,) = res.poll(141 * MS, finalize=False)            # bracketed now: resolved without finalising
+    assert fk.camera.ok
+    res.add_image(400 * MS, now_ns=200 * MS)              # the ECM stream has stopped at 161 ms
+    assert res.poll(250 * MS) == [] and res.poll(310 * MS) == []
+    (fk,) = res.poll(320 * MS)
+    assert fk.camera.reason == STALE and res.counters["no_pose.stale"] == 1
