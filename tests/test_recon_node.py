@@ -122,7 +122,7 @@ def test_trainer_node(ros_env, ros_node, scene, tmp_path):
         assert msg_to_image(got.last(topics.RECON_RENDER_DEPTH), "32FC1").shape == (48, 64)
 
         assert _call(ros_node, Trigger, topics.SRV_PAUSE, Trigger.Request()).success
-        assert _wait(lambda: got.last(topics.RECON_STATUS).state == "paused", 10)
+        assert _wait(lambda: got.last(topics.RECON_STATUS).state == "paused", 30)
         time.sleep(0.6)
         it = got.last(topics.RECON_STATUS).iterations
         time.sleep(0.8)
@@ -159,10 +159,10 @@ def test_trainer_node(ros_env, ros_node, scene, tmp_path):
         assert not fixed.results[0].successful and "fixed at start" in fixed.results[0].reason
 
         assert _call(ros_node, Trigger, topics.SRV_RESET, Trigger.Request()).success
-        assert _wait(lambda: got.last(topics.RECON_STATUS).num_gaussians == 0, 10)
+        assert _wait(lambda: got.last(topics.RECON_STATUS).num_gaussians == 0, 30)
         res = _call(ros_node, LoadCheckpoint, topics.SRV_LOAD, LoadCheckpoint.Request(path=""))
         assert res.success, res.message
-        assert _wait(lambda: got.last(topics.RECON_STATUS).num_gaussians > 500, 10)
+        assert _wait(lambda: got.last(topics.RECON_STATUS).num_gaussians > 500, 30)
         missing = _call(ros_node, LoadCheckpoint, topics.SRV_LOAD,
                         LoadCheckpoint.Request(path=str(tmp_path / "none.pt")))
         assert not missing.success and "does not exist" in missing.message
