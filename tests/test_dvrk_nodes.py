@@ -181,3 +181,37 @@ def test_emulator_node_drives_kinematics_node(ros_env, ros_node, tmp_path):
         outs = [_stop(p) for p in (kin, emu) if p is not None]
     for out in outs:
         assert "Traceback" not in out, out
+
+
+def test_kinematics_pose_is_of_the_rectified_camera(ros_env, ros_node, tmp_path):
+    """With a calibration whose rectification rotation R is not identity, /camera/pose is the rectified
+    left camera (T_cart_ecm @ hand_eye @ R^T), the frame of the images the trainer gets; the calibration
+    file overrides the (here identity) rotation of the camera_info on the wire."""
+    from surg3d_nodes.core.camera import CameraModel
+    from surg3d_nodes.core.camera_yaml import save_camera_yaml
+    from surg3d_nodes.core.geometry import pose_matrix
+
+    R = pose_matrix([0, 0, 0], [0.0, 0.0087, 0.0, 0.99996])[:3, :3]       # ~1 degree about y
+    cam = CameraModel(64, 48, [[60.0, 0, 32], [0, 60.0, 24], [0, 0, 1]], R=R)
+    save_camera_yaml(cam, tmp_path / "left.yaml")
+    proc = _start("surg3d_nodes.nodes.kinematics",
+                  ["-p", f"calibration_file:={tmp_path / 'left.yaml'}", "-p", "psm_arms:=[PSM1]"], ros_env)
+    try:
+        ecm = ros_node.create_publisher(PoseStamped, dvrk_arm_topic(ECM), 50)
+        info = ros_node.create_publisher(CameraInfo, topics.LEFT_INFO, 10)
+        got = _Collector(ros_node, {topics.CAMERA_POSE: PoseStamped})
+        assert _wait(lambda: ecm.get_subscription_count() > 0 and info.get_subscription_count() > 0
+                     and ros_node.count_publishers(topics.CAMERA_POSE) > 0, 20), "kinematics node not up"
+        time.sleep(0.5)
+        T_ecm = pose_matrix([0.01, 0.02, 0.2], [0.1, 0.2, 0.3, 0.9])
+        for k in range(6):
+            ecm.publish(pose_to_msg(T_ecm, 1_000 * MS + k * 10 * MS, "Cart"))
+            time.sleep(0.01)
+        info.publish(camera_to_msg(CameraModel.pinhole(64, 48, 60.0), 1_025 * MS))  # uncalibrated R = I
+        assert _wait(lambda: len(got.get(topics.CAMERA_POSE)) == 1, 5)
+        X = pose_matrix([0, 0, 0], [0, 0, 1, 0])                            # the default hand-eye
+        expected = T_ecm @ X @ np.block([[R.T, np.zeros((3, 1))], [np.zeros((1, 3)), np.ones((1, 1))]])
+        np.testing.assert_allclose(msg_to_pose(got.get(topics.CAMERA_POSE)[0]), expected, atol=1e-6)
+    finally:
+        out = _stop(proc)
+    assert "Traceback" not in out, out

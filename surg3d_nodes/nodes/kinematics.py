@@ -4,10 +4,13 @@ Subscribes `/<ecm_arm>/measured_cp` and `/<PSM>/measured_cp` (geometry_msgs/Pose
 camera_info (its stamps are the image stamps; with `stamp_source: image` the left image's instead). For each
 image stamp, once the kinematics streams have passed it (or after `max_wait_ms`), it publishes
 - /camera/pose (PoseStamped, frame `world_frame` = the cart frame) and /tf: ECM pose interpolated at the stamp
-  (SLERP / linear) composed with the hand-eye transform; an image without a valid pose (stale, gap, stopped
-  stream, ...) gets no pose message, so the trainer never uses it with a wrong pose;
+  (SLERP / linear) composed with the hand-eye transform and, with `pose_rectified` (default), the left
+  camera's rectification rotation (the trainer sees rectified images). An image without a valid pose
+  (stale, gap, stopped stream, no calibration, ...) gets no pose message, so the trainer never uses it with
+  a wrong pose;
 - /instrument/prior_mask (mono8, the image stamp): each PSM's shaft, wrist and jaws projected into the left
-  image (core.instrument_prior), when a camera model is known (camera_info or `calibration_file`).
+  image, rectified by default like instrument_seg's input (core.instrument_prior), when a camera model is
+  known (camera_info or `calibration_file`).
 Stale/gap/out-of-order/invalid counts are in the heartbeat. The prior is rendered on a worker thread
 (640x512, two tools: 40-110 ms on one CPU core; `prior_scale: 0.5` renders at half size, ~4x faster).
 """
@@ -60,13 +63,13 @@ class KinematicsNode(SurgNode):
             ("image_time_offset_ms", 0.0), ("max_age_ms", 50.0), ("max_gap_ms", 30.0), ("max_wait_ms", 100.0),
             ("stamp_source", "camera_info"), ("calibration_file", ""), ("world_frame", topics.WORLD_FRAME),
             ("camera_frame", topics.LEFT_OPTICAL_FRAME), ("publish_tf", True), ("publish_prior", True),
-            ("prior_rectified", False), ("prior_scale", 1.0), ("shaft_radius", 0.004), ("jaw_radius", 0.003),
-            ("wrist_length", 0.010), ("shaft_length", 0.40)]}
+            ("pose_rectified", True), ("prior_rectified", True), ("prior_scale", 1.0),
+            ("shaft_radius", 0.004), ("jaw_radius", 0.003), ("wrist_length", 0.010), ("shaft_length", 0.40)]}
         if p["stamp_source"] not in ("camera_info", "image"):
             raise ValueError(f"stamp_source must be camera_info or image, got {p['stamp_source']!r}")
         self.world_frame, self.camera_frame = str(p["world_frame"]), str(p["camera_frame"])
         self.publish_tf, self.publish_prior = bool(p["publish_tf"]), bool(p["publish_prior"])
-        self.prior_rectified = bool(p["prior_rectified"])
+        self.pose_rectified, self.prior_rectified = bool(p["pose_rectified"]), bool(p["prior_rectified"])
         self.prior_scale = float(p["prior_scale"])
         if not 0.1 <= self.prior_scale <= 1.0:
             raise ValueError(f"prior_scale must be in [0.1, 1], got {self.prior_scale}")
@@ -157,10 +160,17 @@ class KinematicsNode(SurgNode):
             age = "" if fk.camera.age_ns is None else f" (nearest ECM sample {fk.camera.age_ns / MS:.1f} ms)"
             self.report_problem(f"no_pose_{fk.camera.reason}", f"image {fk.stamp_ns} ns gets no pose{age}")
             return
-        self.pose_pub.publish(pose_to_msg(fk.camera.T, fk.stamp_ns, self.world_frame))
+        T = fk.camera.T
+        if self.pose_rectified:  # the rectified left camera the trainer sees: rotated by R (X_rect = R X)
+            if self.cam is None:
+                self.report_problem("no_calibration", "no calibrated camera_info or calibration_file yet: "
+                                    "the rectified camera pose is unknown, frame skipped")
+                return
+            T = T @ np.block([[self.cam.R.T, np.zeros((3, 1))], [np.zeros((1, 3)), np.ones((1, 1))]])
+        self.pose_pub.publish(pose_to_msg(T, fk.stamp_ns, self.world_frame))
         if self.publish_tf:
             self.tf_pub.publish(TFMessage(transforms=[
-                transform_msg(fk.camera.T, fk.stamp_ns, self.world_frame, self.camera_frame)]))
+                transform_msg(T, fk.stamp_ns, self.world_frame, self.camera_frame)]))
         if self.publish_prior and self.cam is not None:
             try:
                 self._priors.put_nowait(fk)
