@@ -15,7 +15,7 @@ import yaml
 from surg3d_nodes.core.graph import GraphError, format_value, load_preset
 
 ROOT = Path(__file__).resolve().parents[1]
-PRESETS = ("live", "replay", "dvrk")
+PRESETS = ("live", "replay", "dvrk", "dvrk_sim")
 
 
 def test_presets_resolve_and_arguments_set_parameters() -> None:
@@ -40,7 +40,7 @@ def test_dvrk_preset_remaps_the_rig_topics() -> None:
 
 def test_format_value_keeps_types() -> None:
     assert format_value(2.0) == "2.0" and format_value(1e-9) == "1e-09" and format_value(True) == "true"
-    assert format_value(3) == "3" and format_value("x") == "x"
+    assert format_value(3) == "3" and format_value("x") == "x" and format_value("") == '""'
     assert format_value(["/a", "/b"]) == "[/a,/b]" and format_value([1.0, 2]) == "[1.0,2]"
 
 
@@ -122,7 +122,7 @@ def test_launch_files_match_the_launcher(monkeypatch: pytest.MonkeyPatch, preset
     actions = description.args[0]
     declared = {a.args[0]: a.kwargs["default_value"] for a in actions if "default_value" in a.kwargs}
     expected = load_preset(preset)
-    assert declared == {name: format_value(a.default) for name, a in expected.arguments.items()}
+    assert declared == {name: a.default_text() for name, a in expected.arguments.items()}
     # Resolve at "launch time" with one argument overridden, as `ros2 launch ... name:=value` does.
     overrides = {name: value for name, value in declared.items()}
     overrides["output_dir"] = "/tmp/elsewhere"

@@ -25,6 +25,10 @@ class Argument:
     description: str = ""
     sets: list[tuple[str, str]] = field(default_factory=list)  # (node name, parameter name)
 
+    def default_text(self) -> str:
+        """The default as `name:=value` text (what `convert` parses back to the default)."""
+        return self.default if isinstance(self.default, str) else format_value(self.default)
+
     def convert(self, text: str) -> str | int | float | bool:
         """Parse a command-line value with the type of the default (a double stays a double: 2 -> 2.0)."""
         kind = type(self.default)
@@ -81,6 +85,8 @@ def format_value(v: str | int | float | bool | list) -> str:
         return "[" + ",".join(format_value(x) for x in v) + "]"
     if isinstance(v, bool):
         return "true" if v else "false"
+    if v == "":
+        return '""'  # rcl refuses an empty override (`-p name:=`)
     if isinstance(v, float):
         return repr(v) if ("." in repr(v) or "e" in repr(v) or "n" in repr(v)) else f"{v}.0"
     return str(v)

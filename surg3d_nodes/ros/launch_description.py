@@ -13,7 +13,7 @@ from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
-from surg3d_nodes.core.graph import format_value, load_preset
+from surg3d_nodes.core.graph import load_preset
 
 
 def _nodes(context, preset: str, config_dir: Path | None) -> list[Node]:
@@ -34,7 +34,7 @@ def describe(preset: str, config_dir: Path | None = None) -> LaunchDescription:
         config_dir = Path(get_package_share_directory("surg3d")) / "config"
     arguments = load_preset(preset, config_dir=config_dir).arguments
     return LaunchDescription([
-        *(DeclareLaunchArgument(a.name, default_value=format_value(a.default), description=a.description)
+        *(DeclareLaunchArgument(a.name, default_value=a.default_text(), description=a.description)
           for a in arguments.values()),
         OpaqueFunction(function=_nodes, args=[preset, config_dir]),
     ])
