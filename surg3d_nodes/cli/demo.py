@@ -27,6 +27,7 @@ class DemoResult:
     ply: str = ""
     quality: dict[str, float] = field(default_factory=dict)
     replay_state: str = ""
+    scored: int = 0
     done: bool = False
     error: str = ""
 
@@ -40,16 +41,19 @@ def count_frames(bag: Path, topic: str) -> int:
 
 
 def score(render: np.ndarray, depth: np.ndarray, frame) -> dict[str, float]:
-    """PSNR* over tissue pixels, de-occlusion PSNR over instrument pixels (synthetic tissue-only truth) and depth
-    RMSE (mm) over tissue pixels of one rendered view against a dataset frame."""
+    """Scores of one rendered view against a dataset frame, over the pixels the model covers (opaque: finite
+    rendered depth): PSNR* on tissue, de-occlusion PSNR on instrument pixels against the synthetic tissue-only
+    truth, depth RMSE (mm) on tissue, and the fraction of tissue and instrument pixels covered."""
     from surg3d_nodes.core.metrics import depth_rmse_mm, psnr_star
 
-    tissue = (frame.mask == 0) if frame.mask is not None else np.ones(render.shape[:2], bool)
-    out = {"psnr_star": psnr_star(render, frame.left, tissue)}
-    if "tissue" in frame.extras and frame.mask is not None and (frame.mask > 0).any():
-        out["deocc_psnr"] = psnr_star(render, frame.extras["tissue"], frame.mask > 0)
+    covered = np.isfinite(depth)
+    tool = frame.mask > 0 if frame.mask is not None else np.zeros(render.shape[:2], bool)
+    out = {"psnr_star": psnr_star(render, frame.left, ~tool & covered), "coverage": float(covered[~tool].mean())}
+    if "tissue" in frame.extras and tool.any():
+        out["deocc_psnr"] = psnr_star(render, frame.extras["tissue"], tool & covered)
+        out["deocc_coverage"] = float(covered[tool].mean())
     if frame.depth is not None:
-        out["depth_rmse_mm"] = depth_rmse_mm(depth, frame.depth, tissue)
+        out["depth_rmse_mm"] = depth_rmse_mm(depth, frame.depth, ~tool)
     return out
 
 
@@ -135,6 +139,7 @@ def watch(sup: Supervisor, res: DemoResult, args: argparse.Namespace, domain_id:
                     if math.isfinite(v):
                         scores.setdefault(k, []).append(v)
             res.quality = {k: float(np.mean(v)) for k, v in scores.items()}
+            res.scored = len(idx)
         res.done = True
     except Exception as e:  # reported in the summary; the graph is stopped either way
         res.error = str(e)
@@ -150,8 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="surg3d demo", description=__doc__.split("\n")[0])
     ap.add_argument("--bag", type=Path, help="replay this rosbag2 instead of a synthetic clip")
     ap.add_argument("--out", type=Path, default=Path("out/demo"), help="output folder (default out/demo)")
-    ap.add_argument("--width", type=int, default=160)
-    ap.add_argument("--height", type=int, default=128)
+    ap.add_argument("--width", type=int, default=320)
+    ap.add_argument("--height", type=int, default=256)
     ap.add_argument("--frames", type=int, default=40)
     ap.add_argument("--rate", type=float, default=0.25,
                     help="replay rate factor (default 0.25: a 2-core CPU keeps up with every frame)")
@@ -204,11 +209,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{'trainer:':<22}{s.backend} on {s.device}: {s.frames_received} frames received, "
               f"{s.frames_used} used, {s.frames_skipped} skipped, "
               f"{s.num_gaussians} Gaussians, {s.iterations} iterations ({s.iterations_per_second:.1f}/s)")
+    labels = {"psnr_star": ("PSNR* (tissue)", "dB"), "coverage": ("tissue covered", "%"),
+              "deocc_psnr": ("de-occlusion PSNR", "dB"), "deocc_coverage": ("hidden tissue covered", "%"),
+              "depth_rmse_mm": ("depth RMSE (tissue)", "mm")}
     for k, v in res.quality.items():
-        unit = "mm" if k.endswith("_mm") else "dB"
-        label = {"psnr_star": "PSNR* (tissue)", "deocc_psnr": "de-occlusion PSNR",
-                 "depth_rmse_mm": "depth RMSE (tissue)"}.get(k, k)
-        print(f"{label + ':':<22}{v:.2f} {unit}  (vs ground truth, {args.eval_frames} frames)")
+        label, unit = labels[k]
+        value = 100 * v if unit == "%" else v
+        print(f"{label + ':':<22}{value:.2f} {unit}  (vs ground truth, mean of {res.scored} frames)")
     print(f"{'model (PLY):':<22}{res.ply or 'not saved'}")
     print(f"{'recording (MCAP):':<22}{recordings[-1] if recordings else 'none'}")
     if res.error or not res.done:
