@@ -203,10 +203,10 @@ def main(argv: list[str] | None = None) -> int:
     s = res.status
     recordings = sorted(out.glob("recording_*"))
     print("\n=== surg3d demo summary ===")
-    print(f"{'input:':<22}{bag} ({res.frames_in_bag} stereo frames)")
-    print(f"{'wall time:':<22}{time.monotonic() - t0:.1f} s")
+    print(f"{'input:':<24}{bag} ({res.frames_in_bag} stereo frames)")
+    print(f"{'wall time:':<24}{time.monotonic() - t0:.1f} s")
     if s is not None:
-        print(f"{'trainer:':<22}{s.backend} on {s.device}: {s.frames_received} frames received, "
+        print(f"{'trainer:':<24}{s.backend} on {s.device}: {s.frames_received} frames received, "
               f"{s.frames_used} used, {s.frames_skipped} skipped, "
               f"{s.num_gaussians} Gaussians, {s.iterations} iterations ({s.iterations_per_second:.1f}/s)")
     labels = {"psnr_star": ("PSNR* (tissue)", "dB"), "coverage": ("tissue covered", "%"),
@@ -215,9 +215,9 @@ def main(argv: list[str] | None = None) -> int:
     for k, v in res.quality.items():
         label, unit = labels[k]
         value = 100 * v if unit == "%" else v
-        print(f"{label + ':':<22}{value:.2f} {unit}  (vs ground truth, mean of {res.scored} frames)")
-    print(f"{'model (PLY):':<22}{res.ply or 'not saved'}")
-    print(f"{'recording (MCAP):':<22}{recordings[-1] if recordings else 'none'}")
+        print(f"{label + ':':<24}{value:.2f} {unit}  (vs ground truth, mean of {res.scored} frames)")
+    print(f"{'model (PLY):':<24}{res.ply or 'not saved'}")
+    print(f"{'recording (MCAP):':<24}{recordings[-1] if recordings else 'none'}")
     if res.error or not res.done:
         print(f"surg3d demo: FAILED: {res.error or 'interrupted before the model was saved and scored'}",
               file=sys.stderr)
