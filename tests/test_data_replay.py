@@ -14,6 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from rosproc import wait_until
 
 from surg3d_nodes.bags import BagReader
 from surg3d_nodes.cli import convert as convert_cli
@@ -113,15 +114,6 @@ def missing(col: Collector) -> list[int]:
     return sorted(set(range(63)) - {round((s - first) * 30e-9) for s in got})
 
 
-def wait_for(cond, timeout: float) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return True
-        time.sleep(0.05)
-    return cond()
-
-
 def test_replay_real_time_bit_exact(clip_bag, ros_node, ros_env) -> None:
     from surg3d_nodes.ros import convert
 
@@ -133,7 +125,7 @@ def test_replay_real_time_bit_exact(clip_bag, ros_node, ros_env) -> None:
     proc = start("bag_replay", ros_env, f"bag:={bag}", "rate:=1.0", "wait_for_subscribers:=1",
                  "exit_on_end:=true", "qos_depth:=90")
     n = 63
-    ok = wait_for(lambda: all(col.count(t) >= n for t in TOPICS), 60.0)
+    ok = wait_until(lambda: all(col.count(t) >= n for t in TOPICS), 60.0)
     out = stop(proc)
     assert ok, f"received { {t: col.count(t) for t in TOPICS} } {missing(col)}\n{out}"
     assert time.monotonic() - t0 > 62 / 30      # paced at real time, not faster
@@ -176,7 +168,7 @@ def test_replay_faster_than_a_slow_subscriber(clip_bag, ros_node, ros_env) -> No
     proc = start("bag_replay", ros_env, f"bag:={bag}", "rate:=30.0", "late_threshold:=0.002",
                  "drop_late:=true", "drop_threshold:=0.03", "wait_for_subscribers:=1",
                  f"topics:=[{','.join(images)}]")
-    ended = wait_for(lambda: any(s.get("state") == "ended" for s in status), 60.0)
+    ended = wait_until(lambda: any(s.get("state") == "ended" for s in status), 60.0)
     out = stop(proc)
     assert ended, out
     final = next(s for s in status if s.get("state") == "ended")
@@ -197,7 +189,7 @@ def test_replay_truncated_bag(clip_bag, ros_node, ros_env, tmp_path: Path) -> No
     col = Collector(ros_node, {"/camera/pose": "geometry_msgs.msg.PoseStamped"})
     proc = start("bag_replay", ros_env, f"bag:={damaged}", "rate:=4.0", "wait_for_subscribers:=1",
                  "topics:=[/camera/pose]", "exit_on_end:=true")
-    ok = wait_for(lambda: col.count("/camera/pose") >= readable, 30.0)
+    ok = wait_until(lambda: col.count("/camera/pose") >= readable, 30.0)
     out = stop(proc)
     assert ok and col.count("/camera/pose") == readable, out
     assert "stopped early" in out and "truncated" in out
@@ -210,7 +202,7 @@ def test_replay_offset_and_loop(clip_bag, ros_node, ros_env) -> None:
     col = Collector(ros_node, {"/camera/pose": "geometry_msgs.msg.PoseStamped"})
     proc = start("bag_replay", ros_env, f"bag:={bag}", "rate:=4", "start_offset:=1", "loop:=true",
                  "wait_for_subscribers:=1", "topics:=[/camera/pose]")
-    ok = wait_for(lambda: col.count("/camera/pose") >= 40, 40.0)
+    ok = wait_until(lambda: col.count("/camera/pose") >= 40, 40.0)
     out = stop(proc)
     assert ok, out
     stamps = [convert.stamp_to_ns(m.header.stamp) for m in col.msgs("/camera/pose")]
@@ -239,7 +231,7 @@ def test_recorder_writes_readable_mcap(clip_bag, ros_node, ros_env, tmp_path: Pa
             replay.kill()
     assert "published 126 messages" in replay_out, replay_out
     assert not rec_path.exists()                    # the bag appears only once it is closed
-    got_all = wait_for(lambda: bool(received) and received[-1] == 126, 20.0)
+    got_all = wait_until(lambda: bool(received) and received[-1] == 126, 20.0)
     rec_out = stop(rec, timeout=60)
     assert got_all, rec_out
     assert "126 messages written, 0 dropped" in rec_out, rec_out

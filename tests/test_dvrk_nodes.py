@@ -3,14 +3,12 @@ or absent, faults in the heartbeat, prior masks), and the emulator node driving 
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 from geometry_msgs.msg import PoseStamped
+from rosproc import Collector, start_node, stop_node, wait_until
 from sensor_msgs.msg import CameraInfo, Image
 
 from surg3d_msgs.msg import NodeStatus
@@ -40,48 +38,6 @@ GEOMETRY_ARGS = ["-p", f"shaft_radius:={SYNTHETIC_INSTRUMENT.shaft_radius}",
                  "-p", f"wrist_length:={SYNTHETIC_INSTRUMENT.wrist_length}"]
 
 
-def _start(module: str, args: list[str], env: dict[str, str]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", module, "--ros-args", *args], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-def _stop(proc: subprocess.Popen) -> str:
-    proc.terminate()
-    try:
-        out, _ = proc.communicate(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, _ = proc.communicate()
-    return out
-
-
-class _Collector:
-    """Thread-safe lists of received messages per topic."""
-
-    def __init__(self, node, specs: dict[str, type]) -> None:
-        self.lock = threading.Lock()
-        self.msgs: dict[str, list] = {t: [] for t in specs}
-        for topic, cls in specs.items():
-            node.create_subscription(cls, topic, lambda m, t=topic: self._add(t, m), 200)
-
-    def _add(self, topic: str, msg) -> None:
-        with self.lock:
-            self.msgs[topic].append(msg)
-
-    def get(self, topic: str) -> list:
-        with self.lock:
-            return list(self.msgs[topic])
-
-
-def _wait(cond, timeout: float) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return True
-        time.sleep(0.05)
-    return cond()
-
-
 def test_kinematics_node_with_faulty_streams(ros_env, ros_node):
     synth = SynthConfig(width=160, height=128, frames=30, camera_motion="moving", instruments=2,
                         noise_std=0.0)
@@ -89,16 +45,16 @@ def test_kinematics_node_with_faulty_streams(ros_env, ros_node):
                                 reorder=0.1, nan_rate=0.02, ecm_stop_s=0.7, video_offset_ms=8.0, seed=5))
     t, q = matrix_to_pose(em.hand_eye)
     hand_eye = "[" + ",".join(f"{v:.9f}" for v in [*t, *q]) + "]"
-    proc = _start("surg3d_nodes.nodes.kinematics",
+    proc = start_node("surg3d_nodes.nodes.kinematics",
                   ["-p", f"hand_eye:={hand_eye}", "-p", "image_time_offset_ms:=8.0",
                    "-p", "max_wait_ms:=1000.0", "-p", "heartbeat_period:=0.5", *GEOMETRY_ARGS], ros_env)
     try:
         pubs = {kind: ros_node.create_publisher(PoseStamped, dvrk_arm_topic(kind), 200)
                 for kind in (ECM, "PSM1", "PSM2")}
         info_pub = ros_node.create_publisher(CameraInfo, topics.LEFT_INFO, 50)
-        got = _Collector(ros_node, {topics.CAMERA_POSE: PoseStamped, topics.INSTRUMENT_PRIOR: Image,
-                                    topics.NODE_STATUS: NodeStatus})
-        assert _wait(lambda: all(p.get_subscription_count() > 0 for p in [*pubs.values(), info_pub])
+        got = Collector(ros_node, {topics.CAMERA_POSE: PoseStamped, topics.INSTRUMENT_PRIOR: Image,
+                                    topics.NODE_STATUS: NodeStatus}, depth=200)
+        assert wait_until(lambda: all(p.get_subscription_count() > 0 for p in [*pubs.values(), info_pub])
                      and ros_node.count_publishers(topics.CAMERA_POSE) > 0
                      and ros_node.count_publishers(topics.INSTRUMENT_PRIOR) > 0, 20), "kinematics node not up"
         time.sleep(0.5)
@@ -122,7 +78,7 @@ def test_kinematics_node_with_faulty_streams(ros_env, ros_node):
         # Wait until the node has resolved every image it got (those after the stop time out after max_wait;
         # a starved DDS reader on a loaded machine may have lost a few messages, images included).
         time.sleep(2.0)
-        assert _wait(lambda: last_beat().get("pending") == "0", 10), f"heartbeat {last_beat()}"
+        assert wait_until(lambda: last_beat().get("pending") == "0", 10), f"heartbeat {last_beat()}"
         time.sleep(1.0)  # one more heartbeat after the last frame
         # Frames before the stop get poses. On a loaded machine this process may deliver kinematics late or
         # lose some (a starved DDS writer overwrites its history): the node then refuses frames rather than
@@ -148,30 +104,30 @@ def test_kinematics_node_with_faulty_streams(ros_env, ros_node):
         assert int(values["ecm.out_of_order"]) > 0 and int(values["ecm.invalid"]) > 0, values
         assert int(values["no_pose.stale"]) >= 5 and int(values["frames_with_pose"]) == len(poses), values
     finally:
-        out = _stop(proc)
+        out = stop_node(proc)
     assert "Traceback" not in out, out
 
 
 def test_emulator_node_drives_kinematics_node(ros_env, ros_node, tmp_path):
     rig = "test_rig"
-    emu = _start("surg3d_nodes.nodes.dvrk_emulator",
+    emu = start_node("surg3d_nodes.nodes.dvrk_emulator",
                  ["--params-file", str(CONFIG / "dvrk_emulator.yaml"), "-p", f"rig:={rig}",
                   "-p", "frames:=20", "-p", "width:=96", "-p", "height:=80",
                   "-p", "uncalibrated_camera_info:=true", "-p", f"calibration_dir:={tmp_path}",
                   "-p", "start_delay_s:=2.0"], ros_env)
     kin = None
     try:
-        got = _Collector(ros_node, {topics.CAMERA_POSE: PoseStamped, topics.INSTRUMENT_PRIOR: Image,
-                                    f"/{rig}/left/image_raw": Image, "/ECM/measured_cp": PoseStamped})
-        assert _wait(lambda: (tmp_path / "left.yaml").is_file(), 30), "emulator did not write its calibration"
-        kin = _start("surg3d_nodes.nodes.kinematics",
+        got = Collector(ros_node, {topics.CAMERA_POSE: PoseStamped, topics.INSTRUMENT_PRIOR: Image,
+                                    f"/{rig}/left/image_raw": Image, "/ECM/measured_cp": PoseStamped}, depth=200)
+        assert wait_until(lambda: (tmp_path / "left.yaml").is_file(), 30), "emulator did not write its calibration"
+        kin = start_node("surg3d_nodes.nodes.kinematics",
                      ["--params-file", str(CONFIG / "kinematics.yaml"),
                       "-r", f"{topics.LEFT_INFO}:=/{rig}/left/camera_info",
                       "-p", f"calibration_file:={tmp_path / 'left.yaml'}", *GEOMETRY_ARGS], ros_env)
         def counts() -> tuple[int, int]:
             return len(got.get(topics.CAMERA_POSE)), len(got.get(topics.INSTRUMENT_PRIOR))
 
-        assert _wait(lambda: counts()[0] >= 10 and counts()[1] >= 5, 25), f"poses, priors: {counts()}"
+        assert wait_until(lambda: counts()[0] >= 10 and counts()[1] >= 5, 25), f"poses, priors: {counts()}"
         ecm = got.get("/ECM/measured_cp")
         stamps = sorted(stamp_to_ns(m.header.stamp) for m in ecm)
         rate = (len(stamps) - 1) / ((stamps[-1] - stamps[0]) / 1e9)
@@ -182,7 +138,7 @@ def test_emulator_node_drives_kinematics_node(ros_env, ros_node, tmp_path):
         delays = [abs(stamp_to_ns(m.header.stamp) - time.time_ns()) for m in got.get(topics.CAMERA_POSE)[-1:]]
         assert delays[0] < 5_000 * MS  # stamps follow the emulator's clock (now), not the synthetic epoch
     finally:
-        outs = [_stop(p) for p in (kin, emu) if p is not None]
+        outs = [stop_node(p) for p in (kin, emu) if p is not None]
     for out in outs:
         assert "Traceback" not in out, out
 
@@ -198,13 +154,13 @@ def test_kinematics_pose_is_of_the_rectified_camera(ros_env, ros_node, tmp_path)
     R = pose_matrix([0, 0, 0], [0.0, 0.0087, 0.0, 0.99996])[:3, :3]       # ~1 degree about y
     cam = CameraModel(64, 48, [[60.0, 0, 32], [0, 60.0, 24], [0, 0, 1]], R=R)
     save_camera_yaml(cam, tmp_path / "left.yaml")
-    proc = _start("surg3d_nodes.nodes.kinematics",
+    proc = start_node("surg3d_nodes.nodes.kinematics",
                   ["-p", f"calibration_file:={tmp_path / 'left.yaml'}", "-p", "psm_arms:=[PSM1]"], ros_env)
     try:
         ecm = ros_node.create_publisher(PoseStamped, dvrk_arm_topic(ECM), 50)
         info = ros_node.create_publisher(CameraInfo, topics.LEFT_INFO, 10)
-        got = _Collector(ros_node, {topics.CAMERA_POSE: PoseStamped})
-        assert _wait(lambda: ecm.get_subscription_count() > 0 and info.get_subscription_count() > 0
+        got = Collector(ros_node, {topics.CAMERA_POSE: PoseStamped}, depth=200)
+        assert wait_until(lambda: ecm.get_subscription_count() > 0 and info.get_subscription_count() > 0
                      and ros_node.count_publishers(topics.CAMERA_POSE) > 0, 20), "kinematics node not up"
         time.sleep(0.5)
         T_ecm = pose_matrix([0.01, 0.02, 0.2], [0.1, 0.2, 0.3, 0.9])
@@ -212,10 +168,10 @@ def test_kinematics_pose_is_of_the_rectified_camera(ros_env, ros_node, tmp_path)
             ecm.publish(pose_to_msg(T_ecm, 1_000 * MS + k * 10 * MS, "Cart"))
             time.sleep(0.01)
         info.publish(camera_to_msg(CameraModel.pinhole(64, 48, 60.0), 1_025 * MS))  # uncalibrated R = I
-        assert _wait(lambda: len(got.get(topics.CAMERA_POSE)) == 1, 5)
+        assert wait_until(lambda: len(got.get(topics.CAMERA_POSE)) == 1, 5)
         X = pose_matrix([0, 0, 0], [0, 0, 1, 0])                            # the default hand-eye
         expected = T_ecm @ X @ np.block([[R.T, np.zeros((3, 1))], [np.zeros((1, 3)), np.ones((1, 1))]])
         np.testing.assert_allclose(msg_to_pose(got.get(topics.CAMERA_POSE)[0]), expected, atol=1e-6)
     finally:
-        out = _stop(proc)
+        out = stop_node(proc)
     assert "Traceback" not in out, out

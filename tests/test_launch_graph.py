@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import re
-import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
+from rosproc import Launch
 
 from surg3d_nodes.ros import topics
 
@@ -33,43 +31,6 @@ def synth_bag(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out / "bag"
 
 
-class Graph:
-    """A `surg3d launch` subprocess whose output is collected line by line."""
-
-    def __init__(self, args: list[str], env: dict[str, str]) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "surg3d_nodes.cli", "launch", *args], env=env,
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        self.lines: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        for line in self.proc.stdout:
-            self.lines.append(line.rstrip())
-
-    def wait_for(self, pattern: str, timeout: float) -> re.Match:
-        """The first output line matching `pattern` (regex), waiting up to `timeout` s."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for line in list(self.lines):
-                if m := re.search(pattern, line):
-                    return m
-            if self.proc.poll() is not None and not any(re.search(pattern, x) for x in self.lines):
-                time.sleep(0.5)  # let the reader drain
-                if not any(re.search(pattern, x) for x in self.lines):
-                    break
-            time.sleep(0.1)
-        raise AssertionError(f"no line matching {pattern!r}; output:\n" + "\n".join(self.lines[-60:]))
-
-    def stop(self, timeout: float = 60) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-        try:
-            return self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            raise
-
-
 def test_replay_graph_outputs_arrive_and_sigint_stops_everything(synth_bag: Path, ros_env, ros_node,
                                                                   tmp_path: Path) -> None:
     from sensor_msgs.msg import Image, PointCloud2
@@ -79,7 +40,7 @@ def test_replay_graph_outputs_arrive_and_sigint_stops_everything(synth_bag: Path
               topics.RECON_RENDER: Image}
     for topic, kind in wanted.items():
         ros_node.create_subscription(kind, topic, lambda m, t=topic: seen.__setitem__(t, seen.get(t, 0) + 1), 10)
-    graph = Graph(["replay", f"bag:={synth_bag}", f"output_dir:={tmp_path}", "loop:=true",
+    graph = Launch(["replay", f"bag:={synth_bag}", f"output_dir:={tmp_path}", "loop:=true",
                    f"bridge_port:={free_port()}"], ros_env)
     try:
         deadline = time.monotonic() + 180
@@ -96,7 +57,7 @@ def test_replay_graph_outputs_arrive_and_sigint_stops_everything(synth_bag: Path
 
 
 def test_a_dying_node_is_respawned_or_stops_the_graph(synth_bag: Path, ros_env, tmp_path: Path) -> None:
-    graph = Graph(["replay", f"bag:={synth_bag}", f"output_dir:={tmp_path}", "loop:=true",
+    graph = Launch(["replay", f"bag:={synth_bag}", f"output_dir:={tmp_path}", "loop:=true",
                    f"bridge_port:={free_port()}"], ros_env)
     try:
         trainer_pid = int(graph.wait_for(r"started trainer \(pid (\d+)\)", 60).group(1))

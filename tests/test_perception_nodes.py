@@ -3,14 +3,12 @@ plus bad input (missing CameraInfo, corrupt data, size mismatch, wrong encoding)
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from rosproc import Collector, start_node, stop_node, wait_until
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 
 from surg3d_msgs.msg import NodeStatus
@@ -26,55 +24,13 @@ def scene():
     return generate(SynthConfig(width=160, height=128, frames=4, instruments=1, noise_std=1.0))
 
 
-def _start(module: str, args: list[str], env: dict[str, str]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", module, "--ros-args", *args], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-def _stop(proc: subprocess.Popen) -> str:
-    proc.terminate()
-    try:
-        out, _ = proc.communicate(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, _ = proc.communicate()
-    return out
-
-
-class _Collector:
-    """Thread-safe lists of received messages per topic."""
-
-    def __init__(self, node, specs: dict[str, type]) -> None:
-        self.lock = threading.Lock()
-        self.msgs: dict[str, list] = {t: [] for t in specs}
-        for topic, cls in specs.items():
-            node.create_subscription(cls, topic, lambda m, t=topic: self._add(t, m), 50)
-
-    def _add(self, topic: str, msg) -> None:
-        with self.lock:
-            self.msgs[topic].append(msg)
-
-    def get(self, topic: str) -> list:
-        with self.lock:
-            return list(self.msgs[topic])
-
-
-def _wait(cond, timeout: float) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return True
-        time.sleep(0.05)
-    return cond()
-
-
-def _status_values(got: _Collector, node_name: str) -> dict[str, str]:
+def _status_values(got: Collector, node_name: str) -> dict[str, str]:
     beats = [m for m in got.get(topics.NODE_STATUS) if m.node.endswith(node_name)]
     return {kv.key: kv.value for kv in beats[-1].values} if beats else {}
 
 
 def test_stereo_depth_node(ros_env, ros_node, scene):
-    proc = _start("surg3d_nodes.nodes.stereo_depth",
+    proc = start_node("surg3d_nodes.nodes.stereo_depth",
                   ["--params-file", str(CONFIG / "stereo_depth.yaml"), "-p", "heartbeat_period:=0.3",
                    "-p", "publish_points:=true", "-p", "backend:=onnx",
                    "-p", "onnx_model:=/nonexistent/stereo.onnx"], ros_env)
@@ -82,10 +38,10 @@ def test_stereo_depth_node(ros_env, ros_node, scene):
         pub = {t: ros_node.create_publisher(Image, t, 10) for t in (topics.LEFT_IMAGE, topics.RIGHT_IMAGE)}
         info = {t: ros_node.create_publisher(CameraInfo, t, 10)
                 for t in (topics.LEFT_INFO, topics.RIGHT_INFO)}
-        got = _Collector(ros_node, {topics.DEPTH: Image, topics.DEPTH_CONFIDENCE: Image,
+        got = Collector(ros_node, {topics.DEPTH: Image, topics.DEPTH_CONFIDENCE: Image,
                                     topics.LEFT_RECT: Image, topics.LEFT_RECT_INFO: CameraInfo,
                                     topics.NODE_STATUS: NodeStatus, topics.DEPTH_POINTS: PointCloud2})
-        assert _wait(lambda: all(p.get_subscription_count() > 0 for p in [*pub.values(), *info.values()])
+        assert wait_until(lambda: all(p.get_subscription_count() > 0 for p in [*pub.values(), *info.values()])
                      and ros_node.count_publishers(topics.DEPTH) > 0, 20), "stereo_depth node not up"
         time.sleep(0.3)
 
@@ -96,7 +52,7 @@ def test_stereo_depth_node(ros_env, ros_node, scene):
 
         f0 = scene.frames[0]
         send_pair(f0.stamp_ns - 10**9, f0.left, f0.right)  # before any CameraInfo: skipped and reported
-        assert _wait(lambda: "problems.camera_info_missing" in _status_values(got, "stereo_depth"), 5)
+        assert wait_until(lambda: "problems.camera_info_missing" in _status_values(got, "stereo_depth"), 5)
 
         def send_info(stamp):
             info[topics.LEFT_INFO].publish(camera_to_msg(scene.cam_left, stamp))
@@ -106,7 +62,7 @@ def test_stereo_depth_node(ros_env, ros_node, scene):
             send_info(f.stamp_ns)
             time.sleep(0.05)
             send_pair(f.stamp_ns, f.left, f.right)
-        assert _wait(lambda: len(got.get(topics.DEPTH)) >= len(scene.frames), 10), \
+        assert wait_until(lambda: len(got.get(topics.DEPTH)) >= len(scene.frames), 10), \
             f"{len(got.get(topics.DEPTH))} depth images; status {_status_values(got, 'stereo_depth')}"
         by_stamp = {f.stamp_ns: f for f in scene.frames}
         for msg in got.get(topics.DEPTH):
@@ -134,41 +90,41 @@ def test_stereo_depth_node(ros_env, ros_node, scene):
         n_before = len(got.get(topics.DEPTH))
         send_info(t + 40_000_000)
         send_pair(t + 40_000_000, f0.left, f0.right)
-        assert _wait(lambda: len(got.get(topics.DEPTH)) > n_before, 5), "node stopped after bad input"
+        assert wait_until(lambda: len(got.get(topics.DEPTH)) > n_before, 5), "node stopped after bad input"
 
         def reported() -> bool:
             v = _status_values(got, "stereo_depth")
             return (all(f"problems.{k}" in v for k in ("corrupt_image", "size_mismatch", "encoding"))
                     and int(v.get("pairs_processed", 0)) >= len(scene.frames) + 1)
-        assert _wait(reported, 5), _status_values(got, "stereo_depth")
+        assert wait_until(reported, 5), _status_values(got, "stereo_depth")
         values = _status_values(got, "stereo_depth")
         assert int(values["pairs_processed"]) >= len(scene.frames) + 1
         assert values["backend"] == "sgbm" and int(values["onnx_fallback"]) == 1  # missing model: SGBM
         assert proc.poll() is None
     finally:
-        out = _stop(proc)
+        out = stop_node(proc)
     assert "Traceback" not in out, out
     assert out.count("corrupt_image:") == 1  # logged once per kind
     assert out.count("falling back to SGBM") == 1
 
 
 def test_instrument_seg_node_cue_with_yolo_fallback(ros_env, ros_node, scene):
-    proc = _start("surg3d_nodes.nodes.instrument_seg",
+    proc = start_node("surg3d_nodes.nodes.instrument_seg",
                   ["--params-file", str(CONFIG / "instrument_seg.yaml"), "-p", "heartbeat_period:=0.3",
                    "-p", "source:=yolo", "-p", "model_path:=/nonexistent/yolo.onnx", "-p", "margin_px:=8"],
                   ros_env)
     try:
         img_pub = ros_node.create_publisher(Image, topics.LEFT_RECT, 10)
         depth_pub = ros_node.create_publisher(Image, topics.DEPTH, 10)
-        got = _Collector(ros_node, {topics.INSTRUMENT_MASK: Image, topics.NODE_STATUS: NodeStatus})
-        assert _wait(lambda: img_pub.get_subscription_count() > 0 and depth_pub.get_subscription_count() > 0
+        got = Collector(ros_node, {topics.INSTRUMENT_MASK: Image, topics.NODE_STATUS: NodeStatus})
+        assert wait_until(lambda: img_pub.get_subscription_count() > 0 and depth_pub.get_subscription_count() > 0
                      and ros_node.count_publishers(topics.INSTRUMENT_MASK) > 0, 20), "instrument_seg not up"
         time.sleep(0.3)
         for f in scene.frames:
             img_pub.publish(image_to_msg(f.left, "rgb8", f.stamp_ns, "stereo_left_optical"))
             depth_pub.publish(image_to_msg(f.depth, "32FC1", f.stamp_ns, "stereo_left_optical"))
             time.sleep(0.3)
-        assert _wait(lambda: len(got.get(topics.INSTRUMENT_MASK)) >= len(scene.frames), 10), "no masks"
+        assert wait_until(lambda: len(got.get(topics.INSTRUMENT_MASK)) >= len(scene.frames), 10), "no masks"
         by_stamp = {f.stamp_ns: f for f in scene.frames}
         recalls = []
         for msg in got.get(topics.INSTRUMENT_MASK):
@@ -182,35 +138,35 @@ def test_instrument_seg_node_cue_with_yolo_fallback(ros_env, ros_node, scene):
         bad.data = bad.data[:50]
         img_pub.publish(bad)
         depth_pub.publish(image_to_msg(scene.frames[0].depth, "32FC1", t_bad, "x"))
-        assert _wait(lambda: "problems.corrupt_image" in _status_values(got, "instrument_seg"), 5)
+        assert wait_until(lambda: "problems.corrupt_image" in _status_values(got, "instrument_seg"), 5)
         values = _status_values(got, "instrument_seg")
         assert values["source"] == "cue" and int(values["yolo_fallback"]) == 1
         assert proc.poll() is None
     finally:
-        out = _stop(proc)
+        out = stop_node(proc)
     assert "Traceback" not in out, out
     assert "falling back to the cue segmenter" in out
 
 
 def test_instrument_seg_node_dataset_source(ros_env, ros_node, scene):
-    proc = _start("surg3d_nodes.nodes.instrument_seg", ["-p", "source:=dataset"], ros_env)
+    proc = start_node("surg3d_nodes.nodes.instrument_seg", ["-p", "source:=dataset"], ros_env)
     try:
         img_pub = ros_node.create_publisher(Image, topics.LEFT_RECT, 10)
         mask_pub = ros_node.create_publisher(Image, topics.DATASET_MASK, 10)
-        got = _Collector(ros_node, {topics.INSTRUMENT_MASK: Image})
-        assert _wait(lambda: img_pub.get_subscription_count() > 0 and mask_pub.get_subscription_count() > 0
+        got = Collector(ros_node, {topics.INSTRUMENT_MASK: Image})
+        assert wait_until(lambda: img_pub.get_subscription_count() > 0 and mask_pub.get_subscription_count() > 0
                      and ros_node.count_publishers(topics.INSTRUMENT_MASK) > 0, 20), "instrument_seg not up"
         time.sleep(0.3)
         for f in scene.frames[:2]:
             img_pub.publish(image_to_msg(f.left, "rgb8", f.stamp_ns, "stereo_left_optical"))
             mask_pub.publish(image_to_msg(f.mask, "mono8", f.stamp_ns + 1_000_000, "stereo_left_optical"))
             time.sleep(0.2)
-        assert _wait(lambda: len(got.get(topics.INSTRUMENT_MASK)) >= 2, 10), "no masks"
+        assert wait_until(lambda: len(got.get(topics.INSTRUMENT_MASK)) >= 2, 10), "no masks"
         for msg, f in zip(got.get(topics.INSTRUMENT_MASK), scene.frames, strict=False):
             assert stamp_to_ns(msg.header.stamp) == f.stamp_ns  # the image's stamp, not the mask's
             assert np.array_equal(msg_to_image(msg, "mono8"), f.mask)
     finally:
-        out = _stop(proc)
+        out = stop_node(proc)
     assert "Traceback" not in out, out
 
 
@@ -220,24 +176,24 @@ def test_stereo_depth_node_calibration_files(ros_env, ros_node, scene, tmp_path)
 
     left_yaml = save_camera_yaml(scene.cam_left, tmp_path / "left.yaml", "left")
     right_yaml = save_camera_yaml(scene.cam_right, tmp_path / "right.yaml", "right")
-    proc = _start("surg3d_nodes.nodes.stereo_depth",
+    proc = start_node("surg3d_nodes.nodes.stereo_depth",
                   ["-p", f"left_calibration_file:={left_yaml}",
                    "-p", f"right_calibration_file:={right_yaml}"], ros_env)
     try:
         pub = {t: ros_node.create_publisher(Image, t, 10) for t in (topics.LEFT_IMAGE, topics.RIGHT_IMAGE)}
-        got = _Collector(ros_node, {topics.DEPTH: Image, topics.LEFT_RECT_INFO: CameraInfo})
-        assert _wait(lambda: all(p.get_subscription_count() > 0 for p in pub.values())
+        got = Collector(ros_node, {topics.DEPTH: Image, topics.LEFT_RECT_INFO: CameraInfo})
+        assert wait_until(lambda: all(p.get_subscription_count() > 0 for p in pub.values())
                      and ros_node.count_publishers(topics.DEPTH) > 0, 20), "stereo_depth node not up"
         time.sleep(0.3)
         f = scene.frames[0]
         pub[topics.LEFT_IMAGE].publish(image_to_msg(f.left, "rgb8", f.stamp_ns, "left"))
         pub[topics.RIGHT_IMAGE].publish(image_to_msg(f.right, "rgb8", f.stamp_ns, "right"))
-        assert _wait(lambda: len(got.get(topics.DEPTH)) >= 1 and len(got.get(topics.LEFT_RECT_INFO)) >= 1, 10)
+        assert wait_until(lambda: len(got.get(topics.DEPTH)) >= 1 and len(got.get(topics.LEFT_RECT_INFO)) >= 1, 10)
         depth = msg_to_image(got.get(topics.DEPTH)[0], "32FC1")
         tissue = (f.mask == 0) & np.isfinite(f.depth) & np.isfinite(depth)
         assert np.median(np.abs(depth[tissue] - f.depth[tissue]) / f.depth[tissue]) < 0.03
         info = got.get(topics.LEFT_RECT_INFO)[0]
         assert info.header.frame_id == topics.LEFT_OPTICAL_FRAME
     finally:
-        out = _stop(proc)
+        out = stop_node(proc)
     assert "Traceback" not in out, out

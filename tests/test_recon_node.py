@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from geometry_msgs.msg import PoseStamped
+from rosproc import Collector, call_service, stop_node, wait_until
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from std_srvs.srv import Trigger
 
@@ -28,39 +28,6 @@ def scene():
     return generate(SynthConfig(width=64, height=48, frames=8, instruments=1, noise_std=1.0))
 
 
-class _Latest:
-    def __init__(self, node, specs: dict[str, type]) -> None:
-        self.lock = threading.Lock()
-        self.msgs: dict[str, list] = {t: [] for t in specs}
-        for topic, cls in specs.items():
-            node.create_subscription(cls, topic, lambda m, t=topic: self._add(t, m), 10)
-
-    def _add(self, topic, msg) -> None:
-        with self.lock:
-            self.msgs[topic].append(msg)
-
-    def last(self, topic):
-        with self.lock:
-            return self.msgs[topic][-1] if self.msgs[topic] else None
-
-
-def _wait(cond, timeout: float) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return True
-        time.sleep(0.05)
-    return cond()
-
-
-def _call(node, cls, name: str, req, timeout: float = 20.0):
-    cli = node.create_client(cls, name)
-    assert cli.wait_for_service(timeout_sec=timeout), f"service {name} not available"
-    fut = cli.call_async(req)
-    assert _wait(fut.done, timeout), f"service {name} did not answer"
-    return fut.result()
-
-
 def _start(out_dir: Path, env: dict[str, str]) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "surg3d_nodes.nodes.trainer", "--ros-args", "--params-file",
@@ -70,20 +37,10 @@ def _start(out_dir: Path, env: dict[str, str]) -> subprocess.Popen:
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def _stop(proc: subprocess.Popen) -> str:
-    proc.terminate()
-    try:
-        out, _ = proc.communicate(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, _ = proc.communicate()
-    return out
-
-
 def test_trainer_node(ros_env, ros_node, scene, tmp_path):
     out_dir = tmp_path / "recon"
     proc = _start(out_dir, ros_env)
-    got = _Latest(ros_node, {topics.RECON_STATUS: TrainerStatus, topics.RECON_POINTS: PointCloud2,
+    got = Collector(ros_node, {topics.RECON_STATUS: TrainerStatus, topics.RECON_POINTS: PointCloud2,
                              topics.RECON_RENDER: Image, topics.RECON_DEOCCLUDED: Image,
                              topics.RECON_RENDER_DEPTH: Image, topics.NODE_STATUS: NodeStatus})
     try:
@@ -91,8 +48,8 @@ def test_trainer_node(ros_env, ros_node, scene, tmp_path):
             "info": (CameraInfo, topics.LEFT_RECT_INFO), "image": (Image, topics.LEFT_RECT),
             "depth": (Image, topics.DEPTH), "mask": (Image, topics.INSTRUMENT_MASK),
             "pose": (PoseStamped, topics.CAMERA_POSE)}.items()}
-        assert _wait(lambda: got.last(topics.RECON_STATUS) is not None, 30), "no status from the node"
-        assert _wait(lambda: all(p.get_subscription_count() > 0 for p in pubs.values()), 20)
+        assert wait_until(lambda: got.last(topics.RECON_STATUS) is not None, 30), "no status from the node"
+        assert wait_until(lambda: all(p.get_subscription_count() > 0 for p in pubs.values()), 20)
         frame_id = topics.LEFT_OPTICAL_FRAME
         for f in scene.frames[:6]:
             s = f.stamp_ns
@@ -103,7 +60,7 @@ def test_trainer_node(ros_env, ros_node, scene, tmp_path):
             pubs["mask"].publish(image_to_msg(f.mask, "mono8", s, frame_id))
             pubs["pose"].publish(pose_to_msg(f.pose, s, topics.WORLD_FRAME))
             time.sleep(0.15)
-        ok = _wait(lambda: got.last(topics.RECON_STATUS).frames_used >= 4
+        ok = wait_until(lambda: got.last(topics.RECON_STATUS).frames_used >= 4
                    and got.last(topics.RECON_STATUS).iterations > 5, 60)
         if not ok:
             proc.terminate()
@@ -112,36 +69,36 @@ def test_trainer_node(ros_env, ros_node, scene, tmp_path):
         st = got.last(topics.RECON_STATUS)
         assert st.state == "running" and st.backend == "torch" and st.device == "cpu"
         assert st.num_gaussians > 500
-        assert _wait(lambda: got.last(topics.RECON_POINTS) is not None, 20)
+        assert wait_until(lambda: got.last(topics.RECON_POINTS) is not None, 20)
         pts = msg_to_pointcloud(got.last(topics.RECON_POINTS))
         assert set(pts.dtype.names) == {"x", "y", "z", "rgb", "opacity", "scale"} and len(pts) > 100
         assert np.nanmedian(pts["z"]) == pytest.approx(np.nanmedian(scene.frames[0].depth), rel=0.2)
-        assert _wait(lambda: got.last(topics.RECON_RENDER) is not None
+        assert wait_until(lambda: got.last(topics.RECON_RENDER) is not None
                      and got.last(topics.RECON_DEOCCLUDED) is not None, 20)
         assert msg_to_image(got.last(topics.RECON_RENDER), "rgb8").shape == (48, 64, 3)
         assert msg_to_image(got.last(topics.RECON_RENDER_DEPTH), "32FC1").shape == (48, 64)
 
-        assert _call(ros_node, Trigger, topics.SRV_PAUSE, Trigger.Request()).success
-        assert _wait(lambda: got.last(topics.RECON_STATUS).state == "paused", 30)
+        assert call_service(ros_node, Trigger, topics.SRV_PAUSE, Trigger.Request()).success
+        assert wait_until(lambda: got.last(topics.RECON_STATUS).state == "paused", 30)
         time.sleep(0.6)
         it = got.last(topics.RECON_STATUS).iterations
         time.sleep(0.8)
         assert got.last(topics.RECON_STATUS).iterations == it
-        assert _call(ros_node, Trigger, topics.SRV_RESUME, Trigger.Request()).success
-        assert _wait(lambda: got.last(topics.RECON_STATUS).iterations > it, 20)
+        assert call_service(ros_node, Trigger, topics.SRV_RESUME, Trigger.Request()).success
+        assert wait_until(lambda: got.last(topics.RECON_STATUS).iterations > it, 20)
 
-        res = _call(ros_node, SaveModel, topics.SRV_SAVE, SaveModel.Request(path="", kind="checkpoint"))
+        res = call_service(ros_node, SaveModel, topics.SRV_SAVE, SaveModel.Request(path="", kind="checkpoint"))
         assert res.success and Path(res.path).is_file() and Path(res.path).parent == out_dir, res.message
-        res = _call(ros_node, SaveModel, topics.SRV_SAVE, SaveModel.Request(path=str(tmp_path / "m.ply"),
+        res = call_service(ros_node, SaveModel, topics.SRV_SAVE, SaveModel.Request(path=str(tmp_path / "m.ply"),
                                                                             kind="ply"))
         assert res.success and (tmp_path / "m.ply").read_bytes().startswith(b"ply\n")
-        bad = _call(ros_node, SaveModel, topics.SRV_SAVE, SaveModel.Request(path="", kind="obj"))
+        bad = call_service(ros_node, SaveModel, topics.SRV_SAVE, SaveModel.Request(path="", kind="obj"))
         assert not bad.success and "unknown kind" in bad.message
 
         req = RenderView.Request()
         req.pose = pose_to_msg(scene.frames[5].pose, 0, topics.WORLD_FRAME).pose
         req.width, req.height = 32, 24
-        view = _call(ros_node, RenderView, topics.SRV_RENDER_VIEW, req)
+        view = call_service(ros_node, RenderView, topics.SRV_RENDER_VIEW, req)
         assert view.success and (view.color.width, view.color.height) == (32, 24)
         assert msg_to_image(view.color, "rgb8").mean() > 10
 
@@ -150,33 +107,33 @@ def test_trainer_node(ros_env, ros_node, scene, tmp_path):
 
         def param(name, **value):
             return Parameter(name=name, value=ParameterValue(**value))
-        live = _call(ros_node, SetParameters, "/trainer/set_parameters", SetParameters.Request(parameters=[
+        live = call_service(ros_node, SetParameters, "/trainer/set_parameters", SetParameters.Request(parameters=[
             param("max_gaussians", type=ParameterType.PARAMETER_INTEGER, integer_value=123456),
             param("points_rate", type=ParameterType.PARAMETER_DOUBLE, double_value=0.0)]))
         assert all(r.successful for r in live.results), live
-        fixed = _call(ros_node, SetParameters, "/trainer/set_parameters", SetParameters.Request(parameters=[
+        fixed = call_service(ros_node, SetParameters, "/trainer/set_parameters", SetParameters.Request(parameters=[
             param("device", type=ParameterType.PARAMETER_STRING, string_value="cuda")]))
         assert not fixed.results[0].successful and "fixed at start" in fixed.results[0].reason
 
-        assert _call(ros_node, Trigger, topics.SRV_RESET, Trigger.Request()).success
-        assert _wait(lambda: got.last(topics.RECON_STATUS).num_gaussians == 0, 30)
-        res = _call(ros_node, LoadCheckpoint, topics.SRV_LOAD, LoadCheckpoint.Request(path=""))
+        assert call_service(ros_node, Trigger, topics.SRV_RESET, Trigger.Request()).success
+        assert wait_until(lambda: got.last(topics.RECON_STATUS).num_gaussians == 0, 30)
+        res = call_service(ros_node, LoadCheckpoint, topics.SRV_LOAD, LoadCheckpoint.Request(path=""))
         assert res.success, res.message
-        assert _wait(lambda: got.last(topics.RECON_STATUS).num_gaussians > 500, 30)
-        missing = _call(ros_node, LoadCheckpoint, topics.SRV_LOAD,
+        assert wait_until(lambda: got.last(topics.RECON_STATUS).num_gaussians > 500, 30)
+        missing = call_service(ros_node, LoadCheckpoint, topics.SRV_LOAD,
                         LoadCheckpoint.Request(path=str(tmp_path / "none.pt")))
         assert not missing.success and "does not exist" in missing.message
         assert proc.poll() is None, "node died"
     finally:
-        out = _stop(proc)
+        out = stop_node(proc)
     assert proc.returncode == 0, out
 
     # A restarted (respawned) trainer resumes from the newest checkpoint in output_dir by itself.
     n_before = len(got.msgs[topics.RECON_STATUS])
     proc = _start(out_dir, ros_env)
     try:
-        assert _wait(lambda: len(got.msgs[topics.RECON_STATUS]) > n_before
+        assert wait_until(lambda: len(got.msgs[topics.RECON_STATUS]) > n_before
                      and got.last(topics.RECON_STATUS).num_gaussians > 500, 60)
     finally:
-        out = _stop(proc)
+        out = stop_node(proc)
     assert "resumed from" in out and proc.returncode == 0, out

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -24,26 +23,17 @@ import pytest
 import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
+from rosproc import Launch
 from test_ui_browser import UI_TESTS, _requirements
 
 pytestmark = pytest.mark.ros
 ROOT = Path(__file__).resolve().parents[1]
-NEEDED = ("trainer", "stereo_depth", "instrument_seg", "bag_replay")
-MISSING = [n for n in NEEDED if not (ROOT / "surg3d_nodes" / "nodes" / f"{n}.py").is_file()]
-needs_graph = pytest.mark.skipif(bool(MISSING), reason=f"graph nodes not written yet: {', '.join(MISSING)}")
 
 
 def _config(tmp_path: Path) -> Path:
-    """config/ copy: bridge on a free port, monitor with a 0.5 s period, both in the replay preset."""
+    """config/ copy: bridge on a free port, monitor with a 0.5 s period."""
     cdir = tmp_path / "config"
     shutil.copytree(ROOT / "config", cdir)
-    graph = yaml.safe_load((cdir / "graph.yaml").read_text())
-    for name in ("foxglove_bridge", "monitor"):
-        graph["nodes"].setdefault(name, {"executable": name, "parameter_files": [f"{name}.yaml"]})
-        names = [e if isinstance(e, str) else e["name"] for e in graph["presets"]["replay"]["nodes"]]
-        if name not in names:
-            graph["presets"]["replay"]["nodes"].append(name)
-    (cdir / "graph.yaml").write_text(yaml.safe_dump(graph))
     bridge = yaml.safe_load((cdir / "foxglove_bridge.yaml").read_text())
     bridge["/**"]["ros__parameters"].update(port=0, output_dir=str(tmp_path / "out"))
     (cdir / "foxglove_bridge.yaml").write_text(yaml.safe_dump(bridge))
@@ -53,46 +43,14 @@ def _config(tmp_path: Path) -> Path:
     return cdir
 
 
-class Launch:
-    """`surg3d launch replay` with its output collected."""
-
-    def __init__(self, cdir: Path, bag: Path, out: Path, env: dict) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "surg3d_nodes.cli", "launch", "--config-dir",
-                                      str(cdir), "replay", f"bag:={bag}", "loop:=true",
-                                      f"output_dir:={out}", "device:=cpu"], env=env, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, text=True)
-        self.lines: list[str] = []
-        threading.Thread(target=lambda: [self.lines.append(x.rstrip()) for x in self.proc.stdout],
-                         daemon=True).start()
-
-    def wait_for(self, pattern: str, timeout: float, after: int = 0) -> re.Match:
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            for line in self.lines[after:]:
-                if m := re.search(pattern, line):
-                    return m
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.1)
-        raise AssertionError(f"no line ~ {pattern!r}; output:\n" + "\n".join(self.lines[-80:]))
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-        try:
-            return self.proc.wait(60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait()
-
-
 @pytest.fixture
 def graph(ros_env, tmp_path):
     clip = tmp_path / "clip"
     subprocess.run([sys.executable, "-m", "surg3d_nodes.cli", "synth", str(clip), "--width", "160",
                     "--height", "128", "--frames", "20"], check=True, capture_output=True, timeout=300,
                    env=ros_env)
-    launch = Launch(_config(tmp_path), clip / "bag", tmp_path / "out", ros_env)
+    launch = Launch(["--config-dir", str(_config(tmp_path)), "replay", f"bag:={clip / 'bag'}", "loop:=true",
+                     f"output_dir:={tmp_path / 'out'}", "device:=cpu"], ros_env)
     launch.port = int(launch.wait_for(r"\[foxglove_bridge\].*ws://[\d.]+:(\d+)", 60).group(1))
     yield launch
     assert launch.stop() == 0, "\n".join(launch.lines[-60:])
@@ -122,7 +80,6 @@ def _read_ply(path: Path) -> np.ndarray:
     return np.frombuffer(body, dtype=np.dtype(props), count=n)
 
 
-@needs_graph
 @pytest.mark.skipif(_requirements() is not None, reason=str(_requirements()))
 def test_browser_on_the_replay_graph(graph, tmp_path) -> None:
     """The browser end-to-end test of tests/ui/e2e.mjs, against the real graph."""
@@ -145,7 +102,6 @@ def test_browser_on_the_replay_graph(graph, tmp_path) -> None:
     assert json.loads((tmp_path / "out" / "rois.json").read_text())["rois"], "the region persisted"
 
 
-@needs_graph
 def test_trainer_killed_mid_run_is_reported_restarted_and_resumes(graph, ros_node, tmp_path) -> None:
     from diagnostic_msgs.msg import DiagnosticArray
     from std_srvs.srv import Trigger
