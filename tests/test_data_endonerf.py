@@ -98,5 +98,5 @@ def test_bad_poses(clip: Path, tmp_path: Path) -> None:
 def test_malformed_calib_yaml(clip: Path, tmp_path: Path) -> None:
     bad = _copy(clip, tmp_path)
     (bad / "surg3d_calib.yaml").write_text("fps: [30\n")
-    with pytest.raises(DatasetError, match=r"malformed YAML in .*surg3d_calib\.yaml"):
+    with pytest.raises(DatasetError, match=r"surg3d_calib\.yaml: malformed YAML"):
         EndoNeRFReader(bad)

@@ -13,6 +13,7 @@ import numpy as np
 import yaml
 
 from surg3d_nodes.core.camera import CameraModel
+from surg3d_nodes.core.files import read_yaml_mapping
 
 _MATRICES = {"camera_matrix": (3, 3), "distortion_coefficients": None, "rectification_matrix": (3, 3),
              "projection_matrix": (3, 4)}
@@ -21,14 +22,7 @@ _MATRICES = {"camera_matrix": (3, 3), "distortion_coefficients": None, "rectific
 def load_camera_yaml(path: str | os.PathLike, frame_id: str = "camera") -> CameraModel:
     """CameraModel of a camera_calibration YAML file; raises ValueError naming the file and the bad field."""
     p = Path(path)
-    if not p.is_file():
-        raise ValueError(f"camera calibration file {p} not found")
-    try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        raise ValueError(f"{p}: malformed YAML: {e}") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{p}: expected a camera_calibration mapping (image_width, camera_matrix, ...)")
+    data = read_yaml_mapping(p, expected="a camera_calibration mapping (image_width, camera_matrix, ...)")
     mats = {}
     for key, shape in _MATRICES.items():
         entry = data.get(key)

@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
+from surg3d_nodes.core.files import read_yaml_mapping
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 
@@ -107,15 +107,7 @@ def default_config_dir() -> Path:
 
 
 def _load_yaml(path: Path) -> dict:
-    if not path.is_file():
-        raise GraphError(f"{path}: file not found")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise GraphError(f"{path}: malformed YAML: {e}") from None
-    if not isinstance(data, dict):
-        raise GraphError(f"{path}: expected a mapping at the top level, found {type(data).__name__}")
-    return data
+    return read_yaml_mapping(path, GraphError, "a mapping at the top level")
 
 
 def load_preset(preset: str, overrides: dict[str, str] | None = None,

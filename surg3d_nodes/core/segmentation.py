@@ -12,6 +12,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from surg3d_nodes.core.files import onnx_session
+
 
 class SegmentationModelError(RuntimeError):
     """A learned segmentation model could not be loaded or run."""
@@ -299,15 +301,7 @@ class YoloSegmenter:
         self._ultra = None
         self.session = None
         if path.suffix.lower() == ".onnx":
-            import onnxruntime as ort
-
-            avail = ort.get_available_providers()
-            if providers is None:
-                providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in avail]
-            try:
-                self.session = ort.InferenceSession(str(path), providers=providers)
-            except Exception as exc:  # onnxruntime raises several unrelated types for a bad file
-                raise SegmentationModelError(f"cannot load YOLO ONNX model {path}: {exc}") from exc
+            self.session = onnx_session(path, providers, SegmentationModelError, "YOLO ONNX model")
             n_out = len(self.session.get_outputs())
             if n_out < 2:
                 raise SegmentationModelError(

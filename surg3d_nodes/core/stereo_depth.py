@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 
 from surg3d_nodes.core.camera import CameraModel
+from surg3d_nodes.core.files import onnx_session
 
 
 class DepthModelError(RuntimeError):
@@ -261,15 +262,7 @@ class OnnxDepth:
             raise ValueError(f"mono_output must be 'inverse_depth' or 'depth', got {mono_output!r}")
         if normalize not in ("unit", "imagenet"):
             raise ValueError(f"normalize must be 'unit' or 'imagenet', got {normalize!r}")
-        import onnxruntime as ort
-
-        avail = ort.get_available_providers()
-        if providers is None:
-            providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in avail]
-        try:
-            self.session = ort.InferenceSession(str(path), providers=providers)
-        except Exception as exc:  # onnxruntime raises several unrelated types for a bad file
-            raise DepthModelError(f"cannot load ONNX depth model {path}: {exc}") from exc
+        self.session = onnx_session(path, providers, DepthModelError, "ONNX depth model")
         self.inputs = self.session.get_inputs()
         if len(self.inputs) not in (1, 2):
             raise DepthModelError(f"ONNX depth model {path} has {len(self.inputs)} inputs; expected 1 (mono) "

@@ -40,6 +40,7 @@ from surg3d_nodes.core.datasets.base import (
     write_gray,
     write_rgb,
 )
+from surg3d_nodes.core.files import read_yaml_mapping
 
 DEFAULT_BASELINE_M = 0.00428     # da Vinci endoscope used for EndoNeRF, ~4.3 mm
 DEFAULT_FPS = 30.0               # EndoNeRF publishes no rate; its loaders use time = i / N
@@ -113,13 +114,7 @@ class EndoNeRFReader(DatasetReader):
         path = self.root / CALIB_FILE
         if not path.exists():
             return {}
-        try:
-            data = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as e:
-            raise DatasetError(f"malformed YAML in {path}: {e}") from e
-        if not isinstance(data, dict):
-            raise DatasetError(f"{path}: expected a mapping (fps, start_ns, baseline_m, cx, cy)")
-        return data
+        return read_yaml_mapping(path, DatasetError, "a mapping (fps, start_ns, baseline_m, cx, cy)")
 
     def _read_poses(self, n: int, w: int, h: int) -> np.ndarray:
         path = require_file(self.root / "poses_bounds.npy", "EndoNeRF poses")
