@@ -33,6 +33,19 @@ def test_out_of_order_arrival_and_late_messages():
     assert s.stats.unmatched == [1, 0]
 
 
+def test_time_jump_back_restarts_pairing():
+    """A looping bag sends its first stamps again: pairing resumes instead of refusing them all as late."""
+    s = ApproxTimeSync(2, tolerance_ns=2 * MS, jump_back_ns=1000 * MS)
+    for t in (0, 33, 66):
+        s.add(0, (5000 + t) * MS, "L")
+        assert s.add(1, (5000 + t) * MS, "R") is not None
+    assert s.add(0, 4500 * MS, "late") is None  # 566 ms back: an ordinary late frame
+    assert s.stats.late == [1, 0] and s.stats.time_jumps == 0
+    assert s.add(0, 0, "L0") is None  # 5 s back: the bag looped
+    assert s.add(1, 1 * MS, "R0") == (("L0", "R0"), (0, 1 * MS))
+    assert s.stats.time_jumps == 1 and s.stats.late == [1, 0]
+
+
 def test_three_inputs_and_skipped_frames_counted():
     s = ApproxTimeSync(3, tolerance_ns=3 * MS)
     s.add(0, 0, "a0")

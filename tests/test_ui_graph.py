@@ -31,14 +31,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _config(tmp_path: Path) -> Path:
-    """config/ copy: bridge on a free port, monitor with a 0.5 s period."""
+    """config/ copy with a monitor period of 0.5 s."""
     cdir = tmp_path / "config"
     shutil.copytree(ROOT / "config", cdir)
-    bridge = yaml.safe_load((cdir / "foxglove_bridge.yaml").read_text())
-    bridge["/**"]["ros__parameters"].update(port=0, output_dir=str(tmp_path / "out"))
-    (cdir / "foxglove_bridge.yaml").write_text(yaml.safe_dump(bridge))
     mon = yaml.safe_load((cdir / "monitor.yaml").read_text())
-    mon["/**"]["ros__parameters"].update(period=0.5, stall_periods=2, checkpoint_period=0.0)
+    mon["/**"]["ros__parameters"].update(period=0.5, stall_periods=2)
     (cdir / "monitor.yaml").write_text(yaml.safe_dump(mon))
     return cdir
 
@@ -50,7 +47,8 @@ def graph(ros_env, tmp_path):
                     "--height", "128", "--frames", "20"], check=True, capture_output=True, timeout=300,
                    env=ros_env)
     launch = Launch(["--config-dir", str(_config(tmp_path)), "replay", f"bag:={clip / 'bag'}", "loop:=true",
-                     f"output_dir:={tmp_path / 'out'}", "device:=cpu"], ros_env)
+                     f"output_dir:={tmp_path / 'out'}", "device:=cpu", "bridge_port:=0",
+                     "checkpoint_period:=0.0"], ros_env)
     launch.port = int(launch.wait_for(r"\[foxglove_bridge\].*ws://[\d.]+:(\d+)", 60).group(1))
     yield launch
     assert launch.stop() == 0, "\n".join(launch.lines[-60:])

@@ -4,7 +4,9 @@ A ROS-free replacement for message_filters.ApproximateTimeSynchronizer (not avai
 one bounded, stamp-sorted queue per input; a set is emitted as soon as one message per input lies
 within `tolerance_ns` of all the others (max stamp - min stamp <= tolerance). Messages that can no
 longer be part of a set (older than an emitted set, or arriving after it) are counted as unmatched;
-messages pushed out of a full queue are counted as dropped.
+messages pushed out of a full queue are counted as dropped. A stamp more than `jump_back_ns` older than
+the newest emitted set is a time jump (a replayed bag looping, a restarted clock): the queues and the
+emission history restart from it instead of refusing every later message as late.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ class SyncStats:
     dropped: list[int] = field(default_factory=list)
     late: list[int] = field(default_factory=list)
     sets_emitted: int = 0
+    time_jumps: int = 0
 
 
 class ApproxTimeSync:
@@ -35,7 +38,8 @@ class ApproxTimeSync:
     older than the newest emitted set of its input cannot be used any more and counts as `late`.
     """
 
-    def __init__(self, num_inputs: int, tolerance_ns: int, queue_size: int = 10) -> None:
+    def __init__(self, num_inputs: int, tolerance_ns: int, queue_size: int = 10,
+                 jump_back_ns: int = 1_000_000_000) -> None:
         if num_inputs < 2:
             raise ValueError(f"ApproxTimeSync needs at least 2 inputs, got {num_inputs}")
         if tolerance_ns < 0:
@@ -45,6 +49,7 @@ class ApproxTimeSync:
         self.num_inputs = int(num_inputs)
         self.tolerance_ns = int(tolerance_ns)
         self.queue_size = int(queue_size)
+        self.jump_back_ns = int(jump_back_ns)
         self._stamps: list[list[int]] = [[] for _ in range(num_inputs)]
         self._msgs: list[list[Any]] = [[] for _ in range(num_inputs)]
         self._last_emitted: list[int | None] = [None] * num_inputs
@@ -66,6 +71,10 @@ class ApproxTimeSync:
             st = self.stats
             st.received[index] += 1
             last = self._last_emitted[index]
+            if last is not None and stamp_ns < last - self.jump_back_ns:
+                st.time_jumps += 1
+                self._clear()
+                last = None
             if last is not None and stamp_ns <= last:
                 st.late[index] += 1
                 st.unmatched[index] += 1
@@ -116,7 +125,10 @@ class ApproxTimeSync:
     def reset(self) -> None:
         """Forget all queued messages and the emission history (counters are kept)."""
         with self._lock:
-            for j in range(self.num_inputs):
-                self._stamps[j].clear()
-                self._msgs[j].clear()
-                self._last_emitted[j] = None
+            self._clear()
+
+    def _clear(self) -> None:
+        for j in range(self.num_inputs):
+            self._stamps[j].clear()
+            self._msgs[j].clear()
+            self._last_emitted[j] = None

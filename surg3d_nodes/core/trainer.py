@@ -409,12 +409,14 @@ class OnlineTrainer:
     def _drain(self, max_frames: int) -> bool:
         got = 0
         while got < max_frames:
-            try:
-                frame, t_in = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            got += 1
+            # Take the frame under the lock: a reset between taking and processing it would otherwise
+            # rebuild the model from a frame of before the reset.
             with self._lock:
+                try:
+                    frame, t_in = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                got += 1
                 self._process(frame, t_in)
         return got > 0
 
