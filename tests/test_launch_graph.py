@@ -73,3 +73,23 @@ def test_a_dying_node_is_respawned_or_stops_the_graph(synth_bag: Path, ros_env, 
         assert graph.proc.wait(timeout=60) == 1
     finally:
         graph.stop()
+
+
+def test_single_process_mode_runs_the_same_graph(synth_bag: Path, ros_env, ros_node, tmp_path: Path) -> None:
+    from sensor_msgs.msg import Image, PointCloud2
+
+    seen: set[str] = set()
+    wanted = {topics.DEPTH: Image, topics.INSTRUMENT_MASK: Image, topics.RECON_POINTS: PointCloud2}
+    for topic, kind in wanted.items():
+        ros_node.create_subscription(kind, topic, lambda m, t=topic: seen.add(t), 10)
+    graph = Launch(["replay", f"bag:={synth_bag}", f"output_dir:={tmp_path}", "loop:=true",
+                    f"bridge_port:={free_port()}", "--single-process"], ros_env)
+    try:
+        deadline = time.monotonic() + 180
+        while seen != set(wanted) and time.monotonic() < deadline and graph.proc.poll() is None:
+            time.sleep(0.5)
+        assert seen == set(wanted), f"missing {set(wanted) - seen}; output:\n" + "\n".join(graph.lines[-40:])
+    finally:
+        code = graph.stop(timeout=90)
+    assert code == 0, "\n".join(graph.lines[-40:])
+    assert any("[trainer]" in line for line in graph.lines) and any("[stereo_depth]" in line for line in graph.lines)
