@@ -24,16 +24,15 @@ import cv2
 import numpy as np
 
 from surg3d_nodes.core.dvrk_emulator import (
-    ECM,
     SYNTHETIC_INSTRUMENT,
-    VIDEO,
     DvrkEmulation,
     EmulatorConfig,
     emulate,
 )
+from surg3d_nodes.core.dvrk_eval import replay_streams
 from surg3d_nodes.core.geometry import backproject
 from surg3d_nodes.core.instrument_prior import mask_iou, pixel_rays, project_instruments
-from surg3d_nodes.core.kinematics import FrameResolver, KinematicCamera, pose_error
+from surg3d_nodes.core.kinematics import KinematicCamera, pose_error
 from surg3d_nodes.core.synthetic import SynthConfig
 
 
@@ -48,21 +47,8 @@ def perturbation(rng: np.random.Generator, trans_m: float, rot_deg: float) -> np
 
 def resolve(em: DvrkEmulation, hand_eye: np.ndarray) -> dict[int, tuple[np.ndarray, list[np.ndarray]]]:
     """{frame: (T_cart_cam, [T_cam_tip])} from the emulated streams with the given hand-eye."""
-    cam = KinematicCamera(hand_eye)
-    res = FrameResolver(cam)
-    frame_of = {em.image_stamp(i): i for i in range(len(em.scene.frames))}
-    out = {}
-    for m in em.messages:
-        if m.kind == ECM:
-            cam.add_ecm(m.stamp_ns, m.T)
-        elif m.kind == VIDEO:
-            res.add_image(m.stamp_ns, m.send_ns)
-        else:
-            cam.add_psm(m.kind, m.stamp_ns, m.T)
-        for fk in res.poll(m.send_ns):
-            if fk.camera.ok:
-                out[frame_of[fk.stamp_ns]] = (fk.camera.T, [r.T for r in fk.tools.values() if r.ok])
-    return out
+    return {i: (fk.camera.T, [r.T for r in fk.tools.values() if r.ok])
+            for i, fk in replay_streams(em, KinematicCamera(hand_eye)).items() if fk.camera.ok}
 
 
 def reprojection_px(em: DvrkEmulation, i: int, T_rel_est: np.ndarray, T_rel_true: np.ndarray) -> float:

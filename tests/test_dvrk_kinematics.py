@@ -9,13 +9,12 @@ import numpy as np
 import pytest
 
 from surg3d_nodes.core.dvrk_emulator import (
-    ECM,
     SYNTHETIC_INSTRUMENT,
-    VIDEO,
     DvrkEmulation,
     EmulatorConfig,
     emulate,
 )
+from surg3d_nodes.core.dvrk_eval import replay_streams
 from surg3d_nodes.core.geometry import pose_matrix
 from surg3d_nodes.core.instrument_prior import mask_iou, pixel_rays, project_instruments
 from surg3d_nodes.core.kinematics import (
@@ -97,22 +96,9 @@ def test_buffer_reports_every_fault_and_never_extrapolates():
 
 def _replay(em: DvrkEmulation, camera: KinematicCamera,
             max_wait_ms: float = 60.0) -> tuple[dict, FrameResolver]:
-    """Feed the emulated streams in delivery order as the node does; returns {frame: FrameKinematics}."""
+    """Feed the emulated streams in delivery order as the node does; returns ({frame: FrameKinematics}, resolver)."""
     resolver = FrameResolver(camera, max_wait_ns=round(max_wait_ms * MS))
-    by_stamp = {em.image_stamp(i): i for i in range(len(em.scene.frames))}
-    out = {}
-    for m in em.messages:
-        if m.kind == ECM:
-            camera.add_ecm(m.stamp_ns, m.T)
-        elif m.kind == VIDEO:
-            resolver.add_image(m.stamp_ns, m.send_ns)
-        else:
-            camera.add_psm(m.kind, m.stamp_ns, m.T)
-        for fk in resolver.poll(m.send_ns):
-            out[by_stamp[fk.stamp_ns]] = fk
-    for fk in resolver.poll(em.messages[-1].send_ns + 10**12):
-        out[by_stamp[fk.stamp_ns]] = fk
-    return out, resolver
+    return replay_streams(em, camera, resolver), resolver
 
 
 @pytest.fixture(scope="module")

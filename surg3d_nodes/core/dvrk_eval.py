@@ -8,26 +8,33 @@ import time
 import numpy as np
 
 from surg3d_nodes.core.dvrk_emulator import ECM, VIDEO, DvrkEmulation
-from surg3d_nodes.core.kinematics import FrameResolver, KinematicCamera
+from surg3d_nodes.core.kinematics import FrameKinematics, FrameResolver, KinematicCamera
 from surg3d_nodes.core.metrics import masked_psnr
 from surg3d_nodes.core.trainer import Frame, OnlineTrainer, TrainerConfig
 
 
-def kinematic_poses(em: DvrkEmulation, hand_eye: np.ndarray) -> dict[int, np.ndarray]:
-    """{frame: T_cart_cam} from the emulated streams (frames without a valid pose are absent)."""
-    cam = KinematicCamera(hand_eye)
-    res = FrameResolver(cam)
+def replay_streams(em: DvrkEmulation, camera: KinematicCamera,
+                   resolver: FrameResolver | None = None) -> dict[int, FrameKinematics]:
+    """Feed the emulated streams to `camera` and `resolver` in delivery order, as the kinematics node does;
+    {frame index: FrameKinematics} of every frame the resolver finalised (valid or not)."""
+    resolver = resolver or FrameResolver(camera)
     frame_of = {em.image_stamp(i): i for i in range(len(em.scene.frames))}
     out = {}
     for m in em.messages:
         if m.kind == ECM:
-            cam.add_ecm(m.stamp_ns, m.T)
+            camera.add_ecm(m.stamp_ns, m.T)
         elif m.kind == VIDEO:
-            res.add_image(m.stamp_ns, m.send_ns)
-        for fk in res.poll(m.send_ns):
-            if fk.camera.ok:
-                out[frame_of[fk.stamp_ns]] = fk.camera.T
+            resolver.add_image(m.stamp_ns, m.send_ns)
+        else:
+            camera.add_psm(m.kind, m.stamp_ns, m.T)
+        for fk in resolver.poll(m.send_ns):
+            out[frame_of[fk.stamp_ns]] = fk
     return out
+
+
+def kinematic_poses(em: DvrkEmulation, hand_eye: np.ndarray) -> dict[int, np.ndarray]:
+    """{frame: T_cart_cam} from the emulated streams (frames without a valid pose are absent)."""
+    return {i: fk.camera.T for i, fk in replay_streams(em, KinematicCamera(hand_eye)).items() if fk.camera.ok}
 
 
 def train_and_score(em: DvrkEmulation, poses: dict[int, np.ndarray], iterations: int, label: str,
