@@ -5,8 +5,9 @@ one bounded, stamp-sorted queue per input; a set is emitted as soon as one messa
 within `tolerance_ns` of all the others (max stamp - min stamp <= tolerance). Messages that can no
 longer be part of a set (older than an emitted set, or arriving after it) are counted as unmatched;
 messages pushed out of a full queue are counted as dropped. A stamp more than `jump_back_ns` older than
-the newest emitted set is a time jump (a replayed bag looping, a restarted clock): the queues and the
-emission history restart from it instead of refusing every later message as late.
+the newest emitted set (default 250 ms: several frames, far beyond any reordering in transport) is a time
+jump (a replayed bag looping, a restarted clock): the queues and the emission history restart from it
+instead of refusing every later message as late.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ class ApproxTimeSync:
     """
 
     def __init__(self, num_inputs: int, tolerance_ns: int, queue_size: int = 10,
-                 jump_back_ns: int = 1_000_000_000) -> None:
+                 jump_back_ns: int = 250_000_000) -> None:
         if num_inputs < 2:
             raise ValueError(f"ApproxTimeSync needs at least 2 inputs, got {num_inputs}")
         if tolerance_ns < 0:
