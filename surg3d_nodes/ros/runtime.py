@@ -102,19 +102,21 @@ def _spin_until_signal(nodes: Sequence[SurgNode]) -> int:
         try:
             executor.spin()
         except BaseException as e:  # a callback raised: report it and stop the process
-            failure.append(e)
+            if not stop.is_set():  # during shutdown, handles being destroyed are expected
+                failure.append(e)
             stop.set()
 
     thread = threading.Thread(target=spin, name="executor", daemon=True)
     thread.start()
     stop.wait()
+    # Stop spinning before the nodes release their resources: a callback must not run on a closed node.
+    executor.shutdown(timeout_sec=5.0)
+    thread.join(timeout=5.0)
     for node in nodes:
         try:
             node.close()
         except Exception as e:
             node.get_logger().error(f"close failed: {e!r}")
-    executor.shutdown(timeout_sec=5.0)
-    thread.join(timeout=5.0)
     for node in nodes:
         node.destroy_node()
     rclpy.try_shutdown()
