@@ -112,7 +112,8 @@ def test_bad_inputs_are_counted_not_fatal(scene):
         assert tr.wait_processed(20)
         st = tr.get_stats()
         r = st.skip_reasons
-        assert r["no_depth_for_init"] == 1 and r["out_of_order"] == 2 and r["no_pose"] == 2
+        assert r["no_depth_for_init"] == 1 and r["out_of_order"] == 1 and r["duplicate_stamp"] == 1
+        assert r["no_pose"] == 2
         assert r["bad_camera"] == 1 and r["bad_depth_shape"] == 1 and r["pose_jump"] == 1
         assert r["depth_all_invalid"] == 1
         assert st.frames_used == 3 and st.frames_received == 11
@@ -121,6 +122,44 @@ def test_bad_inputs_are_counted_not_fatal(scene):
         assert math.isfinite(tr.get_stats().loss)
     finally:
         tr.stop()
+
+
+def test_past_frames_train_at_their_own_time(scene):
+    """Reordered input and a looping replay: an older frame trains at its own time, a repeat is skipped,
+    and the live view follows the newest frame by arrival."""
+    fr = _frames(scene)
+    tr = OnlineTrainer(_cfg())
+    for f in [fr[0], fr[1], fr[3], fr[2], fr[4]]:          # fr[2] arrives late
+        tr._process(f, time.monotonic())
+    for f in fr[:6]:                                        # the replay loops: stamps start over
+        tr._process(f, time.monotonic())
+    st = tr.get_stats()
+    assert st.frames_used == 6 and st.frames_past == 1 and st.skip_reasons == {"duplicate_stamp": 5}
+    assert st.last_frame_stamp == fr[5].stamp_ns and np.array_equal(tr.live_pose(), fr[5].pose)
+    t = sorted(k.t for k in tr.keyframes)
+    np.testing.assert_allclose(t, [(f.stamp_ns - fr[0].stamp_ns) * 1e-9 for f in fr[:6]], atol=1e-9)
+    # A second pass with the same stamps but a camera displaced at that moment is a pose jump.
+    moved = fr[3].pose.copy()
+    moved[:3, 3] += [0.2, 0.0, 0.0]
+    tr2 = OnlineTrainer(_cfg())
+    for f in [fr[0], fr[2], fr[4], Frame(fr[3].stamp_ns, fr[3].rgb, fr[3].depth, fr[3].mask, moved,
+                                         scene.cam_left)]:
+        tr2._process(f, time.monotonic())
+    assert tr2.get_stats().skip_reasons == {"pose_jump": 1}
+
+
+def test_long_pause_does_not_allocate_knots(scene):
+    fr = _frames(scene)
+    tr = OnlineTrainer(_cfg(max_time_gap_s=1.0))
+    tr._process(fr[0], time.monotonic())
+    hour = 3600 * 10**9
+    later = Frame(fr[1].stamp_ns + hour, fr[1].rgb, fr[1].depth, fr[1].mask, fr[1].pose, scene.cam_left)
+    tr._process(later, time.monotonic())
+    st = tr.get_stats()
+    assert st.frames_used == 2 and st.time_gaps_shortened == 1
+    assert tr.model.num_knots <= 12                          # 1 s of model time at 0.1 s spacing
+    assert tr.time_of(later.stamp_ns) == pytest.approx(1.0)
+    assert tr.time_of(fr[1].stamp_ns) == pytest.approx((fr[1].stamp_ns - fr[0].stamp_ns) * 1e-9)
 
 
 def test_ingest_never_blocks_when_queue_full(scene):
@@ -217,6 +256,11 @@ def test_checkpoint_during_training_reloads_identically(scene, tmp_path):
     # ... and training continues from it.
     loaded.train_offline([], 5)
     assert loaded.get_stats().iterations == st.iterations + 5
+    state["version"] = 1
+    old = tmp_path / "old.pt"
+    torch.save(state, old)
+    with pytest.raises(ValueError, match="format version 1"):
+        load_checkpoint(old)
     with pytest.raises(ValueError, match="not a surg3d"):
         bad = tmp_path / "bad.pt"
         torch.save({"x": 1}, bad)

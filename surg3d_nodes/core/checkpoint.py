@@ -17,7 +17,7 @@ from .render import RenderCamera
 from .trainer import OnlineTrainer, TrainerConfig, _Keyframe
 
 FORMAT = "surg3d-recon-checkpoint"
-VERSION = 1
+VERSION = 2
 
 
 def _cpu(x):
@@ -37,7 +37,7 @@ def save_checkpoint(trainer: OnlineTrainer, path: str | os.PathLike, keyframes: 
             "config": asdict(trainer.cfg),
             "params": _cpu(m.params), "time_origin": m.time_origin,
             "optimizer": _cpu(trainer.optimizer.state_dict()) if trainer.optimizer else None,
-            "first_stamp_ns": trainer.first_stamp_ns, "last_stamp_ns": trainer.last_stamp_ns,
+            "clock": trainer.clock.state_dict(), "live_stamp_ns": trainer.live_stamp_ns,
             "last_pose": trainer._last_pose, "scene_depth": trainer.scene_depth,
             "stats": asdict(trainer.get_stats()),
             "keyframes": [{
@@ -74,6 +74,9 @@ def load_checkpoint(path: str | os.PathLike, trainer: OnlineTrainer | None = Non
         raise ValueError(f"checkpoint {p} is not readable: {e}") from e
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ValueError(f"{p} is not a surg3d reconstruction checkpoint")
+    if state.get("version") != VERSION:
+        raise ValueError(f"checkpoint {p} has format version {state.get('version')}; this surg3d reads version "
+                         f"{VERSION} (train again or use the surg3d release that wrote it)")
     cfg = TrainerConfig.from_dict(state["config"])
     if device is not None:
         cfg.device, cfg.backend = device, "auto"
@@ -86,8 +89,8 @@ def load_checkpoint(path: str | os.PathLike, trainer: OnlineTrainer | None = Non
         trainer._reset_state()
         dev = trainer.device
         trainer.model.load_params(state["params"], state["time_origin"])
-        trainer.first_stamp_ns = state["first_stamp_ns"]
-        trainer.last_stamp_ns = state["last_stamp_ns"]
+        trainer.clock.load_state_dict(state["clock"])
+        trainer.live_stamp_ns = state["live_stamp_ns"]
         trainer._last_pose = state["last_pose"]
         trainer.scene_depth = float(state["scene_depth"])
         trainer._make_optimizer()
@@ -104,7 +107,8 @@ def load_checkpoint(path: str | os.PathLike, trainer: OnlineTrainer | None = Non
             trainer.keyframes.append(kf)
             trainer._recent.append(kf)
         st = state["stats"]
-        for key in ("frames_received", "frames_used", "frames_skipped", "iterations"):
+        for key in ("frames_received", "frames_used", "frames_skipped", "iterations", "frames_past",
+                    "time_gaps_shortened"):
             setattr(trainer.stats, key, int(st[key]))
         trainer._skip.update(st.get("skip_reasons", {}))
     return trainer

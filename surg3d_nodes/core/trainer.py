@@ -24,6 +24,7 @@ from .camera import CameraModel
 from .gaussians import GaussianConfig, GaussianModel
 from .geometry import backproject
 from .metrics import ssim_map
+from .model_clock import ModelClock
 from .render import RenderCamera, render_evaluated, resolve_backend
 from .sparse_adam import DictAdam
 
@@ -86,6 +87,7 @@ class TrainerConfig:
     pose_jump_m: float = 0.05            # translation between consecutive poses that counts as a jump
     pose_jump_deg: float = 30.0
     pose_jump_accept_after: int = 5      # consecutive jumped frames after which the new pose is accepted
+    max_time_gap_s: float = 2.0          # a longer pause of the stream counts as this much model time
     queue_size: int = 16
     num_threads: int = 0                 # torch CPU threads for the trainer (0 = leave as is)
     seed: int = 0
@@ -144,6 +146,8 @@ class TrainerStats:
     psnr_recent: float = 0.0
     latency_ms: float = 0.0
     last_frame_stamp: int = 0
+    frames_past: int = 0                 # used frames older than the newest (reordered, a looping replay)
+    time_gaps_shortened: int = 0         # pauses longer than max_time_gap_s
     backend: str = ""
     device: str = ""
 
@@ -185,9 +189,9 @@ class OnlineTrainer:
         self.keyframes: list[_Keyframe] = []
         self.stats = TrainerStats(backend=self.backend, device=str(self.device))
         self._skip = Counter()
-        self.first_stamp_ns: int | None = None
-        self.last_stamp_ns: int | None = None
-        self._last_pose: np.ndarray | None = None
+        self.clock = ModelClock(c.max_time_gap_s)
+        self.live_stamp_ns: int | None = None     # the newest frame by arrival (a loop restarts it)
+        self._last_pose: np.ndarray | None = None  # pose of that frame
         self._jumps = 0
         self.scene_depth = 0.0
         self.optimizer: DictAdam | None = None
@@ -276,8 +280,8 @@ class OnlineTrainer:
         return False
 
     def time_of(self, stamp_ns: int) -> float:
-        """Model time (seconds since the first used frame) of a stamp."""
-        return 0.0 if self.first_stamp_ns is None else (int(stamp_ns) - self.first_stamp_ns) * 1e-9
+        """Model time (seconds since the first used frame, long pauses shortened) of a stamp."""
+        return self.clock.time_of(stamp_ns)
 
     def snapshot(self, time_s: float | None = None) -> Snapshot:
         """Points, colours, opacities and scales at model time `time_s` (default: newest frame)."""
@@ -285,7 +289,7 @@ class OnlineTrainer:
             params = self.model.detached_copy()
             t = self._latest_time() if time_s is None else float(time_s)
             it = self.stats.iterations
-            stamp = self.last_stamp_ns or 0
+            stamp = self.live_stamp_ns or 0
         with torch.no_grad():
             g = self.model.evaluate(t, None, params=params)
         return Snapshot(g["means"].cpu().numpy().astype(np.float32),
@@ -341,7 +345,7 @@ class OnlineTrainer:
         return save_ply(path, self.model, t, params)
 
     def live_pose(self) -> np.ndarray | None:
-        """Pose of the newest used frame (None before the first)."""
+        """Pose of the newest frame by arrival (None before the first)."""
         with self._lock:
             return None if self._last_pose is None else self._last_pose.copy()
 
@@ -435,13 +439,17 @@ class OnlineTrainer:
         if self.model.num_gaussians == 0 and not kf.has_depth:
             self._count_skip("no_depth_for_init")
             return
-        if self.first_stamp_ns is None:
-            self.first_stamp_ns = int(f.stamp_ns)
-            kf.t = 0.0
+        if self.optimizer is None:
             valid = kf.depth[kf.depth > 0]
             self.scene_depth = float(valid.median()) if valid.numel() else 0.05
             self._make_optimizer()
-        self.last_stamp_ns = int(f.stamp_ns)
+        stamp = int(f.stamp_ns)
+        if self.clock.newest_ns is None or stamp > self.clock.newest_ns:
+            self.stats.time_gaps_shortened += int(self.clock.advance(stamp))
+        else:
+            self.stats.frames_past += 1
+        kf.t = self.time_of(stamp)
+        self.live_stamp_ns = int(f.stamp_ns)
         self._last_pose = kf.pose
         if self.model.ensure_time(kf.t):
             self.optimizer.grow_knots(self.model.num_knots)
@@ -464,16 +472,24 @@ class OnlineTrainer:
         h, w = f.rgb.shape[:2]
         if f.camera is None or (f.camera.width, f.camera.height) != (w, h):
             return "bad_camera"
-        if self.last_stamp_ns is not None and int(f.stamp_ns) <= self.last_stamp_ns:
-            return "out_of_order"
+        stamp = int(f.stamp_ns)
+        if self.clock.first_ns is not None and stamp <= self.clock.newest_ns:
+            # Older than the newest (reordered input, a looping replay): the deformable model covers that
+            # time, so the frame trains at its own time unless it precedes the model or repeats a frame.
+            if stamp < self.clock.first_ns:
+                return "out_of_order"
+            if any(k.stamp_ns == stamp for k in self._stored()):
+                return "duplicate_stamp"
         if f.pose is None or np.asarray(f.pose).shape != (4, 4) or not np.all(np.isfinite(f.pose)):
             return "no_pose"
         if f.depth is not None and f.depth.shape != (h, w):
             return "bad_depth_shape"
         if f.mask is not None and f.mask.shape != (h, w):
             return "bad_mask_shape"
-        if self._last_pose is not None:
-            d = np.linalg.inv(self._last_pose) @ np.asarray(f.pose, dtype=np.float64)
+        ref = min(self._stored(), key=lambda k: abs(k.stamp_ns - stamp), default=None)
+        if ref is not None:
+            # Compared with the frame nearest in time: after a loop that is the frame of the same moment.
+            d = np.linalg.inv(ref.pose) @ np.asarray(f.pose, dtype=np.float64)
             ang = math.degrees(math.acos(float(np.clip((np.trace(d[:3, :3]) - 1) / 2, -1, 1))))
             if np.linalg.norm(d[:3, 3]) > self.cfg.pose_jump_m or ang > self.cfg.pose_jump_deg:
                 self._jumps += 1
@@ -482,6 +498,9 @@ class OnlineTrainer:
                 self._skip["pose_jump_accepted"] += 1
         self._jumps = 0
         return None
+
+    def _stored(self) -> list[_Keyframe]:
+        return [*self.keyframes, *self._recent]
 
     def _to_keyframe(self, f: Frame) -> _Keyframe:
         s = self.cfg.image_scale
@@ -513,7 +532,7 @@ class OnlineTrainer:
                          RenderCamera.from_ros(pose, K, w, h, device=dev), pose, K, has_depth)
 
     def _latest_time(self) -> float:
-        return self.time_of(self.last_stamp_ns) if self.last_stamp_ns is not None else 0.0
+        return self.time_of(self.live_stamp_ns) if self.live_stamp_ns is not None else 0.0
 
     # ------------------------------------------------------------------ model growth
     @torch.no_grad()
