@@ -51,7 +51,10 @@ def test_stereo_depth_node(ros_env, ros_node, scene):
             time.sleep(0.15)
 
         f0 = scene.frames[0]
-        send_pair(f0.stamp_ns - 10**9, f0.left, f0.right)  # before any CameraInfo: skipped and reported
+        # Before any CameraInfo: the newest pair waits for it, an older one is skipped and reported.
+        early = f0.stamp_ns - 10**9 // 2
+        send_pair(f0.stamp_ns - 10**9, f0.left, f0.right)
+        send_pair(early, f0.left, f0.right)
         assert wait_until(lambda: "problems.camera_info_missing" in _status_values(got, "stereo_depth"), 5)
 
         def send_info(stamp):
@@ -62,9 +65,10 @@ def test_stereo_depth_node(ros_env, ros_node, scene):
             send_info(f.stamp_ns)
             time.sleep(0.05)
             send_pair(f.stamp_ns, f.left, f.right)
-        assert wait_until(lambda: len(got.get(topics.DEPTH)) >= len(scene.frames), 10), \
+        assert wait_until(lambda: len(got.get(topics.DEPTH)) >= len(scene.frames) + 1, 10), \
             f"{len(got.get(topics.DEPTH))} depth images; status {_status_values(got, 'stereo_depth')}"
-        by_stamp = {f.stamp_ns: f for f in scene.frames}
+        by_stamp = {f.stamp_ns: f for f in scene.frames} | {early: f0}
+        assert early in {stamp_to_ns(m.header.stamp) for m in got.get(topics.DEPTH)}   # the held pair
         for msg in got.get(topics.DEPTH):
             f = by_stamp[stamp_to_ns(msg.header.stamp)]
             depth = msg_to_image(msg, "32FC1")

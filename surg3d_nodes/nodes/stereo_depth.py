@@ -82,6 +82,7 @@ class StereoDepthNode(SurgNode):
             for path, frame in ((str(p["left_calibration_file"]), topics.LEFT_OPTICAL_FRAME),
                                 (str(p["right_calibration_file"]), topics.RIGHT_OPTICAL_FRAME))]
         self._info: list[CameraInfo | None] = [None, None]
+        self._held: tuple[Image, Image] | None = None   # a pair matched before its CameraInfo arrived
         self._engine = None
         self._engine_key: tuple | None = None
         self._times: list[float] = []
@@ -106,16 +107,35 @@ class StereoDepthNode(SurgNode):
 
     # ------------------------------------------------------------------ inputs
     def on_info(self, side: int, msg: CameraInfo) -> None:
-        """Keep the latest CameraInfo of each side (validated when a pair is processed)."""
+        """Keep the latest CameraInfo of each side (validated when a pair is processed); release a pair
+        that was waiting for it."""
         self._info[side] = msg
+        if self._held is not None and not self._missing_info():
+            held, self._held = self._held, None
+            self._submit(*held)
+
+    def _missing_info(self) -> bool:
+        return any(self._info[s] is None and self._file_cams[s] is None for s in (0, 1))
 
     def on_image(self, side: int, msg: Image) -> None:
-        """Queue an image for stamp pairing; a matched pair goes to the worker (oldest dropped when busy)."""
+        """Queue an image for stamp pairing; a matched pair goes to the worker (oldest dropped when busy).
+
+        A pair matched before its CameraInfo (drivers publish the info just after the image) waits for it;
+        only the newest such pair is held, an older one goes on and is reported as missing its calibration.
+        """
         self.count("images_left" if side == 0 else "images_right")
         out = self.sync.add(side, stamp_to_ns(msg.header.stamp), msg)
         if out is None:
             return
-        item = (out[0][0], out[0][1], self._info[0], self._info[1])
+        pair = (out[0][0], out[0][1])
+        if self._missing_info():
+            pair, self._held = self._held, pair
+            if pair is None:
+                return
+        self._submit(*pair)
+
+    def _submit(self, left: Image, right: Image) -> None:
+        item = (left, right, self._info[0], self._info[1])
         try:
             self._work.put_nowait(item)
         except queue.Full:
