@@ -265,3 +265,41 @@ def test_checkpoint_during_training_reloads_identically(scene, tmp_path):
         bad = tmp_path / "bad.pt"
         torch.save({"x": 1}, bad)
         load_checkpoint(bad)
+
+
+def test_knot_budget_bounds_memory_and_keeps_motion(scene, tmp_path):
+    """A long sequence with a small knot budget: the knot count stays bounded, the newest knots keep full
+    resolution, the removed knots are the ones a straight line explains, and a checkpoint keeps the times."""
+    from surg3d_nodes.core.gaussians import GaussianConfig, GaussianModel
+
+    model = GaussianModel(GaussianConfig(knot_spacing=0.1, max_knots=8))
+    model.append(model.new_gaussians(np.array([[0.0, 0.0, 0.1], [0.01, 0.0, 0.1]]), np.full((2, 3), 0.5), 0.0))
+    removed = []
+    for step in range(1, 31):
+        t = 0.1 * step
+        model.ensure_time(t)
+        with torch.no_grad():                       # x moves linearly until 1.0 s, then stays (a kink)
+            model.params["pos_knots"][:, -1, 0] = min(t, 1.0) * 0.01
+        removed += model.simplify_knots(keep_recent=3)
+        assert model.num_knots <= 8 and len(model.knot_times) == model.params["col_knots"].shape[1]
+    assert len(removed) == 31 - 8
+    kt = model.knot_times
+    assert kt[0] == 0.0 and np.allclose(kt[-3:], [2.8, 2.9, 3.0])
+    assert any(abs(x - 1.0) < 1e-9 for x in kt)     # the kink survives: a line through it is wrong
+    for t in (0.35, 0.8, 1.0, 1.7, 2.95):
+        x = model.evaluate(t)["means"][0, 0].item()
+        assert x == pytest.approx(min(t, 1.0) * 0.01, abs=1e-6)
+
+    fr = _frames(scene)
+    tr = OnlineTrainer(_cfg(knot_spacing_s=0.02, max_knots=6, recent_knots=2))
+    tr.train_offline(fr, 10)
+    st = tr.get_stats()
+    assert st.frames_used == len(fr) and st.iterations == 10
+    assert tr.model.num_knots == 6
+    for name in tr.model.KNOT_KEYS:
+        assert tr.optimizer.m[name].shape == tr.model.params[name].shape
+        assert tr.optimizer.steps[name].shape == (6,)
+    loaded = load_checkpoint(save_checkpoint(tr, tmp_path / "k.pt"))
+    assert loaded.model.knot_times == tr.model.knot_times
+    _, _, alpha = loaded.render_view(fr[-1].pose, loaded.time_of(fr[-1].stamp_ns))
+    assert alpha.mean() > 0.5

@@ -35,7 +35,7 @@ def save_checkpoint(trainer: OnlineTrainer, path: str | os.PathLike, keyframes: 
         state = {
             "format": FORMAT, "version": VERSION,
             "config": asdict(trainer.cfg),
-            "params": _cpu(m.params), "time_origin": m.time_origin,
+            "params": _cpu(m.params), "knot_times": list(m.knot_times),
             "optimizer": _cpu(trainer.optimizer.state_dict()) if trainer.optimizer else None,
             "clock": trainer.clock.state_dict(), "live_stamp_ns": trainer.live_stamp_ns,
             "last_pose": trainer._last_pose, "scene_depth": trainer.scene_depth,
@@ -88,7 +88,7 @@ def load_checkpoint(path: str | os.PathLike, trainer: OnlineTrainer | None = Non
         trainer.cfg = cfg
         trainer._reset_state()
         dev = trainer.device
-        trainer.model.load_params(state["params"], state["time_origin"])
+        trainer.model.load_params(state["params"], state["knot_times"])
         trainer.clock.load_state_dict(state["clock"])
         trainer.live_stamp_ns = state["live_stamp_ns"]
         trainer._last_pose = state["last_pose"]

@@ -2,14 +2,18 @@
 
 Each Gaussian has a mean, log-scales, a wxyz quaternion, an opacity logit and colour as SH DC (+ optional
 degree-1 rest). Motion and appearance change are per-Gaussian piecewise-linear tracks over time knots
-spaced `knot_spacing` apart (position offset, colour offset, optionally log-scale offset). Knots are
-appended as time advances, so the model can be rendered at any past time of an arbitrarily long online
-sequence, and a track is evaluated with two gathers (cheap for both backends). Gaussians born later
-inherit the motion of their nearest existing neighbour so they follow the tissue they belong to.
+(position offset, colour offset, optionally log-scale offset), shared by all Gaussians. Knots are appended
+every `knot_spacing` as time advances, so the model can be rendered at any past time of an online
+sequence, and a track is evaluated with two gathers (cheap for both backends). Memory stays bounded in a
+long surgery: beyond `max_knots`, the past knot that the straight line between its neighbours explains
+best is removed (`simplify_knots`), so old motion is kept at a coarser, adaptive time resolution while
+the newest knots keep the full one. Gaussians born later inherit the motion of their nearest existing
+neighbour so they follow the tissue they belong to.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,10 +26,12 @@ SH_C1 = 0.4886025119029199
 
 @dataclass
 class GaussianConfig:
-    """Shape of the model: SH degree (0 or 1), knot spacing (model time units), deformable scale."""
+    """Shape of the model: SH degree (0 or 1), knot spacing (model time units), knot budget (0 = none),
+    deformable scale."""
 
     sh_degree: int = 1
     knot_spacing: float = 0.1
+    max_knots: int = 0
     deform_scale: bool = True
     init_opacity: float = 0.7
     min_scale: float = 1e-5
@@ -46,9 +52,11 @@ class GaussianModel:
             raise ValueError(f"sh_degree must be 0 or 1, got {cfg.sh_degree}")
         if cfg.knot_spacing <= 0:
             raise ValueError(f"knot_spacing must be positive, got {cfg.knot_spacing}")
+        if cfg.max_knots and cfg.max_knots < 4:
+            raise ValueError(f"max_knots must be 0 (unbounded) or at least 4, got {cfg.max_knots}")
         self.cfg = cfg
         self.device = torch.device(device)
-        self.time_origin = float(time_origin)
+        self.knot_times: list[float] = [float(time_origin)]
         self.params: dict[str, torch.Tensor] = {}
         self._allocate(0, 1)
 
@@ -75,20 +83,23 @@ class GaussianModel:
 
     def time_range(self) -> tuple[float, float]:
         """Model time covered by the knots."""
-        return self.time_origin, self.time_origin + (self.num_knots - 1) * self.cfg.knot_spacing
+        return self.knot_times[0], self.knot_times[-1]
 
-    def knots_needed(self, t: float) -> int:
-        """Number of knots that covers time t."""
-        return max(1, int(np.ceil((t - self.time_origin) / self.cfg.knot_spacing - 1e-9)) + 1)
+    def knot_index(self, t: float, knot_times: list[float] | None = None) -> tuple[int, int, float]:
+        """Knots (i0, i1) around time t and the weight w of i1 (times outside the range clamp);
+        `knot_times` defaults to the model's own."""
+        kt = self.knot_times if knot_times is None else knot_times
+        if t <= kt[0] or len(kt) == 1:
+            return 0, 0, 0.0
+        if t >= kt[-1]:
+            return len(kt) - 1, len(kt) - 1, 0.0
+        i0 = bisect_right(kt, t) - 1
+        return i0, i0 + 1, (t - kt[i0]) / (kt[i0 + 1] - kt[i0])
 
     # ----------------------------------------------------------------- evaluation
     def _interp(self, p: dict[str, torch.Tensor], name: str, t: float) -> torch.Tensor:
         k = p[name]
-        last = k.shape[1] - 1
-        u = min(max((t - self.time_origin) / self.cfg.knot_spacing, 0.0), float(last))
-        i0 = int(np.floor(u))
-        i1 = min(i0 + 1, last)
-        w = u - i0
+        i0, i1, w = self.knot_index(t, p["knot_times"].tolist() if "knot_times" in p else None)
         return k[:, i0] * (1.0 - w) + k[:, i1] * w if w > 0 else k[:, i0]
 
     def evaluate(self, t: float, cam_center: torch.Tensor | None = None,
@@ -116,21 +127,60 @@ class GaussianModel:
         }
 
     def detached_copy(self) -> dict[str, torch.Tensor]:
-        """A consistent detached copy of all parameters (take it under the trainer's lock)."""
-        return {k: v.detach().clone() for k, v in self.params.items()}
+        """A consistent detached copy of all parameters plus `knot_times` (a float64 tensor), so it can be
+        evaluated while training adds or removes knots (take it under the trainer's lock)."""
+        copy = {k: v.detach().clone() for k, v in self.params.items()}
+        copy["knot_times"] = torch.tensor(self.knot_times, dtype=torch.float64)
+        return copy
 
     # ----------------------------------------------------------------- growth
-    def ensure_time(self, t: float) -> bool:
-        """Append knots (copies of the last one) so time t is covered; True when knots were added."""
-        need = self.knots_needed(t)
-        extra = need - self.num_knots
-        if extra <= 0:
-            return False
+    def ensure_time(self, t: float) -> int:
+        """Append knots every `knot_spacing` (copies of the last one) until time t is covered; returns
+        how many were added."""
+        last, step = self.knot_times[-1], self.cfg.knot_spacing
+        extra = max(0, int(np.ceil((t - last) / step - 1e-9)))
+        if extra == 0:
+            return 0
+        self.knot_times += [last + step * (i + 1) for i in range(extra)]
         for name in self.KNOT_KEYS:
             if name in self.params:
                 k = self.params[name].detach()
                 self.params[name] = torch.cat([k, k[:, -1:].expand(-1, extra, -1)], 1).requires_grad_()
-        return True
+        return extra
+
+    @torch.no_grad()
+    def simplify_knots(self, keep_recent: int, scales: dict[str, float] | None = None) -> list[int]:
+        """Remove knots until at most `cfg.max_knots` remain (no-op when unbounded); returns the removed
+        indices, in removal order, so the optimizer can drop the same columns.
+
+        Only knots older than the newest `keep_recent` (and never the first) are candidates; each removal
+        takes the knot whose values the linear interpolation of its two neighbours reproduces best (mean
+        absolute deviation over all Gaussians, each track divided by `scales[name]`, e.g. the scene depth
+        for positions).
+        """
+        removed: list[int] = []
+        budget = self.cfg.max_knots
+        while budget and self.num_knots > budget:
+            hi = self.num_knots - max(1, keep_recent)         # candidates j in [1, hi)
+            if hi <= 1:
+                break
+            kt = torch.tensor(self.knot_times, dtype=torch.float64)
+            w = ((kt[1:hi] - kt[:hi - 1]) / (kt[2:hi + 1] - kt[:hi - 1])).to(self.device, torch.float32)
+            err = torch.zeros(hi - 1, device=self.device)
+            for name in self.KNOT_KEYS:
+                if name not in self.params:
+                    continue
+                k = self.params[name].detach()
+                lin = k[:, :hi - 1] * (1 - w)[None, :, None] + k[:, 2:hi + 1] * w[None, :, None]
+                err += (k[:, 1:hi] - lin).abs().mean(dim=(0, 2)) / (scales or {}).get(name, 1.0)
+            j = int(torch.argmin(err)) + 1
+            keep = [i for i in range(self.num_knots) if i != j]
+            for name in self.KNOT_KEYS:
+                if name in self.params:
+                    self.params[name] = self.params[name].detach()[:, keep].requires_grad_()
+            del self.knot_times[j]
+            removed.append(j)
+        return removed
 
     def new_gaussians(self, points: np.ndarray, colors: np.ndarray, t_birth: float,
                       camera_rotation: np.ndarray | None = None) -> dict[str, torch.Tensor]:
@@ -190,10 +240,13 @@ class GaussianModel:
         """Keep only the Gaussians where the boolean mask `keep` is True."""
         self.params = {k: v.detach()[keep].requires_grad_() for k, v in self.params.items()}
 
-    def load_params(self, params: dict[str, torch.Tensor], time_origin: float) -> None:
+    def load_params(self, params: dict[str, torch.Tensor], knot_times: list[float]) -> None:
         """Replace all parameters (checkpoint restore); keys must match this model's configuration."""
         if set(params) != set(self.params):
             raise ValueError(f"checkpoint parameters {sorted(params)} do not match the model's "
                              f"{sorted(self.params)}")
+        if params["pos_knots"].shape[1] != len(knot_times):
+            raise ValueError(f"checkpoint has {params['pos_knots'].shape[1]} knots but {len(knot_times)} "
+                             "knot times")
         self.params = {k: v.detach().to(self.device).clone().requires_grad_() for k, v in params.items()}
-        self.time_origin = float(time_origin)
+        self.knot_times = [float(x) for x in knot_times]

@@ -82,6 +82,14 @@ class DictAdam:
                 self.v[k] = torch.cat([self.v[k], t.new_zeros(t.shape[0], extra, t.shape[2])], 1)
                 self.steps[k] = torch.cat([self.steps[k], self.steps[k].new_zeros(extra)])
 
+    def drop_knot(self, j: int) -> None:
+        """Remove knot column j from the moments (after `GaussianModel.simplify_knots` removed it)."""
+        for k in list(self.m):
+            if self.m[k].dim() == 3:
+                keep = [i for i in range(self.m[k].shape[1]) if i != j]
+                self.m[k], self.v[k] = self.m[k][:, keep], self.v[k][:, keep]
+                self.steps[k] = self.steps[k][keep]
+
     def state_dict(self) -> dict:
         """Moments, step counts and learning rates."""
         return {"lrs": dict(self.lrs), "m": dict(self.m), "v": dict(self.v), "steps": dict(self.steps)}

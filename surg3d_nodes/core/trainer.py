@@ -53,6 +53,8 @@ class TrainerConfig:
     add_stride: int = 1                  # pixel stride when adding Gaussians on later frames
     sh_degree: int = 1
     knot_spacing_s: float = 0.1          # temporal resolution of the deformation tracks
+    max_knots: int = 128                 # knot budget (memory); older motion is kept coarser (0 = unbounded)
+    recent_knots: int = 32               # the newest knots always keep the full resolution
     deform_scale: bool = True
     init_opacity: float = 0.7
     ssim_lambda: float = 0.2
@@ -184,7 +186,8 @@ class OnlineTrainer:
     # ------------------------------------------------------------------ state
     def _reset_state(self) -> None:
         c = self.cfg
-        gcfg = GaussianConfig(c.sh_degree, c.knot_spacing_s, c.deform_scale, c.init_opacity)
+        gcfg = GaussianConfig(sh_degree=c.sh_degree, knot_spacing=c.knot_spacing_s, max_knots=c.max_knots,
+                              deform_scale=c.deform_scale, init_opacity=c.init_opacity)
         self.model = GaussianModel(gcfg, self.device)
         self.keyframes: list[_Keyframe] = []
         self.stats = TrainerStats(backend=self.backend, device=str(self.device))
@@ -453,6 +456,8 @@ class OnlineTrainer:
         self._last_pose = kf.pose
         if self.model.ensure_time(kf.t):
             self.optimizer.grow_knots(self.model.num_knots)
+            for j in self.model.simplify_knots(self.cfg.recent_knots, {"pos_knots": self.scene_depth}):
+                self.optimizer.drop_knot(j)
         if kf.has_depth:
             self._add_unexplained(kf, use_error=False)
         self.stats.frames_used += 1
@@ -594,8 +599,7 @@ class OnlineTrainer:
         return self.keyframes[int(self._rng.integers(len(self.keyframes)))]
 
     def _knot_window(self, t: float) -> tuple[int, int]:
-        u = (t - self.model.time_origin) / self.model.cfg.knot_spacing
-        i0 = math.floor(u)
+        i0 = self.model.knot_index(t)[0]
         return max(0, i0 - 2), min(self.model.num_knots, i0 + 4)
 
     def _loss(self, kf: _Keyframe) -> tuple[torch.Tensor, dict]:

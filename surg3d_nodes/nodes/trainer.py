@@ -47,8 +47,8 @@ from surg3d_nodes.ros.runtime import SurgNode, run_node
 
 # TrainerConfig fields exposed as ROS parameters (name -> default comes from the dataclass).
 CONFIG_PARAMS = ("device", "backend", "max_gaussians", "iterations_per_frame", "image_scale",
-                 "knot_spacing_s", "sh_degree", "init_stride", "add_stride", "max_keyframes",
-                 "keyframe_every",
+                 "knot_spacing_s", "max_knots", "recent_knots", "max_time_gap_s", "sh_degree", "init_stride",
+                 "add_stride", "max_keyframes", "keyframe_every",
                  "depth_weight", "ssim_lambda", "pose_jump_m", "pose_jump_deg", "queue_size", "num_threads",
                  "recent_window")
 
