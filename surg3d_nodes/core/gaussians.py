@@ -34,6 +34,7 @@ class GaussianConfig:
     max_knots: int = 0
     deform_scale: bool = True
     init_opacity: float = 0.7
+    init_scale: float = 1.0        # new Gaussians' scale as a multiple of the nearest-neighbour distance
     min_scale: float = 1e-5
 
 
@@ -126,6 +127,24 @@ class GaussianModel:
             "colors": rgb.clamp(min=0.0),
         }
 
+    def track_at(self, t: float, name: str) -> torch.Tensor:
+        """Value [N,3] of track `name` (pos_knots, col_knots, scale_knots) of every Gaussian at time t."""
+        return self._interp(self.params, name, t).detach()
+
+    @torch.no_grad()
+    def fit_track(self, name: str, t: float, rows: torch.Tensor, target: torch.Tensor) -> None:
+        """Make track `name` of Gaussians `rows` equal `target` [M,3] at time t with the smallest change of
+        its two knots around t (least-norm solution of the interpolation constraint)."""
+        i0, i1, w = self.knot_index(t)
+        k = self.params[name]
+        r = target - (k[rows, i0] * (1.0 - w) + k[rows, i1] * w)
+        if i0 == i1 or w == 0.0:
+            k[rows, i0] += r
+            return
+        a = 1.0 / ((1.0 - w) ** 2 + w ** 2)
+        k[rows, i0] += (a * (1.0 - w)) * r
+        k[rows, i1] += (a * w) * r
+
     def detached_copy(self) -> dict[str, torch.Tensor]:
         """A consistent detached copy of all parameters plus `knot_times` (a float64 tensor), so it can be
         evaluated while training adds or removes knots (take it under the trainer's lock)."""
@@ -199,7 +218,7 @@ class GaussianModel:
         dist, _ = tree.query(pts, k=k)
         dist = np.asarray(dist, dtype=np.float64).reshape(m, k)
         nn = np.sqrt(np.mean(dist[:, 1:] ** 2, axis=1)) if k > 1 else np.full(m, 1e-3)
-        nn = np.clip(np.nan_to_num(nn, nan=1e-3), self.cfg.min_scale, None)
+        nn = np.clip(np.nan_to_num(nn, nan=1e-3) * self.cfg.init_scale, self.cfg.min_scale, None)
         dev = self.device
         rows = {
             "means": torch.as_tensor(pts, device=dev),

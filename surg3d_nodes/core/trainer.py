@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from .camera import CameraModel
+from .flow_tracks import update_tracks
 from .gaussians import GaussianConfig, GaussianModel
 from .geometry import backproject
 from .metrics import ssim_map
@@ -57,6 +58,7 @@ class TrainerConfig:
     recent_knots: int = 32               # the newest knots always keep the full resolution
     deform_scale: bool = True
     init_opacity: float = 0.7
+    init_scale: float = 0.5              # x nearest-neighbour distance (smaller: sharper before training)
     ssim_lambda: float = 0.2
     depth_weight: float = 0.5            # weight of depth L1 measured relative to the scene depth
     smooth_weight: float = 1.0           # temporal smoothness (2nd differences) of the tracks
@@ -90,6 +92,7 @@ class TrainerConfig:
     pose_jump_deg: float = 30.0
     pose_jump_accept_after: int = 5      # consecutive jumped frames after which the new pose is accepted
     max_time_gap_s: float = 2.0          # a longer pause of the stream counts as this much model time
+    flow_tracks: bool = True             # start each new frame's deformation from optical + scene flow
     queue_size: int = 16
     num_threads: int = 0                 # torch CPU threads for the trainer (0 = leave as is)
     seed: int = 0
@@ -148,6 +151,7 @@ class TrainerStats:
     psnr_recent: float = 0.0
     latency_ms: float = 0.0
     last_frame_stamp: int = 0
+    flow_tracked: int = 0                # Gaussians moved by scene flow at the newest frame
     frames_past: int = 0                 # used frames older than the newest (reordered, a looping replay)
     time_gaps_shortened: int = 0         # pauses longer than max_time_gap_s
     backend: str = ""
@@ -187,7 +191,8 @@ class OnlineTrainer:
     def _reset_state(self) -> None:
         c = self.cfg
         gcfg = GaussianConfig(sh_degree=c.sh_degree, knot_spacing=c.knot_spacing_s, max_knots=c.max_knots,
-                              deform_scale=c.deform_scale, init_opacity=c.init_opacity)
+                              deform_scale=c.deform_scale, init_opacity=c.init_opacity,
+                              init_scale=c.init_scale)
         self.model = GaussianModel(gcfg, self.device)
         self.keyframes: list[_Keyframe] = []
         self.stats = TrainerStats(backend=self.backend, device=str(self.device))
@@ -458,6 +463,8 @@ class OnlineTrainer:
             self.optimizer.grow_knots(self.model.num_knots)
             for j in self.model.simplify_knots(self.cfg.recent_knots, {"pos_knots": self.scene_depth}):
                 self.optimizer.drop_knot(j)
+        if self.cfg.flow_tracks and kf.has_depth and self._recent and self._recent[-1].has_depth:
+            self.stats.flow_tracked = update_tracks(self.model, self._recent[-1], kf, self.scene_depth)
         if kf.has_depth:
             self._add_unexplained(kf, use_error=False)
         self.stats.frames_used += 1
