@@ -17,17 +17,21 @@ from surg3d_nodes.core.trainer import Frame, OnlineTrainer, TrainerConfig
 torch.set_num_threads(1)
 
 
-def test_fit_track_is_least_norm():
+def test_fit_track_changes_only_the_later_knot():
     model = GaussianModel(GaussianConfig(knot_spacing=1.0))
     model.append(model.new_gaussians(np.array([[0.0, 0.0, 1.0], [0.1, 0.0, 1.0]]), np.full((2, 3), 0.5), 0.0))
-    model.ensure_time(1.0)
+    model.ensure_time(2.0)
     rows = torch.tensor([1])
-    model.fit_track("pos_knots", 0.25, rows, torch.tensor([[0.4, 0.0, 0.0]]))
+    model.fit_track("pos_knots", 0.75, rows, torch.tensor([[0.3, 0.0, 0.0]]))
     k = model.params["pos_knots"].detach()
-    # Constraint 0.75 k0 + 0.25 k1 = 0.4 with the smallest change: (k0, k1) proportional to (0.75, 0.25).
-    assert k[1, :, 0].tolist() == pytest.approx([0.48, 0.16])
-    assert model.track_at(0.25, "pos_knots")[1, 0].item() == pytest.approx(0.4)
-    assert torch.all(k[0] == 0)                       # other Gaussians untouched
+    assert k[1, :, 0].tolist() == pytest.approx([0.0, 0.4, 0.0])   # exact: 0.75 * 0.4 = 0.3; past kept
+    assert model.track_at(0.75, "pos_knots")[1, 0].item() == pytest.approx(0.3)
+    model.fit_track("pos_knots", 1.25, rows, torch.tensor([[1.4, 0.0, 0.0]]))
+    # Early in the interval the step is limited to twice the residual (1.4 - 0.3): knot 2 = 0 + 2.2.
+    assert model.params["pos_knots"][1, :, 0].tolist() == pytest.approx([0.0, 0.4, 2.2])
+    assert torch.all(model.params["pos_knots"][0] == 0)           # other Gaussians untouched
+    model.fit_track("pos_knots", 1.0, rows, torch.tensor([[0.5, 0.0, 0.0]]))   # on a knot: that knot
+    assert model.params["pos_knots"][1, :, 0].tolist() == pytest.approx([0.0, 0.5, 2.2])
 
 
 def test_flow_tracks_follow_the_deforming_tissue():
@@ -47,4 +51,4 @@ def test_flow_tracks_follow_the_deforming_tissue():
     print(f"\nlast frame without training: flow tracks {p_on:.2f} dB, depth error {e_on * 1e3:.2f} mm; "
           f"without {p_off:.2f} dB, {e_off * 1e3:.2f} mm; {st_on.flow_tracked} Gaussians moved")
     assert st_on.flow_tracked > 0.8 * tr_on.model.num_gaussians
-    assert e_on < 0.6 * e_off and p_on > p_off + 0.3
+    assert p_on > p_off + 1.0 and e_on < 1.1 * e_off   # followed laterally; depth is left to training

@@ -4,7 +4,8 @@ Gradient descent alone needs many iterations per frame to discover where the tis
 trainer does not have. When a new frame arrives, dense optical flow (OpenCV DIS) from the previous frame,
 checked forward-backward, carries every Gaussian that was visible on the tissue surface of the previous
 frame to its pixel in the new one; the new frame's depth there gives its 3D position, and the colour change
-along the flow its appearance change. The tracks are then moved, with the smallest change of their knots,
+along the flow its appearance change; Gaussians the flow cannot follow move with their nearest followed
+neighbour. The tracks are then moved, with the smallest change of their knots,
 to pass through these positions and colours at the new frame's time; training refines from there. Moving
 cameras are handled by the poses (flow includes ego-motion; back-projection uses the new frame's pose).
 """
@@ -17,6 +18,7 @@ from typing import Protocol
 import cv2
 import numpy as np
 import torch
+from pykdtree.kdtree import KDTree
 
 from .gaussians import GaussianModel
 
@@ -28,6 +30,9 @@ class FlowTrackConfig:
     fb_max_px: float = 1.0         # forward-backward flow disagreement above this rejects a Gaussian
     depth_tol_rel: float = 0.03    # a Gaussian is on the visible surface when |z - depth| < this x depth
     max_motion_rel: float = 0.1    # a 3D step larger than this x scene depth between frames is rejected
+    neighbour_reach_rel: float = 0.05  # unfollowed Gaussians within this x scene depth move with a neighbour
+    smooth_sigma_rel: float = 0.015  # scene-flow smoothing (Gaussian sigma) as a fraction of the image width
+    min_support: float = 0.3         # a Gaussian needs this much valid flow around its pixel
 
 
 class FlowView(Protocol):
@@ -53,65 +58,93 @@ def _sample(img: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     return out.reshape(u.shape[0], *img.shape[2:])
 
 
-@torch.no_grad()
-def update_tracks(model: GaussianModel, prev: FlowView, cur: FlowView, scene_depth: float,
-                  cfg: FlowTrackConfig | None = None) -> int:
-    """Move the tracks of the Gaussians seen in `prev` to their flow-tracked positions and colours at
-    `cur.t`; returns how many Gaussians were updated (0 when `cur` is not later than `prev`)."""
-    cfg = cfg or FlowTrackConfig()
-    if model.num_gaussians == 0 or cur.t <= prev.t:
-        return 0
-    h, w = prev.depth.shape
-    g = model.evaluate(prev.t)
-    means = g["means"].cpu().numpy().astype(np.float64)
-    view = np.linalg.inv(prev.pose)
-    pc = means @ view[:3, :3].T + view[:3, 3]
-    z = pc[:, 2]
-    ok = z > 1e-6
-    zs = np.where(ok, z, 1.0)
-    u = prev.K[0, 0] * pc[:, 0] / zs + prev.K[0, 2]
-    v = prev.K[1, 1] * pc[:, 1] / zs + prev.K[1, 2]
-    ok &= (u >= 0) & (u <= w - 1) & (v >= 0) & (v <= h - 1)
-    idx = np.flatnonzero(ok)
-    if idx.size == 0:
-        return 0
-    u, v, z = u[idx], v[idx], z[idx]
-    ui, vi = np.rint(u).astype(int), np.rint(v).astype(int)
-    depth_p, tissue_p = prev.depth.cpu().numpy(), prev.tissue.cpu().numpy()
-    dp = depth_p[vi, ui]
-    surf = (dp > 0) & (tissue_p[vi, ui] > 0.5) & (np.abs(z - dp) < cfg.depth_tol_rel * np.maximum(dp, 1e-9))
+def image_flow(prev: FlowView, cur: FlowView, cfg: FlowTrackConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Smoothed optical flow [H,W,2] and colour change along it [H,W,3] on the pixel grid of `prev`, and
+    their support [H,W] (0..1).
 
+    Only tissue pixels whose flow is forward-backward consistent and lands on tissue count; a normalised
+    Gaussian blur averages over them only, so instruments and holes do not bleed in.
+    """
     g_prev, g_cur = _gray(prev.rgb), _gray(cur.rgb)
     dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
     fwd = dis.calc(g_prev, g_cur, None)
     bwd = dis.calc(g_cur, g_prev, None)
-    f = _sample(fwd, u, v)
-    uf, vf = u + f[:, 0], v + f[:, 1]
-    inside = (uf >= 0) & (uf <= w - 1) & (vf >= 0) & (vf <= h - 1)
-    b = _sample(bwd, np.clip(uf, 0, w - 1), np.clip(vf, 0, h - 1))
-    fb = np.hypot(uf + b[:, 0] - u, vf + b[:, 1] - v)
-    depth_c, tissue_c = cur.depth.cpu().numpy(), cur.tissue.cpu().numpy()
-    uci, vci = np.clip(np.rint(uf), 0, w - 1).astype(int), np.clip(np.rint(vf), 0, h - 1).astype(int)
-    dc = depth_c[vci, uci]
-    good = surf & inside & (fb < cfg.fb_max_px) & (dc > 0) & (tissue_c[vci, uci] > 0.5)
+    h, w = g_prev.shape
+    vv, uu = np.mgrid[0:h, 0:w].astype(np.float32)
+    uf, vf = uu + fwd[..., 0], vv + fwd[..., 1]
+    back = cv2.remap(bwd, uf, vf, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    fb = np.hypot(uf + back[..., 0] - uu, vf + back[..., 1] - vv)
+    tc = cv2.remap(cur.tissue.cpu().numpy(), uf, vf, cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT)
+    valid = ((prev.tissue.cpu().numpy() > 0.5) & (tc > 0.5) & (fb < cfg.fb_max_px)
+             & (uf >= 0) & (uf <= w - 1) & (vf >= 0) & (vf <= h - 1)).astype(np.float32)
+    rgb_c = cv2.remap(cur.rgb.cpu().numpy(), uf, vf, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    sigma = cfg.smooth_sigma_rel * w
+    support = cv2.GaussianBlur(valid, (0, 0), sigma)
+
+    def blur(x: np.ndarray) -> np.ndarray:
+        num = cv2.GaussianBlur((x * valid[..., None]).astype(np.float32), (0, 0), sigma)
+        return num / np.maximum(support, 1e-6)[..., None]
+    return blur(fwd), blur(rgb_c - prev.rgb.cpu().numpy()), support
+
+
+def _project(means: np.ndarray, view: FlowView) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    T = np.linalg.inv(view.pose)
+    pc = means @ T[:3, :3].T + T[:3, 3]
+    z = pc[:, 2]
+    zs = np.where(z > 1e-6, z, 1.0)
+    return view.K[0, 0] * pc[:, 0] / zs + view.K[0, 2], view.K[1, 1] * pc[:, 1] / zs + view.K[1, 2], z
+
+
+@torch.no_grad()
+def update_tracks(model: GaussianModel, prev: FlowView, cur: FlowView, scene_depth: float,
+                  cfg: FlowTrackConfig | None = None) -> int:
+    """Move the tracks of the Gaussians seen in `prev` with the image motion to `cur` (positions and
+    colours at `cur.t`); returns how many Gaussians were updated (0 when `cur` is not later than `prev`).
+
+    A followed Gaussian goes to its flow-displaced pixel in `cur` at its own depth in `cur`'s camera: the
+    lateral motion is what gradient descent finds slowly; depth, which stereo measures noisily frame to
+    frame, is left to the depth loss.
+    """
+    cfg = cfg or FlowTrackConfig()
+    if model.num_gaussians == 0 or cur.t <= prev.t:
+        return 0
+    h, w = prev.depth.shape
+    means = model.evaluate(prev.t)["means"].cpu().numpy().astype(np.float64)
+    u, v, z = _project(means, prev)
+    idx = np.flatnonzero((z > 1e-6) & (u >= 0) & (u <= w - 1) & (v >= 0) & (v <= h - 1))
+    if idx.size == 0:
+        return 0
+    u, v, z = u[idx], v[idx], z[idx]
+    dp = prev.depth.cpu().numpy()[np.rint(v).astype(int), np.rint(u).astype(int)]
+    surface = (dp > 0) & (np.abs(z - dp) < cfg.depth_tol_rel * np.maximum(dp, 1e-9))
+    flow, dcol_img, support = image_flow(prev, cur, cfg)
+    good = surface & (_sample(support, u, v) > cfg.min_support)
     if not good.any():
         return 0
     sel = idx[good]
-    uf, vf, dc = uf[good], vf[good], dc[good]
-    xc = np.stack([(uf - cur.K[0, 2]) / cur.K[0, 0] * dc, (vf - cur.K[1, 2]) / cur.K[1, 1] * dc, dc], 1)
-    xw = xc @ cur.pose[:3, :3].T + cur.pose[:3, 3]
-    small = np.linalg.norm(xw - means[sel], axis=1) < cfg.max_motion_rel * scene_depth
-    if not small.any():
+    f = _sample(flow, u[good], v[good])
+    _, _, zc = _project(means[sel], cur)
+    uf, vf = u[good] + f[:, 0], v[good] + f[:, 1]
+    xc = np.stack([(uf - cur.K[0, 2]) / cur.K[0, 0] * zc, (vf - cur.K[1, 2]) / cur.K[1, 1] * zc, zc], -1)
+    dpos = xc @ cur.pose[:3, :3].T + cur.pose[:3, 3] - means[sel]
+    dcol = _sample(dcol_img, u[good], v[good])
+    small = np.linalg.norm(dpos, axis=1) < cfg.max_motion_rel * scene_depth
+    sel, dpos, dcol = sel[small], dpos[small], dcol[small]
+    if sel.size == 0:
         return 0
-    sel, xw = sel[small], xw[small]
-    uf, vf, u, v = uf[small], vf[small], u[good][small], v[good][small]
-    dev = model.device
-    rows = torch.as_tensor(sel, device=dev)
-    p = model.params
-    model.fit_track("pos_knots", cur.t, rows, torch.as_tensor(xw, dtype=torch.float32, device=dev)
-                    - p["means"].detach()[rows])
-    # Appearance: the colour change along the flow is added to the track's colour offset at prev.t.
-    dcol = (_sample(cur.rgb.cpu().numpy(), uf, vf) - _sample(prev.rgb.cpu().numpy(), u, v)).astype(np.float32)
-    col_prev = model.track_at(prev.t, "col_knots")[rows]
-    model.fit_track("col_knots", cur.t, rows, col_prev + torch.as_tensor(dcol, device=dev))
+    # Gaussians the flow does not reach (hidden, behind the surface, in unsupported areas) move with their
+    # nearest followed neighbour within reach, so the model deforms as a whole instead of tearing.
+    rest = np.setdiff1d(np.arange(model.num_gaussians), sel)
+    if rest.size:
+        dist, nn = KDTree(means[sel].astype(np.float32)).query(means[rest].astype(np.float32), k=1)
+        near = np.asarray(dist).reshape(-1) < cfg.neighbour_reach_rel * scene_depth
+        nn = np.asarray(nn, dtype=np.int64).reshape(-1)[near]
+        sel = np.concatenate([sel, rest[near]])
+        dpos = np.concatenate([dpos, dpos[nn]])
+        dcol = np.concatenate([dcol, dcol[nn]])
+    rows = torch.as_tensor(sel, device=model.device)
+    for name, delta in (("pos_knots", dpos), ("col_knots", dcol)):
+        before = model.track_at(prev.t, name)[rows]
+        model.fit_track(name, cur.t, rows, before + torch.as_tensor(delta, dtype=torch.float32,
+                                                                     device=model.device))
     return int(sel.size)

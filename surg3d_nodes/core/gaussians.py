@@ -133,17 +133,17 @@ class GaussianModel:
 
     @torch.no_grad()
     def fit_track(self, name: str, t: float, rows: torch.Tensor, target: torch.Tensor) -> None:
-        """Make track `name` of Gaussians `rows` equal `target` [M,3] at time t with the smallest change of
-        its two knots around t (least-norm solution of the interpolation constraint)."""
+        """Move track `name` of Gaussians `rows` towards `target` [M,3] at time t by changing only the knot
+        at or after t, so earlier times keep their values (online: the past is already fitted). Exact
+        when t is on a knot or in the later half of its interval; earlier in the interval the change is
+        limited to twice the residual."""
         i0, i1, w = self.knot_index(t)
         k = self.params[name]
         r = target - (k[rows, i0] * (1.0 - w) + k[rows, i1] * w)
         if i0 == i1 or w == 0.0:
             k[rows, i0] += r
-            return
-        a = 1.0 / ((1.0 - w) ** 2 + w ** 2)
-        k[rows, i0] += (a * (1.0 - w)) * r
-        k[rows, i1] += (a * w) * r
+        else:
+            k[rows, i1] += r / max(w, 0.5)
 
     def detached_copy(self) -> dict[str, torch.Tensor]:
         """A consistent detached copy of all parameters plus `knot_times` (a float64 tensor), so it can be
