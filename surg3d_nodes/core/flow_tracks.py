@@ -33,6 +33,8 @@ class FlowTrackConfig:
     neighbour_reach_rel: float = 0.05  # unfollowed Gaussians within this x scene depth move with a neighbour
     smooth_sigma_rel: float = 0.015  # scene-flow smoothing (Gaussian sigma) as a fraction of the image width
     min_support: float = 0.3         # a Gaussian needs this much valid flow around its pixel
+    tool_margin_rel: float = 0.03    # flow this close to an instrument (fraction of the width) is ignored
+    min_width: int = 96              # narrower images are not tracked: DIS patches (8 px) span too much of them
 
 
 class FlowView(Protocol):
@@ -74,8 +76,14 @@ def image_flow(prev: FlowView, cur: FlowView, cfg: FlowTrackConfig) -> tuple[np.
     uf, vf = uu + fwd[..., 0], vv + fwd[..., 1]
     back = cv2.remap(bwd, uf, vf, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     fb = np.hypot(uf + back[..., 0] - uu, vf + back[..., 1] - vv)
-    tc = cv2.remap(cur.tissue.cpu().numpy(), uf, vf, cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT)
-    valid = ((prev.tissue.cpu().numpy() > 0.5) & (tc > 0.5) & (fb < cfg.fb_max_px)
+    # Flow next to an instrument carries the instrument's motion (DIS smooths across edges): only tissue
+    # a margin away from instruments in both frames counts.
+    r = max(1, round(cfg.tool_margin_rel * w))
+    kernel = np.ones((2 * r + 1, 2 * r + 1), np.uint8)
+    tissue_p = cv2.erode((prev.tissue.cpu().numpy() > 0.5).astype(np.uint8), kernel)
+    tissue_c = cv2.erode((cur.tissue.cpu().numpy() > 0.5).astype(np.uint8), kernel).astype(np.float32)
+    tc = cv2.remap(tissue_c, uf, vf, cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT)
+    valid = ((tissue_p > 0) & (tc > 0.5) & (fb < cfg.fb_max_px)
              & (uf >= 0) & (uf <= w - 1) & (vf >= 0) & (vf <= h - 1)).astype(np.float32)
     rgb_c = cv2.remap(cur.rgb.cpu().numpy(), uf, vf, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     sigma = cfg.smooth_sigma_rel * w
@@ -99,16 +107,17 @@ def _project(means: np.ndarray, view: FlowView) -> tuple[np.ndarray, np.ndarray,
 def update_tracks(model: GaussianModel, prev: FlowView, cur: FlowView, scene_depth: float,
                   cfg: FlowTrackConfig | None = None) -> int:
     """Move the tracks of the Gaussians seen in `prev` with the image motion to `cur` (positions and
-    colours at `cur.t`); returns how many Gaussians were updated (0 when `cur` is not later than `prev`).
+    colours at `cur.t`); returns how many Gaussians were updated (0 when `cur` is not later than `prev` or
+    the image is narrower than `min_width`).
 
     A followed Gaussian goes to its flow-displaced pixel in `cur` at its own depth in `cur`'s camera: the
     lateral motion is what gradient descent finds slowly; depth, which stereo measures noisily frame to
     frame, is left to the depth loss.
     """
     cfg = cfg or FlowTrackConfig()
-    if model.num_gaussians == 0 or cur.t <= prev.t:
-        return 0
     h, w = prev.depth.shape
+    if model.num_gaussians == 0 or cur.t <= prev.t or w < cfg.min_width:
+        return 0
     means = model.evaluate(prev.t)["means"].cpu().numpy().astype(np.float64)
     u, v, z = _project(means, prev)
     idx = np.flatnonzero((z > 1e-6) & (u >= 0) & (u <= w - 1) & (v >= 0) & (v <= h - 1))

@@ -92,7 +92,7 @@ class TrainerConfig:
     pose_jump_deg: float = 30.0
     pose_jump_accept_after: int = 5      # consecutive jumped frames after which the new pose is accepted
     max_time_gap_s: float = 2.0          # a longer pause of the stream counts as this much model time
-    flow_tracks: bool = True             # start each new frame's deformation from optical + scene flow
+    flow_tracks: bool = True             # start each new frame's deformation from optical flow (flow_tracks)
     queue_size: int = 16
     num_threads: int = 0                 # torch CPU threads for the trainer (0 = leave as is)
     seed: int = 0
