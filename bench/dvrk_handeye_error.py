@@ -33,7 +33,7 @@ from surg3d_nodes.core.dvrk_eval import replay_streams
 from surg3d_nodes.core.geometry import backproject
 from surg3d_nodes.core.instrument_prior import mask_iou, pixel_rays, project_instruments
 from surg3d_nodes.core.kinematics import KinematicCamera, pose_error
-from surg3d_nodes.core.synthetic import SynthConfig
+from surg3d_nodes.core.synthetic import SynthConfig, ecm_pivot
 
 
 def perturbation(rng: np.random.Generator, trans_m: float, rot_deg: float) -> np.ndarray:
@@ -68,13 +68,7 @@ def reprojection_px(em: DvrkEmulation, i: int, T_rel_est: np.ndarray, T_rel_true
 
 def clinical_motion_error(dX: np.ndarray) -> tuple[float, float]:
     """Relative pose error (mm, deg) for a 20 degree ECM pivot about an RCM 10 cm behind the tip + 2 cm in."""
-    rcm = np.eye(4)
-    rcm[2, 3] = -0.10
-    piv = np.eye(4)
-    piv[:3, :3] = cv2.Rodrigues(np.radians([12.0, 16.0, 0.0]).reshape(3, 1))[0]
-    ins = np.eye(4)
-    ins[2, 3] = 0.02
-    M = rcm @ piv @ np.linalg.inv(rcm) @ ins        # camera motion expressed in the first camera frame
+    M = ecm_pivot(1.0)                              # camera motion expressed in the first camera frame
     est = np.linalg.inv(dX) @ M @ dX
     dt, dr = pose_error(est, M)
     return dt * 1e3, dr

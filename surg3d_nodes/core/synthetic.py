@@ -24,7 +24,7 @@ from surg3d_nodes.core.camera import CameraModel
 from surg3d_nodes.core.datasets.base import DatasetFrame
 from surg3d_nodes.core.datasets.endonerf import write_endonerf_layout
 
-MOTIONS = ("static", "moving")
+MOTIONS = ("static", "moving", "pivot")
 _LATTICE = 256
 _GRASP_SIGMA = 0.004        # m, extent of the tissue lifted by the grasping instrument
 
@@ -334,10 +334,25 @@ def _shade(p: np.ndarray, n: np.ndarray, albedo: np.ndarray, light: np.ndarray, 
     return fall * (albedo * (0.15 + 0.85 * ndl) + spec * ndh ** shininess)
 
 
+def ecm_pivot(s: float) -> np.ndarray:
+    """Fraction s (0..1) of a clinical-size ECM move, as a motion of the camera in its first frame: a
+    20 degree pivot about the remote centre of motion 10 cm behind the tip, plus 2 cm insertion."""
+    rcm = np.eye(4)
+    rcm[2, 3] = -0.10
+    piv = np.eye(4)
+    piv[:3, :3] = cv2.Rodrigues(s * np.radians([12.0, 16.0, 0.0]).reshape(3, 1))[0]
+    ins = np.eye(4)
+    ins[2, 3] = 0.02 * s
+    return rcm @ piv @ np.linalg.inv(rcm) @ ins
+
+
 def _camera_pose(cfg: SynthConfig, t: float) -> np.ndarray:
-    """T_world_cam of the left camera at time t (identity for a static camera)."""
+    """T_world_cam of the left camera at time t (identity for a static camera); "pivot" is one smooth
+    clinical ECM move (`ecm_pivot`) over the clip, "moving" a small hand-held-like wobble."""
     if cfg.camera_motion == "static":
         return np.eye(4)
+    if cfg.camera_motion == "pivot":
+        return ecm_pivot(0.5 * (1.0 - np.cos(np.pi * t / max((cfg.frames - 1) / cfg.fps, 1e-9))))
     w = 2 * np.pi * t / max((cfg.frames - 1) / cfg.fps, 1e-9)
     trans = np.array([0.004 * np.sin(0.5 * w), 0.0025 * (1 - np.cos(0.5 * w)), 0.003 * np.sin(0.25 * w)])
     angles = np.radians([1.5 * np.sin(0.5 * w), -2.0 * np.sin(0.5 * w), 1.0 * np.sin(0.25 * w)])

@@ -26,6 +26,7 @@ from .gaussians import GaussianConfig, GaussianModel
 from .geometry import backproject
 from .metrics import ssim_map
 from .model_clock import ModelClock
+from .pose_refine import PoseRefineConfig, PoseRefiner
 from .render import RenderCamera, render_evaluated, resolve_backend
 from .sparse_adam import DictAdam
 
@@ -93,6 +94,12 @@ class TrainerConfig:
     pose_jump_accept_after: int = 5      # consecutive jumped frames after which the new pose is accepted
     max_time_gap_s: float = 2.0          # a longer pause of the stream counts as this much model time
     flow_tracks: bool = True             # start each new frame's deformation from optical flow (flow_tracks)
+    refine_pose_iterations: int = 0      # > 0: refine each new frame's pose against the model (core.pose_refine)
+    refine_pose_mode: str = "hand_eye"   # hand_eye: one constant hand-eye correction | frame: free per frame
+    refine_pose_lr: float = 2e-3         # Adam step (rad; translation x scene depth)
+    refine_pose_depth_weight: float = 0.5
+    refine_pose_max_trans_m: float = 0.005   # larger corrections are rejected (the input pose is kept)
+    refine_pose_max_rot_deg: float = 3.0
     queue_size: int = 16
     num_threads: int = 0                 # torch CPU threads for the trainer (0 = leave as is)
     seed: int = 0
@@ -154,6 +161,11 @@ class TrainerStats:
     flow_tracked: int = 0                # Gaussians moved by scene flow at the newest frame
     frames_past: int = 0                 # used frames older than the newest (reordered, a looping replay)
     time_gaps_shortened: int = 0         # pauses longer than max_time_gap_s
+    pose_refined: int = 0                # frames whose pose a refinement corrected
+    pose_refine_rejected: int = 0        # refinements rejected (no overlap, not better, too large, NaN)
+    pose_refine_last: str = ""           # outcome of the newest refinement
+    pose_correction_mm: float = 0.0      # mean size of the accepted corrections
+    pose_correction_deg: float = 0.0
     backend: str = ""
     device: str = ""
 
@@ -200,6 +212,10 @@ class OnlineTrainer:
         self.clock = ModelClock(c.max_time_gap_s)
         self.live_stamp_ns: int | None = None     # the newest frame by arrival (a loop restarts it)
         self._last_pose: np.ndarray | None = None  # pose of that frame
+        self._pose_refiner = PoseRefiner(PoseRefineConfig(
+            mode=c.refine_pose_mode, iterations=c.refine_pose_iterations, lr=c.refine_pose_lr,
+            depth_weight=c.refine_pose_depth_weight, max_trans_m=c.refine_pose_max_trans_m,
+            max_rot_deg=c.refine_pose_max_rot_deg))
         self._jumps = 0
         self.scene_depth = 0.0
         self.optimizer: DictAdam | None = None
@@ -457,6 +473,8 @@ class OnlineTrainer:
         else:
             self.stats.frames_past += 1
         kf.t = self.time_of(stamp)
+        if self.cfg.refine_pose_iterations > 0:
+            kf = self._refine_pose(kf)
         self.live_stamp_ns = int(f.stamp_ns)
         self._last_pose = kf.pose
         if self.model.ensure_time(kf.t):
@@ -477,6 +495,27 @@ class OnlineTrainer:
                 # Thin the history uniformly: drop a random keyframe that is not among the newest.
                 j = int(self._rng.integers(0, len(self.keyframes) - self.cfg.recent_window))
                 self.keyframes.pop(j)
+
+    def _refine_pose(self, kf: _Keyframe) -> _Keyframe:
+        """The keyframe with its pose corrected against the model (unchanged when the refinement is
+        rejected); the first frame is never refined: its pose is the model's gauge."""
+        st = self.stats
+        with torch.no_grad():
+            g = self.model.evaluate(kf.t, kf.camera.center())
+        res = self._pose_refiner.refine(g, kf.camera, kf.pose, kf.rgb, kf.depth, kf.tissue, self.scene_depth,
+                                        self.backend)
+        if res.status == "anchor":
+            return kf
+        st.pose_refine_last = res.status
+        if not res.accepted:
+            st.pose_refine_rejected += 1
+            return kf
+        st.pose_refined += 1
+        st.pose_correction_mm += (res.trans_m * 1e3 - st.pose_correction_mm) / st.pose_refined
+        st.pose_correction_deg += (res.rot_deg - st.pose_correction_deg) / st.pose_refined
+        pose = kf.pose @ res.correction
+        cam = RenderCamera.from_ros(pose, kf.K, kf.camera.width, kf.camera.height, device=self.device)
+        return replace(kf, pose=pose, camera=cam)
 
     def _validate(self, f: Frame) -> str | None:
         if f.rgb is None or f.rgb.ndim != 3 or f.rgb.shape[2] != 3:

@@ -50,7 +50,7 @@ CONFIG_PARAMS = ("device", "backend", "max_gaussians", "iterations_per_frame", "
                  "knot_spacing_s", "max_knots", "recent_knots", "max_time_gap_s", "sh_degree", "init_stride",
                  "add_stride", "max_keyframes", "keyframe_every",
                  "depth_weight", "ssim_lambda", "pose_jump_m", "pose_jump_deg", "queue_size", "num_threads",
-                 "recent_window")
+                 "recent_window", "refine_pose_iterations", "refine_pose_mode")
 
 
 class TrainerNode(SurgNode):
@@ -266,6 +266,11 @@ class TrainerNode(SurgNode):
         vals = {"state": st.state, "gaussians": st.num_gaussians, "iterations": st.iterations,
                 "frames_used": st.frames_used, "frames_skipped": st.frames_skipped}
         vals.update({f"skipped.{k}": v for k, v in st.skip_reasons.items()})
+        if self.cfg.refine_pose_iterations > 0:
+            vals.update({"pose_refine.accepted": st.pose_refined, "pose_refine.rejected": st.pose_refine_rejected,
+                         "pose_refine.last": st.pose_refine_last,
+                         "pose_refine.mean_mm": round(st.pose_correction_mm, 3),
+                         "pose_refine.mean_deg": round(st.pose_correction_deg, 3)})
         return vals
 
     # ------------------------------------------------------------------ services
