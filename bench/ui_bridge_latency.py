@@ -19,8 +19,8 @@ import threading
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
+from plots import latency_histogram
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
@@ -114,21 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append((name, v))
         print(f"{name}: {len(v)} msgs, latency p50 {p50:.1f} ms, p95 {p95:.1f} ms, max {v.max():.1f} ms, "
               f"{np.mean(size[sub]) / 1e6:.2f} MB/msg")
-    # histogram PNG (plain OpenCV drawing: no plotting dependency)
-    h, w = 300, 600
-    canvas = np.full((h, w, 3), 255, np.uint8)
-    top = max((float(v.max()) for _, v in rows), default=1.0)
-    for k, (name, v) in enumerate(rows):
-        hist, _ = np.histogram(v, bins=60, range=(0, top))
-        colour = [(200, 80, 0), (0, 140, 255)][k]
-        for i, c in enumerate(hist):
-            bar = int(c / max(hist.max(), 1) * (h - 60))
-            x0 = 10 + i * 9 + k * 4
-            cv2.rectangle(canvas, (x0, h - 30 - bar), (x0 + 3, h - 30), colour, -1)
-        cv2.putText(canvas, name, (10, 20 + 18 * k), cv2.FONT_HERSHEY_SIMPLEX, 0.5, colour, 1)
-    cv2.putText(canvas, f"latency 0 .. {top:.0f} ms", (10, h - 10), cv2.FONT_HERSHEY_SIMPLEX, 0.45,
-                (0, 0, 0), 1)
-    cv2.imwrite(str(out / "ui_bridge_latency.png"), canvas)
+    latency_histogram(rows, out / "ui_bridge_latency.png")
     print(f"histogram: {out / 'ui_bridge_latency.png'}")
     return 0
 

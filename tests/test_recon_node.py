@@ -18,7 +18,14 @@ from surg3d_msgs.msg import NodeStatus, TrainerStatus
 from surg3d_msgs.srv import LoadCheckpoint, RenderView, SaveModel
 from surg3d_nodes.core.synthetic import SynthConfig, generate
 from surg3d_nodes.ros import topics
-from surg3d_nodes.ros.convert import camera_to_msg, image_to_msg, msg_to_image, msg_to_pointcloud, pose_to_msg
+from surg3d_nodes.ros.convert import (
+    camera_to_msg,
+    image_to_msg,
+    msg_to_image,
+    msg_to_pointcloud,
+    pose_to_msg,
+    stamp_to_ns,
+)
 
 CONFIG = Path(__file__).resolve().parents[1] / "config"
 
@@ -32,7 +39,7 @@ def _start(out_dir: Path, env: dict[str, str]) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "surg3d_nodes.nodes.trainer", "--ros-args", "--params-file",
          str(CONFIG / "trainer.yaml"), "-p", "device:=cpu", "-p", "num_threads:=1", "-p", "image_scale:=1.0",
-         "-p", "heartbeat_period:=0.5", "-p", "points_rate:=4.0", "-p", "render_rate:=4.0",
+         "-p", "heartbeat_period:=0.5", "-p", "points_rate:=0.0", "-p", "render_rate:=4.0",
          "-p", "deoccluded_rate:=4.0", "-p", "status_rate:=4.0", "-p", f"output_dir:={out_dir}"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
@@ -69,7 +76,10 @@ def test_trainer_node(ros_env, ros_node, scene, tmp_path):
         st = got.last(topics.RECON_STATUS)
         assert st.state == "running" and st.backend == "torch" and st.device == "cpu"
         assert st.num_gaussians > 500
+        # No periodic cloud (points_rate 0): clouds go out as frames enter the model, stamped with them.
         assert wait_until(lambda: got.last(topics.RECON_POINTS) is not None, 20)
+        sent = {f.stamp_ns for f in scene.frames[:6]}
+        assert {stamp_to_ns(m.header.stamp) for m in got.get(topics.RECON_POINTS)} <= sent
         pts = msg_to_pointcloud(got.last(topics.RECON_POINTS))
         assert set(pts.dtype.names) == {"x", "y", "z", "rgb", "opacity", "scale"} and len(pts) > 100
         assert np.nanmedian(pts["z"]) == pytest.approx(np.nanmedian(scene.frames[0].depth), rel=0.2)

@@ -14,6 +14,7 @@ import queue
 import threading
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import cv2
@@ -197,6 +198,7 @@ class OnlineTrainer:
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._rng = np.random.default_rng(self.cfg.seed)
+        self.on_frame: Callable[[], None] | None = None   # called (training thread) after a frame is in
         self._reset_state()
 
     # ------------------------------------------------------------------ state
@@ -419,9 +421,10 @@ class OnlineTrainer:
     def _run(self) -> None:
         self._apply_threads()
         while not self._stop.is_set():
-            # One frame per loop: when frames come faster than they are processed, training still runs
-            # between them (the bounded queue drops the oldest, counted as queue_full).
-            drained = self._drain(max_frames=1)
+            # Every frame queued now goes into the model before the next step (frame-to-cloud latency);
+            # frames arriving meanwhile wait for the next loop, so training still runs when frames come
+            # faster than they are processed (the bounded queue then drops the oldest, as queue_full).
+            drained = self._drain(max_frames=max(1, self._queue.qsize()))
             if self.paused or not self.keyframes or self._throttled():
                 if not drained:
                     self._wake.wait(0.02)
@@ -486,6 +489,8 @@ class OnlineTrainer:
         if kf.has_depth:
             self._add_unexplained(kf, use_error=False)
         self.stats.frames_used += 1
+        if self.on_frame is not None:
+            self.on_frame()
         self.stats.last_frame_stamp = int(f.stamp_ns)
         self.stats.latency_ms = (time.monotonic() - t_in) * 1000.0
         self._recent.append(kf)

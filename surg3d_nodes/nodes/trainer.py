@@ -13,6 +13,7 @@ topic /recon/view_request (ViewRequest) -> /recon/view/image.
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
@@ -61,7 +62,8 @@ class TrainerNode(SurgNode):
         defaults = TrainerConfig()
         cfg_values = {k: self.declare_parameter(k, getattr(defaults, k)).value for k in CONFIG_PARAMS}
         p = {name: self.declare_parameter(name, default).value for name, default in [
-            ("points_rate", 2.0), ("render_rate", 5.0), ("deoccluded_rate", 5.0), ("status_rate", 1.0),
+            ("points_rate", 2.0), ("points_on_frame_rate", 5.0), ("render_rate", 5.0), ("deoccluded_rate", 5.0),
+            ("status_rate", 1.0),
             ("points_max", 100000), ("points_min_opacity", 0.1), ("output_dir", "/tmp/surg3d_recon"),
             ("resume_from_checkpoint", ""), ("sync_tolerance_ms", 5.0), ("sync_queue_size", 10),
             ("use_depth", True), ("use_mask", True), ("static_pose", False)]}
@@ -69,6 +71,9 @@ class TrainerNode(SurgNode):
         self.output_dir = Path(str(p["output_dir"]))
         self.points_max = int(p["points_max"])
         self.points_min_opacity = float(p["points_min_opacity"])
+        self.points_on_frame_rate = float(p["points_on_frame_rate"])
+        self._points_frames = -1               # frames_used when the last cloud was taken
+        self._points_last = 0.0                # monotonic time of the last cloud
         self.trainer = OnlineTrainer(self.cfg)
         resume = str(p["resume_from_checkpoint"])
         if resume == "auto":      # a respawned trainer continues from the newest checkpoint, if any
@@ -103,7 +108,8 @@ class TrainerNode(SurgNode):
         # Publishing runs in groups apart from the inputs, and the cheap status apart from the slow renders,
         # so a busy renderer neither delays ingestion nor starves the status.
         render_group = MutuallyExclusiveCallbackGroup()
-        timers = ((p["points_rate"], self.publish_points, MutuallyExclusiveCallbackGroup()),
+        points_group = MutuallyExclusiveCallbackGroup()
+        timers = ((p["points_rate"], self.publish_points, points_group),
                   (p["render_rate"], self.publish_render, render_group),
                   (p["deoccluded_rate"], self.publish_deoccluded, render_group),
                   (p["status_rate"], self.publish_status, MutuallyExclusiveCallbackGroup()))
@@ -116,6 +122,10 @@ class TrainerNode(SurgNode):
             self._pub_timers[name] = self.create_timer(1.0 / max(float(rate), 1e-3), fn, callback_group=group)
             if float(rate) <= 0:
                 self._pub_timers[name].cancel()
+        # A cloud also goes out as soon as a new frame is in the model (frame-to-cloud latency): the
+        # training thread triggers a guard condition, which wakes the executor (no polling timer).
+        guard = self.create_guard_condition(self._points_on_frame, callback_group=points_group)
+        self.trainer.on_frame = guard.trigger
         self.add_on_set_parameters_callback(self.on_parameters)
         services = MutuallyExclusiveCallbackGroup()
         self.create_service(Trigger, topics.SRV_PAUSE, self.srv_pause, callback_group=services)
@@ -126,6 +136,10 @@ class TrainerNode(SurgNode):
         self.create_service(RenderView, topics.SRV_RENDER_VIEW, self.srv_render_view, callback_group=services)
         self.create_subscription(ViewRequest, topics.RECON_VIEW_REQUEST, self.on_view_request, 2,
                                  callback_group=services)
+        # The training thread runs Python between torch ops and holds the GIL for up to the switch interval
+        # (5 ms) whenever an executor thread wants it; each message needs several hand-overs, so at the
+        # default the callbacks fall behind the stream. A 0.5 ms interval keeps them prompt.
+        sys.setswitchinterval(5e-4)
         self.trainer.start()
         self.get_logger().info(f"trainer on {self.trainer.device} ({self.trainer.backend}), inputs "
                                f"{'+'.join(self.inputs)}, output_dir {self.output_dir}")
@@ -143,6 +157,8 @@ class TrainerNode(SurgNode):
                     timer.reset()
                 else:
                     timer.cancel()
+            elif prm.name == "points_on_frame_rate":
+                self.points_on_frame_rate = float(prm.value)
             elif prm.name in live_cfg:
                 setattr(self.trainer.cfg, prm.name, type(getattr(self.trainer.cfg, prm.name))(prm.value))
             elif prm.name in CONFIG_PARAMS:
@@ -193,10 +209,20 @@ class TrainerNode(SurgNode):
     def _frame_id(self) -> str:
         return self._info.header.frame_id if self._info is not None else topics.LEFT_OPTICAL_FRAME
 
+    def _points_on_frame(self) -> None:
+        # At most points_on_frame_rate clouds a second; a frame skipped here is in the next periodic cloud.
+        rate = self.points_on_frame_rate
+        if (rate > 0 and self.trainer.stats.frames_used != self._points_frames
+                and time.monotonic() - self._points_last >= 1.0 / rate):
+            self.publish_points()
+
     def publish_points(self) -> None:
-        """Publish the model as PointCloud2 (world frame), most opaque points first when capped."""
+        """Publish the model as PointCloud2 (world frame, stamped with the newest frame in it), most
+        opaque points first when capped."""
         if self.trainer.model.num_gaussians == 0:
             return
+        self._points_frames = self.trainer.stats.frames_used
+        self._points_last = time.monotonic()
         s = self.trainer.snapshot()
         keep = np.nonzero(s.opacities >= self.points_min_opacity)[0]
         if keep.size > self.points_max:
