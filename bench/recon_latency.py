@@ -15,14 +15,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import sys
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
-from plots import latency_histogram
+from benchlib import latency_histogram, private_ros_domain, spinning_node
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
@@ -41,14 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=Path("/tmp/surg3d_latency"))
     ap.add_argument("--param", action="append", default=[], help="extra trainer parameter NAME:=VALUE")
     args = ap.parse_args(argv)
-    env = {"ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST", "FASTDDS_BUILTIN_TRANSPORTS": "LARGE_DATA",
-           "ROS_DOMAIN_ID": str(random.SystemRandom().randrange(150, 200)), "AMENT_PREFIX_PATH": sys.prefix}
-    os.environ.update(env)
-    os.environ.pop("ROS_LOCALHOST_ONLY", None)
+    private_ros_domain()
 
     import rclpy
     from geometry_msgs.msg import PoseStamped
-    from rclpy.executors import SingleThreadedExecutor
     from rosproc import start_node, stop_node, wait_until
     from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 
@@ -67,11 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         "-p", f"points_on_frame_rate:={args.on_frame_rate}", "-p", f"num_threads:={args.threads}",
         "-p", "render_rate:=0.0", "-p", "deoccluded_rate:=0.0", "-p", f"output_dir:={out / 'recon'}",
         "-p", "resume_from_checkpoint:=''", *[a for p in args.param for a in ("-p", p)]], {**os.environ})
-    rclpy.init()
-    node = rclpy.create_node("latency_bench")
-    ex = SingleThreadedExecutor()
-    ex.add_node(node)
-    threading.Thread(target=ex.spin, daemon=True).start()
+    node, ex = spinning_node("latency_bench")
     sent: dict[int, float] = {}
     reached: dict[int, float] = {}
     lock = threading.Lock()

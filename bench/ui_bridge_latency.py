@@ -13,14 +13,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import sys
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
-from plots import latency_histogram
+from benchlib import latency_histogram, private_ros_domain, spinning_node
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
@@ -36,14 +34,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--out", type=Path, default=Path("/tmp/surg3d_ui_bench"))
     args = ap.parse_args(argv)
-    env = {"ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST", "FASTDDS_BUILTIN_TRANSPORTS": "LARGE_DATA",
-           "ROS_DOMAIN_ID": str(random.SystemRandom().randrange(150, 200)), "AMENT_PREFIX_PATH": sys.prefix}
-    os.environ.update(env)
-    os.environ.pop("ROS_LOCALHOST_ONLY", None)
+    private_ros_domain()
 
     import rclpy
     from foxglove_ws import FoxgloveWsClient
-    from rclpy.executors import SingleThreadedExecutor
     from sensor_msgs.msg import Image, PointCloud2
     from ui_support import start_bridge, stop
 
@@ -54,11 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     proc, port, _ = start_bridge({**os.environ}, out / "bridge", "-p", f"max_points:={args.points}",
                                      "-p", f"image_rate:={max(args.rate * 2, 1.0)}")
-    rclpy.init()
-    node = rclpy.create_node("ui_bench")
-    ex = SingleThreadedExecutor()
-    ex.add_node(node)
-    threading.Thread(target=ex.spin, daemon=True).start()
+    node, ex = spinning_node("ui_bench")
     pub_pts = node.create_publisher(PointCloud2, topics.RECON_POINTS, 2)
     pub_img = node.create_publisher(Image, topics.LEFT_RECT, 2)
     pub_mask = node.create_publisher(Image, topics.INSTRUMENT_MASK, 2)
