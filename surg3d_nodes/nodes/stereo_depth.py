@@ -104,6 +104,8 @@ class StereoDepthNode(SurgNode):
                                      callback_group=group)
         self._worker = threading.Thread(target=self._loop, name="stereo_depth", daemon=True)
         self._worker.start()
+        calib = ["file" if c is not None else "camera_info" for c in self._file_cams]
+        self.get_logger().info(f"stereo depth ({self.backend}), calibration left: {calib[0]}, right: {calib[1]}")
 
     # ------------------------------------------------------------------ inputs
     def on_info(self, side: int, msg: CameraInfo) -> None:
