@@ -159,3 +159,19 @@ def test_degenerate_inputs_keep_the_input_pose(scene) -> None:
     st = tr2.get_stats()
     assert st.frames_used == 2 and st.pose_refine_rejected == 1 and st.pose_refine_last == "no_overlap"
     assert np.array_equal(tr2.keyframes[-1].pose, pose)
+
+
+def test_hand_eye_mode_keeps_every_stored_frame_on_the_newest_estimate(scene) -> None:
+    tr = _trained(scene, refine_pose_iterations=10, refine_pose_mode="hand_eye")
+    E = _rigid(0.002, 1.0)
+    tr.train_offline([_frame(scene, i, scene.frames[i].pose @ E) for i in range(1, 6)], 0)
+    st = tr.get_stats()
+    assert st.pose_refined >= 2, "several accepted refinements, so earlier ones must have moved on"
+    refiner = tr._pose_refiner
+    assert refiner.xi is not None and np.array_equal(refiner.anchor, scene.frames[0].pose)
+    moved = [kf for kf in tr.keyframes if kf.raw_pose is not None]
+    assert moved, "refined frames keep their input pose"
+    for kf in moved:
+        # One estimate for all: a frame refined early has moved on with the newest estimate.
+        assert np.allclose(kf.pose, kf.raw_pose @ refiner.correction_of(kf.raw_pose), atol=1e-9)
+        assert np.allclose(kf.camera.viewmat.numpy(), np.linalg.inv(kf.pose), atol=1e-5)

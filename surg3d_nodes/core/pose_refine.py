@@ -14,7 +14,8 @@ Two models of the error (`PoseRefineConfig.mode`):
   pose relative to the first (anchor) pose, A = inv(E) M E for the true motion M, so the pose in the
   model's gauge is anchor · M = anchor · E A inv(E): C = inv(A) E A inv(E). E is one estimate refined frame
   after frame; it is unobservable (C = identity) until the endoscope rotates, which is exactly when a
-  hand-eye error starts to matter.
+  hand-eye error starts to matter. The trainer re-poses every stored frame with each new estimate
+  (`PoseRefiner.correction_of`), so early frames, refined while E was barely observable, move on with it.
 
 Gauge: the model is expressed in the frame of the first pose; corrections are estimated against the model,
 so refined poses are consistent with the model (not with the robot's world frame). A correction is only
@@ -44,8 +45,8 @@ class PoseRefineConfig:
 
     mode: str = "frame"              # frame | hand_eye (see the module docstring)
     iterations: int = 30
-    lr: float = 2e-3                 # Adam step on the rotation (rad) and translation (x scene depth)
-    depth_weight: float = 0.5        # weight of the depth L1 relative to the scene depth
+    lr: float = 1e-3                 # Adam step on the rotation (rad) and translation (x scene depth)
+    depth_weight: float = 5.0        # weight of the depth L1 relative to the scene depth
     min_alpha: float = 0.5           # pixels the model covers less than this do not count (new tissue)
     min_overlap: float = 0.2         # fraction of the frame's tissue pixels the model must cover
     max_trans_m: float = 0.005       # corrections larger than this are rejected
@@ -215,3 +216,10 @@ class PoseRefiner:
         if res.accepted:
             self.xi = res.xi
         return res
+
+    def correction_of(self, pose: np.ndarray) -> np.ndarray:
+        """hand_eye mode: the correction the current estimate gives an input pose (identity before one)."""
+        if self.anchor is None or self.xi is None:
+            return np.eye(4)
+        A = torch.as_tensor(np.linalg.inv(self.anchor) @ pose, dtype=torch.float64)
+        return hand_eye_correction(A, se3_exp(torch.as_tensor(self.xi, dtype=torch.float64))).numpy()

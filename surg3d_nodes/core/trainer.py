@@ -97,8 +97,8 @@ class TrainerConfig:
     flow_tracks: bool = True             # start each new frame's deformation from optical flow (flow_tracks)
     refine_pose_iterations: int = 0      # > 0: refine each new frame's pose against the model (core.pose_refine)
     refine_pose_mode: str = "hand_eye"   # hand_eye: one constant hand-eye correction | frame: free per frame
-    refine_pose_lr: float = 2e-3         # Adam step (rad; translation x scene depth)
-    refine_pose_depth_weight: float = 0.5
+    refine_pose_lr: float = 1e-3         # Adam step (rad; translation x scene depth)
+    refine_pose_depth_weight: float = 5.0   # depth ignores the moving light: it pins the pose best
     refine_pose_max_trans_m: float = 0.005   # larger corrections are rejected (the input pose is kept)
     refine_pose_max_rot_deg: float = 3.0
     queue_size: int = 16
@@ -125,6 +125,7 @@ class _Keyframe:
     pose: np.ndarray
     K: np.ndarray              # ROS convention
     has_depth: bool
+    raw_pose: np.ndarray | None = None   # the input pose, where a pose refinement changed it
 
 
 @dataclass
@@ -503,7 +504,8 @@ class OnlineTrainer:
 
     def _refine_pose(self, kf: _Keyframe) -> _Keyframe:
         """The keyframe with its pose corrected against the model (unchanged when the refinement is
-        rejected); the first frame is never refined: its pose is the model's gauge."""
+        rejected; hand_eye mode also re-poses the stored frames); the first frame is never refined: its pose
+        is the model's gauge."""
         st = self.stats
         with torch.no_grad():
             g = self.model.evaluate(kf.t, kf.camera.center())
@@ -518,9 +520,18 @@ class OnlineTrainer:
         st.pose_refined += 1
         st.pose_correction_mm += (res.trans_m * 1e3 - st.pose_correction_mm) / st.pose_refined
         st.pose_correction_deg += (res.rot_deg - st.pose_correction_deg) / st.pose_refined
-        pose = kf.pose @ res.correction
-        cam = RenderCamera.from_ros(pose, kf.K, kf.camera.width, kf.camera.height, device=self.device)
-        return replace(kf, pose=pose, camera=cam)
+        def set_pose(k: _Keyframe, pose: np.ndarray) -> None:
+            k.pose = pose
+            k.camera = RenderCamera.from_ros(pose, k.K, k.camera.width, k.camera.height, device=self.device)
+
+        kf = replace(kf, raw_pose=kf.pose)
+        set_pose(kf, kf.raw_pose @ res.correction)
+        if self.cfg.refine_pose_mode == "hand_eye":
+            # One correction model for all frames: every refined stored frame moves on to the newest estimate.
+            for k in [*self.keyframes, *self._recent]:
+                if k.raw_pose is not None:
+                    set_pose(k, k.raw_pose @ self._pose_refiner.correction_of(k.raw_pose))
+        return kf
 
     def _validate(self, f: Frame) -> str | None:
         if f.rgb is None or f.rgb.ndim != 3 or f.rgb.shape[2] != 3:
