@@ -101,9 +101,9 @@ def main(argv: list[str] | None = None) -> int:
               f"{1e3 * after[:, 0].mean():.3f} mm / {after[:, 1].mean():.3f} deg, refined {st.pose_refined} "
               f"rejected {st.pose_refine_rejected}")
     base = results["ground truth"]
-    print(f"\n{'poses':<56}{'PSNR dB':>9}{'at truth':>10}{'vs GT':>8}{'pose err mm':>13}{'deg':>8}")
+    print(f"\n{'poses':<60}{'PSNR dB':>9}{'at truth':>10}{'vs GT':>8}{'pose err mm':>13}{'deg':>8}")
     for label, v in results.items():
-        print(f"{label:<56}{v['psnr_used_poses']:>9.2f}{v['psnr_true_poses']:>10.2f}"
+        print(f"{label:<60}{v['psnr_used_poses']:>9.2f}{v['psnr_true_poses']:>10.2f}"
               f"{v['psnr_true_poses'] - base['psnr_true_poses']:>+8.2f}"
               f"{v['pose_error_mm_mean']:>13.3f}{v['pose_error_deg_mean']:>8.3f}")
     meta = {"date": time.strftime("%Y-%m-%d", time.gmtime()), "args": vars(a),
