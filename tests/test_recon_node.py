@@ -46,6 +46,9 @@ def _start(out_dir: Path, env: dict[str, str]) -> subprocess.Popen:
 
 def test_trainer_node(ros_env, ros_node, scene, tmp_path):
     out_dir = tmp_path / "recon"
+    out_dir.mkdir()
+    # An unreadable checkpoint left by an earlier run: auto-resume reports it and starts empty.
+    (out_dir / "checkpoint_20260101_000000_1.pt").write_bytes(b"not a checkpoint")
     proc = _start(out_dir, ros_env)
     got = Collector(ros_node, {topics.RECON_STATUS: TrainerStatus, topics.RECON_POINTS: PointCloud2,
                              topics.RECON_RENDER: Image, topics.RECON_DEOCCLUDED: Image,
@@ -75,6 +78,8 @@ def test_trainer_node(ros_env, ros_node, scene, tmp_path):
                         f"{proc.communicate(timeout=15)[0]}")
         st = got.last(topics.RECON_STATUS)
         assert st.state == "running" and st.backend == "torch" and st.device == "cpu"
+        beats = [m for m in got.get(topics.NODE_STATUS) if m.node.endswith("trainer")]
+        assert any(kv.key == "problems.checkpoint_unusable" for kv in beats[-1].values)
         assert st.num_gaussians > 500
         # No periodic cloud (points_rate 0): clouds go out as frames enter the model, stamped with them.
         assert wait_until(lambda: got.last(topics.RECON_POINTS) is not None, 20)

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from surg3d_nodes.core.graph import GraphError, load_preset
-from surg3d_nodes.core.supervisor import Supervisor
+from surg3d_nodes.core.supervisor import GRAPH_ENV, Supervisor
 
 
 @dataclass
@@ -172,6 +172,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from surg3d_nodes.ros import topics
 
+    # This process talks to the graph with the graph's transports: a default-transport participant does not
+    # hear the LARGE_DATA nodes (unless discovery is limited to localhost, as in the tests).
+    os.environ.update(GRAPH_ENV)
     out = args.out.resolve()
     clip = None
     bag = args.bag
@@ -186,8 +189,11 @@ def main(argv: list[str] | None = None) -> int:
             return rc
         bag, clip = synth_dir / "bag", synth_dir / "endonerf"
     try:
+        # A run folder of its own: the trainer resumes from checkpoints in its output_dir (respawn), and a
+        # demo must not continue an earlier run's model.
+        run_dir = out / time.strftime("run_%Y%m%d_%H%M%S")
         preset = load_preset("replay", {"bag": str(bag.resolve()), "rate": str(args.rate),
-                                        "output_dir": str(out), "device": args.device})
+                                        "output_dir": str(run_dir), "device": args.device})
     except GraphError as e:
         print(f"surg3d demo: {e}", file=sys.stderr)
         return 2
@@ -201,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     threading.Thread(target=watch, args=(sup, res, args, domain, clip), daemon=True).start()
     rc = sup.run()
     s = res.status
-    recordings = sorted(out.glob("recording_*"))
+    recordings = sorted(run_dir.glob("recording_*"))
     print("\n=== surg3d demo summary ===")
     print(f"{'input:':<24}{bag} ({res.frames_in_bag} stereo frames)")
     print(f"{'wall time:':<24}{time.monotonic() - t0:.1f} s")

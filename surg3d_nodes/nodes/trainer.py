@@ -76,10 +76,9 @@ class TrainerNode(SurgNode):
         self._points_last = 0.0                # monotonic time of the last cloud
         self.trainer = OnlineTrainer(self.cfg)
         resume = str(p["resume_from_checkpoint"])
-        if resume == "auto":      # a respawned trainer continues from the newest checkpoint, if any
-            found = self._checkpoints()
-            resume = str(found[-1]) if found else ""
-        if resume:
+        if resume == "auto":
+            self._resume_newest()
+        elif resume:              # an explicit checkpoint must load: a wrong path fails the start, named
             load_checkpoint(resume, self.trainer)
             self.get_logger().info(f"resumed from {resume}: {self.trainer.model.num_gaussians} Gaussians")
         # Inputs paired by stamp: image always, then depth, mask, pose unless disabled.
@@ -358,6 +357,19 @@ class TrainerNode(SurgNode):
         res.success = True
         res.message = f"loaded {path}: {self.trainer.model.num_gaussians} Gaussians"
         return res
+
+    def _resume_newest(self) -> None:
+        """A respawned trainer continues from the newest checkpoint in output_dir that loads; one that does
+        not (truncated, another format version) is reported and left in place, never a reason to crash-loop."""
+        for path in reversed(self._checkpoints()):
+            try:
+                load_checkpoint(path, self.trainer)
+            except (ValueError, OSError, KeyError) as e:
+                self.report_problem("checkpoint_unusable", f"not resuming from {path}: {e}")
+                self.trainer = OnlineTrainer(self.cfg)     # whatever a failed load left half-restored
+                continue
+            self.get_logger().info(f"resumed from {path}: {self.trainer.model.num_gaussians} Gaussians")
+            return
 
     def _checkpoints(self) -> list[Path]:
         """Complete checkpoints in output_dir, oldest first (temp files are hidden, never matched)."""
