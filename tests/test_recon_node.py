@@ -131,7 +131,9 @@ def test_trainer_node(ros_env, ros_node, scene, tmp_path):
         assert not fixed.results[0].successful and "fixed at start" in fixed.results[0].reason
 
         assert call_service(ros_node, Trigger, topics.SRV_RESET, Trigger.Request()).success
-        assert wait_until(lambda: got.last(topics.RECON_STATUS).num_gaussians == 0, 30)
+        assert wait_until(lambda: got.last(topics.RECON_STATUS).num_gaussians == 0, 30), [
+            (m.header.stamp.sec, m.state, m.num_gaussians, m.frames_used, m.iterations)
+            for m in got.get(topics.RECON_STATUS)[-5:]]
         res = call_service(ros_node, LoadCheckpoint, topics.SRV_LOAD, LoadCheckpoint.Request(path=""))
         assert res.success, res.message
         assert wait_until(lambda: got.last(topics.RECON_STATUS).num_gaussians > 500, 30)
