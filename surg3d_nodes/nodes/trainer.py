@@ -241,7 +241,10 @@ class TrainerNode(SurgNode):
         c = self._render_cache
         if c is not None and c[1] == stamp and time.monotonic() - c[0] < self._render_max_age:
             return c[2], c[3], stamp
-        rgb, depth, _ = self.trainer.render_view(pose)
+        try:
+            rgb, depth, _ = self.trainer.render_view(pose)
+        except RuntimeError:  # a reset (service thread) between the checks above and the render
+            return None
         self._render_cache = (time.monotonic(), stamp, rgb, depth)
         return rgb, depth, stamp
 
