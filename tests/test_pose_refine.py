@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from surg3d_nodes.core.checkpoint import load_checkpoint, save_checkpoint
 from surg3d_nodes.core.dvrk_emulator import EmulatorConfig, emulate
 from surg3d_nodes.core.dvrk_eval import in_first_gauge, kinematic_poses
 from surg3d_nodes.core.geometry import backproject
@@ -175,3 +176,42 @@ def test_hand_eye_mode_keeps_every_stored_frame_on_the_newest_estimate(scene) ->
         # One estimate for all: a frame refined early has moved on with the newest estimate.
         assert np.allclose(kf.pose, kf.raw_pose @ refiner.correction_of(kf.raw_pose), atol=1e-9)
         assert np.allclose(kf.camera.viewmat.numpy(), np.linalg.inv(kf.pose), atol=1e-5)
+
+
+def test_a_checkpoint_keeps_the_refiner_and_the_input_poses(scene, tmp_path) -> None:
+    tr = _trained(scene, refine_pose_iterations=10, refine_pose_mode="hand_eye")
+    E = _rigid(0.002, 1.0)
+    tr.train_offline([_frame(scene, i, scene.frames[i].pose @ E) for i in range(1, 5)], 0)
+    assert tr._pose_refiner.xi is not None, "an estimate to keep"
+    path = save_checkpoint(tr, tmp_path / "refined.pt")
+    loaded = load_checkpoint(path)
+    assert np.array_equal(loaded._pose_refiner.anchor, tr._pose_refiner.anchor)
+    assert np.array_equal(loaded._pose_refiner.xi, tr._pose_refiner.xi)
+    for a, b in zip(tr.keyframes, loaded.keyframes, strict=True):
+        assert (a.raw_pose is None) == (b.raw_pose is None)
+        if a.raw_pose is not None:
+            assert np.array_equal(a.raw_pose, b.raw_pose) and np.array_equal(a.pose, b.pose)
+    st, st2 = tr.get_stats(), loaded.get_stats()
+    assert (st2.pose_refined, st2.pose_refine_rejected) == (st.pose_refined, st.pose_refine_rejected)
+    assert st2.pose_correction_mm == st.pose_correction_mm
+    # The next frame is refined the same way by the original and the reloaded trainer.
+    nxt = _frame(scene, 5, scene.frames[5].pose @ E)
+    tr.train_offline([nxt], 0)
+    loaded.train_offline([nxt], 0)
+    np.testing.assert_allclose(loaded.keyframes[-1].pose, tr.keyframes[-1].pose, atol=1e-9)
+    np.testing.assert_allclose(loaded._pose_refiner.xi, tr._pose_refiner.xi, atol=1e-9)
+    # A version-2 checkpoint (no refiner state) still loads; the refinement then starts over.
+    state = torch.load(path, weights_only=False)
+    del state["pose_refiner"]
+    state["version"] = 2
+    for k in state["keyframes"]:
+        del k["raw_pose"]
+    torch.save(state, tmp_path / "v2.pt")
+    old = load_checkpoint(tmp_path / "v2.pt")
+    assert old._pose_refiner.anchor is None and all(k.raw_pose is None for k in old.keyframes)
+    # A corrupt estimate is refused with a message that names it.
+    state = torch.load(path, weights_only=False)
+    state["pose_refiner"]["xi"] = np.full(6, np.nan)
+    torch.save(state, tmp_path / "nan.pt")
+    with pytest.raises(ValueError, match=r"nan\.pt: pose refiner estimate"):
+        load_checkpoint(tmp_path / "nan.pt")

@@ -1,4 +1,5 @@
-"""Trainer checkpoints: model, optimizer moments, config, counters, time range and keyframes.
+"""Trainer checkpoints: model, optimizer moments, config, counters, time range, keyframes (with the input
+poses of refined frames) and the pose refiner's estimate.
 
 Written atomically (temp file in the same folder, fsync, os.replace), so a crash mid-write never leaves a
 broken file under the checkpoint's name; `load_checkpoint` restores a trainer that continues training.
@@ -17,7 +18,8 @@ from .render import RenderCamera
 from .trainer import OnlineTrainer, TrainerConfig, _Keyframe
 
 FORMAT = "surg3d-recon-checkpoint"
-VERSION = 2
+VERSION = 3
+READS = (2, 3)     # version 2 lacks the pose refiner state: it loads with none (refinement starts over)
 
 
 def _cpu(x):
@@ -39,11 +41,13 @@ def save_checkpoint(trainer: OnlineTrainer, path: str | os.PathLike, keyframes: 
             "optimizer": _cpu(trainer.optimizer.state_dict()) if trainer.optimizer else None,
             "clock": trainer.clock.state_dict(), "live_stamp_ns": trainer.live_stamp_ns,
             "last_pose": trainer._last_pose, "scene_depth": trainer.scene_depth,
+            "pose_refiner": trainer._pose_refiner.state_dict(),
             "stats": asdict(trainer.get_stats()),
             "keyframes": [{
                 "stamp_ns": k.stamp_ns, "t": k.t, "pose": k.pose, "K": k.K, "has_depth": k.has_depth,
                 "rgb": (k.rgb * 255 + 0.5).to(torch.uint8).cpu(), "depth": k.depth.cpu(),
                 "tissue": (k.tissue > 0.5).cpu(), "width": k.camera.width, "height": k.camera.height,
+                "raw_pose": k.raw_pose,
             } for k in trainer.keyframes] if keyframes else [],
         }
     out = Path(path)
@@ -74,9 +78,9 @@ def load_checkpoint(path: str | os.PathLike, trainer: OnlineTrainer | None = Non
         raise ValueError(f"checkpoint {p} is not readable: {e}") from e
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ValueError(f"{p} is not a surg3d reconstruction checkpoint")
-    if state.get("version") != VERSION:
-        raise ValueError(f"checkpoint {p} has format version {state.get('version')}; this surg3d reads version "
-                         f"{VERSION} (train again or use the surg3d release that wrote it)")
+    if state.get("version") not in READS:
+        raise ValueError(f"checkpoint {p} has format version {state.get('version')}; this surg3d reads versions "
+                         f"{', '.join(map(str, READS))} (train again or use the surg3d release that wrote it)")
     cfg = TrainerConfig.from_dict(state["config"])
     if device is not None:
         cfg.device, cfg.backend = device, "auto"
@@ -93,6 +97,11 @@ def load_checkpoint(path: str | os.PathLike, trainer: OnlineTrainer | None = Non
         trainer.live_stamp_ns = state["live_stamp_ns"]
         trainer._last_pose = state["last_pose"]
         trainer.scene_depth = float(state["scene_depth"])
+        if state.get("pose_refiner") is not None:
+            try:
+                trainer._pose_refiner.load_state_dict(state["pose_refiner"])
+            except ValueError as e:
+                raise ValueError(f"checkpoint {p}: {e}") from e
         trainer._make_optimizer()
         if state["optimizer"] is not None:
             trainer.optimizer.load_state_dict({k: ({n: t.to(dev) for n, t in v.items()} if k != "lrs" else v)
@@ -103,12 +112,16 @@ def load_checkpoint(path: str | os.PathLike, trainer: OnlineTrainer | None = Non
                            k["depth"].to(dev), k["tissue"].to(dev).float(),
                            RenderCamera.from_ros(np.asarray(k["pose"]), np.asarray(k["K"]), k["width"],
                                                  k["height"], device=dev),
-                           np.asarray(k["pose"]), np.asarray(k["K"]), bool(k["has_depth"]))
+                           np.asarray(k["pose"]), np.asarray(k["K"]), bool(k["has_depth"]),
+                           None if k.get("raw_pose") is None else np.asarray(k["raw_pose"]))
             trainer.keyframes.append(kf)
             trainer._recent.append(kf)
         st = state["stats"]
         for key in ("frames_received", "frames_used", "frames_skipped", "iterations", "frames_past",
-                    "time_gaps_shortened"):
-            setattr(trainer.stats, key, int(st[key]))
+                    "time_gaps_shortened", "pose_refined", "pose_refine_rejected"):
+            setattr(trainer.stats, key, int(st.get(key, 0)))
+        for key in ("pose_correction_mm", "pose_correction_deg"):
+            setattr(trainer.stats, key, float(st.get(key, 0.0)))
+        trainer.stats.pose_refine_last = str(st.get("pose_refine_last", ""))
         trainer._skip.update(st.get("skip_reasons", {}))
     return trainer

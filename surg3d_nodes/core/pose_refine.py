@@ -217,6 +217,23 @@ class PoseRefiner:
             self.xi = res.xi
         return res
 
+    def state_dict(self) -> dict:
+        """The anchor pose and the current estimate (a checkpoint continues refining from them)."""
+        return {"anchor": self.anchor, "xi": self.xi}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore `state_dict` output; NaN or misshapen values are refused with a message naming them."""
+        anchor, xi = state.get("anchor"), state.get("xi")
+        if anchor is not None:
+            anchor = np.asarray(anchor, dtype=np.float64)
+            if anchor.shape != (4, 4) or not np.all(np.isfinite(anchor)):
+                raise ValueError(f"pose refiner anchor must be a finite 4x4 pose, got {anchor.tolist()}")
+        if xi is not None:
+            xi = np.asarray(xi, dtype=np.float64)
+            if xi.shape != (6,) or not np.all(np.isfinite(xi)) or anchor is None:
+                raise ValueError(f"pose refiner estimate must be 6 finite values after an anchor, got {xi.tolist()}")
+        self.anchor, self.xi = anchor, xi
+
     def correction_of(self, pose: np.ndarray) -> np.ndarray:
         """hand_eye mode: the correction the current estimate gives an input pose (identity before one)."""
         if self.anchor is None or self.xi is None:
