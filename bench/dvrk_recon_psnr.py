@@ -20,6 +20,7 @@ Scores (masked PSNR, tissue pixels, against the instrument-free images): at the 
 also sees a model distorted by wrong poses; pose errors are in that gauge too. Writes JSON and a PNG.
 
     python bench/dvrk_recon_psnr.py [--width 160 --height 128 --frames 12 --iterations 100]
+    python bench/dvrk_recon_psnr.py --width 640 --height 512 --image-scale 0.25   # full-size input, CPU
 """
 
 from __future__ import annotations
@@ -59,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--motion", choices=MOTIONS, default="pivot")
     ap.add_argument("--breathing-mm", type=float, default=SynthConfig.breathing_amplitude * 1e3)
     ap.add_argument("--stride", type=int, default=1, help="pixel stride of Gaussian initialisation")
+    ap.add_argument("--image-scale", type=float, default=1.0,
+                    help="train on frames resized by this (scores stay at the full size): 0.25 as on CPU")
     ap.add_argument("--trans-mm", type=float, default=2.0)
     ap.add_argument("--rot-deg", type=float, default=1.0)
     ap.add_argument("--threads", type=int, default=2)
@@ -86,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     for label, poses, extra in runs:
         r = train_and_score(em, poses, a.iterations, label, a.stride, a.threads,
-                            iterations_per_frame=a.iterations_per_frame, **extra)
+                            iterations_per_frame=a.iterations_per_frame, image_scale=a.image_scale, **extra)
         before, after = gauge_pose_errors(em, poses), gauge_pose_errors(em, r.poses)
         st = r.stats
         results[label] = {

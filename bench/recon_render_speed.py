@@ -1,6 +1,7 @@
 """Renderer speed: forward + backward of one training render, torch reference vs gsplat (CUDA).
 
     python bench/recon_render_speed.py --gaussians 2000 20000 --size 160x128 [--device cuda] [--json OUT]
+    python bench/recon_render_speed.py --device cuda --backends gsplat --gaussians 500000 --size 640x512
 
 Gaussians are a random surface-like layer in front of the camera (about one Gaussian per pixel at 20k and
 160x128, like the EndoNeRF CPU evaluation). Prints ms per forward and backward; on CUDA also gsplat.
@@ -62,8 +63,13 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--backends", nargs="+", choices=["torch", "gsplat"], default=None,
+                    help="default: torch on CPU, torch and gsplat on CUDA (gsplat needs CUDA)")
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
+    backends = a.backends or (["torch", "gsplat"] if a.device == "cuda" else ["torch"])
+    if "gsplat" in backends and a.device != "cuda":
+        ap.error("the gsplat backend needs --device cuda")
     torch.set_num_threads(a.threads)
     torch.set_flush_denormal(True)
     w, h = (int(x) for x in a.size.split("x"))
@@ -76,8 +82,8 @@ def main() -> None:
         opac = p[3].detach()
         args = (p[0], p[1], p[2], opac, p[4])
         runs = [(f"torch tile {ts}", lambda ts=ts, args=args: tb.render(*args, cam, tile_size=ts))
-                for ts in ([4, 8] if a.device == "cpu" else [16])]
-        if a.device == "cuda":
+                for ts in ([4, 8] if a.device == "cpu" else [16]) if "torch" in backends]
+        if "gsplat" in backends:
             from surg3d_nodes.core.render import gsplat_backend
             runs.append(("gsplat", lambda args=args: gsplat_backend.render(*args, cam)))
         for name, fn in runs:
