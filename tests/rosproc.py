@@ -16,9 +16,10 @@ def start_node(module: str, ros_args: list[str], env: dict[str, str]) -> subproc
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def stop_node(proc: subprocess.Popen, timeout: float = 15.0) -> str:
-    """SIGTERM the process (the node runtime shuts down cleanly on it), kill it after `timeout`; its output."""
-    proc.terminate()
+def stop_node(proc: subprocess.Popen, timeout: float = 15.0, sig: int = signal.SIGTERM) -> str:
+    """Send `sig` (SIGTERM or SIGINT: the node runtime shuts down cleanly on both), kill the process after
+    `timeout`; its output."""
+    proc.send_signal(sig)
     try:
         out, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:

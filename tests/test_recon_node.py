@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import time
@@ -35,13 +36,38 @@ def scene():
     return generate(SynthConfig(width=64, height=48, frames=8, instruments=1, noise_std=1.0))
 
 
-def _start(out_dir: Path, env: dict[str, str]) -> subprocess.Popen:
+def _start(out_dir: Path, env: dict[str, str], rates: str = "4.0") -> subprocess.Popen:
+    """The trainer node on CPU; `rates` (Hz) of its render, de-occlusion and status timers."""
     return subprocess.Popen(
         [sys.executable, "-m", "surg3d_nodes.nodes.trainer", "--ros-args", "--params-file",
          str(CONFIG / "trainer.yaml"), "-p", "device:=cpu", "-p", "num_threads:=1", "-p", "image_scale:=1.0",
-         "-p", "heartbeat_period:=0.5", "-p", "points_rate:=0.0", "-p", "render_rate:=4.0",
-         "-p", "deoccluded_rate:=4.0", "-p", "status_rate:=4.0", "-p", f"output_dir:={out_dir}"],
+         "-p", "heartbeat_period:=0.5", "-p", "points_rate:=0.0", "-p", f"render_rate:={rates}",
+         "-p", f"deoccluded_rate:={rates}", "-p", f"status_rate:={rates}", "-p", f"output_dir:={out_dir}"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _frame_publishers(ros_node) -> dict:
+    """Publishers of the trainer's inputs, by input name; waits until the node subscribed to all of them."""
+    pubs = {name: ros_node.create_publisher(cls, topic, 10) for name, (cls, topic) in {
+        "info": (CameraInfo, topics.LEFT_RECT_INFO), "image": (Image, topics.LEFT_RECT),
+        "depth": (Image, topics.DEPTH), "mask": (Image, topics.INSTRUMENT_MASK),
+        "pose": (PoseStamped, topics.CAMERA_POSE)}.items()}
+    assert wait_until(lambda: all(p.get_subscription_count() > 0 for p in pubs.values()), 20)
+    return pubs
+
+
+def _send_frames(pubs: dict, scene, frames: list) -> None:
+    """Publish each synthetic frame's CameraInfo, image, depth, mask and pose, paced for the trainer."""
+    frame_id = topics.LEFT_OPTICAL_FRAME
+    for f in frames:
+        s = f.stamp_ns
+        pubs["info"].publish(camera_to_msg(scene.cam_left, s))
+        time.sleep(0.05)
+        pubs["image"].publish(image_to_msg(f.left, "rgb8", s, frame_id))
+        pubs["depth"].publish(image_to_msg(f.depth.astype(np.float32), "32FC1", s, frame_id))
+        pubs["mask"].publish(image_to_msg(f.mask, "mono8", s, frame_id))
+        pubs["pose"].publish(pose_to_msg(f.pose, s, topics.WORLD_FRAME))
+        time.sleep(0.15)
 
 
 def test_trainer_node(ros_env, ros_node, scene, tmp_path):
@@ -54,22 +80,8 @@ def test_trainer_node(ros_env, ros_node, scene, tmp_path):
                              topics.RECON_RENDER: Image, topics.RECON_DEOCCLUDED: Image,
                              topics.RECON_RENDER_DEPTH: Image, topics.NODE_STATUS: NodeStatus})
     try:
-        pubs = {name: ros_node.create_publisher(cls, topic, 10) for name, (cls, topic) in {
-            "info": (CameraInfo, topics.LEFT_RECT_INFO), "image": (Image, topics.LEFT_RECT),
-            "depth": (Image, topics.DEPTH), "mask": (Image, topics.INSTRUMENT_MASK),
-            "pose": (PoseStamped, topics.CAMERA_POSE)}.items()}
         assert wait_until(lambda: got.last(topics.RECON_STATUS) is not None, 30), "no status from the node"
-        assert wait_until(lambda: all(p.get_subscription_count() > 0 for p in pubs.values()), 20)
-        frame_id = topics.LEFT_OPTICAL_FRAME
-        for f in scene.frames[:6]:
-            s = f.stamp_ns
-            pubs["info"].publish(camera_to_msg(scene.cam_left, s))
-            time.sleep(0.05)
-            pubs["image"].publish(image_to_msg(f.left, "rgb8", s, frame_id))
-            pubs["depth"].publish(image_to_msg(f.depth.astype(np.float32), "32FC1", s, frame_id))
-            pubs["mask"].publish(image_to_msg(f.mask, "mono8", s, frame_id))
-            pubs["pose"].publish(pose_to_msg(f.pose, s, topics.WORLD_FRAME))
-            time.sleep(0.15)
+        _send_frames(_frame_publishers(ros_node), scene, scene.frames[:6])
         ok = wait_until(lambda: got.last(topics.RECON_STATUS).frames_used >= 4
                    and got.last(topics.RECON_STATUS).iterations > 5, 60)
         if not ok:
@@ -154,3 +166,22 @@ def test_trainer_node(ros_env, ros_node, scene, tmp_path):
     finally:
         out = stop_node(proc)
     assert "resumed from" in out and proc.returncode == 0, out
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_trainer_node_stops_cleanly_while_callbacks_run(ros_env, ros_node, scene, tmp_path, sig):
+    # Renders and status at 50 Hz keep the executor's threads busy when the signal arrives: a shutdown that
+    # does not wait for them printed "The following exception was never retrieved" (InvalidHandle) for each.
+    proc = _start(tmp_path, ros_env, rates="50.0")
+    got = Collector(ros_node, {topics.RECON_STATUS: TrainerStatus, topics.RECON_RENDER: Image})
+    rendering = False
+    try:
+        # A status first: the node is up and matched, so the first frames are not lost to discovery.
+        assert wait_until(lambda: got.last(topics.RECON_STATUS) is not None, 30), "no status from the node"
+        _send_frames(_frame_publishers(ros_node), scene, scene.frames[:4])
+        rendering = wait_until(lambda: len(got.get(topics.RECON_RENDER)) >= 20, 60)
+    finally:
+        out = stop_node(proc, sig=sig)
+    assert rendering, f"no renders from the trainer; last status {got.last(topics.RECON_STATUS)}\n{out}"
+    assert proc.returncode == 0, out
+    assert "Traceback" not in out and "never retrieved" not in out, out

@@ -19,6 +19,7 @@ import rclpy
 from rclpy.executors import MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.signals import SignalHandlerOptions
+from rclpy.task import Future
 
 from surg3d_msgs.msg import NodeStatus
 from surg3d_nodes.ros import topics
@@ -87,31 +88,50 @@ class SurgNode(Node):
         """Release resources before destruction; override (and call super) when a node has any."""
 
 
+class _DrainingExecutor(MultiThreadedExecutor):
+    """MultiThreadedExecutor that can let the callbacks already handed to its threads finish.
+
+    rclpy's `shutdown` destroys the executor's wake-up guard condition at once (its wait for running work tests
+    the flag it has just set) while callbacks may still be queued or running on the thread pool; each of them
+    then fails on that guard with InvalidHandle, and at exit rclpy prints "The following exception was never
+    retrieved" for every one. `drain` first, then `shutdown`.
+    """
+
+    def drain(self) -> list[BaseException]:
+        """Wait for every callback handed to the thread pool; call only once spinning has stopped (no new
+        ones come). Returns the exceptions they raised (retrieved, so rclpy does not report them again)."""
+        self._executor.shutdown(wait=True)
+        return [e for task in self._futures if task.done() and (e := task.exception()) is not None]
+
+
 def _spin_until_signal(nodes: Sequence[SurgNode]) -> int:
     """Spin `nodes` on one executor until SIGINT/SIGTERM or a callback raises; shut down in the order
-    rclpy needs (executor, spin thread, nodes, context). Returns the process exit code."""
+    rclpy needs (spin loop, running callbacks, executor, nodes, context). Returns the process exit code."""
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    executor = MultiThreadedExecutor()
+    executor = _DrainingExecutor()
     for node in nodes:
         executor.add_node(node)
+    stopped: Future[None] = Future()   # done: the spin loop hands out no more callbacks (it wakes the executor)
     failure: list[BaseException] = []
 
     def spin() -> None:
         try:
-            executor.spin()
+            executor.spin_until_future_complete(stopped)
         except BaseException as e:  # a callback raised: report it and stop the process
-            if not stop.is_set():  # during shutdown, handles being destroyed are expected
-                failure.append(e)
-            stop.set()
+            failure.append(e)
+        stop.set()
 
     thread = threading.Thread(target=spin, name="executor", daemon=True)
     thread.start()
     stop.wait()
-    # Stop spinning before the nodes release their resources: a callback must not run on a closed node.
-    executor.shutdown(timeout_sec=5.0)
+    # Stop handing out callbacks, let the running ones finish while the executor and the nodes are intact, and
+    # only then shut down: a callback must neither meet a destroyed guard condition nor run on a closed node.
+    stopped.set_result(None)
     thread.join(timeout=5.0)
+    failure += executor.drain()
+    executor.shutdown(timeout_sec=5.0)
     for node in nodes:
         try:
             node.close()
