@@ -105,6 +105,7 @@ def test_motion_deformation_and_seed() -> None:
 @pytest.mark.parametrize("kwargs, word", [
     ({"instruments": 3}, "instruments"), ({"camera_motion": "shaky"}, "camera_motion"),
     ({"width": 8}, "image size"), ({"fps": 0}, "fps"), ({"tissue_distance": 1.0}, "tissue_distance"),
+    ({"wrist_articulation_deg": 95.0}, "wrist_articulation_deg"), ({"jaw_opening_deg": -5.0}, "jaw_opening_deg"),
 ])
 def test_bad_config(kwargs: dict, word: str) -> None:
     with pytest.raises(ValueError, match=word):

@@ -3,7 +3,10 @@ synthetic scene (core.synthetic), with exact ground truth, for tests and demos w
 
 Streams (dVRK 2.x names, metres): `/ECM/measured_cp` (ECM tip in the cart frame) and `/PSMn/measured_cp`
 (instrument tip in the ECM tip frame), both at `kinematics_hz` (100 Hz), and the stereo video at the clip's
-fps (30 Hz). The ECM pose is T_cart_ecm(t) = T_cart_world T_world_cam(t) inv(T_ecm_cam): the synthetic
+fps (30 Hz). With articulated instruments (SynthConfig.articulated, the default here) also `/PSMn/measured_js`
+(the true wrist pitch and yaw; the four outer joints, which the synthetic scene does not model, are zero) and
+`/PSMn/jaw/measured_js` (jaw angle), at `kinematics_hz` with the same faults as measured_cp.
+The ECM pose is T_cart_ecm(t) = T_cart_world T_world_cam(t) inv(T_ecm_cam): the synthetic
 camera moved by an ECM whose tip carries the camera through the hand-eye transform `hand_eye`.
 Imperfections for tests: sampling-instant jitter (stamps stay true), delivery latency and jitter, random
 dropouts, reordering, NaN messages, ECM gaps, a stopped ECM stream and a video clock offset.
@@ -12,13 +15,13 @@ dropouts, reordering, NaN messages, ECM gaps, a stopped ECM stream and a video c
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from surg3d_nodes.core.geometry import pose_matrix
 from surg3d_nodes.core.instrument_prior import InstrumentGeometry
-from surg3d_nodes.core.kinematics import NOMINAL_HAND_EYE
+from surg3d_nodes.core.kinematics import JAW_MEASURED_JS, MEASURED_CP, MEASURED_JS, NOMINAL_HAND_EYE
 from surg3d_nodes.core.synthetic import SceneKinematics, SynthConfig, SynthScene, generate
 
 MS = 1_000_000
@@ -30,13 +33,21 @@ SYNTHETIC_INSTRUMENT = InstrumentGeometry(shaft_radius=SceneKinematics.shaft_rad
                                           jaw_radius=SceneKinematics.tip_radius,
                                           wrist_length=SceneKinematics.tip_length,
                                           shaft_length=SceneKinematics.shaft_length)
+# The articulated synthetic instruments (SynthConfig.articulated); straight, the jaw capsule reaches the yaw axis.
+SYNTHETIC_WRISTED_INSTRUMENT = InstrumentGeometry(shaft_radius=SceneKinematics.shaft_radius,
+                                                  jaw_radius=SceneKinematics.tip_radius,
+                                                  wrist_length=SceneKinematics.yaw_to_tip,
+                                                  shaft_length=SceneKinematics.shaft_length,
+                                                  pitch_to_yaw=SceneKinematics.pitch_to_yaw,
+                                                  yaw_to_tip=SceneKinematics.yaw_to_tip)
 
 
 @dataclass
 class EmulatorConfig:
     """What the emulated robot does. Times in ms unless named `_s` (seconds from the first frame)."""
 
-    synth: SynthConfig = field(default_factory=lambda: SynthConfig(camera_motion="moving", instruments=2))
+    synth: SynthConfig = field(default_factory=lambda: SynthConfig(camera_motion="moving", instruments=2,
+                                                                   articulated=True))
     kinematics_hz: float = 100.0
     sample_jitter_ms: float = 0.3        # std of the sampling instants around the nominal period
     latency_ms: float = 2.0              # kinematics delivery latency after the stamp
@@ -74,13 +85,16 @@ class EmulatorConfig:
 
 @dataclass(frozen=True)
 class DvrkMessage:
-    """One published message: `kind` is an arm name (its measured_cp) or VIDEO (stereo images of `frame`)."""
+    """One published message: `kind` is an arm name (its stream `what`: measured_cp with the pose T,
+    measured_js / jaw/measured_js with the joint positions) or VIDEO (stereo images of `frame`)."""
 
     send_ns: int
     kind: str
     stamp_ns: int
     T: np.ndarray | None = None
     frame: int = -1
+    what: str = MEASURED_CP
+    joints: np.ndarray | None = None
 
 
 @dataclass
@@ -103,23 +117,10 @@ class DvrkEmulation:
         return self.scene.frames[frame].stamp_ns + round(self.config.video_offset_ms * MS)
 
 
-def tip_frame(tip: np.ndarray, axis: np.ndarray) -> np.ndarray:
-    """dVRK-style tool tip frame in the same frame as the inputs: origin at the tip, z along the jaws
-    (away from the shaft, i.e. -axis), x perpendicular to z and to the world y axis (a fixed roll)."""
-    z = -np.asarray(axis, dtype=np.float64)
-    z /= np.linalg.norm(z)
-    ref = np.array([0.0, 1.0, 0.0]) if abs(z[1]) < 0.9 else np.array([1.0, 0.0, 0.0])
-    x = np.cross(ref, z)
-    x /= np.linalg.norm(x)
-    T = np.eye(4)
-    T[:3, 0], T[:3, 1], T[:3, 2], T[:3, 3] = x, np.cross(z, x), z, tip
-    return T
-
-
 def true_tool_poses(kin: SceneKinematics, T_world_cam: np.ndarray, t: float) -> list[np.ndarray]:
     """T_camera_tip of every synthetic instrument at time t."""
     inv = np.linalg.inv(T_world_cam)
-    return [inv @ tip_frame(tip, axis) for tip, axis in kin.instruments(t)]
+    return [inv @ T for T in kin.tip_poses(t)]
 
 
 def emulate(cfg: EmulatorConfig | None = None,
@@ -140,7 +141,25 @@ def emulate(cfg: EmulatorConfig | None = None,
     times = -cfg.lead_s + np.arange(n) * period + rng.normal(0, cfg.sample_jitter_ms / 1e3, n)
     times = np.sort(times)
 
-    per_arm: dict[str, list[DvrkMessage]] = {ECM: [], **{arm: [] for arm in cfg.psm_arms}}
+    joint_streams = (MEASURED_JS, JAW_MEASURED_JS) if cfg.synth.articulated else ()
+    streams: dict[tuple[str, str], list[DvrkMessage]] = {
+        (arm, what): [] for arm in (ECM, *cfg.psm_arms) for what in (MEASURED_CP, *joint_streams)
+        if arm != ECM or what == MEASURED_CP}
+
+    def deliver(m: DvrkMessage) -> None:
+        """Queue one message through the faults: dropout, NaN, delivery latency and jitter."""
+        if rng.random() < cfg.dropout:
+            return
+        if rng.random() < cfg.nan_rate:
+            if m.T is not None:
+                T = m.T.copy()
+                T[:3, 3] = np.nan
+                m = replace(m, T=T)
+            else:
+                m = replace(m, joints=np.full_like(m.joints, np.nan))
+        send = m.stamp_ns + round((cfg.latency_ms + abs(rng.normal(0, cfg.delivery_jitter_ms))) * MS)
+        streams[(m.kind, m.what)].append(replace(m, send_ns=send))
+
     for t in times:
         stamp = start + round(t * 1e9)
         T_wc = kin.camera_pose(t)
@@ -152,21 +171,19 @@ def emulate(cfg: EmulatorConfig | None = None,
             if arm == ECM and ((cfg.ecm_stop_s is not None and t >= cfg.ecm_stop_s)
                                or any(g0 <= t < g0 + gl for g0, gl in cfg.ecm_gaps_s)):
                 continue
-            if rng.random() < cfg.dropout:
-                continue
-            if rng.random() < cfg.nan_rate:
-                T = T.copy()
-                T[:3, 3] = np.nan
-            send = stamp + round((cfg.latency_ms + abs(rng.normal(0, cfg.delivery_jitter_ms))) * MS)
-            per_arm[arm].append(DvrkMessage(send, arm, stamp, T))
+            deliver(DvrkMessage(0, arm, stamp, T))
+        if joint_streams:
+            for arm, (pitch, yaw, jaw) in zip(cfg.psm_arms, kin.joints(t), strict=False):
+                deliver(DvrkMessage(0, arm, stamp, what=MEASURED_JS, joints=np.array([0, 0, 0, 0, pitch, yaw])))
+                deliver(DvrkMessage(0, arm, stamp, what=JAW_MEASURED_JS, joints=np.array([jaw])))
 
     messages: list[DvrkMessage] = []
-    for msgs in per_arm.values():
+    for msgs in streams.values():
         sends = [m.send_ns for m in msgs]
         for i in range(len(msgs) - 1):        # swap delivery order of neighbours
             if rng.random() < cfg.reorder:
                 sends[i], sends[i + 1] = sends[i + 1] + 1, sends[i]
-        messages += [DvrkMessage(s, m.kind, m.stamp_ns, m.T) for s, m in zip(sends, msgs, strict=True)]
+        messages += [replace(m, send_ns=s) for s, m in zip(sends, msgs, strict=True)]
     for i, f in enumerate(scene.frames):
         messages.append(DvrkMessage(f.stamp_ns + round(cfg.video_latency_ms * MS), VIDEO,
                                     f.stamp_ns + round(cfg.video_offset_ms * MS), frame=i))

@@ -9,7 +9,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from surg3d_nodes.core.dvrk_emulator import ECM, VIDEO, DvrkEmulation
-from surg3d_nodes.core.kinematics import FrameKinematics, FrameResolver, KinematicCamera, pose_error
+from surg3d_nodes.core.kinematics import (
+    MEASURED_CP,
+    STREAM_JOINT_NAMES,
+    FrameKinematics,
+    FrameResolver,
+    KinematicCamera,
+    pose_error,
+    psm_joint_values,
+)
 from surg3d_nodes.core.metrics import masked_psnr
 from surg3d_nodes.core.trainer import Frame, OnlineTrainer, TrainerConfig, TrainerStats
 
@@ -26,8 +34,11 @@ def replay_streams(em: DvrkEmulation, camera: KinematicCamera,
             camera.add_ecm(m.stamp_ns, m.T)
         elif m.kind == VIDEO:
             resolver.add_image(m.stamp_ns, m.send_ns)
-        else:
+        elif m.what == MEASURED_CP:
             camera.add_psm(m.kind, m.stamp_ns, m.T)
+        else:
+            camera.add_psm_joints(m.kind, m.what, m.stamp_ns,
+                                  psm_joint_values(m.what, STREAM_JOINT_NAMES[m.what], m.joints))
         for fk in resolver.poll(m.send_ns):
             out[frame_of[fk.stamp_ns]] = fk
     return out

@@ -1,5 +1,5 @@
-"""Robot kinematics at image stamps: pose buffers for 100 Hz streams (dVRK `measured_cp`), interpolation,
-hand-eye composition and hand-eye calibration.
+"""Robot kinematics at image stamps: buffers for 100 Hz pose and joint streams (dVRK `measured_cp`,
+`measured_js`), interpolation, hand-eye composition and hand-eye calibration.
 
 A camera pose is only ever produced from two kinematics samples that bracket the image stamp closely
 (SLERP rotation, linear translation); a stamp outside the stream, inside a gap or beyond a stopped stream
@@ -16,7 +16,7 @@ from __future__ import annotations
 import bisect
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
@@ -28,7 +28,32 @@ MS = 1_000_000
 NOMINAL_HAND_EYE = (0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 
 
-def dvrk_arm_topic(arm: str, what: str = "measured_cp") -> str:
+# dVRK 2.x CRTK streams of a PSM (`dvrk_arm_topic`'s `what`) and the joint names they carry.
+MEASURED_CP = "measured_cp"            # geometry_msgs/PoseStamped: the tool tip frame
+MEASURED_JS = "measured_js"            # sensor_msgs/JointState of the arm's joints
+JAW_MEASURED_JS = "jaw/measured_js"    # sensor_msgs/JointState: the jaw opening angle
+PSM_JOINT_NAMES = ("outer_yaw", "outer_pitch", "outer_insertion", "outer_roll", "outer_wrist_pitch",
+                   "outer_wrist_yaw")
+JAW_JOINT_NAMES = ("jaw",)
+STREAM_JOINT_NAMES = {MEASURED_JS: PSM_JOINT_NAMES, JAW_MEASURED_JS: JAW_JOINT_NAMES}   # what each carries
+PRIOR_JOINT_NAMES = {MEASURED_JS: PSM_JOINT_NAMES[4:], JAW_MEASURED_JS: JAW_JOINT_NAMES}  # what the prior uses
+
+
+def psm_joint_values(what: str, names: Sequence[str], positions: Sequence[float]) -> np.ndarray:
+    """The joints the instrument prior uses from one PSM joint message, picked by name: (outer_wrist_pitch,
+    outer_wrist_yaw) of measured_js, (jaw,) of jaw/measured_js. Raises ValueError naming what is wrong."""
+    if what not in PRIOR_JOINT_NAMES:
+        raise ValueError(f"PSM joint stream must be one of {sorted(PRIOR_JOINT_NAMES)}, got {what!r}")
+    names = list(names)
+    if len(names) != len(positions):
+        raise ValueError(f"{what}: {len(names)} joint names but {len(positions)} positions")
+    missing = [n for n in PRIOR_JOINT_NAMES[what] if n not in names]
+    if missing:
+        raise ValueError(f"{what} has no joint {', '.join(missing)} (joints: {', '.join(names) or 'none'})")
+    return np.array([positions[names.index(n)] for n in PRIOR_JOINT_NAMES[what]], dtype=np.float64)
+
+
+def dvrk_arm_topic(arm: str, what: str = MEASURED_CP) -> str:
     """dVRK 2.x CRTK topic of an arm, e.g. /ECM/measured_cp, /PSM1/measured_cp, /PSM1/jaw/measured_js."""
     if not arm or "/" in arm:
         raise ValueError(f"dVRK arm name must be a plain name like ECM or PSM1, got {arm!r}")
@@ -63,6 +88,19 @@ class PoseLookup:
     @property
     def ok(self) -> bool:
         return self.T is not None
+
+
+@dataclass(frozen=True)
+class JointLookup:
+    """Result of a joint lookup: joint positions (radians), or None and the reason (as PoseLookup)."""
+
+    values: np.ndarray | None
+    reason: str
+    age_ns: int | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.values is not None
 
 
 def interpolate_pose(T0: np.ndarray, T1: np.ndarray, a: float) -> np.ndarray:
@@ -101,16 +139,19 @@ def hand_eye_from_params(values: Sequence[float]) -> np.ndarray:
     return pose_matrix(v[:3], v[3:])
 
 
-class PoseBuffer:
-    """Time-ordered buffer of one pose stream (e.g. 100 Hz `/ECM/measured_cp`) queried at image stamps.
+class StreamBuffer:
+    """Time-ordered buffer of one stamped stream queried at image stamps; subclasses say what a valid sample
+    is and how two are interpolated (PoseBuffer, JointBuffer).
 
     `max_age_ns`: a sample farther than this from the stamp is stale (default 50 ms);
     `max_gap_ns`: the widest interval interpolated across (default 30 ms: up to two lost samples at 100 Hz);
     `horizon_ns`: how much history is kept behind the newest sample. Stamps going back by more than
     `reset_ns` are taken as a clock reset (robot restart, looping bag): the buffer restarts from them.
-    `counters` counts received, accepted, invalid (NaN, non-rigid), duplicate, out_of_order (accepted,
+    `counters` counts received, accepted, invalid (NaN, non-rigid, ...), duplicate, out_of_order (accepted,
     inserted in order), too_old (dropped), gaps (intervals > max_gap), clock_reset and per-reason lookups.
     """
+
+    _result: type = PoseLookup      # what lookup returns: (value, reason, age_ns)
 
     def __init__(self, max_age_ns: int = 50 * MS, max_gap_ns: int = 30 * MS, horizon_ns: int = 2000 * MS,
                  reset_ns: int = 1000 * MS) -> None:
@@ -120,8 +161,16 @@ class PoseBuffer:
         self.max_age_ns, self.max_gap_ns = int(max_age_ns), int(max_gap_ns)
         self.horizon_ns, self.reset_ns = int(horizon_ns), int(reset_ns)
         self._stamps: list[int] = []
-        self._poses: list[np.ndarray] = []
+        self._values: list[np.ndarray] = []
         self.counters: Counter[str] = Counter()
+
+    def _valid(self, value: np.ndarray | None) -> bool:
+        """Whether a sample can be buffered."""
+        raise NotImplementedError
+
+    def _interpolate(self, v0: np.ndarray, v1: np.ndarray, a: float) -> np.ndarray:
+        """The value a fraction `a` (0..1) of the way from v0 to v1."""
+        raise NotImplementedError
 
     def __len__(self) -> int:
         return len(self._stamps)
@@ -130,26 +179,26 @@ class PoseBuffer:
     def newest_ns(self) -> int | None:
         return self._stamps[-1] if self._stamps else None
 
-    def add(self, stamp_ns: int, T: np.ndarray | None) -> str:
-        """Add one sample (T None = a message that could not be read). Returns what happened to it:
+    def add(self, stamp_ns: int, value: np.ndarray | None) -> str:
+        """Add one sample (None = a message that could not be read). Returns what happened to it:
         'ok', 'out_of_order' (older than the newest, inserted in order), 'invalid', 'duplicate', 'too_old'."""
         self.counters["received"] += 1
         stamp_ns = int(stamp_ns)
-        if not is_rigid(T) or stamp_ns <= 0:
+        if not self._valid(value) or stamp_ns <= 0:
             self.counters["invalid"] += 1
             return "invalid"
-        T = np.array(T, dtype=np.float64)
+        value = np.array(value, dtype=np.float64)
         newest = self.newest_ns
         if newest is not None and stamp_ns < newest - self.reset_ns:
             self.counters["clock_reset"] += 1
             self._stamps.clear()
-            self._poses.clear()
+            self._values.clear()
             newest = None
         if newest is None or stamp_ns > newest:
             if newest is not None and stamp_ns - newest > self.max_gap_ns:
                 self.counters["gaps"] += 1
             self._stamps.append(stamp_ns)
-            self._poses.append(T)
+            self._values.append(value)
             self.counters["accepted"] += 1
             self._trim()
             return OK
@@ -161,7 +210,7 @@ class PoseBuffer:
             self.counters["too_old"] += 1
             return "too_old"
         self._stamps.insert(i, stamp_ns)
-        self._poses.insert(i, T)
+        self._values.insert(i, value)
         self.counters["accepted"] += 1
         self.counters["out_of_order"] += 1
         return "out_of_order"
@@ -170,41 +219,75 @@ class PoseBuffer:
         cut = bisect.bisect_left(self._stamps, self._stamps[-1] - self.horizon_ns)
         if cut > 0:
             del self._stamps[:cut]
-            del self._poses[:cut]
+            del self._values[:cut]
 
-    def lookup(self, stamp_ns: int, final: bool = False) -> PoseLookup:
-        """The pose at `stamp_ns`, interpolated between the two samples around it.
+    def lookup(self, stamp_ns: int, final: bool = False) -> PoseLookup | JointLookup:
+        """The value at `stamp_ns`, interpolated between the two samples around it.
 
         While the stream has not reached the stamp the answer is PENDING unless `final` (the caller waited
         long enough): then it is STALE (newest sample older than max_age) or LATE. Every answer without a
         pose is counted under `lookup.<reason>`.
         """
-        res = self._lookup(int(stamp_ns), final)
+        res = self._result(*self._lookup(int(stamp_ns), final))
         if res.reason != PENDING:
             self.counters[f"lookup.{res.reason}"] += 1
         return res
 
-    def _lookup(self, t: int, final: bool) -> PoseLookup:
+    def _lookup(self, t: int, final: bool) -> tuple[np.ndarray | None, str, int | None]:
         if not self._stamps:
-            return PoseLookup(None, NO_DATA)
+            return None, NO_DATA, None
         newest = self._stamps[-1]
         if t > newest:
             age = t - newest
             if not final:
-                return PoseLookup(None, PENDING, age)
-            return PoseLookup(None, STALE if age > self.max_age_ns else LATE, age)
+                return None, PENDING, age
+            return None, STALE if age > self.max_age_ns else LATE, age
         i = bisect.bisect_left(self._stamps, t)
         if self._stamps[i] == t:
-            return PoseLookup(self._poses[i].copy(), OK, 0)
+            return self._values[i].copy(), OK, 0
         if i == 0:
-            return PoseLookup(None, TOO_OLD, self._stamps[0] - t)
+            return None, TOO_OLD, self._stamps[0] - t
         t0, t1 = self._stamps[i - 1], self._stamps[i]
         age = min(t - t0, t1 - t)
         if age > self.max_age_ns:
-            return PoseLookup(None, STALE, age)
+            return None, STALE, age
         if t1 - t0 > self.max_gap_ns:
-            return PoseLookup(None, GAP, age)
-        return PoseLookup(interpolate_pose(self._poses[i - 1], self._poses[i], (t - t0) / (t1 - t0)), OK, age)
+            return None, GAP, age
+        return self._interpolate(self._values[i - 1], self._values[i], (t - t0) / (t1 - t0)), OK, age
+
+
+class PoseBuffer(StreamBuffer):
+    """Buffer of one pose stream (e.g. 100 Hz `/ECM/measured_cp`): rigid 4x4 samples, SLERP + linear
+    interpolation; lookups give PoseLookup (StreamBuffer has the limits and counters)."""
+
+    _result = PoseLookup
+
+    def _valid(self, value: np.ndarray | None) -> bool:
+        return is_rigid(value)
+
+    def _interpolate(self, v0: np.ndarray, v1: np.ndarray, a: float) -> np.ndarray:
+        return interpolate_pose(v0, v1, a)
+
+
+class JointBuffer(StreamBuffer):
+    """Buffer of one joint-state stream (e.g. the wrist joints of `/PSM1/measured_js`): `size` finite angles
+    within +-pi per sample (NaN, a wrong count or a wild value: invalid), linear interpolation; lookups give
+    JointLookup."""
+
+    _result = JointLookup
+
+    def __init__(self, size: int, **limits) -> None:
+        super().__init__(**limits)
+        self.size = int(size)
+
+    def _valid(self, value: np.ndarray | None) -> bool:
+        if value is None:
+            return False
+        v = np.asarray(value, dtype=np.float64)
+        return v.shape == (self.size,) and bool(np.all(np.isfinite(v)) and np.all(np.abs(v) <= np.pi))
+
+    def _interpolate(self, v0: np.ndarray, v1: np.ndarray, a: float) -> np.ndarray:
+        return (1 - a) * v0 + a * v1
 
 
 class KinematicCamera:
@@ -213,7 +296,8 @@ class KinematicCamera:
     The world frame is the cart frame (the dVRK ECM base), so poses are consistent across ECM motion;
     `image_offset_ns` is subtracted from image stamps to bring them onto the kinematics clock (the video
     machine's clock offset plus capture latency). PSM tip poses (in the ECM tip frame) are mapped into the
-    camera frame with the same hand-eye.
+    camera frame with the same hand-eye. PSM joint streams (`add_psm_joints`: the wrist pitch and yaw of
+    measured_js, the jaw angle of jaw/measured_js) are buffered and interpolated like the poses.
     """
 
     def __init__(self, hand_eye: np.ndarray, image_offset_ns: int = 0, **buffer_kwargs) -> None:
@@ -226,6 +310,12 @@ class KinematicCamera:
         self.buffer_kwargs = buffer_kwargs
         self.ecm = PoseBuffer(**buffer_kwargs)
         self.psms: dict[str, PoseBuffer] = {}
+        self.psm_joints: dict[tuple[str, str], JointBuffer] = {}   # (arm, MEASURED_JS | JAW_MEASURED_JS)
+
+    @property
+    def streams(self) -> list[StreamBuffer]:
+        """Every buffered stream: ECM, PSM poses, PSM joints."""
+        return [self.ecm, *self.psms.values(), *self.psm_joints.values()]
 
     def add_ecm(self, stamp_ns: int, T_cart_ecm: np.ndarray | None) -> str:
         """Add an ECM measured_cp sample; returns PoseBuffer.add's verdict."""
@@ -235,6 +325,15 @@ class KinematicCamera:
         """Add a PSM measured_cp sample (tip in the ECM tip frame)."""
         buf = self.psms.setdefault(arm, PoseBuffer(**self.buffer_kwargs))
         return buf.add(stamp_ns, T_ecm_tip)
+
+    def add_psm_joints(self, arm: str, what: str, stamp_ns: int, values: np.ndarray | None) -> str:
+        """Add a PSM joint sample: `what` MEASURED_JS with (wrist pitch, wrist yaw) or JAW_MEASURED_JS with
+        (jaw,), radians (None = unreadable); returns PoseBuffer.add's verdict."""
+        if what not in PRIOR_JOINT_NAMES:
+            raise ValueError(f"PSM joint stream must be one of {sorted(PRIOR_JOINT_NAMES)}, got {what!r}")
+        buf = self.psm_joints.setdefault((arm, what), JointBuffer(len(PRIOR_JOINT_NAMES[what]),
+                                                                  **self.buffer_kwargs))
+        return buf.add(stamp_ns, values)
 
     def camera_pose(self, image_stamp_ns: int, final: bool = False) -> PoseLookup:
         """T_world_camera at an image stamp, or None and the reason."""
@@ -248,6 +347,21 @@ class KinematicCamera:
         for arm, buf in self.psms.items():
             res = buf.lookup(t, final)
             out[arm] = PoseLookup(self.ecm_to_camera_inv @ res.T, OK, res.age_ns) if res.ok else res
+        return out
+
+    def tool_joints(self, image_stamp_ns: int, final: bool = False) -> dict[str, JointLookup]:
+        """(wrist pitch, wrist yaw, jaw) of each PSM with a pose stream at an image stamp: a JointLookup that
+        fails (NO_DATA for an arm without joint streams) when either joint stream fails at the stamp."""
+        t = int(image_stamp_ns) - self.image_offset_ns
+        out = {}
+        for arm in self.psms:
+            parts = []
+            for what in (MEASURED_JS, JAW_MEASURED_JS):
+                buf = self.psm_joints.get((arm, what))
+                parts.append(buf.lookup(t, final) if buf is not None else JointLookup(None, NO_DATA))
+            bad = [r for r in parts if not r.ok]
+            out[arm] = bad[0] if bad else JointLookup(np.concatenate([r.values for r in parts]), OK,
+                                                      max(r.age_ns for r in parts))
         return out
 
 
@@ -288,11 +402,13 @@ def calibrate_hand_eye(T_cart_ecm: Sequence[np.ndarray], T_camera_target: Sequen
 
 @dataclass(frozen=True)
 class FrameKinematics:
-    """Kinematics resolved for one image: the camera pose (PoseLookup) and each PSM's T_camera_tip."""
+    """Kinematics resolved for one image: the camera pose (PoseLookup), each PSM's T_camera_tip and its
+    (wrist pitch, wrist yaw, jaw) joints (KinematicCamera.tool_joints)."""
 
     stamp_ns: int
     camera: PoseLookup
     tools: dict[str, PoseLookup]
+    joints: dict[str, JointLookup] = field(default_factory=dict)
 
 
 class FrameResolver:
@@ -337,13 +453,12 @@ class FrameResolver:
     def _lagging(self, stamp_ns: int) -> list[PoseBuffer]:
         """The streams that have not reached an image stamp yet."""
         t = stamp_ns - self.camera.image_offset_ns
-        bufs = [self.camera.ecm, *self.camera.psms.values()]
-        return [b for b in bufs if b.newest_ns is None or b.newest_ns < t]
+        return [b for b in self.camera.streams if b.newest_ns is None or b.newest_ns < t]
 
     def poll(self, now_ns: int, finalize: bool = True) -> list[FrameKinematics]:
         """Resolve every waiting image whose kinematics are complete, and with `finalize` (call it from a
         periodic timer) those whose wait is over. Returns them in stamp order."""
-        bufs = [self.camera.ecm, *self.camera.psms.values()]
+        bufs = self.camera.streams
         prev = self._last_final_poll
         if finalize:
             moved = {id(b) for b in bufs if b.counters["received"] != self._seen.get(id(b))}
@@ -363,12 +478,13 @@ class FrameResolver:
                 continue
             cam = self.camera.camera_pose(stamp, final=True)
             tools = self.camera.tool_poses(stamp, final=True)
+            joints = self.camera.tool_joints(stamp, final=True)
             self.counters["frames"] += 1
             if cam.ok:
                 self.counters["frames_with_pose"] += 1
             else:
                 self.counters["frames_without_pose"] += 1
                 self.counters[f"no_pose.{cam.reason}"] += 1
-            out.append(FrameKinematics(stamp, cam, tools))
+            out.append(FrameKinematics(stamp, cam, tools, joints))
         self._pending = keep
         return out

@@ -3,7 +3,9 @@
 The tissue is a textured heightfield in the world frame, z_world = distance + h(x, y, t): breathing
 lifts the centre, and the first instrument grasps a tissue point and pulls it towards the camera over the
 clip. One or two grey metal instruments (cylindrical shaft + thinner tip with a spherical end) move above it
-and occlude it. Every pixel of both views of a rectified stereo pair is ray cast exactly: analytic
+and occlude it; with `articulated` they are EndoWrists instead (core.instrument_prior.wrist_links): a wrist
+that pitches and yaws between the shaft and two jaws that open and close, all smooth over the clip.
+Every pixel of both views of a rectified stereo pair is ray cast exactly: analytic
 ray-cylinder/sphere hits for the tools, fixed-point + secant iterations for the heightfield. Lighting comes
 from a headlight between the two lenses (like an endoscope), so diffuse shading is shared by both views while
 specular highlights move with the viewpoint. The world frame is the left optical frame of the first frame
@@ -23,6 +25,7 @@ import numpy as np
 from surg3d_nodes.core.camera import CameraModel
 from surg3d_nodes.core.datasets.base import DatasetFrame
 from surg3d_nodes.core.datasets.endonerf import write_endonerf_layout
+from surg3d_nodes.core.instrument_prior import jaw_directions, tip_frame, wrist_links
 
 MOTIONS = ("static", "moving", "pivot")
 _LATTICE = 256
@@ -49,6 +52,9 @@ class SynthConfig:
     pull_amplitude: float = 0.004
     vignetting: float = 0.9                  # brightness loss at the image corners ~ vignetting * 0.4
     start_ns: int = 1_700_000_000 * 10**9
+    articulated: bool = False                # EndoWrist instruments (wrist pitch / yaw, opening jaws)
+    wrist_articulation_deg: float = 40.0     # amplitude of wrist pitch and yaw (articulated only)
+    jaw_opening_deg: float = 60.0            # widest jaw opening (articulated only)
 
     def validate(self) -> None:
         """Raise ValueError naming the first parameter outside its range."""
@@ -72,6 +78,10 @@ class SynthConfig:
             raise ValueError(f"noise_std must be >= 0, got {self.noise_std}")
         if not 0.03 <= self.tissue_distance <= 0.2:
             raise ValueError(f"tissue_distance must be in [0.03, 0.2] m, got {self.tissue_distance}")
+        if not 0 <= self.wrist_articulation_deg <= 80:
+            raise ValueError(f"wrist_articulation_deg must be in [0, 80], got {self.wrist_articulation_deg}")
+        if not 0 <= self.jaw_opening_deg <= 120:
+            raise ValueError(f"jaw_opening_deg must be in [0, 120], got {self.jaw_opening_deg}")
 
 
 @dataclass
@@ -98,10 +108,35 @@ class SynthScene:
     frames: list[SynthFrame] = field(default_factory=list)
 
 
+# Ray-cast primitive of a tool: (shape "sphere" | "cyl", centre / axis start, unit axis, radius, q0, q1, part).
+_Primitive = tuple[str, np.ndarray, np.ndarray, float, float, float, int]
+
+
 @dataclass
 class _Tool:
-    tip: np.ndarray             # centre of the spherical tip end (world)
-    axis: np.ndarray            # unit vector from the tip towards the shaft (away from the tissue)
+    tip: np.ndarray             # tip frame origin (world): centre of the spherical tip end / jaw tip
+    axis: np.ndarray            # unit vector along the shaft, away from the tissue
+    pose: np.ndarray            # T_world_tip, the dVRK tip frame (measured_cp)
+    joints: tuple[float, float, float] = (0.0, 0.0, 0.0)   # wrist pitch, wrist yaw, jaw (rad)
+    wrist: tuple[np.ndarray, np.ndarray] | None = None     # EndoWrist: T_world_pitch, T_world_yaw
+
+    def primitives(self) -> list[_Primitive]:
+        """The shapes to ray cast; part 1 = shaft (and wrist link), 2 = tip (jaws)."""
+        if self.wrist is None:
+            return [("sphere", self.tip, self.axis, _TIP_R, 0.0, 0.0, 2),
+                    ("cyl", self.tip, self.axis, _TIP_R, 0.0, _TIP_LEN, 2),
+                    ("cyl", self.tip, self.axis, _SHAFT_R, _TIP_LEN, _SHAFT_LEN, 1)]
+        T_pitch, T_yaw = self.wrist
+        pitch_joint, yaw_joint = T_pitch[:3, 3], T_yaw[:3, 3]
+        out: list[_Primitive] = [
+            ("cyl", pitch_joint, self.axis, _SHAFT_R, 0.0, _SHAFT_LEN, 1),
+            ("sphere", pitch_joint, self.axis, _SHAFT_R, 0.0, 0.0, 1),
+            ("cyl", pitch_joint, T_yaw[:3, 2], _SHAFT_R, 0.0, _PITCH_TO_YAW, 1),   # the wrist link
+            ("sphere", yaw_joint, self.axis, _SHAFT_R, 0.0, 0.0, 1)]
+        for u in jaw_directions(self.pose[:3, :3], self.joints[2]):
+            out += [("cyl", yaw_joint, u, _TIP_R, 0.0, _YAW_TO_TIP, 2),
+                    ("sphere", yaw_joint + _YAW_TO_TIP * u, u, _TIP_R, 0.0, 0.0, 2)]
+        return out
 
 
 class _Scene:
@@ -239,19 +274,46 @@ class _Scene:
             gx, gy = self.grasp
             tip_z = float(self.surface_z(np.array(gx), np.array(gy), t)) - 0.0012
             axis = np.array([-0.55, 0.45, -1.0])
-            out.append(_Tool(np.array([gx, gy, tip_z]), axis / np.linalg.norm(axis)))
+            out.append(self._tool(0, np.array([gx, gy, tip_z]), axis / np.linalg.norm(axis), t))
         if self.cfg.instruments >= 2:
             w = 2 * np.pi * t / max(self.duration, 1e-9)
             x = self.half_w * (0.35 + 0.25 * np.sin(0.8 * w + self.sweep_phase[0]))
             y = self.half_w * (0.05 + 0.35 * np.sin(1.3 * w + self.sweep_phase[1]))
             z = float(self.surface_z(np.array(x), np.array(y), t)) - 0.004 - 0.002 * np.sin(w)
             axis = np.array([0.6, 0.35, -1.0])
-            out.append(_Tool(np.array([x, y, z]), axis / np.linalg.norm(axis)))
+            out.append(self._tool(1, np.array([x, y, z]), axis / np.linalg.norm(axis), t))
         return out
 
+    def joints(self, index: int, t: float) -> tuple[float, float, float]:
+        """(wrist pitch, wrist yaw, jaw) in radians of articulated tool `index` at time t: the bend keeps its
+        size (the amplitude) and turns around the shaft every 3 s; the jaws open and close every 2 s (a
+        surgeon's pace, in seconds rather than per clip: a short clip must not whirl the wrist)."""
+        a = np.radians(self.cfg.wrist_articulation_deg)
+        bend_phase, jaw_phase = _WRIST_PHASES[index]
+        bend = 2 * np.pi * t / _BEND_PERIOD_S + bend_phase
+        jaw = np.radians(self.cfg.jaw_opening_deg) * 0.5 * (1 - np.cos(2 * np.pi * t / _JAW_PERIOD_S + jaw_phase))
+        return float(a * np.sin(bend)), float(a * np.cos(bend)), float(jaw)
 
-# Tool dimensions (metres): tip sphere/cylinder radius, tip length, shaft radius, shaft length.
+    def _tool(self, index: int, tip: np.ndarray, axis: np.ndarray, t: float) -> _Tool:
+        """Tool `index` with its tip frame origin at `tip` and its shaft along `axis`; an articulated one bends
+        its wrist with the tip in place, the shaft moving along (forward kinematics shaft -> pitch -> yaw -> tip)."""
+        pose = tip_frame(tip, axis)
+        if not self.cfg.articulated:
+            return _Tool(tip, axis, pose)
+        joints = self.joints(index, t)
+        T_pitch_yaw, T_yaw_tip = wrist_links(joints[0], joints[1], _PITCH_TO_YAW, _YAW_TO_TIP)
+        T_pitch = pose.copy()                  # the straight tip frame's axes: a pitch frame along the shaft
+        T_pitch[:3, 3] = tip - pose[:3, :3] @ (T_pitch_yaw @ T_yaw_tip)[:3, 3]
+        T_yaw = T_pitch @ T_pitch_yaw
+        return _Tool(tip, axis, T_yaw @ T_yaw_tip, joints, (T_pitch, T_yaw))
+
+
+# Tool dimensions (metres): tip sphere/cylinder radius, tip length, shaft radius, shaft length; the articulated
+# tools' jaws have the tip radius, their wrist link the shaft radius, and the dVRK Large Needle Driver's links.
 _TIP_R, _TIP_LEN, _SHAFT_R, _SHAFT_LEN = 0.0011, 0.006, 0.0024, 0.25
+_PITCH_TO_YAW, _YAW_TO_TIP = 0.0091, 0.0102
+_WRIST_PHASES = ((0.4, 2.0), (2.6, 4.2))     # per articulated tool: phase of the bend, of the jaws (rad)
+_BEND_PERIOD_S, _JAW_PERIOD_S = 3.0, 2.0
 
 
 def _ray_cylinder(o: np.ndarray, d: np.ndarray, a: np.ndarray, u: np.ndarray, r: float,
@@ -285,7 +347,7 @@ def _ray_sphere(o: np.ndarray, d: np.ndarray, c: np.ndarray, r: float) -> np.nda
 
 def _intersect_tools(o: np.ndarray, d: np.ndarray, tools: list[_Tool]) -> tuple[np.ndarray, np.ndarray,
                                                                                 np.ndarray]:
-    """(s, normal, part) of the nearest tool hit per ray; part 0 = none, 1 = shaft, 2 = tip.
+    """(s, normal, part) of the nearest tool hit per ray; part 0 = none, else as in _Tool.primitives.
 
     Computed in float32 (3e-9 m at 5 cm), twice as fast as float64 over every pixel.
     """
@@ -295,13 +357,9 @@ def _intersect_tools(o: np.ndarray, d: np.ndarray, tools: list[_Tool]) -> tuple[
     normal = np.zeros((n, 3), np.float32)
     part = np.zeros(n, dtype=np.int8)
     for tool in tools:
-        a, u = tool.tip.astype(np.float32), tool.axis.astype(np.float32)
-        cands = [
-            (_ray_sphere(o, d, a, _TIP_R), 2, "sphere"),
-            (_ray_cylinder(o, d, a, u, _TIP_R, 0.0, _TIP_LEN), 2, "cyl"),
-            (_ray_cylinder(o, d, a, u, _SHAFT_R, _TIP_LEN, _SHAFT_LEN), 1, "cyl"),
-        ]
-        for s, kind, shape in cands:
+        for shape, a, u, r, q0, q1, kind in tool.primitives():
+            a, u = a.astype(np.float32), u.astype(np.float32)
+            s = _ray_sphere(o, d, a, r) if shape == "sphere" else _ray_cylinder(o, d, a, u, r, q0, q1)
             hit = np.isfinite(s) & (s < best)
             if not hit.any():
                 continue
@@ -365,15 +423,19 @@ def _camera_pose(cfg: SynthConfig, t: float) -> np.ndarray:
 class SceneKinematics:
     """Continuous-time ground truth of a clip's motion, for robot-kinematics emulation (dVRK emulator).
 
-    `camera_pose(t)`: T_world_cam of the left camera; `instruments(t)`: (tip, axis) per instrument in the
-    world frame (tip = centre of the spherical tip end, axis = unit vector from the tip towards the shaft);
-    t in seconds from the first frame, any value (also between frames). The tool dimensions are attributes.
+    `camera_pose(t)`: T_world_cam of the left camera; `tip_poses(t)`: T_world_tip per instrument (the dVRK
+    tip frame: origin at the jaw tip, the centre of a straight tool's spherical tip end, z along the jaws away
+    from the shaft); `joints(t)`: (wrist pitch, wrist yaw, jaw angle) per instrument in radians (zeros for
+    straight tools); t in seconds from the first frame, any value (also between frames). The tool dimensions
+    are attributes (pitch_to_yaw, yaw_to_tip: the articulated tools' wrist links).
     """
 
     tip_radius = _TIP_R
     tip_length = _TIP_LEN
     shaft_radius = _SHAFT_R
     shaft_length = _SHAFT_LEN
+    pitch_to_yaw = _PITCH_TO_YAW
+    yaw_to_tip = _YAW_TO_TIP
 
     def __init__(self, cfg: SynthConfig) -> None:
         cfg.validate()
@@ -384,9 +446,13 @@ class SceneKinematics:
         """T_world_cam of the left optical frame at time t."""
         return _camera_pose(self.cfg, t)
 
-    def instruments(self, t: float) -> list[tuple[np.ndarray, np.ndarray]]:
-        """(tip, axis) of each instrument at time t, world frame."""
-        return [(tool.tip.copy(), tool.axis.copy()) for tool in self._scene.tools(t)]
+    def tip_poses(self, t: float) -> list[np.ndarray]:
+        """T_world_tip of each instrument at time t."""
+        return [tool.pose.copy() for tool in self._scene.tools(t)]
+
+    def joints(self, t: float) -> list[tuple[float, float, float]]:
+        """(wrist pitch, wrist yaw, jaw angle) of each instrument at time t, radians."""
+        return [tool.joints for tool in self._scene.tools(t)]
 
 
 class _Renderer:
