@@ -1,5 +1,6 @@
 """dVRK nodes over DDS: the kinematics node as a real process fed faulty emulated dVRK streams (poses right
-or absent, faults in the heartbeat, prior masks), and the emulator node driving the kinematics node."""
+or absent, faults in the heartbeat, prior masks), and the emulator node (articulated instruments, joint
+states) driving the kinematics node (articulated prior)."""
 
 from __future__ import annotations
 
@@ -9,19 +10,27 @@ from pathlib import Path
 import numpy as np
 from geometry_msgs.msg import PoseStamped
 from rosproc import Collector, start_node, stop_node, wait_until
-from sensor_msgs.msg import CameraInfo, Image
+from sensor_msgs.msg import CameraInfo, Image, JointState
 
 from surg3d_msgs.msg import NodeStatus
 from surg3d_nodes.core.dvrk_emulator import (
     ECM,
     SYNTHETIC_INSTRUMENT,
+    SYNTHETIC_WRISTED_INSTRUMENT,
     VIDEO,
     EmulatorConfig,
     emulate,
 )
 from surg3d_nodes.core.geometry import matrix_to_pose
-from surg3d_nodes.core.instrument_prior import mask_iou
-from surg3d_nodes.core.kinematics import MS, dvrk_arm_topic
+from surg3d_nodes.core.instrument_prior import InstrumentGeometry, mask_iou
+from surg3d_nodes.core.kinematics import (
+    JAW_JOINT_NAMES,
+    JAW_MEASURED_JS,
+    MEASURED_JS,
+    MS,
+    PSM_JOINT_NAMES,
+    dvrk_arm_topic,
+)
 from surg3d_nodes.core.synthetic import SynthConfig
 from surg3d_nodes.ros import topics
 from surg3d_nodes.ros.convert import (
@@ -33,9 +42,15 @@ from surg3d_nodes.ros.convert import (
 )
 
 CONFIG = Path(__file__).resolve().parents[1] / "config"
-GEOMETRY_ARGS = ["-p", f"shaft_radius:={SYNTHETIC_INSTRUMENT.shaft_radius}",
-                 "-p", f"jaw_radius:={SYNTHETIC_INSTRUMENT.jaw_radius}",
-                 "-p", f"wrist_length:={SYNTHETIC_INSTRUMENT.wrist_length}"]
+
+
+def geometry_args(g: InstrumentGeometry) -> list[str]:
+    """The kinematics node's instrument parameters for a geometry."""
+    names = ("shaft_radius", "jaw_radius", "wrist_length", "shaft_length", "pitch_to_yaw", "yaw_to_tip")
+    return [arg for name in names for arg in ("-p", f"{name}:={getattr(g, name)}")]
+
+
+GEOMETRY_ARGS = geometry_args(SYNTHETIC_INSTRUMENT)
 
 
 def test_kinematics_node_with_faulty_streams(ros_env, ros_node):
@@ -119,17 +134,20 @@ def test_emulator_node_drives_kinematics_node(ros_env, ros_node, tmp_path):
                   "-p", "start_delay_s:=2.0"], ros_env)
     kin = None
     try:
+        js, jaw = dvrk_arm_topic("PSM1", MEASURED_JS), dvrk_arm_topic("PSM1", JAW_MEASURED_JS)
         got = Collector(ros_node, {topics.CAMERA_POSE: PoseStamped, topics.INSTRUMENT_PRIOR: Image,
-                                    f"/{rig}/left/image_raw": Image, "/ECM/measured_cp": PoseStamped}, depth=200)
+                                    f"/{rig}/left/image_raw": Image, "/ECM/measured_cp": PoseStamped,
+                                    js: JointState, jaw: JointState, topics.DATASET_MASK: Image}, depth=200)
         assert wait_until(lambda: (tmp_path / "left.yaml").is_file(), 30), "emulator did not write its calibration"
         kin = start_node("surg3d_nodes.nodes.kinematics",
                      ["--params-file", str(CONFIG / "kinematics.yaml"),
                       "-r", f"{topics.LEFT_INFO}:=/{rig}/left/camera_info",
-                      "-p", f"calibration_file:={tmp_path / 'left.yaml'}", *GEOMETRY_ARGS], ros_env)
+                      "-p", f"calibration_file:={tmp_path / 'left.yaml'}",
+                      *geometry_args(SYNTHETIC_WRISTED_INSTRUMENT)], ros_env)
         def counts() -> tuple[int, int]:
             return len(got.get(topics.CAMERA_POSE)), len(got.get(topics.INSTRUMENT_PRIOR))
 
-        assert wait_until(lambda: counts()[0] >= 10 and counts()[1] >= 5, 25), f"poses, priors: {counts()}"
+        assert wait_until(lambda: counts()[0] >= 10 and counts()[1] >= 8, 25), f"poses, priors: {counts()}"
         ecm = got.get("/ECM/measured_cp")
         stamps = sorted(stamp_to_ns(m.header.stamp) for m in ecm)
         rate = (len(stamps) - 1) / ((stamps[-1] - stamps[0]) / 1e9)
@@ -137,6 +155,13 @@ def test_emulator_node_drives_kinematics_node(ros_env, ros_node, tmp_path):
         assert got.get(f"/{rig}/left/image_raw")[0].width == 96
         prior = msg_to_image(got.get(topics.INSTRUMENT_PRIOR)[-1], "mono8")
         assert prior.shape == (80, 96) and prior.any()
+        # The articulated instruments' joint streams, and the prior drawn with them against the true masks.
+        assert tuple(got.get(js)[-1].name) == PSM_JOINT_NAMES and tuple(got.get(jaw)[-1].name) == JAW_JOINT_NAMES
+        assert len(got.get(js)) > 0.8 * len(ecm) and len(got.get(jaw)) > 0.8 * len(ecm)
+        truth = {stamp_to_ns(m.header.stamp): msg_to_image(m, "mono8") for m in got.get(topics.DATASET_MASK)}
+        ious = [mask_iou(msg_to_image(m, "mono8"), truth[stamp_to_ns(m.header.stamp)])
+                for m in got.get(topics.INSTRUMENT_PRIOR) if stamp_to_ns(m.header.stamp) in truth]
+        assert len(ious) >= 5 and np.median(ious) >= 0.85, f"prior IoU {np.round(ious, 3).tolist()}"
         delays = [abs(stamp_to_ns(m.header.stamp) - time.time_ns()) for m in got.get(topics.CAMERA_POSE)[-1:]]
         assert delays[0] < 5_000 * MS  # stamps follow the emulator's clock (now), not the synthetic epoch
     finally:

@@ -1,7 +1,9 @@
 """dVRK emulator node: publishes what a da Vinci Research Kit publishes, from the synthetic scene.
 
-`/ECM/measured_cp`, `/PSMn/measured_cp` (PoseStamped, `kinematics_hz`), `/<rig>/left|right/image_raw` (rgb8)
-and `/<rig>/left|right/camera_info` at the clip's fps, with the imperfections of core.dvrk_emulator (jitter,
+`/ECM/measured_cp`, `/PSMn/measured_cp` (PoseStamped, `kinematics_hz`), with articulated instruments
+(`articulated`, default) `/PSMn/measured_js` and `/PSMn/jaw/measured_js` (JointState, `kinematics_hz`: the
+true wrist pitch / yaw and jaw angle), `/<rig>/left|right/image_raw` (rgb8) and `/<rig>/left|right/camera_info`
+at the clip's fps, with the imperfections of core.dvrk_emulator (jitter,
 latency, dropouts, reordering, NaN, a video clock offset, a stopping ECM). The clip is rendered once at start
 (progress logged) and replayed in real time, in a loop by default; stamps follow this node's clock.
 With `publish_ground_truth` the true tool mask and depth go to /dataset/tool_mask and /dataset/depth.
@@ -15,14 +17,20 @@ import threading
 from pathlib import Path
 
 from geometry_msgs.msg import PoseStamped
-from sensor_msgs.msg import CameraInfo, Image
+from sensor_msgs.msg import CameraInfo, Image, JointState
 
 from surg3d_nodes.core.camera_yaml import save_camera_yaml
 from surg3d_nodes.core.dvrk_emulator import ECM, VIDEO, DvrkMessage, EmulatorConfig, emulate
-from surg3d_nodes.core.kinematics import NOMINAL_HAND_EYE, dvrk_arm_topic, dvrk_video_topic
+from surg3d_nodes.core.kinematics import (
+    MEASURED_CP,
+    NOMINAL_HAND_EYE,
+    STREAM_JOINT_NAMES,
+    dvrk_arm_topic,
+    dvrk_video_topic,
+)
 from surg3d_nodes.core.synthetic import SynthConfig
 from surg3d_nodes.ros import topics
-from surg3d_nodes.ros.convert import camera_to_msg, image_to_msg, pose_to_msg
+from surg3d_nodes.ros.convert import camera_to_msg, image_to_msg, joint_state_to_msg, pose_to_msg
 from surg3d_nodes.ros.runtime import SurgNode, run_node
 
 
@@ -34,7 +42,8 @@ class DvrkEmulatorNode(SurgNode):
         p = {name: self.declare_parameter(name, default).value for name, default in [
             ("rig", "jhu_daVinci"), ("ecm_arm", "ECM"), ("psm_arms", ["PSM1", "PSM2"]),
             ("width", 160), ("height", 128), ("frames", 90), ("fps", 30.0), ("camera_motion", "moving"),
-            ("instruments", 2), ("seed", 0), ("kinematics_hz", 100.0), ("sample_jitter_ms", 0.3),
+            ("instruments", 2), ("articulated", True), ("wrist_articulation_deg", 40.0),
+            ("jaw_opening_deg", 60.0), ("seed", 0), ("kinematics_hz", 100.0), ("sample_jitter_ms", 0.3),
             ("latency_ms", 2.0), ("delivery_jitter_ms", 1.0), ("video_offset_ms", 0.0),
             ("video_latency_ms", 25.0), ("dropout", 0.0), ("reorder", 0.0), ("nan_rate", 0.0),
             ("ecm_stop_s", -1.0), ("hand_eye", list(NOMINAL_HAND_EYE)), ("loop", True),
@@ -42,7 +51,10 @@ class DvrkEmulatorNode(SurgNode):
             ("calibration_dir", "")]}
         synth = SynthConfig(width=int(p["width"]), height=int(p["height"]), frames=int(p["frames"]),
                             fps=float(p["fps"]), camera_motion=str(p["camera_motion"]),
-                            instruments=int(p["instruments"]), seed=int(p["seed"]))
+                            instruments=int(p["instruments"]), seed=int(p["seed"]),
+                            articulated=bool(p["articulated"]),
+                            wrist_articulation_deg=float(p["wrist_articulation_deg"]),
+                            jaw_opening_deg=float(p["jaw_opening_deg"]))
         cfg = EmulatorConfig(
             synth=synth, kinematics_hz=float(p["kinematics_hz"]),
             sample_jitter_ms=float(p["sample_jitter_ms"]),
@@ -75,6 +87,8 @@ class DvrkEmulatorNode(SurgNode):
         arm_names = {ECM: self.ecm_arm, **{a: a for a in cfg.psm_arms}}
         self.pose_pubs = {k: self.create_publisher(PoseStamped, dvrk_arm_topic(v), 50)
                           for k, v in arm_names.items()}
+        self.joint_pubs = {(arm, what): self.create_publisher(JointState, dvrk_arm_topic(arm, what), 50)
+                           for arm in cfg.psm_arms for what in STREAM_JOINT_NAMES} if synth.articulated else {}
         self.image_pubs = {s: self.create_publisher(Image, dvrk_video_topic(rig, s), 5) for s in self.cams}
         self.info_pubs = {s: self.create_publisher(CameraInfo, dvrk_video_topic(rig, s, "camera_info"), 5)
                           for s in self.cams}
@@ -104,6 +118,11 @@ class DvrkEmulatorNode(SurgNode):
                 return
 
     def _publish(self, m: DvrkMessage, stamp_ns: int) -> None:
+        if m.kind != VIDEO and m.what != MEASURED_CP:
+            self.joint_pubs[(m.kind, m.what)].publish(joint_state_to_msg(STREAM_JOINT_NAMES[m.what], m.joints,
+                                                                         stamp_ns))
+            self.count(f"{m.kind.lower()}_{m.what.replace('/', '_')}_sent")
+            return
         if m.kind != VIDEO:  # ECM in the cart frame, PSMs in the ECM tip frame (NaN kept: a faulty driver)
             parent = "Cart" if m.kind == ECM else self.ecm_arm
             self.pose_pubs[m.kind].publish(pose_to_msg(m.T, stamp_ns, parent))

@@ -1,7 +1,9 @@
 """Kinematics node: camera poses and instrument priors from da Vinci Research Kit (dVRK 2.x) kinematics.
 
-Subscribes `/<ecm_arm>/measured_cp` and `/<PSM>/measured_cp` (geometry_msgs/PoseStamped, 100 Hz) and the left
-camera_info (its stamps are the image stamps; with `stamp_source: image` the left image's instead). For each
+Subscribes `/<ecm_arm>/measured_cp` and `/<PSM>/measured_cp` (geometry_msgs/PoseStamped, 100 Hz), with
+`use_joint_states` `/<PSM>/measured_js` and `/<PSM>/jaw/measured_js` (sensor_msgs/JointState: wrist pitch and
+yaw, jaw angle) and the left camera_info (its stamps are the image stamps; with `stamp_source: image` the left
+image's instead). For each
 image stamp, once the kinematics streams have passed it (or after `max_wait_ms`), it publishes
 - /camera/pose (PoseStamped, frame `world_frame` = the cart frame) and /tf: ECM pose interpolated at the stamp
   (SLERP / linear) composed with the hand-eye transform and, with `pose_rectified` (default), the left
@@ -10,8 +12,10 @@ image stamp, once the kinematics streams have passed it (or after `max_wait_ms`)
   a wrong pose;
 - /instrument/prior_mask (mono8, the image stamp): each PSM's shaft, wrist and jaws projected into the left
   image, rectified by default like instrument_seg's input (core.instrument_prior), when a camera model is
-  known (camera_info or `calibration_file`).
-Stale/gap/out-of-order/invalid counts are in the heartbeat. The prior is rendered on a worker thread
+  known (camera_info or `calibration_file`). The wrist bends and the jaws open as the joint states at the
+  stamp say; a PSM whose joint states are missing, stale or invalid at the stamp is drawn straight
+  (counted as `prior_straight.<reason>`).
+Stale/gap/out-of-order/invalid counts of every stream are in the heartbeat. The prior is rendered on a worker thread
 (640x512, two tools: 40-110 ms on one CPU core; `prior_scale: 0.5` renders at half size, ~4x faster).
 """
 
@@ -20,12 +24,13 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from collections import Counter
 
 import cv2
 import numpy as np
 from geometry_msgs.msg import PoseStamped
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from sensor_msgs.msg import CameraInfo, Image
+from sensor_msgs.msg import CameraInfo, Image, JointState
 from tf2_msgs.msg import TFMessage
 
 from surg3d_nodes.core.camera import CameraModel
@@ -34,17 +39,20 @@ from surg3d_nodes.core.instrument_prior import InstrumentGeometry, pixel_rays, p
 from surg3d_nodes.core.kinematics import (
     MS,
     NOMINAL_HAND_EYE,
+    PRIOR_JOINT_NAMES,
     FrameKinematics,
     FrameResolver,
     KinematicCamera,
     dvrk_arm_topic,
     hand_eye_from_params,
+    psm_joint_values,
 )
 from surg3d_nodes.ros import topics
 from surg3d_nodes.ros.convert import (
     MessageError,
     image_to_msg,
     msg_to_camera,
+    msg_to_joint_state,
     msg_to_pose,
     pose_to_msg,
     stamp_to_ns,
@@ -64,7 +72,8 @@ class KinematicsNode(SurgNode):
             ("stamp_source", "camera_info"), ("calibration_file", ""), ("world_frame", topics.WORLD_FRAME),
             ("camera_frame", topics.LEFT_OPTICAL_FRAME), ("publish_tf", True), ("publish_prior", True),
             ("pose_rectified", True), ("prior_rectified", True), ("prior_scale", 1.0),
-            ("shaft_radius", 0.004), ("jaw_radius", 0.003), ("wrist_length", 0.010), ("shaft_length", 0.40)]}
+            ("shaft_radius", 0.004), ("jaw_radius", 0.003), ("wrist_length", 0.010), ("shaft_length", 0.40),
+            ("pitch_to_yaw", 0.0091), ("yaw_to_tip", 0.0102), ("use_joint_states", True)]}
         if p["stamp_source"] not in ("camera_info", "image"):
             raise ValueError(f"stamp_source must be camera_info or image, got {p['stamp_source']!r}")
         self.world_frame, self.camera_frame = str(p["world_frame"]), str(p["camera_frame"])
@@ -74,7 +83,9 @@ class KinematicsNode(SurgNode):
         if not 0.1 <= self.prior_scale <= 1.0:
             raise ValueError(f"prior_scale must be in [0.1, 1], got {self.prior_scale}")
         self.geometry = InstrumentGeometry(float(p["shaft_radius"]), float(p["jaw_radius"]),
-                                           float(p["wrist_length"]), float(p["shaft_length"]))
+                                           float(p["wrist_length"]), float(p["shaft_length"]),
+                                           float(p["pitch_to_yaw"]), float(p["yaw_to_tip"]))
+        self.use_joint_states = bool(p["use_joint_states"])
         self.kin = KinematicCamera(hand_eye_from_params(p["hand_eye"]),
                                    image_offset_ns=round(float(p["image_time_offset_ms"]) * MS),
                                    max_age_ns=round(float(p["max_age_ms"]) * MS),
@@ -95,9 +106,14 @@ class KinematicsNode(SurgNode):
         group = MutuallyExclusiveCallbackGroup()
         self.create_subscription(PoseStamped, dvrk_arm_topic(str(p["ecm_arm"])), self.on_ecm, 50,
                                  callback_group=group)
-        for arm in p["psm_arms"]:
-            self.create_subscription(PoseStamped, dvrk_arm_topic(str(arm)),
-                                     lambda msg, a=str(arm): self.on_psm(a, msg), 50, callback_group=group)
+        self.psm_arms = [str(arm) for arm in p["psm_arms"]]
+        for arm in self.psm_arms:
+            self.create_subscription(PoseStamped, dvrk_arm_topic(arm),
+                                     lambda msg, a=arm: self.on_psm(a, msg), 50, callback_group=group)
+            for what in PRIOR_JOINT_NAMES if self.use_joint_states else ():
+                self.create_subscription(JointState, dvrk_arm_topic(arm, what),
+                                         lambda msg, a=arm, w=what: self.on_psm_joints(a, w, msg), 50,
+                                         callback_group=group)
         self.create_subscription(CameraInfo, topics.LEFT_INFO, self.on_info, 10, callback_group=group)
         if p["stamp_source"] == "image":
             self.create_subscription(Image, topics.LEFT_IMAGE, self.on_image, 5, callback_group=group)
@@ -114,6 +130,19 @@ class KinematicsNode(SurgNode):
     def on_psm(self, arm: str, msg: PoseStamped) -> None:
         """PSM measured_cp: instrument tip in the ECM tip frame."""
         self._add_pose(arm, msg)
+
+    def on_psm_joints(self, arm: str, what: str, msg: JointState) -> None:
+        """PSM measured_js (wrist pitch and yaw taken by name) or jaw/measured_js (jaw angle)."""
+        stamp = stamp_to_ns(msg.header.stamp)
+        try:
+            values, why = psm_joint_values(what, *msg_to_joint_state(msg)), ""
+        except ValueError as e:             # MessageError is one
+            values, why = None, f": {e}"
+        with self._lock:
+            verdict = self.kin.add_psm_joints(arm, what, stamp, values)
+        if verdict in ("invalid", "too_old", "duplicate"):
+            self.report_problem(f"joints_{verdict}", f"{dvrk_arm_topic(arm, what)} sample at {stamp} ns{why}")
+        self.poll(finalize=False)
 
     def _add_pose(self, arm: str | None, msg: PoseStamped) -> None:
         stamp = stamp_to_ns(msg.header.stamp)
@@ -182,7 +211,8 @@ class KinematicsNode(SurgNode):
             fk = self._priors.get()
             if fk is None:
                 return
-            missing = [arm for arm, r in fk.tools.items() if not r.ok]
+            # every configured arm, also one whose stream this node has not heard yet (at start)
+            missing = [arm for arm in self.psm_arms if arm not in fk.tools or not fk.tools[arm].ok]
             if missing:  # a partial prior would tell fusion "no instrument here": publish none instead
                 self.count("prior_incomplete")
                 continue
@@ -191,7 +221,15 @@ class KinematicsNode(SurgNode):
             if self._rays is None or self._rays.shape[:2] != (small.height, small.width):
                 self._rays = pixel_rays(small, self.prior_rectified)
             tips = [r.T for r in fk.tools.values()]
-            mask = project_instruments(small, tips, self.geometry, rays=self._rays)
+            joints = [fk.joints[arm].values if arm in fk.joints else None for arm in fk.tools]
+            fallbacks: Counter[str] = Counter()
+            for arm in fk.tools:
+                if self.use_joint_states and arm in fk.joints and not fk.joints[arm].ok:
+                    fallbacks[f"straight.{fk.joints[arm].reason}"] += 1
+            mask = project_instruments(small, tips, self.geometry, rays=self._rays, joints=joints,
+                                       counters=fallbacks)
+            for key, n in fallbacks.items():
+                self.count(f"prior_{key}", n)
             if small is not cam:
                 mask = cv2.resize(mask, (cam.width, cam.height), interpolation=cv2.INTER_NEAREST)
             frame = cam.frame_id or self.camera_frame
@@ -204,6 +242,8 @@ class KinematicsNode(SurgNode):
             values: dict[str, object] = {f"ecm.{k}": v for k, v in self.kin.ecm.counters.items()}
             for arm, buf in self.kin.psms.items():
                 values.update({f"{arm.lower()}.{k}": v for k, v in buf.counters.items()})
+            for (arm, what), buf in self.kin.psm_joints.items():
+                values.update({f"{arm.lower()}.{what}.{k}": v for k, v in buf.counters.items()})
             values.update(self.resolver.counters)
             values["pending"] = self.resolver.pending
         return values

@@ -6,11 +6,13 @@ with `np.frombuffer` (no copy). Every reader validates the message and raises `M
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import KeyValue
 from geometry_msgs.msg import Pose, PoseStamped, TransformStamped
-from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField
+from sensor_msgs.msg import CameraInfo, Image, JointState, PointCloud2, PointField
 from std_msgs.msg import Header
 
 from surg3d_nodes.core.camera import CameraModel
@@ -141,6 +143,20 @@ def msg_to_pose(msg: PoseStamped | Pose) -> np.ndarray:
         return pose_matrix(t, q)
     except ValueError as e:
         raise MessageError(f"pose: {e}") from e
+
+
+def joint_state_to_msg(names: Sequence[str], positions: Sequence[float], stamp_ns: int) -> JointState:
+    """sensor_msgs/JointState with joint positions only (velocity and effort empty), as dVRK measured_js."""
+    if len(names) != len(positions):
+        raise MessageError(f"{len(names)} joint names for {len(positions)} positions")
+    return JointState(header=header(stamp_ns, ""), name=list(names), position=[float(v) for v in positions])
+
+
+def msg_to_joint_state(msg: JointState) -> tuple[list[str], np.ndarray]:
+    """(joint names, positions) of a JointState; a name/position count mismatch raises MessageError."""
+    if len(msg.name) != len(msg.position):
+        raise MessageError(f"joint state with {len(msg.name)} names but {len(msg.position)} positions")
+    return list(msg.name), np.asarray(msg.position, dtype=np.float64)
 
 
 def transform_msg(T: np.ndarray, stamp_ns: int, parent: str, child: str) -> TransformStamped:
