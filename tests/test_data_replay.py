@@ -19,6 +19,7 @@ from rosproc import wait_until
 from surg3d_nodes.bags import BagReader
 from surg3d_nodes.cli import convert as convert_cli
 from surg3d_nodes.core.datasets import open_dataset
+from surg3d_nodes.core.monitoring import INPUT_ENDED
 
 pytestmark = pytest.mark.ros
 
@@ -172,6 +173,7 @@ def test_replay_faster_than_a_slow_subscriber(clip_bag, ros_node, ros_env) -> No
     out = stop(proc)
     assert ended, out
     final = next(s for s in status if s.get("state") == "ended")
+    assert final[INPUT_ENDED[0]] == INPUT_ENDED[1]     # the monitor's cue: the input stops on purpose
     late, dropped = int(final["late"]), int(final["dropped"])
     assert late > 0 and dropped > 0, out
     assert int(final["published"]) + dropped == 3 * 63

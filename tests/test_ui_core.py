@@ -159,6 +159,52 @@ def test_monitor_latency_warning_and_restart_counters() -> None:
     assert {h.name: h for h in mon.evaluate(0.6)}["/n"].level == monitoring.OK
 
 
+def test_monitor_end_of_a_replayed_bag_is_not_a_stall() -> None:
+    key, ended = monitoring.INPUT_ENDED
+    mon = monitoring.Monitor(period=1.0, stall_periods=3)
+    playing = {"state": "playing", key: "false"}
+    for i in range(101):  # 10 Hz until t = 10 s; the instrument mask stopped at t = 2 s (a real stall)
+        t = i * 0.1
+        for topic in ("/stereo/left/image_raw", "/depth/image", "/recon/points"):
+            mon.message(topic, t)
+        if t <= 2.0:
+            mon.message("/instrument/mask", t)
+        if i % 10 == 0:
+            assert not mon.heartbeat("/bag_replay", 0, "ok", playing, t)
+    mid_bag = {h.name: h for h in mon.evaluate(10.0)}
+    assert mid_bag["/instrument/mask"].level == monitoring.ERROR
+    # The bag played to its end: said once, and the input topics stop without being stalled.
+    assert mon.heartbeat("/bag_replay", 0, "ok", {"state": "ended", key: ended}, 10.5)
+    assert not mon.heartbeat("/bag_replay", 0, "ok", {"state": "ended", key: ended}, 11.5)
+    mon.message("/recon/points", 30.0)
+    mon.message("/camera/pose", 25.0)      # a live source going on long after the end, then stopping
+    after = {h.name: h for h in mon.evaluate(30.0)}
+    for topic in ("/stereo/left/image_raw", "/depth/image"):
+        assert after[topic].level == monitoring.OK and "input ended" in after[topic].message, after[topic]
+    assert after["/instrument/mask"].level == monitoring.ERROR   # stalled before the end: still a stall
+    assert after["/camera/pose"].level == monitoring.ERROR
+    assert after["/bag_replay"].level == monitoring.OK           # its silence (exit_on_end) is expected too
+    assert after["/recon/points"].level == monitoring.OK
+    # The trainer's outputs go on after the input ends: their silence is a stall.
+    assert {h.name: h for h in mon.evaluate(40.0)}["/recon/points"].level == monitoring.ERROR
+    # A replay that plays again (restarted) is a source like any other.
+    mon.heartbeat("/bag_replay", 0, "ok", playing, 41.0)
+    assert {h.name: h for h in mon.evaluate(41.0)}["/depth/image"].level == monitoring.ERROR
+
+
+def test_monitor_replay_stopped_mid_bag_is_a_stall() -> None:
+    key, _ = monitoring.INPUT_ENDED
+    for values in ({"state": "playing", key: "false"},       # hung mid-bag
+                   {"state": "ended", key: "false"}):        # a truncated bag stopped early
+        mon = monitoring.Monitor(period=1.0, stall_periods=3)
+        for i in range(51):
+            mon.message("/depth/image", i * 0.1)
+        for t in (5.0, 6.0, 7.0, 8.0, 9.0):
+            assert not mon.heartbeat("/bag_replay", 0, "ok", values, t)
+        depth = {h.name: h for h in mon.evaluate(9.0)}["/depth/image"]
+        assert depth.level == monitoring.ERROR and "stalled" in depth.message
+
+
 def test_ui_server_serves_the_page_and_the_bridge_url() -> None:
     import threading
     import urllib.error

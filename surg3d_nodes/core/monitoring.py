@@ -18,6 +18,9 @@ OK, WARN, ERROR, STALE = 0, 1, 2, 3
 # this node runs on wall time: set use_sim_time), not a latency.
 FOREIGN_CLOCK_MS = 3_600_000.0
 LEVEL_NAMES = {OK: "OK", WARN: "WARN", ERROR: "ERROR", STALE: "STALE"}
+# Heartbeat value (key, value) by which a source node says its input ended on purpose: bag_replay once a
+# non-looping bag has played to its end. The topics it fed then stop without being stalled.
+INPUT_ENDED = ("input_ended", "true")
 
 
 @dataclass
@@ -98,6 +101,9 @@ class Monitor:
     A node is flagged ERROR when its heartbeat has been missing for `stall_periods` periods, a watched topic
     when it delivered before and then nothing for `stall_periods` periods (trainer outputs are exempt while
     the trainer says it is paused or idle), WARN on new queue drops, high latency or GPU memory.
+    Once a source node's heartbeat says its input ended (`INPUT_ENDED`), a topic other than the trainer's that
+    stopped with it (its last message within `stall_periods` periods of that heartbeat) is OK, "input ended",
+    not stalled; so is that node's own silence afterwards (a replay that exits at the end of its bag).
     """
 
     def __init__(self, period: float, stall_periods: int = 3, latency_warn_ms: float = 1000.0,
@@ -113,6 +119,7 @@ class Monitor:
         self.nodes: dict[str, NodeRecord] = {}
         self.topics: dict[str, TopicTracker] = {}
         self.trainer: dict[str, object] | None = None
+        self.input_ended: dict[str, float] = {}   # source node -> when its heartbeat first said its input ended
 
     @property
     def stall_after(self) -> float:
@@ -123,14 +130,22 @@ class Monitor:
         """Track `topic` (it is reported as 'no data yet' until its first message)."""
         self.topics.setdefault(topic, TopicTracker(window_s=max(5.0, 2 * self.period)))
 
-    def heartbeat(self, node: str, level: int, message: str, values: dict[str, str], now: float) -> None:
-        """A NodeStatus heartbeat arrived."""
+    def heartbeat(self, node: str, level: int, message: str, values: dict[str, str], now: float) -> bool:
+        """A NodeStatus heartbeat arrived; True when it is the first to say that `node`'s input ended."""
+        key, ended = INPUT_ENDED
+        newly_ended = False
+        if values.get(key) != ended:
+            self.input_ended.pop(node, None)   # playing (again: a restarted replay)
+        elif node not in self.input_ended:
+            self.input_ended[node] = now
+            newly_ended = True
         prev = self.nodes.get(node)
         drops = drop_count(values)
         at_eval = prev.drops_at_eval if prev is not None else drops
         if prev is not None and drops < prev.drops:  # the node restarted: its counters began again
             at_eval = 0
         self.nodes[node] = NodeRecord(now, int(level), message, dict(values), drops, at_eval)
+        return newly_ended
 
     def message(self, topic: str, now: float, recv_ns: int | None = None,
                 stamp_ns: int | None = None) -> None:
@@ -146,6 +161,16 @@ class Monitor:
     def _trainer_paused(self) -> bool:
         return self.trainer is not None and self.trainer.get("state") in ("paused", "idle")
 
+    def _ended_with_input(self, topic: str, last: float) -> str | None:
+        """The source node whose input ended when `topic` went silent (its last message at `last`), or None.
+
+        The trainer's outputs go on after the input ends, so their silence is never excused; a topic silent
+        since long before the end was stalled already, one that went on long after it is fed by another source.
+        """
+        if topic.startswith(self.trainer_prefix):
+            return None
+        return next((node for node, at in self.input_ended.items() if abs(last - at) <= self.stall_after), None)
+
     def evaluate(self, now: float) -> list[Health]:
         """Health of every known node and watched topic, and of the trainer's resources, at time `now`
         (call once per period: queue drops are counted since the previous call)."""
@@ -154,7 +179,10 @@ class Monitor:
             age = now - rec.last
             vals: dict[str, object] = {"heartbeat_age_s": round(age, 2), "dropped": rec.drops, **rec.values}
             if age > self.stall_after:
-                out.append(Health(name, ERROR, f"stalled: no heartbeat for {age:.1f} s", vals))
+                if name in self.input_ended:
+                    out.append(Health(name, OK, f"input ended; no heartbeat for {age:.1f} s", vals))
+                else:
+                    out.append(Health(name, ERROR, f"stalled: no heartbeat for {age:.1f} s", vals))
                 continue
             new_drops = rec.drops - rec.drops_at_eval
             rec.drops_at_eval = rec.drops
@@ -179,6 +207,8 @@ class Monitor:
             if age > self.stall_after:
                 if topic.startswith(self.trainer_prefix) and self._trainer_paused():
                     out.append(Health(topic, OK, f"trainer {self.trainer.get('state')}", vals))
+                elif (source := self._ended_with_input(topic, tr.last)) is not None:
+                    out.append(Health(topic, OK, f"input ended ({source} finished)", vals))
                 else:
                     out.append(Health(topic, ERROR, f"stalled: no message for {age:.1f} s", vals))
             elif lat is not None and lat[0] > self.latency_warn_ms:

@@ -14,7 +14,9 @@ Messages go out as the recorded CDR bytes (no deserialization); publishers are c
   the default keeps it alive so the graph keeps running;
 - qos_depth: history of image/cloud topics; qos_depth_small: history of the other topics.
 A damaged bag replays what is readable and logs where it stopped. Counters (published, late, dropped, loops)
-go to the NodeStatus heartbeat and to the summary logged at the end and at shutdown.
+go to the NodeStatus heartbeat and to the summary logged at the end and at shutdown; once a bag has played to
+its end (not looping, not stopped early) the heartbeat also says `input_ended: true`, so the monitor reports
+the topics that stop with it as ended, not stalled.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 from rosgraph_msgs.msg import Clock
 
 from surg3d_nodes.bags import BagMessage, BagReader
+from surg3d_nodes.core.monitoring import INPUT_ENDED
 from surg3d_nodes.ros import topics
 from surg3d_nodes.ros.convert import ns_to_stamp
 from surg3d_nodes.ros.runtime import ERROR, SurgNode, run_node
@@ -229,9 +232,11 @@ class BagReplay(SurgNode):
                 + (f"; stopped early: {self.reader.stopped}" if self.reader.stopped else ""))
 
     def status_values(self) -> dict[str, object]:
-        """Replay counters for the heartbeat."""
+        """Replay counters for the heartbeat, and whether the input ended on purpose (the whole bag played)."""
+        key, ended = INPUT_ENDED
         return {"state": self.state, "published": self.published, "late": self.late, "dropped": self.dropped,
-                "loops": self.loops, "position_s": float(self.position_s), "max_lag_ms": self.max_lag * 1e3}
+                "loops": self.loops, "position_s": float(self.position_s), "max_lag_ms": self.max_lag * 1e3,
+                key: ended if self.state == "ended" and not self.reader.stopped else "false"}
 
     def close(self) -> None:
         """Stop the replay thread and log the summary."""

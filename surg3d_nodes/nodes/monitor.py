@@ -4,7 +4,8 @@ Every `period` seconds it evaluates (core/monitoring.py) every node's heartbeat 
 rate and frame-stamp-to-output latency of the watched topics (read from the raw CDR header, no
 deserialisation), queue drops from the heartbeat counters and the trainer's GPU memory and model size
 (TrainerStatus); publishes diagnostic_msgs/DiagnosticArray on /diagnostics and a compact NodeStatus on
-/surg3d/health for the UI. A node or topic silent for `stall_periods` periods is an ERROR.
+/surg3d/health for the UI. A node or topic silent for `stall_periods` periods is an ERROR, except the topics
+that stop when a replay reaches the end of its bag (its heartbeat says `input_ended`): logged once, then OK.
 Every `checkpoint_period` seconds it asks the trainer for a checkpoint (/recon/save, kind "checkpoint"), and
 each period it re-sends the newest cloud on /surg3d/snapshot/points when the trainer has not published one
 within the period (viewers stay current while the trainer is busy).
@@ -96,8 +97,10 @@ class MonitorNode(SurgNode):
 
     def on_heartbeat(self, msg: NodeStatus) -> None:
         """A node's heartbeat."""
-        self.monitor.heartbeat(msg.node, msg.level[0] if isinstance(msg.level, bytes) else int(msg.level),
-                               msg.message, {kv.key: kv.value for kv in msg.values}, time.monotonic())
+        if self.monitor.heartbeat(msg.node, msg.level[0] if isinstance(msg.level, bytes) else int(msg.level),
+                                  msg.message, {kv.key: kv.value for kv in msg.values}, time.monotonic()):
+            self.get_logger().info(f"{msg.node}: input ended (bag played to its end); the topics it fed stop "
+                                   "on purpose and are not reported as stalled")
 
     def on_trainer(self, msg: TrainerStatus) -> None:
         """The trainer's state and resources."""
