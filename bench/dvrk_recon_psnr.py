@@ -64,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="train on frames resized by this (scores stay at the full size): 0.25 as on CPU")
     ap.add_argument("--trans-mm", type=float, default=2.0)
     ap.add_argument("--rot-deg", type=float, default=1.0)
+    ap.add_argument("--runs", type=int, default=7,
+                    help="only the first N reconstructions of the table (2: ground truth and kinematics)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default="/tmp/surg3d_dvrk")
     a = ap.parse_args(argv)
@@ -87,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
             (f"{err}, rigid model, refined (hand_eye)", bad, {**refine, **rigid, "refine_pose_mode": "hand_eye"})]
     results, tiles = {}, [em.scene.frames[a.frames // 2].tissue_left]
     t0 = time.time()
-    for label, poses, extra in runs:
+    for label, poses, extra in runs[:a.runs]:
         r = train_and_score(em, poses, a.iterations, label, a.stride, a.threads,
                             iterations_per_frame=a.iterations_per_frame, image_scale=a.image_scale, **extra)
         before, after = gauge_pose_errors(em, poses), gauge_pose_errors(em, r.poses)

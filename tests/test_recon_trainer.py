@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from surg3d_nodes.core.camera import scale_intrinsics
 from surg3d_nodes.core.checkpoint import load_checkpoint, save_checkpoint
 from surg3d_nodes.core.metrics import psnr_star
 from surg3d_nodes.core.ply import save_ply
@@ -303,3 +304,21 @@ def test_knot_budget_bounds_memory_and_keeps_motion(scene, tmp_path):
     assert loaded.model.knot_times == tr.model.knot_times
     _, _, alpha = loaded.render_view(fr[-1].pose, loaded.time_of(fr[-1].stamp_ns))
     assert alpha.mean() > 0.5
+
+
+def test_views_finer_than_training_have_no_gaps(scene):
+    """A model trained on half-size images (small initial Gaussians), viewed 4x finer than it was trained: the
+    view is rendered at the training resolution and upsampled, so it covers the tissue as the training-size
+    view does (rendered directly, the Gaussians fitted to coarse pixels leave gaps between them)."""
+    tr = OnlineTrainer(_cfg(image_scale=0.5, init_scale=0.5, seed=0))
+    tr.train_offline(_frames(scene)[:4], 40)
+    f = scene.frames[3]
+    t = tr.time_of(f.stamp_ns)
+    rgb, _, alpha = tr.render_view(f.pose, t)                       # training size, 32x24
+    assert rgb.shape == (24, 32, 3)
+    K = scale_intrinsics(scene.cam_left.intrinsics(), 2.0, 2.0)
+    rgb4, depth4, alpha4 = tr.render_view(f.pose, t, 128, 96, K)
+    assert rgb4.shape == (96, 128, 3) and depth4.shape == alpha4.shape == (96, 128)
+    cover, cover4 = float((alpha > 0.5).mean()), float((alpha4 > 0.5).mean())
+    assert cover > 0.8 and cover4 > cover - 0.02, f"coverage {cover:.3f} at 32x24, {cover4:.3f} at 128x96"
+    assert np.isnan(depth4[alpha4 < 0.5]).all() and np.isfinite(depth4[alpha4 >= 0.5]).all()

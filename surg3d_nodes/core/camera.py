@@ -96,10 +96,16 @@ class CameraModel:
 
     def scaled(self, s: float) -> CameraModel:
         """The same camera for an image resized by factor `s` (pixel centres at +0.5 kept aligned)."""
-        K = self.K.copy()
-        P = self.P.copy()
-        for M in (K, P):
-            M[:2, :] *= s
-            M[:2, 2] += 0.5 * s - 0.5
-        return CameraModel(round(self.width * s), round(self.height * s), K, self.D, self.R, P,
-                           self.distortion_model, self.frame_id)
+        return CameraModel(round(self.width * s), round(self.height * s), scale_intrinsics(self.K, s, s), self.D,
+                           self.R, scale_intrinsics(self.P, s, s), self.distortion_model, self.frame_id)
+
+
+def scale_intrinsics(K: np.ndarray, sx: float, sy: float) -> np.ndarray:
+    """A copy of intrinsics K (3x3, or a 3x4 projection P) for an image resized by sx, sy, with pixel
+    centres (at +0.5) kept aligned: the image's corners stay where they were."""
+    K = np.array(K, dtype=np.float64)
+    K[0, :] *= sx
+    K[1, :] *= sy
+    K[0, 2] += 0.5 * sx - 0.5
+    K[1, 2] += 0.5 * sy - 0.5
+    return K

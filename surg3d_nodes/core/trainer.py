@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 import torch
 
-from .camera import CameraModel
+from .camera import CameraModel, scale_intrinsics
 from .flow_tracks import update_tracks
 from .gaussians import GaussianConfig, GaussianModel
 from .geometry import backproject
@@ -30,6 +30,10 @@ from .model_clock import ModelClock
 from .pose_refine import PoseRefineConfig, PoseRefiner
 from .render import RenderCamera, render_evaluated, resolve_backend
 from .sparse_adam import DictAdam
+
+# render_view: a view finer than the training images by more than this factor is upsampled from one rendered
+# at the training resolution.
+UPSAMPLE_ABOVE = 1.5
 
 
 @dataclass
@@ -330,7 +334,11 @@ class OnlineTrainer:
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Render (rgb uint8 HxWx3, depth float32 m with NaN where empty, alpha float32) at any pose/time.
 
-        K (ROS convention) defaults to the newest frame's intrinsics scaled to width x height.
+        K (ROS convention) defaults to the newest frame's intrinsics scaled to width x height. A view finer
+        than the training images (by more than `UPSAMPLE_ABOVE`) is rendered at the training resolution and
+        upsampled: the model holds no finer detail, and Gaussians fitted to coarse pixels, rendered finer,
+        show as separate blobs with gaps between them (measured: 320x256 views of a model trained at 80x64,
+        26.6 dB direct vs 29.2 dB upsampled).
         """
         with self._lock:
             if not self.keyframes and K is None:
@@ -339,29 +347,30 @@ class OnlineTrainer:
             t = self._latest_time() if time_s is None else float(time_s)
             ref = self._recent[-1] if self._recent else (self.keyframes[-1] if self.keyframes else None)
         if K is None:
-            ref_w, ref_h = ref.camera.width, ref.camera.height
-            width = width or ref_w
-            height = height or ref_h
-            K = ref.K.copy()
-            sx, sy = width / ref_w, height / ref_h
-            K[0] *= sx
-            K[1] *= sy
-            K[0, 2] += 0.5 * sx - 0.5
-            K[1, 2] += 0.5 * sy - 0.5
+            width = width or ref.camera.width
+            height = height or ref.camera.height
+            K = scale_intrinsics(ref.K, width / ref.camera.width, height / ref.camera.height)
         if width is None or height is None:
             raise ValueError("render_view: width and height are required with an explicit K")
-        cam = RenderCamera.from_ros(pose, K, width, height, device=self.device)
+        rw, rh, rK = width, height, K
+        finer = 1.0 if ref is None else float(K[0, 0]) / float(ref.K[0, 0])
+        if finer > UPSAMPLE_ABOVE:
+            rw, rh = max(1, round(width / finer)), max(1, round(height / finer))
+            rK = scale_intrinsics(K, rw / width, rh / height)
+        cam = RenderCamera.from_ros(pose, rK, rw, rh, device=self.device)
         with torch.no_grad():
             g = self.model.evaluate(t, cam.center(), params=params)
             if g["means"].shape[0] == 0:
                 z = np.zeros((height, width), np.float32)
                 return np.zeros((height, width, 3), np.uint8), np.full_like(z, np.nan), z
             rgb, depth, alpha, _ = render_evaluated(g, cam, self.backend)
-        rgb8 = (rgb.clamp(0, 1) * 255.0 + 0.5).to(torch.uint8).cpu().numpy()
+        rgb = rgb.clamp(0, 1).cpu().numpy()
         d = depth.cpu().numpy().astype(np.float32)
         a = alpha.cpu().numpy().astype(np.float32)
+        if (rw, rh) != (width, height):
+            rgb, d, a = (cv2.resize(x, (width, height), interpolation=cv2.INTER_LINEAR) for x in (rgb, d, a))
         d[a < 0.5] = np.nan
-        return rgb8, d, a
+        return (rgb * 255.0 + 0.5).astype(np.uint8), d, a
 
     def export_ply(self, path, time_s: float | None = None):
         """Write a 3DGS PLY of the model at model time `time_s` (default newest); returns the path."""

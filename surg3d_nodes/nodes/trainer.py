@@ -28,6 +28,7 @@ from std_srvs.srv import Trigger
 
 from surg3d_msgs.msg import TrainerStatus, ViewRequest
 from surg3d_msgs.srv import LoadCheckpoint, RenderView, SaveModel
+from surg3d_nodes.core.camera import scale_intrinsics
 from surg3d_nodes.core.checkpoint import load_checkpoint, save_checkpoint
 from surg3d_nodes.core.sync import ApproxTimeSync
 from surg3d_nodes.core.trainer import Frame, OnlineTrainer, TrainerConfig
@@ -388,12 +389,7 @@ class TrainerNode(SurgNode):
         K = None
         if self._info is not None and w and h:
             cam = msg_to_camera(self._info)
-            K = cam.intrinsics()
-            sx, sy = w / cam.width, h / cam.height
-            K[0] *= sx
-            K[1] *= sy
-            K[0, 2] += 0.5 * sx - 0.5
-            K[1, 2] += 0.5 * sy - 0.5
+            K = scale_intrinsics(cam.intrinsics(), w / cam.width, h / cam.height)
         rgb, depth, _ = self.trainer.render_view(pose, t, w, h, K=K)
         return rgb, depth
 
