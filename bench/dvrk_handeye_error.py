@@ -45,10 +45,17 @@ def perturbation(rng: np.random.Generator, trans_m: float, rot_deg: float) -> np
     return T
 
 
-def resolve(em: DvrkEmulation, hand_eye: np.ndarray) -> dict[int, tuple[np.ndarray, list[np.ndarray]]]:
-    """{frame: (T_cart_cam, [T_cam_tip])} from the emulated streams with the given hand-eye."""
-    return {i: (fk.camera.T, [r.T for r in fk.tools.values() if r.ok])
-            for i, fk in replay_streams(em, KinematicCamera(hand_eye)).items() if fk.camera.ok}
+def resolve(em: DvrkEmulation, hand_eye: np.ndarray
+            ) -> dict[int, tuple[np.ndarray, list[np.ndarray], list[np.ndarray | None]]]:
+    """{frame: (T_cart_cam, [T_cam_tip], [wrist/jaw joints or None])} from the emulated streams with the given
+    hand-eye, as the kinematics node resolves them."""
+    out = {}
+    for i, fk in replay_streams(em, KinematicCamera(hand_eye)).items():
+        if fk.camera.ok:
+            arms = [arm for arm, r in fk.tools.items() if r.ok]
+            out[i] = (fk.camera.T, [fk.tools[arm].T for arm in arms],
+                      [fk.joints[arm].values if arm in fk.joints else None for arm in arms])
+    return out
 
 
 def reprojection_px(em: DvrkEmulation, i: int, T_rel_est: np.ndarray, T_rel_true: np.ndarray) -> float:
@@ -100,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         res = resolve(em, hand_eye)
         T0, T0_true = res[0][0], em.true_camera_pose(0)
         absr, rel_t, rel_r, rep, ious = [], [], [], [], []
-        for i, (T, tools) in sorted(res.items()):
+        for i, (T, tools, joints) in sorted(res.items()):
             T_true = em.true_camera_pose(i)
             absr.append(pose_error(T, T_true))
             est, true = np.linalg.inv(T0) @ T, np.linalg.inv(T0_true) @ T_true
@@ -108,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
             rel_t.append(dt)
             rel_r.append(dr)
             rep.append(reprojection_px(em, i, est, true))
-            prior = project_instruments(cam, tools, SYNTHETIC_INSTRUMENT, rays=rays)
+            prior = project_instruments(cam, tools, SYNTHETIC_INSTRUMENT, rays=rays, joints=joints)
             ious.append(mask_iou(prior, em.scene.frames[i].mask))
         absr = np.array(absr)
         return {"frames": len(res), "abs_mm": 1e3 * absr[:, 0].mean(), "abs_deg": absr[:, 1].mean(),
