@@ -213,6 +213,35 @@ def test_replay_offset_and_loop(clip_bag, ros_node, ros_env) -> None:
     assert frames[33:40] == list(range(30, 37))     # then loops back to the offset
 
 
+def test_replay_waits_for_named_nodes(clip_bag, ros_node, ros_env) -> None:
+    """A subscriber count is met by the first node up; `wait_nodes` holds the start until a slow node (here
+    one created 2 s later, like the trainer behind its torch import) is up, so it gets the first frame."""
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+
+    _, bag = clip_bag
+    early = Collector(ros_node, {"/camera/pose": "geometry_msgs.msg.PoseStamped"})
+    proc = start("bag_replay", ros_env, f"bag:={bag}", "rate:=4", "wait_for_subscribers:=1",
+                 "wait_nodes:=[late_listener]", "topics:=[/camera/pose]", "exit_on_end:=true")
+    time.sleep(2.0)        # the whole bag takes 0.5 s at rate 4: a replay that did not wait is over by now
+    assert early.count("/camera/pose") == 0, "the replay started before late_listener was up"
+    late = rclpy.create_node("late_listener", context=ros_node.context)
+    executor = SingleThreadedExecutor(context=ros_node.context)
+    executor.add_node(late)
+    thread = threading.Thread(target=executor.spin, daemon=True)
+    thread.start()
+    try:
+        col = Collector(late, {"/camera/pose": "geometry_msgs.msg.PoseStamped"})
+        ok = wait_until(lambda: col.count("/camera/pose") >= 63, 30.0)
+        out = stop(proc)
+        assert ok, f"late_listener got {col.count('/camera/pose')} of 63 poses\n{out}"
+        assert early.count("/camera/pose") == 63
+    finally:
+        executor.shutdown(timeout_sec=5.0)
+        thread.join(timeout=5.0)
+        late.destroy_node()
+
+
 def test_recorder_writes_readable_mcap(clip_bag, ros_node, ros_env, tmp_path: Path) -> None:
     from surg3d_msgs.msg import NodeStatus
 

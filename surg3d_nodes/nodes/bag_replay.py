@@ -9,7 +9,9 @@ Messages go out as the recorded CDR bytes (no deserialization); publishers are c
   drop_late + drop_threshold: skip stamp groups further behind than that, to catch up;
 - wait_for_subscribers: start once every topic (or those in wait_topics) has this many subscribers, then
   publish the first stamp group and start the clock when they acknowledged it (a matched subscriber is not
-  necessarily connected yet; earlier messages would be lost); wait_timeout bounds both waits;
+  necessarily connected yet; earlier messages would be lost); wait_nodes: also wait until each of these
+  nodes is up with its subscriptions (a count is met by whichever node comes up first, e.g. the recorder,
+  while the slow-starting trainer would miss the start); wait_timeout bounds both waits;
 - exit_on_end: stop the process when the bag ends (after the subscribers acknowledged the last messages);
   the default keeps it alive so the graph keeps running;
 - qos_depth: history of image/cloud topics; qos_depth_small: history of the other topics.
@@ -68,6 +70,7 @@ class BagReplay(SurgNode):
         self.wait_for_subscribers = int(p("wait_for_subscribers", 0).value)
         # Topics whose subscribers gate the start ([""] = all): evaluation-only topics have none in a graph.
         self.wait_topics = [t for t in p("wait_topics", [""]).value if t]
+        self.wait_nodes = [n for n in p("wait_nodes", [""]).value if n]
         self.wait_timeout = float(p("wait_timeout", 30.0, num).value)
         self.exit_on_end = bool(p("exit_on_end", False).value)
         self.qos_depth = int(p("qos_depth", 30).value)
@@ -112,20 +115,28 @@ class BagReplay(SurgNode):
 
     def _wait_subscribers(self, group: list[BagMessage]) -> None:
         """Wait until every gating publisher (`wait_topics`, default all, those of `group` included) has
-        `wait_for_subscribers` subscribers."""
+        `wait_for_subscribers` subscribers and every node of `wait_nodes` is up with its subscriptions."""
         for m in group:
             self._publisher(m.topic, m.msgtype)
         self.state = "waiting for subscribers"
         deadline = time.monotonic() + self.wait_timeout
         need = self.wait_for_subscribers
         gating = {t: p for t, p in self.publishers_.items() if not self.wait_topics or t in self.wait_topics}
+
+        def absent_nodes() -> list[str]:
+            up = dict(self.get_node_names_and_namespaces())
+            return [n for n in self.wait_nodes
+                    if n not in up or not self.get_subscriber_names_and_types_by_node(n, up[n])]
+
         while not self._stop.is_set() and time.monotonic() < deadline:
-            if all(p.get_subscription_count() >= need for p in gating.values()):
+            if all(p.get_subscription_count() >= need for p in gating.values()) and not absent_nodes():
                 break
             time.sleep(0.05)
         missing = [t for t, p in gating.items() if p.get_subscription_count() < need]
         if missing:
             self.get_logger().warning(f"starting without {need} subscriber(s) on {missing}")
+        if absent_nodes():
+            self.get_logger().warning(f"starting before node(s) {absent_nodes()} subscribed")
         self.state = "playing"
 
     def _wait_acked(self, timeout: float) -> bool:
@@ -165,7 +176,7 @@ class BagReplay(SurgNode):
     def _play_once(self, first_pass: bool) -> None:
         start_wall = None
         first_ns = None
-        handshake = first_pass and self.wait_for_subscribers > 0
+        handshake = first_pass and (self.wait_for_subscribers > 0 or bool(self.wait_nodes))
         for group in self._groups():
             if self._stop.is_set():
                 return
