@@ -132,6 +132,8 @@ class BagReplay(SurgNode):
             if all(p.get_subscription_count() >= need for p in gating.values()) and not absent_nodes():
                 break
             time.sleep(0.05)
+        if self._stop.is_set():
+            return
         missing = [t for t, p in gating.items() if p.get_subscription_count() < need]
         if missing:
             self.get_logger().warning(f"starting without {need} subscriber(s) on {missing}")
@@ -202,6 +204,8 @@ class BagReplay(SurgNode):
                     self.late += 1
             if handshake:
                 self._wait_subscribers(group)
+                if self._stop.is_set():
+                    return
             self._publish_group(group)
             if handshake:       # the subscribers are connected once they acknowledged the first group
                 handshake = False
