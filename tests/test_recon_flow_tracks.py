@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from surg3d_nodes.core.flow_tracks import _sample
 from surg3d_nodes.core.gaussians import GaussianConfig, GaussianModel
 from surg3d_nodes.core.metrics import masked_psnr
 from surg3d_nodes.core.synthetic import SynthConfig, generate
@@ -51,7 +52,8 @@ def test_flow_tracks_follow_the_deforming_tissue():
     print(f"\nlast frame without training: flow tracks {p_on:.2f} dB, depth error {e_on * 1e3:.2f} mm; "
           f"without {p_off:.2f} dB, {e_off * 1e3:.2f} mm; {st_on.flow_tracked} Gaussians moved")
     assert st_on.flow_tracked > 0.8 * tr_on.model.num_gaussians
-    assert p_on > p_off + 0.4 and e_on < 1.1 * e_off   # followed laterally; depth is left to training
+    # Followed laterally by the flow and along the optical axis by the depth change (measured 1.22 -> 0.12 mm).
+    assert p_on > p_off + 0.4 and e_on < 0.5 * e_off
 
 
 def test_tiny_images_are_not_flow_tracked():
@@ -62,3 +64,18 @@ def test_tiny_images_are_not_flow_tracked():
     for f in scene.frames:
         tr._process(Frame(f.stamp_ns, f.left, f.depth, f.mask, f.pose, scene.cam_left), time.monotonic())
     assert tr.get_stats().frames_used == 3 and tr.get_stats().flow_tracked == 0
+
+
+def test_sampling_many_points():
+    """Full-resolution models project far more than cv2.remap's 32767-column limit of points (a 640x512
+    dVRK run crashed the training thread here)."""
+    rng = np.random.default_rng(0)
+    img = rng.random((50, 60, 3)).astype(np.float32)
+    u, v = rng.random(70_000) * 59, rng.random(70_000) * 49
+    u0, v0 = np.floor(u).astype(int), np.floor(v).astype(int)
+    a, b = (u - u0)[:, None], (v - v0)[:, None]
+    u1, v1 = np.minimum(u0 + 1, 59), np.minimum(v0 + 1, 49)
+    ref = (img[v0, u0] * (1 - a) * (1 - b) + img[v0, u1] * a * (1 - b) + img[v1, u0] * (1 - a) * b
+           + img[v1, u1] * a * b)
+    np.testing.assert_allclose(_sample(img, u, v), ref, atol=1e-5)
+    assert _sample(img[..., 0], u[:5], v[:5]).shape == (5,) and _sample(img, u[:0], v[:0]).shape == (0, 3)

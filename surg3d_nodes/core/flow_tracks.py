@@ -3,11 +3,12 @@
 Gradient descent alone needs many iterations per frame to discover where the tissue moved, which a live
 trainer does not have. When a new frame arrives, dense optical flow (OpenCV DIS) from the previous frame,
 checked forward-backward, carries every Gaussian that was visible on the tissue surface of the previous
-frame to its pixel in the new one; the new frame's depth there gives its 3D position, and the colour change
-along the flow its appearance change; Gaussians the flow cannot follow move with their nearest followed
-neighbour. The tracks are then moved, with the smallest change of their knots,
-to pass through these positions and colours at the new frame's time; training refines from there. Moving
-cameras are handled by the poses (flow includes ego-motion; back-projection uses the new frame's pose).
+frame to its pixel in the new one; the smoothed change of the measured depth along it moves it along the
+optical axis, and the colour change along the flow gives its appearance change; Gaussians the flow cannot
+follow move with their nearest followed neighbour. The tracks are then moved, with the smallest change of
+their knots, to pass through these positions and colours at the new frame's time; training refines from
+there. Moving cameras are handled by the poses (flow includes ego-motion; back-projection uses the new
+frame's pose).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ class FlowTrackConfig:
     min_support: float = 0.3         # a Gaussian needs this much valid flow around its pixel
     tool_margin_rel: float = 0.03    # flow this close to an instrument (fraction of the width) is ignored
     min_width: int = 96              # narrower images are not tracked: DIS patches (8 px) span too much of them
+    depth_motion: bool = True        # also move along the optical axis by the smoothed measured depth change
 
 
 class FlowView(Protocol):
@@ -55,17 +57,30 @@ def _gray(rgb: torch.Tensor) -> np.ndarray:
 
 def _sample(img: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     """Bilinear samples of img (HxW or HxWxC) at float pixel coordinates (centres at integers)."""
-    maps = (u.astype(np.float32).reshape(1, -1), v.astype(np.float32).reshape(1, -1))
-    out = cv2.remap(img, maps[0], maps[1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    return out.reshape(u.shape[0], *img.shape[2:])
+    # cv2.remap takes maps of fewer than 32767 columns: lay the points out in rows of at most 8192.
+    n = u.shape[0]
+    if n == 0:
+        return np.zeros((0, *img.shape[2:]), img.dtype)
+    cols = min(n, 8192)
+    pad = -n % cols
+
+    def grid(x: np.ndarray) -> np.ndarray:
+        return np.concatenate([x.astype(np.float32), np.zeros(pad, np.float32)]).reshape(-1, cols)
+
+    out = cv2.remap(img, grid(u), grid(v), cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    return out.reshape(-1, *img.shape[2:])[:n]
 
 
-def image_flow(prev: FlowView, cur: FlowView, cfg: FlowTrackConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Smoothed optical flow [H,W,2] and colour change along it [H,W,3] on the pixel grid of `prev`, and
-    their support [H,W] (0..1).
+def image_flow(prev: FlowView, cur: FlowView, cfg: FlowTrackConfig
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """On the pixel grid of `prev`, smoothed: optical flow [H,W,2], colour change along it [H,W,3] and
+    their support [H,W] (0..1); tissue motion along `cur`'s optical axis [H,W] (measured depth at the
+    flowed pixel minus the depth the prev surface point would have in `cur`'s camera if it had not moved,
+    so camera motion is not counted twice) and its support [H,W].
 
-    Only tissue pixels whose flow is forward-backward consistent and lands on tissue count; a normalised
-    Gaussian blur averages over them only, so instruments and holes do not bleed in.
+    Only tissue pixels whose flow is forward-backward consistent and lands on tissue count (for the depth
+    motion, also with a valid depth in both frames); a normalised Gaussian blur averages over them only, so
+    instruments, holes and single noisy depths do not bleed in.
     """
     g_prev, g_cur = _gray(prev.rgb), _gray(cur.rgb)
     dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
@@ -87,12 +102,25 @@ def image_flow(prev: FlowView, cur: FlowView, cfg: FlowTrackConfig) -> tuple[np.
              & (uf >= 0) & (uf <= w - 1) & (vf >= 0) & (vf <= h - 1)).astype(np.float32)
     rgb_c = cv2.remap(cur.rgb.cpu().numpy(), uf, vf, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     sigma = cfg.smooth_sigma_rel * w
-    support = cv2.GaussianBlur(valid, (0, 0), sigma)
 
-    def blur(x: np.ndarray) -> np.ndarray:
-        num = cv2.GaussianBlur((x * valid[..., None]).astype(np.float32), (0, 0), sigma)
-        return num / np.maximum(support, 1e-6)[..., None]
-    return blur(fwd), blur(rgb_c - prev.rgb.cpu().numpy()), support
+    def blur(x: np.ndarray, weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        den = np.maximum(cv2.GaussianBlur(weight, (0, 0), sigma), 1e-6)
+        w_ = weight if x.ndim == 2 else weight[..., None]
+        num = cv2.GaussianBlur((x * w_).astype(np.float32), (0, 0), sigma)
+        return num / (den if x.ndim == 2 else den[..., None]), den
+
+    flow, support = blur(fwd, valid)
+    dcol, _ = blur(rgb_c - prev.rgb.cpu().numpy(), valid)
+    # Depth motion: prev pixels back-projected with their depth, seen from cur's camera, against cur's depth.
+    d_prev = prev.depth.cpu().numpy().astype(np.float64)
+    d_cur = cv2.remap(cur.depth.cpu().numpy(), uf, vf, cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT)
+    pts = np.stack([(uu - prev.K[0, 2]) / prev.K[0, 0] * d_prev, (vv - prev.K[1, 2]) / prev.K[1, 1] * d_prev,
+                    d_prev], -1)
+    rel = np.linalg.inv(cur.pose) @ prev.pose
+    z_pred = pts @ rel[2, :3] + rel[2, 3]
+    valid_d = valid * ((d_prev > 0) & (d_cur > 0)).astype(np.float32)
+    dz, support_d = blur((d_cur - z_pred).astype(np.float32), valid_d)
+    return flow, dcol, support, dz, support_d
 
 
 def _project(means: np.ndarray, view: FlowView) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -110,9 +138,9 @@ def update_tracks(model: GaussianModel, prev: FlowView, cur: FlowView, scene_dep
     colours at `cur.t`); returns how many Gaussians were updated (0 when `cur` is not later than `prev` or
     the image is narrower than `min_width`).
 
-    A followed Gaussian goes to its flow-displaced pixel in `cur` at its own depth in `cur`'s camera: the
-    lateral motion is what gradient descent finds slowly; depth, which stereo measures noisily frame to
-    frame, is left to the depth loss.
+    A followed Gaussian goes to its flow-displaced pixel in `cur`, at its own depth in `cur`'s camera moved
+    by the smoothed depth change there (`depth_motion`; off: depth is left to the depth loss): the motion is
+    what gradient descent finds slowly.
     """
     cfg = cfg or FlowTrackConfig()
     h, w = prev.depth.shape
@@ -126,13 +154,16 @@ def update_tracks(model: GaussianModel, prev: FlowView, cur: FlowView, scene_dep
     u, v, z = u[idx], v[idx], z[idx]
     dp = prev.depth.cpu().numpy()[np.rint(v).astype(int), np.rint(u).astype(int)]
     surface = (dp > 0) & (np.abs(z - dp) < cfg.depth_tol_rel * np.maximum(dp, 1e-9))
-    flow, dcol_img, support = image_flow(prev, cur, cfg)
+    flow, dcol_img, support, dz_img, support_d = image_flow(prev, cur, cfg)
     good = surface & (_sample(support, u, v) > cfg.min_support)
     if not good.any():
         return 0
     sel = idx[good]
     f = _sample(flow, u[good], v[good])
     _, _, zc = _project(means[sel], cur)
+    if cfg.depth_motion:
+        zc = zc + np.where(_sample(support_d, u[good], v[good]) > cfg.min_support,
+                           _sample(dz_img, u[good], v[good]), 0.0)
     uf, vf = u[good] + f[:, 0], v[good] + f[:, 1]
     xc = np.stack([(uf - cur.K[0, 2]) / cur.K[0, 0] * zc, (vf - cur.K[1, 2]) / cur.K[1, 1] * zc, zc], -1)
     dpos = xc @ cur.pose[:3, :3].T + cur.pose[:3, 3] - means[sel]
