@@ -322,3 +322,37 @@ def test_views_finer_than_training_have_no_gaps(scene):
     cover, cover4 = float((alpha > 0.5).mean()), float((alpha4 > 0.5).mean())
     assert cover > 0.8 and cover4 > cover - 0.02, f"coverage {cover:.3f} at 32x24, {cover4:.3f} at 128x96"
     assert np.isnan(depth4[alpha4 < 0.5]).all() and np.isfinite(depth4[alpha4 >= 0.5]).all()
+
+
+def test_training_thread_survives_unexpected_errors(scene, monkeypatch):
+    """A failing frame is skipped and a failing step is counted; the thread, the model and later frames go on."""
+    tr = OnlineTrainer(_cfg())
+    fr = _frames(scene)
+    real_step, real_process = tr._step, tr._process
+    calls = {"step": 0}
+
+    def step(offline, refine):
+        calls["step"] += 1
+        if calls["step"] == 3:
+            raise RuntimeError("simulated CUDA error")
+        real_step(offline, refine)
+
+    def process(f, t_in):
+        if f.stamp_ns == fr[2].stamp_ns:
+            raise ValueError("simulated bad frame")
+        real_process(f, t_in)
+
+    monkeypatch.setattr(tr, "_step", step)
+    monkeypatch.setattr(tr, "_process", process)
+    tr.start()
+    try:
+        for f in fr[:4]:
+            tr.ingest(f)
+        assert _wait(lambda: tr.get_stats().iterations >= 10)
+        st = tr.get_stats()
+        assert st.errors == 2 and st.skip_reasons.get("error") == 1 and st.frames_used == 3
+        assert "simulated" in st.last_error and "test_recon_trainer.py" in st.last_error
+        tr.ingest(fr[4])                                 # later frames are still used
+        assert _wait(lambda: tr.get_stats().frames_used == 4)
+    finally:
+        tr.stop()

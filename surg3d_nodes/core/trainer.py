@@ -13,16 +13,18 @@ import math
 import queue
 import threading
 import time
+import traceback
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
 
 from .camera import CameraModel, scale_intrinsics
-from .flow_tracks import update_tracks
+from .flow_tracks import FlowTrackConfig, update_tracks
 from .gaussians import GaussianConfig, GaussianModel
 from .geometry import backproject
 from .metrics import ssim_map
@@ -99,6 +101,7 @@ class TrainerConfig:
     pose_jump_accept_after: int = 5      # consecutive jumped frames after which the new pose is accepted
     max_time_gap_s: float = 2.0          # a longer pause of the stream counts as this much model time
     flow_tracks: bool = True             # start each new frame's deformation from optical flow (flow_tracks)
+    flow_depth_motion: bool = True       # ... and from the measured depth change along it
     refine_pose_iterations: int = 0      # > 0: refine each new frame's pose against the model (core.pose_refine)
     refine_pose_mode: str = "hand_eye"   # hand_eye: one constant hand-eye correction | frame: free per frame
     refine_pose_lr: float = 1e-3         # Adam step (rad; translation x scene depth)
@@ -172,6 +175,8 @@ class TrainerStats:
     pose_refine_last: str = ""           # outcome of the newest refinement
     pose_correction_mm: float = 0.0      # mean size of the accepted corrections
     pose_correction_deg: float = 0.0
+    errors: int = 0                      # unexpected failures of the training thread (it goes on after each)
+    last_error: str = ""                 # the newest one, with its location
     backend: str = ""
     device: str = ""
 
@@ -441,7 +446,18 @@ class OnlineTrainer:
                     self._wake.clear()
                 continue
             self.stats.state = "running"
-            self._step(offline=False, refine=True)
+            try:
+                self._step(offline=False, refine=True)
+            except Exception as e:  # a bug or a CUDA error must not end live training silently
+                self._record_error("training step", e)
+                self._stop.wait(0.5)   # not a hot loop if it repeats
+
+    def _record_error(self, where: str, e: BaseException) -> None:
+        """Count an unexpected failure of the training thread and keep its description for the status."""
+        tb = traceback.extract_tb(e.__traceback__)
+        at = f" at {Path(tb[-1].filename).name}:{tb[-1].lineno}" if tb else ""
+        self.stats.errors += 1
+        self.stats.last_error = f"{where}: {type(e).__name__}: {e}{at}"[:300]
 
     def _throttled(self) -> bool:
         ipf = self.cfg.iterations_per_frame
@@ -458,7 +474,11 @@ class OnlineTrainer:
                 except queue.Empty:
                     break
                 got += 1
-                self._process(frame, t_in)
+                try:
+                    self._process(frame, t_in)
+                except Exception as e:  # the frame is lost, not the model or the thread
+                    self._count_skip("error")
+                    self._record_error(f"frame {frame.stamp_ns}", e)
         return got > 0
 
     def _count_skip(self, reason: str) -> None:
@@ -495,7 +515,8 @@ class OnlineTrainer:
             for j in self.model.simplify_knots(self.cfg.recent_knots, {"pos_knots": self.scene_depth}):
                 self.optimizer.drop_knot(j)
         if self.cfg.flow_tracks and kf.has_depth and self._recent and self._recent[-1].has_depth:
-            self.stats.flow_tracked = update_tracks(self.model, self._recent[-1], kf, self.scene_depth)
+            self.stats.flow_tracked = update_tracks(self.model, self._recent[-1], kf, self.scene_depth,
+                                                    FlowTrackConfig(depth_motion=self.cfg.flow_depth_motion))
         if kf.has_depth:
             self._add_unexplained(kf, use_error=False)
         self.stats.frames_used += 1

@@ -45,7 +45,7 @@ from surg3d_nodes.ros.convert import (
     pointcloud_to_msg,
     stamp_to_ns,
 )
-from surg3d_nodes.ros.runtime import SurgNode, run_node
+from surg3d_nodes.ros.runtime import ERROR, SurgNode, run_node
 
 # TrainerConfig fields exposed as ROS parameters (name -> default comes from the dataclass).
 CONFIG_PARAMS = ("device", "backend", "max_gaussians", "iterations_per_frame", "image_scale",
@@ -89,6 +89,7 @@ class TrainerNode(SurgNode):
                                    int(p["sync_queue_size"]))
         self._info: CameraInfo | None = None
         self._live: tuple[np.ndarray, np.ndarray | None, int] | None = None   # rgb, mask, stamp
+        self._errors_reported = 0
 
         inputs = MutuallyExclusiveCallbackGroup()
         self.create_subscription(CameraInfo, topics.LEFT_RECT_INFO, self.on_info, 5, callback_group=inputs)
@@ -276,8 +277,11 @@ class TrainerNode(SurgNode):
         self.deocc_pub.publish(image_to_msg(img, "rgb8", stamp, self._frame_id()))
 
     def publish_status(self) -> None:
-        """TrainerStatus of the trainer's counters."""
+        """TrainerStatus of the trainer's counters; failures of the training thread become problems."""
         st = self.trainer.get_stats()
+        if st.errors > self._errors_reported:
+            self._errors_reported = st.errors
+            self.report_problem("training_error", f"{st.errors} so far, newest: {st.last_error}", ERROR)
         gpu = torch.cuda.memory_allocated() / 1e6 if self.trainer.device.type == "cuda" else 0.0
         msg = TrainerStatus(
             header=header(self.get_clock().now().nanoseconds, topics.WORLD_FRAME), state=st.state,
