@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from pykdtree.kdtree import KDTree
 
+from .camera import scale_intrinsics
 from .gaussians import GaussianModel
 
 
@@ -37,6 +38,8 @@ class FlowTrackConfig:
     tool_margin_rel: float = 0.03    # flow this close to an instrument (fraction of the width) is ignored
     min_width: int = 96              # narrower images are not tracked: DIS patches (8 px) span too much of them
     depth_motion: bool = True        # also move along the optical axis by the smoothed measured depth change
+    max_flow_width: int = 320        # wider images get their flow at this width (DIS at 640x512: ~40 ms a
+                                     # direction, a live budget killer; the flow is smoothed at ~5 px anyway)
 
 
 class FlowView(Protocol):
@@ -123,6 +126,30 @@ def image_flow(prev: FlowView, cur: FlowView, cfg: FlowTrackConfig
     return flow, dcol, support, dz, support_d
 
 
+@dataclass
+class _Resized:
+    """A FlowView resized for the flow computation (CPU tensors)."""
+
+    rgb: torch.Tensor
+    depth: torch.Tensor
+    tissue: torch.Tensor
+    pose: np.ndarray
+    K: np.ndarray
+    t: float
+
+
+def _resized(view: FlowView, size: tuple[int, int]) -> FlowView:
+    """`view` at `size` (width, height): area-averaged colour, nearest depth and tissue, intrinsics to match."""
+    h, w = view.depth.shape
+
+    def rs(x: torch.Tensor, interp: int) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(cv2.resize(x.cpu().numpy(), size, interpolation=interp)))
+
+    return _Resized(rs(view.rgb, cv2.INTER_AREA), rs(view.depth, cv2.INTER_NEAREST),
+                    rs(view.tissue, cv2.INTER_NEAREST), view.pose,
+                    scale_intrinsics(view.K, size[0] / w, size[1] / h), view.t)
+
+
 def _project(means: np.ndarray, view: FlowView) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     T = np.linalg.inv(view.pose)
     pc = means @ T[:3, :3].T + T[:3, 3]
@@ -154,27 +181,35 @@ def update_tracks(model: GaussianModel, prev: FlowView, cur: FlowView, scene_dep
     u, v, z = u[idx], v[idx], z[idx]
     dp = prev.depth.cpu().numpy()[np.rint(v).astype(int), np.rint(u).astype(int)]
     surface = (dp > 0) & (np.abs(z - dp) < cfg.depth_tol_rel * np.maximum(dp, 1e-9))
-    flow, dcol_img, support, dz_img, support_d = image_flow(prev, cur, cfg)
-    good = surface & (_sample(support, u, v) > cfg.min_support)
+    if w > cfg.max_flow_width:
+        size = (cfg.max_flow_width, max(1, round(h * cfg.max_flow_width / w)))
+        flow, dcol_img, support, dz_img, support_d = image_flow(_resized(prev, size), _resized(cur, size), cfg)
+    else:
+        size = (w, h)
+        flow, dcol_img, support, dz_img, support_d = image_flow(prev, cur, cfg)
+    sx, sy = size[0] / w, size[1] / h
+    us, vs = (u + 0.5) * sx - 0.5, (v + 0.5) * sy - 0.5          # the same points on the flow's grid
+    good = surface & (_sample(support, us, vs) > cfg.min_support)
     if not good.any():
         return 0
-    sel = idx[good]
-    f = _sample(flow, u[good], v[good])
+    sel, us, vs = idx[good], us[good], vs[good]
+    f = _sample(flow, us, vs) / (sx, sy)
     _, _, zc = _project(means[sel], cur)
     if cfg.depth_motion:
-        zc = zc + np.where(_sample(support_d, u[good], v[good]) > cfg.min_support,
-                           _sample(dz_img, u[good], v[good]), 0.0)
+        zc = zc + np.where(_sample(support_d, us, vs) > cfg.min_support, _sample(dz_img, us, vs), 0.0)
     uf, vf = u[good] + f[:, 0], v[good] + f[:, 1]
     xc = np.stack([(uf - cur.K[0, 2]) / cur.K[0, 0] * zc, (vf - cur.K[1, 2]) / cur.K[1, 1] * zc, zc], -1)
     dpos = xc @ cur.pose[:3, :3].T + cur.pose[:3, 3] - means[sel]
-    dcol = _sample(dcol_img, u[good], v[good])
+    dcol = _sample(dcol_img, us, vs)
     small = np.linalg.norm(dpos, axis=1) < cfg.max_motion_rel * scene_depth
     sel, dpos, dcol = sel[small], dpos[small], dcol[small]
     if sel.size == 0:
         return 0
     # Gaussians the flow does not reach (hidden, behind the surface, in unsupported areas) move with their
     # nearest followed neighbour within reach, so the model deforms as a whole instead of tearing.
-    rest = np.setdiff1d(np.arange(model.num_gaussians), sel)
+    followed = np.zeros(model.num_gaussians, bool)
+    followed[sel] = True
+    rest = np.flatnonzero(~followed)
     if rest.size:
         dist, nn = KDTree(means[sel].astype(np.float32)).query(means[rest].astype(np.float32), k=1)
         near = np.asarray(dist).reshape(-1) < cfg.neighbour_reach_rel * scene_depth
