@@ -106,3 +106,21 @@ def test_flow_at_a_reduced_width_follows_like_full_width():
     print(f"\nno tracks {scores[None]}, full-width flow {scores[256]}, half-width flow {scores[128]}")
     assert scores[128][0] > scores[None][0] + 0.4 and abs(scores[128][0] - scores[256][0]) < 0.3
     assert scores[128][1] < 0.5 * scores[None][1]
+
+
+def test_a_backlog_gets_one_flow_update_at_its_newest_frame():
+    """Frames queued while the trainer was busy are all used, but only the newest starts its deformation
+    from the flow (from the last tracked frame), so a backlog does not cost one flow computation per frame."""
+    scene = generate(SynthConfig(width=128, height=96, frames=6, instruments=1, seed=3))
+    frames = [Frame(f.stamp_ns, f.left, f.depth, f.mask, f.pose, scene.cam_left) for f in scene.frames]
+    tr = OnlineTrainer(TrainerConfig(device="cpu", backend="torch", num_threads=1))
+    for f in frames:                      # queued before the thread starts: one backlog
+        assert tr.ingest(f)
+    tr.start()
+    try:
+        assert tr.wait_processed(60)
+    finally:
+        tr.stop()
+    st = tr.get_stats()
+    assert st.frames_used == 6 and st.flow_frames == 1 and st.flow_tracked > 0
+    assert tr._track_ref.stamp_ns == frames[-1].stamp_ns

@@ -337,10 +337,10 @@ def test_training_thread_survives_unexpected_errors(scene, monkeypatch):
             raise RuntimeError("simulated CUDA error")
         real_step(offline, refine)
 
-    def process(f, t_in):
+    def process(f, t_in, **kw):
         if f.stamp_ns == fr[2].stamp_ns:
             raise ValueError("simulated bad frame")
-        real_process(f, t_in)
+        real_process(f, t_in, **kw)
 
     monkeypatch.setattr(tr, "_step", step)
     monkeypatch.setattr(tr, "_process", process)

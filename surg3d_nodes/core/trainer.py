@@ -168,6 +168,7 @@ class TrainerStats:
     latency_ms: float = 0.0
     last_frame_stamp: int = 0
     flow_tracked: int = 0                # Gaussians moved by scene flow at the newest frame
+    flow_frames: int = 0                 # frames whose deformation started from the flow
     frames_past: int = 0                 # used frames older than the newest (reordered, a looping replay)
     time_gaps_shortened: int = 0         # pauses longer than max_time_gap_s
     pose_refined: int = 0                # frames whose pose a refinement corrected
@@ -224,6 +225,7 @@ class OnlineTrainer:
         self.clock = ModelClock(c.max_time_gap_s)
         self.live_stamp_ns: int | None = None     # the newest frame by arrival (a loop restarts it)
         self._last_pose: np.ndarray | None = None  # pose of that frame
+        self._track_ref: _Keyframe | None = None   # the newest frame the flow tracks were updated at
         self._pose_refiner = PoseRefiner(PoseRefineConfig(
             mode=c.refine_pose_mode, iterations=c.refine_pose_iterations, lr=c.refine_pose_lr,
             depth_weight=c.refine_pose_depth_weight, max_trans_m=c.refine_pose_max_trans_m,
@@ -475,7 +477,9 @@ class OnlineTrainer:
                     break
                 got += 1
                 try:
-                    self._process(frame, t_in)
+                    # A backlog gets one flow update, at its newest frame: the per-frame cost of the flow
+                    # (tens of ms at 640x512) must not make the trainer fall further behind.
+                    self._process(frame, t_in, track=self._queue.empty())
                 except Exception as e:  # the frame is lost, not the model or the thread
                     self._count_skip("error")
                     self._record_error(f"frame {frame.stamp_ns}", e)
@@ -486,8 +490,9 @@ class OnlineTrainer:
         self.stats.frames_skipped += 1
 
     # ------------------------------------------------------------------ frames
-    def _process(self, f: Frame, t_in: float) -> None:
-        """Validate, convert and store one frame; grow the model where its tissue is unexplained."""
+    def _process(self, f: Frame, t_in: float, track: bool = True) -> None:
+        """Validate, convert and store one frame; grow the model where its tissue is unexplained; with
+        `track`, start its deformation from the flow since the last frame that was tracked."""
         reason = self._validate(f)
         if reason is not None:
             self._count_skip(reason)
@@ -514,9 +519,13 @@ class OnlineTrainer:
             self.optimizer.grow_knots(self.model.num_knots)
             for j in self.model.simplify_knots(self.cfg.recent_knots, {"pos_knots": self.scene_depth}):
                 self.optimizer.drop_knot(j)
-        if self.cfg.flow_tracks and kf.has_depth and self._recent and self._recent[-1].has_depth:
-            self.stats.flow_tracked = update_tracks(self.model, self._recent[-1], kf, self.scene_depth,
+        ref = self._track_ref or (self._recent[-1] if self._recent else None)
+        if self.cfg.flow_tracks and track and kf.has_depth and ref is not None and ref.has_depth:
+            self.stats.flow_tracked = update_tracks(self.model, ref, kf, self.scene_depth,
                                                     FlowTrackConfig(depth_motion=self.cfg.flow_depth_motion))
+            self.stats.flow_frames += int(self.stats.flow_tracked > 0)
+        if track and kf.has_depth and (ref is None or kf.t > ref.t):
+            self._track_ref = kf        # the tracks pass through the model's positions at this frame
         if kf.has_depth:
             self._add_unexplained(kf, use_error=False)
         self.stats.frames_used += 1
