@@ -127,6 +127,7 @@ def test_trainer_killed_mid_run_is_reported_restarted_and_resumes(graph, ros_nod
     _wait(lambda: status[-1].state == "paused", 30, "paused status", graph.lines)
     res = call(save, SaveModel.Request(kind="checkpoint", path=""), "checkpoint")
     assert res.success and Path(res.path).exists(), res.message
+    ours = Path(res.path)
     res = call(save, SaveModel.Request(kind="ply", path=str(tmp_path / "before.ply")), "ply before")
     assert res.success, res.message
     before = _read_ply(Path(res.path))
@@ -146,6 +147,11 @@ def test_trainer_killed_mid_run_is_reported_restarted_and_resumes(graph, ros_nod
     flagged = _wait(trainer_error, 30, "/diagnostics flagging the killed trainer", graph.lines)
     assert "no heartbeat" in flagged.message
     graph.wait_for(r"started trainer \(pid \d+\) again", 60, after=mark)
+    resumed = graph.wait_for(r"resumed from (\S+): (\d+) Gaussians", 120, after=mark)
+    import torch
+    path = Path(resumed.group(1))     # ours, or one the monitor's periodic request wrote after it
+    assert path == ours or path.stat().st_mtime >= ours.stat().st_mtime, f"resumed from an older {path}"
+    assert int(resumed.group(2)) == torch.load(path, weights_only=False)["params"]["means"].shape[0]
     n_status = len(status)
     _wait(lambda: len(status) > n_status, 120, "status of the restarted trainer", graph.lines)
     # freeze the restarted model at once and compare it with the one saved before the kill
@@ -153,6 +159,11 @@ def test_trainer_killed_mid_run_is_reported_restarted_and_resumes(graph, ros_nod
     res = call(save, SaveModel.Request(kind="ply", path=str(tmp_path / "after.ply")), "ply after")
     assert res.success, res.message
     after = _read_ply(Path(res.path))
-    assert len(after) == len(before), f"{len(before)} Gaussians before the kill, {len(after)} after"
+    # Pause stops training, not ingestion: frames of the looping bag that arrive around the pauses may append
+    # Gaussians for tissue the model does not explain yet (a few; measured 867 -> 878 once), so the resumed
+    # model starts with the checkpointed Gaussians, in their order.
+    n = min(len(before), len(after))
+    assert abs(len(after) - len(before)) < 0.05 * len(before), f"{len(before)} Gaussians before the kill, " \
+                                                                 f"{len(after)} after"
     xyz = lambda r: np.stack([r["x"], r["y"], r["z"]], 1)  # noqa: E731
-    assert np.median(np.abs(xyz(after) - xyz(before))) < 1e-3, "the resumed Gaussians are those checkpointed"
+    assert np.median(np.abs(xyz(after)[:n] - xyz(before)[:n])) < 1e-3, "the resumed Gaussians are those checkpointed"
