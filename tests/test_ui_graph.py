@@ -104,13 +104,15 @@ def test_trainer_killed_mid_run_is_reported_restarted_and_resumes(graph, ros_nod
     from diagnostic_msgs.msg import DiagnosticArray
     from std_srvs.srv import Trigger
 
-    from surg3d_msgs.msg import TrainerStatus
+    from surg3d_msgs.msg import NodeStatus, TrainerStatus
     from surg3d_msgs.srv import SaveModel
     from surg3d_nodes.ros import topics
 
     status: list[TrainerStatus] = []
     diags: list[DiagnosticArray] = []
+    beats: list[NodeStatus] = []
     ros_node.create_subscription(TrainerStatus, topics.RECON_STATUS, status.append, 10)
+    ros_node.create_subscription(NodeStatus, topics.NODE_STATUS, beats.append, 50)
     ros_node.create_subscription(DiagnosticArray, topics.DIAGNOSTICS, diags.append, 10)
     pause = ros_node.create_client(Trigger, topics.SRV_PAUSE)
     save = ros_node.create_client(SaveModel, topics.SRV_SAVE)
@@ -167,3 +169,8 @@ def test_trainer_killed_mid_run_is_reported_restarted_and_resumes(graph, ros_nod
                                                                  f"{len(after)} after"
     xyz = lambda r: np.stack([r["x"], r["y"], r["z"]], 1)  # noqa: E731
     assert np.median(np.abs(xyz(after)[:n] - xyz(before)[:n])) < 1e-3, "the resumed Gaussians are those checkpointed"
+    # Fast DDS can hold a publisher to a SIGKILLed reader for seconds (seen once: the replay's heartbeat stopped
+    # 7 s and it was still stuck at teardown): the graph must be healthy again before it is stopped.
+    n_beats = len(beats)
+    _wait(lambda: any(b.node.endswith("bag_replay") for b in beats[n_beats:]), 60, "the replay's heartbeat",
+          graph.lines)

@@ -70,7 +70,9 @@ def test_monitor_diagnostics_stall_checkpoint_snapshot(ros_env, ros_node) -> Non
         values = {kv.key: kv.value for kv in points.values}
         assert points.level == b"\x00" and 3.0 < float(values["rate_hz"]) < 7.0, values
         assert float(values["latency_p50_ms"]) < 1000.0
-        assert latest("/stereo_depth").level == b"\x01", "new drops are a warning"
+        # The warning lasts the periods in which the counter grew: any of them (the newest may have none).
+        assert any(st.name == "surg3d: /stereo_depth" and st.level == b"\x01" for arr in diags for st in arr.status), \
+            "new drops are a warning"
         assert latest("trainer model").message.startswith("500 Gaussians")
         assert trainer.saves and set(trainer.saves) == {"checkpoint"}, "periodic checkpoints"
 
