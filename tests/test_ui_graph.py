@@ -172,5 +172,5 @@ def test_trainer_killed_mid_run_is_reported_restarted_and_resumes(graph, ros_nod
     # Fast DDS can hold a publisher to a SIGKILLed reader for seconds (seen once: the replay's heartbeat stopped
     # 7 s and it was still stuck at teardown): the graph must be healthy again before it is stopped.
     n_beats = len(beats)
-    _wait(lambda: any(b.node.endswith("bag_replay") for b in beats[n_beats:]), 60, "the replay's heartbeat",
-          graph.lines)
+    _wait(lambda: sum(b.node.endswith("bag_replay") for b in beats[n_beats:]) >= 3, 60,
+          "the replay's heartbeat (3 in a row)", graph.lines)
