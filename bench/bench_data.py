@@ -15,11 +15,11 @@ from pathlib import Path
 
 import cv2
 
-from surg3d_nodes.bags import BagReader
 from surg3d_nodes.cli.convert import convert_reader
 from surg3d_nodes.cli.synth import contact_sheet, sample_indices
-from surg3d_nodes.core.datasets import open_dataset
-from surg3d_nodes.core.synthetic import SynthConfig, generate
+from surg3d_nodes.data.bags import BagReader
+from surg3d_nodes.data.datasets import open_dataset
+from surg3d_nodes.data.synthetic import SynthConfig, generate
 
 
 def timed(fn, *args, **kwargs) -> tuple[object, float]:

@@ -27,9 +27,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from surg3d_nodes.core.camera import CameraModel
-from surg3d_nodes.core.segmentation import CueSegmenter, YoloSegmenter
-from surg3d_nodes.core.stereo_depth import OnnxDepth, SGBMParams, StereoDepth
+from surg3d_nodes.common.camera import CameraModel
+from surg3d_nodes.perception.segmentation import CueSegmenter, YoloSegmenter
+from surg3d_nodes.perception.stereo_depth import OnnxDepth, SGBMParams, StereoDepth
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -181,7 +181,7 @@ def bench_endonerf(data: Path, out: Path, frames: int) -> tuple[dict, dict]:
 
 
 def bench_synthetic(out: Path, frames: int) -> dict:
-    from surg3d_nodes.core.synthetic import SynthConfig, generate
+    from surg3d_nodes.data.synthetic import SynthConfig, generate
 
     scene = generate(SynthConfig(width=640, height=512, frames=frames, instruments=2))
     sd = StereoDepth(scene.cam_left, scene.cam_right)

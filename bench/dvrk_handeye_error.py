@@ -23,17 +23,17 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from surg3d_nodes.core.dvrk_emulator import (
+from surg3d_nodes.common.geometry import backproject
+from surg3d_nodes.data.synthetic import SynthConfig, ecm_pivot
+from surg3d_nodes.dvrk.emulator import (
     SYNTHETIC_INSTRUMENT,
     DvrkEmulation,
     EmulatorConfig,
     emulate,
 )
-from surg3d_nodes.core.dvrk_eval import replay_streams
-from surg3d_nodes.core.geometry import backproject
-from surg3d_nodes.core.instrument_prior import mask_iou, pixel_rays, project_instruments
-from surg3d_nodes.core.kinematics import KinematicCamera, pose_error
-from surg3d_nodes.core.synthetic import SynthConfig, ecm_pivot
+from surg3d_nodes.dvrk.kinematics import KinematicCamera, pose_error
+from surg3d_nodes.evaluation.dvrk import replay_streams
+from surg3d_nodes.perception.instrument_prior import mask_iou, pixel_rays, project_instruments
 
 
 def perturbation(rng: np.random.Generator, trans_m: float, rot_deg: float) -> np.ndarray:

@@ -35,9 +35,9 @@ import cv2
 import numpy as np
 import torch
 
-from surg3d_nodes.core.dvrk_emulator import EmulatorConfig, emulate
-from surg3d_nodes.core.dvrk_eval import gauge_pose_errors, kinematic_poses, train_and_score
-from surg3d_nodes.core.synthetic import MOTIONS, SynthConfig
+from surg3d_nodes.data.synthetic import MOTIONS, SynthConfig
+from surg3d_nodes.dvrk.emulator import EmulatorConfig, emulate
+from surg3d_nodes.evaluation.dvrk import gauge_pose_errors, kinematic_poses, train_and_score
 
 
 def hand_eye_error(trans_mm: float, rot_deg: float) -> np.ndarray:

@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     from rosproc import start_node, stop_node, wait_until
     from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 
-    from surg3d_nodes.core.synthetic import SynthConfig, generate
+    from surg3d_nodes.data.synthetic import SynthConfig, generate
     from surg3d_nodes.ros import topics
     from surg3d_nodes.ros.convert import camera_to_msg, image_to_msg, pose_to_msg, stamp_to_ns
 
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     scene = generate(SynthConfig(width=args.width, height=args.height, frames=args.frames, instruments=1),
                      lambda d, n: print(f"\r  rendering {d}/{n}", end="", flush=True))
     print()
-    proc = start_node("surg3d_nodes.nodes.trainer", [
+    proc = start_node("surg3d_nodes.ros.nodes.trainer", [
         "--params-file", str(ROOT / "config" / "trainer.yaml"), "-p", f"device:={args.device}",
         "-p", f"points_on_frame_rate:={args.on_frame_rate}", "-p", f"num_threads:={args.threads}",
         "-p", "render_rate:=0.0", "-p", "deoccluded_rate:=0.0", "-p", f"output_dir:={out / 'recon'}",

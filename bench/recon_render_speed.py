@@ -17,8 +17,8 @@ import time
 import numpy as np
 import torch
 
-from surg3d_nodes.core.render import RenderCamera
-from surg3d_nodes.core.render import torch_backend as tb
+from surg3d_nodes.recon.render import RenderCamera
+from surg3d_nodes.recon.render import torch_backend as tb
 
 
 def scene(n: int, w: int, h: int, f: float, device: str) -> list[torch.Tensor]:
@@ -84,7 +84,7 @@ def main() -> None:
         runs = [(f"torch tile {ts}", lambda ts=ts, args=args: tb.render(*args, cam, tile_size=ts))
                 for ts in ([4, 8] if a.device == "cpu" else [16]) if "torch" in backends]
         if "gsplat" in backends:
-            from surg3d_nodes.core.render import gsplat_backend
+            from surg3d_nodes.recon.render import gsplat_backend
             runs.append(("gsplat", lambda args=args: gsplat_backend.render(*args, cam)))
         for name, fn in runs:
             fw, bw = timeit(fn, a.reps, a.device)

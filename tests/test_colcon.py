@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from surg3d_nodes.core.graph import load_preset
+from surg3d_nodes.system.graph import load_preset
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,4 +41,4 @@ def test_colcon_installs_the_ros_package(tmp_path: Path) -> None:
             assert exe.is_file() and os.access(exe, os.X_OK), f"{exe} missing"
     assert shutil.which("surg3d", path=str(prefix / "lib" / "surg3d"))
     site = next((prefix / "lib").glob("python3*/site-packages"))
-    assert (site / "surg3d_nodes" / "ui" / "index.html").is_file()
+    assert (site / "surg3d_nodes" / "viewer" / "web" / "index.html").is_file()

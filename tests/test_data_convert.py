@@ -11,11 +11,11 @@ import pytest
 from rosbags.rosbag2 import Reader
 from rosbags.typesys import Stores, get_typestore
 
-from surg3d_nodes.bags import BagReader, BagWriter
 from surg3d_nodes.cli import convert as convert_cli
 from surg3d_nodes.cli import synth as synth_cli
-from surg3d_nodes.core.datasets import open_dataset
-from surg3d_nodes.core.geometry import pose_matrix
+from surg3d_nodes.common.geometry import pose_matrix
+from surg3d_nodes.data.bags import BagReader, BagWriter
+from surg3d_nodes.data.datasets import open_dataset
 
 STORE = get_typestore(Stores.ROS2_KILTED)
 

@@ -9,9 +9,9 @@ import cv2
 import numpy as np
 import pytest
 
-from surg3d_nodes.core.datasets import DatasetError, open_dataset
-from surg3d_nodes.core.datasets.endonerf import EndoNeRFReader
-from surg3d_nodes.core.synthetic import SynthConfig, generate, write_endonerf
+from surg3d_nodes.data.datasets import DatasetError, open_dataset
+from surg3d_nodes.data.datasets.endonerf import EndoNeRFReader
+from surg3d_nodes.data.synthetic import SynthConfig, generate, write_endonerf
 
 
 def test_real_clip(shared_data: Path) -> None:

@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 from rosproc import wait_until
 
-from surg3d_nodes.bags import BagReader
 from surg3d_nodes.cli import convert as convert_cli
-from surg3d_nodes.core.datasets import open_dataset
-from surg3d_nodes.core.monitoring import INPUT_ENDED
+from surg3d_nodes.data.bags import BagReader
+from surg3d_nodes.data.datasets import open_dataset
+from surg3d_nodes.system.monitoring import INPUT_ENDED
 
 pytestmark = pytest.mark.ros
 
@@ -40,7 +40,7 @@ def msg_class(dotted: str):
 
 
 def start(module: str, env: dict[str, str], *params: str) -> subprocess.Popen:
-    args = [sys.executable, "-m", f"surg3d_nodes.nodes.{module}", "--ros-args"]
+    args = [sys.executable, "-m", f"surg3d_nodes.ros.nodes.{module}", "--ros-args"]
     for p in params:
         args += ["-p", p]
     return subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

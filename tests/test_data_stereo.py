@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import yaml
 
-from surg3d_nodes.core.datasets import DatasetError, open_dataset
-from surg3d_nodes.core.datasets.calib import rectify_maps
-from surg3d_nodes.core.datasets.stereo import StereoFolderReader
+from surg3d_nodes.data.datasets import DatasetError, open_dataset
+from surg3d_nodes.data.datasets.calib import rectify_maps
+from surg3d_nodes.data.datasets.stereo import StereoFolderReader
 
 
 def _vertical_disparity(left: np.ndarray, right: np.ndarray) -> tuple[float, int]:

@@ -8,10 +8,10 @@ import cv2
 import numpy as np
 import pytest
 
-from surg3d_nodes.core.datasets import DatasetError, open_dataset
-from surg3d_nodes.core.datasets.stereomis import StereoMISReader
-from surg3d_nodes.core.geometry import matrix_to_pose
-from surg3d_nodes.core.synthetic import SynthConfig, generate
+from surg3d_nodes.common.geometry import matrix_to_pose
+from surg3d_nodes.data.datasets import DatasetError, open_dataset
+from surg3d_nodes.data.datasets.stereomis import StereoMISReader
+from surg3d_nodes.data.synthetic import SynthConfig, generate
 
 W, H, N, FPS = 96, 64, 6, 25.0
 K1 = np.array([[80.0, 0, 47.2], [0, 80.5, 31.8], [0, 0, 1]])

@@ -9,11 +9,11 @@ import cv2
 import numpy as np
 import pytest
 
-from surg3d_nodes.core.datasets import open_dataset
-from surg3d_nodes.core.datasets.base import DatasetFrame
-from surg3d_nodes.core.datasets.endonerf import llff_to_pose, pose_to_llff, write_endonerf_layout
-from surg3d_nodes.core.geometry import backproject
-from surg3d_nodes.core.synthetic import SynthConfig, _Scene, generate, scene_frames, write_endonerf
+from surg3d_nodes.common.geometry import backproject
+from surg3d_nodes.data.datasets import open_dataset
+from surg3d_nodes.data.datasets.base import DatasetFrame
+from surg3d_nodes.data.datasets.endonerf import llff_to_pose, pose_to_llff, write_endonerf_layout
+from surg3d_nodes.data.synthetic import SynthConfig, _Scene, generate, scene_frames, write_endonerf
 
 
 @pytest.fixture(scope="module")

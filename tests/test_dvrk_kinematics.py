@@ -11,26 +11,17 @@ import cv2
 import numpy as np
 import pytest
 
-from surg3d_nodes.core.camera import CameraModel
-from surg3d_nodes.core.dvrk_emulator import (
+from surg3d_nodes.common.camera import CameraModel
+from surg3d_nodes.common.geometry import pose_matrix
+from surg3d_nodes.data.synthetic import SynthConfig
+from surg3d_nodes.dvrk.emulator import (
     SYNTHETIC_INSTRUMENT,
     SYNTHETIC_WRISTED_INSTRUMENT,
     DvrkEmulation,
     EmulatorConfig,
     emulate,
 )
-from surg3d_nodes.core.dvrk_eval import replay_streams
-from surg3d_nodes.core.geometry import pose_matrix
-from surg3d_nodes.core.graph import load_preset
-from surg3d_nodes.core.instrument_prior import (
-    InstrumentGeometry,
-    mask_iou,
-    pixel_rays,
-    project_instruments,
-    tip_frame,
-    wrist_links,
-)
-from surg3d_nodes.core.kinematics import (
+from surg3d_nodes.dvrk.kinematics import (
     GAP,
     JAW_MEASURED_JS,
     LATE,
@@ -52,7 +43,16 @@ from surg3d_nodes.core.kinematics import (
     pose_error,
     psm_joint_values,
 )
-from surg3d_nodes.core.synthetic import SynthConfig
+from surg3d_nodes.evaluation.dvrk import replay_streams
+from surg3d_nodes.perception.instrument_prior import (
+    InstrumentGeometry,
+    mask_iou,
+    pixel_rays,
+    project_instruments,
+    tip_frame,
+    wrist_links,
+)
+from surg3d_nodes.system.graph import load_preset
 
 # A frame's pose counts as wrong beyond these (interpolating the smooth 100 Hz motion is ~5 um exact).
 MAX_TRANS_M, MAX_ROT_DEG = 1e-4, 0.05
@@ -223,7 +223,7 @@ def test_hand_eye_error_shifts_the_trajectory_rigidly(faulty: DvrkEmulation):
 
 
 def test_camera_yaml_round_trip(tmp_path, faulty: DvrkEmulation):
-    from surg3d_nodes.core.camera_yaml import load_camera_yaml, save_camera_yaml
+    from surg3d_nodes.common.camera_yaml import load_camera_yaml, save_camera_yaml
 
     cam = faulty.scene.cam_right
     back = load_camera_yaml(save_camera_yaml(cam, tmp_path / "right.yaml"), frame_id="r")
@@ -237,7 +237,7 @@ def test_camera_yaml_round_trip(tmp_path, faulty: DvrkEmulation):
 def test_prior_image_boxes_lose_no_pixel():
     """The per-part image boxes only skip pixels that cannot be hit: compare with testing every pixel, for
     random tools (some reaching past the lens plane) in a distorted raw camera and a rectified one."""
-    from surg3d_nodes.core.instrument_prior import _segment_hits
+    from surg3d_nodes.perception.instrument_prior import _segment_hits
 
     raw = CameraModel(120, 96, [[100.0, 0, 61], [0, 100.0, 47], [0, 0, 1]], D=[-0.3, 0.1, 0.001, 0.0, 0.0])
     rng = np.random.default_rng(4)

@@ -13,7 +13,9 @@ from rosproc import Collector, start_node, stop_node, wait_until
 from sensor_msgs.msg import CameraInfo, Image, JointState
 
 from surg3d_msgs.msg import NodeStatus
-from surg3d_nodes.core.dvrk_emulator import (
+from surg3d_nodes.common.geometry import matrix_to_pose
+from surg3d_nodes.data.synthetic import SynthConfig
+from surg3d_nodes.dvrk.emulator import (
     ECM,
     SYNTHETIC_INSTRUMENT,
     SYNTHETIC_WRISTED_INSTRUMENT,
@@ -21,9 +23,7 @@ from surg3d_nodes.core.dvrk_emulator import (
     EmulatorConfig,
     emulate,
 )
-from surg3d_nodes.core.geometry import matrix_to_pose
-from surg3d_nodes.core.instrument_prior import InstrumentGeometry, mask_iou
-from surg3d_nodes.core.kinematics import (
+from surg3d_nodes.dvrk.kinematics import (
     JAW_JOINT_NAMES,
     JAW_MEASURED_JS,
     MEASURED_JS,
@@ -31,7 +31,7 @@ from surg3d_nodes.core.kinematics import (
     PSM_JOINT_NAMES,
     dvrk_arm_topic,
 )
-from surg3d_nodes.core.synthetic import SynthConfig
+from surg3d_nodes.perception.instrument_prior import InstrumentGeometry, mask_iou
 from surg3d_nodes.ros import topics
 from surg3d_nodes.ros.convert import (
     camera_to_msg,
@@ -60,7 +60,7 @@ def test_kinematics_node_with_faulty_streams(ros_env, ros_node):
                                 reorder=0.1, nan_rate=0.02, ecm_stop_s=0.7, video_offset_ms=8.0, seed=5))
     t, q = matrix_to_pose(em.hand_eye)
     hand_eye = "[" + ",".join(f"{v:.9f}" for v in [*t, *q]) + "]"
-    proc = start_node("surg3d_nodes.nodes.kinematics",
+    proc = start_node("surg3d_nodes.ros.nodes.kinematics",
                   ["-p", f"hand_eye:={hand_eye}", "-p", "image_time_offset_ms:=8.0",
                    "-p", "max_wait_ms:=1000.0", "-p", "heartbeat_period:=0.5", *GEOMETRY_ARGS], ros_env)
     try:
@@ -127,7 +127,7 @@ def test_kinematics_node_with_faulty_streams(ros_env, ros_node):
 
 def test_emulator_node_drives_kinematics_node(ros_env, ros_node, tmp_path):
     rig = "test_rig"
-    emu = start_node("surg3d_nodes.nodes.dvrk_emulator",
+    emu = start_node("surg3d_nodes.ros.nodes.dvrk_emulator",
                  ["--params-file", str(CONFIG / "dvrk_emulator.yaml"), "-p", f"rig:={rig}",
                   "-p", "frames:=20", "-p", "width:=96", "-p", "height:=80",
                   "-p", "uncalibrated_camera_info:=true", "-p", f"calibration_dir:={tmp_path}",
@@ -139,7 +139,7 @@ def test_emulator_node_drives_kinematics_node(ros_env, ros_node, tmp_path):
                                     f"/{rig}/left/image_raw": Image, "/ECM/measured_cp": PoseStamped,
                                     js: JointState, jaw: JointState, topics.DATASET_MASK: Image}, depth=200)
         assert wait_until(lambda: (tmp_path / "left.yaml").is_file(), 30), "emulator did not write its calibration"
-        kin = start_node("surg3d_nodes.nodes.kinematics",
+        kin = start_node("surg3d_nodes.ros.nodes.kinematics",
                      ["--params-file", str(CONFIG / "kinematics.yaml"),
                       "-r", f"{topics.LEFT_INFO}:=/{rig}/left/camera_info",
                       "-p", f"calibration_file:={tmp_path / 'left.yaml'}",
@@ -174,14 +174,14 @@ def test_kinematics_pose_is_of_the_rectified_camera(ros_env, ros_node, tmp_path)
     """With a calibration whose rectification rotation R is not identity, /camera/pose is the rectified
     left camera (T_cart_ecm @ hand_eye @ R^T), the frame of the images the trainer gets; the calibration
     file overrides the (here identity) rotation of the camera_info on the wire."""
-    from surg3d_nodes.core.camera import CameraModel
-    from surg3d_nodes.core.camera_yaml import save_camera_yaml
-    from surg3d_nodes.core.geometry import pose_matrix
+    from surg3d_nodes.common.camera import CameraModel
+    from surg3d_nodes.common.camera_yaml import save_camera_yaml
+    from surg3d_nodes.common.geometry import pose_matrix
 
     R = pose_matrix([0, 0, 0], [0.0, 0.0087, 0.0, 0.99996])[:3, :3]       # ~1 degree about y
     cam = CameraModel(64, 48, [[60.0, 0, 32], [0, 60.0, 24], [0, 0, 1]], R=R)
     save_camera_yaml(cam, tmp_path / "left.yaml")
-    proc = start_node("surg3d_nodes.nodes.kinematics",
+    proc = start_node("surg3d_nodes.ros.nodes.kinematics",
                   ["-p", f"calibration_file:={tmp_path / 'left.yaml'}", "-p", "psm_arms:=[PSM1]"], ros_env)
     try:
         ecm = ros_node.create_publisher(PoseStamped, dvrk_arm_topic(ECM), 50)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from surg3d_nodes.core.dvrk_emulator import EmulatorConfig, emulate
-from surg3d_nodes.core.dvrk_eval import kinematic_poses, train_and_score
-from surg3d_nodes.core.synthetic import SynthConfig
+from surg3d_nodes.data.synthetic import SynthConfig
+from surg3d_nodes.dvrk.emulator import EmulatorConfig, emulate
+from surg3d_nodes.evaluation.dvrk import kinematic_poses, train_and_score
 
 
 def test_kinematic_poses_reconstruct_within_1db_of_ground_truth() -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from surg3d_nodes.core.graph import GraphError, format_value, load_preset
+from surg3d_nodes.system.graph import GraphError, format_value, load_preset
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESETS = ("live", "replay", "dvrk", "dvrk_sim")
@@ -28,7 +28,7 @@ def test_presets_resolve_and_arguments_set_parameters() -> None:
     assert nodes["trainer"].respawn
     for preset in PRESETS:
         for spec in load_preset(preset).nodes:
-            assert (ROOT / "surg3d_nodes" / "nodes" / f"{spec.executable}.py").is_file()
+            assert (ROOT / "surg3d_nodes" / "ros" / "nodes" / f"{spec.executable}.py").is_file()
             assert all(f.is_file() for f in spec.parameter_files)
 
 

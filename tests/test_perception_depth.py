@@ -8,9 +8,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from surg3d_nodes.core.camera import CameraModel
-from surg3d_nodes.core.rectify import Rectifier, rectified_camera
-from surg3d_nodes.core.stereo_depth import (
+from surg3d_nodes.common.camera import CameraModel
+from surg3d_nodes.perception.rectify import Rectifier, rectified_camera
+from surg3d_nodes.perception.stereo_depth import (
     DepthModelError,
     OnnxDepth,
     SGBMParams,
@@ -261,7 +261,7 @@ def test_onnx_missing_or_corrupt_model(tmp_path: Path):
 
 def test_sgbm_on_synthetic_scene_640x512():
     """Exact-ground-truth synthetic stereo (core/synthetic.py): median relative error on tissue < 2 %."""
-    from surg3d_nodes.core.synthetic import SynthConfig, generate
+    from surg3d_nodes.data.synthetic import SynthConfig, generate
 
     scene = generate(SynthConfig(width=640, height=512, frames=2, instruments=2))
     sd = StereoDepth(scene.cam_left, scene.cam_right)

@@ -12,7 +12,7 @@ from rosproc import Collector, start_node, stop_node, wait_until
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 
 from surg3d_msgs.msg import NodeStatus
-from surg3d_nodes.core.synthetic import SynthConfig, generate
+from surg3d_nodes.data.synthetic import SynthConfig, generate
 from surg3d_nodes.ros import topics
 from surg3d_nodes.ros.convert import camera_to_msg, image_to_msg, msg_to_camera, msg_to_image, stamp_to_ns
 
@@ -30,7 +30,7 @@ def _status_values(got: Collector, node_name: str) -> dict[str, str]:
 
 
 def test_stereo_depth_node(ros_env, ros_node, scene):
-    proc = start_node("surg3d_nodes.nodes.stereo_depth",
+    proc = start_node("surg3d_nodes.ros.nodes.stereo_depth",
                   ["--params-file", str(CONFIG / "stereo_depth.yaml"), "-p", "heartbeat_period:=0.3",
                    "-p", "publish_points:=true", "-p", "backend:=onnx",
                    "-p", "onnx_model:=/nonexistent/stereo.onnx"], ros_env)
@@ -113,7 +113,7 @@ def test_stereo_depth_node(ros_env, ros_node, scene):
 
 
 def test_instrument_seg_node_cue_with_yolo_fallback(ros_env, ros_node, scene):
-    proc = start_node("surg3d_nodes.nodes.instrument_seg",
+    proc = start_node("surg3d_nodes.ros.nodes.instrument_seg",
                   ["--params-file", str(CONFIG / "instrument_seg.yaml"), "-p", "heartbeat_period:=0.3",
                    "-p", "source:=yolo", "-p", "model_path:=/nonexistent/yolo.onnx", "-p", "margin_px:=8"],
                   ros_env)
@@ -153,7 +153,7 @@ def test_instrument_seg_node_cue_with_yolo_fallback(ros_env, ros_node, scene):
 
 
 def test_instrument_seg_node_dataset_source(ros_env, ros_node, scene):
-    proc = start_node("surg3d_nodes.nodes.instrument_seg", ["-p", "source:=dataset"], ros_env)
+    proc = start_node("surg3d_nodes.ros.nodes.instrument_seg", ["-p", "source:=dataset"], ros_env)
     try:
         img_pub = ros_node.create_publisher(Image, topics.LEFT_RECT, 10)
         mask_pub = ros_node.create_publisher(Image, topics.DATASET_MASK, 10)
@@ -176,11 +176,11 @@ def test_instrument_seg_node_dataset_source(ros_env, ros_node, scene):
 
 def test_stereo_depth_node_calibration_files(ros_env, ros_node, scene, tmp_path):
     """No CameraInfo on the wire: camera_calibration YAML files give the calibration."""
-    from surg3d_nodes.core.camera_yaml import save_camera_yaml
+    from surg3d_nodes.common.camera_yaml import save_camera_yaml
 
     left_yaml = save_camera_yaml(scene.cam_left, tmp_path / "left.yaml", "left")
     right_yaml = save_camera_yaml(scene.cam_right, tmp_path / "right.yaml", "right")
-    proc = start_node("surg3d_nodes.nodes.stereo_depth",
+    proc = start_node("surg3d_nodes.ros.nodes.stereo_depth",
                   ["-p", f"left_calibration_file:={left_yaml}",
                    "-p", f"right_calibration_file:={right_yaml}"], ros_env)
     try:

@@ -1,4 +1,4 @@
-"""Tests of instrument segmentation (surg3d_nodes.core.segmentation)."""
+"""Tests of instrument segmentation (surg3d_nodes.perception.segmentation)."""
 
 from pathlib import Path
 
@@ -8,8 +8,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from surg3d_nodes.core.camera import CameraModel
-from surg3d_nodes.core.segmentation import (
+from surg3d_nodes.common.camera import CameraModel
+from surg3d_nodes.perception.segmentation import (
     CueParams,
     CueSegmenter,
     SegmentationModelError,
@@ -17,7 +17,7 @@ from surg3d_nodes.core.segmentation import (
     dataset_mask,
     fuse_masks,
 )
-from surg3d_nodes.core.stereo_depth import StereoDepth
+from surg3d_nodes.perception.stereo_depth import StereoDepth
 
 
 def _tissue_scene(h: int = 256, w: int = 320, tool_x: int = 200,

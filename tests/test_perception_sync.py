@@ -1,11 +1,11 @@
-"""Tests of the approximate-time synchroniser (surg3d_nodes.core.sync)."""
+"""Tests of the approximate-time synchroniser (surg3d_nodes.perception.sync)."""
 
 import random
 import threading
 
 import pytest
 
-from surg3d_nodes.core.sync import ApproxTimeSync
+from surg3d_nodes.perception.sync import ApproxTimeSync
 
 MS = 1_000_000
 

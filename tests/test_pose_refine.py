@@ -7,15 +7,15 @@ import numpy as np
 import pytest
 import torch
 
-from surg3d_nodes.core.checkpoint import load_checkpoint, save_checkpoint
-from surg3d_nodes.core.dvrk_emulator import EmulatorConfig, emulate
-from surg3d_nodes.core.dvrk_eval import in_first_gauge, kinematic_poses
-from surg3d_nodes.core.geometry import backproject
-from surg3d_nodes.core.kinematics import pose_error
-from surg3d_nodes.core.metrics import psnr
-from surg3d_nodes.core.pose_refine import PoseRefineConfig, PoseRefiner, hand_eye_correction, refine_pose
-from surg3d_nodes.core.synthetic import SynthConfig, generate
-from surg3d_nodes.core.trainer import Frame, OnlineTrainer, TrainerConfig
+from surg3d_nodes.common.geometry import backproject
+from surg3d_nodes.common.metrics import psnr
+from surg3d_nodes.data.synthetic import SynthConfig, generate
+from surg3d_nodes.dvrk.emulator import EmulatorConfig, emulate
+from surg3d_nodes.dvrk.kinematics import pose_error
+from surg3d_nodes.evaluation.dvrk import in_first_gauge, kinematic_poses
+from surg3d_nodes.recon.io.checkpoint import load_checkpoint, save_checkpoint
+from surg3d_nodes.recon.pose_refine import PoseRefineConfig, PoseRefiner, hand_eye_correction, refine_pose
+from surg3d_nodes.recon.trainer import Frame, OnlineTrainer, TrainerConfig
 
 torch.set_num_threads(1)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from surg3d_nodes.core.model_clock import ModelClock
+from surg3d_nodes.recon.model_clock import ModelClock
 
 S = 10**9
 

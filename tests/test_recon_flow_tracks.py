@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from surg3d_nodes.core.flow_tracks import FlowTrackConfig, _sample, update_tracks
-from surg3d_nodes.core.gaussians import GaussianConfig, GaussianModel
-from surg3d_nodes.core.metrics import masked_psnr
-from surg3d_nodes.core.synthetic import SynthConfig, generate
-from surg3d_nodes.core.trainer import Frame, OnlineTrainer, TrainerConfig
+from surg3d_nodes.common.metrics import masked_psnr
+from surg3d_nodes.data.synthetic import SynthConfig, generate
+from surg3d_nodes.recon.flow_tracks import FlowTrackConfig, _sample, update_tracks
+from surg3d_nodes.recon.gaussians import GaussianConfig, GaussianModel
+from surg3d_nodes.recon.trainer import Frame, OnlineTrainer, TrainerConfig
 
 torch.set_num_threads(1)
 

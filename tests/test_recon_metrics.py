@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from surg3d_nodes.core.metrics import depth_rmse_mm, masked_psnr, psnr, psnr_star, ssim, ssim_map
+from surg3d_nodes.common.metrics import depth_rmse_mm, masked_psnr, psnr, psnr_star, ssim, ssim_map
 
 
 def test_psnr_known_values():

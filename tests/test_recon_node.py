@@ -17,7 +17,7 @@ from std_srvs.srv import Trigger
 
 from surg3d_msgs.msg import NodeStatus, TrainerStatus
 from surg3d_msgs.srv import LoadCheckpoint, RenderView, SaveModel
-from surg3d_nodes.core.synthetic import SynthConfig, generate
+from surg3d_nodes.data.synthetic import SynthConfig, generate
 from surg3d_nodes.ros import topics
 from surg3d_nodes.ros.convert import (
     camera_to_msg,
@@ -39,7 +39,7 @@ def scene():
 def _start(out_dir: Path, env: dict[str, str], rates: str = "4.0") -> subprocess.Popen:
     """The trainer node on CPU; `rates` (Hz) of its render, de-occlusion and status timers."""
     return subprocess.Popen(
-        [sys.executable, "-m", "surg3d_nodes.nodes.trainer", "--ros-args", "--params-file",
+        [sys.executable, "-m", "surg3d_nodes.ros.nodes.trainer", "--ros-args", "--params-file",
          str(CONFIG / "trainer.yaml"), "-p", "device:=cpu", "-p", "num_threads:=1", "-p", "image_scale:=1.0",
          "-p", "heartbeat_period:=0.5", "-p", "points_rate:=0.0", "-p", f"render_rate:={rates}",
          "-p", f"deoccluded_rate:={rates}", "-p", f"status_rate:={rates}", "-p", f"output_dir:={out_dir}"],

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from surg3d_nodes.core.render import RenderCamera, render, resolve_backend
-from surg3d_nodes.core.render import torch_backend as tb
+from surg3d_nodes.recon.render import RenderCamera, render, resolve_backend
+from surg3d_nodes.recon.render import torch_backend as tb
 
 torch.set_num_threads(1)
 W, H, F = 96, 64, 80.0
@@ -145,7 +145,7 @@ def test_backend_selection():
 @pytest.mark.skipif(not torch.cuda.is_available(),
                     reason="gsplat rasterization needs a CUDA device; none here")
 def test_torch_backend_matches_gsplat_cuda():
-    from surg3d_nodes.core.render import gsplat_backend
+    from surg3d_nodes.recon.render import gsplat_backend
 
     means, quats, scales, opac, cols = _random_gaussians(2000, seed=3)
     cam = _camera()
@@ -158,7 +158,7 @@ def test_torch_backend_matches_gsplat_cuda():
 
 
 def test_render_model_interface():
-    from surg3d_nodes.core.gaussians import GaussianConfig, GaussianModel
+    from surg3d_nodes.recon.gaussians import GaussianConfig, GaussianModel
 
     model = GaussianModel(GaussianConfig(sh_degree=1, knot_spacing=0.5))
     pts = np.array([[0.0, 0.0, 1.0], [0.05, 0.0, 1.0], [0.0, 0.05, 1.0]])

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from surg3d_nodes.core.camera import scale_intrinsics
-from surg3d_nodes.core.checkpoint import load_checkpoint, save_checkpoint
-from surg3d_nodes.core.metrics import psnr_star
-from surg3d_nodes.core.ply import save_ply
-from surg3d_nodes.core.synthetic import SynthConfig, generate
-from surg3d_nodes.core.trainer import Frame, OnlineTrainer, TrainerConfig
+from surg3d_nodes.common.camera import scale_intrinsics
+from surg3d_nodes.common.metrics import psnr_star
+from surg3d_nodes.data.synthetic import SynthConfig, generate
+from surg3d_nodes.recon.io.checkpoint import load_checkpoint, save_checkpoint
+from surg3d_nodes.recon.io.ply import save_ply
+from surg3d_nodes.recon.trainer import Frame, OnlineTrainer, TrainerConfig
 
 torch.set_num_threads(1)
 
@@ -246,7 +246,7 @@ def test_checkpoint_during_training_reloads_identically(scene, tmp_path):
     loaded = load_checkpoint(path)
     # Renders of the saved parameters and of the reloaded model are identical.
     pose, t = fr[4].pose, loaded.time_of(fr[4].stamp_ns)
-    from surg3d_nodes.core.render import RenderCamera, render
+    from surg3d_nodes.recon.render import RenderCamera, render
     cam = RenderCamera.from_ros(pose, scene.cam_left.intrinsics(), 64, 48)
     ref = render(loaded.model, cam, t, backend="torch", params=state["params"])
     out = loaded.render_view(pose, t)
@@ -271,7 +271,7 @@ def test_checkpoint_during_training_reloads_identically(scene, tmp_path):
 def test_knot_budget_bounds_memory_and_keeps_motion(scene, tmp_path):
     """A long sequence with a small knot budget: the knot count stays bounded, the newest knots keep full
     resolution, the removed knots are the ones a straight line explains, and a checkpoint keeps the times."""
-    from surg3d_nodes.core.gaussians import GaussianConfig, GaussianModel
+    from surg3d_nodes.recon.gaussians import GaussianConfig, GaussianModel
 
     model = GaussianModel(GaussianConfig(knot_spacing=0.1, max_knots=8))
     model.append(model.new_gaussians(np.array([[0.0, 0.0, 0.1], [0.01, 0.0, 0.1]]), np.full((2, 3), 0.5), 0.0))

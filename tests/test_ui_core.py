@@ -9,8 +9,9 @@ import math
 import numpy as np
 import pytest
 
-from surg3d_nodes.core import display, monitoring
-from surg3d_nodes.core.viewer_input import (
+from surg3d_nodes.system import monitoring
+from surg3d_nodes.viewer import display
+from surg3d_nodes.viewer.input import (
     InputError,
     RoiStore,
     parse_empty,

@@ -31,9 +31,9 @@ def test_monitor_diagnostics_stall_checkpoint_snapshot(ros_env, ros_node) -> Non
     from sensor_msgs.msg import Image, PointCloud2
 
     from surg3d_msgs.msg import NodeStatus
-    from surg3d_nodes.core.monitoring import INPUT_ENDED
     from surg3d_nodes.ros import topics
     from surg3d_nodes.ros.convert import header, key_values
+    from surg3d_nodes.system.monitoring import INPUT_ENDED
 
     trainer = FakeTrainer(ros_node.context)
     diags: list[DiagnosticArray] = []

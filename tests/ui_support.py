@@ -15,9 +15,9 @@ import numpy as np
 
 def start_node(module: str, ros_env: dict, args: list[str], ready: str = "",
                timeout: float = 30.0) -> tuple[subprocess.Popen, list[str], re.Match | None]:
-    """Start `python -m surg3d_nodes.nodes.<module> --ros-args <args>`; with `ready`, wait for an output line
+    """Start `python -m surg3d_nodes.ros.nodes.<module> --ros-args <args>`; with `ready`, wait for an output line
     matching that regex. Returns (process, its output lines (kept up to date), the match)."""
-    proc = subprocess.Popen([sys.executable, "-m", f"surg3d_nodes.nodes.{module}", "--ros-args", *args],
+    proc = subprocess.Popen([sys.executable, "-m", f"surg3d_nodes.ros.nodes.{module}", "--ros-args", *args],
                             env=ros_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: list[str] = []
     found: list[re.Match] = []

@@ -15,8 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from surg3d_nodes.bags import STORAGES, BagWriter
-from surg3d_nodes.core.datasets import READERS, DatasetError, DatasetReader, open_dataset
+from surg3d_nodes.data.bags import STORAGES, BagWriter
+from surg3d_nodes.data.datasets import READERS, DatasetError, DatasetReader, open_dataset
 
 
 @dataclass

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from surg3d_nodes.core.graph import GraphError, load_preset
-from surg3d_nodes.core.supervisor import GRAPH_ENV, Supervisor
+from surg3d_nodes.system.graph import GraphError, load_preset
+from surg3d_nodes.system.supervisor import GRAPH_ENV, Supervisor
 
 
 @dataclass
@@ -44,7 +44,7 @@ def score(render: np.ndarray, depth: np.ndarray, frame) -> dict[str, float]:
     """Scores of one rendered view against a dataset frame, over the pixels the model covers (opaque: finite
     rendered depth): PSNR* on tissue, de-occlusion PSNR on instrument pixels against the synthetic tissue-only
     truth, depth RMSE (mm) on tissue, and the fraction of tissue and instrument pixels covered."""
-    from surg3d_nodes.core.metrics import depth_rmse_mm, psnr_star
+    from surg3d_nodes.common.metrics import depth_rmse_mm, psnr_star
 
     covered = np.isfinite(depth)
     tool = frame.mask > 0 if frame.mask is not None else np.zeros(render.shape[:2], bool)
@@ -121,7 +121,7 @@ def watch(sup: Supervisor, res: DemoResult, args: argparse.Namespace, domain_id:
             raise RuntimeError(f"saving the PLY failed: {reply.message}")
         res.ply = reply.path
         if clip is not None:
-            from surg3d_nodes.core.datasets import open_dataset
+            from surg3d_nodes.data.datasets import open_dataset
 
             reader = open_dataset("endonerf", clip, exact_depth=True)
             client = node.create_client(RenderView, topics.SRV_RENDER_VIEW)

@@ -47,9 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     import torch
 
-    from surg3d_nodes.core.datasets.base import DatasetError
-    from surg3d_nodes.core.evaluate import EvalOptions, evaluate_endonerf
-    from surg3d_nodes.core.trainer import TrainerConfig
+    from surg3d_nodes.data.datasets.base import DatasetError
+    from surg3d_nodes.evaluation.endonerf import EvalOptions, evaluate_endonerf
+    from surg3d_nodes.recon.trainer import TrainerConfig
 
     device = args.device
     if device == "auto":

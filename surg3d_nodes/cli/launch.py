@@ -7,8 +7,8 @@ import importlib
 import sys
 from pathlib import Path
 
-from surg3d_nodes.core.graph import GraphError, NodeSpec, load_preset
-from surg3d_nodes.core.supervisor import GRAPH_ENV, Supervisor
+from surg3d_nodes.system.graph import GraphError, NodeSpec, load_preset
+from surg3d_nodes.system.supervisor import GRAPH_ENV, Supervisor
 
 
 def node_class(spec: NodeSpec) -> type:

@@ -14,8 +14,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from surg3d_nodes.core.datasets.endonerf import write_endonerf_layout
-from surg3d_nodes.core.synthetic import (
+from surg3d_nodes.data.datasets.endonerf import write_endonerf_layout
+from surg3d_nodes.data.synthetic import (
     MOTIONS,
     SynthConfig,
     SynthFrame,
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
             return 2
     from surg3d_nodes.cli.convert import convert_reader, print_progress
-    from surg3d_nodes.core.datasets import open_dataset
+    from surg3d_nodes.data.datasets import open_dataset
 
     # Render and write frame by frame (constant memory); keep a few frames for the contact sheet.
     cam_l, cam_r = cameras(cfg)

@@ -15,8 +15,8 @@ from geometry_msgs.msg import Pose, PoseStamped, TransformStamped
 from sensor_msgs.msg import CameraInfo, Image, JointState, PointCloud2, PointField
 from std_msgs.msg import Header
 
-from surg3d_nodes.core.camera import CameraModel
-from surg3d_nodes.core.geometry import matrix_to_pose, pose_matrix
+from surg3d_nodes.common.camera import CameraModel
+from surg3d_nodes.common.geometry import matrix_to_pose, pose_matrix
 
 
 class MessageError(ValueError):

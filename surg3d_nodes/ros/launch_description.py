@@ -13,7 +13,7 @@ from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
-from surg3d_nodes.core.graph import load_preset
+from surg3d_nodes.system.graph import load_preset
 
 
 def _nodes(context, preset: str, config_dir: Path | None) -> list[Node]:

@@ -7,13 +7,13 @@ from pathlib import Path
 from setuptools import find_packages, setup
 
 here = Path(__file__).resolve().parent
-nodes = sorted(p.stem for p in (here / "surg3d_nodes" / "nodes").glob("*.py") if not p.stem.startswith("_"))
+nodes = sorted(p.stem for p in (here / "surg3d_nodes" / "ros" / "nodes").glob("*.py") if not p.stem.startswith("_"))
 
 setup(
     name="surg3d",
     version="0.1.0",
     packages=find_packages(include=["surg3d_nodes", "surg3d_nodes.*"]),
-    package_data={"surg3d_nodes": ["ui/*"]},
+    package_data={"surg3d_nodes": ["viewer/web/*"]},
     data_files=[
         ("share/ament_index/resource_index/packages", ["resource/surg3d"]),
         ("share/surg3d", ["package.xml"]),
@@ -22,6 +22,6 @@ setup(
     ],
     install_requires=["setuptools"],
     zip_safe=False,
-    entry_points={"console_scripts": [f"{n} = surg3d_nodes.nodes.{n}:main" for n in nodes]
+    entry_points={"console_scripts": [f"{n} = surg3d_nodes.ros.nodes.{n}:main" for n in nodes]
                   + ["surg3d = surg3d_nodes.cli:main"]},
 )

@@ -1,0 +1,1 @@
+"""Shared ROS-free basics: camera model, geometry, image metrics, file helpers, bounded workers."""

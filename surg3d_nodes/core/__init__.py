@@ -1,1 +1,0 @@
-"""ROS-free core of surg3d: importable and testable without rclpy."""

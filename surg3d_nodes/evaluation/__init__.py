@@ -1,0 +1,1 @@
+"""Evaluation (ROS-free): EndoNeRF-layout clips and the dVRK reconstruction benchmark."""

@@ -1,0 +1,1 @@
+"""Reconstruction (ROS-free): the deformable Gaussian model, renderers, losses, densification, the trainer."""

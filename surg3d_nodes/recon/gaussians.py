@@ -1,0 +1,271 @@
+"""Deformable 3D Gaussian model: static Gaussians plus per-Gaussian temporal knot tracks.
+
+Each Gaussian has a mean, log-scales, a wxyz quaternion, an opacity logit and colour as SH DC (+ optional
+degree-1 rest). Motion and appearance change are per-Gaussian piecewise-linear tracks over time knots
+(position offset, colour offset, optionally log-scale offset), shared by all Gaussians. Knots are appended
+every `knot_spacing` as time advances, so the model can be rendered at any past time of an online
+sequence, and a track is evaluated with two gathers (cheap for both backends). Memory stays bounded in a
+long surgery: beyond `max_knots`, the past knot that the straight line between its neighbours explains
+best is removed (`simplify_knots`), so old motion is kept at a coarser, adaptive time resolution while
+the newest knots keep the full one. Gaussians born later inherit the motion of their nearest existing
+neighbour so they follow the tissue they belong to.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from pykdtree.kdtree import KDTree
+
+SH_C0 = 0.28209479177387814
+SH_C1 = 0.4886025119029199
+
+
+@dataclass
+class GaussianConfig:
+    """Shape of the model: SH degree (0 or 1), knot spacing (model time units), knot budget (0 = none),
+    deformable scale."""
+
+    sh_degree: int = 1
+    knot_spacing: float = 0.1
+    max_knots: int = 0
+    deform_scale: bool = True
+    init_opacity: float = 0.7
+    init_scale: float = 1.0        # new Gaussians' scale as a multiple of the nearest-neighbour distance
+    min_scale: float = 1e-5
+
+
+def logit(p: float) -> float:
+    """Inverse sigmoid."""
+    return float(np.log(p / (1.0 - p)))
+
+
+class GaussianModel:
+    """Parameters (leaf tensors in `params`) and the evaluation of the scene at a time t."""
+
+    KNOT_KEYS = ("pos_knots", "col_knots", "scale_knots")
+
+    def __init__(self, cfg: GaussianConfig, device: str | torch.device = "cpu", time_origin: float = 0.0):
+        if cfg.sh_degree not in (0, 1):
+            raise ValueError(f"sh_degree must be 0 or 1, got {cfg.sh_degree}")
+        if cfg.knot_spacing <= 0:
+            raise ValueError(f"knot_spacing must be positive, got {cfg.knot_spacing}")
+        if cfg.max_knots and cfg.max_knots < 4:
+            raise ValueError(f"max_knots must be 0 (unbounded) or at least 4, got {cfg.max_knots}")
+        self.cfg = cfg
+        self.device = torch.device(device)
+        self.knot_times: list[float] = [float(time_origin)]
+        self.params: dict[str, torch.Tensor] = {}
+        self._allocate(0, 1)
+
+    # ----------------------------------------------------------------- structure
+    def _allocate(self, n: int, knots: int) -> None:
+        z = lambda *s: torch.zeros(*s, device=self.device)  # noqa: E731
+        p = {
+            "means": z(n, 3), "log_scales": z(n, 3), "quats": z(n, 4), "opacity_logits": z(n),
+            "sh_dc": z(n, 3), "pos_knots": z(n, knots, 3), "col_knots": z(n, knots, 3),
+        }
+        if self.cfg.sh_degree == 1:
+            p["sh_rest"] = z(n, 3, 3)
+        if self.cfg.deform_scale:
+            p["scale_knots"] = z(n, knots, 3)
+        self.params = {k: v.requires_grad_() for k, v in p.items()}
+
+    @property
+    def num_gaussians(self) -> int:
+        return int(self.params["means"].shape[0])
+
+    @property
+    def num_knots(self) -> int:
+        return int(self.params["pos_knots"].shape[1])
+
+    def time_range(self) -> tuple[float, float]:
+        """Model time covered by the knots."""
+        return self.knot_times[0], self.knot_times[-1]
+
+    def knot_index(self, t: float, knot_times: list[float] | None = None) -> tuple[int, int, float]:
+        """Knots (i0, i1) around time t and the weight w of i1 (times outside the range clamp);
+        `knot_times` defaults to the model's own."""
+        kt = self.knot_times if knot_times is None else knot_times
+        if t <= kt[0] or len(kt) == 1:
+            return 0, 0, 0.0
+        if t >= kt[-1]:
+            return len(kt) - 1, len(kt) - 1, 0.0
+        i0 = bisect_right(kt, t) - 1
+        return i0, i0 + 1, (t - kt[i0]) / (kt[i0 + 1] - kt[i0])
+
+    # ----------------------------------------------------------------- evaluation
+    def _interp(self, p: dict[str, torch.Tensor], name: str, t: float) -> torch.Tensor:
+        k = p[name]
+        i0, i1, w = self.knot_index(t, p["knot_times"].tolist() if "knot_times" in p else None)
+        return k[:, i0] * (1.0 - w) + k[:, i1] * w if w > 0 else k[:, i0]
+
+    def evaluate(self, t: float, cam_center: torch.Tensor | None = None,
+                 params: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """World-space means, quats, (linear) scales, opacities and RGB colours at time t.
+
+        `params` lets a caller evaluate a detached copy (thread-safe rendering); default: own params.
+        """
+        p = self.params if params is None else params
+        means = p["means"] + self._interp(p, "pos_knots", t)
+        log_s = p["log_scales"]
+        if "scale_knots" in p:
+            log_s = log_s + self._interp(p, "scale_knots", t)
+        rgb = SH_C0 * p["sh_dc"] + 0.5 + self._interp(p, "col_knots", t)
+        if "sh_rest" in p and cam_center is not None:
+            d = torch.nn.functional.normalize(means.detach() - cam_center.to(means), dim=-1)
+            r = p["sh_rest"]
+            rgb = rgb + SH_C1 * (-d[:, 1:2] * r[:, 0] + d[:, 2:3] * r[:, 1] - d[:, 0:1] * r[:, 2])
+        return {
+            "means": means,
+            "quats": p["quats"],
+            "scales": torch.exp(log_s).clamp(min=self.cfg.min_scale),
+            "opacities": torch.sigmoid(p["opacity_logits"]),
+            "colors": rgb.clamp(min=0.0),
+        }
+
+    def track_at(self, t: float, name: str) -> torch.Tensor:
+        """Value [N,3] of track `name` (pos_knots, col_knots, scale_knots) of every Gaussian at time t."""
+        return self._interp(self.params, name, t).detach()
+
+    @torch.no_grad()
+    def fit_track(self, name: str, t: float, rows: torch.Tensor, target: torch.Tensor) -> None:
+        """Move track `name` of Gaussians `rows` towards `target` [M,3] at time t by changing only the knot
+        at or after t, so earlier times keep their values (online: the past is already fitted). Exact
+        when t is on a knot or in the later half of its interval; earlier in the interval the change is
+        limited to twice the residual."""
+        i0, i1, w = self.knot_index(t)
+        k = self.params[name]
+        r = target - (k[rows, i0] * (1.0 - w) + k[rows, i1] * w)
+        if i0 == i1 or w == 0.0:
+            k[rows, i0] += r
+        else:
+            k[rows, i1] += r / max(w, 0.5)
+
+    def detached_copy(self) -> dict[str, torch.Tensor]:
+        """A consistent detached copy of all parameters plus `knot_times` (a float64 tensor), so it can be
+        evaluated while training adds or removes knots (take it under the trainer's lock)."""
+        copy = {k: v.detach().clone() for k, v in self.params.items()}
+        copy["knot_times"] = torch.tensor(self.knot_times, dtype=torch.float64)
+        return copy
+
+    # ----------------------------------------------------------------- growth
+    def ensure_time(self, t: float) -> int:
+        """Append knots every `knot_spacing` (copies of the last one) until time t is covered; returns
+        how many were added."""
+        last, step = self.knot_times[-1], self.cfg.knot_spacing
+        extra = max(0, int(np.ceil((t - last) / step - 1e-9)))
+        if extra == 0:
+            return 0
+        self.knot_times += [last + step * (i + 1) for i in range(extra)]
+        for name in self.KNOT_KEYS:
+            if name in self.params:
+                k = self.params[name].detach()
+                self.params[name] = torch.cat([k, k[:, -1:].expand(-1, extra, -1)], 1).requires_grad_()
+        return extra
+
+    @torch.no_grad()
+    def simplify_knots(self, keep_recent: int, scales: dict[str, float] | None = None) -> list[int]:
+        """Remove knots until at most `cfg.max_knots` remain (no-op when unbounded); returns the removed
+        indices, in removal order, so the optimizer can drop the same columns.
+
+        Only knots older than the newest `keep_recent` (and never the first) are candidates; each removal
+        takes the knot whose values the linear interpolation of its two neighbours reproduces best (mean
+        absolute deviation over all Gaussians, each track divided by `scales[name]`, e.g. the scene depth
+        for positions).
+        """
+        removed: list[int] = []
+        budget = self.cfg.max_knots
+        while budget and self.num_knots > budget:
+            hi = self.num_knots - max(1, keep_recent)         # candidates j in [1, hi)
+            if hi <= 1:
+                break
+            kt = torch.tensor(self.knot_times, dtype=torch.float64)
+            w = ((kt[1:hi] - kt[:hi - 1]) / (kt[2:hi + 1] - kt[:hi - 1])).to(self.device, torch.float32)
+            err = torch.zeros(hi - 1, device=self.device)
+            for name in self.KNOT_KEYS:
+                if name not in self.params:
+                    continue
+                k = self.params[name].detach()
+                lin = k[:, :hi - 1] * (1 - w)[None, :, None] + k[:, 2:hi + 1] * w[None, :, None]
+                err += (k[:, 1:hi] - lin).abs().mean(dim=(0, 2)) / (scales or {}).get(name, 1.0)
+            j = int(torch.argmin(err)) + 1
+            keep = [i for i in range(self.num_knots) if i != j]
+            for name in self.KNOT_KEYS:
+                if name in self.params:
+                    self.params[name] = self.params[name].detach()[:, keep].requires_grad_()
+            del self.knot_times[j]
+            removed.append(j)
+        return removed
+
+    def new_gaussians(self, points: np.ndarray, colors: np.ndarray, t_birth: float,
+                      camera_rotation: np.ndarray | None = None) -> dict[str, torch.Tensor]:
+        """Parameter rows for Gaussians at world `points` [M,3] with RGB `colors` [M,3] in 0..1.
+
+        Scales come from nearest-neighbour distances (pykdtree) among the new and existing points; the
+        tracks are copied from each point's nearest existing Gaussian, shifted so the offset is zero at
+        t_birth (the point is where it was observed).
+        """
+        pts = np.asarray(points, dtype=np.float32)
+        m = pts.shape[0]
+        cur = self.evaluate(t_birth)["means"].detach().cpu().numpy() if self.num_gaussians else None
+        ref = pts if cur is None else np.concatenate([pts, cur.astype(np.float32)])
+        tree = KDTree(ref)
+        k = min(4, ref.shape[0])
+        dist, _ = tree.query(pts, k=k)
+        dist = np.asarray(dist, dtype=np.float64).reshape(m, k)
+        nn = np.sqrt(np.mean(dist[:, 1:] ** 2, axis=1)) if k > 1 else np.full(m, 1e-3)
+        nn = np.clip(np.nan_to_num(nn, nan=1e-3) * self.cfg.init_scale, self.cfg.min_scale, None)
+        dev = self.device
+        rows = {
+            "means": torch.as_tensor(pts, device=dev),
+            "log_scales": torch.as_tensor(np.log(nn), dtype=torch.float32, device=dev)[:, None].repeat(1, 3),
+            "opacity_logits": torch.full((m,), logit(self.cfg.init_opacity), device=dev),
+            "sh_dc": (torch.as_tensor(np.asarray(colors), dtype=torch.float32, device=dev) - 0.5) / SH_C0,
+        }
+        q = torch.zeros(m, 4, device=dev)
+        q[:, 0] = 1.0
+        if camera_rotation is not None:
+            from surg3d_nodes.common.geometry import matrix_to_quat
+            x, y, z, w = matrix_to_quat(camera_rotation)
+            q[:] = torch.tensor([w, x, y, z], dtype=torch.float32, device=dev)
+        rows["quats"] = q
+        if "sh_rest" in self.params:
+            rows["sh_rest"] = torch.zeros(m, 3, 3, device=dev)
+        kn = self.num_knots
+        if cur is not None:
+            _, idx = KDTree(cur.astype(np.float32)).query(pts, k=1)
+            idx_t = torch.as_tensor(np.asarray(idx, dtype=np.int64).reshape(-1), device=dev)
+        for name in self.KNOT_KEYS:
+            if name not in self.params:
+                continue
+            if cur is None:
+                rows[name] = torch.zeros(m, kn, 3, device=dev)
+            else:
+                src = self.params[name].detach()[idx_t]
+                here = self._interp(self.params, name, t_birth).detach()[idx_t]
+                rows[name] = src - here[:, None, :]
+        return rows
+
+    def append(self, rows: dict[str, torch.Tensor]) -> None:
+        """Append parameter rows (from `new_gaussians` or densification)."""
+        self.params = {k: torch.cat([v.detach(), rows[k].to(v)], 0).requires_grad_()
+                       for k, v in self.params.items()}
+
+    def select(self, keep: torch.Tensor) -> None:
+        """Keep only the Gaussians where the boolean mask `keep` is True."""
+        self.params = {k: v.detach()[keep].requires_grad_() for k, v in self.params.items()}
+
+    def load_params(self, params: dict[str, torch.Tensor], knot_times: list[float]) -> None:
+        """Replace all parameters (checkpoint restore); keys must match this model's configuration."""
+        if set(params) != set(self.params):
+            raise ValueError(f"checkpoint parameters {sorted(params)} do not match the model's "
+                             f"{sorted(self.params)}")
+        if params["pos_knots"].shape[1] != len(knot_times):
+            raise ValueError(f"checkpoint has {params['pos_knots'].shape[1]} knots but {len(knot_times)} "
+                             "knot times")
+        self.params = {k: v.detach().to(self.device).clone().requires_grad_() for k, v in params.items()}
+        self.knot_times = [float(x) for x in knot_times]

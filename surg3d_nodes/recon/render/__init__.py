@@ -1,0 +1,62 @@
+"""Differentiable Gaussian rendering with two interchangeable backends (torch reference, gsplat CUDA).
+
+`render(model, camera, time)` -> RenderOutput(rgb [H,W,3], depth [H,W] expected depth in metres
+(meaningful where alpha > 0), alpha [H,W]). `render_evaluated` is the same for already evaluated
+Gaussians and also returns the info dict (means2d with retained gradient, radii) used by densification.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from surg3d_nodes.recon.gaussians import GaussianModel
+from surg3d_nodes.recon.render import gsplat_backend, torch_backend
+from surg3d_nodes.recon.render.camera import RenderCamera
+
+BACKENDS = ("auto", "torch", "gsplat", "gsplat2d")
+
+__all__ = ["BACKENDS", "RenderCamera", "RenderOutput", "render", "render_evaluated", "resolve_backend"]
+
+
+class RenderOutput(NamedTuple):
+    """Rendered colour [H,W,3], expected depth [H,W] and accumulated alpha [H,W]."""
+
+    rgb: torch.Tensor
+    depth: torch.Tensor
+    alpha: torch.Tensor
+
+
+def resolve_backend(backend: str, device: str | torch.device) -> str:
+    """Concrete backend for a request: `auto` is gsplat on a CUDA device with gsplat, else torch."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown render backend {backend!r}; expected one of {BACKENDS}")
+    dev = torch.device(device)
+    if backend == "auto":
+        return "gsplat" if dev.type == "cuda" and gsplat_backend.available() else "torch"
+    if backend.startswith("gsplat") and dev.type != "cuda":
+        raise ValueError(f"backend {backend!r} needs a CUDA device, got {dev}")
+    return backend
+
+
+def render_evaluated(g: dict[str, torch.Tensor], camera: RenderCamera, backend: str = "torch",
+                     tile_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]:
+    """Render evaluated Gaussians (dict of means, quats, scales, opacities, colors) with a backend."""
+    args = (g["means"], g["quats"], g["scales"], g["opacities"], g["colors"], camera)
+    if backend == "torch":
+        return torch_backend.render(*args, tile_size=tile_size or 4)
+    if backend in ("gsplat", "gsplat2d"):
+        return gsplat_backend.render(*args, tile_size=tile_size or 16,
+                                     mode="2dgs" if backend == "gsplat2d" else "3dgs")
+    raise ValueError(f"unknown render backend {backend!r}; use resolve_backend first")
+
+
+def render(model: GaussianModel, camera: RenderCamera, time: float, backend: str = "auto",
+           params: dict[str, torch.Tensor] | None = None) -> RenderOutput:
+    """Render the model at `time` from `camera` (no gradient bookkeeping beyond autograd's own)."""
+    be = resolve_backend(backend, model.device)
+    cam = camera.to(model.device)
+    g = model.evaluate(time, cam.center(), params=params)
+    rgb, depth, alpha, _ = render_evaluated(g, cam, be)
+    return RenderOutput(rgb, depth, alpha)

@@ -1,0 +1,129 @@
+"""recorder: write a list of topics to a rosbag2 (MCAP by default) without ever blocking a callback.
+
+Subscriptions take raw CDR bytes (raw=True) and only enqueue them (bounded queue; a full queue counts a drop);
+a background thread writes them with rosbags. Topic types come from the graph (topics are subscribed as
+soon as a publisher appears). The bag is written under a hidden name and appears at its path when the node
+shuts down and closes it. Parameters: topics (list), output_dir (folder of recordings; the bag is
+<output_dir>/recording_<UTC time>), output (explicit bag path, overrides output_dir), storage
+(mcap | sqlite3), queue_size, qos_depth, discovery_period (s).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+
+from surg3d_nodes.data.bags import BagWriter
+from surg3d_nodes.ros import topics
+from surg3d_nodes.ros.nodes.bag_replay import message_class
+from surg3d_nodes.ros.runtime import ERROR, SurgNode, run_node
+
+DEFAULT_TOPICS = [topics.LEFT_IMAGE, topics.RIGHT_IMAGE, topics.LEFT_INFO, topics.RIGHT_INFO,
+                  topics.CAMERA_POSE, topics.TF]
+
+
+class Recorder(SurgNode):
+    """Records topics through a bounded queue into a background bag writer."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__("recorder", **kwargs)
+        p = self.declare_parameter
+        self.topics = [t for t in p("topics", DEFAULT_TOPICS).value if t]
+        output = str(p("output", "").value)
+        output_dir = Path(str(p("output_dir", "out").value))
+        self.storage = str(p("storage", "mcap").value)
+        self.queue_size = int(p("queue_size", 200).value)
+        self.qos_depth = int(p("qos_depth", 100).value)
+        period = float(p("discovery_period", 0.5).value)
+        if not self.topics:
+            raise ValueError("parameter 'topics' lists no topic to record")
+        if self.queue_size < 1:
+            raise ValueError(f"parameter 'queue_size' must be >= 1, got {self.queue_size}")
+        stamp = time.strftime("%Y%m%d_%H%M%S", time.gmtime())
+        self.output = Path(output) if output else output_dir / f"recording_{stamp}"
+        self.writer = BagWriter(self.output, storage=self.storage)   # fails early on an existing output
+        self.queue: queue.Queue[tuple[str, str, int, bytes] | None] = queue.Queue(maxsize=self.queue_size)
+        self.subs: dict[str, Any] = {}
+        self.received = self.written = self.dropped = 0
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._write_loop, name="recorder_writer", daemon=True)
+        self._thread.start()
+        self._discovery = self.create_timer(period, self._discover)
+        self._discover()
+        self.get_logger().info(f"recording {self.topics} to {self.output} ({self.storage})")
+
+    def _discover(self) -> None:
+        """Subscribe to every listed topic whose type is now known from the graph."""
+        missing = [t for t in self.topics if t not in self.subs]
+        if not missing:
+            self._discovery.cancel()
+            return
+        types = dict(self.get_topic_names_and_types())
+        for topic in missing:
+            if topic not in types:
+                continue
+            msgtype = types[topic][0]
+            try:
+                cls = message_class(msgtype)
+            except (ImportError, AttributeError, ValueError) as e:
+                self.report_problem("type", f"cannot record {topic} ({msgtype}): {e}", ERROR)
+                continue
+            qos = QoSProfile(depth=self.qos_depth, reliability=ReliabilityPolicy.RELIABLE)
+            self.subs[topic] = self.create_subscription(
+                cls, topic, lambda data, t=topic, m=msgtype: self._on_message(t, m, data), qos, raw=True)
+            self.get_logger().info(f"subscribed to {topic} ({msgtype})")
+
+    def _on_message(self, topic: str, msgtype: str, data: bytes) -> None:
+        stamp = self.get_clock().now().nanoseconds
+        try:
+            self.queue.put_nowait((topic, msgtype, stamp, data))
+            with self._lock:
+                self.received += 1
+        except queue.Full:
+            with self._lock:
+                self.dropped += 1
+            self.report_problem("queue_full", f"writer behind, dropped a message on {topic}")
+
+    def _write_loop(self) -> None:
+        while True:
+            item = self.queue.get()
+            if item is None:
+                return
+            try:
+                self.writer.write_raw(*item)
+                self.written += 1
+            except Exception as e:
+                self.report_problem("write", f"{type(e).__name__}: {e}", ERROR)
+
+    def status_values(self) -> dict[str, object]:
+        """Recorder counters for the heartbeat."""
+        return {"received": self.received, "written": self.written, "dropped": self.dropped,
+                "queued": self.queue.qsize(), "subscribed": len(self.subs), "output": str(self.output)}
+
+    def close(self) -> None:
+        """Drain the queue, finish the bag and log what was recorded."""
+        for sub in list(self.subs.values()):
+            self.destroy_subscription(sub)
+        self.subs.clear()
+        self.queue.put(None)
+        self._thread.join(timeout=60.0)
+        try:
+            path = self.writer.close()
+            self.get_logger().info(f"closed {path}: {self.written} messages written, {self.dropped} dropped")
+        except Exception as e:
+            self.get_logger().error(f"could not close the bag {self.output}: {e}")
+        super().close()
+
+
+def main() -> None:
+    """Process entry point."""
+    run_node(Recorder)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,434 @@
+"""Reconstruction node: incremental deformable Gaussian splatting trained while frames arrive.
+
+Subscribes /stereo/left/image_rect + /stereo/left/camera_info_rect, /depth/image, /instrument/mask and
+/camera/pose; pairs image, depth, mask and pose by stamp (core.sync; `use_depth`/`use_mask` drop an input,
+`static_pose` replaces the pose topic by the identity for a fixed endoscope) and feeds core.trainer's
+OnlineTrainer, whose own thread trains (ingestion never blocks the callbacks). Timers publish at their
+rates /recon/points (PointCloud2 x y z rgb opacity scale, world frame), /recon/render/image and
+/recon/render/depth at the live pose, /recon/deoccluded/image (live image with instrument pixels replaced
+by the rendering) and /recon/status. Services: /recon/pause, /recon/resume, /recon/reset (Trigger),
+/recon/save (SaveModel: ply | checkpoint), /recon/load (LoadCheckpoint), /recon/render_view (RenderView);
+topic /recon/view_request (ViewRequest) -> /recon/view/image.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from geometry_msgs.msg import PoseStamped
+from rcl_interfaces.msg import SetParametersResult
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+from std_srvs.srv import Trigger
+
+from surg3d_msgs.msg import TrainerStatus, ViewRequest
+from surg3d_msgs.srv import LoadCheckpoint, RenderView, SaveModel
+from surg3d_nodes.common.camera import scale_intrinsics
+from surg3d_nodes.perception.sync import ApproxTimeSync
+from surg3d_nodes.recon.io.checkpoint import load_checkpoint, save_checkpoint
+from surg3d_nodes.recon.trainer import Frame, OnlineTrainer, TrainerConfig
+from surg3d_nodes.ros import topics
+from surg3d_nodes.ros.convert import (
+    MessageError,
+    header,
+    image_to_msg,
+    msg_to_camera,
+    msg_to_image,
+    msg_to_pose,
+    ns_to_stamp,
+    pack_rgb,
+    pointcloud_to_msg,
+    stamp_to_ns,
+)
+from surg3d_nodes.ros.runtime import ERROR, SurgNode, run_node
+
+# TrainerConfig fields exposed as ROS parameters (name -> default comes from the dataclass).
+CONFIG_PARAMS = ("device", "backend", "max_gaussians", "iterations_per_frame", "image_scale",
+                 "knot_spacing_s", "max_knots", "recent_knots", "max_time_gap_s", "sh_degree", "init_stride",
+                 "add_stride", "max_keyframes", "keyframe_every",
+                 "depth_weight", "ssim_lambda", "pose_jump_m", "pose_jump_deg", "queue_size", "num_threads",
+                 "recent_window", "refine_pose_iterations", "refine_pose_mode")
+
+
+class TrainerNode(SurgNode):
+    """ROS adapter of OnlineTrainer (see the module docstring)."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__("trainer", **kwargs)
+        defaults = TrainerConfig()
+        cfg_values = {k: self.declare_parameter(k, getattr(defaults, k)).value for k in CONFIG_PARAMS}
+        p = {name: self.declare_parameter(name, default).value for name, default in [
+            ("points_rate", 2.0), ("points_on_frame_rate", 5.0), ("render_rate", 5.0), ("deoccluded_rate", 5.0),
+            ("status_rate", 1.0),
+            ("points_max", 100000), ("points_min_opacity", 0.1), ("output_dir", "/tmp/surg3d_recon"),
+            ("resume_from_checkpoint", ""), ("sync_tolerance_ms", 5.0), ("sync_queue_size", 10),
+            ("use_depth", True), ("use_mask", True), ("static_pose", False)]}
+        self.cfg = TrainerConfig.from_dict(cfg_values)
+        self.output_dir = Path(str(p["output_dir"]))
+        self.points_max = int(p["points_max"])
+        self.points_min_opacity = float(p["points_min_opacity"])
+        self.points_on_frame_rate = float(p["points_on_frame_rate"])
+        self._points_frames = -1               # frames_used when the last cloud was taken
+        self._points_last = 0.0                # monotonic time of the last cloud
+        self.trainer = OnlineTrainer(self.cfg)
+        resume = str(p["resume_from_checkpoint"])
+        if resume == "auto":
+            self._resume_newest()
+        elif resume:              # an explicit checkpoint must load: a wrong path fails the start, named
+            load_checkpoint(resume, self.trainer)
+            self.get_logger().info(f"resumed from {resume}: {self.trainer.model.num_gaussians} Gaussians")
+        # Inputs paired by stamp: image always, then depth, mask, pose unless disabled.
+        self.inputs = ["image"] + [n for n, on in (("depth", p["use_depth"]), ("mask", p["use_mask"]),
+                                                    ("pose", not p["static_pose"])) if on]
+        self.sync = ApproxTimeSync(max(2, len(self.inputs)), round(float(p["sync_tolerance_ms"]) * 1e6),
+                                   int(p["sync_queue_size"]))
+        self._info: CameraInfo | None = None
+        self._live: tuple[np.ndarray, np.ndarray | None, int] | None = None   # rgb, mask, stamp
+        self._errors_reported = 0
+
+        inputs = MutuallyExclusiveCallbackGroup()
+        self.create_subscription(CameraInfo, topics.LEFT_RECT_INFO, self.on_info, 5, callback_group=inputs)
+        subs = {"image": (Image, topics.LEFT_RECT), "depth": (Image, topics.DEPTH),
+                "mask": (Image, topics.INSTRUMENT_MASK), "pose": (PoseStamped, topics.CAMERA_POSE)}
+        for i, name in enumerate(self.inputs):
+            cls, topic = subs[name]
+            self.create_subscription(cls, topic, lambda m, i=i: self.on_input(i, m), 10,
+                                     callback_group=inputs)
+
+        self.points_pub = self.create_publisher(PointCloud2, topics.RECON_POINTS, 2)
+        self.render_pub = self.create_publisher(Image, topics.RECON_RENDER, 2)
+        self.render_depth_pub = self.create_publisher(Image, topics.RECON_RENDER_DEPTH, 2)
+        self.deocc_pub = self.create_publisher(Image, topics.RECON_DEOCCLUDED, 2)
+        self.view_pub = self.create_publisher(Image, topics.RECON_VIEW_IMAGE, 2)
+        self.status_pub = self.create_publisher(TrainerStatus, topics.RECON_STATUS, 5)
+        # Publishing runs in groups apart from the inputs, and the cheap status apart from the slow renders,
+        # so a busy renderer neither delays ingestion nor starves the status.
+        render_group = MutuallyExclusiveCallbackGroup()
+        points_group = MutuallyExclusiveCallbackGroup()
+        timers = ((p["points_rate"], self.publish_points, points_group),
+                  (p["render_rate"], self.publish_render, render_group),
+                  (p["deoccluded_rate"], self.publish_deoccluded, render_group),
+                  (p["status_rate"], self.publish_status, MutuallyExclusiveCallbackGroup()))
+        self._render_cache: tuple[float, int, np.ndarray, np.ndarray] | None = None
+        self._render_max_age = 0.5 / max(float(p["render_rate"]), float(p["deoccluded_rate"]), 1e-3)
+        self._pub_timers = {}
+        for (rate, fn, group), name in zip(timers, ("points_rate", "render_rate", "deoccluded_rate",
+                                                     "status_rate"), strict=True):
+            # Created even at rate 0 (then cancelled) so a live parameter change can start it.
+            self._pub_timers[name] = self.create_timer(1.0 / max(float(rate), 1e-3), fn, callback_group=group)
+            if float(rate) <= 0:
+                self._pub_timers[name].cancel()
+        # A cloud also goes out as soon as a new frame is in the model (frame-to-cloud latency): the
+        # training thread triggers a guard condition, which wakes the executor (no polling timer).
+        guard = self.create_guard_condition(self._points_on_frame, callback_group=points_group)
+        self.trainer.on_frame = guard.trigger
+        self.add_on_set_parameters_callback(self.on_parameters)
+        services = MutuallyExclusiveCallbackGroup()
+        self.create_service(Trigger, topics.SRV_PAUSE, self.srv_pause, callback_group=services)
+        self.create_service(Trigger, topics.SRV_RESUME, self.srv_resume, callback_group=services)
+        self.create_service(Trigger, topics.SRV_RESET, self.srv_reset, callback_group=services)
+        self.create_service(SaveModel, topics.SRV_SAVE, self.srv_save, callback_group=services)
+        self.create_service(LoadCheckpoint, topics.SRV_LOAD, self.srv_load, callback_group=services)
+        self.create_service(RenderView, topics.SRV_RENDER_VIEW, self.srv_render_view, callback_group=services)
+        self.create_subscription(ViewRequest, topics.RECON_VIEW_REQUEST, self.on_view_request, 2,
+                                 callback_group=services)
+        # The training thread runs Python between torch ops and holds the GIL for up to the switch interval
+        # (5 ms) whenever an executor thread wants it; each message needs several hand-overs, so at the
+        # default the callbacks fall behind the stream. A 0.5 ms interval keeps them prompt.
+        sys.setswitchinterval(5e-4)
+        self.trainer.start()
+        self.get_logger().info(f"trainer on {self.trainer.device} ({self.trainer.backend}), inputs "
+                               f"{'+'.join(self.inputs)}, output_dir {self.output_dir}")
+
+    def on_parameters(self, params) -> SetParametersResult:
+        """Live tuning: publish rates and the trainer knobs that are safe to change while training."""
+        live_cfg = ("iterations_per_frame", "max_gaussians", "depth_weight", "ssim_lambda", "pose_jump_m",
+                    "pose_jump_deg")
+        for prm in params:
+            if prm.name in self._pub_timers:
+                rate = float(prm.value)
+                timer = self._pub_timers[prm.name]
+                if rate > 0:
+                    timer.timer_period_ns = int(1e9 / rate)
+                    timer.reset()
+                else:
+                    timer.cancel()
+            elif prm.name == "points_on_frame_rate":
+                self.points_on_frame_rate = float(prm.value)
+            elif prm.name in live_cfg:
+                setattr(self.trainer.cfg, prm.name, type(getattr(self.trainer.cfg, prm.name))(prm.value))
+            elif prm.name in CONFIG_PARAMS:
+                return SetParametersResult(successful=False,
+                                           reason=f"{prm.name} is fixed at start (restart the trainer)")
+        return SetParametersResult(successful=True)
+
+    # ------------------------------------------------------------------ inputs
+    def on_info(self, msg: CameraInfo) -> None:
+        """Keep the newest rectified CameraInfo."""
+        self._info = msg
+
+    def on_input(self, index: int, msg) -> None:
+        """Queue one input for stamp pairing; a complete set becomes a Frame for the trainer."""
+        self.count(f"{self.inputs[index]}_received")
+        stamp = stamp_to_ns(msg.header.stamp)
+        if len(self.inputs) == 1:
+            self.on_set((msg,), stamp)
+            return
+        out = self.sync.add(index, stamp, msg)
+        if out is not None:
+            self.on_set(out[0], out[1][0])
+
+    def on_set(self, msgs: tuple, stamp: int) -> None:
+        """Convert a matched set (never blocks: the trainer only enqueues)."""
+        by_name = dict(zip(self.inputs, msgs, strict=False))
+        if self._info is None:
+            self.report_problem("camera_info_missing", "no /stereo/left/camera_info_rect yet; frame skipped")
+            return
+        try:
+            cam = msg_to_camera(self._info)
+            rgb = np.array(msg_to_image(by_name["image"], "rgb8"))
+            depth = np.array(msg_to_image(by_name["depth"], "32FC1")) if "depth" in by_name else None
+            mask = np.array(msg_to_image(by_name["mask"], "mono8")) if "mask" in by_name else None
+            pose = msg_to_pose(by_name["pose"]) if "pose" in by_name else np.eye(4)
+        except MessageError as e:
+            self.report_problem("bad_input", str(e))
+            return
+        if rgb.shape[:2] != (cam.height, cam.width):
+            self.report_problem("camera_info_size", f"image {rgb.shape[1]}x{rgb.shape[0]} but camera_info "
+                                f"says {cam.width}x{cam.height}")
+            return
+        self._live = (rgb, mask, stamp)
+        if not self.trainer.ingest(Frame(stamp, rgb, depth, mask, pose, cam)):
+            self.count("frames_dropped_busy")
+
+    # ------------------------------------------------------------------ publishing
+    def _frame_id(self) -> str:
+        return self._info.header.frame_id if self._info is not None else topics.LEFT_OPTICAL_FRAME
+
+    def _points_on_frame(self) -> None:
+        # At most points_on_frame_rate clouds a second; a frame skipped here is in the next periodic cloud.
+        rate = self.points_on_frame_rate
+        if (rate > 0 and self.trainer.stats.frames_used != self._points_frames
+                and time.monotonic() - self._points_last >= 1.0 / rate):
+            self.publish_points()
+
+    def publish_points(self) -> None:
+        """Publish the model as PointCloud2 (world frame, stamped with the newest frame in it), most
+        opaque points first when capped."""
+        if self.trainer.model.num_gaussians == 0:
+            return
+        self._points_frames = self.trainer.stats.frames_used
+        self._points_last = time.monotonic()
+        s = self.trainer.snapshot()
+        keep = np.nonzero(s.opacities >= self.points_min_opacity)[0]
+        if keep.size > self.points_max:
+            keep = keep[np.argsort(-s.opacities[keep])[:self.points_max]]
+        cols = (s.colors[keep] * 255.0 + 0.5).astype(np.uint8)
+        fields = {"x": s.points[keep, 0], "y": s.points[keep, 1], "z": s.points[keep, 2],
+                  "rgb": pack_rgb(cols), "opacity": s.opacities[keep], "scale": s.scales[keep]}
+        self.points_pub.publish(pointcloud_to_msg(fields, s.stamp_ns, topics.WORLD_FRAME))
+        self.count("points_published")
+
+    def _render_live(self) -> tuple[np.ndarray, np.ndarray, int] | None:
+        """Render at the live pose; the image and de-occlusion timers share one render when close in time."""
+        pose = self.trainer.live_pose()
+        if pose is None or self.trainer.model.num_gaussians == 0:
+            return None
+        stamp = self.trainer.get_stats().last_frame_stamp
+        c = self._render_cache
+        if c is not None and c[1] == stamp and time.monotonic() - c[0] < self._render_max_age:
+            return c[2], c[3], stamp
+        try:
+            rgb, depth, _ = self.trainer.render_view(pose)
+        except RuntimeError:  # a reset (service thread) between the checks above and the render
+            return None
+        self._render_cache = (time.monotonic(), stamp, rgb, depth)
+        return rgb, depth, stamp
+
+    def publish_render(self) -> None:
+        """Render at the live pose and newest time (training resolution)."""
+        out = self._render_live()
+        if out is None:
+            return
+        rgb, depth, stamp = out
+        self.render_pub.publish(image_to_msg(rgb, "rgb8", stamp, self._frame_id()))
+        self.render_depth_pub.publish(image_to_msg(depth, "32FC1", stamp, self._frame_id()))
+
+    def publish_deoccluded(self) -> None:
+        """Live image with instrument pixels replaced by the rendered tissue."""
+        live = self._live
+        out = self._render_live()
+        if live is None or out is None:
+            return
+        rgb_live, mask, stamp = live
+        render = out[0]
+        if render.shape[:2] != rgb_live.shape[:2]:
+            render = cv2.resize(render, (rgb_live.shape[1], rgb_live.shape[0]),
+                                interpolation=cv2.INTER_LINEAR)
+        img = rgb_live.copy()
+        if mask is not None:
+            tool = mask > 0
+            img[tool] = render[tool]
+        self.deocc_pub.publish(image_to_msg(img, "rgb8", stamp, self._frame_id()))
+
+    def publish_status(self) -> None:
+        """TrainerStatus of the trainer's counters; failures of the training thread become problems."""
+        st = self.trainer.get_stats()
+        if st.errors > self._errors_reported:
+            self._errors_reported = st.errors
+            self.report_problem("training_error", f"{st.errors} so far, newest: {st.last_error}", ERROR)
+        gpu = torch.cuda.memory_allocated() / 1e6 if self.trainer.device.type == "cuda" else 0.0
+        msg = TrainerStatus(
+            header=header(self.get_clock().now().nanoseconds, topics.WORLD_FRAME), state=st.state,
+            backend=st.backend, device=st.device, frames_received=st.frames_received,
+            frames_used=st.frames_used, frames_skipped=st.frames_skipped, keyframes=st.keyframes,
+            num_gaussians=st.num_gaussians, iterations=st.iterations,
+            iterations_per_second=float(st.iterations_per_second), loss=float(st.loss),
+            loss_color=float(st.loss_color), loss_depth=float(st.loss_depth),
+            psnr_recent=float(st.psnr_recent), gpu_memory_mb=float(gpu), latency_ms=float(st.latency_ms),
+            last_frame_stamp=ns_to_stamp(st.last_frame_stamp))
+        self.status_pub.publish(msg)
+
+    def status_values(self) -> dict[str, object]:
+        st = self.trainer.get_stats()
+        vals = {"state": st.state, "gaussians": st.num_gaussians, "iterations": st.iterations,
+                "frames_used": st.frames_used, "frames_skipped": st.frames_skipped}
+        vals.update({f"skipped.{k}": v for k, v in st.skip_reasons.items()})
+        if self.cfg.refine_pose_iterations > 0:
+            vals.update({"pose_refine.accepted": st.pose_refined, "pose_refine.rejected": st.pose_refine_rejected,
+                         "pose_refine.last": st.pose_refine_last,
+                         "pose_refine.mean_mm": round(st.pose_correction_mm, 3),
+                         "pose_refine.mean_deg": round(st.pose_correction_deg, 3)})
+        return vals
+
+    # ------------------------------------------------------------------ services
+    def srv_pause(self, _req, res):
+        """Pause training."""
+        self.trainer.pause()
+        res.success, res.message = True, "paused"
+        return res
+
+    def srv_resume(self, _req, res):
+        """Resume training."""
+        self.trainer.resume()
+        res.success, res.message = True, "running"
+        return res
+
+    def srv_reset(self, _req, res):
+        """Drop the model and keyframes."""
+        self.trainer.reset()
+        self.sync.reset()
+        res.success, res.message = True, "reset"
+        return res
+
+    def srv_save(self, req, res):
+        """Save a PLY (model at the newest time) or a full checkpoint."""
+        kind = req.kind or "checkpoint"
+        if kind not in ("ply", "checkpoint"):
+            res.success, res.message = False, f"unknown kind {kind!r} (expected 'ply' or 'checkpoint')"
+            return res
+        stamp = time.strftime("%Y%m%d_%H%M%S")
+        default = (f"recon_{stamp}.ply" if kind == "ply"
+                   else f"checkpoint_{stamp}_{self.trainer.stats.iterations}.pt")
+        path = Path(req.path) if req.path else self.output_dir / default
+        try:
+            if kind == "ply":
+                self.trainer.export_ply(path)
+            else:
+                save_checkpoint(self.trainer, path)
+        except (OSError, RuntimeError, ValueError) as e:
+            res.success, res.message = False, f"save failed: {e}"
+            return res
+        res.success, res.message, res.path = True, f"saved {kind}", str(path)
+        return res
+
+    def srv_load(self, req, res):
+        """Load a checkpoint (empty path: newest in output_dir) and continue training from it."""
+        path = Path(req.path) if req.path else None
+        if path is None:
+            found = self._checkpoints()
+            if not found:
+                res.success, res.message = False, f"no checkpoint_*.pt in {self.output_dir}"
+                return res
+            path = found[-1]
+        try:
+            load_checkpoint(path, self.trainer)
+        except (OSError, ValueError) as e:
+            res.success, res.message = False, f"load failed: {e}"
+            return res
+        self.sync.reset()
+        res.success = True
+        res.message = f"loaded {path}: {self.trainer.model.num_gaussians} Gaussians"
+        return res
+
+    def _resume_newest(self) -> None:
+        """A respawned trainer continues from the newest checkpoint in output_dir that loads; one that does
+        not (truncated, another format version) is reported and left in place, never a reason to crash-loop."""
+        for path in reversed(self._checkpoints()):
+            try:
+                load_checkpoint(path, self.trainer)
+            except (ValueError, OSError, KeyError) as e:
+                self.report_problem("checkpoint_unusable", f"not resuming from {path}: {e}")
+                self.trainer = OnlineTrainer(self.cfg)     # whatever a failed load left half-restored
+                continue
+            self.get_logger().info(f"resumed from {path}: {self.trainer.model.num_gaussians} Gaussians")
+            return
+
+    def _checkpoints(self) -> list[Path]:
+        """Complete checkpoints in output_dir, oldest first (temp files are hidden, never matched)."""
+        return sorted(self.output_dir.glob("checkpoint_*.pt"), key=lambda q: q.stat().st_mtime)
+
+    def _view(self, pose_msg, stamp_msg, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+        pose = msg_to_pose(pose_msg)
+        ns = stamp_to_ns(stamp_msg)
+        t = None if ns == 0 else self.trainer.time_of(ns)
+        live = self._live
+        w = int(width) or (live[0].shape[1] if live else 0) or None
+        h = int(height) or (live[0].shape[0] if live else 0) or None
+        K = None
+        if self._info is not None and w and h:
+            cam = msg_to_camera(self._info)
+            K = scale_intrinsics(cam.intrinsics(), w / cam.width, h / cam.height)
+        rgb, depth, _ = self.trainer.render_view(pose, t, w, h, K=K)
+        return rgb, depth
+
+    def srv_render_view(self, req, res):
+        """Render the model from any pose at any past time (stamp 0 = newest)."""
+        try:
+            rgb, depth = self._view(req.pose, req.header.stamp, req.width, req.height)
+        except (MessageError, RuntimeError, ValueError) as e:
+            res.success, res.message = False, str(e)
+            return res
+        stamp = stamp_to_ns(req.header.stamp)
+        res.color = image_to_msg(rgb, "rgb8", stamp, req.header.frame_id or topics.WORLD_FRAME)
+        res.depth = image_to_msg(depth, "32FC1", stamp, req.header.frame_id or topics.WORLD_FRAME)
+        res.success, res.message = True, "ok"
+        return res
+
+    def on_view_request(self, msg: ViewRequest) -> None:
+        """Render a requested view to /recon/view/image (the model holds tissue only either way)."""
+        try:
+            rgb, _ = self._view(msg.pose, msg.header.stamp, msg.width, msg.height)
+        except (MessageError, RuntimeError, ValueError) as e:
+            self.report_problem("view_request", str(e))
+            return
+        self.view_pub.publish(image_to_msg(rgb, "rgb8", stamp_to_ns(msg.header.stamp), topics.WORLD_FRAME))
+
+    def close(self) -> None:
+        """Stop the training thread."""
+        self.trainer.stop()
+        super().close()
+
+
+def main() -> None:
+    """Process entry point."""
+    run_node(TrainerNode)
+
+
+if __name__ == "__main__":
+    main()

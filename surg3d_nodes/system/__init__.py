@@ -1,0 +1,1 @@
+"""Process orchestration: the graph configuration, the launcher's supervisor, monitoring logic."""

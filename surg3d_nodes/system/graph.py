@@ -1,0 +1,178 @@
+"""The node graph as configured in config/graph.yaml: the one source of truth for `surg3d launch` and the
+launch_ros files in launch/. Loading validates everything before any node starts."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from surg3d_nodes.common.files import read_yaml_mapping
+
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
+
+
+class GraphError(ValueError):
+    """A configuration problem; the message names the file and what is wrong."""
+
+
+@dataclass
+class Argument:
+    """A launch argument `name:=value` and the node parameters it sets."""
+
+    name: str
+    default: str | int | float | bool
+    description: str = ""
+    sets: list[tuple[str, str]] = field(default_factory=list)  # (node name, parameter name)
+
+    def default_text(self) -> str:
+        """The default as `name:=value` text (what `convert` parses back to the default)."""
+        return self.default if isinstance(self.default, str) else format_value(self.default)
+
+    def convert(self, text: str) -> str | int | float | bool:
+        """Parse a command-line value with the type of the default (a double stays a double: 2 -> 2.0)."""
+        kind = type(self.default)
+        try:
+            if kind is bool:
+                if text.lower() not in ("true", "false"):
+                    raise ValueError
+                return text.lower() == "true"
+            return kind(text)
+        except ValueError:
+            raise GraphError(f"argument {self.name}:={text!r} is not a {kind.__name__}") from None
+
+
+@dataclass
+class NodeSpec:
+    """One node of a preset: what to run and how to configure it."""
+
+    name: str
+    executable: str
+    parameter_files: list[Path]
+    parameters: dict[str, str | int | float | bool]
+    remappings: dict[str, str]
+    respawn: bool = False
+    respawn_delay: float = 1.0
+
+    @property
+    def module(self) -> str:
+        return f"surg3d_nodes.ros.nodes.{self.executable}"
+
+    def ros_args(self) -> list[str]:
+        """The `--ros-args ...` tail that configures this node (name, parameter files, overrides, remaps)."""
+        args = ["--ros-args", "-r", f"__node:={self.name}"]
+        for f in self.parameter_files:
+            args += ["--params-file", str(f)]
+        for k, v in self.parameters.items():
+            args += ["-p", f"{k}:={format_value(v)}"]
+        for a, b in self.remappings.items():
+            args += ["-r", f"{a}:={b}"]
+        return args
+
+
+@dataclass
+class Preset:
+    """A named graph (live, replay, dvrk) with its arguments already applied."""
+
+    name: str
+    nodes: list[NodeSpec]
+    arguments: dict[str, Argument]
+
+
+def format_value(v: str | int | float | bool | list) -> str:
+    """A parameter value as ROS `-p` and YAML parse it back to the same type."""
+    if isinstance(v, list):
+        return "[" + ",".join(format_value(x) for x in v) + "]"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if v == "":
+        return '""'  # rcl refuses an empty override (`-p name:=`)
+    if isinstance(v, float):
+        return repr(v) if ("." in repr(v) or "e" in repr(v) or "n" in repr(v)) else f"{v}.0"
+    return str(v)
+
+
+def default_config_dir() -> Path:
+    """$SURG3D_CONFIG_DIR, else the installed share/surg3d/config (colcon), else the source tree's config/."""
+    if os.environ.get("SURG3D_CONFIG_DIR"):
+        return Path(os.environ["SURG3D_CONFIG_DIR"])
+    source = PACKAGE_DIR.parent / "config"
+    if source.is_dir():
+        return source
+    for prefix in os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep):
+        share = Path(prefix) / "share" / "surg3d" / "config"
+        if prefix and share.is_dir():
+            return share
+    raise GraphError("cannot find the surg3d config directory (set SURG3D_CONFIG_DIR)")
+
+
+def _load_yaml(path: Path) -> dict:
+    return read_yaml_mapping(path, GraphError, "a mapping at the top level")
+
+
+def load_preset(preset: str, overrides: dict[str, str] | None = None,
+                config_dir: Path | None = None) -> Preset:
+    """Load `preset` from graph.yaml, check every node, file and argument, and apply `overrides`
+    (launch arguments as text, e.g. {"bag": "/data/run1"}). Raises GraphError naming the problem."""
+    cdir = Path(config_dir) if config_dir else default_config_dir()
+    gpath = cdir / "graph.yaml"
+    data = _load_yaml(gpath)
+    nodes_cfg = data.get("nodes") or {}
+    presets_cfg = data.get("presets") or {}
+    if preset not in presets_cfg:
+        raise GraphError(f"{gpath}: unknown preset {preset!r} (known: {', '.join(presets_cfg)})")
+    pcfg = presets_cfg[preset] or {}
+
+    arguments: dict[str, Argument] = {}
+    for name, acfg in {**(data.get("arguments") or {}), **(pcfg.get("arguments") or {})}.items():
+        if not isinstance(acfg, dict) or "default" not in acfg:
+            raise GraphError(f"{gpath}: argument {name!r} needs a 'default'")
+        sets = []
+        for target in acfg.get("sets", []):
+            node, _, param = str(target).partition(".")
+            if not param:
+                raise GraphError(f"{gpath}: argument {name!r}: 'sets' entries are 'node.parameter', got {target!r}")
+            if node not in nodes_cfg:
+                raise GraphError(f"{gpath}: argument {name!r} sets a parameter of unknown node {node!r}")
+            sets.append((node, param))
+        arguments[name] = Argument(name, acfg["default"], acfg.get("description", ""), sets)
+    values = {name: a.default for name, a in arguments.items()}
+    for name, text in (overrides or {}).items():
+        if name not in arguments:
+            raise GraphError(f"unknown launch argument {name!r} for preset {preset!r} "
+                             f"(known: {', '.join(sorted(arguments)) or 'none'})")
+        values[name] = arguments[name].convert(str(text))
+
+    specs = []
+    for entry in pcfg.get("nodes") or []:
+        name = entry if isinstance(entry, str) else entry.get("name")
+        if name not in nodes_cfg:
+            raise GraphError(f"{gpath}: preset {preset!r} names unknown node {name!r} "
+                             f"(defined nodes: {', '.join(nodes_cfg)})")
+        ncfg = dict(nodes_cfg[name] or {})
+        if isinstance(entry, dict):  # per-preset additions
+            ncfg["parameter_files"] = list(ncfg.get("parameter_files", [])) + list(entry.get("parameter_files", []))
+            ncfg["remappings"] = {**(ncfg.get("remappings") or {}), **(entry.get("remappings") or {})}
+            ncfg["parameters"] = {**(ncfg.get("parameters") or {}), **(entry.get("parameters") or {})}
+        exe = ncfg.get("executable", name)
+        if not (PACKAGE_DIR / "ros" / "nodes" / f"{exe}.py").is_file():
+            raise GraphError(f"{gpath}: node {name!r} has unknown executable {exe!r} "
+                             f"(no surg3d_nodes/ros/nodes/{exe}.py)")
+        files = []
+        for f in ncfg.get("parameter_files", []):
+            p = cdir / f
+            _load_yaml(p)  # missing or malformed parameter files stop the launch here
+            files.append(p)
+        fmt = {k: format_value(v) for k, v in values.items()}
+        try:
+            remaps = {str(a).format(**fmt): str(b).format(**fmt) for a, b in (ncfg.get("remappings") or {}).items()}
+        except KeyError as e:
+            raise GraphError(f"{gpath}: node {name!r}: remapping uses unknown argument {e}") from None
+        specs.append(NodeSpec(name, exe, files, dict(ncfg.get("parameters") or {}), remaps,
+                              bool(ncfg.get("respawn", False)), float(ncfg.get("respawn_delay", 1.0))))
+    by_name = {s.name: s for s in specs}
+    for arg in arguments.values():
+        for node, param in arg.sets:
+            if node in by_name:
+                by_name[node].parameters[param] = values[arg.name]
+    return Preset(preset, specs, arguments)

@@ -1,0 +1,1 @@
+"""Operator view (ROS-free): display encodings, viewer input validation, the served web page (web/)."""
