@@ -3,6 +3,7 @@ launch_ros files in launch/. Loading validates everything before any node starts
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 from surg3d_nodes.common.files import read_yaml_mapping
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
+NODES_PACKAGE = "surg3d_nodes.ros.nodes"  # executable X is the module NODES_PACKAGE.X
 
 
 class GraphError(ValueError):
@@ -56,7 +58,7 @@ class NodeSpec:
 
     @property
     def module(self) -> str:
-        return f"surg3d_nodes.ros.nodes.{self.executable}"
+        return f"{NODES_PACKAGE}.{self.executable}"
 
     def ros_args(self) -> list[str]:
         """The `--ros-args ...` tail that configures this node (name, parameter files, overrides, remaps)."""
@@ -104,6 +106,17 @@ def default_config_dir() -> Path:
         if prefix and share.is_dir():
             return share
     raise GraphError("cannot find the surg3d config directory (set SURG3D_CONFIG_DIR)")
+
+
+def node_module_exists(executable: str) -> bool:
+    """Whether the node module of `executable` can be imported, wherever the package lives (source tree, editable
+    or colcon install). Only the module is located, not run: no rclpy import."""
+    if not executable.isidentifier():
+        return False
+    try:
+        return importlib.util.find_spec(f"{NODES_PACKAGE}.{executable}") is not None
+    except ModuleNotFoundError:  # the nodes package itself is missing (a broken install)
+        return False
 
 
 def _load_yaml(path: Path) -> dict:
@@ -155,9 +168,9 @@ def load_preset(preset: str, overrides: dict[str, str] | None = None,
             ncfg["remappings"] = {**(ncfg.get("remappings") or {}), **(entry.get("remappings") or {})}
             ncfg["parameters"] = {**(ncfg.get("parameters") or {}), **(entry.get("parameters") or {})}
         exe = ncfg.get("executable", name)
-        if not (PACKAGE_DIR / "ros" / "nodes" / f"{exe}.py").is_file():
+        if not node_module_exists(str(exe)):
             raise GraphError(f"{gpath}: node {name!r} has unknown executable {exe!r} "
-                             f"(no surg3d_nodes/ros/nodes/{exe}.py)")
+                             f"(no module {NODES_PACKAGE}.{exe})")
         files = []
         for f in ncfg.get("parameter_files", []):
             p = cdir / f

@@ -1,10 +1,14 @@
 """colcon (ament_python) build of the `surg3d` ROS package: node executables in lib/surg3d/, launch and
-config files in share/surg3d/. The sources are symlinks to the repository's top-level folders."""
+config files in share/surg3d/. The sources are symlinks to the repository's top-level folders.
+
+Every folder of surg3d_nodes is installed (find_namespace_packages: a plain `colcon build` copies only the
+packages listed here, and a folder that `find_packages` skips, one without `__init__.py`, would be missing from
+the install while the repository's editable install hides it)."""
 
 from glob import glob
 from pathlib import Path
 
-from setuptools import find_packages, setup
+from setuptools import find_namespace_packages, setup
 
 here = Path(__file__).resolve().parent
 nodes = sorted(p.stem for p in (here / "surg3d_nodes" / "ros" / "nodes").glob("*.py") if not p.stem.startswith("_"))
@@ -12,7 +16,9 @@ nodes = sorted(p.stem for p in (here / "surg3d_nodes" / "ros" / "nodes").glob("*
 setup(
     name="surg3d",
     version="0.1.0",
-    packages=find_packages(include=["surg3d_nodes", "surg3d_nodes.*"]),
+    # viewer/web holds the browser page (package data below), not Python.
+    packages=find_namespace_packages(include=["surg3d_nodes", "surg3d_nodes.*"],
+                                     exclude=["*.__pycache__", "surg3d_nodes.viewer.web"]),
     package_data={"surg3d_nodes": ["viewer/web/*"]},
     data_files=[
         ("share/ament_index/resource_index/packages", ["resource/surg3d"]),
