@@ -34,10 +34,10 @@ npinc=$("$vpy" -c "import numpy; print(numpy.get_include())")
          -e "s#/opt/python/cp311-cp311/include/python3.11#$inc#g" "$f"
 done
 
-build_interfaces() {  # name, source dir: rosidl build with plain cmake into the venv prefix
-  local name=$1 src=$2 out="$root/build/$1"
+build_interfaces() {  # name, source dir[, module to check (default name.msg)]: rosidl build with plain cmake
+  local name=$1 src=$2 module=${3:-$1.msg} out="$root/build/$1"
   local hash; hash=$(find "$src" -type f -print0 | sort -z | xargs -0 cat | sha1sum | cut -c1-16)
-  if [ -f "$venv/.built-$name" ] && [ "$(cat "$venv/.built-$name")" = "$hash" ] && "$vpy" -c "import $name.msg" 2>/dev/null; then
+  if [ -f "$venv/.built-$name" ] && [ "$(cat "$venv/.built-$name")" = "$hash" ] && "$vpy" -c "import $module" 2>/dev/null; then
     return
   fi
   log "building $name (rosidl, about a minute)"
@@ -47,11 +47,30 @@ build_interfaces() {  # name, source dir: rosidl build with plain cmake into the
     && AMENT_PREFIX_PATH=$venv cmake --build "$out" -j"$(nproc)" >> "$out.log" 2>&1 \
     && cmake --install "$out" >> "$out.log" 2>&1 \
     || { log "building $name failed; the log is $out.log:"; tail -30 "$out.log"; exit 1; }
-  "$vpy" -c "import $name.msg" || { log "$name built but does not import"; exit 1; }
+  "$vpy" -c "import $module" || { log "$name built but does not import"; exit 1; }
   echo "$hash" > "$venv/.built-$name"
 }
 mkdir -p "$root/build"
 # tf2_msgs is not among the wheels; /tf must carry the standard type, built from its definition.
 build_interfaces tf2_msgs "$root/tools/interfaces/tf2_msgs"
 build_interfaces surg3d_msgs "$root/surg3d_msgs"
+# The real `ros2 launch` path (tests/test_ros2_launch.py): launch, launch_ros and ros2launch have no PyPI wheels;
+# ../shared/ros2 holds wheels built from their repositories and composition_interfaces (imported by launch_ros).
+# Absent in a fresh clone: then only the `surg3d launch` path is available and those tests skip.
+ros2_shared=$root/../shared/ros2
+if [ -d "$ros2_shared/wheels" ]; then
+  wheels_stamp="$venv/.surg3d-ros2-wheels"
+  if ! (cd "$ros2_shared/wheels" && ls ./*.whl) | cmp -s - "$wheels_stamp"; then
+    log "installing launch, launch_ros, ros2launch from $ros2_shared/wheels (and osrf-pycommon)"
+    # --no-deps: ros2launch declares ros2cli (not needed by launch_a_launch_file, not on PyPI), and PyPI's
+    # `launch` is an unrelated package. osrf-pycommon is launch's one missing dependency.
+    "$venv/bin/pip" install -q --no-deps "$ros2_shared"/wheels/*.whl
+    "$venv/bin/pip" install -q osrf-pycommon
+    (cd "$ros2_shared/wheels" && ls ./*.whl) > "$wheels_stamp"
+  fi
+  build_interfaces composition_interfaces "$ros2_shared/interfaces/composition_interfaces" composition_interfaces.srv
+else
+  log "no $ros2_shared: skipping launch/launch_ros/ros2launch (the ros2 launch tests will skip)"
+fi
+[ -x "$venv/bin/colcon" ] || log "colcon is missing from $venv (requirements.txt: colcon-common-extensions); the colcon tests will skip"
 log "ready: $venv (activate it, or call $venv/bin/surg3d)"
