@@ -41,7 +41,8 @@ def _frame(scene, i: int, pose: np.ndarray) -> Frame:
 
 
 def _trained(scene, **cfg) -> OnlineTrainer:
-    tr = OnlineTrainer(TrainerConfig(device="cpu", backend="torch", num_threads=1, seed=0, **cfg))
+    tr = OnlineTrainer(TrainerConfig(device="cpu", backend="torch", image_scale=1.0, num_threads=1, seed=0,
+                                     **cfg))
     tr.train_offline([_frame(scene, 0, scene.frames[0].pose)], 80)
     return tr
 

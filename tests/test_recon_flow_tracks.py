@@ -42,7 +42,8 @@ def test_flow_tracks_follow_the_deforming_tissue():
     tissue = (last.mask == 0).astype(np.float32)
     out = {}
     for flow in (True, False):
-        tr = OnlineTrainer(TrainerConfig(device="cpu", backend="torch", num_threads=1, flow_tracks=flow))
+        tr = OnlineTrainer(TrainerConfig(device="cpu", backend="torch", image_scale=1.0, num_threads=1,
+                                         flow_tracks=flow))
         for f in frames:
             tr._process(f, time.monotonic())             # ingestion only: no training iteration
         rgb, depth, _ = tr.render_view(last.pose, tr.time_of(last.stamp_ns))
@@ -60,7 +61,7 @@ def test_tiny_images_are_not_flow_tracked():
     """Below min_width (96 px) the 8-px DIS patches cover too much of the image; measured on the 64x48
     de-occlusion scene, tracking there cost 4 dB, so it is skipped."""
     scene = generate(SynthConfig(width=64, height=48, frames=3, instruments=1, seed=3))
-    tr = OnlineTrainer(TrainerConfig(device="cpu", backend="torch", num_threads=1))
+    tr = OnlineTrainer(TrainerConfig(device="cpu", backend="torch", image_scale=1.0, num_threads=1))
     for f in scene.frames:
         tr._process(Frame(f.stamp_ns, f.left, f.depth, f.mask, f.pose, scene.cam_left), time.monotonic())
     assert tr.get_stats().frames_used == 3 and tr.get_stats().flow_tracked == 0
@@ -91,7 +92,8 @@ def test_flow_at_a_reduced_width_follows_like_full_width():
     tissue = (last.mask == 0).astype(np.float32)
     scores = {}
     for width in (None, 256, 128):
-        tr = OnlineTrainer(TrainerConfig(device="cpu", backend="torch", num_threads=1, flow_tracks=False))
+        tr = OnlineTrainer(TrainerConfig(device="cpu", backend="torch", image_scale=1.0, num_threads=1,
+                                         flow_tracks=False))
         tr._process(frames[0], time.monotonic())
         prev = tr._recent[-1]
         for f in frames[1:]:
@@ -113,7 +115,7 @@ def test_a_backlog_gets_one_flow_update_at_its_newest_frame():
     from the flow (from the last tracked frame), so a backlog does not cost one flow computation per frame."""
     scene = generate(SynthConfig(width=128, height=96, frames=6, instruments=1, seed=3))
     frames = [Frame(f.stamp_ns, f.left, f.depth, f.mask, f.pose, scene.cam_left) for f in scene.frames]
-    tr = OnlineTrainer(TrainerConfig(device="cpu", backend="torch", num_threads=1))
+    tr = OnlineTrainer(TrainerConfig(device="cpu", backend="torch", image_scale=1.0, num_threads=1))
     for f in frames:                      # queued before the thread starts: one backlog
         assert tr.ingest(f)
     tr.start()

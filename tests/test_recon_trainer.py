@@ -32,8 +32,8 @@ def _frames(scene) -> list[Frame]:
 
 
 def _cfg(**kw) -> TrainerConfig:
-    base = dict(device="cpu", backend="torch", refine_start=20, refine_every=20, add_check_every=25,
-                knot_spacing_s=0.1, num_threads=1)
+    base = dict(device="cpu", backend="torch", image_scale=1.0, refine_start=20, refine_every=20,
+                add_check_every=25, knot_spacing_s=0.1, num_threads=1)
     base.update(kw)
     return TrainerConfig(**base)
 

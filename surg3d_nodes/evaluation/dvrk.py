@@ -19,7 +19,8 @@ from surg3d_nodes.dvrk.kinematics import (
     pose_error,
     psm_joint_values,
 )
-from surg3d_nodes.recon.trainer import Frame, OnlineTrainer, TrainerConfig, TrainerStats
+from surg3d_nodes.recon.config import Frame, TrainerConfig
+from surg3d_nodes.recon.runner import Reconstructor, TrainerStats, train_offline, train_stream
 
 
 def replay_streams(em: DvrkEmulation, camera: KinematicCamera,
@@ -86,25 +87,20 @@ def train_and_score(em: DvrkEmulation, poses: dict[int, np.ndarray], iterations:
     """
     frames = [Frame(f.stamp_ns, f.left, f.depth, f.mask, poses[i], em.scene.cam_left)
               for i, f in enumerate(em.scene.frames) if i in poses]
-    trainer = OnlineTrainer(TrainerConfig(device="auto", seed=0, num_threads=num_threads, init_stride=stride,
+    # The emulator's frames are at the resolution to train at (no auto downscale on CPU) unless config says.
+    config = {"image_scale": 1.0, **config}
+    trainer = Reconstructor(TrainerConfig(device="auto", seed=0, num_threads=num_threads, init_stride=stride,
                                           add_stride=stride, iterations_per_frame=iterations_per_frame,
                                           **config))
     t0 = time.time()
     if iterations_per_frame > 0:
-        trainer.start()
-        for n, f in enumerate(frames, 1):
-            trainer.ingest(f)
-            if not trainer.wait_processed(120.0):
-                raise RuntimeError(f"{label}: frame {n} not processed in 120 s")
-            while trainer.get_stats().iterations < iterations_per_frame * trainer.get_stats().frames_used:
-                time.sleep(0.005)
-            print(f"\r  {label}: frame {n}/{len(frames)}", end="", flush=True)
-        trainer.stop()
-    trainer.train_offline([] if iterations_per_frame > 0 else frames, iterations,
-                          lambda it, st: print(f"\r  {label}: iteration {it}/{iterations}, "
-                                               f"{st.num_gaussians} Gaussians", end="", flush=True))
+        train_stream(trainer, frames, iterations_per_frame,
+                     lambda i, _: print(f"\r  {label}: frame {i + 1}/{len(frames)}", end="", flush=True))
+    train_offline(trainer, [] if iterations_per_frame > 0 else frames, iterations,
+                  lambda it, st: print(f"\r  {label}: iteration {it}/{iterations}, "
+                                       f"{st.num_gaussians} Gaussians", end="", flush=True))
     print(f"  ({time.time() - t0:.0f} s)")
-    used = {i: kf.pose for i, kf in zip(sorted(poses), sorted(trainer.keyframes, key=lambda k: k.stamp_ns),
+    used = {i: kf.pose for i, kf in zip(sorted(poses), sorted(trainer.store.keyframes, key=lambda k: k.stamp_ns),
                                         strict=True)}
     truth = in_first_gauge(em, used)
     K = em.scene.cam_left.intrinsics()

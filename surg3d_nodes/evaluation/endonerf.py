@@ -21,7 +21,9 @@ import numpy as np
 from surg3d_nodes.common.metrics import depth_rmse_mm, masked_psnr, psnr_star, ssim
 from surg3d_nodes.data.datasets.base import DatasetFrame
 from surg3d_nodes.data.datasets.endonerf import EndoNeRFReader
-from surg3d_nodes.recon.trainer import Frame, OnlineTrainer, TrainerConfig
+from surg3d_nodes.recon.config import Frame, TrainerConfig
+from surg3d_nodes.recon.online import OnlineTrainer
+from surg3d_nodes.recon.runner import train_offline
 
 
 @dataclass
@@ -115,6 +117,8 @@ def evaluate_endonerf(root: str | Path, opts: EvalOptions, cfg: TrainerConfig | 
     train = [i for i in range(n) if i not in set(tests)]
     cfg = cfg or TrainerConfig()
     cfg.device, cfg.backend = opts.device, opts.backend
+    if cfg.image_scale <= 0:   # the frames are already at opts.scale: auto would shrink them again on CPU
+        cfg.image_scale = 1.0
     trainer = OnlineTrainer(cfg)
 
     def frame_of(d: dict) -> Frame:
@@ -129,7 +133,7 @@ def evaluate_endonerf(root: str | Path, opts: EvalOptions, cfg: TrainerConfig | 
             elif it % 100 == 0 or it == opts.iterations:
                 progress(f"  iter {it}/{opts.iterations}  loss {st.loss:.4f}  gaussians {st.num_gaussians}  "
                          f"{time.monotonic() - t0:.0f} s")
-        trainer.train_offline([frame_of(data[i]) for i in train], opts.iterations, progress=cb)
+        train_offline(trainer, [frame_of(data[i]) for i in train], opts.iterations, progress=cb)
     else:
         trainer.start()
         period = 1.0 / opts.rate_hz

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from surg3d_nodes.common.camera import CameraModel
+from surg3d_nodes.common.params import param
 
 
 @dataclass
@@ -21,68 +22,96 @@ class Frame:
     camera: CameraModel
 
 
+# The renderers the trainer can use (recon/render resolves them; kept here so the config imports no torch).
+BACKENDS = ("auto", "torch", "gsplat", "gsplat2d")
+
 
 @dataclass
 class TrainerConfig:
-    """Every knob of the reconstruction (one object, as gsplat's simple_trainer)."""
+    """Every knob of the reconstruction (one object, as gsplat's simple_trainer). Each field is also a ROS
+    parameter of the trainer node (`param`: default, range, description; `live`: may change while training)."""
 
-    device: str = "auto"                 # auto | cpu | cuda
-    backend: str = "auto"                # auto | torch | gsplat | gsplat2d
-    image_scale: float = 1.0             # frame resize before training (<= 0: 1 on CUDA, 1/4 on CPU)
-    max_gaussians: int = 300_000
-    init_stride: int = 1                 # pixel stride of the first frame's back-projection
-    add_stride: int = 1                  # pixel stride when adding Gaussians on later frames
-    sh_degree: int = 1
-    knot_spacing_s: float = 0.1          # temporal resolution of the deformation tracks
-    max_knots: int = 128                 # knot budget (memory); older motion is kept coarser (0 = unbounded)
-    recent_knots: int = 32               # the newest knots always keep the full resolution
-    deform_scale: bool = True
-    init_opacity: float = 0.7
-    init_scale: float = 0.5              # x nearest-neighbour distance (1.0: 0.7 dB lower on EndoNeRF at 1/4)
-    ssim_lambda: float = 0.2
-    depth_weight: float = 0.5            # weight of depth L1 measured relative to the scene depth
-    smooth_weight: float = 1.0           # temporal smoothness (2nd differences) of the tracks
-    recent_window: int = 3               # newest frames that get `recent_fraction` of the iterations
-    recent_fraction: float = 0.5
-    max_keyframes: int = 300
-    keyframe_every: int = 1              # keep every k-th used frame as keyframe
-    iterations_per_frame: int = 0        # online: cap iterations per used frame (0 = train continuously)
-    lr_means: float = 3e-4               # x scene depth (3DGS: 1.6e-4; higher converges in fewer steps)
-    lr_pos_knots: float = 3e-4           # x scene depth
-    lr_log_scales: float = 5e-3
-    lr_quats: float = 1e-3
-    lr_opacity: float = 5e-2
-    lr_sh_dc: float = 1e-2
-    lr_sh_rest: float = 2.5e-4
-    lr_col_knots: float = 5e-3
-    lr_scale_knots: float = 2.5e-3
-    lr_final_factor: float = 0.1         # offline: exponential decay of position lrs to this factor
-    refine_every: int = 100
-    refine_start: int = 200
-    refine_stop_fraction: float = 0.8    # offline: stop densifying after this fraction of the budget
-    grad_threshold: float = 2e-4         # mean screen-space gradient (NDC units) that densifies
-    split_radius_px: float = 4.0         # densified Gaussians larger than this on screen split, else clone
-    prune_opacity: float = 0.005
-    prune_scale_rel: float = 0.1         # prune Gaussians larger than this x scene depth
-    add_alpha_threshold: float = 0.5     # pixels less covered than this are unexplained
-    add_color_error: float = 0.2         # ... or with a colour error above this (mean abs, 0..1)
-    add_depth_error_rel: float = 0.1     # ... and a relative depth error above this
-    add_check_every: int = 100           # online: re-check the newest frame for unexplained pixels
-    pose_jump_m: float = 0.05            # translation between consecutive poses that counts as a jump
-    pose_jump_deg: float = 30.0
-    pose_jump_accept_after: int = 5      # consecutive jumped frames after which the new pose is accepted
-    max_time_gap_s: float = 2.0          # a longer pause of the stream counts as this much model time
-    flow_tracks: bool = True             # start each new frame's deformation from optical flow (flow_tracks)
-    flow_depth_motion: bool = True       # ... and from the measured depth change along it
-    refine_pose_iterations: int = 0      # > 0: refine each new frame's pose against the model (core.pose_refine)
-    refine_pose_mode: str = "hand_eye"   # hand_eye: one constant hand-eye correction | frame: free per frame
-    refine_pose_lr: float = 1e-3         # Adam step (rad; translation x scene depth)
-    refine_pose_depth_weight: float = 5.0   # depth ignores the moving light: it pins the pose best
-    refine_pose_max_trans_m: float = 0.005   # larger corrections are rejected (the input pose is kept)
-    refine_pose_max_rot_deg: float = 3.0
-    queue_size: int = 16
-    num_threads: int = 0                 # torch CPU threads for the trainer (0 = leave as is)
-    seed: int = 0
+    device: str = param("auto", "torch device: auto (CUDA when present), cpu, cuda or cuda:N")
+    backend: str = param("auto", "renderer: auto (gsplat on CUDA, else torch), torch, gsplat, gsplat2d",
+                         choices=BACKENDS)
+    image_scale: float = param(0.0, "frame resize before training; 0 = auto (1 on CUDA, 1/4 on CPU)", low=0.0,
+                               high=4.0)
+    max_gaussians: int = param(300_000, "Gaussian budget", low=1000, high=5_000_000, live=True)
+    init_stride: int = param(1, "pixel stride of the first frame's back-projection", low=1, high=64)
+    add_stride: int = param(1, "pixel stride when adding Gaussians on later frames", low=1, high=64)
+    sh_degree: int = param(1, "spherical-harmonics degree of the colours", low=0, high=1)
+    knot_spacing_s: float = param(0.1, "s, temporal resolution of the deformation tracks", low=1e-3, high=10.0)
+    max_knots: int = param(128, "knot budget (memory); older motion is kept coarser (0 = unbounded)", low=0,
+                           high=100_000)
+    recent_knots: int = param(32, "the newest knots always keep the full time resolution", low=0, high=100_000)
+    deform_scale: bool = param(True, "the Gaussians' scale deforms over time as well")
+    init_opacity: float = param(0.7, "opacity of new Gaussians", low=0.01, high=0.99)
+    init_scale: float = param(0.5, "scale of new Gaussians x nearest-neighbour distance (1.0: 0.7 dB lower on "
+                                   "EndoNeRF at 1/4)", low=0.01, high=10.0)
+    ssim_lambda: float = param(0.2, "weight of the SSIM term of the colour loss", low=0.0, high=1.0, live=True)
+    depth_weight: float = param(0.5, "weight of depth L1 measured relative to the scene depth", low=0.0,
+                                high=100.0, live=True)
+    smooth_weight: float = param(1.0, "temporal smoothness (2nd differences) of the tracks", low=0.0, high=1e4)
+    recent_window: int = param(3, "newest frames that get recent_fraction of the iterations", low=1, high=1000)
+    recent_fraction: float = param(0.5, "share of the iterations spent on the recent_window frames", low=0.0,
+                                   high=1.0)
+    max_keyframes: int = param(300, "keyframes kept for training (oldest thinned first)", low=1, high=100_000)
+    keyframe_every: int = param(1, "keep every k-th used frame as keyframe", low=1, high=1000)
+    iterations_per_frame: int = param(0, "online: cap iterations per used frame (0 = train continuously)", low=0,
+                                      high=100_000, live=True)
+    lr_means: float = param(3e-4, "position learning rate x scene depth (3DGS: 1.6e-4; higher converges in "
+                                  "fewer steps)", low=0.0, high=1.0)
+    lr_pos_knots: float = param(3e-4, "track knot learning rate x scene depth", low=0.0, high=1.0)
+    lr_log_scales: float = param(5e-3, "log-scale learning rate", low=0.0, high=1.0)
+    lr_quats: float = param(1e-3, "rotation learning rate", low=0.0, high=1.0)
+    lr_opacity: float = param(5e-2, "opacity learning rate", low=0.0, high=1.0)
+    lr_sh_dc: float = param(1e-2, "base colour learning rate", low=0.0, high=1.0)
+    lr_sh_rest: float = param(2.5e-4, "higher SH learning rate", low=0.0, high=1.0)
+    lr_col_knots: float = param(5e-3, "colour knot learning rate", low=0.0, high=1.0)
+    lr_scale_knots: float = param(2.5e-3, "scale knot learning rate", low=0.0, high=1.0)
+    lr_final_factor: float = param(0.1, "offline: exponential decay of position lrs to this factor", low=0.0,
+                                   high=1.0)
+    refine_every: int = param(100, "iterations between densify / prune steps", low=1, high=100_000)
+    refine_start: int = param(200, "first densify / prune iteration", low=0, high=1_000_000)
+    refine_stop_fraction: float = param(0.8, "offline: stop densifying after this fraction of the budget",
+                                        low=0.0, high=1.0)
+    grad_threshold: float = param(2e-4, "mean screen-space gradient (NDC units) that densifies", low=0.0,
+                                  high=1.0)
+    split_radius_px: float = param(4.0, "densified Gaussians larger than this on screen split, else clone",
+                                   low=0.0, high=1000.0)
+    prune_opacity: float = param(0.005, "prune Gaussians less opaque than this", low=0.0, high=1.0)
+    prune_scale_rel: float = param(0.1, "prune Gaussians larger than this x scene depth", low=0.0, high=100.0)
+    add_alpha_threshold: float = param(0.5, "pixels less covered than this are unexplained", low=0.0, high=1.0)
+    add_color_error: float = param(0.2, "... or with a colour error above this (mean abs, 0..1)", low=0.0,
+                                   high=1.0)
+    add_depth_error_rel: float = param(0.1, "... and a relative depth error above this", low=0.0, high=100.0)
+    add_check_every: int = param(100, "online: iterations between re-checks of the newest frame for "
+                                      "unexplained pixels", low=1, high=1_000_000)
+    pose_jump_m: float = param(0.05, "m, translation between consecutive poses that counts as a jump (the frame "
+                                     "is skipped)", low=0.0, high=100.0, live=True)
+    pose_jump_deg: float = param(30.0, "deg, rotation between consecutive poses that counts as a jump", low=0.0,
+                                 high=360.0, live=True)
+    pose_jump_accept_after: int = param(5, "consecutive jumped frames after which the new pose is accepted",
+                                        low=1, high=1000)
+    max_time_gap_s: float = param(2.0, "s, a longer pause of the stream counts as this much model time",
+                                  low=0.0, high=3600.0)
+    flow_tracks: bool = param(True, "start each new frame's deformation from optical flow")
+    flow_depth_motion: bool = param(True, "... and from the measured depth change along it")
+    refine_pose_iterations: int = param(0, "> 0: refine each new frame's pose against the model (README "
+                                           "'dVRK users'; 30 to use it)", low=0, high=1000)
+    refine_pose_mode: str = param("hand_eye", "hand_eye: one constant hand-eye correction | frame: free per "
+                                              "frame", choices=("hand_eye", "frame"))
+    refine_pose_lr: float = param(1e-3, "pose refinement Adam step (rad; translation x scene depth)", low=0.0,
+                                  high=1.0)
+    refine_pose_depth_weight: float = param(5.0, "depth weight of pose refinement (depth ignores the moving "
+                                                 "light: it pins the pose best)", low=0.0, high=1000.0)
+    refine_pose_max_trans_m: float = param(0.005, "m, larger pose corrections are rejected (the input pose is "
+                                                  "kept)", low=0.0, high=1.0)
+    refine_pose_max_rot_deg: float = param(3.0, "deg, larger pose corrections are rejected", low=0.0, high=180.0)
+    queue_size: int = param(16, "frames waiting for the training thread (the oldest is dropped when full)",
+                            low=1, high=10_000)
+    num_threads: int = param(0, "torch CPU threads for the trainer (0 = leave as is)", low=0, high=1024)
+    seed: int = param(0, "random seed", low=0, high=2**31 - 1)
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainerConfig:

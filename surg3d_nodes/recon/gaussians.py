@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from pykdtree.kdtree import KDTree
 
+from surg3d_nodes.recon.config import TrainerConfig
+
 SH_C0 = 0.28209479177387814
 SH_C1 = 0.4886025119029199
 
@@ -27,14 +29,14 @@ SH_C1 = 0.4886025119029199
 @dataclass
 class GaussianConfig:
     """Shape of the model: SH degree (0 or 1), knot spacing (model time units), knot budget (0 = none),
-    deformable scale."""
+    deformable scale. The defaults are TrainerConfig's (one value each; the trainer passes its own)."""
 
-    sh_degree: int = 1
-    knot_spacing: float = 0.1
-    max_knots: int = 0
-    deform_scale: bool = True
-    init_opacity: float = 0.7
-    init_scale: float = 1.0        # new Gaussians' scale as a multiple of the nearest-neighbour distance
+    sh_degree: int = TrainerConfig.sh_degree
+    knot_spacing: float = TrainerConfig.knot_spacing_s
+    max_knots: int = TrainerConfig.max_knots
+    deform_scale: bool = TrainerConfig.deform_scale
+    init_opacity: float = TrainerConfig.init_opacity
+    init_scale: float = TrainerConfig.init_scale   # new Gaussians' scale x the nearest-neighbour distance
     min_scale: float = 1e-5
 
 
