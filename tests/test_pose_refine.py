@@ -13,9 +13,11 @@ from surg3d_nodes.data.synthetic import SynthConfig, generate
 from surg3d_nodes.dvrk.emulator import EmulatorConfig, emulate
 from surg3d_nodes.dvrk.kinematics import pose_error
 from surg3d_nodes.evaluation.dvrk import in_first_gauge, kinematic_poses
-from surg3d_nodes.recon.io.checkpoint import load_checkpoint, save_checkpoint
+from surg3d_nodes.recon.config import Frame, TrainerConfig
+from surg3d_nodes.recon.io.checkpoint import load_reconstructor, save_checkpoint
+from surg3d_nodes.recon.keyframes import to_keyframe
 from surg3d_nodes.recon.pose_refine import PoseRefineConfig, PoseRefiner, hand_eye_correction, refine_pose
-from surg3d_nodes.recon.trainer import Frame, OnlineTrainer, TrainerConfig
+from surg3d_nodes.recon.runner import Reconstructor, train_offline
 
 torch.set_num_threads(1)
 
@@ -40,10 +42,10 @@ def _frame(scene, i: int, pose: np.ndarray) -> Frame:
     return Frame(f.stamp_ns, f.left, f.depth, f.mask, pose, scene.cam_left)
 
 
-def _trained(scene, **cfg) -> OnlineTrainer:
-    tr = OnlineTrainer(TrainerConfig(device="cpu", backend="torch", image_scale=1.0, num_threads=1, seed=0,
+def _trained(scene, **cfg) -> Reconstructor:
+    tr = Reconstructor(TrainerConfig(device="cpu", backend="torch", image_scale=1.0, num_threads=1, seed=0,
                                      **cfg))
-    tr.train_offline([_frame(scene, 0, scene.frames[0].pose)], 80)
+    train_offline(tr, [_frame(scene, 0, scene.frames[0].pose)], 80)
     return tr
 
 
@@ -67,10 +69,10 @@ def test_trainer_refines_a_perturbed_pose_towards_the_truth(scene) -> None:
     k = 2
     truth = scene.frames[k].pose               # the first pose is the truth, so the model's gauge is the world
     bad = truth @ _rigid(0.0008, 0.5, axis=(0.0, 1.0, 0.0), direction=(0.94, 0.0, 0.35))
-    tr.train_offline([_frame(scene, k, bad)], 0)   # ingest only: the frame is refined against the model
+    train_offline(tr, [_frame(scene, k, bad)], 0)   # ingest only: the frame is refined against the model
     st = tr.get_stats()
     assert st.pose_refined == 1 and st.pose_refine_rejected == 0 and st.pose_refine_last == "accepted"
-    refined = tr.keyframes[-1].pose
+    refined = tr.store.keyframes[-1].pose
     (t0, r0), (t1, r1) = pose_error(bad, truth), pose_error(refined, truth)
     px0, px1 = _reprojection_px(scene, k, bad), _reprojection_px(scene, k, refined)
     assert px0 > 1.0, "the perturbation must be visible"
@@ -107,9 +109,13 @@ def test_hand_eye_correction_maps_kinematic_poses_into_the_models_gauge() -> Non
     assert np.allclose(hand_eye_correction(torch.eye(4, dtype=torch.float64), Et).numpy(), np.eye(4))
 
 
-def _inputs(tr: OnlineTrainer, scene, k: int, pose: np.ndarray):
+def _keyframe(tr: Reconstructor, f: Frame):
+    return to_keyframe(f, tr.cfg.image_scale, tr.time_of(f.stamp_ns), tr.device)
+
+
+def _inputs(tr: Reconstructor, scene, k: int, pose: np.ndarray):
     f = scene.frames[k]
-    kf = tr._to_keyframe(_frame(scene, k, pose))
+    kf = _keyframe(tr, _frame(scene, k, pose))
     with torch.no_grad():
         g = tr.model.evaluate(tr.time_of(f.stamp_ns))
     return g, kf
@@ -148,7 +154,7 @@ def test_degenerate_inputs_keep_the_input_pose(scene) -> None:
     assert res.status == "non_finite" and np.array_equal(res.correction, np.eye(4))
     empty = {k: v[:0] for k, v in g.items()}
     assert refine_pose(empty, kf.camera, kf.rgb, kf.depth, kf.tissue, tr.scene_depth, cfg).status == "no_overlap"
-    away = tr._to_keyframe(_frame(scene, 1, scene.frames[1].pose @ _rigid(0.0, 180.0)))
+    away = _keyframe(tr, _frame(scene, 1, scene.frames[1].pose @ _rigid(0.0, 180.0)))
     res = refine_pose(g, away.camera, away.rgb, away.depth, away.tissue, tr.scene_depth, cfg)
     assert res.status == "no_overlap"
     with pytest.raises(ValueError, match="mode"):
@@ -157,21 +163,21 @@ def test_degenerate_inputs_keep_the_input_pose(scene) -> None:
     tr2 = _trained(scene, refine_pose_iterations=5)
     f = scene.frames[1]
     pose = f.pose @ _rigid(0.0005, 0.3)
-    tr2.train_offline([Frame(f.stamp_ns, f.left, f.depth, np.full_like(f.mask, 255), pose, scene.cam_left)], 0)
+    train_offline(tr2, [Frame(f.stamp_ns, f.left, f.depth, np.full_like(f.mask, 255), pose, scene.cam_left)], 0)
     st = tr2.get_stats()
     assert st.frames_used == 2 and st.pose_refine_rejected == 1 and st.pose_refine_last == "no_overlap"
-    assert np.array_equal(tr2.keyframes[-1].pose, pose)
+    assert np.array_equal(tr2.store.keyframes[-1].pose, pose)
 
 
 def test_hand_eye_mode_keeps_every_stored_frame_on_the_newest_estimate(scene) -> None:
     tr = _trained(scene, refine_pose_iterations=10, refine_pose_mode="hand_eye")
     E = _rigid(0.002, 1.0)
-    tr.train_offline([_frame(scene, i, scene.frames[i].pose @ E) for i in range(1, 6)], 0)
+    train_offline(tr, [_frame(scene, i, scene.frames[i].pose @ E) for i in range(1, 6)], 0)
     st = tr.get_stats()
     assert st.pose_refined >= 2, "several accepted refinements, so earlier ones must have moved on"
-    refiner = tr._pose_refiner
+    refiner = tr.pose_refiner
     assert refiner.xi is not None and np.array_equal(refiner.anchor, scene.frames[0].pose)
-    moved = [kf for kf in tr.keyframes if kf.raw_pose is not None]
+    moved = [kf for kf in tr.store.keyframes if kf.raw_pose is not None]
     assert moved, "refined frames keep their input pose"
     for kf in moved:
         # One estimate for all: a frame refined early has moved on with the newest estimate.
@@ -182,13 +188,13 @@ def test_hand_eye_mode_keeps_every_stored_frame_on_the_newest_estimate(scene) ->
 def test_a_checkpoint_keeps_the_refiner_and_the_input_poses(scene, tmp_path) -> None:
     tr = _trained(scene, refine_pose_iterations=10, refine_pose_mode="hand_eye")
     E = _rigid(0.002, 1.0)
-    tr.train_offline([_frame(scene, i, scene.frames[i].pose @ E) for i in range(1, 5)], 0)
-    assert tr._pose_refiner.xi is not None, "an estimate to keep"
+    train_offline(tr, [_frame(scene, i, scene.frames[i].pose @ E) for i in range(1, 5)], 0)
+    assert tr.pose_refiner.xi is not None, "an estimate to keep"
     path = save_checkpoint(tr, tmp_path / "refined.pt")
-    loaded = load_checkpoint(path)
-    assert np.array_equal(loaded._pose_refiner.anchor, tr._pose_refiner.anchor)
-    assert np.array_equal(loaded._pose_refiner.xi, tr._pose_refiner.xi)
-    for a, b in zip(tr.keyframes, loaded.keyframes, strict=True):
+    loaded = load_reconstructor(path)
+    assert np.array_equal(loaded.pose_refiner.anchor, tr.pose_refiner.anchor)
+    assert np.array_equal(loaded.pose_refiner.xi, tr.pose_refiner.xi)
+    for a, b in zip(tr.store.keyframes, loaded.store.keyframes, strict=True):
         assert (a.raw_pose is None) == (b.raw_pose is None)
         if a.raw_pose is not None:
             assert np.array_equal(a.raw_pose, b.raw_pose) and np.array_equal(a.pose, b.pose)
@@ -197,22 +203,19 @@ def test_a_checkpoint_keeps_the_refiner_and_the_input_poses(scene, tmp_path) -> 
     assert st2.pose_correction_mm == st.pose_correction_mm
     # The next frame is refined the same way by the original and the reloaded trainer.
     nxt = _frame(scene, 5, scene.frames[5].pose @ E)
-    tr.train_offline([nxt], 0)
-    loaded.train_offline([nxt], 0)
-    np.testing.assert_allclose(loaded.keyframes[-1].pose, tr.keyframes[-1].pose, atol=1e-9)
-    np.testing.assert_allclose(loaded._pose_refiner.xi, tr._pose_refiner.xi, atol=1e-9)
-    # A version-2 checkpoint (no refiner state) still loads; the refinement then starts over.
-    state = torch.load(path, weights_only=False)
-    del state["pose_refiner"]
-    state["version"] = 2
-    for k in state["keyframes"]:
-        del k["raw_pose"]
-    torch.save(state, tmp_path / "v2.pt")
-    old = load_checkpoint(tmp_path / "v2.pt")
-    assert old._pose_refiner.anchor is None and all(k.raw_pose is None for k in old.keyframes)
+    train_offline(tr, [nxt], 0)
+    train_offline(loaded, [nxt], 0)
+    np.testing.assert_allclose(loaded.store.keyframes[-1].pose, tr.store.keyframes[-1].pose, atol=1e-9)
+    np.testing.assert_allclose(loaded.pose_refiner.xi, tr.pose_refiner.xi, atol=1e-9)
+    # A checkpoint of an older format (pickled numpy arrays) is refused with its version named.
+    state = torch.load(path, weights_only=True)
+    state["version"] = 3
+    torch.save(state, tmp_path / "v3.pt")
+    with pytest.raises(ValueError, match=r"v3\.pt has format version 3"):
+        load_reconstructor(tmp_path / "v3.pt")
     # A corrupt estimate is refused with a message that names it.
-    state = torch.load(path, weights_only=False)
-    state["pose_refiner"]["xi"] = np.full(6, np.nan)
+    state = torch.load(path, weights_only=True)
+    state["pose_refiner"]["xi"] = {"__ndarray__": torch.full((6,), float("nan"), dtype=torch.float64)}
     torch.save(state, tmp_path / "nan.pt")
     with pytest.raises(ValueError, match=r"nan\.pt: pose refiner estimate"):
-        load_checkpoint(tmp_path / "nan.pt")
+        load_reconstructor(tmp_path / "nan.pt")

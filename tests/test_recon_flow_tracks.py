@@ -3,17 +3,17 @@ training iteration, and the knot update is the least-norm one."""
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 import torch
 
 from surg3d_nodes.common.metrics import masked_psnr
 from surg3d_nodes.data.synthetic import SynthConfig, generate
+from surg3d_nodes.recon.config import Frame, TrainerConfig
 from surg3d_nodes.recon.flow_tracks import FlowTrackConfig, _sample, update_tracks
 from surg3d_nodes.recon.gaussians import GaussianConfig, GaussianModel
-from surg3d_nodes.recon.trainer import Frame, OnlineTrainer, TrainerConfig
+from surg3d_nodes.recon.online import OnlineTrainer
+from surg3d_nodes.recon.runner import Reconstructor
 
 torch.set_num_threads(1)
 
@@ -42,10 +42,10 @@ def test_flow_tracks_follow_the_deforming_tissue():
     tissue = (last.mask == 0).astype(np.float32)
     out = {}
     for flow in (True, False):
-        tr = OnlineTrainer(TrainerConfig(device="cpu", backend="torch", image_scale=1.0, num_threads=1,
+        tr = Reconstructor(TrainerConfig(device="cpu", backend="torch", image_scale=1.0, num_threads=1,
                                          flow_tracks=flow))
         for f in frames:
-            tr._process(f, time.monotonic())             # ingestion only: no training iteration
+            tr.add_frame(f)             # ingestion only: no training iteration
         rgb, depth, _ = tr.render_view(last.pose, tr.time_of(last.stamp_ns))
         err = np.abs(depth - last.depth)[tissue > 0]
         out[flow] = (masked_psnr(rgb, last.left, tissue), float(np.nanmedian(err)), tr.get_stats(), tr)
@@ -61,9 +61,9 @@ def test_tiny_images_are_not_flow_tracked():
     """Below min_width (96 px) the 8-px DIS patches cover too much of the image; measured on the 64x48
     de-occlusion scene, tracking there cost 4 dB, so it is skipped."""
     scene = generate(SynthConfig(width=64, height=48, frames=3, instruments=1, seed=3))
-    tr = OnlineTrainer(TrainerConfig(device="cpu", backend="torch", image_scale=1.0, num_threads=1))
+    tr = Reconstructor(TrainerConfig(device="cpu", backend="torch", image_scale=1.0, num_threads=1))
     for f in scene.frames:
-        tr._process(Frame(f.stamp_ns, f.left, f.depth, f.mask, f.pose, scene.cam_left), time.monotonic())
+        tr.add_frame(Frame(f.stamp_ns, f.left, f.depth, f.mask, f.pose, scene.cam_left))
     assert tr.get_stats().frames_used == 3 and tr.get_stats().flow_tracked == 0
 
 
@@ -92,13 +92,13 @@ def test_flow_at_a_reduced_width_follows_like_full_width():
     tissue = (last.mask == 0).astype(np.float32)
     scores = {}
     for width in (None, 256, 128):
-        tr = OnlineTrainer(TrainerConfig(device="cpu", backend="torch", image_scale=1.0, num_threads=1,
+        tr = Reconstructor(TrainerConfig(device="cpu", backend="torch", image_scale=1.0, num_threads=1,
                                          flow_tracks=False))
-        tr._process(frames[0], time.monotonic())
-        prev = tr._recent[-1]
+        tr.add_frame(frames[0])
+        prev = tr.store.recent[-1]
         for f in frames[1:]:
-            tr._process(f, time.monotonic())
-            cur = tr._recent[-1]
+            tr.add_frame(f)
+            cur = tr.store.recent[-1]
             if width is not None:
                 assert update_tracks(tr.model, prev, cur, tr.scene_depth, FlowTrackConfig(max_flow_width=width))
             prev = cur
@@ -125,4 +125,4 @@ def test_a_backlog_gets_one_flow_update_at_its_newest_frame():
         tr.stop()
     st = tr.get_stats()
     assert st.frames_used == 6 and st.flow_frames == 1 and st.flow_tracked > 0
-    assert tr._track_ref.stamp_ns == frames[-1].stamp_ns
+    assert tr.recon.track_ref.stamp_ns == frames[-1].stamp_ns

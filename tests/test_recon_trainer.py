@@ -1,4 +1,5 @@
-"""OnlineTrainer: background ingestion, pause/resume/reset, bad inputs, checkpoints, PLY, de-occlusion."""
+"""The trainer: Reconstructor (frames, steps, offline loop) and OnlineTrainer (background ingestion,
+pause/resume/reset, bad inputs), checkpoints, PLY, de-occlusion."""
 
 from __future__ import annotations
 
@@ -14,9 +15,11 @@ import torch
 from surg3d_nodes.common.camera import scale_intrinsics
 from surg3d_nodes.common.metrics import psnr_star
 from surg3d_nodes.data.synthetic import SynthConfig, generate
-from surg3d_nodes.recon.io.checkpoint import load_checkpoint, save_checkpoint
+from surg3d_nodes.recon.config import Frame, TrainerConfig
+from surg3d_nodes.recon.io.checkpoint import load_reconstructor, save_checkpoint
 from surg3d_nodes.recon.io.ply import save_ply
-from surg3d_nodes.recon.trainer import Frame, OnlineTrainer, TrainerConfig
+from surg3d_nodes.recon.online import OnlineTrainer
+from surg3d_nodes.recon.runner import Reconstructor, train_offline
 
 torch.set_num_threads(1)
 
@@ -129,33 +132,33 @@ def test_past_frames_train_at_their_own_time(scene):
     """Reordered input and a looping replay: an older frame trains at its own time, a repeat is skipped,
     and the live view follows the newest frame by arrival."""
     fr = _frames(scene)
-    tr = OnlineTrainer(_cfg())
+    tr = Reconstructor(_cfg())
     for f in [fr[0], fr[1], fr[3], fr[2], fr[4]]:          # fr[2] arrives late
-        tr._process(f, time.monotonic())
+        tr.add_frame(f)
     for f in fr[:6]:                                        # the replay loops: stamps start over
-        tr._process(f, time.monotonic())
+        tr.add_frame(f)
     st = tr.get_stats()
     assert st.frames_used == 6 and st.frames_past == 1 and st.skip_reasons == {"duplicate_stamp": 5}
-    assert st.last_frame_stamp == fr[5].stamp_ns and np.array_equal(tr.live_pose(), fr[5].pose)
-    t = sorted(k.t for k in tr.keyframes)
+    assert st.last_frame_stamp == fr[5].stamp_ns and np.array_equal(tr.live_pose, fr[5].pose)
+    t = sorted(k.t for k in tr.store.keyframes)
     np.testing.assert_allclose(t, [(f.stamp_ns - fr[0].stamp_ns) * 1e-9 for f in fr[:6]], atol=1e-9)
     # A second pass with the same stamps but a camera displaced at that moment is a pose jump.
     moved = fr[3].pose.copy()
     moved[:3, 3] += [0.2, 0.0, 0.0]
-    tr2 = OnlineTrainer(_cfg())
+    tr2 = Reconstructor(_cfg())
     for f in [fr[0], fr[2], fr[4], Frame(fr[3].stamp_ns, fr[3].rgb, fr[3].depth, fr[3].mask, moved,
                                          scene.cam_left)]:
-        tr2._process(f, time.monotonic())
+        tr2.add_frame(f)
     assert tr2.get_stats().skip_reasons == {"pose_jump": 1}
 
 
 def test_long_pause_does_not_allocate_knots(scene):
     fr = _frames(scene)
-    tr = OnlineTrainer(_cfg(max_time_gap_s=1.0))
-    tr._process(fr[0], time.monotonic())
+    tr = Reconstructor(_cfg(max_time_gap_s=1.0))
+    tr.add_frame(fr[0])
     hour = 3600 * 10**9
     later = Frame(fr[1].stamp_ns + hour, fr[1].rgb, fr[1].depth, fr[1].mask, fr[1].pose, scene.cam_left)
-    tr._process(later, time.monotonic())
+    tr.add_frame(later)
     st = tr.get_stats()
     assert st.frames_used == 2 and st.time_gaps_shortened == 1
     assert tr.model.num_knots <= 12                          # 1 s of model time at 0.1 s spacing
@@ -190,8 +193,8 @@ def _read_ply(path: Path) -> dict[str, np.ndarray]:
 
 def test_offline_checkpoint_ply_and_deocclusion(scene, tmp_path):
     fr = _frames(scene)
-    tr = OnlineTrainer(_cfg())
-    tr.train_offline(fr, 150)
+    tr = Reconstructor(_cfg())
+    train_offline(tr, fr, 150)
     st = tr.get_stats()
     assert st.iterations == 150 and st.frames_used == len(fr)
 
@@ -242,8 +245,8 @@ def test_checkpoint_during_training_reloads_identically(scene, tmp_path):
         assert not list(tmp_path.glob(".*tmp*"))
     finally:
         tr.stop()
-    state = torch.load(path, weights_only=False)
-    loaded = load_checkpoint(path)
+    state = torch.load(path, weights_only=True)
+    loaded = load_reconstructor(path)
     # Renders of the saved parameters and of the reloaded model are identical.
     pose, t = fr[4].pose, loaded.time_of(fr[4].stamp_ns)
     from surg3d_nodes.recon.render import RenderCamera, render
@@ -255,17 +258,17 @@ def test_checkpoint_during_training_reloads_identically(scene, tmp_path):
     st = loaded.get_stats()
     assert st.keyframes == 5 and st.frames_used == 5 and st.iterations >= 5
     # ... and training continues from it.
-    loaded.train_offline([], 5)
+    train_offline(loaded, [], 5)
     assert loaded.get_stats().iterations == st.iterations + 5
     state["version"] = 1
     old = tmp_path / "old.pt"
     torch.save(state, old)
     with pytest.raises(ValueError, match="format version 1"):
-        load_checkpoint(old)
+        load_reconstructor(old)
     with pytest.raises(ValueError, match="not a surg3d"):
         bad = tmp_path / "bad.pt"
         torch.save({"x": 1}, bad)
-        load_checkpoint(bad)
+        load_reconstructor(bad)
 
 
 def test_knot_budget_bounds_memory_and_keeps_motion(scene, tmp_path):
@@ -292,15 +295,15 @@ def test_knot_budget_bounds_memory_and_keeps_motion(scene, tmp_path):
         assert x == pytest.approx(min(t, 1.0) * 0.01, abs=1e-6)
 
     fr = _frames(scene)
-    tr = OnlineTrainer(_cfg(knot_spacing_s=0.02, max_knots=6, recent_knots=2))
-    tr.train_offline(fr, 10)
+    tr = Reconstructor(_cfg(knot_spacing_s=0.02, max_knots=6, recent_knots=2))
+    train_offline(tr, fr, 10)
     st = tr.get_stats()
     assert st.frames_used == len(fr) and st.iterations == 10
     assert tr.model.num_knots == 6
     for name in tr.model.KNOT_KEYS:
         assert tr.optimizer.m[name].shape == tr.model.params[name].shape
         assert tr.optimizer.steps[name].shape == (6,)
-    loaded = load_checkpoint(save_checkpoint(tr, tmp_path / "k.pt"))
+    loaded = load_reconstructor(save_checkpoint(tr, tmp_path / "k.pt"))
     assert loaded.model.knot_times == tr.model.knot_times
     _, _, alpha = loaded.render_view(fr[-1].pose, loaded.time_of(fr[-1].stamp_ns))
     assert alpha.mean() > 0.5
@@ -310,8 +313,8 @@ def test_views_finer_than_training_have_no_gaps(scene):
     """A model trained on half-size images (small initial Gaussians), viewed 4x finer than it was trained: the
     view is rendered at the training resolution and upsampled, so it covers the tissue as the training-size
     view does (rendered directly, the Gaussians fitted to coarse pixels leave gaps between them)."""
-    tr = OnlineTrainer(_cfg(image_scale=0.5, init_scale=0.5, seed=0))
-    tr.train_offline(_frames(scene)[:4], 40)
+    tr = Reconstructor(_cfg(image_scale=0.5, init_scale=0.5, seed=0))
+    train_offline(tr, _frames(scene)[:4], 40)
     f = scene.frames[3]
     t = tr.time_of(f.stamp_ns)
     rgb, _, alpha = tr.render_view(f.pose, t)                       # training size, 32x24
@@ -328,22 +331,22 @@ def test_training_thread_survives_unexpected_errors(scene, monkeypatch):
     """A failing frame is skipped and a failing step is counted; the thread, the model and later frames go on."""
     tr = OnlineTrainer(_cfg())
     fr = _frames(scene)
-    real_step, real_process = tr._step, tr._process
+    real_step, real_add = tr.recon.step, tr.recon.add_frame
     calls = {"step": 0}
 
-    def step(offline, refine):
+    def step(schedule):
         calls["step"] += 1
         if calls["step"] == 3:
             raise RuntimeError("simulated CUDA error")
-        real_step(offline, refine)
+        return real_step(schedule)
 
-    def process(f, t_in, **kw):
+    def add_frame(f, t_in=None, track=True):
         if f.stamp_ns == fr[2].stamp_ns:
             raise ValueError("simulated bad frame")
-        real_process(f, t_in, **kw)
+        return real_add(f, t_in, track)
 
-    monkeypatch.setattr(tr, "_step", step)
-    monkeypatch.setattr(tr, "_process", process)
+    monkeypatch.setattr(tr.recon, "step", step)
+    monkeypatch.setattr(tr.recon, "add_frame", add_frame)
     tr.start()
     try:
         for f in fr[:4]:
@@ -356,3 +359,30 @@ def test_training_thread_survives_unexpected_errors(scene, monkeypatch):
         assert _wait(lambda: tr.get_stats().frames_used == 4)
     finally:
         tr.stop()
+
+
+class _Payload:
+    """Unpickling this runs code (creates a file): what a crafted checkpoint would do."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_crafted_checkpoint_is_refused_without_running_code(scene, tmp_path):
+    from surg3d_nodes.recon.io.checkpoint import FORMAT, VERSION, load_checkpoint
+
+    marker = tmp_path / "code_ran"
+    crafted = tmp_path / "crafted.pt"
+    torch.save({"format": FORMAT, "version": VERSION, "config": {}, "payload": _Payload(marker)}, crafted)
+    tr = OnlineTrainer(_cfg())
+    with pytest.raises(ValueError, match="refused: not a file of tensors and plain containers"):
+        load_checkpoint(crafted, tr)
+    assert not marker.exists(), "loading a checkpoint ran code from the file"
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"\x80\x02not a checkpoint")
+    with pytest.raises(ValueError, match=r"garbage\.pt"):
+        load_checkpoint(garbage, tr)
+    assert tr.num_gaussians == 0 and tr.get_stats().frames_used == 0   # the trainer is left as it was

@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from surg3d_nodes.data.datasets.base import DatasetError
     from surg3d_nodes.evaluation.endonerf import EvalOptions, evaluate_endonerf
-    from surg3d_nodes.recon.trainer import TrainerConfig
+    from surg3d_nodes.recon.config import TrainerConfig
 
     device = args.device
     if device == "auto":

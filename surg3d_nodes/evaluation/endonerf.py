@@ -23,7 +23,7 @@ from surg3d_nodes.data.datasets.base import DatasetFrame
 from surg3d_nodes.data.datasets.endonerf import EndoNeRFReader
 from surg3d_nodes.recon.config import Frame, TrainerConfig
 from surg3d_nodes.recon.online import OnlineTrainer
-from surg3d_nodes.recon.runner import train_offline
+from surg3d_nodes.recon.runner import Reconstructor, train_offline
 
 
 @dataclass
@@ -119,7 +119,7 @@ def evaluate_endonerf(root: str | Path, opts: EvalOptions, cfg: TrainerConfig | 
     cfg.device, cfg.backend = opts.device, opts.backend
     if cfg.image_scale <= 0:   # the frames are already at opts.scale: auto would shrink them again on CPU
         cfg.image_scale = 1.0
-    trainer = OnlineTrainer(cfg)
+    trainer: Reconstructor | OnlineTrainer = Reconstructor(cfg) if opts.mode == "offline" else OnlineTrainer(cfg)
 
     def frame_of(d: dict) -> Frame:
         return Frame(d["stamp_ns"], d["rgb"], d["depth"], d["mask"], d["pose"], d["cam"])

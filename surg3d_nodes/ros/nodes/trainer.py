@@ -31,7 +31,8 @@ from surg3d_msgs.srv import LoadCheckpoint, RenderView, SaveModel
 from surg3d_nodes.common.camera import scale_intrinsics
 from surg3d_nodes.perception.sync import ApproxTimeSync
 from surg3d_nodes.recon.io.checkpoint import load_checkpoint, save_checkpoint
-from surg3d_nodes.recon.trainer import Frame, OnlineTrainer, TrainerConfig
+from surg3d_nodes.recon.config import Frame, TrainerConfig
+from surg3d_nodes.recon.online import OnlineTrainer
 from surg3d_nodes.ros import topics
 from surg3d_nodes.ros.convert import (
     MessageError,
@@ -81,7 +82,7 @@ class TrainerNode(SurgNode):
             self._resume_newest()
         elif resume:              # an explicit checkpoint must load: a wrong path fails the start, named
             load_checkpoint(resume, self.trainer)
-            self.get_logger().info(f"resumed from {resume}: {self.trainer.model.num_gaussians} Gaussians")
+            self.get_logger().info(f"resumed from {resume}: {self.trainer.num_gaussians} Gaussians")
         # Inputs paired by stamp: image always, then depth, mask, pose unless disabled.
         self.inputs = ["image"] + [n for n, on in (("depth", p["use_depth"]), ("mask", p["use_mask"]),
                                                     ("pose", not p["static_pose"])) if on]
@@ -213,16 +214,16 @@ class TrainerNode(SurgNode):
     def _points_on_frame(self) -> None:
         # At most points_on_frame_rate clouds a second; a frame skipped here is in the next periodic cloud.
         rate = self.points_on_frame_rate
-        if (rate > 0 and self.trainer.stats.frames_used != self._points_frames
+        if (rate > 0 and self.trainer.get_stats().frames_used != self._points_frames
                 and time.monotonic() - self._points_last >= 1.0 / rate):
             self.publish_points()
 
     def publish_points(self) -> None:
         """Publish the model as PointCloud2 (world frame, stamped with the newest frame in it), most
         opaque points first when capped."""
-        if self.trainer.model.num_gaussians == 0:
+        if self.trainer.num_gaussians == 0:
             return
-        self._points_frames = self.trainer.stats.frames_used
+        self._points_frames = self.trainer.get_stats().frames_used
         self._points_last = time.monotonic()
         s = self.trainer.snapshot()
         keep = np.nonzero(s.opacities >= self.points_min_opacity)[0]
@@ -237,7 +238,7 @@ class TrainerNode(SurgNode):
     def _render_live(self) -> tuple[np.ndarray, np.ndarray, int] | None:
         """Render at the live pose; the image and de-occlusion timers share one render when close in time."""
         pose = self.trainer.live_pose()
-        if pose is None or self.trainer.model.num_gaussians == 0:
+        if pose is None or self.trainer.num_gaussians == 0:
             return None
         stamp = self.trainer.get_stats().last_frame_stamp
         c = self._render_cache
@@ -334,7 +335,7 @@ class TrainerNode(SurgNode):
             return res
         stamp = time.strftime("%Y%m%d_%H%M%S")
         default = (f"recon_{stamp}.ply" if kind == "ply"
-                   else f"checkpoint_{stamp}_{self.trainer.stats.iterations}.pt")
+                   else f"checkpoint_{stamp}_{self.trainer.get_stats().iterations}.pt")
         path = Path(req.path) if req.path else self.output_dir / default
         try:
             if kind == "ply":
@@ -363,7 +364,7 @@ class TrainerNode(SurgNode):
             return res
         self.sync.reset()
         res.success = True
-        res.message = f"loaded {path}: {self.trainer.model.num_gaussians} Gaussians"
+        res.message = f"loaded {path}: {self.trainer.num_gaussians} Gaussians"
         return res
 
     def _resume_newest(self) -> None:
@@ -376,7 +377,7 @@ class TrainerNode(SurgNode):
                 self.report_problem("checkpoint_unusable", f"not resuming from {path}: {e}")
                 self.trainer = OnlineTrainer(self.cfg)     # whatever a failed load left half-restored
                 continue
-            self.get_logger().info(f"resumed from {path}: {self.trainer.model.num_gaussians} Gaussians")
+            self.get_logger().info(f"resumed from {path}: {self.trainer.num_gaussians} Gaussians")
             return
 
     def _checkpoints(self) -> list[Path]:

@@ -1,0 +1,43 @@
+"""Training losses of the deformable model. Instrument pixels never enter a loss (`tissue` weights)."""
+
+from __future__ import annotations
+
+import torch
+
+from surg3d_nodes.common.metrics import ssim_map
+from surg3d_nodes.recon.gaussians import GaussianModel
+
+
+def photometric_loss(rgb: torch.Tensor, target: torch.Tensor, tissue: torch.Tensor, ssim_lambda: float
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(1 - λ) L1 + λ (1 - SSIM) over tissue pixels, as 3DGS; also returns the masked squared error sum
+    per channel-pixel (for a PSNR figure)."""
+    npx = tissue.sum().clamp(min=1.0)
+    diff = (rgb - target) * tissue[..., None]
+    l1 = diff.abs().sum() / (3 * npx)
+    ssim = (ssim_map(rgb * tissue[..., None], target * tissue[..., None]) * tissue).sum() / npx
+    mse = (diff.detach() ** 2).sum() / (3 * npx)
+    return (1 - ssim_lambda) * l1 + ssim_lambda * (1 - ssim), mse
+
+
+def depth_loss(depth: torch.Tensor, target: torch.Tensor, tissue: torch.Tensor, alpha: torch.Tensor,
+               scene_depth: float) -> torch.Tensor:
+    """Mean |rendered - measured| depth relative to the scene depth, over tissue pixels with a measurement
+    that the model covers (uncovered pixels are grown, not pulled)."""
+    valid = (target > 0) & (tissue > 0.5) & (alpha.detach() > 0.1)
+    if not bool(valid.any()):
+        return depth.new_zeros(())
+    return ((depth[valid] - target[valid]).abs() / scene_depth).mean()
+
+
+def track_smoothness(model: GaussianModel, lo: int, hi: int, scene_depth: float) -> torch.Tensor:
+    """Squared second differences of the deformation tracks over knots [lo, hi) (positions relative to the
+    scene depth): motion is smooth in time unless the images say otherwise."""
+    out = next(iter(model.params.values())).new_zeros(())
+    if hi - lo < 3:
+        return out
+    for name, w in (("pos_knots", 1.0 / scene_depth), ("col_knots", 1.0), ("scale_knots", 1.0)):
+        if name in model.params:
+            k = model.params[name][:, lo:hi] * w
+            out = out + (k[:, 2:] - 2 * k[:, 1:-1] + k[:, :-2]).pow(2).sum(-1).mean()
+    return out

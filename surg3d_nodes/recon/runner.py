@@ -1,0 +1,557 @@
+"""The reconstruction, single-threaded: an explicit loop of frames in and training steps, as gsplat's
+simple_trainer.
+
+`Reconstructor.add_frame` validates a frame (out of order, missing pose/depth, NaN depth, pose jumps are
+counted and skipped or handled), optionally refines its pose against the model, starts its deformation from
+optical flow, grows the model where tissue is new and stores it. `Reconstructor.step(schedule)` runs one
+training iteration on a frame sampled from the store; the `StepSchedule` says how (share of the newest
+frames, learning-rate factor, densification, re-checks for new tissue). The live product wraps this in a
+thread (`recon.online.OnlineTrainer`); `train_offline` and `train_stream` are the deterministic loops of
+evaluation. Instrument pixels never enter a loss.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+
+import cv2
+import numpy as np
+import torch
+
+from surg3d_nodes.common.camera import scale_intrinsics
+from surg3d_nodes.common.geometry import backproject
+from surg3d_nodes.recon.config import Frame, TrainerConfig
+from surg3d_nodes.recon.flow_tracks import FlowTrackConfig, update_tracks
+from surg3d_nodes.recon.gaussians import GaussianConfig, GaussianModel
+from surg3d_nodes.recon.keyframes import Keyframe, KeyframeStore, to_keyframe
+from surg3d_nodes.recon.losses import depth_loss, photometric_loss, track_smoothness
+from surg3d_nodes.recon.model_clock import ModelClock
+from surg3d_nodes.recon.pose_refine import PoseRefineConfig, PoseRefiner
+from surg3d_nodes.recon.render import RenderCamera, render_evaluated, resolve_backend
+from surg3d_nodes.recon.sparse_adam import DictAdam
+from surg3d_nodes.recon.strategy import DefaultStrategy, Strategy
+
+# render_view: a view finer than the training images by more than this factor is upsampled from one rendered
+# at the training resolution.
+UPSAMPLE_ABOVE = 1.5
+
+
+@dataclass
+class Snapshot:
+    """A consistent copy of the model for publishing (world frame, at model time `time_s`)."""
+
+    points: np.ndarray         # [N,3] float32
+    colors: np.ndarray         # [N,3] float32 0..1
+    opacities: np.ndarray      # [N] float32
+    scales: np.ndarray         # [N] float32 largest axis, metres
+    time_s: float
+    stamp_ns: int
+    iteration: int
+
+
+@dataclass
+class TrainerStats:
+    """Counters and recent values for the status topic."""
+
+    state: str = "idle"
+    frames_received: int = 0
+    frames_used: int = 0
+    frames_skipped: int = 0
+    skip_reasons: dict = field(default_factory=dict)
+    keyframes: int = 0
+    num_gaussians: int = 0
+    iterations: int = 0
+    iterations_per_second: float = 0.0
+    loss: float = 0.0
+    loss_color: float = 0.0
+    loss_depth: float = 0.0
+    psnr_recent: float = 0.0
+    latency_ms: float = 0.0
+    last_frame_stamp: int = 0
+    flow_tracked: int = 0                # Gaussians moved by scene flow at the newest frame
+    flow_frames: int = 0                 # frames whose deformation started from the flow
+    frames_past: int = 0                 # used frames older than the newest (reordered, a looping replay)
+    time_gaps_shortened: int = 0         # pauses longer than max_time_gap_s
+    pose_refined: int = 0                # frames whose pose a refinement corrected
+    pose_refine_rejected: int = 0        # refinements rejected (no overlap, not better, too large, NaN)
+    pose_refine_last: str = ""           # outcome of the newest refinement
+    pose_correction_mm: float = 0.0      # mean size of the accepted corrections
+    pose_correction_deg: float = 0.0
+    errors: int = 0                      # unexpected failures of the training thread (it goes on after each)
+    last_error: str = ""                 # the newest one, with its location
+    backend: str = ""
+    device: str = ""
+
+
+@dataclass(frozen=True)
+class StepSchedule:
+    """How one training step runs (the live loop and the offline loop differ only in this)."""
+
+    recent_fraction: float = 0.0   # probability of training on one of the newest frames (else any keyframe)
+    lr_scale: float = 1.0          # factor on the position learning rates (offline: exponential decay)
+    densify: bool = True           # let the densification strategy refine when due
+    grow_every: int = 0            # every this many steps, grow where the newest frame is unexplained (0: never)
+
+    @classmethod
+    def live(cls, cfg: TrainerConfig) -> StepSchedule:
+        """The live schedule: newest frames favoured, constant rates, densification and growth throughout."""
+        return cls(cfg.recent_fraction, 1.0, True, cfg.add_check_every)
+
+    @classmethod
+    def offline(cls, cfg: TrainerConfig, i: int, iterations: int) -> StepSchedule:
+        """Step `i` of a fixed budget over a fixed set of frames: uniform sampling, position rates decaying
+        to `lr_final_factor`, densification until `refine_stop_fraction` of the budget."""
+        return cls(0.0, cfg.lr_final_factor ** (i / max(1, iterations - 1)), i < cfg.refine_stop_fraction * iterations)
+
+
+def pick_device(device: str) -> torch.device:
+    """`auto` -> cuda when available else cpu; `cuda` without CUDA raises a clear error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but torch has no CUDA device (use 'cpu' or 'auto')")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise ValueError(f"unknown device {device!r} (expected auto, cpu or cuda)")
+    return torch.device(device)
+
+
+def configure_torch_threads(cfg: TrainerConfig) -> None:
+    """Per-process torch settings for training on this thread."""
+    # Tiny transmittances/alphas would otherwise hit denormal floats, which are ~10x slower on CPU.
+    torch.set_flush_denormal(True)
+    if cfg.num_threads > 0:
+        torch.set_num_threads(cfg.num_threads)
+
+
+@dataclass
+class ModelView:
+    """A frozen copy of the model's parameters at one model time, renderable without the trainer's lock."""
+
+    model: GaussianModel
+    params: dict[str, torch.Tensor]
+    time_s: float
+    stamp_ns: int
+    iteration: int
+    reference: Keyframe | None        # the newest frame: default intrinsics and the training resolution
+    backend: str
+
+    def snapshot(self) -> Snapshot:
+        """Points, colours, opacities and largest scales at the view's time."""
+        with torch.no_grad():
+            g = self.model.evaluate(self.time_s, None, params=self.params)
+        return Snapshot(g["means"].cpu().numpy().astype(np.float32),
+                        g["colors"].clamp(0, 1).cpu().numpy().astype(np.float32),
+                        g["opacities"].cpu().numpy().astype(np.float32),
+                        g["scales"].max(-1).values.cpu().numpy().astype(np.float32), self.time_s, self.stamp_ns,
+                        self.iteration)
+
+    def render(self, pose: np.ndarray, width: int | None = None, height: int | None = None,
+               K: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Render (rgb uint8 HxWx3, depth float32 m with NaN where empty, alpha float32) at `pose`.
+
+        K (ROS convention) defaults to the newest frame's intrinsics scaled to width x height. A view finer
+        than the training images (by more than `UPSAMPLE_ABOVE`) is rendered at the training resolution and
+        upsampled: the model holds no finer detail, and Gaussians fitted to coarse pixels, rendered finer,
+        show as separate blobs with gaps between them (measured: 320x256 views of a model trained at 80x64,
+        26.6 dB direct vs 29.2 dB upsampled).
+        """
+        ref = self.reference
+        if ref is None and K is None:
+            raise RuntimeError("render_view: no frame received yet, so no intrinsics (pass K)")
+        if K is None:
+            width = width or ref.camera.width
+            height = height or ref.camera.height
+            K = scale_intrinsics(ref.K, width / ref.camera.width, height / ref.camera.height)
+        if width is None or height is None:
+            raise ValueError("render_view: width and height are required with an explicit K")
+        rw, rh, rK = width, height, K
+        finer = 1.0 if ref is None else float(K[0, 0]) / float(ref.K[0, 0])
+        if finer > UPSAMPLE_ABOVE:
+            rw, rh = max(1, round(width / finer)), max(1, round(height / finer))
+            rK = scale_intrinsics(K, rw / width, rh / height)
+        device = next(iter(self.params.values())).device
+        cam = RenderCamera.from_ros(pose, rK, rw, rh, device=device)
+        with torch.no_grad():
+            g = self.model.evaluate(self.time_s, cam.center(), params=self.params)
+            if g["means"].shape[0] == 0:
+                z = np.zeros((height, width), np.float32)
+                return np.zeros((height, width, 3), np.uint8), np.full_like(z, np.nan), z
+            rgb, depth, alpha, _ = render_evaluated(g, cam, self.backend)
+        rgb = rgb.clamp(0, 1).cpu().numpy()
+        d = depth.cpu().numpy().astype(np.float32)
+        a = alpha.cpu().numpy().astype(np.float32)
+        if (rw, rh) != (width, height):
+            rgb, d, a = (cv2.resize(x, (width, height), interpolation=cv2.INTER_LINEAR) for x in (rgb, d, a))
+        d[a < 0.5] = np.nan
+        return (rgb * 255.0 + 0.5).astype(np.uint8), d, a
+
+    def export_ply(self, path):
+        """Write a 3DGS PLY of the model at the view's time; returns the path."""
+        from surg3d_nodes.recon.io.ply import save_ply
+
+        return save_ply(path, self.model, self.time_s, self.params)
+
+
+class Reconstructor:
+    """The deformable Gaussian reconstruction, driven by one thread (see the module docstring)."""
+
+    def __init__(self, cfg: TrainerConfig | None = None, strategy: Strategy | None = None):
+        cfg = TrainerConfig() if cfg is None else TrainerConfig(**asdict(cfg))
+        self.device = pick_device(cfg.device)
+        if cfg.image_scale <= 0:
+            cfg.image_scale = 1.0 if self.device.type == "cuda" else 0.25
+        self.cfg = cfg
+        self.backend = resolve_backend(cfg.backend, self.device)
+        self.strategy: Strategy = strategy if strategy is not None else DefaultStrategy.from_config(cfg)
+        self.rng = np.random.default_rng(cfg.seed)
+        c = cfg
+        self.model = GaussianModel(GaussianConfig(
+            sh_degree=c.sh_degree, knot_spacing=c.knot_spacing_s, max_knots=c.max_knots,
+            deform_scale=c.deform_scale, init_opacity=c.init_opacity, init_scale=c.init_scale), self.device)
+        self.store = KeyframeStore(c.recent_window, c.keyframe_every, c.max_keyframes, self.rng)
+        self.stats = TrainerStats(backend=self.backend, device=str(self.device))
+        self.skips: Counter[str] = Counter()
+        self.clock = ModelClock(c.max_time_gap_s)
+        self.live_stamp_ns: int | None = None       # the newest frame by arrival (a loop restarts it)
+        self.live_pose: np.ndarray | None = None    # pose of that frame
+        self.track_ref: Keyframe | None = None     # the newest frame the flow tracks were updated at
+        self.pose_refiner = PoseRefiner(PoseRefineConfig(
+            mode=c.refine_pose_mode, iterations=c.refine_pose_iterations, lr=c.refine_pose_lr,
+            depth_weight=c.refine_pose_depth_weight, max_trans_m=c.refine_pose_max_trans_m,
+            max_rot_deg=c.refine_pose_max_rot_deg))
+        self._jumps = 0
+        self.scene_depth = 0.0
+        self.optimizer: DictAdam | None = None
+        self.strategy.reset(0, self.device)
+        self._iter_times: deque[float] = deque(maxlen=50)
+        self._since_check = 0
+        self.on_frame: Callable[[], None] | None = None   # called after a frame is in the model
+
+    # ------------------------------------------------------------------ reading
+    def time_of(self, stamp_ns: int) -> float:
+        """Model time (seconds since the first used frame, long pauses shortened) of a stamp."""
+        return self.clock.time_of(stamp_ns)
+
+    def latest_time(self) -> float:
+        """Model time of the newest frame by arrival (0 before any)."""
+        return self.time_of(self.live_stamp_ns) if self.live_stamp_ns is not None else 0.0
+
+    def view(self, time_s: float | None = None) -> ModelView:
+        """A frozen copy of the model at model time `time_s` (default: the newest frame)."""
+        t = self.latest_time() if time_s is None else float(time_s)
+        return ModelView(self.model, self.model.detached_copy(), t, self.live_stamp_ns or 0, self.stats.iterations,
+                         self.store.newest(), self.backend)
+
+    def render_view(self, pose: np.ndarray, time_s: float | None = None, width: int | None = None,
+                    height: int | None = None, K: np.ndarray | None = None
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """`ModelView.render` of the model at `time_s`."""
+        return self.view(time_s).render(pose, width, height, K)
+
+    def get_stats(self) -> TrainerStats:
+        """A copy of the statistics."""
+        s = TrainerStats(**{k: getattr(self.stats, k) for k in TrainerStats.__dataclass_fields__})
+        s.skip_reasons = dict(self.skips)
+        s.num_gaussians = self.model.num_gaussians
+        s.keyframes = len(self.store)
+        return s
+
+    # ------------------------------------------------------------------ frames
+    def count_skip(self, reason: str) -> None:
+        """Count a frame that was not used, by reason."""
+        self.skips[reason] += 1
+        self.stats.frames_skipped += 1
+
+    def add_frame(self, f: Frame, t_in: float | None = None, track: bool = True) -> bool:
+        """Validate, convert and store one frame; grow the model where its tissue is unexplained; with
+        `track`, start its deformation from the flow since the last frame that was tracked. `t_in` is when it
+        arrived (monotonic s; latency). Returns whether the frame was used (else it is counted as skipped)."""
+        t_in = time.monotonic() if t_in is None else t_in
+        reason = self._validate(f)
+        if reason is not None:
+            self.count_skip(reason)
+            return False
+        kf = to_keyframe(f, self.cfg.image_scale, self.time_of(f.stamp_ns), self.device)
+        if f.depth is not None and not kf.has_depth:
+            self.skips["depth_all_invalid"] += 1
+        if self.model.num_gaussians == 0 and not kf.has_depth:
+            self.count_skip("no_depth_for_init")
+            return False
+        if self.optimizer is None:
+            valid = kf.depth[kf.depth > 0]
+            self.scene_depth = float(valid.median()) if valid.numel() else 0.05
+            self._make_optimizer()
+        stamp = int(f.stamp_ns)
+        if self.clock.newest_ns is None or stamp > self.clock.newest_ns:
+            self.stats.time_gaps_shortened += int(self.clock.advance(stamp))
+        else:
+            self.stats.frames_past += 1
+        kf.t = self.time_of(stamp)
+        if self.cfg.refine_pose_iterations > 0:
+            kf = self._refine_pose(kf)
+        self.live_stamp_ns = stamp
+        self.live_pose = kf.pose
+        if self.model.ensure_time(kf.t):
+            self.optimizer.grow_knots(self.model.num_knots)
+            for j in self.model.simplify_knots(self.cfg.recent_knots, {"pos_knots": self.scene_depth}):
+                self.optimizer.drop_knot(j)
+        ref = self.track_ref or (self.store.recent[-1] if self.store.recent else None)
+        if self.cfg.flow_tracks and track and kf.has_depth and ref is not None and ref.has_depth:
+            self.stats.flow_tracked = update_tracks(self.model, ref, kf, self.scene_depth,
+                                                    FlowTrackConfig(depth_motion=self.cfg.flow_depth_motion))
+            self.stats.flow_frames += int(self.stats.flow_tracked > 0)
+        if track and kf.has_depth and (ref is None or kf.t > ref.t):
+            self.track_ref = kf        # the tracks pass through the model's positions at this frame
+        if kf.has_depth:
+            self.grow_unexplained(kf, use_error=False)
+        self.stats.frames_used += 1
+        if self.on_frame is not None:
+            self.on_frame()
+        self.stats.last_frame_stamp = stamp
+        self.stats.latency_ms = (time.monotonic() - t_in) * 1000.0
+        self.store.add(kf, self.stats.frames_used - 1)
+        return True
+
+    def _validate(self, f: Frame) -> str | None:
+        if f.rgb is None or f.rgb.ndim != 3 or f.rgb.shape[2] != 3:
+            return "bad_image"
+        h, w = f.rgb.shape[:2]
+        if f.camera is None or (f.camera.width, f.camera.height) != (w, h):
+            return "bad_camera"
+        stamp = int(f.stamp_ns)
+        stored = self.store.stored()
+        if self.clock.first_ns is not None and stamp <= self.clock.newest_ns:
+            # Older than the newest (reordered input, a looping replay): the deformable model covers that
+            # time, so the frame trains at its own time unless it precedes the model or repeats a frame.
+            if stamp < self.clock.first_ns:
+                return "out_of_order"
+            if any(k.stamp_ns == stamp for k in stored):
+                return "duplicate_stamp"
+        if f.pose is None or np.asarray(f.pose).shape != (4, 4) or not np.all(np.isfinite(f.pose)):
+            return "no_pose"
+        if f.depth is not None and f.depth.shape != (h, w):
+            return "bad_depth_shape"
+        if f.mask is not None and f.mask.shape != (h, w):
+            return "bad_mask_shape"
+        ref = min(stored, key=lambda k: abs(k.stamp_ns - stamp), default=None)
+        if ref is not None:
+            # Compared with the frame nearest in time: after a loop that is the frame of the same moment.
+            d = np.linalg.inv(ref.pose) @ np.asarray(f.pose, dtype=np.float64)
+            ang = math.degrees(math.acos(float(np.clip((np.trace(d[:3, :3]) - 1) / 2, -1, 1))))
+            if np.linalg.norm(d[:3, 3]) > self.cfg.pose_jump_m or ang > self.cfg.pose_jump_deg:
+                self._jumps += 1
+                if self._jumps < self.cfg.pose_jump_accept_after:
+                    return "pose_jump"
+                self.skips["pose_jump_accepted"] += 1
+        self._jumps = 0
+        return None
+
+    def _refine_pose(self, kf: Keyframe) -> Keyframe:
+        """The keyframe with its pose corrected against the model (unchanged when the refinement is
+        rejected; hand_eye mode also re-poses the stored frames); the first frame is never refined: its pose
+        is the model's gauge."""
+        st = self.stats
+        with torch.no_grad():
+            g = self.model.evaluate(kf.t, kf.camera.center())
+        res = self.pose_refiner.refine(g, kf.camera, kf.pose, kf.rgb, kf.depth, kf.tissue, self.scene_depth,
+                                       self.backend)
+        if res.status == "anchor":
+            return kf
+        st.pose_refine_last = res.status
+        if not res.accepted:
+            st.pose_refine_rejected += 1
+            return kf
+        st.pose_refined += 1
+        st.pose_correction_mm += (res.trans_m * 1e3 - st.pose_correction_mm) / st.pose_refined
+        st.pose_correction_deg += (res.rot_deg - st.pose_correction_deg) / st.pose_refined
+        kf.raw_pose = kf.pose
+        kf.set_pose(kf.raw_pose @ res.correction)
+        if self.cfg.refine_pose_mode == "hand_eye":
+            # One correction model for all frames: every refined stored frame moves on to the newest estimate.
+            for k in self.store.stored():
+                if k.raw_pose is not None:
+                    k.set_pose(k.raw_pose @ self.pose_refiner.correction_of(k.raw_pose))
+        return kf
+
+    # ------------------------------------------------------------------ model growth
+    @torch.no_grad()
+    def grow_unexplained(self, kf: Keyframe, use_error: bool) -> int:
+        """Back-project tissue pixels the model does not explain into new Gaussians; returns how many."""
+        room = self.cfg.max_gaussians - self.model.num_gaussians
+        if room <= 0:
+            return 0
+        valid = (kf.depth > 0) & (kf.tissue > 0.5)
+        if self.model.num_gaussians == 0:
+            want = valid
+            stride = self.cfg.init_stride
+        else:
+            g = self.model.evaluate(kf.t, kf.camera.center())
+            rgb, depth, alpha, _ = render_evaluated(g, kf.camera, self.backend)
+            bad = alpha < self.cfg.add_alpha_threshold
+            if use_error:
+                cerr = (rgb - kf.rgb).abs().mean(-1)
+                derr = (depth - kf.depth).abs() / kf.depth.clamp(min=1e-6)
+                bad |= (cerr > self.cfg.add_color_error) & (derr > self.cfg.add_depth_error_rel)
+            want = valid & bad
+            stride = self.cfg.add_stride
+        if stride > 1:
+            grid = torch.zeros_like(want)
+            grid[::stride, ::stride] = True
+            want &= grid
+        ys, xs = torch.nonzero(want, as_tuple=True)
+        if ys.numel() == 0:
+            return 0
+        if ys.numel() > room:
+            pick = torch.as_tensor(self.rng.choice(ys.numel(), room, replace=False), device=ys.device)
+            ys, xs = ys[pick], xs[pick]
+        pts_c = backproject(kf.depth.cpu().numpy(), kf.K)[ys.cpu().numpy(), xs.cpu().numpy()]
+        pts_w = pts_c @ kf.pose[:3, :3].T + kf.pose[:3, 3]
+        cols = kf.rgb[ys, xs].cpu().numpy()
+        rows = self.model.new_gaussians(pts_w, cols, kf.t, camera_rotation=kf.pose[:3, :3])
+        self.model.append(rows)
+        self.optimizer.append(int(ys.numel()))
+        self.strategy.grow(int(ys.numel()))
+        return int(ys.numel())
+
+    def _make_optimizer(self) -> None:
+        c, s = self.cfg, self.scene_depth
+        self.optimizer = DictAdam({
+            "means": c.lr_means * s, "pos_knots": c.lr_pos_knots * s, "log_scales": c.lr_log_scales,
+            "quats": c.lr_quats, "opacity_logits": c.lr_opacity, "sh_dc": c.lr_sh_dc, "sh_rest": c.lr_sh_rest,
+            "col_knots": c.lr_col_knots, "scale_knots": c.lr_scale_knots})
+
+    # ------------------------------------------------------------------ training
+    def _knot_window(self, t: float) -> tuple[int, int]:
+        i0 = self.model.knot_index(t)[0]
+        return max(0, i0 - 2), min(self.model.num_knots, i0 + 4)
+
+    def loss(self, kf: Keyframe) -> tuple[torch.Tensor, dict]:
+        """The training loss on one frame (photometric + relative depth + track smoothness) and its parts."""
+        c = self.cfg
+        g = self.model.evaluate(kf.t, kf.camera.center())
+        rgb, depth, alpha, info = render_evaluated(g, kf.camera, self.backend)
+        loss_c, mse = photometric_loss(rgb, kf.rgb, kf.tissue, c.ssim_lambda)
+        loss_d = depth_loss(depth, kf.depth, kf.tissue, alpha, self.scene_depth) \
+            if kf.has_depth and c.depth_weight > 0 else rgb.new_zeros(())
+        lo, hi = self._knot_window(kf.t)
+        smooth = track_smoothness(self.model, lo, hi, self.scene_depth) if c.smooth_weight > 0 else rgb.new_zeros(())
+        loss = loss_c + c.depth_weight * loss_d + c.smooth_weight * smooth
+        return loss, {"info": info, "loss_c": float(loss_c.detach()), "loss_d": float(loss_d.detach()),
+                      "mse": float(mse), "window": (lo, hi)}
+
+    def step(self, schedule: StepSchedule) -> bool:
+        """One training iteration; False when there is no frame to train on yet."""
+        if not len(self.store):
+            return False
+        t_start = time.monotonic()
+        kf = self.store.sample(schedule.recent_fraction)
+        loss, aux = self.loss(kf)
+        loss.backward()
+        params = self.model.params
+        pos = ("means", "pos_knots")
+        self.optimizer.step({k: v for k, v in params.items() if k in pos}, aux["window"], scale=schedule.lr_scale)
+        self.optimizer.step({k: v for k, v in params.items() if k not in pos}, aux["window"])
+        st = self.stats
+        st.iterations += 1
+        # The strategy reads the step's screen-space gradients before they are cleared.
+        self.strategy.step_post_backward(self.model, self.optimizer, aux["info"], kf.camera, st.iterations,
+                                         schedule.densify, self.scene_depth)
+        for v in self.model.params.values():
+            v.grad = None
+        st.loss, st.loss_color, st.loss_depth = float(loss.detach()), aux["loss_c"], aux["loss_d"]
+        if self.store.recent and kf is self.store.recent[-1]:
+            st.psnr_recent = -10 * math.log10(max(aux["mse"], 1e-12))
+        self._since_check += 1
+        if schedule.grow_every > 0 and self._since_check >= schedule.grow_every and self.store.recent:
+            self._since_check = 0
+            self.grow_unexplained(self.store.recent[-1], use_error=True)
+        self._iter_times.append(time.monotonic() - t_start)
+        st.iterations_per_second = len(self._iter_times) / max(1e-9, sum(self._iter_times))
+        return True
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self, keyframes: bool = True) -> dict:
+        """Everything a trainer needs to continue: tensors, arrays and plain containers only."""
+        m = self.model
+        return {"config": asdict(self.cfg), "params": {k: v.detach().cpu() for k, v in m.params.items()},
+                "knot_times": list(m.knot_times),
+                "optimizer": self.optimizer.state_dict() if self.optimizer else None,
+                "clock": self.clock.state_dict(), "live_stamp_ns": self.live_stamp_ns,
+                "last_pose": self.live_pose, "scene_depth": self.scene_depth,
+                "pose_refiner": self.pose_refiner.state_dict(), "stats": asdict(self.get_stats()),
+                "keyframes": self.store.state_dict() if keyframes else []}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore `state_dict` output into this (new, empty) reconstructor. The densification statistics
+        start over; the newest frames are the restored keyframes."""
+        dev = self.device
+        self.model.load_params(state["params"], state["knot_times"])
+        self.clock.load_state_dict(state["clock"])
+        self.live_stamp_ns = state["live_stamp_ns"]
+        self.live_pose = state["last_pose"]
+        self.scene_depth = float(state["scene_depth"])
+        if state.get("pose_refiner") is not None:
+            self.pose_refiner.load_state_dict(state["pose_refiner"])
+        self._make_optimizer()
+        if state["optimizer"] is not None:
+            self.optimizer.load_state_dict({k: ({n: t.to(dev) for n, t in v.items()} if k != "lrs" else v)
+                                            for k, v in state["optimizer"].items()})
+        self.strategy.reset(self.model.num_gaussians, dev)
+        self.store.load_state_dict(state["keyframes"], dev)
+        st = state["stats"]
+        for key in ("frames_received", "frames_used", "frames_skipped", "iterations", "frames_past",
+                    "time_gaps_shortened", "pose_refined", "pose_refine_rejected"):
+            setattr(self.stats, key, int(st.get(key, 0)))
+        for key in ("pose_correction_mm", "pose_correction_deg"):
+            setattr(self.stats, key, float(st.get(key, 0.0)))
+        self.stats.pose_refine_last = str(st.get("pose_refine_last", ""))
+        self.skips.update(st.get("skip_reasons", {}))
+
+
+ProgressFn = Callable[[int, TrainerStats], None]
+
+
+def train_offline(recon: Reconstructor, frames: Iterable[Frame], iterations: int,
+                  progress: ProgressFn | None = None) -> TrainerStats:
+    """Offline: add all frames (in order, growing the model), then `iterations` steps of
+    `StepSchedule.offline`. `progress(iteration, stats)` is called every 50 steps (and with -frames_done
+    every 10 added frames)."""
+    configure_torch_threads(recon.cfg)
+    frames = list(frames)
+    for i, f in enumerate(frames):
+        recon.stats.frames_received += 1
+        recon.add_frame(f)
+        if progress is not None and ((i + 1) % 10 == 0 or i + 1 == len(frames)):
+            progress(-(i + 1), recon.get_stats())
+    recon.stats.state = "running"
+    t0 = time.monotonic()
+    for i in range(iterations):
+        recon.step(StepSchedule.offline(recon.cfg, i, iterations))
+        if progress is not None and (i + 1) % 50 == 0:
+            progress(i + 1, recon.get_stats())
+    recon.stats.state = "idle"
+    recon.stats.iterations_per_second = iterations / max(1e-9, time.monotonic() - t0)
+    return recon.get_stats()
+
+
+def train_stream(recon: Reconstructor, frames: Iterable[Frame], iterations_per_frame: int,
+                 after_frame: Callable[[int, Reconstructor], None] | None = None) -> TrainerStats:
+    """Live training without a clock: frames arrive in order and each used frame is followed by exactly
+    `iterations_per_frame` steps of `StepSchedule.live` (what `OnlineTrainer` runs with the same setting,
+    minus the thread), so the result is deterministic and the same on any machine. `after_frame(i, recon)`
+    is called after frame i and its steps."""
+    configure_torch_threads(recon.cfg)
+    recon.stats.state = "running"
+    for i, f in enumerate(frames):
+        recon.stats.frames_received += 1
+        if recon.add_frame(f):
+            for _ in range(iterations_per_frame):
+                recon.step(StepSchedule.live(recon.cfg))
+        if after_frame is not None:
+            after_frame(i, recon)
+    recon.stats.state = "idle"
+    return recon.get_stats()
