@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from surg3d_nodes.system import monitoring
+from surg3d_nodes.system.node_options import node_parameters
 from surg3d_nodes.viewer import display
 from surg3d_nodes.viewer.input import (
     InputError,
@@ -17,8 +18,8 @@ from surg3d_nodes.viewer.input import (
     parse_empty,
     parse_roi,
     parse_save,
-    parse_tunables,
     parse_view_request,
+    tunables,
 )
 
 POSE = {"position": {"x": 0.01, "y": 0.0, "z": -0.05}, "orientation": {"x": 0, "y": 0, "z": 0, "w": 1}}
@@ -64,18 +65,22 @@ def test_save_and_empty_requests() -> None:
         parse_empty({"now": 1}, "pause")
 
 
-def test_tunables_check_type_and_range() -> None:
-    t = parse_tunables(["trainer.iterations_per_frame:int:0:200:iterations",
-                        "trainer.points_rate:float:0.1:30"])
+def test_tunables_take_type_and_range_from_the_owning_node() -> None:
+    t = tunables(["trainer.iterations_per_frame", "trainer.points_rate"], node_parameters)
     it, rate = t["trainer.iterations_per_frame"], t["trainer.points_rate"]
+    spec = node_parameters("trainer")["points_rate"]
+    assert (rate.kind, rate.lo, rate.hi, rate.description) == (float, spec.low, spec.high, spec.description)
+    assert it.kind is int and it.hi == node_parameters("trainer")["iterations_per_frame"].high
     assert it.check(10) == 10 and it.check(12.0) == 12 and isinstance(rate.check(2), float)
-    for tun, bad, reason in [(it, 201, "outside"), (it, 2.5, "integer"), (it, "5", "number"),
+    for tun, bad, reason in [(it, it.hi + 1, "outside"), (it, 2.5, "integer"), (it, "5", "number"),
                              (it, True, "number"),
-                             (rate, math.inf, "finite"), (rate, 0.0, "outside")]:
+                             (rate, math.inf, "finite"), (rate, rate.hi + 1, "outside")]:
         with pytest.raises(InputError, match=reason):
             tun.check(bad)
-    with pytest.raises(InputError, match="expected"):
-        parse_tunables(["trainer.x:str:0:1"])
+    for bad, reason in [("trainer.x", "no such"), ("nobody.rate", "no such"), ("trainer", "no such"),
+                        ("trainer.image_scale", "not a live")]:
+        with pytest.raises(InputError, match=reason):
+            tunables([bad], node_parameters)
 
 
 def test_roi_store_persists_atomically(tmp_path) -> None:

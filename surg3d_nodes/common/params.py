@@ -46,10 +46,9 @@ class ParamSpec:
         if isinstance(self.default, list) != isinstance(value, list | tuple):
             return f"expects {'a list' if isinstance(self.default, list) else 'a single value'}, got {value!r}"
         for v in values:
-            # bool is an int in Python but a distinct ROS type; an int for a double fails the ROS declaration.
-            if type(v) is not kind:
-                hint = f" (write {v}.0)" if kind is float and type(v) is int else ""
-                return f"expects {kind.__name__}, got {type(v).__name__} {v!r}{hint}"
+            # bool is an int in Python but a distinct ROS type; an int is a fine double (`-p rate:=2`).
+            if type(v) is not kind and not (kind is float and type(v) is int):
+                return f"expects {kind.__name__}, got {type(v).__name__} {v!r}"
             if kind in (int, float) and not math.isfinite(v) and self.low is not None:
                 return f"must be a finite number in [{self.low}, {self.high}], got {v!r}"
             if (self.low is not None and v < self.low) or (self.high is not None and v > self.high):
@@ -63,19 +62,18 @@ def _num(v: float | None) -> str:
     return "-inf" if v is None else f"{v:g}"
 
 
-def param(default: Value | tuple, description: str, *, low: float | None = None, high: float | None = None,
-          choices: tuple[str, ...] = (), live: bool = False) -> Any:
+def param(default: bool | int | float | str | tuple, description: str, *, low: float | None = None,
+          high: float | None = None, choices: tuple[str, ...] = (), live: bool = False) -> Any:
     """A dataclass field that is a node parameter. `low`/`high` bound a number (or every element of a list),
     `choices` lists a string's allowed values, `live` lets it change while the node runs (else read-only).
 
-    A list default is copied per instance; an empty list is refused (ROS infers an array's type from it: the
-    convention here is [""] for "none")."""
-    if isinstance(default, list | tuple) and not default:
-        raise ValueError("an array parameter needs a non-empty default (use [''] for none)")
-    meta = {_KEY: (description, low, high, tuple(choices), live)}
+    An array parameter has a tuple default (immutable: shared safely by every instance); an empty one is
+    refused (ROS infers an array's type from it: the convention here is ("",) for "none")."""
     if isinstance(default, list):
-        return dataclasses.field(default_factory=lambda: list(default), metadata=meta)
-    return dataclasses.field(default=default, metadata=meta)
+        raise TypeError("an array parameter's default is a tuple")
+    if isinstance(default, tuple) and not default:
+        raise ValueError("an array parameter needs a non-empty default (use ('',) for none)")
+    return dataclasses.field(default=default, metadata={_KEY: (description, low, high, tuple(choices), live)})
 
 
 def param_specs(*classes: type) -> dict[str, ParamSpec]:
@@ -88,8 +86,7 @@ def param_specs(*classes: type) -> dict[str, ParamSpec]:
             if f.name in out:
                 raise ValueError(f"parameter {f.name!r} is declared by two config classes of one node")
             description, low, high, choices, live = f.metadata[_KEY]
-            default = f.default_factory() if f.default is dataclasses.MISSING else f.default
-            default = list(default) if isinstance(default, tuple) else default
+            default = list(f.default) if isinstance(f.default, tuple) else f.default
             spec = ParamSpec(f.name, default, description, low, high, choices, live)
             if (problem := spec.check(default)) is not None:
                 raise ValueError(f"{cls.__name__}.{f.name}: default {problem}")
@@ -98,7 +95,7 @@ def param_specs(*classes: type) -> dict[str, ParamSpec]:
 
 
 def from_params(cls: type, values: dict[str, Any]):
-    """An instance of `cls` with the parameter values in `values` (tuple fields get tuples back)."""
+    """An instance of `cls` with the parameter values in `values` (array parameters as tuples)."""
     kwargs = {}
     for f in dataclasses.fields(cls):
         if f.name in values and _KEY in f.metadata:

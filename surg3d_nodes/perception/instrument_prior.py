@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 
 from surg3d_nodes.common.camera import CameraModel
+from surg3d_nodes.common.params import param
 
 
 @dataclass(frozen=True)
@@ -32,12 +33,15 @@ class InstrumentGeometry:
     values (`project_instruments(..., joints=...)`).
     """
 
-    shaft_radius: float = 0.004
-    jaw_radius: float = 0.003
-    wrist_length: float = 0.010
-    shaft_length: float = 0.40
-    pitch_to_yaw: float = 0.0091
-    yaw_to_tip: float = 0.0102
+    shaft_radius: float = param(0.004, "m, instrument shaft radius (8 mm EndoWrist; 5 mm: 0.0025)", low=1e-4,
+                                high=0.05)
+    jaw_radius: float = param(0.003, "m, radius of the wrist and jaw capsule", low=1e-4, high=0.05)
+    wrist_length: float = param(0.010, "m, wrist + jaws as one straight capsule (without joint states)",
+                                low=1e-4, high=0.2)
+    shaft_length: float = param(0.40, "m, shaft length drawn from the tip", low=1e-3, high=2.0)
+    pitch_to_yaw: float = param(0.0091, "m, wrist pitch axis to yaw axis (Large Needle Driver)", low=1e-4,
+                                high=0.1)
+    yaw_to_tip: float = param(0.0102, "m, wrist yaw axis to the jaw tip", low=1e-4, high=0.1)
 
     def __post_init__(self) -> None:
         for name in ("shaft_radius", "jaw_radius", "wrist_length", "shaft_length", "pitch_to_yaw", "yaw_to_tip"):

@@ -24,6 +24,8 @@ from rclpy.task import Future
 from surg3d_msgs.msg import NodeStatus
 from surg3d_nodes.ros import topics
 from surg3d_nodes.ros.convert import header, key_values
+from surg3d_nodes.ros.params import NodeParameters
+from surg3d_nodes.system.node_options import NodeOptions
 
 OK, WARN, ERROR, STALE = 0, 1, 2, 3
 _LEVEL_BYTES = {lvl: bytes([lvl]) for lvl in (OK, WARN, ERROR, STALE)}
@@ -34,7 +36,9 @@ class SurgNode(Node):
 
     `count(key)` bumps a counter shown in the heartbeat; `report_problem(kind, text)` counts a bad input or
     failure, logs it at most once per `problem_log_period` s per kind, and raises the heartbeat level;
-    `close()` is called once before the node is destroyed (stop threads, flush files there).
+    `close()` is called once before the node is destroyed (stop threads, flush files there). Parameters are
+    declared from config dataclasses with `self.params.declare(cls)` (system/node_options.py lists each
+    node's).
     """
 
     def __init__(self, name: str, **kwargs) -> None:
@@ -44,7 +48,8 @@ class SurgNode(Node):
         self._message = "ok"
         self._last_problem_log: dict[str, float] = {}
         self._status_lock = threading.Lock()
-        period = self.declare_parameter("heartbeat_period", 1.0).value
+        self.params = NodeParameters(self)
+        period = self.params.declare(NodeOptions).heartbeat_period
         self.problem_log_period = 5.0
         self._status_pub = self.create_publisher(NodeStatus, topics.NODE_STATUS, 10)
         self.create_timer(float(period), self._heartbeat)

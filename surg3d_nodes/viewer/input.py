@@ -11,6 +11,7 @@ import math
 import os
 import tempfile
 import threading
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from surg3d_nodes.common.geometry import pose_matrix
+from surg3d_nodes.common.params import ParamSpec
 
 MAX_COORD_M = 10.0      # a clicked point or viewpoint farther than this from the origin is a mistake
 MAX_IMAGE_SIDE = 4096
@@ -186,26 +188,20 @@ class Tunable:
         return finite(value, self.key, self.lo, self.hi)
 
 
-def parse_tunables(spec: list[str]) -> dict[str, Tunable]:
-    """Tunables from lines "node.param:int|float:lo:hi[:description]" (the bridge's `tunables` parameter)."""
+def tunables(names: Sequence[str], schema: Callable[[str], dict[str, ParamSpec]]) -> dict[str, Tunable]:
+    """The tunables `node.parameter` (the bridge's `tunables` parameter) with type, range and description from
+    the owning node's own declaration, `schema(node)` (nodes are named after their executables). Only a live
+    number with a range can be offered; anything else is an InputError naming it."""
     out: dict[str, Tunable] = {}
-    for line in spec:
-        parts = line.split(":", 4)
-        if len(parts) < 4:
-            raise InputError(f"tunable {line!r}: expected node.param:int|float:lo:hi[:description]")
-        key, kind, lo, hi = parts[:4]
+    for key in names:
         node, _, name = key.partition(".")
-        if not node or not name or kind not in ("int", "float"):
-            raise InputError(f"tunable {line!r}: expected node.param:int|float:lo:hi[:description]")
         try:
-            lo_v, hi_v = float(lo), float(hi)
-        except ValueError:
-            raise InputError(f"tunable {line!r}: bounds {lo!r}, {hi!r} are not numbers") from None
-        if not lo_v <= hi_v:
-            raise InputError(f"tunable {line!r}: lower bound above upper bound")
-        desc = parts[4] if len(parts) > 4 else ""
-        t = Tunable(node, name, int if kind == "int" else float, lo_v, hi_v, desc)
-        out[t.key] = t
+            spec = schema(node)[name]
+        except KeyError:
+            raise InputError(f"tunable {key!r}: no such node parameter (expected node.parameter)") from None
+        if not spec.live or spec.kind not in (int, float) or spec.low is None or spec.high is None:
+            raise InputError(f"tunable {key!r}: not a live number with a range in {node}'s declaration")
+        out[key] = Tunable(node, name, spec.kind, spec.low, spec.high, spec.description)
     return out
 
 

@@ -30,7 +30,6 @@ import threading
 import time
 from typing import Any
 
-from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.duration import Duration
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from rosgraph_msgs.msg import Clock
@@ -40,6 +39,7 @@ from surg3d_nodes.ros import topics
 from surg3d_nodes.ros.convert import ns_to_stamp
 from surg3d_nodes.ros.runtime import ERROR, SurgNode, run_node
 from surg3d_nodes.system.monitoring import INPUT_ENDED
+from surg3d_nodes.system.node_options import BagReplayOptions
 
 LARGE_TYPES = {"sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage", "sensor_msgs/msg/PointCloud2",
                "stereo_msgs/msg/DisparityImage"}
@@ -56,29 +56,26 @@ class BagReplay(SurgNode):
 
     def __init__(self, **kwargs) -> None:
         super().__init__("bag_replay", **kwargs)
-        p = self.declare_parameter
-        num = ParameterDescriptor(dynamic_typing=True)   # accept rate:=2 as well as rate:=2.0
-        self.bag = str(p("bag", "").value)
-        self.rate = float(p("rate", 1.0, num).value)
-        self.loop = bool(p("loop", False).value)
-        self.start_offset = float(p("start_offset", 0.0, num).value)
-        self.publish_clock = bool(p("publish_clock", True).value)
-        self.only_topics = [t for t in p("topics", [""]).value if t]
-        self.late_threshold = float(p("late_threshold", 0.05, num).value)
-        self.drop_late = bool(p("drop_late", False).value)
-        self.drop_threshold = float(p("drop_threshold", 0.2, num).value)
-        self.wait_for_subscribers = int(p("wait_for_subscribers", 0).value)
+        p = self.params.declare(BagReplayOptions)
+        self.bag = p.bag
+        self.rate = p.rate
+        self.loop = p.loop
+        self.start_offset = p.start_offset
+        self.publish_clock = p.publish_clock
+        self.only_topics = [t for t in p.topics if t]
+        self.late_threshold = p.late_threshold
+        self.drop_late = p.drop_late
+        self.drop_threshold = p.drop_threshold
+        self.wait_for_subscribers = p.wait_for_subscribers
         # Topics whose subscribers gate the start ([""] = all): evaluation-only topics have none in a graph.
-        self.wait_topics = [t for t in p("wait_topics", [""]).value if t]
-        self.wait_nodes = [n for n in p("wait_nodes", [""]).value if n]
-        self.wait_timeout = float(p("wait_timeout", 30.0, num).value)
-        self.exit_on_end = bool(p("exit_on_end", False).value)
-        self.qos_depth = int(p("qos_depth", 30).value)
-        self.qos_depth_small = int(p("qos_depth_small", 100).value)
+        self.wait_topics = [t for t in p.wait_topics if t]
+        self.wait_nodes = [n for n in p.wait_nodes if n]
+        self.wait_timeout = p.wait_timeout
+        self.exit_on_end = p.exit_on_end
+        self.qos_depth = p.qos_depth
+        self.qos_depth_small = p.qos_depth_small
         if not self.bag:
             raise ValueError("parameter 'bag' is required (path of a rosbag2 directory, .mcap or .db3)")
-        if self.rate < 0:
-            raise ValueError(f"parameter 'rate' must be >= 0, got {self.rate}")
         self.reader = BagReader(self.bag)      # raises FileNotFoundError naming the path
         self.publishers_: dict[str, Any] = {}
         clock_qos = QoSProfile(depth=max(self.qos_depth_small, 10), reliability=ReliabilityPolicy.RELIABLE)

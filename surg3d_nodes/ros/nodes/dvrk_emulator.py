@@ -24,7 +24,6 @@ from surg3d_nodes.data.synthetic import SynthConfig
 from surg3d_nodes.dvrk.emulator import ECM, VIDEO, DvrkMessage, EmulatorConfig, emulate
 from surg3d_nodes.dvrk.kinematics import (
     MEASURED_CP,
-    NOMINAL_HAND_EYE,
     STREAM_JOINT_NAMES,
     dvrk_arm_topic,
     dvrk_video_topic,
@@ -32,6 +31,7 @@ from surg3d_nodes.dvrk.kinematics import (
 from surg3d_nodes.ros import topics
 from surg3d_nodes.ros.convert import camera_to_msg, image_to_msg, joint_state_to_msg, pose_to_msg
 from surg3d_nodes.ros.runtime import SurgNode, run_node
+from surg3d_nodes.system.node_options import DvrkEmulatorOptions
 
 
 class DvrkEmulatorNode(SurgNode):
@@ -39,51 +39,38 @@ class DvrkEmulatorNode(SurgNode):
 
     def __init__(self, **kwargs) -> None:
         super().__init__("dvrk_emulator", **kwargs)
-        p = {name: self.declare_parameter(name, default).value for name, default in [
-            ("rig", "jhu_daVinci"), ("ecm_arm", "ECM"), ("psm_arms", ["PSM1", "PSM2"]),
-            ("width", 160), ("height", 128), ("frames", 90), ("fps", 30.0), ("camera_motion", "moving"),
-            ("instruments", 2), ("articulated", True), ("wrist_articulation_deg", 40.0),
-            ("jaw_opening_deg", 60.0), ("seed", 0), ("kinematics_hz", 100.0), ("sample_jitter_ms", 0.3),
-            ("latency_ms", 2.0), ("delivery_jitter_ms", 1.0), ("video_offset_ms", 0.0),
-            ("video_latency_ms", 25.0), ("dropout", 0.0), ("reorder", 0.0), ("nan_rate", 0.0),
-            ("ecm_stop_s", -1.0), ("hand_eye", list(NOMINAL_HAND_EYE)), ("loop", True),
-            ("start_delay_s", 1.0), ("publish_ground_truth", True), ("uncalibrated_camera_info", False),
-            ("calibration_dir", "")]}
-        synth = SynthConfig(width=int(p["width"]), height=int(p["height"]), frames=int(p["frames"]),
-                            fps=float(p["fps"]), camera_motion=str(p["camera_motion"]),
-                            instruments=int(p["instruments"]), seed=int(p["seed"]),
-                            articulated=bool(p["articulated"]),
-                            wrist_articulation_deg=float(p["wrist_articulation_deg"]),
-                            jaw_opening_deg=float(p["jaw_opening_deg"]))
+        p = self.params.declare(DvrkEmulatorOptions)
+        synth = SynthConfig(width=p.width, height=p.height, frames=p.frames, fps=p.fps,
+                            camera_motion=p.camera_motion, instruments=p.instruments, seed=p.seed,
+                            articulated=p.articulated, wrist_articulation_deg=p.wrist_articulation_deg,
+                            jaw_opening_deg=p.jaw_opening_deg)
         cfg = EmulatorConfig(
-            synth=synth, kinematics_hz=float(p["kinematics_hz"]),
-            sample_jitter_ms=float(p["sample_jitter_ms"]),
-            latency_ms=float(p["latency_ms"]), delivery_jitter_ms=float(p["delivery_jitter_ms"]),
-            video_offset_ms=float(p["video_offset_ms"]), video_latency_ms=float(p["video_latency_ms"]),
-            dropout=float(p["dropout"]), reorder=float(p["reorder"]), nan_rate=float(p["nan_rate"]),
-            ecm_stop_s=float(p["ecm_stop_s"]) if float(p["ecm_stop_s"]) >= 0 else None,
-            psm_arms=tuple(str(a) for a in p["psm_arms"])[:synth.instruments],
-            hand_eye=tuple(float(v) for v in p["hand_eye"]), seed=int(p["seed"]))
+            synth=synth, kinematics_hz=p.kinematics_hz, sample_jitter_ms=p.sample_jitter_ms,
+            latency_ms=p.latency_ms, delivery_jitter_ms=p.delivery_jitter_ms,
+            video_offset_ms=p.video_offset_ms, video_latency_ms=p.video_latency_ms,
+            dropout=p.dropout, reorder=p.reorder, nan_rate=p.nan_rate,
+            ecm_stop_s=p.ecm_stop_s if p.ecm_stop_s >= 0 else None,
+            psm_arms=p.psm_arms[:synth.instruments], hand_eye=p.hand_eye, seed=p.seed)
         cfg.validate()
         log = self.get_logger()
         log.info(f"rendering {synth.frames} synthetic frames {synth.width}x{synth.height} ...")
         step = max(1, synth.frames // 5)
         self.em = emulate(cfg, lambda done, total: log.info(f"rendered {done}/{total}")
                           if done % step == 0 or done == total else None)
-        self.loop = bool(p["loop"])
-        self.start_delay_ns = round(float(p["start_delay_s"]) * 1e9)
-        self.ground_truth = bool(p["publish_ground_truth"])
-        rig = str(p["rig"])
+        self.loop = p.loop
+        self.start_delay_ns = round(p.start_delay_s * 1e9)
+        self.ground_truth = p.publish_ground_truth
+        rig = p.rig
         cam_l, cam_r = self.em.scene.cam_left, self.em.scene.cam_right
         self.cams = {"left": cam_l, "right": cam_r}
-        if p["calibration_dir"]:
-            folder = Path(str(p["calibration_dir"]))
+        if p.calibration_dir:
+            folder = Path(p.calibration_dir)
             folder.mkdir(parents=True, exist_ok=True)
             for side, cam in self.cams.items():
                 save_camera_yaml(cam, folder / f"{side}.yaml", f"{rig}_{side}")
             log.info(f"wrote {folder}/left.yaml and right.yaml")
-        self.uncalibrated = bool(p["uncalibrated_camera_info"])
-        self.ecm_arm = str(p["ecm_arm"])
+        self.uncalibrated = p.uncalibrated_camera_info
+        self.ecm_arm = p.ecm_arm
         arm_names = {ECM: self.ecm_arm, **{a: a for a in cfg.psm_arms}}
         self.pose_pubs = {k: self.create_publisher(PoseStamped, dvrk_arm_topic(v), 50)
                           for k, v in arm_names.items()}

@@ -62,6 +62,7 @@ from surg3d_nodes.ros.convert import (
     unpack_rgb,
 )
 from surg3d_nodes.ros.runtime import WARN, SurgNode, run_node
+from surg3d_nodes.system.node_options import FoxgloveBridgeOptions, node_parameters
 from surg3d_nodes.viewer import display
 from surg3d_nodes.viewer.input import (
     InputError,
@@ -72,16 +73,10 @@ from surg3d_nodes.viewer.input import (
     parse_empty,
     parse_roi,
     parse_save,
-    parse_tunables,
     parse_view_request,
+    tunables,
 )
 
-DEFAULT_TUNABLES = [
-    "trainer.iterations_per_frame:int:0:1000:training iterations per incoming frame",
-    "trainer.max_gaussians:int:1000:5000000:Gaussian budget",
-    "trainer.points_rate:float:0.1:30:/recon/points publish rate (Hz)",
-    "trainer.render_rate:float:0.1:60:rendered views publish rate (Hz)",
-]
 # client-publish topics the bridge accepts -> what they mean
 CLIENT_TOPICS = {topics.RECON_ROI: "roi", topics.CLICKED_POINT: "roi", topics.RECON_VIEW_REQUEST: "view",
                  topics.GOAL_POSE: "view"}
@@ -146,17 +141,15 @@ class FoxgloveBridge(SurgNode):
 
     def __init__(self, **kwargs) -> None:
         super().__init__("foxglove_bridge", **kwargs)
-        p = {name: self.declare_parameter(name, default).value for name, default in [
-            ("host", "127.0.0.1"), ("port", 8765), ("output_dir", "out"), ("max_points", 60000),
-            ("image_rate", 10.0), ("jpeg_quality", 80), ("roi_radius", 0.005), ("service_timeout", 5.0),
-            ("tunables", DEFAULT_TUNABLES)]}
-        self.max_points = int(p["max_points"])
-        self.min_image_dt = 1.0 / max(float(p["image_rate"]), 1e-3)
-        self.jpeg_quality = int(p["jpeg_quality"])
-        self.roi_radius = float(p["roi_radius"])
-        self.timeout = float(p["service_timeout"])
-        self.tunables: dict[str, Tunable] = parse_tunables(list(p["tunables"]))
-        self.rois = RoiStore(Path(p["output_dir"]) / "rois.json")
+        p = self.params.declare(FoxgloveBridgeOptions)
+        self.max_points = p.max_points
+        self.min_image_dt = 1.0 / p.image_rate
+        self.jpeg_quality = p.jpeg_quality
+        self.roi_radius = p.roi_radius
+        self.timeout = p.service_timeout
+        # Type, range and description of each offered parameter come from its node's own declaration.
+        self.tunables: dict[str, Tunable] = tunables(p.tunables, node_parameters)
+        self.rois = RoiStore(Path(p.output_dir) / "rois.json")
 
         self._lock = threading.Lock()
         self.client_channels: dict[tuple[int, int], str] = {}
@@ -226,7 +219,7 @@ class FoxgloveBridge(SurgNode):
                         (f"{topics.RECON_ROI}/delete", "surg3d/DeleteRoi", self.srv_roi_delete),
                         (f"{topics.RECON_ROI}/clear", "std_srvs/srv/Trigger", self.srv_roi_clear)]]
         self.server = foxglove.start_server(
-            name="surg3d", host=str(p["host"]), port=int(p["port"]), server_listener=_Listener(self),
+            name="surg3d", host=p.host, port=p.port, server_listener=_Listener(self),
             capabilities=[Capability.ClientPublish, Capability.Services, Capability.Parameters],
             supported_encodings=["json"], services=services)
         self.port = self.server.port

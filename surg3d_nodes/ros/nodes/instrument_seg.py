@@ -34,8 +34,7 @@ from surg3d_nodes.ros import topics
 from surg3d_nodes.ros.convert import MessageError, image_to_msg, msg_to_image, stamp_to_ns
 from surg3d_nodes.ros.nodes.stereo_depth import bad_image_kind
 from surg3d_nodes.ros.runtime import SurgNode, run_node
-
-SOURCES = ("segmenter", "cue", "yolo", "dataset")
+from surg3d_nodes.system.node_options import InstrumentSegOptions
 
 
 class InstrumentSegNode(SurgNode):
@@ -43,37 +42,29 @@ class InstrumentSegNode(SurgNode):
 
     def __init__(self, **kwargs) -> None:
         super().__init__("instrument_seg", **kwargs)
-        p = {name: self.declare_parameter(name, default).value for name, default in [
-            ("source", "segmenter"), ("model_path", ""), ("yolo_conf", 0.25), ("yolo_classes", [-1]),
-            ("yolo_imgsz", 640), ("use_depth", True), ("use_prior", False), ("fuse_mode", "union"),
-            ("prior_margin_px", 0), ("prior_tolerance_ms", 20.0), ("sync_tolerance_ms", 5.0),
-            ("sync_queue_size", 5), ("margin_px", CueParams.margin_px), ("work_scale", CueParams.work_scale),
-            ("temporal_weight", CueParams.temporal_weight), ("depth_weight", CueParams.depth_weight)]}
-        if p["source"] not in SOURCES:
-            raise ValueError(f"source must be one of {SOURCES}, got {p['source']!r}")
+        p = self.params.declare(InstrumentSegOptions)
+        cue = self.params.declare(CueParams)
         # "segmenter" (graph.yaml's mask_source) = computed masks: YOLO when a model is given, else cues.
-        self.source = str(p["source"])
+        self.source = p.source
         if self.source == "segmenter":
-            self.source = "yolo" if p["model_path"] else "cue"
-        self.margin_px = int(p["margin_px"])
-        self.use_depth = bool(p["use_depth"]) and self.source == "cue"
-        self.use_prior = bool(p["use_prior"])
-        self.fuse_mode, self.prior_margin = str(p["fuse_mode"]), int(p["prior_margin_px"])
-        self.prior_tol = round(float(p["prior_tolerance_ms"]) * 1e6)
-        self.cue = CueSegmenter(CueParams(margin_px=self.margin_px, work_scale=float(p["work_scale"]),
-                                          temporal_weight=float(p["temporal_weight"]),
-                                          depth_weight=float(p["depth_weight"])))
+            self.source = "yolo" if p.model_path else "cue"
+        self.margin_px = cue.margin_px
+        self.use_depth = p.use_depth and self.source == "cue"
+        self.use_prior = p.use_prior
+        self.fuse_mode, self.prior_margin = p.fuse_mode, p.prior_margin_px
+        self.prior_tol = round(p.prior_tolerance_ms * 1e6)
+        self.cue = CueSegmenter(cue)
         self.yolo: YoloSegmenter | None = None
         if self.source == "yolo":
-            classes = [int(c) for c in p["yolo_classes"] if int(c) >= 0] or None
+            classes = [c for c in p.yolo_classes if c >= 0] or None
             try:
-                self.yolo = YoloSegmenter(str(p["model_path"]), conf=float(p["yolo_conf"]), classes=classes,
-                                          imgsz=int(p["yolo_imgsz"]), margin_px=self.margin_px)
-                self.get_logger().info(f"YOLO model {p['model_path']} on {self.yolo.device}")
+                self.yolo = YoloSegmenter(p.model_path, conf=p.yolo_conf, classes=classes, imgsz=p.yolo_imgsz,
+                                          margin_px=self.margin_px)
+                self.get_logger().info(f"YOLO model {p.model_path} on {self.yolo.device}")
             except SegmentationModelError as e:
                 self.get_logger().warning(f"{e}; falling back to the cue segmenter")
                 self.source = "cue"
-                self.use_depth = bool(p["use_depth"])
+                self.use_depth = p.use_depth
                 self.count("yolo_fallback")
         # Inputs paired by stamp: the image, then depth (cue source) or the dataset mask (dataset source).
         self.inputs = [topics.LEFT_RECT]
@@ -81,8 +72,8 @@ class InstrumentSegNode(SurgNode):
             self.inputs.append(topics.DATASET_MASK)
         elif self.use_depth:
             self.inputs.append(topics.DEPTH)
-        tol = round(float(p["sync_tolerance_ms"]) * 1e6)
-        self.sync = ApproxTimeSync(len(self.inputs), tol, int(p["sync_queue_size"])) if len(self.inputs) > 1 \
+        tol = round(p.sync_tolerance_ms * 1e6)
+        self.sync = ApproxTimeSync(len(self.inputs), tol, p.sync_queue_size) if len(self.inputs) > 1 \
             else None
         self._priors: OrderedDict[int, Image] = OrderedDict()
         self._prior_lock = threading.Lock()

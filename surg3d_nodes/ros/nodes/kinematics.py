@@ -37,7 +37,6 @@ from surg3d_nodes.common.camera import CameraModel
 from surg3d_nodes.common.camera_yaml import load_camera_yaml
 from surg3d_nodes.dvrk.kinematics import (
     MS,
-    NOMINAL_HAND_EYE,
     PRIOR_JOINT_NAMES,
     FrameKinematics,
     FrameResolver,
@@ -59,6 +58,7 @@ from surg3d_nodes.ros.convert import (
     transform_msg,
 )
 from surg3d_nodes.ros.runtime import SurgNode, run_node
+from surg3d_nodes.system.node_options import KinematicsOptions
 
 
 class KinematicsNode(SurgNode):
@@ -66,36 +66,23 @@ class KinematicsNode(SurgNode):
 
     def __init__(self, **kwargs) -> None:
         super().__init__("kinematics", **kwargs)
-        p = {name: self.declare_parameter(name, default).value for name, default in [
-            ("ecm_arm", "ECM"), ("psm_arms", ["PSM1", "PSM2"]), ("hand_eye", list(NOMINAL_HAND_EYE)),
-            ("image_time_offset_ms", 0.0), ("max_age_ms", 50.0), ("max_gap_ms", 30.0), ("max_wait_ms", 100.0),
-            ("stamp_source", "camera_info"), ("calibration_file", ""), ("world_frame", topics.WORLD_FRAME),
-            ("camera_frame", topics.LEFT_OPTICAL_FRAME), ("publish_tf", True), ("publish_prior", True),
-            ("pose_rectified", True), ("prior_rectified", True), ("prior_scale", 1.0),
-            ("shaft_radius", 0.004), ("jaw_radius", 0.003), ("wrist_length", 0.010), ("shaft_length", 0.40),
-            ("pitch_to_yaw", 0.0091), ("yaw_to_tip", 0.0102), ("use_joint_states", True)]}
-        if p["stamp_source"] not in ("camera_info", "image"):
-            raise ValueError(f"stamp_source must be camera_info or image, got {p['stamp_source']!r}")
-        self.world_frame, self.camera_frame = str(p["world_frame"]), str(p["camera_frame"])
-        self.publish_tf, self.publish_prior = bool(p["publish_tf"]), bool(p["publish_prior"])
-        self.pose_rectified, self.prior_rectified = bool(p["pose_rectified"]), bool(p["prior_rectified"])
-        self.prior_scale = float(p["prior_scale"])
-        if not 0.1 <= self.prior_scale <= 1.0:
-            raise ValueError(f"prior_scale must be in [0.1, 1], got {self.prior_scale}")
-        self.geometry = InstrumentGeometry(float(p["shaft_radius"]), float(p["jaw_radius"]),
-                                           float(p["wrist_length"]), float(p["shaft_length"]),
-                                           float(p["pitch_to_yaw"]), float(p["yaw_to_tip"]))
-        self.use_joint_states = bool(p["use_joint_states"])
-        self.kin = KinematicCamera(hand_eye_from_params(p["hand_eye"]),
-                                   image_offset_ns=round(float(p["image_time_offset_ms"]) * MS),
-                                   max_age_ns=round(float(p["max_age_ms"]) * MS),
-                                   max_gap_ns=round(float(p["max_gap_ms"]) * MS))
-        self.resolver = FrameResolver(self.kin, max_wait_ns=round(float(p["max_wait_ms"]) * MS))
+        p = self.params.declare(KinematicsOptions)
+        self.world_frame, self.camera_frame = p.world_frame, p.camera_frame
+        self.publish_tf, self.publish_prior = p.publish_tf, p.publish_prior
+        self.pose_rectified, self.prior_rectified = p.pose_rectified, p.prior_rectified
+        self.prior_scale = p.prior_scale
+        self.geometry = self.params.declare(InstrumentGeometry)
+        self.use_joint_states = p.use_joint_states
+        self.kin = KinematicCamera(hand_eye_from_params(p.hand_eye),
+                                   image_offset_ns=round(p.image_time_offset_ms * MS),
+                                   max_age_ns=round(p.max_age_ms * MS),
+                                   max_gap_ns=round(p.max_gap_ms * MS))
+        self.resolver = FrameResolver(self.kin, max_wait_ns=round(p.max_wait_ms * MS))
         self.cam: CameraModel | None = None
         self._rays: np.ndarray | None = None
-        if p["calibration_file"]:
-            self.cam = load_camera_yaml(p["calibration_file"], self.camera_frame)
-            self.get_logger().info(f"camera model from {p['calibration_file']} "
+        if p.calibration_file:
+            self.cam = load_camera_yaml(p.calibration_file, self.camera_frame)
+            self.get_logger().info(f"camera model from {p.calibration_file} "
                                    f"({self.cam.width}x{self.cam.height})")
         self._lock = threading.Lock()
         self._priors: queue.Queue[FrameKinematics | None] = queue.Queue(maxsize=4)
@@ -104,9 +91,9 @@ class KinematicsNode(SurgNode):
         self.tf_pub = self.create_publisher(TFMessage, topics.TF, 100)
         self.prior_pub = self.create_publisher(Image, topics.INSTRUMENT_PRIOR, 5)
         group = MutuallyExclusiveCallbackGroup()
-        self.create_subscription(PoseStamped, dvrk_arm_topic(str(p["ecm_arm"])), self.on_ecm, 50,
+        self.create_subscription(PoseStamped, dvrk_arm_topic(p.ecm_arm), self.on_ecm, 50,
                                  callback_group=group)
-        self.psm_arms = [str(arm) for arm in p["psm_arms"]]
+        self.psm_arms = list(p.psm_arms)
         for arm in self.psm_arms:
             self.create_subscription(PoseStamped, dvrk_arm_topic(arm),
                                      lambda msg, a=arm: self.on_psm(a, msg), 50, callback_group=group)
@@ -115,9 +102,9 @@ class KinematicsNode(SurgNode):
                                          lambda msg, a=arm, w=what: self.on_psm_joints(a, w, msg), 50,
                                          callback_group=group)
         self.create_subscription(CameraInfo, topics.LEFT_INFO, self.on_info, 10, callback_group=group)
-        if p["stamp_source"] == "image":
+        if p.stamp_source == "image":
             self.create_subscription(Image, topics.LEFT_IMAGE, self.on_image, 5, callback_group=group)
-        self.stamp_source = p["stamp_source"]
+        self.stamp_source = p.stamp_source
         self.create_timer(0.01, self.poll, callback_group=group)   # resolves images whose wait is over
         self._worker = threading.Thread(target=self._prior_loop, name="prior", daemon=True)
         self._worker.start()

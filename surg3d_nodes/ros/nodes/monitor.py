@@ -27,6 +27,7 @@ from surg3d_nodes.ros import topics
 from surg3d_nodes.ros.convert import header, key_values
 from surg3d_nodes.ros.runtime import ERROR, SurgNode, run_node
 from surg3d_nodes.system.monitoring import Monitor, summary
+from surg3d_nodes.system.node_options import MonitorOptions
 
 # Topics the monitor can watch, with their types (every one starts with a std_msgs/Header).
 WATCHABLE = {
@@ -35,8 +36,6 @@ WATCHABLE = {
     topics.DEPTH_CONFIDENCE: Image, topics.INSTRUMENT_MASK: Image, topics.LEFT_RECT: Image,
     topics.LEFT_IMAGE: Image, topics.RIGHT_IMAGE: Image, topics.CAMERA_POSE: PoseStamped,
 }
-DEFAULT_TOPICS = [topics.LEFT_IMAGE, topics.DEPTH, topics.INSTRUMENT_MASK, topics.RECON_STATUS,
-                  topics.RECON_POINTS, topics.RECON_RENDER]
 
 
 def cdr_stamp_ns(data: bytes) -> int | None:
@@ -53,28 +52,25 @@ class MonitorNode(SurgNode):
 
     def __init__(self, **kwargs) -> None:
         super().__init__("monitor", **kwargs)
-        p = {name: self.declare_parameter(name, default).value for name, default in [
-            ("period", 1.0), ("stall_periods", 3), ("checkpoint_period", 30.0), ("topics", DEFAULT_TOPICS),
-            ("latency_warn_ms", 1000.0), ("gpu_memory_warn_mb", 0.0), ("snapshot", True)]}
-        unknown = [t for t in p["topics"] if t not in WATCHABLE]
+        p = self.params.declare(MonitorOptions)
+        unknown = [t for t in p.topics if t not in WATCHABLE]
         if unknown:
             raise ValueError(f"monitor: cannot watch {unknown}: known topics are {sorted(WATCHABLE)}")
-        self.monitor = Monitor(float(p["period"]), int(p["stall_periods"]), float(p["latency_warn_ms"]),
-                               float(p["gpu_memory_warn_mb"]))
-        self.snapshot = bool(p["snapshot"])
+        self.monitor = Monitor(p.period, p.stall_periods, p.latency_warn_ms, p.gpu_memory_warn_mb)
+        self.snapshot = p.snapshot
         self._cloud: bytes | None = None
         self._cloud_time = 0.0
         self._saving = False
         self.last_checkpoint: str = ""
 
         subs = MutuallyExclusiveCallbackGroup()
-        for topic in p["topics"]:
+        for topic in p.topics:
             self.monitor.watch(topic)
             self.create_subscription(WATCHABLE[topic], topic, lambda data, t=topic: self.on_raw(t, data), 5,
                                      raw=True, callback_group=subs)
         self.create_subscription(NodeStatus, topics.NODE_STATUS, self.on_heartbeat, 50, callback_group=subs)
         self.create_subscription(TrainerStatus, topics.RECON_STATUS, self.on_trainer, 5, callback_group=subs)
-        if topics.RECON_POINTS not in p["topics"]:
+        if topics.RECON_POINTS not in p.topics:
             self.create_subscription(PointCloud2, topics.RECON_POINTS,
                                      lambda data: self.on_raw(topics.RECON_POINTS, data, track=False), 2,
                                      raw=True, callback_group=subs)
@@ -83,9 +79,9 @@ class MonitorNode(SurgNode):
         self.snapshot_pub = self.create_publisher(PointCloud2, topics.SNAPSHOT_POINTS, 2)
         self.save_client = self.create_client(SaveModel, topics.SRV_SAVE,
                                               callback_group=ReentrantCallbackGroup())
-        self.create_timer(float(p["period"]), self.tick, callback_group=subs)
-        if float(p["checkpoint_period"]) > 0:
-            self.create_timer(float(p["checkpoint_period"]), self.checkpoint, callback_group=subs)
+        self.create_timer(p.period, self.tick, callback_group=subs)
+        if p.checkpoint_period > 0:
+            self.create_timer(p.checkpoint_period, self.checkpoint, callback_group=subs)
 
     def on_raw(self, topic: str, data: bytes, track: bool = True) -> None:
         """A message on a watched topic: rate and latency from its header; keep the newest cloud."""

@@ -3,9 +3,7 @@
 Subscriptions take raw CDR bytes (raw=True) and only enqueue them (bounded queue; a full queue counts a drop);
 a background thread writes them with rosbags. Topic types come from the graph (topics are subscribed as
 soon as a publisher appears). The bag is written under a hidden name and appears at its path when the node
-shuts down and closes it. Parameters: topics (list), output_dir (folder of recordings; the bag is
-<output_dir>/recording_<UTC time>), output (explicit bag path, overrides output_dir), storage
-(mcap | sqlite3), queue_size, qos_depth, discovery_period (s).
+shuts down and closes it. Parameters: system/node_options.py RecorderOptions.
 """
 
 from __future__ import annotations
@@ -19,12 +17,9 @@ from typing import Any
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 
 from surg3d_nodes.data.bags import BagWriter
-from surg3d_nodes.ros import topics
 from surg3d_nodes.ros.nodes.bag_replay import message_class
 from surg3d_nodes.ros.runtime import ERROR, SurgNode, run_node
-
-DEFAULT_TOPICS = [topics.LEFT_IMAGE, topics.RIGHT_IMAGE, topics.LEFT_INFO, topics.RIGHT_INFO,
-                  topics.CAMERA_POSE, topics.TF]
+from surg3d_nodes.system.node_options import RecorderOptions
 
 
 class Recorder(SurgNode):
@@ -32,20 +27,15 @@ class Recorder(SurgNode):
 
     def __init__(self, **kwargs) -> None:
         super().__init__("recorder", **kwargs)
-        p = self.declare_parameter
-        self.topics = [t for t in p("topics", DEFAULT_TOPICS).value if t]
-        output = str(p("output", "").value)
-        output_dir = Path(str(p("output_dir", "out").value))
-        self.storage = str(p("storage", "mcap").value)
-        self.queue_size = int(p("queue_size", 200).value)
-        self.qos_depth = int(p("qos_depth", 100).value)
-        period = float(p("discovery_period", 0.5).value)
+        p = self.params.declare(RecorderOptions)
+        self.topics = [t for t in p.topics if t]
+        self.storage = p.storage
+        self.queue_size = p.queue_size
+        self.qos_depth = p.qos_depth
         if not self.topics:
             raise ValueError("parameter 'topics' lists no topic to record")
-        if self.queue_size < 1:
-            raise ValueError(f"parameter 'queue_size' must be >= 1, got {self.queue_size}")
         stamp = time.strftime("%Y%m%d_%H%M%S", time.gmtime())
-        self.output = Path(output) if output else output_dir / f"recording_{stamp}"
+        self.output = Path(p.output) if p.output else Path(p.output_dir) / f"recording_{stamp}"
         self.writer = BagWriter(self.output, storage=self.storage)   # fails early on an existing output
         self.queue: queue.Queue[tuple[str, str, int, bytes] | None] = queue.Queue(maxsize=self.queue_size)
         self.subs: dict[str, Any] = {}
@@ -53,7 +43,7 @@ class Recorder(SurgNode):
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._write_loop, name="recorder_writer", daemon=True)
         self._thread.start()
-        self._discovery = self.create_timer(period, self._discover)
+        self._discovery = self.create_timer(p.discovery_period, self._discover)
         self._discover()
         self.get_logger().info(f"recording {self.topics} to {self.output} ({self.storage})")
 

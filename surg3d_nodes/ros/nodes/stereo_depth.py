@@ -39,6 +39,7 @@ from surg3d_nodes.ros.convert import (
     stamp_to_ns,
 )
 from surg3d_nodes.ros.runtime import SurgNode, run_node
+from surg3d_nodes.system.node_options import StereoDepthOptions
 
 
 def bad_image_kind(err: MessageError) -> str:
@@ -52,41 +53,27 @@ class StereoDepthNode(SurgNode):
 
     def __init__(self, **kwargs) -> None:
         super().__init__("stereo_depth", **kwargs)
-        p = {name: self.declare_parameter(name, default).value for name, default in [
-            ("backend", "sgbm"), ("onnx_model", ""), ("onnx_mono_output", "inverse_depth"),
-            ("onnx_normalize", "unit"), ("sync_tolerance_ms", 5.0), ("sync_queue_size", 5),
-            ("work_queue_size", 2), ("min_depth_m", 0.03), ("max_depth_m", 0.20), ("block_size", 5),
-            ("p1", 16), ("p2", 96),
-            ("uniqueness_ratio", 5), ("speckle_window", 100), ("speckle_range", 2), ("lr_max_diff", 1.0),
-            ("median_ksize", 3), ("scale", 1.0), ("publish_points", False), ("points_stride", 2),
-            ("points_min_confidence", 1), ("left_calibration_file", ""), ("right_calibration_file", "")]}
-        if p["backend"] not in ("sgbm", "onnx"):
-            raise ValueError(f"backend must be sgbm or onnx, got {p['backend']!r}")
-        self.backend = str(p["backend"])
-        self.onnx_model = str(p["onnx_model"])
-        self.onnx_mono_output, self.onnx_normalize = str(p["onnx_mono_output"]), str(p["onnx_normalize"])
-        self.sgbm_params = SGBMParams(
-            min_depth_m=float(p["min_depth_m"]), max_depth_m=float(p["max_depth_m"]),
-            block_size=int(p["block_size"]), p1=int(p["p1"]), p2=int(p["p2"]),
-            uniqueness_ratio=int(p["uniqueness_ratio"]),
-            speckle_window=int(p["speckle_window"]), speckle_range=int(p["speckle_range"]),
-            lr_max_diff=float(p["lr_max_diff"]), median_ksize=int(p["median_ksize"]), scale=float(p["scale"]))
-        self.publish_points = bool(p["publish_points"])
-        self.points_stride = max(1, int(p["points_stride"]))
-        self.points_min_conf = int(p["points_min_confidence"])
-        self.sync = ApproxTimeSync(2, round(float(p["sync_tolerance_ms"]) * 1e6), int(p["sync_queue_size"]))
+        p = self.params.declare(StereoDepthOptions)
+        self.sgbm_params = self.params.declare(SGBMParams)
+        self.backend = p.backend
+        self.onnx_model = p.onnx_model
+        self.onnx_mono_output, self.onnx_normalize = p.onnx_mono_output, p.onnx_normalize
+        self.publish_points = p.publish_points
+        self.points_stride = p.points_stride
+        self.points_min_conf = p.points_min_confidence
+        self.sync = ApproxTimeSync(2, round(p.sync_tolerance_ms * 1e6), p.sync_queue_size)
         self.rectifier = Rectifier()
         # camera_calibration YAML files override the CameraInfo of their side (uncalibrated drivers).
         self._file_cams: list[CameraModel | None] = [
             load_camera_yaml(path, frame) if path else None
-            for path, frame in ((str(p["left_calibration_file"]), topics.LEFT_OPTICAL_FRAME),
-                                (str(p["right_calibration_file"]), topics.RIGHT_OPTICAL_FRAME))]
+            for path, frame in ((p.left_calibration_file, topics.LEFT_OPTICAL_FRAME),
+                                (p.right_calibration_file, topics.RIGHT_OPTICAL_FRAME))]
         self._info: list[CameraInfo | None] = [None, None]
         self._held: tuple[Image, Image] | None = None   # a pair matched before its CameraInfo arrived
         self._engine = None
         self._engine_key: tuple | None = None
         self._times: list[float] = []
-        self._work: queue.Queue = queue.Queue(maxsize=max(1, int(p["work_queue_size"])))
+        self._work: queue.Queue = queue.Queue(maxsize=p.work_queue_size)
         self._stop = threading.Event()
 
         self.rect_pub = self.create_publisher(Image, topics.LEFT_RECT, 5)

@@ -21,7 +21,6 @@ import cv2
 import numpy as np
 import torch
 from geometry_msgs.msg import PoseStamped
-from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from std_srvs.srv import Trigger
@@ -30,8 +29,8 @@ from surg3d_msgs.msg import TrainerStatus, ViewRequest
 from surg3d_msgs.srv import LoadCheckpoint, RenderView, SaveModel
 from surg3d_nodes.common.camera import scale_intrinsics
 from surg3d_nodes.perception.sync import ApproxTimeSync
-from surg3d_nodes.recon.io.checkpoint import load_checkpoint, save_checkpoint
 from surg3d_nodes.recon.config import Frame, TrainerConfig
+from surg3d_nodes.recon.io.checkpoint import load_checkpoint, save_checkpoint
 from surg3d_nodes.recon.online import OnlineTrainer
 from surg3d_nodes.ros import topics
 from surg3d_nodes.ros.convert import (
@@ -47,13 +46,7 @@ from surg3d_nodes.ros.convert import (
     stamp_to_ns,
 )
 from surg3d_nodes.ros.runtime import ERROR, SurgNode, run_node
-
-# TrainerConfig fields exposed as ROS parameters (name -> default comes from the dataclass).
-CONFIG_PARAMS = ("device", "backend", "max_gaussians", "iterations_per_frame", "image_scale",
-                 "knot_spacing_s", "max_knots", "recent_knots", "max_time_gap_s", "sh_degree", "init_stride",
-                 "add_stride", "max_keyframes", "keyframe_every",
-                 "depth_weight", "ssim_lambda", "pose_jump_m", "pose_jump_deg", "queue_size", "num_threads",
-                 "recent_window", "refine_pose_iterations", "refine_pose_mode")
+from surg3d_nodes.system.node_options import TrainerNodeOptions
 
 
 class TrainerNode(SurgNode):
@@ -61,33 +54,26 @@ class TrainerNode(SurgNode):
 
     def __init__(self, **kwargs) -> None:
         super().__init__("trainer", **kwargs)
-        defaults = TrainerConfig()
-        cfg_values = {k: self.declare_parameter(k, getattr(defaults, k)).value for k in CONFIG_PARAMS}
-        p = {name: self.declare_parameter(name, default).value for name, default in [
-            ("points_rate", 2.0), ("points_on_frame_rate", 5.0), ("render_rate", 5.0), ("deoccluded_rate", 5.0),
-            ("status_rate", 1.0),
-            ("points_max", 100000), ("points_min_opacity", 0.1), ("output_dir", "/tmp/surg3d_recon"),
-            ("resume_from_checkpoint", ""), ("sync_tolerance_ms", 5.0), ("sync_queue_size", 10),
-            ("use_depth", True), ("use_mask", True), ("static_pose", False)]}
-        self.cfg = TrainerConfig.from_dict(cfg_values)
-        self.output_dir = Path(str(p["output_dir"]))
-        self.points_max = int(p["points_max"])
-        self.points_min_opacity = float(p["points_min_opacity"])
-        self.points_on_frame_rate = float(p["points_on_frame_rate"])
+        # Every TrainerConfig field is a parameter; the live ones reach the training thread's copy.
+        self.cfg = self.params.declare(TrainerConfig, lambda name, value: setattr(self.trainer.cfg, name, value))
+        p = self.params.declare(TrainerNodeOptions, self._on_option)
+        self.output_dir = Path(p.output_dir)
+        self.points_max = p.points_max
+        self.points_min_opacity = p.points_min_opacity
+        self.points_on_frame_rate = p.points_on_frame_rate
         self._points_frames = -1               # frames_used when the last cloud was taken
         self._points_last = 0.0                # monotonic time of the last cloud
         self.trainer = OnlineTrainer(self.cfg)
-        resume = str(p["resume_from_checkpoint"])
+        resume = p.resume_from_checkpoint
         if resume == "auto":
             self._resume_newest()
         elif resume:              # an explicit checkpoint must load: a wrong path fails the start, named
             load_checkpoint(resume, self.trainer)
             self.get_logger().info(f"resumed from {resume}: {self.trainer.num_gaussians} Gaussians")
         # Inputs paired by stamp: image always, then depth, mask, pose unless disabled.
-        self.inputs = ["image"] + [n for n, on in (("depth", p["use_depth"]), ("mask", p["use_mask"]),
-                                                    ("pose", not p["static_pose"])) if on]
-        self.sync = ApproxTimeSync(max(2, len(self.inputs)), round(float(p["sync_tolerance_ms"]) * 1e6),
-                                   int(p["sync_queue_size"]))
+        self.inputs = ["image"] + [n for n, on in (("depth", p.use_depth), ("mask", p.use_mask),
+                                                    ("pose", not p.static_pose)) if on]
+        self.sync = ApproxTimeSync(max(2, len(self.inputs)), round(p.sync_tolerance_ms * 1e6), p.sync_queue_size)
         self._info: CameraInfo | None = None
         self._live: tuple[np.ndarray, np.ndarray | None, int] | None = None   # rgb, mask, stamp
         self._errors_reported = 0
@@ -111,12 +97,12 @@ class TrainerNode(SurgNode):
         # so a busy renderer neither delays ingestion nor starves the status.
         render_group = MutuallyExclusiveCallbackGroup()
         points_group = MutuallyExclusiveCallbackGroup()
-        timers = ((p["points_rate"], self.publish_points, points_group),
-                  (p["render_rate"], self.publish_render, render_group),
-                  (p["deoccluded_rate"], self.publish_deoccluded, render_group),
-                  (p["status_rate"], self.publish_status, MutuallyExclusiveCallbackGroup()))
+        timers = ((p.points_rate, self.publish_points, points_group),
+                  (p.render_rate, self.publish_render, render_group),
+                  (p.deoccluded_rate, self.publish_deoccluded, render_group),
+                  (p.status_rate, self.publish_status, MutuallyExclusiveCallbackGroup()))
         self._render_cache: tuple[float, int, np.ndarray, np.ndarray] | None = None
-        self._render_max_age = 0.5 / max(float(p["render_rate"]), float(p["deoccluded_rate"]), 1e-3)
+        self._render_max_age = 0.5 / max(p.render_rate, p.deoccluded_rate, 1e-3)
         self._pub_timers = {}
         for (rate, fn, group), name in zip(timers, ("points_rate", "render_rate", "deoccluded_rate",
                                                      "status_rate"), strict=True):
@@ -128,7 +114,6 @@ class TrainerNode(SurgNode):
         # training thread triggers a guard condition, which wakes the executor (no polling timer).
         guard = self.create_guard_condition(self._points_on_frame, callback_group=points_group)
         self.trainer.on_frame = guard.trigger
-        self.add_on_set_parameters_callback(self.on_parameters)
         services = MutuallyExclusiveCallbackGroup()
         self.create_service(Trigger, topics.SRV_PAUSE, self.srv_pause, callback_group=services)
         self.create_service(Trigger, topics.SRV_RESUME, self.srv_resume, callback_group=services)
@@ -146,27 +131,17 @@ class TrainerNode(SurgNode):
         self.get_logger().info(f"trainer on {self.trainer.device} ({self.trainer.backend}), inputs "
                                f"{'+'.join(self.inputs)}, output_dir {self.output_dir}")
 
-    def on_parameters(self, params) -> SetParametersResult:
-        """Live tuning: publish rates and the trainer knobs that are safe to change while training."""
-        live_cfg = ("iterations_per_frame", "max_gaussians", "depth_weight", "ssim_lambda", "pose_jump_m",
-                    "pose_jump_deg")
-        for prm in params:
-            if prm.name in self._pub_timers:
-                rate = float(prm.value)
-                timer = self._pub_timers[prm.name]
-                if rate > 0:
-                    timer.timer_period_ns = int(1e9 / rate)
-                    timer.reset()
-                else:
-                    timer.cancel()
-            elif prm.name == "points_on_frame_rate":
-                self.points_on_frame_rate = float(prm.value)
-            elif prm.name in live_cfg:
-                setattr(self.trainer.cfg, prm.name, type(getattr(self.trainer.cfg, prm.name))(prm.value))
-            elif prm.name in CONFIG_PARAMS:
-                return SetParametersResult(successful=False,
-                                           reason=f"{prm.name} is fixed at start (restart the trainer)")
-        return SetParametersResult(successful=True)
+    def _on_option(self, name: str, value: float) -> None:
+        """A live publish rate changed (range and liveness were checked by ros.params)."""
+        if name in self._pub_timers:
+            timer = self._pub_timers[name]
+            if value > 0:
+                timer.timer_period_ns = int(1e9 / value)
+                timer.reset()
+            else:
+                timer.cancel()
+        elif name == "points_on_frame_rate":
+            self.points_on_frame_rate = value
 
     # ------------------------------------------------------------------ inputs
     def on_info(self, msg: CameraInfo) -> None:
