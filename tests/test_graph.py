@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import runpy
 import shutil
 import subprocess
@@ -64,11 +65,24 @@ def _config_copy(tmp_path: Path) -> Path:
     (lambda c: (c / "trainer.yaml").unlink(), "trainer.yaml: file not found"),
     (lambda c: (c / "stereo_depth.yaml").write_text("a: [1, 2\n"), "stereo_depth.yaml: malformed YAML"),
     (lambda c: (c / "graph.yaml").write_text("nodes: [\n"), "graph.yaml: malformed YAML"),
+    # Unknown keys and bad values, wherever they are, name the file and the key.
+    (lambda c: (c / "trainer.yaml").write_text("/**:\n  ros__parameters:\n    max_gausians: 5000\n"),
+     "trainer.yaml: node 'trainer' has no parameter 'max_gausians' (did you mean 'max_gaussians'?)"),
+    (lambda c: (c / "trainer.yaml").write_text("/**:\n  ros__parameters:\n    max_gaussians: 5\n"),
+     "trainer.yaml: trainer.max_gaussians must be in [1000, 5e+06], got 5"),
+    (lambda c: (c / "stereo_depth.yaml").write_text("/**:\n  ros__parameters:\n    backend: sgm\n"),
+     "stereo_depth.yaml: stereo_depth.backend must be one of sgbm, onnx, got 'sgm'"),
+    (lambda c: (c / "trainer.yaml").write_text("trainr:\n  ros__parameters: {}\n"),
+     "trainer.yaml: section 'trainr' names no node of the graph"),
+    (lambda c: _edit_graph(c, lambda g: g["presets"]["replay"]["nodes"][0]["parameters"].update(wait_topicz=[""])),
+     "graph.yaml: node 'bag_replay' has no parameter 'wait_topicz'"),
+    (lambda c: _edit_graph(c, lambda g: g["arguments"]["device"].update(sets=["trainer.devise"])),
+     "graph.yaml: argument 'device': node 'trainer' has no parameter 'devise'"),
 ])
 def test_bad_config_is_named(tmp_path: Path, mutate, message: str) -> None:
     cdir = _config_copy(tmp_path)
     mutate(cdir)
-    with pytest.raises(GraphError, match=message.replace("[", r"\[")):
+    with pytest.raises(GraphError, match=re.escape(message)):
         load_preset("replay", config_dir=cdir)
     # The launcher stops before starting any node, naming the file and the problem.
     proc = subprocess.run([sys.executable, "-m", "surg3d_nodes.cli", "launch", "replay", "--config-dir", str(cdir)],
@@ -82,6 +96,39 @@ def test_bad_arguments_are_refused() -> None:
         load_preset("replay", {"nope": "1"})
     with pytest.raises(GraphError, match="rate:='fast' is not a float"):
         load_preset("replay", {"rate": "fast"})
+    with pytest.raises(GraphError, match=r"argument rate:=-1: bag_replay.rate must be in \[0, 1000\], got -1.0"):
+        load_preset("replay", {"rate": "-1"})
+
+
+def test_preset_parameter_files_are_checked_per_node_section(tmp_path: Path) -> None:
+    """dvrk.yaml holds one section per node; each node's section is checked against that node's declaration."""
+    cdir = _config_copy(tmp_path)
+    dvrk = yaml.safe_load((cdir / "dvrk.yaml").read_text())
+    dvrk["kinematics"]["ros__parameters"]["shaft_radiuss"] = 0.004
+    (cdir / "dvrk.yaml").write_text(yaml.safe_dump(dvrk))
+    with pytest.raises(GraphError, match=r"dvrk\.yaml: node 'kinematics' has no parameter 'shaft_radiuss'"):
+        load_preset("dvrk", config_dir=cdir)
+    load_preset("replay", config_dir=cdir)  # the replay preset does not read dvrk.yaml
+
+
+def test_every_node_declares_its_parameters() -> None:
+    from surg3d_nodes.system.node_options import NODE_PARAMETERS
+
+    modules = {p.stem for p in (ROOT / "surg3d_nodes" / "ros" / "nodes").glob("*.py")} - {"__init__"}
+    assert set(NODE_PARAMETERS) == modules
+
+
+def test_node_yaml_files_hold_only_overrides() -> None:
+    """Defaults live in the dataclasses: a YAML value equal to the declared default is a second copy of it."""
+    from surg3d_nodes.system.node_options import node_parameters
+
+    graph = yaml.safe_load((ROOT / "config" / "graph.yaml").read_text())
+    for name, node in graph["nodes"].items():
+        specs = node_parameters(node.get("executable", name))
+        for f in node.get("parameter_files", []):
+            for section, body in yaml.safe_load((ROOT / "config" / f).read_text()).items():
+                for key, value in (body["ros__parameters"] or {}).items():
+                    assert value != specs[key].default, f"{f}: {section}.{key} repeats the default {value!r}"
 
 
 class _Recorder:

@@ -3,12 +3,14 @@ launch_ros files in launch/. Loading validates everything before any node starts
 
 from __future__ import annotations
 
+import difflib
 import importlib.util
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from surg3d_nodes.common.files import read_yaml_mapping
+from surg3d_nodes.system.node_options import BUILTIN_PARAMETERS, NODE_PARAMETERS, node_parameters
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 NODES_PACKAGE = "surg3d_nodes.ros.nodes"  # executable X is the module NODES_PACKAGE.X
@@ -123,6 +125,56 @@ def _load_yaml(path: Path) -> dict:
     return read_yaml_mapping(path, GraphError, "a mapping at the top level")
 
 
+def _executable(nodes_cfg: dict, node: str) -> str:
+    return str((nodes_cfg[node] or {}).get("executable", node))
+
+
+def check_parameter(where: str, node: str, executable: str, key: str, value: object) -> None:
+    """GraphError naming `where` (a file, an argument) unless `key` is a parameter that node `executable`
+    declares (system/node_options.py) and `value` fits its type, range and choices. An unknown executable is
+    left to the executable check, which names it."""
+    if key in BUILTIN_PARAMETERS or executable not in NODE_PARAMETERS:
+        return
+    specs = node_parameters(executable)
+    spec = specs.get(key)
+    if spec is None:
+        close = difflib.get_close_matches(key, specs, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(sorted(specs))})"
+        raise GraphError(f"{where}: node {node!r} has no parameter {key!r}{hint}")
+    problem = spec.check(value)
+    if problem is not None:
+        raise GraphError(f"{where}: {node}.{key} {problem}")
+
+
+def _flatten(params: dict, prefix: str = "") -> dict[str, object]:
+    """Nested parameter mappings as ROS reads them: {"a": {"b": 1}} is the parameter a.b."""
+    out: dict[str, object] = {}
+    for k, v in params.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def check_parameter_file(path: Path, node: str, executable: str, graph_nodes: dict) -> None:
+    """Check the section of parameter file `path` that node `node` reads (`/**` and its own name) against its
+    declaration; a section for a node graph.yaml does not define is an error too (a misspelt node name would
+    otherwise be silently ignored)."""
+    for section, body in _load_yaml(path).items():
+        target = str(section).rstrip("/").rsplit("/", 1)[-1]
+        if section != "/**" and target not in graph_nodes:
+            raise GraphError(f"{path}: section {section!r} names no node of the graph "
+                             f"(nodes: {', '.join(graph_nodes)}; '/**' = every node reading the file)")
+        if section != "/**" and target != node:
+            continue
+        params = body.get("ros__parameters") if isinstance(body, dict) else None
+        if not isinstance(params, dict) or set(body) != {"ros__parameters"}:
+            raise GraphError(f"{path}: section {section!r} must hold exactly one mapping 'ros__parameters'")
+        for key, value in _flatten(params).items():
+            check_parameter(str(path), node, executable, key, value)
+
+
 def load_preset(preset: str, overrides: dict[str, str] | None = None,
                 config_dir: Path | None = None) -> Preset:
     """Load `preset` from graph.yaml, check every node, file and argument, and apply `overrides`
@@ -147,6 +199,8 @@ def load_preset(preset: str, overrides: dict[str, str] | None = None,
                 raise GraphError(f"{gpath}: argument {name!r}: 'sets' entries are 'node.parameter', got {target!r}")
             if node not in nodes_cfg:
                 raise GraphError(f"{gpath}: argument {name!r} sets a parameter of unknown node {node!r}")
+            check_parameter(f"{gpath}: argument {name!r}", node, _executable(nodes_cfg, node), param,
+                            acfg["default"])
             sets.append((node, param))
         arguments[name] = Argument(name, acfg["default"], acfg.get("description", ""), sets)
     values = {name: a.default for name, a in arguments.items()}
@@ -155,6 +209,8 @@ def load_preset(preset: str, overrides: dict[str, str] | None = None,
             raise GraphError(f"unknown launch argument {name!r} for preset {preset!r} "
                              f"(known: {', '.join(sorted(arguments)) or 'none'})")
         values[name] = arguments[name].convert(str(text))
+        for node, param in arguments[name].sets:
+            check_parameter(f"argument {name}:={text}", node, _executable(nodes_cfg, node), param, values[name])
 
     specs = []
     for entry in pcfg.get("nodes") or []:
@@ -174,8 +230,10 @@ def load_preset(preset: str, overrides: dict[str, str] | None = None,
         files = []
         for f in ncfg.get("parameter_files", []):
             p = cdir / f
-            _load_yaml(p)  # missing or malformed parameter files stop the launch here
+            check_parameter_file(p, name, exe, nodes_cfg)  # missing, malformed or unknown keys stop the launch
             files.append(p)
+        for key, value in (ncfg.get("parameters") or {}).items():
+            check_parameter(str(gpath), name, exe, str(key), value)
         fmt = {k: format_value(v) for k, v in values.items()}
         try:
             remaps = {str(a).format(**fmt): str(b).format(**fmt) for a, b in (ncfg.get("remappings") or {}).items()}
