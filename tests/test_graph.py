@@ -186,3 +186,15 @@ def test_launch_files_match_the_launcher(monkeypatch: pytest.MonkeyPatch, preset
         assert node.kwargs["respawn"] == spec.respawn
     trainer = next(n for n in nodes if n.kwargs["name"] == "trainer")
     assert trainer.kwargs["parameters"][-1]["output_dir"] == "/tmp/elsewhere"
+
+
+def test_params_command_lists_every_declared_parameter(capsys: pytest.CaptureFixture[str]) -> None:
+    from surg3d_nodes.cli import params
+    from surg3d_nodes.system.node_options import node_parameters
+
+    assert params.main(["trainer"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [ln.split(":")[0].strip() for ln in lines[1:]] == list(node_parameters("trainer"))
+    assert any(ln.startswith("  max_gaussians:") and "[1000, 5e+06]  live" in ln for ln in lines)
+    with pytest.raises(SystemExit):
+        params.main(["no_such_node"])
