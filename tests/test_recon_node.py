@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import signal
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from std_srvs.srv import Trigger
 from surg3d_msgs.msg import NodeStatus, TrainerStatus
 from surg3d_msgs.srv import LoadCheckpoint, RenderView, SaveModel
 from surg3d_nodes.data.synthetic import SynthConfig, generate
+from surg3d_nodes.recon.config import TrainerConfig
 from surg3d_nodes.ros import topics
 from surg3d_nodes.ros.convert import (
     camera_to_msg,
@@ -27,6 +29,7 @@ from surg3d_nodes.ros.convert import (
     pose_to_msg,
     stamp_to_ns,
 )
+from surg3d_nodes.system.node_options import node_parameters
 
 CONFIG = Path(__file__).resolve().parents[1] / "config"
 
@@ -130,7 +133,7 @@ def test_trainer_node(ros_env, ros_node, scene, tmp_path):
         assert msg_to_image(view.color, "rgb8").mean() > 10
 
         from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
-        from rcl_interfaces.srv import SetParameters
+        from rcl_interfaces.srv import DescribeParameters, SetParameters
 
         def param(name, **value):
             return Parameter(name=name, value=ParameterValue(**value))
@@ -140,7 +143,21 @@ def test_trainer_node(ros_env, ros_node, scene, tmp_path):
         assert all(r.successful for r in live.results), live
         fixed = call_service(ros_node, SetParameters, "/trainer/set_parameters", SetParameters.Request(parameters=[
             param("device", type=ParameterType.PARAMETER_STRING, string_value="cuda")]))
-        assert not fixed.results[0].successful and "fixed at start" in fixed.results[0].reason
+        assert not fixed.results[0].successful and "read-only" in fixed.results[0].reason
+        beyond = call_service(ros_node, SetParameters, "/trainer/set_parameters", SetParameters.Request(parameters=[
+            param("max_gaussians", type=ParameterType.PARAMETER_INTEGER, integer_value=10)]))
+        assert not beyond.results[0].successful and "out of range" in beyond.results[0].reason
+        # Every TrainerConfig field is a parameter, described by its declaration (range, read-only unless live).
+        names = [f.name for f in dataclasses.fields(TrainerConfig)]
+        described = call_service(ros_node, DescribeParameters, "/trainer/describe_parameters",
+                                 DescribeParameters.Request(names=names)).descriptors
+        specs = node_parameters("trainer")
+        assert [d.name for d in described] == names
+        for d in described:
+            assert d.description == specs[d.name].description and d.read_only == (not specs[d.name].live)
+        by_name = {d.name: d for d in described}
+        assert by_name["max_gaussians"].integer_range[0].to_value == specs["max_gaussians"].high
+        assert by_name["lr_means"].floating_point_range[0].from_value == 0.0
 
         assert call_service(ros_node, Trigger, topics.SRV_RESET, Trigger.Request()).success
         assert wait_until(lambda: got.last(topics.RECON_STATUS).num_gaussians == 0, 30), [
