@@ -223,7 +223,7 @@ class FoxgloveBridge(SurgNode):
             capabilities=[Capability.ClientPublish, Capability.Services, Capability.Parameters],
             supported_encodings=["json"], services=services)
         self.port = self.server.port
-        self.get_logger().info(f"Foxglove WebSocket on ws://{p['host']}:{self.port} "
+        self.get_logger().info(f"Foxglove WebSocket on ws://{p.host}:{self.port} "
                                "(subprotocol foxglove.sdk.v1), "
                                f"{len(self.rois.all())} stored regions of interest")
         self.publish_rois()
