@@ -18,6 +18,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from foxglove_ws import FoxgloveWsClient
 from ui_support import FakeTrainer, start_bridge, stop
 
+from surg3d_nodes.system.node_options import node_parameters
+
 pytestmark = pytest.mark.ros
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -87,7 +89,8 @@ def test_bridge_outputs_services_parameters_and_refusals(ros_env, trainer, tmp_p
         assert trainer.node.get_parameter("iterations_per_frame").value == 25
         assert c.set_parameters({"trainer.points_rate": 4.5}, "s2")["trainer.points_rate"] == 4.5
         n = len(c.text)
-        assert c.set_parameters({it: 5000}, "s3")[it] == 25
+        beyond = node_parameters("trainer")["iterations_per_frame"].high + 1   # the trainer's declared range
+        assert c.set_parameters({it: beyond}, "s3")[it] == 25
         assert "outside" in _status_since(c, n, "refused parameter")
         n = len(c.text)
         c.set_parameters({"trainer.points_rate": "fast"}, "s4")
