@@ -11,7 +11,6 @@ worker thread fed by a bounded queue; bad input is counted, logged rate-limited 
 
 from __future__ import annotations
 
-import queue
 import threading
 import time
 from collections import OrderedDict
@@ -21,6 +20,7 @@ import numpy as np
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from sensor_msgs.msg import Image
 
+from surg3d_nodes.common.workers import QueueWorker
 from surg3d_nodes.perception.segmentation import (
     CueParams,
     CueSegmenter,
@@ -79,8 +79,6 @@ class InstrumentSegNode(SurgNode):
         self._prior_lock = threading.Lock()
         self._times: list[float] = []
         self._last_stamp = -1
-        self._work: queue.Queue = queue.Queue(maxsize=2)
-        self._stop = threading.Event()
 
         self.mask_pub = self.create_publisher(Image, topics.INSTRUMENT_MASK, 5)
         group = MutuallyExclusiveCallbackGroup()
@@ -89,8 +87,7 @@ class InstrumentSegNode(SurgNode):
                                      callback_group=group)
         if self.use_prior:
             self.create_subscription(Image, topics.INSTRUMENT_PRIOR, self.on_prior, 5, callback_group=group)
-        self._worker = threading.Thread(target=self._loop, name="instrument_seg", daemon=True)
-        self._worker.start()
+        self._worker = QueueWorker("instrument_seg", self.process, 2, on_error=self._failed).start()
 
     # ------------------------------------------------------------------ inputs
     def on_input(self, idx: int, msg: Image) -> None:
@@ -103,15 +100,8 @@ class InstrumentSegNode(SurgNode):
             if out is None:
                 return
             msgs = out[0]
-        try:
-            self._work.put_nowait(msgs)
-        except queue.Full:
-            try:
-                self._work.get_nowait()
-                self.count("frames_dropped_busy")
-            except queue.Empty:
-                pass
-            self._work.put_nowait(msgs)
+        if not self._worker.submit(msgs):
+            self.count("frames_dropped_busy")
 
     def on_prior(self, msg: Image) -> None:
         """Keep the last few kinematic prior masks by stamp."""
@@ -140,16 +130,9 @@ class InstrumentSegNode(SurgNode):
         return prior
 
     # ------------------------------------------------------------------ processing
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                msgs = self._work.get(timeout=0.2)
-            except queue.Empty:
-                continue
-            try:
-                self.process(msgs)
-            except Exception as e:  # keep the node alive whatever one frame does
-                self.report_problem("processing_error", f"{type(e).__name__}: {e}")
+    def _failed(self, _msgs: tuple, e: BaseException) -> None:
+        """The worker goes on whatever one frame does: report it."""
+        self.report_problem("processing_error", f"{type(e).__name__}: {e}")
 
     def process(self, msgs: tuple) -> None:
         """Segment one frame (image + its paired depth / dataset mask) and publish the mask."""
@@ -202,7 +185,7 @@ class InstrumentSegNode(SurgNode):
 
     def status_values(self) -> dict[str, object]:
         """Source, sync and timing figures for the heartbeat."""
-        values: dict[str, object] = {"source": self.source, "work_queue": self._work.qsize(),
+        values: dict[str, object] = {"source": self.source, "work_queue": self._worker.pending,
                                      "seg_ms_mean": float(np.mean(self._times)) if self._times else 0.0}
         if self.sync is not None:
             st = self.sync.stats
@@ -212,8 +195,7 @@ class InstrumentSegNode(SurgNode):
 
     def close(self) -> None:
         """Stop the worker thread."""
-        self._stop.set()
-        self._worker.join(timeout=5.0)
+        self._worker.stop()
         super().close()
 
 

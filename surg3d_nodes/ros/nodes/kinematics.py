@@ -21,7 +21,6 @@ Stale/gap/out-of-order/invalid counts of every stream are in the heartbeat. The 
 
 from __future__ import annotations
 
-import queue
 import threading
 import time
 from collections import Counter
@@ -35,6 +34,7 @@ from tf2_msgs.msg import TFMessage
 
 from surg3d_nodes.common.camera import CameraModel
 from surg3d_nodes.common.camera_yaml import load_camera_yaml
+from surg3d_nodes.common.workers import QueueWorker
 from surg3d_nodes.dvrk.kinematics import (
     MS,
     PRIOR_JOINT_NAMES,
@@ -85,7 +85,6 @@ class KinematicsNode(SurgNode):
             self.get_logger().info(f"camera model from {p.calibration_file} "
                                    f"({self.cam.width}x{self.cam.height})")
         self._lock = threading.Lock()
-        self._priors: queue.Queue[FrameKinematics | None] = queue.Queue(maxsize=4)
 
         self.pose_pub = self.create_publisher(PoseStamped, topics.CAMERA_POSE, 10)
         self.tf_pub = self.create_publisher(TFMessage, topics.TF, 100)
@@ -106,8 +105,10 @@ class KinematicsNode(SurgNode):
             self.create_subscription(Image, topics.LEFT_IMAGE, self.on_image, 5, callback_group=group)
         self.stamp_source = p.stamp_source
         self.create_timer(0.01, self.poll, callback_group=group)   # resolves images whose wait is over
-        self._worker = threading.Thread(target=self._prior_loop, name="prior", daemon=True)
-        self._worker.start()
+        # The prior is drawn off the callback thread; when drawing falls behind, the oldest request goes.
+        self._prior_worker: QueueWorker[FrameKinematics] = QueueWorker(
+            "prior", self._draw_prior, 4, on_error=lambda _fk, e: self.report_problem(
+                "prior_error", f"{type(e).__name__}: {e}")).start()
 
     # ------------------------------------------------------------------ inputs
     def on_ecm(self, msg: PoseStamped) -> None:
@@ -188,40 +189,35 @@ class KinematicsNode(SurgNode):
             self.tf_pub.publish(TFMessage(transforms=[
                 transform_msg(T, fk.stamp_ns, self.world_frame, self.camera_frame)]))
         if self.publish_prior and self.cam is not None:
-            try:
-                self._priors.put_nowait(fk)
-            except queue.Full:
+            if not self._prior_worker.submit(fk):
                 self.count("prior_dropped")
 
-    def _prior_loop(self) -> None:
-        while True:
-            fk = self._priors.get()
-            if fk is None:
-                return
-            # every configured arm, also one whose stream this node has not heard yet (at start)
-            missing = [arm for arm in self.psm_arms if arm not in fk.tools or not fk.tools[arm].ok]
-            if missing:  # a partial prior would tell fusion "no instrument here": publish none instead
-                self.count("prior_incomplete")
-                continue
-            cam = self.cam
-            small = cam.scaled(self.prior_scale) if self.prior_scale != 1.0 else cam
-            if self._rays is None or self._rays.shape[:2] != (small.height, small.width):
-                self._rays = pixel_rays(small, self.prior_rectified)
-            tips = [r.T for r in fk.tools.values()]
-            joints = [fk.joints[arm].values if arm in fk.joints else None for arm in fk.tools]
-            fallbacks: Counter[str] = Counter()
-            for arm in fk.tools:
-                if self.use_joint_states and arm in fk.joints and not fk.joints[arm].ok:
-                    fallbacks[f"straight.{fk.joints[arm].reason}"] += 1
-            mask = project_instruments(small, tips, self.geometry, rays=self._rays, joints=joints,
-                                       counters=fallbacks)
-            for key, n in fallbacks.items():
-                self.count(f"prior_{key}", n)
-            if small is not cam:
-                mask = cv2.resize(mask, (cam.width, cam.height), interpolation=cv2.INTER_NEAREST)
-            frame = cam.frame_id or self.camera_frame
-            self.prior_pub.publish(image_to_msg(mask, "mono8", fk.stamp_ns, frame))
-            self.count("priors")
+    def _draw_prior(self, fk: FrameKinematics) -> None:
+        """Draw and publish the instrument prior mask of one frame."""
+        # every configured arm, also one whose stream this node has not heard yet (at start)
+        missing = [arm for arm in self.psm_arms if arm not in fk.tools or not fk.tools[arm].ok]
+        if missing:  # a partial prior would tell fusion "no instrument here": publish none instead
+            self.count("prior_incomplete")
+            return
+        cam = self.cam
+        small = cam.scaled(self.prior_scale) if self.prior_scale != 1.0 else cam
+        if self._rays is None or self._rays.shape[:2] != (small.height, small.width):
+            self._rays = pixel_rays(small, self.prior_rectified)
+        tips = [r.T for r in fk.tools.values()]
+        joints = [fk.joints[arm].values if arm in fk.joints else None for arm in fk.tools]
+        fallbacks: Counter[str] = Counter()
+        for arm in fk.tools:
+            if self.use_joint_states and arm in fk.joints and not fk.joints[arm].ok:
+                fallbacks[f"straight.{fk.joints[arm].reason}"] += 1
+        mask = project_instruments(small, tips, self.geometry, rays=self._rays, joints=joints,
+                                   counters=fallbacks)
+        for key, n in fallbacks.items():
+            self.count(f"prior_{key}", n)
+        if small is not cam:
+            mask = cv2.resize(mask, (cam.width, cam.height), interpolation=cv2.INTER_NEAREST)
+        frame = cam.frame_id or self.camera_frame
+        self.prior_pub.publish(image_to_msg(mask, "mono8", fk.stamp_ns, frame))
+        self.count("priors")
 
     def status_values(self) -> dict[str, object]:
         """Kinematics stream and frame counters for the heartbeat."""
@@ -237,11 +233,7 @@ class KinematicsNode(SurgNode):
 
     def close(self) -> None:
         """Stop the prior worker."""
-        try:
-            self._priors.put(None, timeout=1.0)
-        except queue.Full:
-            pass
-        self._worker.join(timeout=2.0)
+        self._prior_worker.stop()
         super().close()
 
 

@@ -13,8 +13,6 @@ in the NodeStatus heartbeat, and skipped.
 
 from __future__ import annotations
 
-import queue
-import threading
 import time
 
 import numpy as np
@@ -24,6 +22,7 @@ from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from surg3d_nodes.common.camera import CameraModel
 from surg3d_nodes.common.camera_yaml import load_camera_yaml
 from surg3d_nodes.common.geometry import backproject
+from surg3d_nodes.common.workers import QueueWorker
 from surg3d_nodes.perception.rectify import Rectifier, rectified_camera
 from surg3d_nodes.perception.stereo_depth import DepthModelError, OnnxDepth, SGBMParams, StereoDepth
 from surg3d_nodes.perception.sync import ApproxTimeSync
@@ -73,8 +72,6 @@ class StereoDepthNode(SurgNode):
         self._engine = None
         self._engine_key: tuple | None = None
         self._times: list[float] = []
-        self._work: queue.Queue = queue.Queue(maxsize=p.work_queue_size)
-        self._stop = threading.Event()
 
         self.rect_pub = self.create_publisher(Image, topics.LEFT_RECT, 5)
         self.rect_info_pub = self.create_publisher(CameraInfo, topics.LEFT_RECT_INFO, 5)
@@ -89,8 +86,8 @@ class StereoDepthNode(SurgNode):
                                      callback_group=group)
             self.create_subscription(CameraInfo, info_topic, lambda m, s=side: self.on_info(s, m), 5,
                                      callback_group=group)
-        self._worker = threading.Thread(target=self._loop, name="stereo_depth", daemon=True)
-        self._worker.start()
+        self._worker = QueueWorker("stereo_depth", lambda item: self.process(*item), p.work_queue_size,
+                                   on_error=self._failed).start()
         calib = ["file" if c is not None else "camera_info" for c in self._file_cams]
         self.get_logger().info(f"stereo depth ({self.backend}), calibration left: {calib[0]}, right: {calib[1]}")
 
@@ -125,27 +122,13 @@ class StereoDepthNode(SurgNode):
 
     def _submit(self, left: Image, right: Image) -> None:
         item = (left, right, self._info[0], self._info[1])
-        try:
-            self._work.put_nowait(item)
-        except queue.Full:
-            try:
-                self._work.get_nowait()
-                self.count("pairs_dropped_busy")
-            except queue.Empty:
-                pass
-            self._work.put_nowait(item)
+        if not self._worker.submit(item):
+            self.count("pairs_dropped_busy")
 
     # ------------------------------------------------------------------ processing
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                item = self._work.get(timeout=0.2)
-            except queue.Empty:
-                continue
-            try:
-                self.process(*item)
-            except Exception as e:  # keep the node alive whatever one pair does
-                self.report_problem("processing_error", f"{type(e).__name__}: {e}")
+    def _failed(self, _item: tuple, e: BaseException) -> None:
+        """The worker goes on whatever one pair does: report it."""
+        self.report_problem("processing_error", f"{type(e).__name__}: {e}")
 
     def _cameras(self, left: np.ndarray, right: np.ndarray,
                  infos: tuple) -> tuple[CameraModel, CameraModel] | None:
@@ -245,13 +228,12 @@ class StereoDepthNode(SurgNode):
         return {"backend": self.backend, "pairs_matched": st.sets_emitted,
                 "unmatched_left": st.unmatched[0], "unmatched_right": st.unmatched[1],
                 "sync_dropped_left": st.dropped[0], "sync_dropped_right": st.dropped[1],
-                "work_queue": self._work.qsize(),
+                "work_queue": self._worker.pending,
                 "depth_ms_mean": float(np.mean(times)) if times else 0.0}
 
     def close(self) -> None:
         """Stop the worker thread."""
-        self._stop.set()
-        self._worker.join(timeout=5.0)
+        self._worker.stop()
         super().close()
 
 
