@@ -12,8 +12,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="surg3d eval", description=__doc__)
     p.add_argument("kind", choices=["endonerf"], help="dataset layout")
     p.add_argument("path", help="clip directory (images/, depth/, masks/, poses_bounds.npy)")
-    p.add_argument("--mode", choices=["offline", "online"], default="offline",
-                   help="offline: all training frames known, fixed budget; online: frames fed at --rate")
+    p.add_argument("--mode", choices=["offline", "stream", "online"], default="offline",
+                   help="offline: all training frames known, fixed budget; stream: frames in time order, "
+                        "--iterations-per-frame live steps after each (deterministic); online: the threaded "
+                        "trainer fed at --rate (wall clock)")
+    p.add_argument("--iterations-per-frame", type=int, default=10,
+                   help="stream: live training steps after each frame (10 is what a GPU affords at 30 Hz)")
+    p.add_argument("--crop", default=None, metavar="WxH",
+                   help="native-resolution centre crop instead of --scale (full-resolution pixel statistics)")
     p.add_argument("--rate", type=float, default=30.0, help="online feeding rate in Hz (wall clock)")
     p.add_argument("--scale", type=float, default=0.25, help="image scale (0.25 = 160x128 for EndoNeRF)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
@@ -57,7 +63,16 @@ def main(argv: list[str] | None = None) -> int:
     iterations = args.iterations or (600 if device == "cpu" else 6000)
     try:
         cfg = TrainerConfig.from_dict(_parse_overrides(args.set))
-        opts = EvalOptions(mode=args.mode, scale=args.scale, device=device, iterations=iterations,
+        crop = None
+        if args.crop:
+            try:
+                crop = tuple(int(v) for v in args.crop.lower().split("x"))
+            except ValueError:
+                crop = ()
+            if len(crop) != 2:
+                raise ValueError(f"--crop expects WxH (e.g. 160x128), got {args.crop!r}")
+        opts = EvalOptions(mode=args.mode, scale=args.scale, crop=crop, iterations_per_frame=args.iterations_per_frame,
+                           device=device, iterations=iterations,
                            rate_hz=args.rate, out_dir=args.out_dir, backend=args.backend,
                            threads=args.threads)
         result = evaluate_endonerf(args.path, opts, cfg)

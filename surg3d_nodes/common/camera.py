@@ -99,6 +99,17 @@ class CameraModel:
         return CameraModel(round(self.width * s), round(self.height * s), scale_intrinsics(self.K, s, s), self.D,
                            self.R, scale_intrinsics(self.P, s, s), self.distortion_model, self.frame_id)
 
+    def cropped(self, x0: int, y0: int, width: int, height: int) -> CameraModel:
+        """The same camera for the image region [x0, x0 + width) x [y0, y0 + height) (principal point shifted)."""
+        if x0 < 0 or y0 < 0 or x0 + width > self.width or y0 + height > self.height or width < 1 or height < 1:
+            raise ValueError(f"crop {width}x{height}+{x0}+{y0} is outside the {self.width}x{self.height} image")
+        K, P = self.K.copy(), self.P.copy()
+        K[0, 2] -= x0
+        K[1, 2] -= y0
+        P[0, 2] -= x0
+        P[1, 2] -= y0
+        return CameraModel(width, height, K, self.D, self.R, P, self.distortion_model, self.frame_id)
+
 
 def scale_intrinsics(K: np.ndarray, sx: float, sy: float) -> np.ndarray:
     """A copy of intrinsics K (3x3, or a 3x4 projection P) for an image resized by sx, sy, with pixel

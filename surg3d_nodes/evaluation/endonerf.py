@@ -1,15 +1,21 @@
-"""EndoNeRF evaluation of the reconstruction (offline or online), with baselines and a right-view score.
+"""EndoNeRF evaluation of the reconstruction, with baselines and a right-view score.
 
 Protocol (Deform3DGS / EndoGaussian): test frames are the 0-based indices i with (i - 1) % 8 == 0, all
 others train; renderings and ground truth are multiplied by the tissue mask (1 - tool mask); PSNR over the
 whole image, PSNR* over tissue pixels only, SSIM 11x11 Gaussian. Depth RMSE (mm) is against the dataset's
 own depth (EndoNeRF: stereo-estimated, uint8 mm) on tissue pixels where both are valid.
+
+Modes: `offline` (all training frames known, a fixed iteration budget), `stream` (frames in time order, exactly
+K live steps after each: deterministic and machine-independent; also scores `live`, each test frame rendered
+right after the next frame and its steps, what the live view shows one frame late) and `online` (the threaded
+trainer fed at a wall-clock rate: measures the machine). Baselines on the same pixels: the previous frame, the
+mean of the two neighbours, and for the right view the left image warped with the project's own stereo
+disparity.
 """
 
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -21,17 +27,20 @@ import numpy as np
 from surg3d_nodes.common.metrics import depth_rmse_mm, masked_psnr, psnr_star, ssim
 from surg3d_nodes.data.datasets.base import DatasetFrame
 from surg3d_nodes.data.datasets.endonerf import EndoNeRFReader
+from surg3d_nodes.perception.stereo_depth import StereoDepth
 from surg3d_nodes.recon.config import Frame, TrainerConfig
 from surg3d_nodes.recon.online import OnlineTrainer
-from surg3d_nodes.recon.runner import Reconstructor, train_offline
+from surg3d_nodes.recon.runner import Reconstructor, train_offline, train_stream
 
 
 @dataclass
 class EvalOptions:
     """What and how to evaluate."""
 
-    mode: str = "offline"            # offline | online
+    mode: str = "offline"            # offline | stream | online
     scale: float = 0.25
+    crop: tuple[int, int] | None = None   # native-resolution centre crop (w, h) instead of scaling
+    iterations_per_frame: int = 10   # stream: live steps after each training frame
     device: str = "cpu"
     iterations: int = 1500           # offline budget
     rate_hz: float = 30.0            # online feeding rate (wall clock)
@@ -47,21 +56,51 @@ def test_indices(n: int) -> list[int]:
     return [i for i in range(n) if (i - 1) % 8 == 0]
 
 
-def _scaled(fr: DatasetFrame, s: float) -> dict:
-    """Frame images and cameras resized by s (area for colour, nearest for depth, any-tool for masks)."""
+def _prepared(fr: DatasetFrame, s: float, crop: tuple[int, int] | None) -> dict:
+    """Frame images and cameras resized by s (area for colour, nearest for depth, any-tool for masks), or
+    cropped to the centred `crop` (w, h) at the native resolution (intrinsics shifted)."""
+    mask = fr.mask if fr.mask is not None else np.zeros(fr.left.shape[:2], np.uint8)
+    if crop is not None:
+        w, h = crop
+        x0, y0 = (fr.cam_left.width - w) // 2, (fr.cam_left.height - h) // 2
+
+        def cut(img):
+            return None if img is None else np.ascontiguousarray(img[y0:y0 + h, x0:x0 + w])
+
+        cam_r = None if fr.cam_right is None else fr.cam_right.cropped(x0, y0, w, h)
+        return {"stamp_ns": fr.stamp_ns, "rgb": cut(fr.left), "right": cut(fr.right), "depth": cut(fr.depth),
+                "mask": (cut(mask) > 0).astype(np.uint8) * 255, "pose": fr.pose,
+                "cam": fr.cam_left.cropped(x0, y0, w, h), "cam_right": cam_r}
     cam = fr.cam_left.scaled(s) if s != 1.0 else fr.cam_left
     size = (cam.width, cam.height)
 
     def rs(img, interp):
         return img if s == 1.0 or img is None else cv2.resize(img, size, interpolation=interp)
 
-    mask = fr.mask if fr.mask is not None else np.zeros(fr.left.shape[:2], np.uint8)
     mask = (rs(mask, cv2.INTER_AREA) > 0).astype(np.uint8) * 255
     cam_r = fr.cam_right.scaled(s) if (fr.cam_right is not None and s != 1.0) else fr.cam_right
     return {"stamp_ns": fr.stamp_ns, "rgb": rs(fr.left, cv2.INTER_AREA),
             "right": rs(fr.right, cv2.INTER_AREA), "depth": rs(fr.depth, cv2.INTER_NEAREST), "mask": mask,
             "pose": fr.pose, "cam": cam,
             "cam_right": cam_r}
+
+
+def warp_left_to_right(d: dict) -> np.ndarray:
+    """The right-view baseline: the left image warped into the right view with the project's own stereo
+    disparity (SGBM of the mirrored pair gives the right view's disparity; holes take the nearest valid
+    disparity by inpainting)."""
+    sd = StereoDepth(d["cam"], d["cam_right"])
+    left, right = d["rgb"], d["right"]
+    disp_r, _ = sd.disparity(np.ascontiguousarray(right[:, ::-1]), np.ascontiguousarray(left[:, ::-1]))
+    disp_r = disp_r[:, ::-1]
+    valid = np.isfinite(disp_r)
+    if not valid.any():
+        return np.zeros_like(right)
+    fill = cv2.inpaint(np.where(valid, disp_r, 0).astype(np.float32), (~valid).astype(np.uint8), 5,
+                       cv2.INPAINT_TELEA)
+    h, w = fill.shape
+    xs, ys = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+    return cv2.remap(left, xs + fill, ys, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
 
 def _right_tissue_mask(d: dict) -> np.ndarray:
@@ -101,56 +140,105 @@ def _save_png(path: Path, rgb: np.ndarray) -> None:
     cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
 
 
+def _frame(d: dict) -> Frame:
+    return Frame(d["stamp_ns"], d["rgb"], d["depth"], d["mask"], d["pose"], d["cam"])
+
+
+def _tissue(d: dict) -> np.ndarray:
+    return (d["mask"] == 0).astype(np.float32)
+
+
+def _render(trainer: Reconstructor | OnlineTrainer, d: dict, right: bool = False):
+    """The model's view of dataset frame `d` (left, or right through the stereo baseline) at its time."""
+    pose, cam = d["pose"], d["cam"]
+    if right:
+        T_lr = np.eye(4)
+        T_lr[0, 3] = d["cam_right"].baseline
+        pose, cam = pose @ T_lr, d["cam_right"]
+    return trainer.render_view(pose, trainer.time_of(d["stamp_ns"]), cam.width, cam.height, K=cam.intrinsics())
+
+
+def _train_offline(trainer: Reconstructor, frames: list[Frame], opts: EvalOptions, progress, t0: float) -> None:
+    def cb(it: int, st) -> None:
+        if it < 0:
+            progress(f"  ingested {-it} frames: {st.num_gaussians} Gaussians  {time.monotonic() - t0:.0f} s")
+        elif it % 100 == 0 or it == opts.iterations:
+            progress(f"  iter {it}/{opts.iterations}  loss {st.loss:.4f}  gaussians {st.num_gaussians}  "
+                     f"{time.monotonic() - t0:.0f} s")
+    train_offline(trainer, frames, opts.iterations, progress=cb)
+
+
+def _train_stream(trainer: Reconstructor, data: list[dict], train: list[int], tests: list[int],
+                  opts: EvalOptions, progress, t0: float) -> dict[int, float]:
+    """Stream the training frames with K steps each; returns the live PSNR of each test frame (rendered right
+    after the following training frame and its steps)."""
+    live: dict[int, float] = {}
+    test_set = set(tests)
+
+    def after(k: int, recon: Reconstructor) -> None:
+        i = train[k]
+        if i - 1 in test_set:
+            d = data[i - 1]
+            rgb, _, _ = _render(recon, d)
+            live[i - 1] = masked_psnr(rgb, d["rgb"], _tissue(d))
+        if (k + 1) % 10 == 0 or k + 1 == len(train):
+            st = recon.get_stats()
+            progress(f"  streamed {k + 1}/{len(train)} frames: {st.iterations} iterations, "
+                     f"{st.num_gaussians} Gaussians  {time.monotonic() - t0:.0f} s")
+    train_stream(trainer, [_frame(data[i]) for i in train], opts.iterations_per_frame, after)
+    return live
+
+
+def _train_online(trainer: OnlineTrainer, data: list[dict], train: list[int], tests: list[int],
+                  opts: EvalOptions, progress) -> None:
+    trainer.start()
+    period = 1.0 / opts.rate_hz
+    t_next = time.monotonic()
+    for i in train:
+        trainer.ingest(_frame(data[i]))
+        t_next += period * (1 if i + 1 not in tests else 2)   # test frames keep their time slot
+        time.sleep(max(0.0, t_next - time.monotonic()))
+    progress(f"  fed {len(train)} frames at {opts.rate_hz} Hz; settling {opts.settle_s} s")
+    time.sleep(opts.settle_s)
+    trainer.pause()
+    trainer.stop()
+
+
 def evaluate_endonerf(root: str | Path, opts: EvalOptions, cfg: TrainerConfig | None = None,
                       progress: Callable[[str], None] = print) -> dict:
     """Train on the clip's training frames, score the test frames; returns the result dict."""
     import torch
 
-    if opts.mode not in ("offline", "online"):
-        raise ValueError(f"mode must be 'offline' or 'online', got {opts.mode!r}")
+    if opts.mode not in ("offline", "stream", "online"):
+        raise ValueError(f"mode must be 'offline', 'stream' or 'online', got {opts.mode!r}")
+    if opts.mode == "stream" and opts.iterations_per_frame < 0:
+        raise ValueError(f"iterations per frame must be >= 0, got {opts.iterations_per_frame}")
     torch.set_num_threads(max(1, opts.threads))
     reader = EndoNeRFReader(root)
     n = len(reader)
-    progress(f"reading {n} frames of {root} at scale {opts.scale}")
-    data = [_scaled(reader.frame(i), opts.scale) for i in range(n)]
+    if opts.crop is not None:
+        w, h = opts.crop
+        cam0 = reader.frame(0).cam_left
+        if not (0 < w <= cam0.width and 0 < h <= cam0.height):
+            raise ValueError(f"crop {w}x{h} does not fit the {cam0.width}x{cam0.height} images")
+    how = f"centre crop {opts.crop[0]}x{opts.crop[1]}" if opts.crop else f"scale {opts.scale}"
+    progress(f"reading {n} frames of {root} at {how}")
+    data = [_prepared(reader.frame(i), opts.scale, opts.crop) for i in range(n)]
     tests = test_indices(n)
     train = [i for i in range(n) if i not in set(tests)]
     cfg = cfg or TrainerConfig()
     cfg.device, cfg.backend = opts.device, opts.backend
     if cfg.image_scale <= 0:   # the frames are already at opts.scale: auto would shrink them again on CPU
         cfg.image_scale = 1.0
-    trainer: Reconstructor | OnlineTrainer = Reconstructor(cfg) if opts.mode == "offline" else OnlineTrainer(cfg)
-
-    def frame_of(d: dict) -> Frame:
-        return Frame(d["stamp_ns"], d["rgb"], d["depth"], d["mask"], d["pose"], d["cam"])
-
+    trainer: Reconstructor | OnlineTrainer = OnlineTrainer(cfg) if opts.mode == "online" else Reconstructor(cfg)
     t0 = time.monotonic()
+    live: dict[int, float] = {}
     if opts.mode == "offline":
-        def cb(it: int, st) -> None:
-            if it < 0:
-                progress(f"  ingested {-it} frames: {st.num_gaussians} Gaussians  "
-                         f"{time.monotonic() - t0:.0f} s")
-            elif it % 100 == 0 or it == opts.iterations:
-                progress(f"  iter {it}/{opts.iterations}  loss {st.loss:.4f}  gaussians {st.num_gaussians}  "
-                         f"{time.monotonic() - t0:.0f} s")
-        train_offline(trainer, [frame_of(data[i]) for i in train], opts.iterations, progress=cb)
+        _train_offline(trainer, [_frame(data[i]) for i in train], opts, progress, t0)
+    elif opts.mode == "stream":
+        live = _train_stream(trainer, data, train, tests, opts, progress, t0)
     else:
-        trainer.start()
-        period = 1.0 / opts.rate_hz
-
-        def feed() -> None:
-            t_next = time.monotonic()
-            for i in train:
-                trainer.ingest(frame_of(data[i]))
-                t_next += period * (1 if i + 1 not in tests else 2)   # test frames keep their time slot
-                time.sleep(max(0.0, t_next - time.monotonic()))
-        feeder = threading.Thread(target=feed, daemon=True)
-        feeder.start()
-        feeder.join()
-        progress(f"  fed {len(train)} frames at {opts.rate_hz} Hz; settling {opts.settle_s} s")
-        time.sleep(opts.settle_s)
-        trainer.pause()
-        trainer.stop()
+        _train_online(trainer, data, train, tests, opts, progress)
     train_s = time.monotonic() - t0
     stats = trainer.get_stats()
     progress(f"trained in {train_s:.1f} s: {stats.iterations} iterations, {stats.num_gaussians} Gaussians")
@@ -162,11 +250,9 @@ def evaluate_endonerf(root: str | Path, opts: EvalOptions, cfg: TrainerConfig | 
     render_times = []
     for k, i in enumerate(tests):
         d = data[i]
-        tissue = (d["mask"] == 0).astype(np.float32)
-        t = trainer.time_of(d["stamp_ns"])
+        tissue = _tissue(d)
         t1 = time.monotonic()
-        rgb, depth, alpha = trainer.render_view(d["pose"], t, d["cam"].width, d["cam"].height,
-                                                K=d["cam"].intrinsics())
+        rgb, depth, alpha = _render(trainer, d)
         render_times.append(time.monotonic() - t1)
         gt = d["rgb"]
         m3 = tissue[..., None]
@@ -174,18 +260,18 @@ def evaluate_endonerf(root: str | Path, opts: EvalOptions, cfg: TrainerConfig | 
              "ssim": ssim(rgb, gt, tissue),
              "depth_rmse_mm": depth_rmse_mm(depth, np.nan_to_num(d["depth"], nan=0.0), tissue),
              "coverage": float((alpha > 0.5)[tissue > 0].mean())}
+        if i in live:
+            r["live_psnr"] = live[i]
         prev = data[i - 1]["rgb"]
         nxt = data[i + 1]["rgb"] if i + 1 < n else prev
         mean = ((prev.astype(np.float32) + nxt.astype(np.float32)) / 2.0 + 0.5).astype(np.uint8)
         r["baseline_copy_prev_psnr"] = masked_psnr(prev, gt, tissue)
         r["baseline_neighbour_mean_psnr"] = masked_psnr(mean, gt, tissue)
         if d["right"] is not None and d["cam_right"] is not None:
-            T_lr = np.eye(4)
-            T_lr[0, 3] = d["cam_right"].baseline
-            rr, _, ra = trainer.render_view(d["pose"] @ T_lr, t, d["cam"].width, d["cam"].height,
-                                            K=d["cam_right"].intrinsics())
+            rr, _, ra = _render(trainer, d, right=True)
             rmask = (_right_tissue_mask(d) & (ra > 0.5)).astype(np.float32)
             r["right_psnr_star"] = psnr_star(rr, d["right"], rmask)
+            r["baseline_right_warp_psnr_star"] = psnr_star(warp_left_to_right(d), d["right"], rmask)
             r["right_pixels"] = float(rmask.mean())
         per.append(r)
         progress(f"  test frame {i:3d}: PSNR {r['psnr']:.2f} dB  PSNR* {r['psnr_star']:.2f}  "
@@ -200,6 +286,8 @@ def evaluate_endonerf(root: str | Path, opts: EvalOptions, cfg: TrainerConfig | 
             lo, hi = (float(np.nanmin(d["depth"])), float(np.nanmax(d["depth"]))) if valid.any() else (0, 1)
             _save_png(out / f"test_{i:03d}_depth_gt_render.png",
                       np.hstack([_colorize_depth(d["depth"], lo, hi), _colorize_depth(depth, lo, hi)]))
+    # The fit of the frames the model trained on: underfitting shows here before interpolation does.
+    fit = [masked_psnr(_render(trainer, data[i])[0], data[i]["rgb"], _tissue(data[i])) for i in train]
 
     def avg(key: str) -> float:
         vals = [p[key] for p in per if key in p and np.isfinite(p[key])]
@@ -207,23 +295,30 @@ def evaluate_endonerf(root: str | Path, opts: EvalOptions, cfg: TrainerConfig | 
 
     fps = len(render_times) / max(1e-9, sum(render_times))
     result = {
-        "dataset": str(root), "mode": opts.mode, "scale": opts.scale, "device": str(trainer.device),
-        "backend": trainer.backend, "resolution": [data[0]["cam"].width, data[0]["cam"].height],
+        "dataset": str(root), "mode": opts.mode, "scale": opts.scale, "crop": opts.crop,
+        "device": str(trainer.device), "backend": trainer.backend,
+        "resolution": [data[0]["cam"].width, data[0]["cam"].height],
         "train_frames": len(train), "test_frames": tests,
         "iterations": stats.iterations, "num_gaussians": stats.num_gaussians,
         "train_time_s": train_s, "render_fps": fps,
         "psnr": avg("psnr"), "psnr_star": avg("psnr_star"), "ssim": avg("ssim"),
         "depth_rmse_mm": avg("depth_rmse_mm"), "coverage": avg("coverage"),
+        "live_psnr": avg("live_psnr"),
+        "train_fit_psnr": float(np.mean(fit)), "train_fit_min_psnr": float(np.min(fit)),
         "baseline_copy_prev_psnr": avg("baseline_copy_prev_psnr"),
         "baseline_neighbour_mean_psnr": avg("baseline_neighbour_mean_psnr"),
         "right_psnr_star": avg("right_psnr_star"),
+        "baseline_right_warp_psnr_star": avg("baseline_right_warp_psnr_star"),
         "frames_skipped": stats.frames_skipped, "skip_reasons": stats.skip_reasons,
-        "per_frame": per, "options": asdict(opts), "trainer_config": asdict(cfg),
+        "per_frame": per, "train_fit_per_frame": [{"index": i, "psnr": p} for i, p in zip(train, fit, strict=True)],
+        "options": asdict(opts), "trainer_config": asdict(cfg),
         "date_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
-    progress(f"PSNR {result['psnr']:.2f} dB  PSNR* {result['psnr_star']:.2f} dB  SSIM {result['ssim']:.4f}  "
-             f"depth RMSE {result['depth_rmse_mm']:.2f} mm  right PSNR* {result['right_psnr_star']:.2f} dB  "
-             f"| baselines: copy-prev {result['baseline_copy_prev_psnr']:.2f}, neighbour-mean "
+    live_txt = f"  live {result['live_psnr']:.2f}" if live else ""
+    progress(f"PSNR {result['psnr']:.2f} dB{live_txt}  PSNR* {result['psnr_star']:.2f} dB  SSIM {result['ssim']:.4f}  "
+             f"depth RMSE {result['depth_rmse_mm']:.2f} mm  train fit {result['train_fit_psnr']:.2f} dB  "
+             f"right PSNR* {result['right_psnr_star']:.2f} dB (warp {result['baseline_right_warp_psnr_star']:.2f})"
+             f"  | baselines: copy-prev {result['baseline_copy_prev_psnr']:.2f}, neighbour-mean "
              f"{result['baseline_neighbour_mean_psnr']:.2f}  | train {train_s:.1f} s, render {fps:.1f} FPS")
     if out is not None:
         (out / "result.json").write_text(json.dumps(result, indent=2))
