@@ -36,3 +36,31 @@ def test_eval_rejects_bad_input(tmp_path: Path, capsys):
     assert "expected a directory" in capsys.readouterr().err
     assert main(["endonerf", str(tmp_path), "--set", "no_such_knob=1"]) == 2
     assert "unknown trainer config keys" in capsys.readouterr().err
+
+
+def test_stream_mode_is_deterministic_and_scores_live(synth_bag: Path, tmp_path: Path):
+    """Stream mode on a native-resolution crop: the same numbers twice (no wall clock), a live score for the test
+    frames, the training-frame fit and the right-view warp baseline in the JSON."""
+    clip = synth_bag.parent / "endonerf"
+    results = []
+    for k in range(2):
+        out = tmp_path / f"r{k}.json"
+        assert main(["endonerf", str(clip), "--mode", "stream", "--iterations-per-frame", "2", "--crop", "96x80",
+                     "--device", "cpu", "--backend", "torch", "--json", str(out)]) == 0
+        results.append(json.loads(out.read_text()))
+    a, b = results
+    assert a["resolution"] == [96, 80] and a["mode"] == "stream"
+    assert a["iterations"] == 2 * a["train_frames"]
+    assert a["psnr"] == b["psnr"] and a["live_psnr"] == b["live_psnr"] and a["num_gaussians"] == b["num_gaussians"]
+    live = [p for p in a["per_frame"] if "live_psnr" in p]
+    assert len(live) == len(a["test_frames"]) and all(p["live_psnr"] > 15 for p in live)
+    assert len(a["train_fit_per_frame"]) == a["train_frames"] and a["train_fit_psnr"] > 15
+    assert 15 < a["baseline_right_warp_psnr_star"] < 60 and a["right_psnr_star"] > 10
+
+
+def test_eval_rejects_a_crop_larger_than_the_images(synth_bag: Path, capsys):
+    clip = synth_bag.parent / "endonerf"
+    assert main(["endonerf", str(clip), "--mode", "stream", "--crop", "4000x80", "--device", "cpu"]) == 2
+    assert "does not fit" in capsys.readouterr().err
+    assert main(["endonerf", str(clip), "--crop", "96"]) == 2
+    assert "WxH" in capsys.readouterr().err
