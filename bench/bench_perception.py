@@ -26,6 +26,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from benchlib import curve_plot
 
 from surg3d_nodes.common.camera import CameraModel
 from surg3d_nodes.perception.segmentation import CueSegmenter, YoloSegmenter
@@ -74,27 +75,6 @@ def _timeit(fn, repeats: int) -> dict[str, float]:
         fn()
         ts.append((time.perf_counter() - t) * 1000.0)
     return {"median_ms": round(statistics.median(ts), 2), "min_ms": round(min(ts), 2)}
-
-
-def _plot(series: dict[str, list[float]], path: Path, title: str) -> None:
-    """Per-frame curves (values in [0, 1]) as a PNG, drawn with OpenCV."""
-    w, h, pad = 760, 320, 40
-    img = np.full((h, w, 3), 255, np.uint8)
-    cv2.rectangle(img, (pad, pad), (w - pad, h - pad), (0, 0, 0), 1)
-    for y in (0.25, 0.5, 0.75, 0.95):
-        yy = int(h - pad - y * (h - 2 * pad))
-        cv2.line(img, (pad, yy), (w - pad, yy), (220, 220, 220), 1)
-        cv2.putText(img, f"{y:.2f}", (2, yy + 4), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1)
-    colours = [(200, 0, 0), (0, 150, 0), (0, 0, 200)]
-    for k, (name, vals) in enumerate(series.items()):
-        n = max(len(vals) - 1, 1)
-        pts = np.array([[pad + i * (w - 2 * pad) / n, h - pad - v * (h - 2 * pad)]
-                        for i, v in enumerate(vals)], np.int32)
-        cv2.polylines(img, [pts], False, colours[k % 3], 2, cv2.LINE_AA)
-        cv2.putText(img, f"{name} (mean {np.mean(vals):.3f})", (pad + 10 + 230 * k, pad - 10),
-                    cv2.FONT_HERSHEY_SIMPLEX, 0.5, colours[k % 3], 1, cv2.LINE_AA)
-    cv2.putText(img, title, (pad, h - 10), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
-    cv2.imwrite(str(path), img)
 
 
 def bench_scared(data: Path, out: Path) -> dict:
@@ -164,8 +144,8 @@ def bench_endonerf(data: Path, out: Path, frames: int) -> tuple[dict, dict]:
             cv2.imwrite(str(out / "endonerf_depth.png"), fig)
         print(f"  EndoNeRF frame {i}: depth rel diff {rel[-1] * 100:.2f} %, mask IoU {ious[-1]:.3f} "
               f"recall {recalls[-1]:.3f}", flush=True)
-    _plot({"IoU": ious, "recall": recalls, "precision": precisions}, out / "endonerf_mask_per_frame.png",
-          "EndoNeRF cue segmenter vs gt_masks, per frame")
+    curve_plot({"IoU": ious, "recall": recalls, "precision": precisions}, out / "endonerf_mask_per_frame.png",
+               "EndoNeRF cue segmenter vs gt_masks, per frame")
     depth_res = {"frames": len(lefts), "median_abs_rel_diff_percent": round(float(np.mean(rel)) * 100, 3),
                  "density_on_tissue": round(float(np.mean(density)), 4),
                  "assumed_baseline_mm": ENDONERF_BASELINE * 1000,

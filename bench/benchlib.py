@@ -55,3 +55,29 @@ def latency_histogram(rows: list[tuple[str, np.ndarray]], path: Path, unit: str 
     cv2.putText(canvas, f"0 .. {top:.0f} {unit}", (10, h - 10), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1)
     cv2.imwrite(str(path), canvas)
     return path
+
+
+def curve_plot(series: dict[str, list[float]], path: Path, title: str, lo: float = 0.0, hi: float = 1.0,
+               ticks: tuple[float, ...] = (0.25, 0.5, 0.75, 0.95)) -> Path:
+    """Per-frame curves with values in [lo, hi] (grid lines at `ticks`) as a PNG, drawn with OpenCV."""
+    w, h, pad = 760, 320, 40
+    img = np.full((h, w, 3), 255, np.uint8)
+    cv2.rectangle(img, (pad, pad), (w - pad, h - pad), (0, 0, 0), 1)
+
+    def y_of(v: float) -> float:
+        return h - pad - (min(max(v, lo), hi) - lo) / (hi - lo) * (h - 2 * pad)
+
+    for y in ticks:
+        yy = int(y_of(y))
+        cv2.line(img, (pad, yy), (w - pad, yy), (220, 220, 220), 1)
+        cv2.putText(img, f"{y:g}", (2, yy + 4), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1)
+    for k, (name, vals) in enumerate(series.items()):
+        n = max(len(vals) - 1, 1)
+        pts = np.array([[pad + i * (w - 2 * pad) / n, y_of(v)] for i, v in enumerate(vals)], np.int32)
+        colour = COLOURS[k % len(COLOURS)]
+        cv2.polylines(img, [pts], False, colour, 2, cv2.LINE_AA)
+        cv2.putText(img, f"{name} (mean {np.mean(vals):.3g})", (pad + 10 + 230 * k, pad - 10),
+                    cv2.FONT_HERSHEY_SIMPLEX, 0.5, colour, 1, cv2.LINE_AA)
+    cv2.putText(img, title, (pad, h - 10), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
+    cv2.imwrite(str(path), img)
+    return path
