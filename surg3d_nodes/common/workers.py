@@ -7,7 +7,6 @@ the OLDEST queued item is dropped and counted, so the consumer always works on r
 from __future__ import annotations
 
 import threading
-import time
 from collections import deque
 from collections.abc import Callable
 from typing import Generic, TypeVar
@@ -24,7 +23,6 @@ class DropOldestQueue(Generic[T]):
         self.maxsize = int(maxsize)
         self._items: deque[T] = deque()
         self._cond = threading.Condition()
-        self._unfinished = 0       # items put and not yet marked done (queued or being handled)
         self.dropped = 0
 
     def put(self, item: T) -> bool:
@@ -34,8 +32,6 @@ class DropOldestQueue(Generic[T]):
             if full:
                 self._items.popleft()
                 self.dropped += 1
-            else:
-                self._unfinished += 1
             self._items.append(item)
             self._cond.notify()
         return not full
@@ -57,19 +53,7 @@ class DropOldestQueue(Generic[T]):
         with self._cond:
             n = len(self._items)
             self._items.clear()
-            self._unfinished -= n
             return n
-
-    def task_done(self) -> None:
-        """Mark one item taken with `get` as handled (see `unfinished`)."""
-        with self._cond:
-            self._unfinished -= 1
-
-    @property
-    def unfinished(self) -> int:
-        """Items put and not yet marked done: queued or still being handled."""
-        with self._cond:
-            return self._unfinished
 
     def wake(self) -> None:
         """Wake a consumer waiting in `get` (it then returns None if nothing is queued)."""
@@ -107,27 +91,9 @@ class QueueWorker(Generic[T]):
         return self.queue.put(item)
 
     @property
-    def dropped(self) -> int:
-        """Items dropped because the worker was behind."""
-        return self.queue.dropped
-
-    @property
     def pending(self) -> int:
         """Items queued, not yet handled."""
         return len(self.queue)
-
-    def idle(self) -> bool:
-        """True when nothing is queued or being handled."""
-        return self.queue.unfinished == 0
-
-    def wait_idle(self, timeout: float) -> bool:
-        """Block until idle (tests, shutdown); False on timeout."""
-        end = time.monotonic() + timeout
-        while not self.idle():
-            if time.monotonic() >= end:
-                return False
-            time.sleep(0.005)
-        return True
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop and join the thread; queued items are discarded."""
@@ -149,5 +115,3 @@ class QueueWorker(Generic[T]):
                 if self._on_error is None:
                     raise
                 self._on_error(item, e)
-            finally:
-                self.queue.task_done()

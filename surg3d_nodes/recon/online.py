@@ -237,6 +237,4 @@ class OnlineTrainer:
                 except Exception as e:  # the frame is lost, not the model or the thread
                     self.recon.count_skip("error")
                     self._record_error(f"frame {frame.stamp_ns}", e)
-                finally:
-                    self._queue.task_done()
         return got > 0
