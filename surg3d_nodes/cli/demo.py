@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from surg3d_nodes.system.graph import GraphError, load_preset
+from surg3d_nodes.system.runs import new_run_folder
 from surg3d_nodes.system.supervisor import GRAPH_ENV, Supervisor
 
 
@@ -191,15 +192,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # A run folder of its own: the trainer resumes from checkpoints in its output_dir (respawn), and a
         # demo must not continue an earlier run's model.
-        run_dir = out / time.strftime("run_%Y%m%d_%H%M%S")
+        run_dir = new_run_folder(out)
         preset = load_preset("replay", {"bag": str(bag.resolve()), "rate": str(args.rate),
                                         "output_dir": str(run_dir), "device": args.device})
     except GraphError as e:
         print(f"surg3d demo: {e}", file=sys.stderr)
         return 2
-    res = DemoResult(frames_in_bag=count_frames(bag, topics.LEFT_IMAGE))
+    res = DemoResult(frames_in_bag=count_frames(bag, topics.absolute(topics.LEFT_IMAGE)))   # bags: absolute names
     if res.frames_in_bag == 0:
-        print(f"surg3d demo: {bag} has no {topics.LEFT_IMAGE} messages", file=sys.stderr)
+        print(f"surg3d demo: {bag} has no {topics.absolute(topics.LEFT_IMAGE)} messages", file=sys.stderr)
         return 2
     sup = Supervisor(preset.nodes)
     domain = int(os.environ["ROS_DOMAIN_ID"]) if os.environ.get("ROS_DOMAIN_ID") else None

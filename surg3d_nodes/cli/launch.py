@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from surg3d_nodes.system.graph import GraphError, NodeSpec, load_preset
+from surg3d_nodes.system.runs import start_run
 from surg3d_nodes.system.supervisor import GRAPH_ENV, Supervisor
 
 
@@ -56,6 +57,10 @@ def main(argv: list[str] | None = None) -> int:
         for s in preset.nodes:
             print(f"node {s.name}: python -m {s.module} {' '.join(s.ros_args())}" + (" [respawn]" if s.respawn else ""))
         return 0
+    # This launch's own output folder (respawned nodes keep it): never another run's checkpoints.
+    folder = start_run(preset)
+    if folder is not None:
+        print(f"[launcher] run folder {folder}", flush=True)
     if args.single_process:
         import os
 

@@ -9,18 +9,22 @@ from __future__ import annotations
 from pathlib import Path
 
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, OpaqueFunction
+from launch.actions import DeclareLaunchArgument, LogInfo, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
 from surg3d_nodes.system.graph import load_preset
+from surg3d_nodes.system.runs import start_run
 
 
-def _nodes(context, preset: str, config_dir: Path | None) -> list[Node]:
+def _nodes(context, preset: str, config_dir: Path | None) -> list[LogInfo | Node]:
     names = load_preset(preset, config_dir=config_dir).arguments
     overrides = {n: LaunchConfiguration(n).perform(context) for n in names}
     resolved = load_preset(preset, overrides, config_dir)
-    return [Node(package="surg3d", executable=s.executable, name=s.name, output="screen",
+    # Runs once per launch; launch_ros respawns a node with the same parameters, so it keeps the run folder.
+    folder = start_run(resolved)
+    notes = [LogInfo(msg=f"run folder {folder}")] if folder is not None else []
+    return notes + [Node(package="surg3d", executable=s.executable, name=s.name, output="screen",
                  parameters=[*(str(f) for f in s.parameter_files), dict(s.parameters)],
                  remappings=list(s.remappings.items()), respawn=s.respawn, respawn_delay=s.respawn_delay)
             for s in resolved.nodes]
