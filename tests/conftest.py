@@ -5,10 +5,13 @@ from __future__ import annotations
 import itertools
 import os
 import random
+import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from colcon_support import ColconInstall, colcon
 
 ROOT = Path(__file__).resolve().parents[1]
 # A random base so that parallel runs on one machine do not share domains; each test gets its own.
@@ -23,6 +26,32 @@ def shared_data() -> Path:
     if not path.is_dir():
         pytest.skip(f"shared data folder {path} is absent (set SURG3D_DATA)")
     return path
+
+
+@pytest.fixture(scope="session")
+def synth_bag(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A short synthetic stereo bag (`surg3d synth`, 160x128, 24 frames), made once per session."""
+    out = tmp_path_factory.mktemp("synth")
+    subprocess.run([sys.executable, "-m", "surg3d_nodes.cli", "synth", str(out), "--width", "160", "--height", "128",
+                    "--frames", "24"], check=True, capture_output=True, timeout=300)
+    return out / "bag"
+
+
+@pytest.fixture(scope="session")
+def colcon_build(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], ColconInstall]:
+    """`colcon_build(kind)`: ros2_ws built by colcon on first use, once per session and kind: "plain" (`colcon
+    build`, files copied: what a ROS user gets) or "symlink" (`--symlink-install`). Skips without colcon."""
+    builds: dict[str, ColconInstall] = {}
+
+    def build(kind: str) -> ColconInstall:
+        if kind not in builds:
+            try:
+                builds[kind] = colcon(tmp_path_factory.mktemp(f"colcon_{kind}"), symlink=kind == "symlink")
+            except FileNotFoundError as e:
+                pytest.skip(str(e))
+        return builds[kind]
+
+    return build
 
 
 @pytest.fixture

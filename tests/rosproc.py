@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 
 def start_node(module: str, ros_args: list[str], env: dict[str, str]) -> subprocess.Popen:
@@ -71,12 +74,24 @@ def call_service(node, cls, name: str, request, timeout: float = 20.0):
     return future.result()
 
 
-class Launch:
-    """`surg3d launch ARGS...` as a subprocess whose output lines are collected."""
+def free_port() -> int:
+    """A TCP port nobody listens on right now (for the viewer bridge of a test graph)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
-    def __init__(self, args: list[str], env: dict[str, str]) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "surg3d_nodes.cli", "launch", *args], env=env,
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+class Launch:
+    """A launcher as a subprocess whose output lines are collected: `surg3d launch ARGS...` by default, or
+    `command + ARGS`. With `process_group`, it leads a process group of its own and `stop()` signals the whole
+    group, as Ctrl-C in a terminal does (what `ros2 launch` expects)."""
+
+    def __init__(self, args: list[str], env: dict[str, str], command: list[str] | None = None,
+                 process_group: bool = False, cwd: Path | None = None) -> None:
+        command = command or [sys.executable, "-m", "surg3d_nodes.cli", "launch"]
+        self.process_group = process_group
+        self.proc = subprocess.Popen([*command, *args], env=env, cwd=cwd, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True, start_new_session=process_group)
         self.lines: list[str] = []
         threading.Thread(target=lambda: [self.lines.append(x.rstrip()) for x in self.proc.stdout],
                          daemon=True).start()
@@ -96,12 +111,25 @@ class Launch:
             time.sleep(0.1)
         raise AssertionError(f"no line ~ {pattern!r}; output:\n" + "\n".join(self.lines[-80:]))
 
+    def _signal(self, sig: int) -> None:
+        if self.process_group:
+            try:
+                os.killpg(self.proc.pid, sig)
+            except ProcessLookupError:  # the whole group has exited
+                pass
+        elif self.proc.poll() is None:
+            self.proc.send_signal(sig)
+
     def stop(self, timeout: float = 60.0) -> int:
-        """SIGINT the launcher (it stops every node) and return its exit code."""
+        """SIGINT the launcher (it stops every node), or its process group, and return its exit code; whatever
+        still runs after `timeout` s is killed."""
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
+            self._signal(signal.SIGINT)
         try:
             return self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            self.proc.kill()
+            self._signal(signal.SIGKILL)
             return self.proc.wait()
+        finally:
+            if self.process_group:  # no node outlives its test, whatever the launcher did
+                self._signal(signal.SIGKILL)

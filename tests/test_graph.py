@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import re
-import runpy
 import shutil
 import subprocess
 import sys
-import types
 from pathlib import Path
 
 import pytest
@@ -129,63 +127,6 @@ def test_node_yaml_files_hold_only_overrides() -> None:
             for section, body in yaml.safe_load((ROOT / "config" / f).read_text()).items():
                 for key, value in (body["ros__parameters"] or {}).items():
                     assert value != specs[key].default, f"{f}: {section}.{key} repeats the default {value!r}"
-
-
-class _Recorder:
-    """Stands in for a launch/launch_ros class: records its constructor arguments."""
-
-    def __init__(self, *args, **kwargs) -> None:
-        self.args, self.kwargs = args, kwargs
-
-
-def _fake_launch_modules(monkeypatch: pytest.MonkeyPatch) -> None:
-    """launch and launch_ros are not available as wheels: record what the launch files build."""
-
-    class LaunchConfiguration:
-        def __init__(self, name: str) -> None:
-            self.name = name
-
-        def perform(self, context) -> str:
-            return context.launch_configurations[self.name]
-
-    mods = {
-        "launch": {"LaunchDescription": _Recorder},
-        "launch.actions": {"DeclareLaunchArgument": _Recorder, "OpaqueFunction": _Recorder},
-        "launch.substitutions": {"LaunchConfiguration": LaunchConfiguration},
-        "launch_ros": {},
-        "launch_ros.actions": {"Node": _Recorder},
-        "ament_index_python": {},
-        "ament_index_python.packages": {"get_package_share_directory": lambda pkg: str(ROOT)},
-    }
-    for name, attrs in mods.items():
-        monkeypatch.setitem(sys.modules, name, types.SimpleNamespace(**attrs))
-    monkeypatch.delitem(sys.modules, "surg3d_nodes.ros.launch_description", raising=False)
-
-
-@pytest.mark.parametrize("preset", PRESETS)
-def test_launch_files_match_the_launcher(monkeypatch: pytest.MonkeyPatch, preset: str) -> None:
-    _fake_launch_modules(monkeypatch)
-    description = runpy.run_path(str(ROOT / "launch" / f"{preset}.launch.py"))["generate_launch_description"]()
-    actions = description.args[0]
-    declared = {a.args[0]: a.kwargs["default_value"] for a in actions if "default_value" in a.kwargs}
-    expected = load_preset(preset)
-    assert declared == {name: a.default_text() for name, a in expected.arguments.items()}
-    # Resolve at "launch time" with one argument overridden, as `ros2 launch ... name:=value` does.
-    overrides = {name: value for name, value in declared.items()}
-    overrides["output_dir"] = "/tmp/elsewhere"
-    opaque = actions[-1]
-    context = types.SimpleNamespace(launch_configurations=overrides)
-    nodes = opaque.kwargs["function"](context, *opaque.kwargs["args"])
-    resolved = load_preset(preset, {"output_dir": "/tmp/elsewhere"})
-    assert [n.kwargs["name"] for n in nodes] == [s.name for s in resolved.nodes]
-    for node, spec in zip(nodes, resolved.nodes, strict=True):
-        assert node.kwargs["package"] == "surg3d"
-        assert node.kwargs["executable"] == spec.executable
-        assert node.kwargs["parameters"] == [*(str(f) for f in spec.parameter_files), spec.parameters]
-        assert dict(node.kwargs["remappings"]) == spec.remappings
-        assert node.kwargs["respawn"] == spec.respawn
-    trainer = next(n for n in nodes if n.kwargs["name"] == "trainer")
-    assert trainer.kwargs["parameters"][-1]["output_dir"] == "/tmp/elsewhere"
 
 
 def test_params_command_lists_every_declared_parameter(capsys: pytest.CaptureFixture[str]) -> None:

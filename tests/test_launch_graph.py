@@ -2,33 +2,17 @@
 
 from __future__ import annotations
 
-import socket
+import re
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from rosproc import Launch
+from rosproc import Launch, free_port
 
 from surg3d_nodes.ros import topics
 
 pytestmark = pytest.mark.ros
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now (for the viewer bridge of a test graph)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def synth_bag(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("synth")
-    subprocess.run([sys.executable, "-m", "surg3d_nodes.cli", "synth", str(out), "--width", "160", "--height", "128",
-                    "--frames", "24"], check=True, capture_output=True, timeout=300)
-    return out / "bag"
 
 
 def test_replay_graph_outputs_arrive_and_sigint_stops_everything(synth_bag: Path, ros_env, ros_node,
@@ -56,23 +40,46 @@ def test_replay_graph_outputs_arrive_and_sigint_stops_everything(synth_bag: Path
         assert any(line.startswith(f"[{name}]") or f"started {name}" in line for line in graph.lines)
 
 
-def test_a_dying_node_is_respawned_or_stops_the_graph(synth_bag: Path, ros_env, tmp_path: Path) -> None:
-    graph = Launch(["replay", f"bag:={synth_bag}", f"output_dir:={tmp_path}", "loop:=true",
-                   f"bridge_port:={free_port()}"], ros_env)
+def test_a_dying_node_is_respawned_within_its_run_or_stops_the_graph(synth_bag: Path, ros_env,
+                                                                      tmp_path: Path) -> None:
+    def launch() -> Launch:
+        return Launch(["replay", f"bag:={synth_bag}", f"output_dir:={tmp_path}", "loop:=true",
+                       "checkpoint_period:=2.0", f"bridge_port:={free_port()}"], ros_env)
+
+    def run_folder(graph: Launch) -> Path:
+        run = Path(graph.wait_for(r"\[launcher\] run folder (\S+)", 30).group(1))
+        assert run.parent == tmp_path.resolve() and run.name.startswith("run_") and run.is_dir()
+        return run
+
+    graph = launch()
     try:
+        run = run_folder(graph)
         trainer_pid = int(graph.wait_for(r"started trainer \(pid (\d+)\)", 60).group(1))
         depth_pid = int(graph.wait_for(r"started stereo_depth \(pid (\d+)\)", 60).group(1))
-        time.sleep(5)  # let the nodes come up
-        # The trainer's config asks for respawn: it is restarted.
+        graph.wait_for(rf"checkpoint written: {re.escape(str(run))}/checkpoint_", 120)
+        # The trainer's config asks for respawn: it is restarted and continues its own run's model.
         subprocess.run(["kill", "-KILL", str(trainer_pid)], check=True)
         graph.wait_for(r"node trainer exited with code -9; respawning", 30)
-        graph.wait_for(r"started trainer \(pid \d+\) again", 30)
+        respawned = len(graph.lines)
+        graph.wait_for(r"started trainer \(pid \d+\) again", 30, after=respawned)
+        graph.wait_for(rf"\[trainer\] .*resumed from {re.escape(str(run))}/checkpoint_", 60, after=respawned)
         # stereo_depth has no respawn: the launcher reports it, stops the others and exits non-zero.
         subprocess.run(["kill", "-KILL", str(depth_pid)], check=True)
         graph.wait_for(r"node stereo_depth died with exit code -9; stopping the graph", 30)
         assert graph.proc.wait(timeout=60) == 1
     finally:
         graph.stop()
+
+    # A new launch into the same output_dir gets a run folder of its own and never resumes the earlier run.
+    second = launch()
+    try:
+        second_run = run_folder(second)
+        assert second_run != run
+        started = second.wait_for(r"\[trainer\] .*output_dir (\S+)", 90)
+        assert Path(started.group(1)) == second_run
+        assert not any("resumed from" in line for line in second.lines), "\n".join(second.lines[-40:])
+    finally:
+        second.stop()  # early, some nodes still importing: their exit codes are not what this checks
 
 
 def test_single_process_mode_runs_the_same_graph(synth_bag: Path, ros_env, ros_node, tmp_path: Path) -> None:
