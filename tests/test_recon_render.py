@@ -1,4 +1,6 @@
-"""Torch reference renderer vs gsplat's own pure-PyTorch projection, analytic values, gradients."""
+"""Torch reference renderer vs gsplat's own pure-PyTorch projection, analytic values, gradients.
+
+The analytic and ordering tests run on every CPU backend (torch, the compiled cpu one)."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import pytest
 import torch
 
 from surg3d_nodes.recon.render import RenderCamera, render, resolve_backend
+from surg3d_nodes.recon.render import cpu_backend as cb
 from surg3d_nodes.recon.render import torch_backend as tb
 
 torch.set_num_threads(1)
@@ -57,7 +60,11 @@ def test_projection_matches_gsplat_reference():
     torch.testing.assert_close(con[vis], con_ref[0][vis], rtol=1e-4, atol=1e-5)
 
 
-def test_single_gaussian_matches_analytic_value():
+CPU_RENDERERS = {"torch": tb.render, "cpu": cb.render}
+
+
+@pytest.mark.parametrize("backend", CPU_RENDERERS)
+def test_single_gaussian_matches_analytic_value(backend):
     # An isotropic Gaussian on the optical axis: pixel value = colour * min(0.99, o * exp(-0.5 d^2 / s2)).
     z, s, o = 1.0, 0.03, 0.8
     means = torch.tensor([[0.0, 0.0, z]])
@@ -65,7 +72,7 @@ def test_single_gaussian_matches_analytic_value():
     scales = torch.full((1, 3), s)
     cols = torch.tensor([[0.2, 0.5, 1.0]])
     cam = _camera()
-    rgb, depth, alpha, _ = tb.render(means, quats, scales, torch.tensor([o]), cols, cam)
+    rgb, depth, alpha, _ = CPU_RENDERERS[backend](means, quats, scales, torch.tensor([o]), cols, cam)
     fx, fy = F, F * 1.1
     cx, cy = (W - 1) / 2 + 0.5, (H - 1) / 2 + 0.5
     var_x = (fx * s / z) ** 2 + 0.3
@@ -81,13 +88,14 @@ def test_single_gaussian_matches_analytic_value():
             assert depth[v, u].item() == pytest.approx(z, rel=1e-5)
 
 
-def test_compositing_order_and_stop():
+@pytest.mark.parametrize("backend", CPU_RENDERERS)
+def test_compositing_order_and_stop(backend):
     # Two opaque Gaussians on the same ray: the nearer one dominates whatever the input order.
     means = torch.tensor([[0.0, 0.0, 2.0], [0.0, 0.0, 1.0]])
     quats = torch.tensor([[1.0, 0, 0, 0]] * 2)
     scales = torch.full((2, 3), 0.3)   # wide: the half-pixel offset of the centre pixel is negligible
     cols = torch.tensor([[1.0, 0, 0], [0, 1.0, 0]])
-    rgb, depth, _, _ = tb.render(means, quats, scales, torch.tensor([0.99, 0.99]), cols, _camera())
+    rgb, depth, _, _ = CPU_RENDERERS[backend](means, quats, scales, torch.tensor([0.99, 0.99]), cols, _camera())
     c = rgb[H // 2, W // 2]
     assert c[1] == pytest.approx(0.99, abs=1e-3)
     assert c[0] == pytest.approx(0.01 * 0.99, abs=2e-3)
@@ -135,7 +143,8 @@ def test_gradient_matches_finite_difference(which):
 
 
 def test_backend_selection():
-    assert resolve_backend("auto", "cpu") == "torch"
+    assert resolve_backend("auto", "cpu") == "cpu"      # the compiled backend builds here (g++)
+    assert resolve_backend("torch", "cpu") == "torch"
     with pytest.raises(ValueError, match="CUDA"):
         resolve_backend("gsplat", "cpu")
     with pytest.raises(ValueError, match="unknown render backend"):
@@ -157,7 +166,8 @@ def test_torch_backend_matches_gsplat_cuda():
     torch.testing.assert_close(out[2].cpu(), ref[2], atol=2e-3, rtol=1e-2)
 
 
-def test_render_model_interface():
+@pytest.mark.parametrize("backend", CPU_RENDERERS)
+def test_render_model_interface(backend):
     from surg3d_nodes.recon.gaussians import GaussianConfig, GaussianModel
 
     model = GaussianModel(GaussianConfig(sh_degree=1, knot_spacing=0.5))
@@ -166,8 +176,8 @@ def test_render_model_interface():
     model.ensure_time(1.0)
     with torch.no_grad():
         model.params["pos_knots"][:, 2, 0] = 0.1     # move everything right by 0.1 m at t = 1
-    out0 = render(model, _camera(), 0.0, backend="torch")
-    out1 = render(model, _camera(), 1.0, backend="torch")
+    out0 = render(model, _camera(), 0.0, backend=backend)
+    out1 = render(model, _camera(), 1.0, backend=backend)
     col0 = out0.rgb[..., 0].sum(0)
     col1 = out1.rgb[..., 0].sum(0)
     shift = (col1 * torch.arange(W)).sum() / col1.sum() - (col0 * torch.arange(W)).sum() / col0.sum()

@@ -73,4 +73,20 @@ else
   log "no $ros2_shared: skipping launch/launch_ros/ros2launch (the ros2 launch tests will skip)"
 fi
 [ -x "$venv/bin/colcon" ] || log "colcon is missing from $venv (requirements.txt: colcon-common-extensions); the colcon tests will skip"
+# --- compiled CPU rasterizer (surg3d_nodes/recon/render/csrc, the default renderer on CPU) -------------
+# One g++ call (seconds) into the user cache (~/.cache/surg3d/ext or $SURG3D_CACHE_DIR), keyed by the source,
+# compiler and CPU: a no-op when current. Without a compiler the renderer falls back to pure PyTorch (slow),
+# so one is installed where this runs as root with apt (CI), and the build must succeed.
+if ! command -v "${CXX:-g++}" >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  log "installing g++ (apt) for the CPU rasterizer"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq g++ >/dev/null
+fi
+if command -v "${CXX:-g++}" >/dev/null 2>&1; then
+  so=$("$vpy" -c "from surg3d_nodes.recon.render import cpu_backend; print(cpu_backend.build())") \
+    || { log "building the CPU rasterizer failed"; exit 1; }
+  log "CPU rasterizer: $so"
+else
+  log "no C++ compiler (g++ or \$CXX): rendering on CPU uses the pure-PyTorch backend, several times slower"
+fi
+# --- end of the CPU rasterizer section --------------------------------------------------------------------
 log "ready: $venv (activate it, or call $venv/bin/surg3d)"

@@ -1,4 +1,7 @@
-"""Differentiable Gaussian rendering with two interchangeable backends (torch reference, gsplat CUDA).
+"""Differentiable Gaussian rendering with interchangeable backends.
+
+`cpu` (compiled C++, multithreaded; the default on CPU), `torch` (pure PyTorch: the reference the tests
+check the others against) and `gsplat` / `gsplat2d` (CUDA).
 
 `render(model, camera, time)` -> RenderOutput(rgb [H,W,3], depth [H,W] expected depth in metres
 (meaningful where alpha > 0), alpha [H,W]). `render_evaluated` is the same for already evaluated
@@ -12,10 +15,10 @@ from typing import NamedTuple
 import torch
 
 from surg3d_nodes.recon.gaussians import GaussianModel
-from surg3d_nodes.recon.render import gsplat_backend, torch_backend
+from surg3d_nodes.recon.render import cpu_backend, gsplat_backend, torch_backend
 from surg3d_nodes.recon.render.camera import RenderCamera
 
-BACKENDS = ("auto", "torch", "gsplat", "gsplat2d")
+BACKENDS = ("auto", "cpu", "torch", "gsplat", "gsplat2d")
 
 __all__ = ["BACKENDS", "RenderCamera", "RenderOutput", "render", "render_evaluated", "resolve_backend"]
 
@@ -29,21 +32,36 @@ class RenderOutput(NamedTuple):
 
 
 def resolve_backend(backend: str, device: str | torch.device) -> str:
-    """Concrete backend for a request: `auto` is gsplat on a CUDA device with gsplat, else torch."""
+    """Concrete backend for a request.
+
+    `auto` is gsplat on a CUDA device with gsplat, the compiled CPU backend on CPU when it builds here (a
+    C++ compiler is needed), else torch.
+    """
     if backend not in BACKENDS:
         raise ValueError(f"unknown render backend {backend!r}; expected one of {BACKENDS}")
     dev = torch.device(device)
     if backend == "auto":
-        return "gsplat" if dev.type == "cuda" and gsplat_backend.available() else "torch"
+        if dev.type == "cuda":
+            return "gsplat" if gsplat_backend.available() else "torch"
+        return "cpu" if dev.type == "cpu" and cpu_backend.available() else "torch"
     if backend.startswith("gsplat") and dev.type != "cuda":
         raise ValueError(f"backend {backend!r} needs a CUDA device, got {dev}")
+    if backend == "cpu":
+        if dev.type != "cpu":
+            raise ValueError(f"backend 'cpu' renders on the CPU, got device {dev}")
+        cpu_backend.load()   # raises, with the compiler's message, when the library cannot be built
     return backend
 
 
 def render_evaluated(g: dict[str, torch.Tensor], camera: RenderCamera, backend: str = "torch",
                      tile_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]:
-    """Render evaluated Gaussians (dict of means, quats, scales, opacities, colors) with a backend."""
+    """Render evaluated Gaussians (dict of means, quats, scales, opacities, colors) with a backend.
+
+    `tile_size` applies to torch and gsplat; the CPU backend's tiles are fixed at 16 px.
+    """
     args = (g["means"], g["quats"], g["scales"], g["opacities"], g["colors"], camera)
+    if backend == "cpu":
+        return cpu_backend.render(*args)
     if backend == "torch":
         return torch_backend.render(*args, tile_size=tile_size or 4)
     if backend in ("gsplat", "gsplat2d"):

@@ -1,0 +1,750 @@
+// Multithreaded CPU 3D Gaussian splatting: projection, tile binning, front-to-back compositing and the
+// analytic backward of all three. The conventions are gsplat 1.5's (classic mode), as in torch_backend.py,
+// which is the test oracle: wxyz quaternions, EWA projection with the Jacobian evaluated at a point clamped
+// to 1.3x the frustum, eps2d added to the 2D covariance, pixel centres at +0.5, alpha = min(0.99, o exp(-s)),
+// contributions below 1/255 skipped, a ray stopped before the Gaussian that would take its transmittance
+// to 1e-4 or below.
+//
+// Plain C ABI, no torch headers: Python (cpu_backend.py) allocates every array as a torch tensor and passes
+// raw pointers through ctypes. That keeps the build to one g++ call of a few seconds with no dependency on
+// the torch C++ ABI, and no second OpenMP runtime next to torch's: threads are std::threads, started per
+// call (tens of microseconds, against milliseconds of work).
+//
+// Every function exists for float and double (suffix _f32 / _f64); double is for gradient checks.
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <thread>
+#include <vector>
+
+namespace {
+
+constexpr double kAlphaMin = 1.0 / 255.0;
+constexpr double kAlphaMax = 0.99;
+constexpr double kTMin = 1e-4;
+constexpr double kExtentSigma = 3.33;
+constexpr int kTile = 16;
+
+// body(item, thread) over items [0, n) in chunks of `grain`, taken dynamically (tile loads are uneven).
+template <typename F>
+void parallel_for(int64_t n, int threads, int64_t grain, F&& body) {
+  const int64_t chunks = (n + grain - 1) / grain;
+  threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, chunks)));
+  std::atomic<int64_t> next{0};
+  auto work = [&](int tid) {
+    for (;;) {
+      const int64_t c = next.fetch_add(1, std::memory_order_relaxed);
+      if (c >= chunks) return;
+      const int64_t end = std::min(n, (c + 1) * grain);
+      for (int64_t i = c * grain; i < end; ++i) body(i, tid);
+    }
+  };
+  if (threads == 1) {
+    work(0);
+    return;
+  }
+  std::vector<std::thread> pool;
+  pool.reserve(threads - 1);
+  for (int t = 1; t < threads; ++t) pool.emplace_back(work, t);
+  work(0);
+  for (auto& th : pool) th.join();
+}
+
+template <typename T>
+void quat_to_rotmat(const T* q, T* qn, T& norm, T R[9]) {
+  const T n = std::sqrt(q[0] * q[0] + q[1] * q[1] + q[2] * q[2] + q[3] * q[3]);
+  norm = std::max(n, T(1e-12));
+  for (int i = 0; i < 4; ++i) qn[i] = q[i] / norm;
+  const T w = qn[0], x = qn[1], y = qn[2], z = qn[3];
+  R[0] = 1 - 2 * (y * y + z * z); R[1] = 2 * (x * y - w * z);     R[2] = 2 * (x * z + w * y);
+  R[3] = 2 * (x * y + w * z);     R[4] = 1 - 2 * (x * x + z * z); R[5] = 2 * (y * z - w * x);
+  R[6] = 2 * (x * z - w * y);     R[7] = 2 * (y * z + w * x);     R[8] = 1 - 2 * (x * x + y * y);
+}
+
+// Everything the projection of one Gaussian computes; the backward recomputes it (cheap, no storage).
+template <typename T>
+struct Proj {
+  T qn[4], qnorm, Rq[9], M[9], Sig[9], mc[3], cc[9], tz, u, v, J[6], cov[4], a, b, c, det;
+  bool clamp_u, clamp_v;
+};
+
+template <typename T>
+void project_one(const T* mean, const T* quat, const T* scale, const T* Rv, const T* tv, T fx, T fy,
+                 const T lim[4], T eps2d, Proj<T>& p) {
+  quat_to_rotmat(quat, p.qn, p.qnorm, p.Rq);
+  for (int i = 0; i < 3; ++i)
+    for (int j = 0; j < 3; ++j) p.M[3 * i + j] = p.Rq[3 * i + j] * scale[j];
+  for (int i = 0; i < 3; ++i)
+    for (int j = 0; j < 3; ++j)
+      p.Sig[3 * i + j] = p.M[3 * i] * p.M[3 * j] + p.M[3 * i + 1] * p.M[3 * j + 1] + p.M[3 * i + 2] * p.M[3 * j + 2];
+  for (int i = 0; i < 3; ++i)
+    p.mc[i] = Rv[3 * i] * mean[0] + Rv[3 * i + 1] * mean[1] + Rv[3 * i + 2] * mean[2] + tv[i];
+  T RS[9];  // Rv Sig
+  for (int i = 0; i < 3; ++i)
+    for (int j = 0; j < 3; ++j)
+      RS[3 * i + j] = Rv[3 * i] * p.Sig[j] + Rv[3 * i + 1] * p.Sig[3 + j] + Rv[3 * i + 2] * p.Sig[6 + j];
+  for (int i = 0; i < 3; ++i)
+    for (int j = 0; j < 3; ++j)
+      p.cc[3 * i + j] = RS[3 * i] * Rv[3 * j] + RS[3 * i + 1] * Rv[3 * j + 1] + RS[3 * i + 2] * Rv[3 * j + 2];
+  const T tz = std::fabs(p.mc[2]) < T(1e-12) ? T(1e-12) : p.mc[2];
+  p.tz = tz;
+  const T ru = p.mc[0] / tz, rv = p.mc[1] / tz;
+  p.u = std::min(std::max(ru, -lim[1]), lim[0]);
+  p.v = std::min(std::max(rv, -lim[3]), lim[2]);
+  p.clamp_u = ru < -lim[1] || ru > lim[0];
+  p.clamp_v = rv < -lim[3] || rv > lim[2];
+  // J = [[fx/z, 0, -fx u/z], [0, fy/z, -fy v/z]] with u, v the clamped x/z, y/z.
+  p.J[0] = fx / tz; p.J[1] = 0; p.J[2] = -fx * p.u / tz;
+  p.J[3] = 0; p.J[4] = fy / tz; p.J[5] = -fy * p.v / tz;
+  T JC[6];
+  for (int i = 0; i < 2; ++i)
+    for (int j = 0; j < 3; ++j)
+      JC[3 * i + j] = p.J[3 * i] * p.cc[j] + p.J[3 * i + 1] * p.cc[3 + j] + p.J[3 * i + 2] * p.cc[6 + j];
+  for (int i = 0; i < 2; ++i)
+    for (int j = 0; j < 2; ++j)
+      p.cov[2 * i + j] = JC[3 * i] * p.J[3 * j] + JC[3 * i + 1] * p.J[3 * j + 1] + JC[3 * i + 2] * p.J[3 * j + 2];
+  p.a = p.cov[0] + eps2d;
+  p.b = T(0.5) * (p.cov[1] + p.cov[2]);
+  p.c = p.cov[3] + eps2d;
+  p.det = std::max(p.a * p.c - p.b * p.b, T(1e-10));
+}
+
+template <typename T>
+void frustum_limits(T fx, T fy, T cx, T cy, int width, int height, T lim[4]) {
+  const T tan_fovx = T(0.5) * width / fx, tan_fovy = T(0.5) * height / fy;
+  lim[0] = (width - cx) / fx + T(0.3) * tan_fovx;   // x positive
+  lim[1] = cx / fx + T(0.3) * tan_fovx;             // x negative
+  lim[2] = (height - cy) / fy + T(0.3) * tan_fovy;
+  lim[3] = cy / fy + T(0.3) * tan_fovy;
+}
+
+template <typename T>
+void project_fwd(int64_t n, const T* means, const T* quats, const T* scales, const T* view, const T* K, int width,
+                 int height, T eps2d, T near_plane, T far_plane, T* means2d, T* conics, T* depths, int32_t* radii,
+                 int threads) {
+  const T Rv[9] = {view[0], view[1], view[2], view[4], view[5], view[6], view[8], view[9], view[10]};
+  const T tv[3] = {view[3], view[7], view[11]};
+  const T fx = K[0], fy = K[4], cx = K[2], cy = K[5];
+  T lim[4];
+  frustum_limits(fx, fy, cx, cy, width, height, lim);
+  parallel_for(n, threads, 4096, [&](int64_t i, int) {
+    Proj<T> p;
+    project_one(means + 3 * i, quats + 4 * i, scales + 3 * i, Rv, tv, fx, fy, lim, eps2d, p);
+    const T mx = fx * p.mc[0] / p.tz + cx, my = fy * p.mc[1] / p.tz + cy;
+    means2d[2 * i] = mx;
+    means2d[2 * i + 1] = my;
+    conics[3 * i] = p.c / p.det;
+    conics[3 * i + 1] = -p.b / p.det;
+    conics[3 * i + 2] = p.a / p.det;
+    depths[i] = p.mc[2];
+    T rx = std::ceil(T(kExtentSigma) * std::sqrt(std::max(p.a, T(0))));
+    T ry = std::ceil(T(kExtentSigma) * std::sqrt(std::max(p.c, T(0))));
+    const bool valid = p.mc[2] > near_plane && p.mc[2] < far_plane;
+    const bool inside = mx + rx > 0 && mx - rx < width && my + ry > 0 && my - ry < height;
+    if (!(valid && inside)) rx = ry = 0;
+    radii[2 * i] = static_cast<int32_t>(rx);
+    radii[2 * i + 1] = static_cast<int32_t>(ry);
+  });
+}
+
+// Backward of project_fwd given dL/d(means2d, conics, depths); writes dL/d(means, quats, scales) and adds
+// dL/dviewmat (row-major 4x4, last row untouched) into grad_view.
+template <typename T>
+void project_bwd(int64_t n, const T* means, const T* quats, const T* scales, const T* view, const T* K, int width,
+                 int height, T eps2d, const T* g_means2d, const T* g_conics, const T* g_depths, T* g_means,
+                 T* g_quats, T* g_scales, T* g_view, int threads) {
+  const T Rv[9] = {view[0], view[1], view[2], view[4], view[5], view[6], view[8], view[9], view[10]};
+  const T tv[3] = {view[3], view[7], view[11]};
+  const T fx = K[0], fy = K[4], cx = K[2], cy = K[5];
+  T lim[4];
+  frustum_limits(fx, fy, cx, cy, width, height, lim);
+  const int nthr = std::max(1, threads);
+  std::vector<double> view_acc(static_cast<size_t>(nthr) * 12, 0.0);
+  parallel_for(n, threads, 4096, [&](int64_t i, int tid) {
+    const T* gm2 = g_means2d + 2 * i;
+    const T* gcon = g_conics + 3 * i;
+    const T gz_in = g_depths[i];
+    if (gm2[0] == 0 && gm2[1] == 0 && gcon[0] == 0 && gcon[1] == 0 && gcon[2] == 0 && gz_in == 0) {
+      std::fill(g_means + 3 * i, g_means + 3 * i + 3, T(0));
+      std::fill(g_quats + 4 * i, g_quats + 4 * i + 4, T(0));
+      std::fill(g_scales + 3 * i, g_scales + 3 * i + 3, T(0));
+      return;
+    }
+    Proj<T> p;
+    project_one(means + 3 * i, quats + 4 * i, scales + 3 * i, Rv, tv, fx, fy, lim, eps2d, p);
+    // conic = inverse of A = [[a, b], [b, c]]: dL/dA = -A^-1 G A^-1 with G the symmetric split of dL/dconic.
+    const T i00 = p.c / p.det, i01 = -p.b / p.det, i11 = p.a / p.det;
+    const T G00 = gcon[0], G01 = T(0.5) * gcon[1], G11 = gcon[2];
+    const T X00 = G00 * i00 + G01 * i01, X01 = G00 * i01 + G01 * i11;  // G A^-1
+    const T X10 = G01 * i00 + G11 * i01, X11 = G01 * i01 + G11 * i11;
+    T Gc[4];  // dL/dcov2d (symmetric)
+    Gc[0] = -(i00 * X00 + i01 * X10);
+    Gc[1] = -(i00 * X01 + i01 * X11);
+    Gc[2] = -(i01 * X00 + i11 * X10);
+    Gc[3] = -(i01 * X01 + i11 * X11);
+    const T g01 = T(0.5) * (Gc[1] + Gc[2]);
+    Gc[1] = Gc[2] = g01;
+    // cov2d = J cc J^T: dL/dcc = J^T Gc J, dL/dJ = 2 Gc J cc.
+    T GJ_[6];  // Gc J
+    for (int r = 0; r < 2; ++r)
+      for (int j = 0; j < 3; ++j) GJ_[3 * r + j] = Gc[2 * r] * p.J[j] + Gc[2 * r + 1] * p.J[3 + j];
+    T Gcc[9];
+    for (int r = 0; r < 3; ++r)
+      for (int j = 0; j < 3; ++j) Gcc[3 * r + j] = p.J[r] * GJ_[j] + p.J[3 + r] * GJ_[3 + j];
+    T dJ[6];
+    for (int r = 0; r < 2; ++r)
+      for (int j = 0; j < 3; ++j)
+        dJ[3 * r + j] = 2 * (GJ_[3 * r] * p.cc[j] + GJ_[3 * r + 1] * p.cc[3 + j] + GJ_[3 * r + 2] * p.cc[6 + j]);
+    // cc = Rv Sig Rv^T: dL/dSig = Rv^T Gcc Rv, dL/dRv += 2 Gcc Rv Sig.
+    T GR[9];  // Gcc Rv
+    for (int r = 0; r < 3; ++r)
+      for (int j = 0; j < 3; ++j)
+        GR[3 * r + j] = Gcc[3 * r] * Rv[j] + Gcc[3 * r + 1] * Rv[3 + j] + Gcc[3 * r + 2] * Rv[6 + j];
+    T GSig[9];
+    for (int r = 0; r < 3; ++r)
+      for (int j = 0; j < 3; ++j)
+        GSig[3 * r + j] = Rv[r] * GR[j] + Rv[3 + r] * GR[3 + j] + Rv[6 + r] * GR[6 + j];
+    double* vacc = view_acc.data() + 12 * tid;
+    for (int r = 0; r < 3; ++r)
+      for (int j = 0; j < 3; ++j)
+        vacc[3 * r + j] += 2 * (GR[3 * r] * p.Sig[j] + GR[3 * r + 1] * p.Sig[3 + j] + GR[3 * r + 2] * p.Sig[6 + j]);
+    // Sig = M M^T: dL/dM = 2 GSig M; M = Rq diag(s).
+    T GM[9];
+    for (int r = 0; r < 3; ++r)
+      for (int j = 0; j < 3; ++j)
+        GM[3 * r + j] = 2 * (GSig[3 * r] * p.M[j] + GSig[3 * r + 1] * p.M[3 + j] + GSig[3 * r + 2] * p.M[6 + j]);
+    const T* s = scales + 3 * i;
+    T GRq[9];
+    for (int j = 0; j < 3; ++j) {
+      T acc = 0;
+      for (int r = 0; r < 3; ++r) {
+        GRq[3 * r + j] = GM[3 * r + j] * s[j];
+        acc += GM[3 * r + j] * p.Rq[3 * r + j];
+      }
+      g_scales[3 * i + j] = acc;
+    }
+    const T w = p.qn[0], x = p.qn[1], y = p.qn[2], z = p.qn[3];
+    const T* G = GRq;
+    const T gqn[4] = {
+        2 * (-z * G[1] + y * G[2] + z * G[3] - x * G[5] - y * G[6] + x * G[7]),
+        2 * (y * G[1] + z * G[2] + y * G[3] - 2 * x * G[4] - w * G[5] + z * G[6] + w * G[7] - 2 * x * G[8]),
+        2 * (-2 * y * G[0] + x * G[1] + w * G[2] + x * G[3] + z * G[5] - w * G[6] + z * G[7] - 2 * y * G[8]),
+        2 * (-2 * z * G[0] - w * G[1] + x * G[2] + w * G[3] - 2 * z * G[4] + y * G[5] + x * G[6] + y * G[7])};
+    const T dot = w * gqn[0] + x * gqn[1] + y * gqn[2] + z * gqn[3];
+    for (int k = 0; k < 4; ++k) g_quats[4 * i + k] = (gqn[k] - p.qn[k] * dot) / p.qnorm;
+    // J, means2d and depth as functions of the camera-frame mean.
+    const T tz = p.tz, tz2 = tz * tz;
+    T gx = gm2[0] * fx / tz, gy = gm2[1] * fy / tz;
+    T gz = gz_in - gm2[0] * fx * p.mc[0] / tz2 - gm2[1] * fy * p.mc[1] / tz2;
+    gz += -dJ[0] * fx / tz2 - dJ[4] * fy / tz2;
+    // J02 = -fx u / z with u = x/z unless clamped (then a constant).
+    if (p.clamp_u) {
+      gz += dJ[2] * fx * p.u / tz2;
+    } else {
+      gx += -dJ[2] * fx / tz2;
+      gz += dJ[2] * 2 * fx * p.mc[0] / (tz2 * tz);
+    }
+    if (p.clamp_v) {
+      gz += dJ[5] * fy * p.v / tz2;
+    } else {
+      gy += -dJ[5] * fy / tz2;
+      gz += dJ[5] * 2 * fy * p.mc[1] / (tz2 * tz);
+    }
+    const T gmc[3] = {gx, gy, gz};
+    const T* m = means + 3 * i;
+    for (int j = 0; j < 3; ++j) g_means[3 * i + j] = Rv[j] * gmc[0] + Rv[3 + j] * gmc[1] + Rv[6 + j] * gmc[2];
+    for (int r = 0; r < 3; ++r) {
+      for (int j = 0; j < 3; ++j) vacc[3 * r + j] += gmc[r] * m[j];
+      vacc[9 + r] += gmc[r];
+    }
+  });
+  for (int t = 0; t < nthr; ++t) {
+    const double* v = view_acc.data() + 12 * t;
+    for (int r = 0; r < 3; ++r) {
+      for (int j = 0; j < 3; ++j) g_view[4 * r + j] += static_cast<T>(v[3 * r + j]);
+      g_view[4 * r + 3] += static_cast<T>(v[9 + r]);
+    }
+  }
+}
+
+// Pixel box (inclusive) of the pixels a Gaussian can reach with alpha >= 1/255: the ellipse
+// d^T conic d <= 2 ln(255 o); empty (x0 > x1) for culled or too transparent Gaussians.
+template <typename T>
+void pixel_box(const T* m2, const T* con, T opacity, const int32_t* radii, int width, int height, int32_t* box) {
+  box[0] = 0; box[1] = -1; box[2] = 0; box[3] = -1;
+  if (radii[0] <= 0 || radii[1] <= 0 || opacity * T(255) <= T(1)) return;
+  const T k2 = 2 * std::log(opacity * T(255));
+  const T cdet = con[0] * con[2] - con[1] * con[1];
+  if (!(cdet > 0)) return;
+  // Axis extents of the ellipse (the inverse conic's diagonal), with a margin against rounding.
+  const T rx = std::sqrt(k2 * con[2] / cdet) * T(1.0001) + T(1e-3);
+  const T ry = std::sqrt(k2 * con[0] / cdet) * T(1.0001) + T(1e-3);
+  const T x0 = std::ceil(m2[0] - rx - T(0.5)), x1 = std::floor(m2[0] + rx - T(0.5));
+  const T y0 = std::ceil(m2[1] - ry - T(0.5)), y1 = std::floor(m2[1] + ry - T(0.5));
+  if (x1 < 0 || y1 < 0 || x0 > width - 1 || y0 > height - 1) return;
+  box[0] = static_cast<int32_t>(std::max(x0, T(0)));
+  box[1] = static_cast<int32_t>(std::min(x1, T(width - 1)));
+  box[2] = static_cast<int32_t>(std::max(y0, T(0)));
+  box[3] = static_cast<int32_t>(std::min(y1, T(height - 1)));
+}
+
+// LSD radix sort of (key, value) by 32-bit key, stable.
+void radix_sort(std::vector<uint32_t>& keys, std::vector<int32_t>& vals) {
+  const size_t n = keys.size();
+  std::vector<uint32_t> k2(n);
+  std::vector<int32_t> v2(n);
+  for (int shift = 0; shift < 32; shift += 8) {
+    size_t count[257] = {0};
+    for (size_t i = 0; i < n; ++i) ++count[((keys[i] >> shift) & 255) + 1];
+    if (count[((keys[0] >> shift) & 255) + 1] == n) continue;  // all equal in this byte
+    for (int b = 0; b < 256; ++b) count[b + 1] += count[b];
+    for (size_t i = 0; i < n; ++i) {
+      const size_t d = count[(keys[i] >> shift) & 255]++;
+      k2[d] = keys[i];
+      v2[d] = vals[i];
+    }
+    keys.swap(k2);
+    vals.swap(v2);
+  }
+}
+
+template <typename T>
+uint32_t depth_key(T d) {  // monotone in d for the positive depths of visible Gaussians
+  const float f = static_cast<float>(d);
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+}  // namespace
+
+// ------------------------------------------------------------------------------------------------ binning
+// Step 1: pixel boxes [n,4] and the depth order of the Gaussians with a non-empty box (order[:visible]).
+// Returns the number of (tile, Gaussian) intersections.
+template <typename T>
+static int64_t bin_prepare(int64_t n, const T* means2d, const T* conics, const T* opacities, const T* depths,
+                           const int32_t* radii, int width, int height, int32_t* boxes, int32_t* order,
+                           int64_t* visible, int threads) {
+  constexpr int tile = kTile;
+  parallel_for(n, threads, 4096, [&](int64_t i, int) {
+    pixel_box(means2d + 2 * i, conics + 3 * i, opacities[i], radii + 2 * i, width, height, boxes + 4 * i);
+  });
+  std::vector<uint32_t> keys;
+  std::vector<int32_t> ids;
+  keys.reserve(n);
+  ids.reserve(n);
+  int64_t total = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const int32_t* b = boxes + 4 * i;
+    if (b[0] > b[1] || b[2] > b[3]) continue;
+    keys.push_back(depth_key(depths[i]));
+    ids.push_back(static_cast<int32_t>(i));
+    total += static_cast<int64_t>(b[1] / tile - b[0] / tile + 1) * (b[3] / tile - b[2] / tile + 1);
+  }
+  if (!keys.empty()) radix_sort(keys, ids);
+  std::copy(ids.begin(), ids.end(), order);
+  *visible = static_cast<int64_t>(ids.size());
+  return total;
+}
+
+// Record of one visible Gaussian in depth order, what the compositing reads: mx, my, conic (3), opacity,
+// pixel box (x0, x1, y0, y1) and the C features, padded to whole cache lines. Tile lists hold record
+// indices, so a tile walks memory in increasing order instead of jumping between five arrays.
+template <typename T>
+int64_t record_stride(int channels) {
+  constexpr int per_line = 64 / sizeof(T);
+  return (10 + channels + per_line - 1) / per_line * per_line;
+}
+
+// Step 2: per-tile lists of record indices in depth order (tile_offsets [tiles + 1], isect [total]) and
+// the records [visible, stride].
+template <typename T>
+static void bin_fill(int64_t visible, const int32_t* order, const int32_t* boxes, const T* means2d,
+                     const T* conics, const T* opacities, const T* features, int channels, int width, int height,
+                     int64_t* tile_offsets, int32_t* isect, T* records, int threads) {
+  constexpr int tile = kTile;
+  const int tx = (width + tile - 1) / tile, ty = (height + tile - 1) / tile;
+  const int64_t ntiles = static_cast<int64_t>(tx) * ty;
+  const int64_t R = record_stride<T>(channels);
+  parallel_for(visible, threads, 4096, [&](int64_t k, int) {
+    const int32_t g = order[k];
+    T* r = records + k * R;
+    r[0] = means2d[2 * g]; r[1] = means2d[2 * g + 1];
+    r[2] = conics[3 * g]; r[3] = conics[3 * g + 1]; r[4] = conics[3 * g + 2];
+    r[5] = opacities[g];
+    for (int j = 0; j < 4; ++j) r[6 + j] = static_cast<T>(boxes[4 * g + j]);
+    for (int ch = 0; ch < channels; ++ch) r[10 + ch] = features[static_cast<int64_t>(g) * channels + ch];
+  });
+  std::vector<int64_t> cursor(ntiles + 1, 0);
+  for (int64_t k = 0; k < visible; ++k) {
+    const int32_t* b = boxes + 4 * order[k];
+    for (int y = b[2] / tile; y <= b[3] / tile; ++y)
+      for (int x = b[0] / tile; x <= b[1] / tile; ++x) ++cursor[static_cast<int64_t>(y) * tx + x + 1];
+  }
+  for (int64_t t = 0; t < ntiles; ++t) cursor[t + 1] += cursor[t];
+  std::copy(cursor.begin(), cursor.end(), tile_offsets);
+  for (int64_t k = 0; k < visible; ++k) {
+    const int32_t* b = boxes + 4 * order[k];
+    for (int y = b[2] / tile; y <= b[3] / tile; ++y)
+      for (int x = b[0] / tile; x <= b[1] / tile; ++x)
+        isect[cursor[static_cast<int64_t>(y) * tx + x]++] = static_cast<int32_t>(k);
+  }
+}
+
+// ------------------------------------------------------------------------------------------------ rasterize
+// A tile is 16x16 pixels. Within a tile the Gaussians are walked in depth order; each one updates the rows
+// of its pixel box in chunks of 8 pixels written with GCC vector extensions (one AVX register of floats),
+// branch-free, in straight loops so that consecutive chunks overlap in the CPU's pipeline.
+
+namespace {
+
+constexpr int kLanes = 8;
+constexpr int kPrefetch = 8;   // tile-list entries whose record is fetched ahead
+constexpr int kCheckDone = 16; // entries between checks whether every pixel of a tile has stopped
+
+template <typename T>
+struct Vec;
+template <>
+struct Vec<float> {
+  typedef float V __attribute__((vector_size(32)));
+  typedef int32_t M __attribute__((vector_size(32)));
+};
+template <>
+struct Vec<double> {
+  typedef double V __attribute__((vector_size(64)));
+  typedef int64_t M __attribute__((vector_size(64)));
+};
+
+template <typename V, typename T>
+inline V vload(const T* p) {
+  V v;
+  std::memcpy(&v, p, sizeof(V));
+  return v;
+}
+template <typename V, typename T>
+inline void vstore(T* p, V v) {
+  std::memcpy(p, &v, sizeof(V));
+}
+template <typename V>
+inline auto hsum(V v) {
+  auto s = v[0];
+  for (int l = 1; l < kLanes; ++l) s += v[l];
+  return s;
+}
+
+// exp for 8 floats: Cephes' polynomial (relative error ~1e-7) with the exponent put in by bit shifting.
+inline Vec<float>::V vexp(Vec<float>::V x) {
+  using V = Vec<float>::V;
+  using M = Vec<float>::M;
+  const V lo = V{} - 80.0f, hi = V{} + 80.0f, one = V{} + 1.0f, zero = V{};
+  x = x < lo ? lo : x;
+  x = x > hi ? hi : x;
+  const V fx = x * 1.44269504088896341f + 0.5f;
+  const V tr = __builtin_convertvector(__builtin_convertvector(fx, M), V);
+  const V n = tr - (fx < tr ? one : zero);  // floor
+  const V r = x - n * 0.693359375f + n * 2.12194440e-4f;
+  V y = V{} + 1.9875691500e-4f;
+  y = y * r + 1.3981999507e-3f;
+  y = y * r + 8.3334519073e-3f;
+  y = y * r + 4.1665795894e-2f;
+  y = y * r + 1.6666665459e-1f;
+  y = y * r + 5.0000001201e-1f;
+  y = y * r * r + r + 1.0f;
+  const M bits = (__builtin_convertvector(n, M) + 127) << 23;
+  return y * __builtin_bit_cast(V, bits);
+}
+// exp for doubles (gradient checks): the library's, exact to the last bit.
+inline Vec<double>::V vexp(Vec<double>::V x) {
+  for (int l = 0; l < kLanes; ++l) x[l] = std::exp(x[l]);
+  return x;
+}
+
+// Per-thread scratch of one tile: row-major 16x16, all in T so that lanes line up with the vectors.
+template <typename T>
+struct TileBuf {
+  alignas(64) T Tr[kTile * kTile];    // transmittance
+  alignas(64) T Tfin[kTile * kTile];  // backward: final transmittance
+  alignas(64) T gA[kTile * kTile];    // backward: dL/dalpha
+  alignas(64) T last[kTile * kTile];  // list position of the last contribution (exact in T for any tile)
+  alignas(64) T done[kTile * kTile];  // forward: 1 once the ray has stopped (or lies outside the image)
+  std::vector<T> acc;                 // [C][256]: forward features, backward dL/dfeature
+  std::vector<T> S;                   // [C][256]: backward, features of the contributions behind
+};
+
+// The record's pixel box clipped to the tile at (ox, oy), in tile coordinates: rows y0..y1 and the
+// first and last 8-pixel chunk of a row (xb0, xb1).
+template <typename T>
+inline void clip_box(const T* r, int ox, int oy, int w, int h, int& y0, int& y1, int& xb0, int& xb1) {
+  const int x0 = std::max(static_cast<int>(r[6]), ox) - ox, x1 = std::min(static_cast<int>(r[7]), ox + w - 1) - ox;
+  y0 = std::max(static_cast<int>(r[8]), oy) - oy;
+  y1 = std::min(static_cast<int>(r[9]), oy + h - 1) - oy;
+  xb0 = x0 & ~(kLanes - 1);
+  xb1 = x1 & ~(kLanes - 1);
+}
+
+// Calls chunk(base) for every 8-pixel chunk of rows y0..y1 that the box touches.
+template <typename F>
+inline void for_chunks(int y0, int y1, int xb0, int xb1, F&& chunk) {
+  if (xb0 == xb1) {
+    for (int y = y0; y <= y1; ++y) chunk(y * kTile + xb0);
+  } else {
+    for (int base = y0 * kTile; base < (y1 + 1) * kTile; base += kLanes) chunk(base);
+  }
+}
+
+template <typename V>
+inline V lane_offsets() {
+  V v{};
+  for (int l = 0; l < kLanes; ++l) v[l] = l + 0.5;  // pixel centres
+  return v;
+}
+
+}  // namespace
+
+// Forward: out_feat [H,W,C], out_alpha [H,W] (1 - final transmittance), last [H,W] (how many entries of the
+// pixel's tile list were walked up to and including its last contribution).
+template <typename T>
+static void raster_fwd(int width, int height, int channels, const T* records, const int64_t* tile_offsets,
+                       const int32_t* isect, T* out_feat, T* out_alpha, int32_t* last, int threads) {
+  using V = typename Vec<T>::V;
+  using M = typename Vec<T>::M;
+  const int tx = (width + kTile - 1) / kTile, ty = (height + kTile - 1) / kTile;
+  const int C = channels;
+  const int64_t R = record_stride<T>(C);
+  constexpr int NP = kTile * kTile;
+  const V lanes = lane_offsets<V>(), zero = V{}, one = V{} + T(1);
+  std::vector<TileBuf<T>> bufs(std::max(1, threads));
+  parallel_for(static_cast<int64_t>(tx) * ty, threads, 1, [&](int64_t t, int tid) {
+    TileBuf<T>& B = bufs[tid];
+    B.acc.assign(static_cast<size_t>(C) * NP, T(0));
+    const int ox = static_cast<int>(t % tx) * kTile, oy = static_cast<int>(t / tx) * kTile;
+    const int w = std::min(kTile, width - ox), h = std::min(kTile, height - oy);
+    for (int p = 0; p < NP; ++p) {
+      B.Tr[p] = T(1);
+      B.last[p] = T(0);
+      B.done[p] = (p % kTile) >= w || (p / kTile) >= h ? T(1) : T(0);  // outside the image: never touched
+    }
+    const int64_t start = tile_offsets[t], end = tile_offsets[t + 1];
+    for (int64_t e = start; e < end; ++e) {
+      if ((e - start) % kCheckDone == kCheckDone - 1) {
+        T ndone = 0;
+        for (int p = 0; p < NP; ++p) ndone += B.done[p];
+        if (ndone == T(NP)) break;
+      }
+      // A tile's records are scattered over the whole depth-sorted array: fetch a few entries ahead.
+      if (e + kPrefetch < end) __builtin_prefetch(records + static_cast<int64_t>(isect[e + kPrefetch]) * R);
+      const T* r = records + static_cast<int64_t>(isect[e]) * R;
+      int y0, y1, xb0, xb1;
+      clip_box(r, ox, oy, w, h, y0, y1, xb0, xb1);
+      const T mx = r[0] - ox, my = r[1] - oy;
+      const T c0 = T(0.5) * r[2], c1 = r[3], c2 = T(0.5) * r[4], o = r[5];
+      const T* f = r + 10;
+      const V pos = zero + static_cast<T>(e - start + 1);
+      for_chunks(y0, y1, xb0, xb1, [&](int base) {
+        const T dy = (base / kTile) + T(0.5) - my;
+        const V dx = lanes + static_cast<T>(base % kTile - mx);
+        const V sigma = c0 * dx * dx + c1 * dy * dx + c2 * dy * dy;
+        V alpha = o * vexp(-sigma);
+        alpha = alpha < T(kAlphaMax) ? alpha : zero + T(kAlphaMax);
+        const V Tr = vload<V>(B.Tr + base), dn = vload<V>(B.done + base);
+        const M ok = (dn == T(0)) & (sigma >= T(0)) & (alpha >= T(kAlphaMin));
+        const V next = Tr * (T(1) - alpha);
+        const M stop = ok & (next <= T(kTMin));
+        const M con = ok & ~stop;
+        const V vis = con ? alpha * Tr : zero;
+        vstore(B.Tr + base, con ? next : Tr);
+        vstore(B.last + base, con ? pos : vload<V>(B.last + base));
+        vstore(B.done + base, stop ? one : dn);
+        for (int ch = 0; ch < C; ++ch) {
+          T* a = B.acc.data() + ch * NP + base;
+          vstore(a, vload<V>(a) + f[ch] * vis);
+        }
+      });
+    }
+    for (int y = 0; y < h; ++y)
+      for (int x = 0; x < w; ++x) {
+        const int p = y * kTile + x;
+        const int64_t q = static_cast<int64_t>(oy + y) * width + ox + x;
+        out_alpha[q] = 1 - B.Tr[p];
+        last[q] = static_cast<int32_t>(B.last[p]);
+        for (int ch = 0; ch < C; ++ch) out_feat[q * C + ch] = B.acc[ch * NP + p];
+      }
+  });
+}
+
+// Backward: walks every tile list back to front, undoing the transmittance per pixel, and accumulates
+// dL/d(means2d, conics, opacities, features) per record (per-thread buffers), then sums them into the
+// Gaussians' gradients (order maps records to Gaussians; Gaussians without a record get zeros).
+template <typename T>
+static void raster_bwd(int64_t n, int64_t visible, const int32_t* order, int width, int height, int channels,
+                       const T* records, const int64_t* tile_offsets, const int32_t* isect, const T* out_alpha,
+                       const int32_t* last, const T* g_feat, const T* g_alpha, T* g_means2d, T* g_conics,
+                       T* g_opac, T* g_features, int threads) {
+  using V = typename Vec<T>::V;
+  using M = typename Vec<T>::M;
+  const int tx = (width + kTile - 1) / kTile, ty = (height + kTile - 1) / kTile;
+  const int C = channels;
+  const int64_t R = record_stride<T>(C);
+  constexpr int NP = kTile * kTile;
+  const int64_t ntiles = static_cast<int64_t>(tx) * ty;
+  const int nthr = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, ntiles)));
+  const int stride = 6 + C;  // means2d 2, conic 3, opacity 1, features C
+  const V lanes = lane_offsets<V>(), zero = V{};
+  std::vector<std::vector<T>> grads(nthr);
+  for (auto& gb : grads) gb.assign(static_cast<size_t>(visible) * stride, T(0));
+  std::vector<TileBuf<T>> bufs(nthr);
+  parallel_for(ntiles, nthr, 1, [&](int64_t t, int tid) {
+    T* G = grads[tid].data();
+    TileBuf<T>& B = bufs[tid];
+    B.acc.assign(static_cast<size_t>(C) * NP, T(0));  // dL/dfeature per pixel
+    B.S.assign(static_cast<size_t>(C) * NP, T(0));
+    const int ox = static_cast<int>(t % tx) * kTile, oy = static_cast<int>(t / tx) * kTile;
+    const int w = std::min(kTile, width - ox), h = std::min(kTile, height - oy);
+    int32_t maxlast = 0;
+    for (int p = 0; p < NP; ++p) {
+      B.Tr[p] = B.Tfin[p] = T(1);
+      B.gA[p] = B.last[p] = T(0);
+    }
+    for (int y = 0; y < h; ++y)
+      for (int x = 0; x < w; ++x) {
+        const int p = y * kTile + x;
+        const int64_t q = static_cast<int64_t>(oy + y) * width + ox + x;
+        B.Tfin[p] = B.Tr[p] = 1 - out_alpha[q];
+        B.gA[p] = g_alpha[q];
+        B.last[p] = static_cast<T>(last[q]);
+        maxlast = std::max(maxlast, last[q]);
+        for (int ch = 0; ch < C; ++ch) B.acc[ch * NP + p] = g_feat[q * C + ch];
+      }
+    const int64_t start = tile_offsets[t];
+    for (int64_t e = start + maxlast - 1; e >= start; --e) {
+      if (e - kPrefetch >= start) {
+        const int64_t kp = isect[e - kPrefetch];
+        __builtin_prefetch(records + kp * R);
+        __builtin_prefetch(G + kp * stride, 1);
+      }
+      const int32_t k = isect[e];
+      const T* r = records + static_cast<int64_t>(k) * R;
+      int y0, y1, xb0, xb1;
+      clip_box(r, ox, oy, w, h, y0, y1, xb0, xb1);
+      const T mx = r[0] - ox, my = r[1] - oy;
+      const T c0 = r[2], c1 = r[3], c2 = r[4], o = r[5];
+      const T* f = r + 10;
+      const V pos = zero + static_cast<T>(e - start);
+      // Per-lane partial sums of this Gaussian's gradient over its chunks.
+      V l_mx{}, l_my{}, l_c0{}, l_c1{}, l_c2{}, l_o{};
+      V l_f[16];
+      for (int ch = 0; ch < C; ++ch) l_f[ch] = zero;
+      for_chunks(y0, y1, xb0, xb1, [&](int base) {
+        const T dy = (base / kTile) + T(0.5) - my;
+        const V dx = lanes + static_cast<T>(base % kTile - mx);
+        const V sigma = T(0.5) * (c0 * dx * dx + c2 * dy * dy) + c1 * dy * dx;
+        const V ex = vexp(-sigma);
+        const V raw = o * ex;
+        const V a = raw < T(kAlphaMax) ? raw : zero + T(kAlphaMax);
+        const M ok = (pos < vload<V>(B.last + base)) & (sigma >= T(0)) & (a >= T(kAlphaMin));
+        const V inv = T(1) / (T(1) - a);
+        const V Tr = vload<V>(B.Tr + base);
+        const V Tk = ok ? Tr * inv : Tr;
+        const V vis = ok ? a * Tk : zero;
+        V dal = ok ? vload<V>(B.gA + base) * vload<V>(B.Tfin + base) * inv : zero;
+        for (int ch = 0; ch < C; ++ch) {
+          const T fc = f[ch];
+          const V gp = vload<V>(B.acc.data() + ch * NP + base);
+          T* sp = B.S.data() + ch * NP + base;
+          const V Sp = vload<V>(sp);
+          dal += ok ? gp * (fc * Tk - Sp * inv) : zero;
+          l_f[ch] += vis * gp;
+          vstore(sp, Sp + fc * vis);
+        }
+        vstore(B.Tr + base, Tk);
+        // A clamped alpha (raw > 0.99) passes no gradient to the Gaussian's shape and opacity.
+        const V d = ok & (raw <= T(kAlphaMax)) ? dal : zero;
+        const V gs = -a * d;
+        l_o += ex * d;
+        l_c0 += T(0.5) * dx * dx * gs;
+        l_c1 += dx * dy * gs;
+        l_c2 += T(0.5) * dy * dy * gs;
+        l_mx -= (c0 * dx + c1 * dy) * gs;
+        l_my -= (c1 * dx + c2 * dy) * gs;
+      });
+      T* Gg = G + static_cast<int64_t>(k) * stride;
+      Gg[0] += hsum(l_mx);
+      Gg[1] += hsum(l_my);
+      Gg[2] += hsum(l_c0);
+      Gg[3] += hsum(l_c1);
+      Gg[4] += hsum(l_c2);
+      Gg[5] += hsum(l_o);
+      for (int ch = 0; ch < C; ++ch) Gg[6 + ch] += hsum(l_f[ch]);
+    }
+  });
+  std::fill(g_means2d, g_means2d + 2 * n, T(0));
+  std::fill(g_conics, g_conics + 3 * n, T(0));
+  std::fill(g_opac, g_opac + n, T(0));
+  std::fill(g_features, g_features + n * C, T(0));
+  parallel_for(visible, threads, 8192, [&](int64_t k, int) {
+    T s[6 + 16];
+    for (int j = 0; j < stride; ++j) s[j] = grads[0][k * stride + j];
+    for (int th = 1; th < nthr; ++th)
+      for (int j = 0; j < stride; ++j) s[j] += grads[th][k * stride + j];
+    const int64_t i = order[k];
+    g_means2d[2 * i] = s[0];
+    g_means2d[2 * i + 1] = s[1];
+    for (int j = 0; j < 3; ++j) g_conics[3 * i + j] = s[2 + j];
+    g_opac[i] = s[5];
+    for (int ch = 0; ch < C; ++ch) g_features[i * C + ch] = s[6 + ch];
+  });
+}
+
+// ------------------------------------------------------------------------------------------------ C ABI
+#define S3D_EXPORT extern "C" __attribute__((visibility("default")))
+
+#define S3D_INSTANTIATE(T, SUF)                                                                                \
+  S3D_EXPORT void project_fwd_##SUF(int64_t n, const T* means, const T* quats, const T* scales, const T* view,  \
+                                    const T* K, int width, int height, double eps2d, double near_plane,        \
+                                    double far_plane, T* means2d, T* conics, T* depths, int32_t* radii,        \
+                                    int threads) {                                                             \
+    project_fwd<T>(n, means, quats, scales, view, K, width, height, T(eps2d), T(near_plane), T(far_plane),     \
+                   means2d, conics, depths, radii, threads);                                                   \
+  }                                                                                                            \
+  S3D_EXPORT void project_bwd_##SUF(int64_t n, const T* means, const T* quats, const T* scales, const T* view,  \
+                                    const T* K, int width, int height, double eps2d, const T* g_means2d,       \
+                                    const T* g_conics, const T* g_depths, T* g_means, T* g_quats,              \
+                                    T* g_scales, T* g_view, int threads) {                                     \
+    project_bwd<T>(n, means, quats, scales, view, K, width, height, T(eps2d), g_means2d, g_conics, g_depths,   \
+                   g_means, g_quats, g_scales, g_view, threads);                                               \
+  }                                                                                                            \
+  S3D_EXPORT int64_t bin_prepare_##SUF(int64_t n, const T* means2d, const T* conics, const T* opacities,        \
+                                       const T* depths, const int32_t* radii, int width, int height,           \
+                                       int32_t* boxes, int32_t* order, int64_t* visible, int threads) {        \
+    return bin_prepare<T>(n, means2d, conics, opacities, depths, radii, width, height, boxes, order, visible,  \
+                          threads);                                                                            \
+  }                                                                                                            \
+  S3D_EXPORT int64_t record_stride_##SUF(int channels) { return record_stride<T>(channels); }                 \
+  S3D_EXPORT void bin_fill_##SUF(int64_t visible, const int32_t* order, const int32_t* boxes, const T* means2d, \
+                                 const T* conics, const T* opacities, const T* features, int channels,         \
+                                 int width, int height, int64_t* tile_offsets, int32_t* isect, T* records,     \
+                                 int threads) {                                                                \
+    bin_fill<T>(visible, order, boxes, means2d, conics, opacities, features, channels, width, height,          \
+                tile_offsets, isect, records, threads);                                                        \
+  }                                                                                                            \
+  S3D_EXPORT void raster_fwd_##SUF(int width, int height, int channels, const T* records,                      \
+                                   const int64_t* tile_offsets, const int32_t* isect, T* out_feat,             \
+                                   T* out_alpha, int32_t* last, int threads) {                                 \
+    raster_fwd<T>(width, height, channels, records, tile_offsets, isect, out_feat, out_alpha, last, threads);  \
+  }                                                                                                            \
+  S3D_EXPORT void raster_bwd_##SUF(int64_t n, int64_t visible, const int32_t* order, int width, int height,     \
+                                   int channels, const T* records, const int64_t* tile_offsets,                \
+                                   const int32_t* isect, const T* out_alpha, const int32_t* last,              \
+                                   const T* g_feat, const T* g_alpha, T* g_means2d, T* g_conics, T* g_opac,    \
+                                   T* g_features, int threads) {                                               \
+    raster_bwd<T>(n, visible, order, width, height, channels, records, tile_offsets, isect, out_alpha, last,   \
+                  g_feat, g_alpha, g_means2d, g_conics, g_opac, g_features, threads);                          \
+  }
+
+S3D_INSTANTIATE(float, f32)
+S3D_INSTANTIATE(double, f64)
+
+S3D_EXPORT int tile_size() { return kTile; }
