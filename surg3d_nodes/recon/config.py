@@ -22,8 +22,9 @@ class Frame:
     camera: CameraModel
 
 
-# The renderers the trainer can use (recon/render resolves them; kept here so the config imports no torch).
-BACKENDS = ("auto", "torch", "gsplat", "gsplat2d")
+# The renderers the trainer can use (recon/render resolves them; the list lives here so that the config, and
+# the launcher that checks it, import no torch).
+BACKENDS = ("auto", "cpu", "torch", "gsplat", "gsplat2d")
 
 
 @dataclass
@@ -32,8 +33,8 @@ class TrainerConfig:
     parameter of the trainer node (`param`: default, range, description; `live`: may change while training)."""
 
     device: str = param("auto", "torch device: auto (CUDA when present), cpu, cuda or cuda:N")
-    backend: str = param("auto", "renderer: auto (gsplat on CUDA, else torch), torch, gsplat, gsplat2d",
-                         choices=BACKENDS)
+    backend: str = param("auto", "renderer: auto (gsplat on CUDA, the compiled cpu backend on CPU when it builds, "
+                                 "else torch), cpu, torch, gsplat, gsplat2d", choices=BACKENDS)
     image_scale: float = param(0.0, "frame resize before training; 0 = auto (1 on CUDA, 1/4 on CPU)", low=0.0,
                                high=4.0)
     max_gaussians: int = param(300_000, "Gaussian budget", low=1000, high=5_000_000, live=True)
