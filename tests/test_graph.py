@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from surg3d_nodes.ros import topics
 from surg3d_nodes.system.graph import GraphError, format_value, load_preset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,9 +33,13 @@ def test_presets_resolve_and_arguments_set_parameters() -> None:
 
 
 def test_dvrk_preset_remaps_the_rig_topics() -> None:
-    stereo = next(n for n in load_preset("dvrk", {"rig": "rigA"}).nodes if n.name == "stereo_depth")
-    assert stereo.remappings["/stereo/left/image_raw"] == "/rigA/left/image_raw"
-    assert "-r" in stereo.ros_args() and "/stereo/right/camera_info:=/rigA/right/camera_info" in stereo.ros_args()
+    """One remapping block for the preset reaches every node (the bridge's live view and the monitor too)."""
+    preset = load_preset("dvrk", {"rig": "rigA"})
+    stereo = next(n for n in preset.nodes if n.name == "stereo_depth")
+    assert stereo.remappings[topics.LEFT_IMAGE] == "/rigA/left/image_raw"
+    assert "-r" in stereo.ros_args() and f"{topics.RIGHT_INFO}:=/rigA/right/camera_info" in stereo.ros_args()
+    assert all(n.remappings[topics.LEFT_INFO] == "/rigA/left/camera_info" for n in preset.nodes)
+    assert not any(n.remappings for n in load_preset("replay").nodes)
 
 
 def test_format_value_keeps_types() -> None:

@@ -112,6 +112,41 @@ def test_stereo_depth_node(ros_env, ros_node, scene):
     assert out.count("falling back to SGBM") == 1
 
 
+def test_stereo_depth_takes_best_effort_cameras_in_a_namespace(ros_env, ros_node, scene):
+    """A camera driver that publishes best-effort (as many do) reaches stereo_depth: its image and camera_info
+    subscriptions are best-effort (ros/qos.py). Its topic names are relative: under a namespace the whole node
+    moves along without one remapping."""
+    from rclpy.qos import qos_profile_sensor_data
+
+    ns = "/rig2"
+    proc = start_node("surg3d_nodes.ros.nodes.stereo_depth", ["-r", f"__ns:={ns}"], ros_env)
+    try:
+        name = {t: topics.absolute(t, ns) for t in (topics.LEFT_IMAGE, topics.RIGHT_IMAGE, topics.LEFT_INFO,
+                                                    topics.RIGHT_INFO, topics.DEPTH)}
+        assert qos_profile_sensor_data.reliability.name == "BEST_EFFORT"
+        pub = {t: ros_node.create_publisher(cls, name[t], qos_profile_sensor_data)
+               for t, cls in [(topics.LEFT_IMAGE, Image), (topics.RIGHT_IMAGE, Image),
+                              (topics.LEFT_INFO, CameraInfo), (topics.RIGHT_INFO, CameraInfo)]}
+        got = Collector(ros_node, {name[topics.DEPTH]: Image})
+        # A best-effort writer counts only readers that matched it: a reliable subscription would not.
+        assert wait_until(lambda: all(p.get_subscription_count() > 0 for p in pub.values())
+                          and ros_node.count_publishers(name[topics.DEPTH]) > 0, 20), "no best-effort match"
+        time.sleep(0.3)
+        for f in scene.frames:
+            pub[topics.LEFT_INFO].publish(camera_to_msg(scene.cam_left, f.stamp_ns))
+            pub[topics.RIGHT_INFO].publish(camera_to_msg(scene.cam_right, f.stamp_ns))
+            time.sleep(0.05)
+            pub[topics.LEFT_IMAGE].publish(image_to_msg(f.left, "rgb8", f.stamp_ns, "stereo_left_optical"))
+            pub[topics.RIGHT_IMAGE].publish(image_to_msg(f.right, "rgb8", f.stamp_ns, "stereo_right_optical"))
+            time.sleep(0.15)
+        stamps = {f.stamp_ns for f in scene.frames}
+        assert wait_until(lambda: stamps <= {stamp_to_ns(m.header.stamp) for m in got.get(name[topics.DEPTH])},
+                          10), f"{len(got.get(name[topics.DEPTH]))} depth images under {ns}"
+        assert ros_node.count_publishers(topics.absolute(topics.DEPTH)) == 0   # nothing left at the root
+    finally:
+        out = stop_node(proc)
+    assert "Traceback" not in out, out
+
 def test_instrument_seg_node_cue_with_yolo_fallback(ros_env, ros_node, scene):
     proc = start_node("surg3d_nodes.ros.nodes.instrument_seg",
                   ["--params-file", str(CONFIG / "instrument_seg.yaml"), "-p", "heartbeat_period:=0.3",

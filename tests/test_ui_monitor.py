@@ -66,7 +66,7 @@ def test_monitor_diagnostics_stall_checkpoint_snapshot(ros_env, ros_node) -> Non
         for _ in range(2):
             beat.publish(NodeStatus(header=header(time.time_ns(), ""), node="/bag_replay", level=b"\x00",
                                     message="ok", values=key_values({"state": "ended", key: ended})))
-        points = _wait(lambda: latest(topics.RECON_POINTS), 5, "diagnostics of /recon/points")
+        points = _wait(lambda: latest(topics.absolute(topics.RECON_POINTS)), 5, "diagnostics of /recon/points")
         values = {kv.key: kv.value for kv in points.values}
         assert points.level == b"\x00" and 3.0 < float(values["rate_hz"]) < 7.0, values
         assert float(values["latency_p50_ms"]) < 1000.0
@@ -82,11 +82,12 @@ def test_monitor_diagnostics_stall_checkpoint_snapshot(ros_env, ros_node) -> Non
         stalled = _wait(lambda: (s := latest("/stereo_depth")) is not None and s.level == b"\x02" and s, 5,
                         "/stereo_depth flagged as stalled")
         assert "no heartbeat" in stalled.message
-        finished = _wait(lambda: (s := latest(topics.DEPTH)) is not None and "age_s" in {kv.key for kv in s.values}
+        finished = _wait(lambda: (s := latest(topics.absolute(topics.DEPTH))) is not None
+                         and "age_s" in {kv.key for kv in s.values}
                          and float({kv.key: kv.value for kv in s.values}["age_s"]) > 1.5 and s, 5,
                          "/depth/image silent for longer than the stall time")
         assert finished.level == b"\x00" and "input ended (/bag_replay finished)" in finished.message
-        _wait(lambda: (s := latest(topics.RECON_STATUS)) is not None and s.level == b"\x02", 5,
+        _wait(lambda: (s := latest(topics.absolute(topics.RECON_STATUS))) is not None and s.level == b"\x02", 5,
               "/recon/status stalled")
         _wait(lambda: len(snapshots) > n_snap + 1, 5, "snapshots of the last cloud")
         assert snapshots[-1].width == 500

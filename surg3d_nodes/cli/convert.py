@@ -39,7 +39,8 @@ def convert_reader(reader: DatasetReader, out: str | Path, storage: str = "mcap"
     from surg3d_nodes.ros import convert, topics
 
     def name(topic: str) -> str:
-        return topic_prefix.rstrip("/") + topic if topic != topics.TF else topic
+        """The bag's (absolute) name of a graph topic: under topic_prefix, as if recorded in that namespace."""
+        return topics.absolute(topic, topic_prefix or "/")
 
     n = len(reader) if max_frames is None else min(len(reader), max_frames)
     t0 = time.perf_counter()

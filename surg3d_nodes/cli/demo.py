@@ -198,9 +198,9 @@ def main(argv: list[str] | None = None) -> int:
     except GraphError as e:
         print(f"surg3d demo: {e}", file=sys.stderr)
         return 2
-    res = DemoResult(frames_in_bag=count_frames(bag, topics.LEFT_IMAGE))
+    res = DemoResult(frames_in_bag=count_frames(bag, topics.absolute(topics.LEFT_IMAGE)))   # bags: absolute names
     if res.frames_in_bag == 0:
-        print(f"surg3d demo: {bag} has no {topics.LEFT_IMAGE} messages", file=sys.stderr)
+        print(f"surg3d demo: {bag} has no {topics.absolute(topics.LEFT_IMAGE)} messages", file=sys.stderr)
         return 2
     sup = Supervisor(preset.nodes)
     domain = int(os.environ["ROS_DOMAIN_ID"]) if os.environ.get("ROS_DOMAIN_ID") else None

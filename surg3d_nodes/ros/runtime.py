@@ -18,11 +18,13 @@ from collections.abc import Callable, Sequence
 import rclpy
 from rclpy.executors import MultiThreadedExecutor
 from rclpy.node import Node
+from rclpy.publisher import Publisher
 from rclpy.signals import SignalHandlerOptions
+from rclpy.subscription import Subscription
 from rclpy.task import Future
 
 from surg3d_msgs.msg import NodeStatus
-from surg3d_nodes.ros import topics
+from surg3d_nodes.ros import qos, topics
 from surg3d_nodes.ros.convert import header, key_values
 from surg3d_nodes.ros.params import NodeParameters
 from surg3d_nodes.system.node_options import NodeOptions
@@ -51,8 +53,18 @@ class SurgNode(Node):
         self.params = NodeParameters(self)
         period = self.params.declare(NodeOptions).heartbeat_period
         self.problem_log_period = 5.0
-        self._status_pub = self.create_publisher(NodeStatus, topics.NODE_STATUS, 10)
+        self._status_pub = self.publisher(NodeStatus, topics.NODE_STATUS)
         self.create_timer(float(period), self._heartbeat)
+
+    def publisher(self, msg_type: type, topic: str, depth: int | None = None) -> Publisher:
+        """A publisher of `topic` (topics.py) with its stream's QoS (qos.py); `depth` overrides the history."""
+        return self.create_publisher(msg_type, topic, qos.publisher(topic, depth))
+
+    def subscription(self, msg_type: type, topic: str, callback: Callable, depth: int | None = None,
+                     **kwargs) -> Subscription:
+        """A subscription to `topic` (topics.py) with its stream's QoS (qos.py): images, camera_info and clouds
+        best-effort, so reliable and best-effort publishers both connect."""
+        return self.create_subscription(msg_type, topic, callback, qos.subscription(topic, depth), **kwargs)
 
     def count(self, key: str, n: int = 1) -> None:
         """Add `n` to the counter `key` (shown in the heartbeat)."""

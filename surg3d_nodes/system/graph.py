@@ -236,7 +236,9 @@ def load_preset(preset: str, overrides: dict[str, str] | None = None,
             check_parameter(str(gpath), name, exe, str(key), value)
         fmt = {k: format_value(v) for k, v in values.items()}
         try:
-            remaps = {str(a).format(**fmt): str(b).format(**fmt) for a, b in (ncfg.get("remappings") or {}).items()}
+            # The preset's remappings apply to every node of it (e.g. the rig's camera topics), a node's own on top.
+            rules = {**(pcfg.get("remappings") or {}), **(ncfg.get("remappings") or {})}
+            remaps = {str(a).format(**fmt): str(b).format(**fmt) for a, b in rules.items()}
         except KeyError as e:
             raise GraphError(f"{gpath}: node {name!r}: remapping uses unknown argument {e}") from None
         specs.append(NodeSpec(name, exe, files, dict(ncfg.get("parameters") or {}), remaps,

@@ -31,11 +31,10 @@ import time
 from typing import Any
 
 from rclpy.duration import Duration
-from rclpy.qos import QoSProfile, ReliabilityPolicy
 from rosgraph_msgs.msg import Clock
 
 from surg3d_nodes.data.bags import BagMessage, BagReader
-from surg3d_nodes.ros import topics
+from surg3d_nodes.ros import qos, topics
 from surg3d_nodes.ros.convert import ns_to_stamp
 from surg3d_nodes.ros.runtime import ERROR, SurgNode, run_node
 from surg3d_nodes.system.monitoring import INPUT_ENDED
@@ -62,13 +61,14 @@ class BagReplay(SurgNode):
         self.loop = p.loop
         self.start_offset = p.start_offset
         self.publish_clock = p.publish_clock
-        self.only_topics = [t for t in p.topics if t]
+        # Compared with the bag's (absolute) topic names: a relative name resolves in this node's namespace.
+        self.only_topics = [self.resolve_topic_name(t) for t in p.topics if t]
         self.late_threshold = p.late_threshold
         self.drop_late = p.drop_late
         self.drop_threshold = p.drop_threshold
         self.wait_for_subscribers = p.wait_for_subscribers
         # Topics whose subscribers gate the start ([""] = all): evaluation-only topics have none in a graph.
-        self.wait_topics = [t for t in p.wait_topics if t]
+        self.wait_topics = [self.resolve_topic_name(t) for t in p.wait_topics if t]
         self.wait_nodes = [n for n in p.wait_nodes if n]
         self.wait_timeout = p.wait_timeout
         self.exit_on_end = p.exit_on_end
@@ -78,7 +78,7 @@ class BagReplay(SurgNode):
             raise ValueError("parameter 'bag' is required (path of a rosbag2 directory, .mcap or .db3)")
         self.reader = BagReader(self.bag)      # raises FileNotFoundError naming the path
         self.publishers_: dict[str, Any] = {}
-        clock_qos = QoSProfile(depth=max(self.qos_depth_small, 10), reliability=ReliabilityPolicy.RELIABLE)
+        clock_qos = qos.for_kind(qos.EVENT, subscription=False, depth=max(self.qos_depth_small, 10))
         self.clock_pub = self.create_publisher(Clock, topics.CLOCK, clock_qos) if self.publish_clock else None
         self.published = self.late = self.dropped = self.loops = 0
         self.max_lag = 0.0
@@ -96,8 +96,8 @@ class BagReplay(SurgNode):
             # heartbeat, every few seconds): small messages keep a deep history, large ones (images,
             # clouds) qos_depth to bound memory (depth x message size per topic).
             depth = self.qos_depth if msgtype in LARGE_TYPES else max(self.qos_depth, self.qos_depth_small)
-            qos = QoSProfile(depth=depth, reliability=ReliabilityPolicy.RELIABLE)
-            pub = self.create_publisher(message_class(msgtype), topic, qos)
+            profile = qos.for_kind(qos.kind_of_type(msgtype), subscription=False, depth=depth)
+            pub = self.create_publisher(message_class(msgtype), topic, profile)
             self.publishers_[topic] = pub
         return pub
 

@@ -28,7 +28,7 @@ from surg3d_nodes.dvrk.kinematics import (
     dvrk_arm_topic,
     dvrk_video_topic,
 )
-from surg3d_nodes.ros import topics
+from surg3d_nodes.ros import qos, topics
 from surg3d_nodes.ros.convert import camera_to_msg, image_to_msg, joint_state_to_msg, pose_to_msg
 from surg3d_nodes.ros.runtime import SurgNode, run_node
 from surg3d_nodes.system.node_options import DvrkEmulatorOptions
@@ -72,15 +72,18 @@ class DvrkEmulatorNode(SurgNode):
         self.uncalibrated = p.uncalibrated_camera_info
         self.ecm_arm = p.ecm_arm
         arm_names = {ECM: self.ecm_arm, **{a: a for a in cfg.psm_arms}}
-        self.pose_pubs = {k: self.create_publisher(PoseStamped, dvrk_arm_topic(v), 50)
+        # The dVRK's own topics (not in topics.py): arm kinematics as robot state, video as sensor streams.
+        arm_qos = qos.for_kind(qos.STATE, subscription=False)
+        video_qos = qos.for_kind(qos.SENSOR, subscription=False)
+        self.pose_pubs = {k: self.create_publisher(PoseStamped, dvrk_arm_topic(v), arm_qos)
                           for k, v in arm_names.items()}
-        self.joint_pubs = {(arm, what): self.create_publisher(JointState, dvrk_arm_topic(arm, what), 50)
+        self.joint_pubs = {(arm, what): self.create_publisher(JointState, dvrk_arm_topic(arm, what), arm_qos)
                            for arm in cfg.psm_arms for what in STREAM_JOINT_NAMES} if synth.articulated else {}
-        self.image_pubs = {s: self.create_publisher(Image, dvrk_video_topic(rig, s), 5) for s in self.cams}
-        self.info_pubs = {s: self.create_publisher(CameraInfo, dvrk_video_topic(rig, s, "camera_info"), 5)
+        self.image_pubs = {s: self.create_publisher(Image, dvrk_video_topic(rig, s), video_qos) for s in self.cams}
+        self.info_pubs = {s: self.create_publisher(CameraInfo, dvrk_video_topic(rig, s, "camera_info"), video_qos)
                           for s in self.cams}
-        self.mask_pub = self.create_publisher(Image, topics.DATASET_MASK, 5)
-        self.depth_pub = self.create_publisher(Image, topics.DATASET_DEPTH, 5)
+        self.mask_pub = self.publisher(Image, topics.DATASET_MASK)
+        self.depth_pub = self.publisher(Image, topics.DATASET_DEPTH)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="emulator", daemon=True)
         self._thread.start()

@@ -41,7 +41,6 @@ from rcl_interfaces.msg import ParameterType
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.parameter import Parameter as RosParameter
 from rclpy.parameter_client import AsyncParameterClient
-from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from std_srvs.srv import Trigger
 from tf2_msgs.msg import TFMessage
@@ -78,8 +77,9 @@ from surg3d_nodes.viewer.input import (
 )
 
 # client-publish topics the bridge accepts -> what they mean
-CLIENT_TOPICS = {topics.RECON_ROI: "roi", topics.CLICKED_POINT: "roi", topics.RECON_VIEW_REQUEST: "view",
-                 topics.GOAL_POSE: "view"}
+CLIENT_TOPICS = {topics.absolute(t): kind for t, kind in [(topics.RECON_ROI, "roi"), (topics.CLICKED_POINT, "roi"),
+                                                          (topics.RECON_VIEW_REQUEST, "view"),
+                                                          (topics.GOAL_POSE, "view")]}
 
 
 def _schema(name: str) -> Schema:
@@ -169,39 +169,38 @@ class FoxgloveBridge(SurgNode):
             topics.RECON_STATUS: "surg3d_msgs/msg/TrainerStatus",
             topics.NODE_STATUS: "surg3d_msgs/msg/NodeStatus",
             topics.DIAGNOSTICS: "diagnostic_msgs/msg/DiagnosticArray", topics.HEALTH: "surg3d/Health"}
-        self.channels = {t: Channel(t, schema=_schema(s), message_encoding="json")
+        # Viewer channels carry the topics' names at the root (topics.absolute), whatever the ROS namespace, so
+        # the web page and Foxglove layouts always find "/recon/points"; inside, everything is keyed by topic.
+        self.channels = {t: Channel(topics.absolute(t), schema=_schema(s), message_encoding="json")
                          for t, s in schemas.items()}
+        self._topic_of_channel = {topics.absolute(t): t for t in schemas}
 
         # ROS side: subscriptions on one exclusive group (ordered per node), clients on a reentrant one.
         subs = MutuallyExclusiveCallbackGroup()
         self.clients_group = ReentrantCallbackGroup()
+        # Viewers want the newest image or cloud only: a history of 2 keeps the bridge from working off a backlog.
         for topic in (topics.RECON_POINTS, topics.SNAPSHOT_POINTS):
-            self.create_subscription(PointCloud2, topic, self.on_points, 2, callback_group=subs)
+            self.subscription(PointCloud2, topic, self.on_points, 2, callback_group=subs)
         for topic, kind in [(topics.RECON_RENDER, "color"), (topics.RECON_DEOCCLUDED, "color"),
                             (topics.RECON_VIEW_IMAGE, "color"), (topics.RECON_RENDER_DEPTH, "depth"),
                             (topics.DEPTH, "depth")]:
-            self.create_subscription(Image, topic, lambda m, t=topic, k=kind: self.on_image(m, t, k), 2,
-                                     callback_group=subs)
-        self.create_subscription(Image, topics.LEFT_RECT, lambda m: self.on_live(m, True), 2,
-                                 callback_group=subs)
-        self.create_subscription(Image, topics.LEFT_IMAGE, lambda m: self.on_live(m, False), 2,
-                                 callback_group=subs)
-        self.create_subscription(Image, topics.INSTRUMENT_MASK, self.on_mask, 2, callback_group=subs)
+            self.subscription(Image, topic, lambda m, t=topic, k=kind: self.on_image(m, t, k), 2,
+                              callback_group=subs)
+        self.subscription(Image, topics.LEFT_RECT, lambda m: self.on_live(m, True), 2, callback_group=subs)
+        self.subscription(Image, topics.LEFT_IMAGE, lambda m: self.on_live(m, False), 2, callback_group=subs)
+        self.subscription(Image, topics.INSTRUMENT_MASK, self.on_mask, 2, callback_group=subs)
         for topic in (topics.LEFT_RECT_INFO, topics.LEFT_INFO):
-            self.create_subscription(CameraInfo, topic, self.on_info, 2, callback_group=subs)
-        self.create_subscription(PoseStamped, topics.CAMERA_POSE, self.on_pose, 10, callback_group=subs)
-        self.create_subscription(TFMessage, topics.TF, self.on_tf, 10, callback_group=subs)
-        self.create_subscription(PointStamped, topics.CLICKED_POINT, self.on_clicked_point, 10, callback_group=subs)
+            self.subscription(CameraInfo, topic, self.on_info, 2, callback_group=subs)
+        self.subscription(PoseStamped, topics.CAMERA_POSE, self.on_pose, callback_group=subs)
+        self.subscription(TFMessage, topics.TF, self.on_tf, callback_group=subs)
+        self.subscription(PointStamped, topics.CLICKED_POINT, self.on_clicked_point, callback_group=subs)
         for topic, typ in [(topics.RECON_STATUS, TrainerStatus), (topics.NODE_STATUS, NodeStatus),
                            (topics.DIAGNOSTICS, DiagnosticArray), (topics.HEALTH, NodeStatus)]:
-            self.create_subscription(typ, topic, lambda m, t=topic: self.log_json(t, _msg_dict(m)), 20,
-                                     callback_group=subs)
+            self.subscription(typ, topic, lambda m, t=topic: self.log_json(t, _msg_dict(m)), callback_group=subs)
 
-        latched = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE,
-                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
-        self.roi_pub = self.create_publisher(RegionOfInterest, topics.RECON_ROI, latched)
-        self.marker_pub = self.create_publisher(MarkerArray, topics.RECON_ROI_MARKERS, latched)
-        self.view_pub = self.create_publisher(ViewRequest, topics.RECON_VIEW_REQUEST, 10)
+        self.roi_pub = self.publisher(RegionOfInterest, topics.RECON_ROI)
+        self.marker_pub = self.publisher(MarkerArray, topics.RECON_ROI_MARKERS)
+        self.view_pub = self.publisher(ViewRequest, topics.RECON_VIEW_REQUEST)
         self.trigger = {name: self.create_client(Trigger, srv, callback_group=self.clients_group)
                         for name, srv in [("pause", topics.SRV_PAUSE), ("resume", topics.SRV_RESUME),
                                           ("reset", topics.SRV_RESET)]}
@@ -212,12 +211,13 @@ class FoxgloveBridge(SurgNode):
         json_req = MessageSchema(encoding="json", schema=_schema("surg3d/JsonRequest"))
         services = [Service(name, schema=ServiceSchema(typ, request=json_req, response=json_req), handler=h)
                     for name, typ, h in [
-                        (topics.SRV_PAUSE, "std_srvs/srv/Trigger", self.srv_trigger),
-                        (topics.SRV_RESUME, "std_srvs/srv/Trigger", self.srv_trigger),
-                        (topics.SRV_RESET, "std_srvs/srv/Trigger", self.srv_trigger),
-                        (topics.SRV_SAVE, "surg3d_msgs/srv/SaveModel", self.srv_save),
-                        (f"{topics.RECON_ROI}/delete", "surg3d/DeleteRoi", self.srv_roi_delete),
-                        (f"{topics.RECON_ROI}/clear", "std_srvs/srv/Trigger", self.srv_roi_clear)]]
+                        (topics.absolute(topics.SRV_PAUSE), "std_srvs/srv/Trigger", self.srv_trigger),
+                        (topics.absolute(topics.SRV_RESUME), "std_srvs/srv/Trigger", self.srv_trigger),
+                        (topics.absolute(topics.SRV_RESET), "std_srvs/srv/Trigger", self.srv_trigger),
+                        (topics.absolute(topics.SRV_SAVE), "surg3d_msgs/srv/SaveModel", self.srv_save),
+                        (topics.absolute(f"{topics.RECON_ROI}/delete"), "surg3d/DeleteRoi", self.srv_roi_delete),
+                        (topics.absolute(f"{topics.RECON_ROI}/clear"), "std_srvs/srv/Trigger",
+                         self.srv_roi_clear)]]
         self.server = foxglove.start_server(
             name="surg3d", host=p.host, port=p.port, server_listener=_Listener(self),
             capabilities=[Capability.ClientPublish, Capability.Services, Capability.Parameters],
@@ -238,10 +238,10 @@ class FoxgloveBridge(SurgNode):
         self.channels[topic].log(data)
         self.count(f"out.{topic}")
 
-    def resend(self, topic: str) -> None:
-        """A viewer subscribed to `topic`: send it the newest message soon (not from the server's thread)."""
+    def resend(self, channel: str) -> None:
+        """A viewer subscribed to `channel`: send it the newest message soon (not from the server's thread)."""
         with self._lock:
-            self._resend.add(topic)
+            self._resend.add(self._topic_of_channel.get(channel, channel))
 
     def _flush_resend(self) -> None:
         with self._lock:

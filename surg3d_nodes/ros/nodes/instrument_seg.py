@@ -80,13 +80,13 @@ class InstrumentSegNode(SurgNode):
         self._times: list[float] = []
         self._last_stamp = -1
 
-        self.mask_pub = self.create_publisher(Image, topics.INSTRUMENT_MASK, 5)
+        self.mask_pub = self.publisher(Image, topics.INSTRUMENT_MASK)
         group = MutuallyExclusiveCallbackGroup()
         for idx, topic in enumerate(self.inputs):
-            self.create_subscription(Image, topic, lambda m, i=idx: self.on_input(i, m), 5,
+            self.subscription(Image, topic, lambda m, i=idx: self.on_input(i, m),
                                      callback_group=group)
         if self.use_prior:
-            self.create_subscription(Image, topics.INSTRUMENT_PRIOR, self.on_prior, 5, callback_group=group)
+            self.subscription(Image, topics.INSTRUMENT_PRIOR, self.on_prior, callback_group=group)
         self._worker = QueueWorker("instrument_seg", self.process, 2, on_error=self._failed).start()
 
     # ------------------------------------------------------------------ inputs

@@ -46,7 +46,7 @@ from surg3d_nodes.dvrk.kinematics import (
     psm_joint_values,
 )
 from surg3d_nodes.perception.instrument_prior import InstrumentGeometry, pixel_rays, project_instruments
-from surg3d_nodes.ros import topics
+from surg3d_nodes.ros import qos, topics
 from surg3d_nodes.ros.convert import (
     MessageError,
     image_to_msg,
@@ -86,23 +86,24 @@ class KinematicsNode(SurgNode):
                                    f"({self.cam.width}x{self.cam.height})")
         self._lock = threading.Lock()
 
-        self.pose_pub = self.create_publisher(PoseStamped, topics.CAMERA_POSE, 10)
-        self.tf_pub = self.create_publisher(TFMessage, topics.TF, 100)
-        self.prior_pub = self.create_publisher(Image, topics.INSTRUMENT_PRIOR, 5)
+        self.pose_pub = self.publisher(PoseStamped, topics.CAMERA_POSE)
+        self.tf_pub = self.publisher(TFMessage, topics.TF)
+        self.prior_pub = self.publisher(Image, topics.INSTRUMENT_PRIOR)
         group = MutuallyExclusiveCallbackGroup()
-        self.create_subscription(PoseStamped, dvrk_arm_topic(p.ecm_arm), self.on_ecm, 50,
+        arm_qos = qos.for_kind(qos.STATE, subscription=True)   # the dVRK's arm topics (poses, joint states)
+        self.create_subscription(PoseStamped, dvrk_arm_topic(p.ecm_arm), self.on_ecm, arm_qos,
                                  callback_group=group)
         self.psm_arms = list(p.psm_arms)
         for arm in self.psm_arms:
             self.create_subscription(PoseStamped, dvrk_arm_topic(arm),
-                                     lambda msg, a=arm: self.on_psm(a, msg), 50, callback_group=group)
+                                     lambda msg, a=arm: self.on_psm(a, msg), arm_qos, callback_group=group)
             for what in PRIOR_JOINT_NAMES if self.use_joint_states else ():
                 self.create_subscription(JointState, dvrk_arm_topic(arm, what),
-                                         lambda msg, a=arm, w=what: self.on_psm_joints(a, w, msg), 50,
+                                         lambda msg, a=arm, w=what: self.on_psm_joints(a, w, msg), arm_qos,
                                          callback_group=group)
-        self.create_subscription(CameraInfo, topics.LEFT_INFO, self.on_info, 10, callback_group=group)
+        self.subscription(CameraInfo, topics.LEFT_INFO, self.on_info, callback_group=group)
         if p.stamp_source == "image":
-            self.create_subscription(Image, topics.LEFT_IMAGE, self.on_image, 5, callback_group=group)
+            self.subscription(Image, topics.LEFT_IMAGE, self.on_image, callback_group=group)
         self.stamp_source = p.stamp_source
         self.create_timer(0.01, self.poll, callback_group=group)   # resolves images whose wait is over
         # The prior is drawn off the callback thread; when drawing falls behind, the oldest request goes.

@@ -23,7 +23,7 @@ from sensor_msgs.msg import Image, PointCloud2
 
 from surg3d_msgs.msg import NodeStatus, TrainerStatus
 from surg3d_msgs.srv import SaveModel
-from surg3d_nodes.ros import topics
+from surg3d_nodes.ros import qos, topics
 from surg3d_nodes.ros.convert import header, key_values
 from surg3d_nodes.ros.runtime import ERROR, SurgNode, run_node
 from surg3d_nodes.system.monitoring import Monitor, summary
@@ -53,10 +53,16 @@ class MonitorNode(SurgNode):
     def __init__(self, **kwargs) -> None:
         super().__init__("monitor", **kwargs)
         p = self.params.declare(MonitorOptions)
-        unknown = [t for t in p.topics if t not in WATCHABLE]
+        # A topic may be listed relative (as topics.py spells it) or absolute (/depth/image, at the root).
+        watched = {t: t.lstrip("/") for t in p.topics}
+        unknown = [t for t, known in watched.items() if known not in WATCHABLE]
         if unknown:
             raise ValueError(f"monitor: cannot watch {unknown}: known topics are {sorted(WATCHABLE)}")
-        self.monitor = Monitor(p.period, p.stall_periods, p.latency_warn_ms, p.gpu_memory_warn_mb)
+        # Topics are reported by their resolved names (/depth/image; /rig2/depth/image in a namespace), as
+        # `ros2 topic list` shows them.
+        self.points_name = self.resolve_topic_name(topics.RECON_POINTS)
+        self.monitor = Monitor(p.period, p.stall_periods, p.latency_warn_ms, p.gpu_memory_warn_mb,
+                               trainer_prefix=self.resolve_topic_name(topics.RECON_STATUS).rsplit("/", 1)[0] + "/")
         self.snapshot = p.snapshot
         self._cloud: bytes | None = None
         self._cloud_time = 0.0
@@ -64,19 +70,20 @@ class MonitorNode(SurgNode):
         self.last_checkpoint: str = ""
 
         subs = MutuallyExclusiveCallbackGroup()
-        for topic in p.topics:
-            self.monitor.watch(topic)
-            self.create_subscription(WATCHABLE[topic], topic, lambda data, t=topic: self.on_raw(t, data), 5,
-                                     raw=True, callback_group=subs)
-        self.create_subscription(NodeStatus, topics.NODE_STATUS, self.on_heartbeat, 50, callback_group=subs)
-        self.create_subscription(TrainerStatus, topics.RECON_STATUS, self.on_trainer, 5, callback_group=subs)
-        if topics.RECON_POINTS not in p.topics:
-            self.create_subscription(PointCloud2, topics.RECON_POINTS,
-                                     lambda data: self.on_raw(topics.RECON_POINTS, data, track=False), 2,
-                                     raw=True, callback_group=subs)
-        self.diag_pub = self.create_publisher(DiagnosticArray, topics.DIAGNOSTICS, 10)
-        self.health_pub = self.create_publisher(NodeStatus, topics.HEALTH, 10)
-        self.snapshot_pub = self.create_publisher(PointCloud2, topics.SNAPSHOT_POINTS, 2)
+        for topic, known in watched.items():
+            name = self.resolve_topic_name(topic)
+            self.monitor.watch(name)
+            self.create_subscription(WATCHABLE[known], topic, lambda data, t=name: self.on_raw(t, data),
+                                     qos.subscription(known), raw=True, callback_group=subs)
+        self.subscription(NodeStatus, topics.NODE_STATUS, self.on_heartbeat, callback_group=subs)
+        self.subscription(TrainerStatus, topics.RECON_STATUS, self.on_trainer, callback_group=subs)
+        if self.points_name not in self.monitor.topics:
+            self.subscription(PointCloud2, topics.RECON_POINTS,
+                              lambda data: self.on_raw(self.points_name, data, track=False), 2,
+                              raw=True, callback_group=subs)
+        self.diag_pub = self.publisher(DiagnosticArray, topics.DIAGNOSTICS)
+        self.health_pub = self.publisher(NodeStatus, topics.HEALTH)
+        self.snapshot_pub = self.publisher(PointCloud2, topics.SNAPSHOT_POINTS, 2)
         self.save_client = self.create_client(SaveModel, topics.SRV_SAVE,
                                               callback_group=ReentrantCallbackGroup())
         self.create_timer(p.period, self.tick, callback_group=subs)
@@ -88,7 +95,7 @@ class MonitorNode(SurgNode):
         now = time.monotonic()
         if track:
             self.monitor.message(topic, now, self.get_clock().now().nanoseconds, cdr_stamp_ns(data))
-        if topic == topics.RECON_POINTS:
+        if topic == self.points_name:
             self._cloud, self._cloud_time = data, now
 
     def on_heartbeat(self, msg: NodeStatus) -> None:

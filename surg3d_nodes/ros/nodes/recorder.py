@@ -14,9 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rclpy.qos import QoSProfile, ReliabilityPolicy
-
 from surg3d_nodes.data.bags import BagWriter
+from surg3d_nodes.ros import qos
 from surg3d_nodes.ros.nodes.bag_replay import message_class
 from surg3d_nodes.ros.runtime import ERROR, SurgNode, run_node
 from surg3d_nodes.system.node_options import RecorderOptions
@@ -28,7 +27,8 @@ class Recorder(SurgNode):
     def __init__(self, **kwargs) -> None:
         super().__init__("recorder", **kwargs)
         p = self.params.declare(RecorderOptions)
-        self.topics = [t for t in p.topics if t]
+        # Resolved (namespace, remappings) as the graph lists topics and as the bag names them.
+        self.topics = [self.resolve_topic_name(t) for t in p.topics if t]
         self.storage = p.storage
         self.queue_size = p.queue_size
         self.qos_depth = p.qos_depth
@@ -63,9 +63,10 @@ class Recorder(SurgNode):
             except (ImportError, AttributeError, ValueError) as e:
                 self.report_problem("type", f"cannot record {topic} ({msgtype}): {e}", ERROR)
                 continue
-            qos = QoSProfile(depth=self.qos_depth, reliability=ReliabilityPolicy.RELIABLE)
+            offered = [i.qos_profile for i in self.get_publishers_info_by_topic(topic)]
             self.subs[topic] = self.create_subscription(
-                cls, topic, lambda data, t=topic, m=msgtype: self._on_message(t, m, data), qos, raw=True)
+                cls, topic, lambda data, t=topic, m=msgtype: self._on_message(t, m, data),
+                qos.recording(offered, self.qos_depth), raw=True)
             self.get_logger().info(f"subscribed to {topic} ({msgtype})")
 
     def _on_message(self, topic: str, msgtype: str, data: bytes) -> None:

@@ -73,19 +73,17 @@ class StereoDepthNode(SurgNode):
         self._engine_key: tuple | None = None
         self._times: list[float] = []
 
-        self.rect_pub = self.create_publisher(Image, topics.LEFT_RECT, 5)
-        self.rect_info_pub = self.create_publisher(CameraInfo, topics.LEFT_RECT_INFO, 5)
-        self.depth_pub = self.create_publisher(Image, topics.DEPTH, 5)
-        self.conf_pub = self.create_publisher(Image, topics.DEPTH_CONFIDENCE, 5)
-        self.points_pub = (self.create_publisher(PointCloud2, topics.DEPTH_POINTS, 2)
+        self.rect_pub = self.publisher(Image, topics.LEFT_RECT)
+        self.rect_info_pub = self.publisher(CameraInfo, topics.LEFT_RECT_INFO)
+        self.depth_pub = self.publisher(Image, topics.DEPTH)
+        self.conf_pub = self.publisher(Image, topics.DEPTH_CONFIDENCE)
+        self.points_pub = (self.publisher(PointCloud2, topics.DEPTH_POINTS)
                            if self.publish_points else None)
         group = MutuallyExclusiveCallbackGroup()
         for side, (img_topic, info_topic) in enumerate([(topics.LEFT_IMAGE, topics.LEFT_INFO),
                                                         (topics.RIGHT_IMAGE, topics.RIGHT_INFO)]):
-            self.create_subscription(Image, img_topic, lambda m, s=side: self.on_image(s, m), 5,
-                                     callback_group=group)
-            self.create_subscription(CameraInfo, info_topic, lambda m, s=side: self.on_info(s, m), 5,
-                                     callback_group=group)
+            self.subscription(Image, img_topic, lambda m, s=side: self.on_image(s, m), callback_group=group)
+            self.subscription(CameraInfo, info_topic, lambda m, s=side: self.on_info(s, m), callback_group=group)
         self._worker = QueueWorker("stereo_depth", lambda item: self.process(*item), p.work_queue_size,
                                    on_error=self._failed).start()
         calib = ["file" if c is not None else "camera_info" for c in self._file_cams]

@@ -79,20 +79,20 @@ class TrainerNode(SurgNode):
         self._errors_reported = 0
 
         inputs = MutuallyExclusiveCallbackGroup()
-        self.create_subscription(CameraInfo, topics.LEFT_RECT_INFO, self.on_info, 5, callback_group=inputs)
+        self.subscription(CameraInfo, topics.LEFT_RECT_INFO, self.on_info, callback_group=inputs)
         subs = {"image": (Image, topics.LEFT_RECT), "depth": (Image, topics.DEPTH),
                 "mask": (Image, topics.INSTRUMENT_MASK), "pose": (PoseStamped, topics.CAMERA_POSE)}
         for i, name in enumerate(self.inputs):
             cls, topic = subs[name]
-            self.create_subscription(cls, topic, lambda m, i=i: self.on_input(i, m), 10,
-                                     callback_group=inputs)
+            # A deeper history than the stream default: bursts wait while the input group is busy pairing.
+            self.subscription(cls, topic, lambda m, i=i: self.on_input(i, m), 10, callback_group=inputs)
 
-        self.points_pub = self.create_publisher(PointCloud2, topics.RECON_POINTS, 2)
-        self.render_pub = self.create_publisher(Image, topics.RECON_RENDER, 2)
-        self.render_depth_pub = self.create_publisher(Image, topics.RECON_RENDER_DEPTH, 2)
-        self.deocc_pub = self.create_publisher(Image, topics.RECON_DEOCCLUDED, 2)
-        self.view_pub = self.create_publisher(Image, topics.RECON_VIEW_IMAGE, 2)
-        self.status_pub = self.create_publisher(TrainerStatus, topics.RECON_STATUS, 5)
+        self.points_pub = self.publisher(PointCloud2, topics.RECON_POINTS)
+        self.render_pub = self.publisher(Image, topics.RECON_RENDER)
+        self.render_depth_pub = self.publisher(Image, topics.RECON_RENDER_DEPTH)
+        self.deocc_pub = self.publisher(Image, topics.RECON_DEOCCLUDED)
+        self.view_pub = self.publisher(Image, topics.RECON_VIEW_IMAGE)
+        self.status_pub = self.publisher(TrainerStatus, topics.RECON_STATUS)
         # Publishing runs in groups apart from the inputs, and the cheap status apart from the slow renders,
         # so a busy renderer neither delays ingestion nor starves the status.
         render_group = MutuallyExclusiveCallbackGroup()
@@ -121,7 +121,7 @@ class TrainerNode(SurgNode):
         self.create_service(SaveModel, topics.SRV_SAVE, self.srv_save, callback_group=services)
         self.create_service(LoadCheckpoint, topics.SRV_LOAD, self.srv_load, callback_group=services)
         self.create_service(RenderView, topics.SRV_RENDER_VIEW, self.srv_render_view, callback_group=services)
-        self.create_subscription(ViewRequest, topics.RECON_VIEW_REQUEST, self.on_view_request, 2,
+        self.subscription(ViewRequest, topics.RECON_VIEW_REQUEST, self.on_view_request,
                                  callback_group=services)
         # The training thread runs Python between torch ops and holds the GIL for up to the switch interval
         # (5 ms) whenever an executor thread wants it; each message needs several hand-overs, so at the
