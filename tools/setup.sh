@@ -63,9 +63,10 @@ if [ -d "$ros2_shared/wheels" ]; then
   if ! (cd "$ros2_shared/wheels" && ls ./*.whl) | cmp -s - "$wheels_stamp"; then
     log "installing launch, launch_ros, ros2launch from $ros2_shared/wheels (and osrf-pycommon)"
     # --no-deps: ros2launch declares ros2cli (not needed by launch_a_launch_file, not on PyPI), and PyPI's
-    # `launch` is an unrelated package. osrf-pycommon is launch's one missing dependency.
-    "$venv/bin/pip" install -q --no-deps "$ros2_shared"/wheels/*.whl
-    "$venv/bin/pip" install -q osrf-pycommon
+    # `launch` is an unrelated package. osrf-pycommon is launch's one missing dependency. --no-warn-conflicts:
+    # launch_ros declares `ament_index_python`, which the ros-ament-index-python wheel provides under its own name.
+    "$venv/bin/pip" install -q --no-deps --no-warn-conflicts "$ros2_shared"/wheels/*.whl
+    "$venv/bin/pip" install -q --no-warn-conflicts osrf-pycommon
     (cd "$ros2_shared/wheels" && ls ./*.whl) > "$wheels_stamp"
   fi
   build_interfaces composition_interfaces "$ros2_shared/interfaces/composition_interfaces" composition_interfaces.srv
