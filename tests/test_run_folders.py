@@ -1,0 +1,30 @@
+"""Run folders: every launch writes into its own `<output_dir>/run_<UTC time>` (system/runs.py). The launches
+themselves are in test_launch_graph.py (respawn resumes within the run, a new launch does not) and
+test_ros2_launch.py."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+from surg3d_nodes.system.graph import load_preset
+from surg3d_nodes.system.runs import start_run
+
+NOW = datetime(2026, 12, 3, 8, 30, 5, tzinfo=timezone.utc)
+
+
+def test_each_launch_gets_a_run_folder_for_every_node_that_writes(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    preset = load_preset("replay", {"output_dir": str(tmp_path / "case42")})
+    run = start_run(preset, NOW)
+    assert run == tmp_path.resolve() / "case42" / "run_20261203_083005" and run.is_dir()
+    writers = {n.name: n.parameters["output_dir"] for n in preset.nodes if "output_dir" in n.parameters}
+    assert writers == dict.fromkeys(("trainer", "recorder", "foxglove_bridge"), str(run))
+    # Two launches in the same second never share a folder.
+    again = start_run(load_preset("replay", {"output_dir": str(tmp_path / "case42")}), NOW)
+    assert again == run.with_name("run_20261203_083005_2") and again.is_dir()
+    # The relative default `out` becomes absolute at launch: every node sees the same folder, whatever its cwd.
+    monkeypatch.chdir(tmp_path)
+    assert start_run(load_preset("live"), NOW) == tmp_path.resolve() / "out" / "run_20261203_083005"
