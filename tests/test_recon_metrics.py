@@ -64,3 +64,20 @@ def test_depth_rmse_mm():
     assert depth_rmse_mm(est, ref) == pytest.approx(2.0, rel=1e-4)
     mask = np.zeros((4, 4))
     assert math.isnan(depth_rmse_mm(est, ref, mask))
+
+
+def test_ssim_map_matches_the_2d_window():
+    # ssim_map filters separably; the textbook form: five depthwise 11x11 convolutions with the 2-D window.
+    import torch.nn.functional as tnf
+
+    g = torch.Generator().manual_seed(0)
+    img, ref = torch.rand(30, 34, 3, generator=g), torch.rand(30, 34, 3, generator=g)
+    x1 = torch.arange(11, dtype=torch.float32) - 5
+    w1 = torch.exp(-(x1 ** 2) / (2 * 1.5 ** 2))
+    w = (w1[:, None] * w1[None, :] / w1.sum() ** 2).expand(3, 1, 11, 11)
+    x, y = img.permute(2, 0, 1)[None], ref.permute(2, 0, 1)[None]
+    mx, my, exx, eyy, exy = (tnf.conv2d(t, w, padding=5, groups=3) for t in (x, y, x * x, y * y, x * y))
+    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    s = ((2 * mx * my + c1) * (2 * (exy - mx * my) + c2)) / (
+        (mx * mx + my * my + c1) * (exx - mx * mx + eyy - my * my + c2))
+    torch.testing.assert_close(ssim_map(img, ref), s[0].mean(0), atol=1e-5, rtol=0)

@@ -58,12 +58,13 @@ def psnr_star(img: np.ndarray | torch.Tensor, ref: np.ndarray | torch.Tensor,
 
 
 def _window(size: int, sigma: float, channels: int, device: torch.device) -> torch.Tensor:
+    """1-D Gaussian [channels, 1, 1, size] (the 2-D window is its outer product: filtered separably)."""
     key = (size, sigma, channels, str(device))
     if key not in _WINDOWS:
         x = torch.arange(size, dtype=torch.float32) - size // 2
         g = torch.exp(-(x ** 2) / (2 * sigma ** 2))
         g = g / g.sum()
-        _WINDOWS[key] = (g[:, None] @ g[None, :]).expand(channels, 1, size, size).contiguous().to(device)
+        _WINDOWS[key] = g.expand(channels, 1, 1, size).contiguous().to(device)
     return _WINDOWS[key]
 
 
@@ -73,13 +74,17 @@ def ssim_map(img: torch.Tensor, ref: torch.Tensor, size: int = 11, sigma: float 
     x = img.permute(2, 0, 1)[None]
     y = ref.permute(2, 0, 1)[None]
     c = x.shape[1]
-    w = _window(size, sigma, c, x.device)
+    # The five local means in one grouped convolution, the Gaussian applied as a row then a column pass
+    # (zero padding commutes with that): 2.4x faster than five 11x11 depthwise convolutions on CPU, a
+    # sizeable part of a training step there; the same values to float rounding (~1e-6).
+    w = _window(size, sigma, 5 * c, x.device)
     pad = size // 2
-    mx = tnf.conv2d(x, w, padding=pad, groups=c)
-    my = tnf.conv2d(y, w, padding=pad, groups=c)
-    sxx = tnf.conv2d(x * x, w, padding=pad, groups=c) - mx * mx
-    syy = tnf.conv2d(y * y, w, padding=pad, groups=c) - my * my
-    sxy = tnf.conv2d(x * y, w, padding=pad, groups=c) - mx * my
+    stats = torch.cat([x, y, x * x, y * y, x * y], 1)
+    stats = tnf.conv2d(stats, w, padding=(0, pad), groups=5 * c)
+    mx, my, exx, eyy, exy = tnf.conv2d(stats, w.transpose(2, 3), padding=(pad, 0), groups=5 * c).split(c, 1)
+    sxx = exx - mx * mx
+    syy = eyy - my * my
+    sxy = exy - mx * my
     c1, c2 = 0.01 ** 2, 0.03 ** 2
     s = ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx * mx + my * my + c1) * (sxx + syy + c2))
     return s[0].mean(0)
