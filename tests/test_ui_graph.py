@@ -49,6 +49,7 @@ def graph(ros_env, tmp_path):
     launch = Launch(["--config-dir", str(_config(tmp_path)), "replay", f"bag:={clip / 'bag'}", "loop:=true",
                      f"output_dir:={tmp_path / 'out'}", "device:=cpu", "bridge_port:=0",
                      "checkpoint_period:=0.0"], ros_env)
+    launch.run = Path(launch.wait_for(r"\[launcher\] run folder (\S+)", 60).group(1))  # this launch's output
     launch.port = int(launch.wait_for(r"\[foxglove_bridge\].*ws://[\d.]+:(\d+)", 60).group(1))
     yield launch
     assert launch.stop() == 0, "\n".join(launch.lines[-60:])
@@ -97,7 +98,7 @@ def test_browser_on_the_replay_graph(graph, tmp_path) -> None:
     assert run.returncode == 0, f"{result.get('error')}\n{run.stderr[-3000:]}\n{tail}"
     assert {"/recon/points", "/recon/status", "/ui/live", "/diagnostics"} <= set(result["topics"])
     assert result["points"] > 0 and result["litPixels"] > 100 and result["rois"]
-    assert json.loads((tmp_path / "out" / "rois.json").read_text())["rois"], "the region persisted"
+    assert json.loads((graph.run / "rois.json").read_text())["rois"], "the region persisted"
 
 
 def test_trainer_killed_mid_run_is_reported_restarted_and_resumes(graph, ros_node, tmp_path) -> None:
