@@ -26,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scale", type=float, default=0.25, help="image scale (0.25 = 160x128 for EndoNeRF)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--backend", choices=BACKENDS, default="auto",
-                   help="renderer: auto (gsplat on CUDA, the compiled cpu backend on CPU), cpu, torch, gsplat, gsplat2d")
+                   help="renderer: auto (gsplat on CUDA, the compiled cpu backend on CPU) or one by name")
     p.add_argument("--iterations", type=int, default=None,
                    help="offline iteration budget (default 600 on CPU, 6000 on CUDA)")
     p.add_argument("--threads", type=int, default=1,

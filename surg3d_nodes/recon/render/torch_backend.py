@@ -2,8 +2,9 @@
 
 Same conventions as gsplat 1.5 (`rasterization`, classic mode): wxyz quaternions, EWA projection with a
 0.3 px low-pass on the 2D covariance, extent 3.33 sigma (the alpha >= 1/255 cut-off of an opaque
-Gaussian), pixel centres at +0.5, front-to-back compositing with alpha clamped to 0.99, contributions
-below 1/255 skipped and a ray stopped once its transmittance would fall below 1e-4.
+Gaussian), pixel centres at +0.5, front-to-back compositing with alpha clamped to 0.999 (gsplat's
+RasterizeToPixels3DGSFwd.cu; 0.99 here until 2026-12-03), contributions below 1/255 skipped and a ray
+stopped once its transmittance would fall below 1e-4.
 
 Rasterisation is tiled and vectorised: every (tile, Gaussian) intersection is binned, tiles are grouped
 into a few buckets of similar load and padded, and per bucket the Mahalanobis distance of every
@@ -22,7 +23,7 @@ import torch.nn.functional as tnf
 from surg3d_nodes.recon.render.camera import RenderCamera
 
 ALPHA_MIN = 1.0 / 255.0
-ALPHA_MAX = 0.99
+ALPHA_MAX = 0.999
 T_MIN = 1e-4
 EXTENT_SIGMA = 3.33
 
@@ -141,7 +142,7 @@ class _Composite(torch.autograd.Function):
         t_incl = torch.exp(torch.cumsum(torch.log1p(-alpha), dim=-1).clamp(min=-20.0))
         keep = t_incl > T_MIN
         weight = alpha * (t_incl / (1.0 - alpha)) * keep
-        # Gaussians whose alpha is clamped at 0.99, skipped (< 1/255) or past the stop get no own gradient.
+        # Gaussians whose alpha is clamped at 0.999, skipped (< 1/255) or past the stop get no own gradient.
         grad_mask = keep & (raw <= ALPHA_MAX) & (alpha > 0)
         ctx.save_for_backward(alpha, weight, feat, grad_mask)
         return weight @ feat, weight.sum(-1)

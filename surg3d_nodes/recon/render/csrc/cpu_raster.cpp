@@ -1,7 +1,7 @@
 // Multithreaded CPU 3D Gaussian splatting: projection, tile binning, front-to-back compositing and the
 // analytic backward of all three. The conventions are gsplat 1.5's (classic mode), as in torch_backend.py,
 // which is the test oracle: wxyz quaternions, EWA projection with the Jacobian evaluated at a point clamped
-// to 1.3x the frustum, eps2d added to the 2D covariance, pixel centres at +0.5, alpha = min(0.99, o exp(-s)),
+// to 1.3x the frustum, eps2d added to the 2D covariance, pixel centres at +0.5, alpha = min(0.999, o exp(-s)),
 // contributions below 1/255 skipped, a ray stopped before the Gaussian that would take its transmittance
 // to 1e-4 or below.
 //
@@ -23,7 +23,7 @@
 namespace {
 
 constexpr double kAlphaMin = 1.0 / 255.0;
-constexpr double kAlphaMax = 0.99;
+constexpr double kAlphaMax = 0.999;
 constexpr double kTMin = 1e-4;
 constexpr double kExtentSigma = 3.33;
 constexpr int kTile = 16;
@@ -660,7 +660,7 @@ static void raster_bwd(int64_t n, int64_t visible, const int32_t* order, int wid
           vstore(sp, Sp + fc * vis);
         }
         vstore(B.Tr + base, Tk);
-        // A clamped alpha (raw > 0.99) passes no gradient to the Gaussian's shape and opacity.
+        // A clamped alpha (raw > 0.999) passes no gradient to the Gaussian's shape and opacity.
         const V d = ok & (raw <= T(kAlphaMax)) ? dal : zero;
         const V gs = -a * d;
         l_o += ex * d;
