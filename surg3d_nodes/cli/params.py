@@ -8,17 +8,8 @@ from __future__ import annotations
 
 import argparse
 
-from surg3d_nodes.common.params import ParamSpec
 from surg3d_nodes.system.graph import format_value
 from surg3d_nodes.system.node_options import NODE_PARAMETERS, node_parameters
-
-
-def _limits(spec: ParamSpec) -> str:
-    if spec.choices:
-        return " | ".join(spec.choices)
-    if spec.low is not None and spec.high is not None:
-        return f"[{spec.low:g}, {spec.high:g}]"
-    return ""
 
 
 def describe(executable: str) -> str:
@@ -28,7 +19,7 @@ def describe(executable: str) -> str:
     width = max(len(s.name) for s in specs)
     lines = [f"{executable} ({', '.join(c.__name__ for c in NODE_PARAMETERS[executable])}):"]
     for s in specs:
-        extra = "  ".join(x for x in (_limits(s), "live" if s.live else "") if x)
+        extra = "  ".join(x for x in (s.limits(), "live" if s.live else "") if x)
         lines.append(f"  {s.name + ':':<{width + 1}} {format_value(s.default)}  {extra + '  ' if extra else ''}"
                      f"# {s.description}")
     return "\n".join(lines)

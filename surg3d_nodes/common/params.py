@@ -39,6 +39,17 @@ class ParamSpec:
         """Element type of an array parameter (its default is never empty: ROS infers the type from it)."""
         return type(self.default[0]) if isinstance(self.default, list) else self.kind
 
+    def _range(self) -> str:
+        low = "-inf" if self.low is None else f"{self.low:g}"
+        high = "inf" if self.high is None else f"{self.high:g}"
+        return f"[{low}, {high}]"
+
+    def limits(self) -> str:
+        """The allowed values as text: "a | b", "[0, 30]", or "" when the type alone limits them."""
+        if self.choices:
+            return " | ".join(self.choices)
+        return self._range() if (self.low, self.high) != (None, None) else ""
+
     def check(self, value: Any) -> str | None:
         """Why `value` is not acceptable (type, range, choices), or None when it is."""
         kind = self.item_kind
@@ -49,17 +60,15 @@ class ParamSpec:
             # bool is an int in Python but a distinct ROS type; an int is a fine double (`-p rate:=2`).
             if type(v) is not kind and not (kind is float and type(v) is int):
                 return f"expects {kind.__name__}, got {type(v).__name__} {v!r}"
-            if kind in (int, float) and not math.isfinite(v) and self.low is not None:
-                return f"must be a finite number in [{self.low}, {self.high}], got {v!r}"
+            if kind in (int, float) and not math.isfinite(v) and (self.low, self.high) != (None, None):
+                return f"must be a finite number in {self._range()}, got {v!r}"
             if (self.low is not None and v < self.low) or (self.high is not None and v > self.high):
-                return f"must be in [{_num(self.low)}, {_num(self.high)}], got {v!r}"
+                return f"must be in {self._range()}, got {v!r}"
             if self.choices and v not in self.choices:
                 return f"must be one of {', '.join(self.choices)}, got {v!r}"
         return None
 
 
-def _num(v: float | None) -> str:
-    return "-inf" if v is None else f"{v:g}"
 
 
 def param(default: bool | int | float | str | tuple, description: str, *, low: float | None = None,
