@@ -96,3 +96,13 @@ def test_one_on_set_path_checks_and_applies_live_changes() -> None:
         node.destroy_node()
     finally:
         rclpy.shutdown(context=context)
+
+
+def test_the_schema_and_the_launcher_checks_import_no_rclpy() -> None:
+    """The launcher validates against the declarations before any ROS process exists: no rclpy (nor torch)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, surg3d_nodes.system.graph, surg3d_nodes.cli.params\n"
+            "assert not {'rclpy', 'torch'} & set(sys.modules), sorted({'rclpy', 'torch'} & set(sys.modules))")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
