@@ -49,6 +49,7 @@ class EvalOptions:
     out_dir: str | None = None
     backend: str = "auto"
     threads: int = 1                 # CPU threads; 1 is fastest on a shared machine (no OpenMP stalls)
+    poses: str = "dataset"           # dataset | tracked (the tracker's poses train; the dataset's score them)
 
 
 def test_indices(n: int) -> list[int]:
@@ -224,8 +225,14 @@ def evaluate_endonerf(root: str | Path, opts: EvalOptions, cfg: TrainerConfig | 
     how = f"centre crop {opts.crop[0]}x{opts.crop[1]}" if opts.crop else f"scale {opts.scale}"
     progress(f"reading {n} frames of {root} at {how}")
     data = [_prepared(reader.frame(i), opts.scale, opts.crop) for i in range(n)]
+    tracking, lost = None, set()
+    if opts.poses == "tracked":
+        from surg3d_nodes.evaluation.trajectory import apply_tracked_poses
+        tracking, lost = apply_tracked_poses(reader, data, progress)
+        progress(f"tracked poses: ATE {tracking['ate_mm']:.3f} mm, RPE {tracking['rpe_mm']:.3f} mm "
+                 f"{tracking['rpe_deg']:.3f} deg, {len(lost)} frames without a pose")
     tests = test_indices(n)
-    train = [i for i in range(n) if i not in set(tests)]
+    train = [i for i in range(n) if i not in set(tests) and i not in lost]
     cfg = cfg or TrainerConfig()
     cfg.device, cfg.backend = opts.device, opts.backend
     if cfg.image_scale <= 0:   # the frames are already at opts.scale: auto would shrink them again on CPU
@@ -310,6 +317,7 @@ def evaluate_endonerf(root: str | Path, opts: EvalOptions, cfg: TrainerConfig | 
         "right_psnr_star": avg("right_psnr_star"),
         "baseline_right_warp_psnr_star": avg("baseline_right_warp_psnr_star"),
         "frames_skipped": stats.frames_skipped, "skip_reasons": stats.skip_reasons,
+        "poses": opts.poses, "tracking": tracking,
         "per_frame": per, "train_fit_per_frame": [{"index": i, "psnr": p} for i, p in zip(train, fit, strict=True)],
         "options": asdict(opts), "trainer_config": asdict(cfg),
         "date_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),

@@ -17,6 +17,7 @@ from surg3d_nodes.dvrk.kinematics import NOMINAL_HAND_EYE
 from surg3d_nodes.perception.instrument_prior import InstrumentGeometry
 from surg3d_nodes.perception.segmentation import CueParams
 from surg3d_nodes.perception.stereo_depth import SGBMParams
+from surg3d_nodes.perception.tracker import TrackerParams
 from surg3d_nodes.recon.config import TrainerConfig
 from surg3d_nodes.ros import topics
 
@@ -138,6 +139,24 @@ class KinematicsOptions:
     prior_rectified: bool = param(True, "prior aligned with the rectified image (instrument_seg's input)")
     prior_scale: float = param(1.0, "render the prior at this scale (0.5 for HD video), upsampled", low=0.1,
                                high=1.0)
+
+
+POSE_SOURCES = ("tracker", "kinematics", "static", "topic")
+
+
+@dataclass
+class TrackerNodeOptions:
+    """tracker node: which pose source the graph uses, inputs and outputs (TrackerParams: the tracking)."""
+
+    pose_source: str = param("tracker", "the graph's pose source (launch argument): only `tracker` makes this "
+                                        "node publish poses", choices=POSE_SOURCES)
+    use_mask: bool = param(True, "pair /instrument/mask (features on tissue pixels only)")
+    sync_tolerance_ms: float = param(5.0, "image, depth and mask stamps further apart are never paired", low=0.0,
+                                     high=1000.0)
+    sync_queue_size: int = param(10, "unpaired messages kept per input", low=1, high=1000)
+    world_frame: str = param(topics.WORLD_FRAME, "frame of /camera/pose and /tf (the first tracked camera)")
+    camera_frame: str = param(topics.LEFT_OPTICAL_FRAME, "left optical frame (child of /tf)")
+    publish_tf: bool = param(True, "publish world -> camera on /tf")
 
 
 @dataclass
@@ -273,6 +292,7 @@ NODE_PARAMETERS: dict[str, tuple[type, ...]] = {
     "instrument_seg": (InstrumentSegOptions, CueParams),
     "trainer": (TrainerNodeOptions, TrainerConfig),
     "kinematics": (KinematicsOptions, InstrumentGeometry),
+    "tracker": (TrackerNodeOptions, TrackerParams),
     "dvrk_emulator": (DvrkEmulatorOptions,),
     "bag_replay": (BagReplayOptions,),
     "recorder": (RecorderOptions,),
