@@ -9,6 +9,7 @@ import pytest
 
 from surg3d_nodes.common.params import from_params, param, param_specs
 from surg3d_nodes.recon.config import TrainerConfig
+from surg3d_nodes.system.graph import load_preset
 from surg3d_nodes.system.node_options import NODE_PARAMETERS, node_parameters
 
 
@@ -55,7 +56,11 @@ def test_every_trainer_config_field_is_a_trainer_parameter() -> None:
                for spec in node_parameters(executable).values())
     # The values the running graph used are the declared defaults (config/trainer.yaml used to set them).
     cfg = TrainerConfig()
-    assert cfg.image_scale == 0.0 and trainer["resume_from_checkpoint"].default == "auto"
+    assert cfg.image_scale == 0.0
+    # A trainer started on its own starts empty; the graph resumes only within a launch's run folder.
+    assert trainer["resume_from_checkpoint"].default == ""
+    spec = next(n for n in load_preset("replay").nodes if n.name == "trainer")
+    assert spec.parameters["resume_from_checkpoint"] == "auto"
 
 
 @pytest.mark.ros

@@ -99,8 +99,10 @@ class TrainerNodeOptions:
     points_min_opacity: float = param(0.1, "Gaussians less opaque than this are left out of the cloud",
                                       low=0.0, high=1.0)
     output_dir: str = param("out", "folder of checkpoints and PLY exports")
-    resume_from_checkpoint: str = param("auto", "auto: newest checkpoint_*.pt in output_dir (a respawned "
-                                                "trainer resumes); \"\": start empty; else a checkpoint path")
+    # "" by default: a trainer started on its own must not continue another case's model from a shared folder;
+    # the launcher sets auto, where output_dir is the launch's own run folder.
+    resume_from_checkpoint: str = param("", "auto: newest checkpoint_*.pt in output_dir (a respawned trainer "
+                                            "resumes); \"\": start empty; else a checkpoint path")
     sync_tolerance_ms: float = param(5.0, "image, depth, mask and pose stamps further apart are never paired",
                                      low=0.0, high=1000.0)
     sync_queue_size: int = param(10, "unpaired messages kept per input", low=1, high=1000)
