@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from rosproc import Collector, Launch, free_port, start_node, stop_node
 
@@ -46,3 +47,108 @@ def test_live_preset_trains_from_a_bag_without_poses(synth_bag: Path, ros_env, r
             stop_node(replay)
         code = graph.stop()
     assert code == 0, "\n".join(graph.lines[-60:])
+
+
+def _publish_frames(ros_node, frames, cam, with_depth: bool = True) -> dict[int, object]:
+    """Publish rectified image, camera info, depth and mask of each frame with best-effort publishers (a camera
+    driver's sensor-data QoS); returns the stamps published, by frame index."""
+    from rclpy.qos import qos_profile_sensor_data
+    from sensor_msgs.msg import CameraInfo, Image
+
+    from surg3d_nodes.ros.convert import camera_to_msg, image_to_msg
+
+    pubs = {t: ros_node.create_publisher(cls, t, qos_profile_sensor_data) for t, cls in
+            ((topics.LEFT_RECT, Image), (topics.LEFT_RECT_INFO, CameraInfo), (topics.DEPTH, Image),
+             (topics.INSTRUMENT_MASK, Image))}
+    stamps = {}
+    for i, (rgb, depth, mask, stamp) in enumerate(frames):
+        pubs[topics.LEFT_RECT_INFO].publish(camera_to_msg(cam, stamp))
+        pubs[topics.LEFT_RECT].publish(image_to_msg(rgb, "rgb8", stamp, topics.LEFT_OPTICAL_FRAME))
+        if with_depth:
+            pubs[topics.DEPTH].publish(image_to_msg(depth, "32FC1", stamp, topics.LEFT_OPTICAL_FRAME))
+            pubs[topics.INSTRUMENT_MASK].publish(image_to_msg(mask, "mono8", stamp, topics.LEFT_OPTICAL_FRAME))
+        stamps[i] = stamp
+        time.sleep(0.15)   # the tracker's worker keeps up (its queue drops the oldest frame when busy)
+    return stamps
+
+
+def _wait_for_subscriber(ros_node, topic: str, timeout: float = 20.0) -> None:
+    end = time.monotonic() + timeout
+    while ros_node.count_subscribers(topic) == 0 and time.monotonic() < end:
+        time.sleep(0.1)
+    assert ros_node.count_subscribers(topic) > 0, f"nobody subscribed {topic}"
+
+
+def test_tracker_node_poses_from_best_effort_inputs_and_none_for_an_occluded_frame(ros_env, ros_node) -> None:
+    """The tracker node over DDS (inputs best-effort): the core tracker's pose for every frame, none for a frame
+    an instrument fills, and the quality in its heartbeat."""
+    from geometry_msgs.msg import PoseStamped
+
+    from surg3d_msgs.msg import NodeStatus
+    from surg3d_nodes.data.synthetic import SynthConfig, generate
+    from surg3d_nodes.perception.stereo_depth import StereoDepth
+    from surg3d_nodes.perception.tracker import CameraTracker
+    from surg3d_nodes.ros.convert import msg_to_pose, stamp_to_ns
+
+    scene = generate(SynthConfig(width=160, height=128, frames=12, camera_motion="moving", instruments=2,
+                                 breathing_amplitude=0.0, seed=5))
+    sd = StereoDepth(scene.cam_left, scene.cam_right)
+    frames = [(f.left, sd.compute(f.left, f.right).depth, f.mask, f.stamp_ns) for f in scene.frames]
+    occluded = 8
+    rgb, depth, mask, stamp = frames[occluded]
+    frames[occluded] = (rgb, depth, np.full_like(mask, 255), stamp)
+    got = Collector(ros_node, {topics.CAMERA_POSE: PoseStamped, topics.NODE_STATUS: NodeStatus})
+    proc = start_node("surg3d_nodes.ros.nodes.tracker", ["-r", "__node:=tracker", "-p", "heartbeat_period:=0.2"],
+                      ros_env)
+    try:
+        _wait_for_subscriber(ros_node, topics.INSTRUMENT_MASK)
+        time.sleep(0.5)
+        _publish_frames(ros_node, frames, scene.cam_left)
+        end = time.monotonic() + 10
+        while len(got.get(topics.CAMERA_POSE)) < len(frames) - 1 and time.monotonic() < end:
+            time.sleep(0.1)
+        time.sleep(0.5)
+    finally:
+        out = stop_node(proc)
+    poses = {stamp_to_ns(m.header.stamp): msg_to_pose(m) for m in got.get(topics.CAMERA_POSE)}
+    # The same frames through the core tracker in this process: the node must give exactly its poses.
+    tracker = CameraTracker(scene.cam_left.intrinsics(), scene.cam_left.width)
+    expected = {stamp: r.pose for rgb, depth, mask, stamp in frames
+                if (r := tracker.track(rgb, depth, mask)).pose is not None}
+    assert frames[occluded][3] not in expected
+    assert sorted(poses) == sorted(expected), out
+    for stamp, T in poses.items():
+        assert np.allclose(T, expected[stamp], atol=1e-9), (T, expected[stamp])
+    beats = [m for m in got.get(topics.NODE_STATUS) if m.node.endswith("/tracker")]
+    keys = {kv.key for m in beats for kv in m.values}
+    assert {"inliers", "reproj_px", "posed", "lost"} <= keys, keys
+
+
+def test_tracker_node_static_pose_source(ros_env, ros_node) -> None:
+    """pose_source static: the initial pose at every rectified image stamp, without depth or masks."""
+    from geometry_msgs.msg import PoseStamped
+
+    from surg3d_nodes.common.camera import CameraModel
+    from surg3d_nodes.ros.convert import msg_to_pose, stamp_to_ns
+
+    cam = CameraModel.pinhole(64, 48, 60.0)
+    img = np.zeros((48, 64, 3), np.uint8)
+    frames = [(img, None, None, 1_700_000_000 * 10**9 + i * 10**8) for i in range(4)]
+    got = Collector(ros_node, {topics.CAMERA_POSE: PoseStamped})
+    proc = start_node("surg3d_nodes.ros.nodes.tracker",
+                      ["-r", "__node:=tracker", "-p", "pose_source:=static",
+                       "-p", "initial_pose:=[0.0, 0.0, 0.01, 0.0, 0.0, 0.0, 1.0]"], ros_env)
+    try:
+        _wait_for_subscriber(ros_node, topics.LEFT_RECT)
+        time.sleep(0.5)
+        stamps = _publish_frames(ros_node, frames, cam, with_depth=False)
+        end = time.monotonic() + 10
+        while len(got.get(topics.CAMERA_POSE)) < len(frames) and time.monotonic() < end:
+            time.sleep(0.1)
+    finally:
+        out = stop_node(proc)
+    msgs = got.get(topics.CAMERA_POSE)
+    assert sorted(stamp_to_ns(m.header.stamp) for m in msgs) == sorted(stamps.values()), out
+    expected = np.eye(4)
+    expected[2, 3] = 0.01
+    assert all(np.allclose(msg_to_pose(m), expected) for m in msgs)

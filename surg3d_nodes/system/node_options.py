@@ -24,6 +24,9 @@ from surg3d_nodes.ros import topics
 # Parameters rclpy itself declares on every node: accepted in parameter files, not ours to describe.
 BUILTIN_PARAMETERS = ("use_sim_time", "start_type_description_service")
 _HZ = 1000.0
+# Where the graph's camera poses come from (the `pose_source` launch argument): the tracker node (stereo stream),
+# the kinematics node (dVRK), a fixed pose (the tracker node publishes it), or another publisher of /camera/pose.
+POSE_SOURCES = ("tracker", "kinematics", "static", "topic")
 
 
 @dataclass
@@ -132,6 +135,8 @@ class KinematicsOptions:
     stamp_source: str = param("camera_info", "where image stamps come from: camera_info (light) | image",
                               choices=("camera_info", "image"))
     calibration_file: str = param("", "camera_calibration YAML overriding an uncalibrated camera_info")
+    pose_source: str = param("kinematics", "the graph's pose source (launch argument): /camera/pose and /tf only "
+                                           "when kinematics", choices=POSE_SOURCES)
     world_frame: str = param(topics.WORLD_FRAME, "frame of /camera/pose and /tf")
     camera_frame: str = param(topics.LEFT_OPTICAL_FRAME, "left optical frame (child of /tf)")
     publish_tf: bool = param(True, "publish world -> camera on /tf")
@@ -143,15 +148,13 @@ class KinematicsOptions:
                                high=1.0)
 
 
-POSE_SOURCES = ("tracker", "kinematics", "static", "topic")
-
-
 @dataclass
 class TrackerNodeOptions:
     """tracker node: which pose source the graph uses, inputs and outputs (TrackerParams: the tracking)."""
 
-    pose_source: str = param("tracker", "the graph's pose source (launch argument): only `tracker` makes this "
-                                        "node publish poses", choices=POSE_SOURCES)
+    pose_source: str = param("tracker", "the graph's pose source (launch argument): tracker = poses tracked from "
+                                        "the stereo stream; static = initial_pose at every image; else none",
+                             choices=POSE_SOURCES)
     use_mask: bool = param(True, "pair /instrument/mask (features on tissue pixels only)")
     sync_tolerance_ms: float = param(5.0, "image, depth and mask stamps further apart are never paired", low=0.0,
                                      high=1000.0)

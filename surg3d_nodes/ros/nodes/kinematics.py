@@ -69,6 +69,7 @@ class KinematicsNode(SurgNode):
         p = self.params.declare(KinematicsOptions)
         self.world_frame, self.camera_frame = p.world_frame, p.camera_frame
         self.publish_tf, self.publish_prior = p.publish_tf, p.publish_prior
+        self.publish_pose = p.pose_source == "kinematics"   # another pose source (the tracker) may be chosen
         self.pose_rectified, self.prior_rectified = p.pose_rectified, p.prior_rectified
         self.prior_scale = p.prior_scale
         self.geometry = self.params.declare(InstrumentGeometry)
@@ -185,8 +186,9 @@ class KinematicsNode(SurgNode):
                                     "the rectified camera pose is unknown, frame skipped")
                 return
             T = T @ np.block([[self.cam.R.T, np.zeros((3, 1))], [np.zeros((1, 3)), np.ones((1, 1))]])
-        self.pose_pub.publish(pose_to_msg(T, fk.stamp_ns, self.world_frame))
-        if self.publish_tf:
+        if self.publish_pose:
+            self.pose_pub.publish(pose_to_msg(T, fk.stamp_ns, self.world_frame))
+        if self.publish_pose and self.publish_tf:
             self.tf_pub.publish(TFMessage(transforms=[
                 transform_msg(T, fk.stamp_ns, self.world_frame, self.camera_frame)]))
         if self.publish_prior and self.cam is not None:

@@ -6,7 +6,8 @@ worker thread. A frame the tracker cannot vouch for (too few inliers, a jump, a 
 an instrument) gets NO pose message, as the kinematics node does for stale kinematics, so the trainer never
 trains it with a wrong pose. The heartbeat carries the quality figures of the last frame (inliers, inlier ratio,
 reprojection error, status) and the counts (posed, lost by reason, keyframes, relocalisations). With
-`pose_source` other than `tracker` (the launch argument) the node only idles: another source gives the poses.
+`pose_source: static` it publishes `initial_pose` at every rectified image stamp (a fixed endoscope); with
+`kinematics` or `topic` it idles: another node gives the poses.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from tf2_msgs.msg import TFMessage
 
 from surg3d_nodes.common.workers import QueueWorker
 from surg3d_nodes.perception.sync import ApproxTimeSync
-from surg3d_nodes.perception.tracker import CameraTracker, TrackerParams, TrackResult
+from surg3d_nodes.perception.tracker import CameraTracker, TrackerParams, TrackResult, pose_from_params
 from surg3d_nodes.ros import topics
 from surg3d_nodes.ros.convert import MessageError, msg_to_camera, msg_to_image, pose_to_msg, stamp_to_ns, transform_msg
 from surg3d_nodes.ros.nodes.stereo_depth import bad_image_kind
@@ -34,7 +35,9 @@ class TrackerNode(SurgNode):
         super().__init__("tracker", **kwargs)
         p = self.params.declare(TrackerNodeOptions)
         self.tracker_params = self.params.declare(TrackerParams)
+        self.pose_source = p.pose_source
         self.active = p.pose_source == "tracker"
+        self.static_pose = pose_from_params(self.tracker_params.initial_pose) if p.pose_source == "static" else None
         self.world_frame, self.camera_frame, self.publish_tf = p.world_frame, p.camera_frame, p.publish_tf
         self.inputs = [topics.LEFT_RECT, topics.DEPTH] + ([topics.INSTRUMENT_MASK] if p.use_mask else [])
         self.sync = ApproxTimeSync(len(self.inputs), round(p.sync_tolerance_ms * 1e6), p.sync_queue_size)
@@ -45,6 +48,9 @@ class TrackerNode(SurgNode):
         self.pose_pub = self.publisher(PoseStamped, topics.CAMERA_POSE)
         self.tf_pub = self.publisher(TFMessage, topics.TF)
         self._worker = QueueWorker("tracker", self.process, 2, on_error=self._failed).start()
+        if self.static_pose is not None:   # a fixed endoscope: the same pose at every image stamp
+            self.subscription(Image, topics.LEFT_RECT, self.on_static)
+            return
         if not self.active:
             self.get_logger().info(f"pose_source is {p.pose_source!r}: the tracker publishes no poses")
             return
@@ -52,6 +58,17 @@ class TrackerNode(SurgNode):
         self.subscription(CameraInfo, topics.LEFT_RECT_INFO, self.on_info, callback_group=group)
         for idx, topic in enumerate(self.inputs):
             self.subscription(Image, topic, lambda m, i=idx: self.on_input(i, m), callback_group=group)
+
+    def on_static(self, msg: Image) -> None:
+        """pose_source static: publish initial_pose with the image's stamp."""
+        self._publish(self.static_pose, stamp_to_ns(msg.header.stamp))
+
+    def _publish(self, pose: np.ndarray, stamp: int) -> None:
+        self.pose_pub.publish(pose_to_msg(pose, stamp, self.world_frame))
+        if self.publish_tf:
+            self.tf_pub.publish(TFMessage(transforms=[transform_msg(pose, stamp, self.world_frame,
+                                                                   self.camera_frame)]))
+        self.count("poses")
 
     def on_info(self, msg: CameraInfo) -> None:
         """Keep the newest rectified camera info (its P gives the intrinsics)."""
@@ -100,15 +117,11 @@ class TrackerNode(SurgNode):
         if res.pose is None:
             self.count("no_pose")
             return
-        self.pose_pub.publish(pose_to_msg(res.pose, stamp, self.world_frame))
-        if self.publish_tf:
-            self.tf_pub.publish(TFMessage(transforms=[transform_msg(res.pose, stamp, self.world_frame,
-                                                                   self.camera_frame)]))
-        self.count("poses")
+        self._publish(res.pose, stamp)
 
     def status_values(self) -> dict[str, object]:
         """Quality of the last frame and the tracker's counts."""
-        values: dict[str, object] = {"pose_source": "tracker" if self.active else "other",
+        values: dict[str, object] = {"pose_source": self.pose_source,
                                      "work_queue": self._worker.pending}
         r = self._last
         if r is not None:
