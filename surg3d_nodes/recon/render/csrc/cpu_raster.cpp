@@ -474,22 +474,23 @@ struct TileBuf {
   std::vector<T> S;                   // [C][256]: backward, features of the contributions behind
 };
 
-// The record's pixel box clipped to the tile at (ox, oy), in tile coordinates: rows y0..y1 and the
-// first and last 8-pixel chunk of a row (xb0, xb1).
+// The record's pixel box clipped to the tile at (ox, oy), in tile coordinates: rows y0..y1, columns x0..x1.
 template <typename T>
-inline void clip_box(const T* r, int ox, int oy, int w, int h, int& y0, int& y1, int& xb0, int& xb1) {
-  const int x0 = std::max(static_cast<int>(r[6]), ox) - ox, x1 = std::min(static_cast<int>(r[7]), ox + w - 1) - ox;
+inline void clip_box(const T* r, int ox, int oy, int w, int h, int& x0, int& x1, int& y0, int& y1) {
+  x0 = std::max(static_cast<int>(r[6]), ox) - ox;
+  x1 = std::min(static_cast<int>(r[7]), ox + w - 1) - ox;
   y0 = std::max(static_cast<int>(r[8]), oy) - oy;
   y1 = std::min(static_cast<int>(r[9]), oy + h - 1) - oy;
-  xb0 = x0 & ~(kLanes - 1);
-  xb1 = x1 & ~(kLanes - 1);
 }
 
-// Calls chunk(base) for every 8-pixel chunk of rows y0..y1 that the box touches.
+// Calls chunk(base) for 8-pixel chunks covering columns x0..x1 of rows y0..y1, each pixel once: a box at
+// most 8 wide takes one (unaligned) chunk per row, a wider one the whole row in two. Lanes outside the box
+// lie outside the Gaussian's ellipse, where alpha < 1/255: they change nothing.
 template <typename F>
-inline void for_chunks(int y0, int y1, int xb0, int xb1, F&& chunk) {
-  if (xb0 == xb1) {
-    for (int y = y0; y <= y1; ++y) chunk(y * kTile + xb0);
+inline void for_chunks(int x0, int x1, int y0, int y1, F&& chunk) {
+  if (x1 - x0 < kLanes) {
+    const int xs = std::min(x0, kTile - kLanes);
+    for (int y = y0; y <= y1; ++y) chunk(y * kTile + xs);
   } else {
     for (int base = y0 * kTile; base < (y1 + 1) * kTile; base += kLanes) chunk(base);
   }
@@ -537,13 +538,13 @@ static void raster_fwd(int width, int height, int channels, const T* records, co
       // A tile's records are scattered over the whole depth-sorted array: fetch a few entries ahead.
       if (e + kPrefetch < end) __builtin_prefetch(records + static_cast<int64_t>(isect[e + kPrefetch]) * R);
       const T* r = records + static_cast<int64_t>(isect[e]) * R;
-      int y0, y1, xb0, xb1;
-      clip_box(r, ox, oy, w, h, y0, y1, xb0, xb1);
+      int x0, x1, y0, y1;
+      clip_box(r, ox, oy, w, h, x0, x1, y0, y1);
       const T mx = r[0] - ox, my = r[1] - oy;
       const T c0 = T(0.5) * r[2], c1 = r[3], c2 = T(0.5) * r[4], o = r[5];
       const T* f = r + 10;
       const V pos = zero + static_cast<T>(e - start + 1);
-      for_chunks(y0, y1, xb0, xb1, [&](int base) {
+      for_chunks(x0, x1, y0, y1, [&](int base) {
         const T dy = (base / kTile) + T(0.5) - my;
         const V dx = lanes + static_cast<T>(base % kTile - mx);
         const V sigma = c0 * dx * dx + c1 * dy * dx + c2 * dy * dy;
@@ -627,8 +628,8 @@ static void raster_bwd(int64_t n, int64_t visible, const int32_t* order, int wid
       }
       const int32_t k = isect[e];
       const T* r = records + static_cast<int64_t>(k) * R;
-      int y0, y1, xb0, xb1;
-      clip_box(r, ox, oy, w, h, y0, y1, xb0, xb1);
+      int x0, x1, y0, y1;
+      clip_box(r, ox, oy, w, h, x0, x1, y0, y1);
       const T mx = r[0] - ox, my = r[1] - oy;
       const T c0 = r[2], c1 = r[3], c2 = r[4], o = r[5];
       const T* f = r + 10;
@@ -637,7 +638,7 @@ static void raster_bwd(int64_t n, int64_t visible, const int32_t* order, int wid
       V l_mx{}, l_my{}, l_c0{}, l_c1{}, l_c2{}, l_o{};
       V l_f[16];
       for (int ch = 0; ch < C; ++ch) l_f[ch] = zero;
-      for_chunks(y0, y1, xb0, xb1, [&](int base) {
+      for_chunks(x0, x1, y0, y1, [&](int base) {
         const T dy = (base / kTile) + T(0.5) - my;
         const V dx = lanes + static_cast<T>(base % kTile - mx);
         const V sigma = T(0.5) * (c0 * dx * dx + c2 * dy * dy) + c1 * dy * dx;
