@@ -39,13 +39,16 @@ def scene():
     return generate(SynthConfig(width=64, height=48, frames=8, instruments=1, noise_std=1.0))
 
 
-def _start(out_dir: Path, env: dict[str, str], rates: str = "4.0") -> subprocess.Popen:
-    """The trainer node on CPU; `rates` (Hz) of its render, de-occlusion and status timers."""
+def _start(out_dir: Path, env: dict[str, str], rates: str = "4.0", resume: str | None = "auto") -> subprocess.Popen:
+    """The trainer node on CPU; `rates` (Hz) of its render, de-occlusion and status timers; `resume` its
+    resume_from_checkpoint ("auto": the newest loadable checkpoint in out_dir, as a respawned trainer does;
+    None: the node's own default)."""
     return subprocess.Popen(
         [sys.executable, "-m", "surg3d_nodes.ros.nodes.trainer", "--ros-args", "--params-file",
          str(CONFIG / "trainer.yaml"), "-p", "device:=cpu", "-p", "num_threads:=1", "-p", "image_scale:=1.0",
          "-p", "heartbeat_period:=0.5", "-p", "points_rate:=0.0", "-p", f"render_rate:={rates}",
-         "-p", f"deoccluded_rate:={rates}", "-p", f"status_rate:={rates}", "-p", f"output_dir:={out_dir}"],
+         "-p", f"deoccluded_rate:={rates}", "-p", f"status_rate:={rates}", "-p", f"output_dir:={out_dir}",
+         *(["-p", f"resume_from_checkpoint:={resume}"] if resume is not None else [])],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -184,6 +187,16 @@ def test_trainer_node(ros_env, ros_node, scene, tmp_path):
     finally:
         out = stop_node(proc)
     assert "resumed from" in out and proc.returncode == 0, out
+
+    # The node's own default (""): a trainer started alone never continues the model it finds in output_dir.
+    n_before = len(got.msgs[topics.RECON_STATUS])
+    proc = _start(out_dir, ros_env, resume=None)
+    try:
+        assert wait_until(lambda: len(got.msgs[topics.RECON_STATUS]) > n_before, 30), "no status"
+        assert got.last(topics.RECON_STATUS).num_gaussians == 0
+    finally:
+        out = stop_node(proc)
+    assert "resumed from" not in out and proc.returncode == 0, out
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
