@@ -61,6 +61,26 @@ def test_default_strategy_prunes_clones_and_splits():
     np.testing.assert_allclose(children.numpy(), scales_before[[3, 3]].numpy() - np.log(1.6), atol=1e-6)
     offsets = model.params["means"].detach()[5:] - means_before[3]
     assert float(offsets.norm(dim=-1).min()) > 0, "split children are sampled around the parent"
+    # Revised opacity: a clone and its parent, and two split children, each 1 - sqrt(1 - o): at the centre
+    # of a clone pair the composite opacity is the parent's; the Gaussians not refined keep theirs.
+    opac = torch.sigmoid(model.params["opacity_logits"].detach()).numpy()
+    o = opac[0]                                   # every Gaussian had this opacity (one optimizer step from 0.5)
+    half = 1 - np.sqrt(1 - o)
+    np.testing.assert_allclose(opac, [o, o, half, o, half, half, half], atol=1e-5)
+    assert abs(1 - (1 - opac[2]) * (1 - opac[4]) - o) < 1e-5
+
+
+def test_densification_without_revised_opacity_copies_it():
+    n = 2
+    model, opt = _model(n)
+    cam = RenderCamera.from_ros(np.eye(4), np.array([[100.0, 0, 32], [0, 100.0, 24], [0, 0, 1]]), 64, 48)
+    strat = DefaultStrategy(refine_start=1, refine_every=1, grad_threshold=1e-3, revised_opacity=False)
+    strat.reset(n, torch.device("cpu"))
+    strat.step_post_backward(model, opt, _info(n, np.array([0.1, 0.0]), np.array([2, 2]), cam), cam, 1, True, 0.1)
+    assert model.num_gaussians == 3
+    opac = torch.sigmoid(model.params["opacity_logits"].detach()).numpy()
+    np.testing.assert_allclose(opac, opac[0], atol=1e-6)
+    assert opac[0] > 0.49
 
 
 def test_densification_off_keeps_the_model():

@@ -85,6 +85,8 @@ class TrainerConfig:
                                   high=1.0)
     split_radius_px: float = param(4.0, "densified Gaussians larger than this on screen split, else clone",
                                    low=0.0, high=1000.0)
+    densify_revised_opacity: bool = param(True, "a clone and its parent, or two split children, get opacity "
+                                                "1 - sqrt(1 - o): the refined model composites as before")
     prune_opacity: float = param(0.005, "prune Gaussians less opaque than this", low=0.0, high=1.0)
     prune_scale_rel: float = param(0.1, "prune Gaussians larger than this x scene depth", low=0.0, high=100.0)
     add_alpha_threshold: float = param(0.5, "pixels less covered than this are unexplained", low=0.0, high=1.0)

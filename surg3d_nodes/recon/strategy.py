@@ -48,6 +48,7 @@ class DefaultStrategy:
     prune_opacity: float = 0.005
     prune_scale_rel: float = 0.1      # x scene depth
     max_gaussians: int = 300_000
+    revised_opacity: bool = True      # clones and split children share their parent's opacity
 
     def __post_init__(self) -> None:
         self.grad_acc = torch.zeros(0)
@@ -58,7 +59,7 @@ class DefaultStrategy:
     def from_config(cls, c: TrainerConfig) -> DefaultStrategy:
         """The strategy with the trainer configuration's densification fields."""
         return cls(c.refine_start, c.refine_every, c.grad_threshold, c.split_radius_px, c.prune_opacity,
-                   c.prune_scale_rel, c.max_gaussians)
+                   c.prune_scale_rel, c.max_gaussians, c.densify_revised_opacity)
 
     def reset(self, n: int, device: torch.device) -> None:
         """Zero statistics for `n` Gaussians on `device`."""
@@ -124,6 +125,13 @@ class DefaultStrategy:
             rows["means"][nc + ns:] += off[1]
             rows["log_scales"][nc:] -= math.log(1.6)
             keep[split] = False
+        if self.revised_opacity and cand.numel():
+            # Two Gaussians of opacity 1 - sqrt(1 - o) where there was one of opacity o: a clone and its
+            # parent composite exactly as the parent did, so a refinement does not undo the fit (single
+            # EndoNeRF frame at 1/4: 51.8 dB fell to 37.7 at a refinement that doubled the opacity).
+            half = lambda x: torch.logit(1 - torch.sqrt(1 - torch.sigmoid(x)), eps=1e-6)  # noqa: E731
+            rows["opacity_logits"] = half(rows["opacity_logits"])
+            p["opacity_logits"].data[clone] = half(p["opacity_logits"].data[clone])
         model.select(keep)
         optimizer.select(keep)
         n_new = clone.numel() + 2 * split.numel()
