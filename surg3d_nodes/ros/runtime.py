@@ -8,6 +8,7 @@ which passes per-node `cli_args`). A node module ends with `def main() -> None: 
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -121,12 +122,34 @@ class _DrainingExecutor(MultiThreadedExecutor):
         return [e for task in self._futures if task.done() and (e := task.exception()) is not None]
 
 
+# Teardown steps after which every node's own resources are released (close() ran): a middleware teardown
+# stuck there loses nothing, so the process may leave with its own result instead of waiting for SIGKILL.
+_RELEASED = ("destroying the nodes", "shutting down the ROS context")
+_STUCK_AFTER_RELEASE_S = 3.0
+
+
 def _spin_until_signal(nodes: Sequence[SurgNode]) -> int:
     """Spin `nodes` on one executor until SIGINT/SIGTERM or a callback raises; shut down in the order
-    rclpy needs (spin loop, running callbacks, executor, nodes, context). Returns the process exit code."""
+    rclpy needs (spin loop, running callbacks, executor, nodes, context). Returns the process exit code.
+
+    The shutdown runs on its own thread so that this one stays responsive: a second signal (ros2 launch
+    escalates SIGINT to SIGTERM after 5 s) ends a stuck shutdown at once, naming the step it was stuck in
+    (exit 1, or 0 where the nodes had already released everything), as does a middleware teardown that hangs
+    longer than 3 s after the nodes closed."""
     stop = threading.Event()
+    first_signal: list[float] = []
+    escalated = threading.Event()
+
+    def on_signal(*_: object) -> None:
+        # The same Ctrl-C often arrives twice (from the terminal's process group and from the launcher):
+        # only a signal 2 s after the first asks to cut a shutdown short.
+        if first_signal and time.monotonic() - first_signal[0] > 2.0:
+            escalated.set()
+        first_signal.append(time.monotonic())
+        stop.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, on_signal)
     executor = _DrainingExecutor()
     for node in nodes:
         executor.add_node(node)
@@ -142,21 +165,48 @@ def _spin_until_signal(nodes: Sequence[SurgNode]) -> int:
 
     thread = threading.Thread(target=spin, name="executor", daemon=True)
     thread.start()
-    stop.wait()
-    # Stop handing out callbacks, let the running ones finish while the executor and the nodes are intact, and
-    # only then shut down: a callback must neither meet a destroyed guard condition nor run on a closed node.
-    stopped.set_result(None)
-    thread.join(timeout=5.0)
-    failure += executor.drain()
-    executor.shutdown(timeout_sec=5.0)
-    for node in nodes:
-        try:
-            node.close()
-        except Exception as e:
-            node.get_logger().error(f"close failed: {e!r}")
-    for node in nodes:
-        node.destroy_node()
-    rclpy.try_shutdown()
+    while not stop.wait(0.5):   # a timed wait: signal handlers run on this thread between the waits
+        pass
+    step = ["stopping the spin loop"]
+    step_since = [time.monotonic()]
+
+    def at(name: str) -> None:
+        step[0], step_since[0] = name, time.monotonic()
+
+    def teardown() -> None:
+        # Stop handing out callbacks, let the running ones finish while the executor and the nodes are intact,
+        # and only then shut down: a callback must neither meet a destroyed guard condition nor run on a
+        # closed node.
+        stopped.set_result(None)
+        thread.join(timeout=5.0)
+        at("waiting for running callbacks")
+        failure.extend(executor.drain())
+        at("shutting down the executor")
+        executor.shutdown(timeout_sec=5.0)
+        at("closing the nodes")
+        for node in nodes:
+            try:
+                node.close()
+            except Exception as e:
+                node.get_logger().error(f"close failed: {e!r}")
+        at("destroying the nodes")
+        for node in nodes:
+            node.destroy_node()
+        at("shutting down the ROS context")
+        rclpy.try_shutdown()
+        at("done")
+
+    closing = threading.Thread(target=teardown, name="shutdown", daemon=True)
+    closing.start()
+    while closing.is_alive():
+        closing.join(0.2)
+        released = step[0] in _RELEASED
+        stuck = released and time.monotonic() - step_since[0] > _STUCK_AFTER_RELEASE_S
+        if closing.is_alive() and (escalated.is_set() or stuck):
+            names = ", ".join(n.get_name() for n in nodes)
+            why = "a second signal" if not stuck else f"{_STUCK_AFTER_RELEASE_S:.0f} s without progress"
+            print(f"[{names}] shutdown stuck {step[0]}; leaving on {why}", file=sys.stderr, flush=True)
+            os._exit(0 if released and not failure else 1)
     if failure:
         import traceback
 

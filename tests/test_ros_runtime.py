@@ -1,0 +1,66 @@
+"""The node runtime's shutdown as a real process receives it: SIGINT, then (ros2 launch's escalation) SIGTERM."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.ros
+
+NODE = textwrap.dedent("""
+    import sys, threading, time
+    from surg3d_nodes.ros.runtime import SurgNode, run_node
+
+    class Stuck(SurgNode):
+        def __init__(self, **kwargs):
+            super().__init__("stuck", **kwargs)
+            self.create_timer(0.1, lambda: None)
+            print("up", flush=True)
+
+        def close(self):
+            print("closing", flush=True)
+            if sys.argv[1] == "hang":
+                threading.Event().wait()        # a close that never returns (a thread that does not stop)
+            super().close()
+
+    run_node(Stuck, [sys.argv[0]])
+""")
+
+
+def _start(tmp_path: Path, mode: str, env: dict[str, str]) -> subprocess.Popen:
+    script = tmp_path / "stuck_node.py"
+    script.write_text(NODE)
+    proc = subprocess.Popen([sys.executable, str(script), mode], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "up", "node did not start"
+    return proc
+
+
+def test_second_signal_ends_a_stuck_shutdown_naming_the_step(ros_env, tmp_path):
+    proc = _start(tmp_path, "hang", ros_env)
+    try:
+        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signal.SIGINT)      # the same Ctrl-C twice (terminal group and launcher): not a second ask
+        time.sleep(3.0)
+        assert proc.poll() is None, "the shutdown was cut short by a duplicate of the first signal"
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=10)
+        assert time.monotonic() - t0 < 3.0, "the second signal did not end the stuck shutdown at once"
+    finally:
+        proc.kill()
+    assert proc.returncode == 1, out
+    assert "closing" in out and "shutdown stuck closing the nodes; leaving on a second signal" in out, out
+
+
+def test_a_clean_shutdown_exits_0(ros_env, tmp_path):
+    proc = _start(tmp_path, "ok", ros_env)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=20)
+    assert proc.returncode == 0 and "closing" in out and "stuck" not in out, out
