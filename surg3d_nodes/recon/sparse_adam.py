@@ -50,15 +50,20 @@ class DictAdam:
             g = p.grad[sl]
             m = self.m[name][sl]
             v = self.v[name][sl]
-            m.mul_(b1).add_(g, alpha=1 - b1)
+            # In place and fused where torch allows (lerp_, addcdiv_): the optimizer was a quarter of a
+            # CPU training step, mostly temporaries.
+            m.lerp_(g, 1 - b1)
             v.mul_(b2).addcmul_(g, g, value=1 - b2)
             steps += 1
-            bc1 = 1 - b1 ** steps
-            bc2 = 1 - b2 ** steps
+            lr = self.lrs[name] * scale
             if p.dim() == 3:
-                bc1, bc2 = bc1[None, :, None], bc2[None, :, None]
-            upd = (m / bc1) / ((v / bc2).sqrt() + self.eps)
-            p[sl] -= self.lrs[name] * scale * upd
+                bc1 = (1 - b1 ** steps)[None, :, None]
+                denom = (v / (1 - b2 ** steps)[None, :, None]).sqrt_().add_(self.eps)
+                p[sl].addcdiv_(m / bc1, denom, value=-lr)
+            else:
+                bc1, bc2 = 1 - b1 ** float(steps), 1 - b2 ** float(steps)
+                denom = (v / bc2).sqrt_().add_(self.eps)
+                p[sl].addcdiv_(m, denom, value=-lr / bc1)
 
     def select(self, keep: torch.Tensor) -> None:
         """Keep the moment rows of the kept Gaussians."""
