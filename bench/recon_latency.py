@@ -6,8 +6,9 @@ feeds it a synthetic scene from this process.
     python bench/recon_latency.py [--width 320 --height 256] [--frames 60] [--rate 10] [--device cpu]
                                   [--on-frame-rate 30] [--out /tmp/surg3d_latency]
 
-Prints p50 / p95 / max (ms) and the frames that never reached a cloud (the trainer drops the oldest queued
-frame when it is busy); writes JSON and a PNG histogram.
+Runs `--repeats` times (5), each against a fresh trainer node, and prints for each p50 / p95 / max (ms), the
+frames that never reached a cloud (the trainer drops the oldest queued frame when it is busy) and the longest
+gap between clouds while frames arrive; writes JSON and a PNG histogram (the first three runs).
 """
 
 from __future__ import annotations
@@ -27,36 +28,17 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the benchmark; returns 0 (1 when no cloud arrived at all)."""
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--width", type=int, default=320)
-    ap.add_argument("--height", type=int, default=256)
-    ap.add_argument("--frames", type=int, default=60)
-    ap.add_argument("--rate", type=float, default=10.0, help="Hz of the frames")
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--on-frame-rate", type=float, default=30.0, help="trainer points_on_frame_rate")
-    ap.add_argument("--threads", type=int, default=1, help="trainer num_threads (torch CPU threads)")
-    ap.add_argument("--out", type=Path, default=Path("/tmp/surg3d_latency"))
-    ap.add_argument("--param", action="append", default=[], help="extra trainer parameter NAME:=VALUE")
-    args = ap.parse_args(argv)
-    private_ros_domain()
-
+def run_once(args: argparse.Namespace, scene, out: Path) -> dict | None:
+    """One run against a fresh trainer node: frame -> cloud latencies and the gaps between clouds while
+    frames arrive; None when the node did not come up."""
     import rclpy
     from geometry_msgs.msg import PoseStamped
     from rosproc import start_node, stop_node, wait_until
     from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 
-    from surg3d_nodes.data.synthetic import SynthConfig, generate
     from surg3d_nodes.ros import topics
     from surg3d_nodes.ros.convert import camera_to_msg, image_to_msg, pose_to_msg, stamp_to_ns
 
-    out = args.out
-    out.mkdir(parents=True, exist_ok=True)
-    print(f"synthetic scene {args.width}x{args.height}, {args.frames} frames", flush=True)
-    scene = generate(SynthConfig(width=args.width, height=args.height, frames=args.frames, instruments=1),
-                     lambda d, n: print(f"\r  rendering {d}/{n}", end="", flush=True))
-    print()
     proc = start_node("surg3d_nodes.ros.nodes.trainer", [
         "--params-file", str(ROOT / "config" / "trainer.yaml"), "-p", f"device:={args.device}",
         "-p", f"points_on_frame_rate:={args.on_frame_rate}", "-p", f"num_threads:={args.threads}",
@@ -65,11 +47,13 @@ def main(argv: list[str] | None = None) -> int:
     node, ex = spinning_node("latency_bench")
     sent: dict[int, float] = {}
     reached: dict[int, float] = {}
+    clouds: list[float] = []
     lock = threading.Lock()
 
     def on_cloud(msg: PointCloud2) -> None:
         now, stamp = time.monotonic(), stamp_to_ns(msg.header.stamp)
         with lock:
+            clouds.append(now)
             for s, t in sent.items():
                 if s <= stamp and s not in reached:
                     reached[s] = now - t
@@ -82,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if not wait_until(lambda: all(p.get_subscription_count() > 0 for p in pubs.values()), 60):
             print("the trainer node did not subscribe within 60 s")
-            return 1
+            return None
         frame_id = topics.LEFT_OPTICAL_FRAME
         t_next = time.monotonic()
         for i, f in enumerate(scene.frames):
@@ -98,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
                 pubs[name].publish(m)
             t_next += 1.0 / args.rate
             print(f"\r  sent {i + 1}/{len(scene.frames)}, reached a cloud {len(reached)}", end="", flush=True)
+        t_last = time.monotonic()
         wait_until(lambda: len(reached) == len(sent), 5.0)
         print()
     finally:
@@ -105,20 +90,55 @@ def main(argv: list[str] | None = None) -> int:
         ex.shutdown()
         node.destroy_node()
         rclpy.try_shutdown()
-
     lat = np.array(sorted(reached.values())) * 1e3
-    if lat.size == 0:
-        print("no frame reached a cloud")
-        return 1
-    p50, p95 = np.percentile(lat, [50, 95])
+    # While frames arrive: from the first cloud to the last frame sent (after it, no cloud is due).
+    during = [t for t in clouds if t <= t_last]
+    gap = max(np.diff([*during, t_last]).tolist(), default=float("nan")) if during else float("nan")
+    return {"frames": len(sent), "reached": len(reached), "latencies_ms": lat.tolist(),
+            "p50_ms": float(np.percentile(lat, 50)) if lat.size else float("nan"),
+            "p95_ms": float(np.percentile(lat, 95)) if lat.size else float("nan"),
+            "max_ms": float(lat.max()) if lat.size else float("nan"), "longest_cloud_gap_ms": gap * 1e3}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; returns 0 (1 when a run got no cloud at all)."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--width", type=int, default=320)
+    ap.add_argument("--height", type=int, default=256)
+    ap.add_argument("--frames", type=int, default=60)
+    ap.add_argument("--rate", type=float, default=10.0, help="Hz of the frames")
+    ap.add_argument("--repeats", type=int, default=5, help="runs, each against a fresh trainer node")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--on-frame-rate", type=float, default=30.0, help="trainer points_on_frame_rate")
+    ap.add_argument("--threads", type=int, default=1, help="trainer num_threads (torch CPU threads)")
+    ap.add_argument("--out", type=Path, default=Path("/tmp/surg3d_latency"))
+    ap.add_argument("--param", action="append", default=[], help="extra trainer parameter NAME:=VALUE")
+    args = ap.parse_args(argv)
+    private_ros_domain()
+
+    from surg3d_nodes.data.synthetic import SynthConfig, generate
+
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"synthetic scene {args.width}x{args.height}, {args.frames} frames", flush=True)
+    scene = generate(SynthConfig(width=args.width, height=args.height, frames=args.frames, instruments=1),
+                     lambda d, n: print(f"\r  rendering {d}/{n}", end="", flush=True))
+    print()
+    runs = []
+    for k in range(args.repeats):
+        r = run_once(args, scene, out)
+        if r is None or not r["reached"]:
+            print(f"run {k + 1}: no frame reached a cloud")
+            return 1
+        runs.append(r)
+        print(f"run {k + 1}: {r['reached']}/{r['frames']} frames reached a cloud; p50 {r['p50_ms']:.0f} ms, "
+              f"p95 {r['p95_ms']:.0f} ms, max {r['max_ms']:.0f} ms, longest gap between clouds "
+              f"{r['longest_cloud_gap_ms']:.0f} ms", flush=True)
     result = {"width": args.width, "height": args.height, "rate_hz": args.rate, "device": args.device,
-              "on_frame_rate": args.on_frame_rate, "frames": len(sent), "reached": len(reached),
-              "p50_ms": float(p50), "p95_ms": float(p95), "max_ms": float(lat.max()),
+              "on_frame_rate": args.on_frame_rate, "runs": runs,
               "date_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
-    print(f"frame -> cloud: {len(reached)}/{len(sent)} frames reached a cloud; p50 {p50:.0f} ms, "
-          f"p95 {p95:.0f} ms, max {lat.max():.0f} ms")
     (out / "recon_latency.json").write_text(json.dumps(result, indent=2))
-    png = latency_histogram([(f"frame -> cloud, {args.width}x{args.height} at {args.rate:g} Hz", lat)],
+    png = latency_histogram([(f"run {k + 1}", np.array(r["latencies_ms"])) for k, r in enumerate(runs)][:3],
                             out / "recon_latency.png")
     print(f"wrote {out / 'recon_latency.json'} and {png}")
     return 0
