@@ -81,6 +81,10 @@ def _config_copy(tmp_path: Path) -> Path:
      "graph.yaml: node 'bag_replay' has no parameter 'wait_topicz'"),
     (lambda c: _edit_graph(c, lambda g: g["arguments"]["device"].update(sets=["trainer.devise"])),
      "graph.yaml: argument 'device': node 'trainer' has no parameter 'devise'"),
+    (lambda c: _edit_graph(c, lambda g: g["nodes"]["trainer"].update(respwn=True)),
+     "graph.yaml: node 'trainer': unknown key(s) respwn"),
+    (lambda c: _edit_graph(c, lambda g: g["nodes"]["recorder"].update(restart_when_silent_s=10.0)),
+     "graph.yaml: node 'recorder': restart_when_silent_s must be >= 0 and needs respawn: true"),
 ])
 def test_bad_config_is_named(tmp_path: Path, mutate, message: str) -> None:
     cdir = _config_copy(tmp_path)

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
+import yaml
 from rosproc import Launch, free_port
 
 from surg3d_nodes.ros import topics
 
 pytestmark = pytest.mark.ros
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_replay_graph_outputs_arrive_and_sigint_stops_everything(synth_bag: Path, ros_env, ros_node,
@@ -42,13 +47,21 @@ def test_replay_graph_outputs_arrive_and_sigint_stops_everything(synth_bag: Path
 
 def test_a_dying_node_is_respawned_within_its_run_or_stops_the_graph(synth_bag: Path, ros_env,
                                                                       tmp_path: Path) -> None:
+    # A config copy whose trainer is restarted after 5 s without a heartbeat (30 s in config/graph.yaml).
+    cdir = tmp_path / "config"
+    shutil.copytree(ROOT / "config", cdir)
+    graph_cfg = yaml.safe_load((cdir / "graph.yaml").read_text())
+    graph_cfg["nodes"]["trainer"]["restart_when_silent_s"] = 5.0
+    (cdir / "graph.yaml").write_text(yaml.safe_dump(graph_cfg))
+    out = tmp_path / "out"
+
     def launch() -> Launch:
-        return Launch(["replay", f"bag:={synth_bag}", f"output_dir:={tmp_path}", "loop:=true",
-                       "checkpoint_period:=2.0", f"bridge_port:={free_port()}"], ros_env)
+        return Launch(["--config-dir", str(cdir), "replay", f"bag:={synth_bag}", f"output_dir:={out}",
+                       "loop:=true", "checkpoint_period:=2.0", f"bridge_port:={free_port()}"], ros_env)
 
     def run_folder(graph: Launch) -> Path:
         run = Path(graph.wait_for(r"\[launcher\] run folder (\S+)", 30).group(1))
-        assert run.parent == tmp_path.resolve() and run.name.startswith("run_") and run.is_dir()
+        assert run.parent == out.resolve() and run.name.startswith("run_") and run.is_dir()
         return run
 
     graph = launch()
@@ -63,6 +76,16 @@ def test_a_dying_node_is_respawned_within_its_run_or_stops_the_graph(synth_bag: 
         respawned = len(graph.lines)
         graph.wait_for(r"started trainer \(pid \d+\) again", 30, after=respawned)
         graph.wait_for(rf"\[trainer\] .*resumed from {re.escape(str(run))}/checkpoint_", 60, after=respawned)
+        # Alive but silent (a stopped process stands for a deadlock): killed, counted and respawned.
+        stopped_pid = int(graph.wait_for(r"started trainer \(pid (\d+)\) again", 5, after=respawned).group(1))
+        graph.wait_for(r"\[trainer\] .*trainer on cpu", 60, after=respawned)
+        time.sleep(3.0)    # spinning, heartbeats going (before the first one a node gets 60 s to start)
+        os.kill(stopped_pid, signal.SIGSTOP)
+        silent = len(graph.lines)
+        graph.wait_for(r"node trainer alive but silent for \d+\.\d s \(no heartbeat\): killing it to restart it "
+                       r"\(silent restart 1\)", 30, after=silent)
+        graph.wait_for(r"started trainer \(pid \d+\) again", 30, after=silent)
+        graph.wait_for(rf"\[trainer\] .*resumed from {re.escape(str(run))}/checkpoint_", 60, after=silent)
         # stereo_depth has no respawn: the launcher reports it, stops the others and exits non-zero.
         subprocess.run(["kill", "-KILL", str(depth_pid)], check=True)
         graph.wait_for(r"node stereo_depth died with exit code -9; stopping the graph", 30)

@@ -29,6 +29,7 @@ from surg3d_nodes.ros import qos, topics
 from surg3d_nodes.ros.convert import header, key_values
 from surg3d_nodes.ros.params import NodeParameters
 from surg3d_nodes.system.node_options import NodeOptions
+from surg3d_nodes.system.supervisor import ALIVE_FILE_ENV
 
 OK, WARN, ERROR, STALE = 0, 1, 2, 3
 _LEVEL_BYTES = {lvl: bytes([lvl]) for lvl in (OK, WARN, ERROR, STALE)}
@@ -55,6 +56,8 @@ class SurgNode(Node):
         period = self.params.declare(NodeOptions).heartbeat_period
         self.problem_log_period = 5.0
         self._status_pub = self.publisher(NodeStatus, topics.NODE_STATUS)
+        # Set by the launcher's supervisor for a node it restarts when silent: the heartbeat also touches it.
+        self._alive_file = os.environ.get(ALIVE_FILE_ENV) or None
         self.create_timer(float(period), self._heartbeat)
 
     def publisher(self, msg_type: type, topic: str, depth: int | None = None) -> Publisher:
@@ -101,6 +104,11 @@ class SurgNode(Node):
                          node=self.get_fully_qualified_name(), level=_LEVEL_BYTES[level],
                          message=message, values=key_values(values))
         self._status_pub.publish(msg)
+        if self._alive_file:
+            try:
+                os.utime(self._alive_file)
+            except FileNotFoundError:
+                open(self._alive_file, "w").close()
 
     def close(self) -> None:
         """Release resources before destruction; override (and call super) when a node has any."""

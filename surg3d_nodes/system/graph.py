@@ -46,6 +46,12 @@ class Argument:
             raise GraphError(f"argument {self.name}:={text!r} is not a {kind.__name__}") from None
 
 
+# What a node entry of graph.yaml may hold (a preset's entry adds `parameters` on top); anything else stops
+# the launcher, naming the key.
+NODE_KEYS = {"executable", "parameter_files", "parameters", "remappings", "respawn", "respawn_delay",
+             "restart_when_silent_s"}
+
+
 @dataclass
 class NodeSpec:
     """One node of a preset: what to run and how to configure it."""
@@ -57,6 +63,7 @@ class NodeSpec:
     remappings: dict[str, str]
     respawn: bool = False
     respawn_delay: float = 1.0
+    restart_when_silent_s: float = 0.0   # > 0: `surg3d launch` restarts the node when its heartbeat stops this long
 
     @property
     def module(self) -> str:
@@ -241,8 +248,16 @@ def load_preset(preset: str, overrides: dict[str, str] | None = None,
             remaps = {str(a).format(**fmt): str(b).format(**fmt) for a, b in rules.items()}
         except KeyError as e:
             raise GraphError(f"{gpath}: node {name!r}: remapping uses unknown argument {e}") from None
+        unknown = set(ncfg) - NODE_KEYS
+        if unknown:
+            raise GraphError(f"{gpath}: node {name!r}: unknown key(s) {', '.join(sorted(map(str, unknown)))} "
+                             f"(known: {', '.join(sorted(NODE_KEYS))})")
+        silent = float(ncfg.get("restart_when_silent_s", 0.0))
+        if silent < 0 or (silent > 0 and not ncfg.get("respawn", False)):
+            raise GraphError(f"{gpath}: node {name!r}: restart_when_silent_s must be >= 0 and needs respawn: true "
+                             f"(got {silent}, respawn {ncfg.get('respawn', False)})")
         specs.append(NodeSpec(name, exe, files, dict(ncfg.get("parameters") or {}), remaps,
-                              bool(ncfg.get("respawn", False)), float(ncfg.get("respawn_delay", 1.0))))
+                              bool(ncfg.get("respawn", False)), float(ncfg.get("respawn_delay", 1.0)), silent))
     by_name = {s.name: s for s in specs}
     for arg in arguments.values():
         for node, param in arg.sets:

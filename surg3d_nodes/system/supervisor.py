@@ -3,18 +3,25 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from surg3d_nodes.system.graph import NodeSpec
 
 # Every process of the graph: best-effort images lose ~95% of large frames on the default transports.
 GRAPH_ENV = {"FASTDDS_BUILTIN_TRANSPORTS": "LARGE_DATA", "PYTHONUNBUFFERED": "1"}
+# The file a node's heartbeat touches (ros/runtime.py), for a node the supervisor restarts when it goes silent.
+ALIVE_FILE_ENV = "SURG3D_ALIVE_FILE"
+# Before its first heartbeat a node may take this long to start (imports, DDS discovery, a checkpoint to load).
+FIRST_HEARTBEAT_S = 60.0
 
 
 @dataclass
@@ -23,14 +30,28 @@ class _Proc:
     popen: subprocess.Popen
     started: float
     restarts: int = 0
+    alive_file: Path | None = None
+
+    def silent_for(self, now: float) -> float:
+        """Seconds since the node's last heartbeat (its start, plus the first heartbeat's allowance, before
+        one came); 0 for a node that is not watched."""
+        if self.alive_file is None:
+            return 0.0
+        try:
+            last = self.alive_file.stat().st_mtime - time.time() + now     # wall clock -> monotonic
+        except FileNotFoundError:
+            last = self.started + FIRST_HEARTBEAT_S - self.spec.restart_when_silent_s
+        return now - last
 
 
 class Supervisor:
     """Start the nodes of a preset, relay their output as `[name] line`, and watch them.
 
     A node that exits while the graph runs is respawned when its spec asks for it; otherwise the supervisor
-    reports it, stops the others and `run()` returns 1. SIGINT/SIGTERM (or `stop()`) stop every node with
-    SIGINT, then SIGTERM/SIGKILL after `grace` seconds; `run()` returns 0 when all exited cleanly.
+    reports it, stops the others and `run()` returns 1. A node alive but silent (no heartbeat for its
+    `restart_when_silent_s`: a deadlock, a stuck callback, a stopped process) is killed, counted and respawned.
+    SIGINT/SIGTERM (or `stop()`) stop every node with SIGINT, then SIGTERM/SIGKILL after `grace` seconds;
+    `run()` returns 0 when all exited cleanly.
     """
 
     def __init__(self, specs: list[NodeSpec], env: dict[str, str] | None = None, grace: float = 10.0,
@@ -42,6 +63,8 @@ class Supervisor:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self.procs: dict[str, _Proc] = {}
+        self.silent_restarts: dict[str, int] = {}
+        self._alive_dir = Path(tempfile.mkdtemp(prefix="surg3d_alive_"))
 
     def log(self, text: str) -> None:
         """Print a line of the launcher's own."""
@@ -56,10 +79,15 @@ class Supervisor:
 
     def _start(self, spec: NodeSpec, restarts: int = 0) -> None:
         cmd = [sys.executable, "-m", spec.module, *spec.ros_args()]
-        popen = subprocess.Popen(cmd, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        env, alive = self.env, None
+        if spec.restart_when_silent_s > 0:
+            alive = self._alive_dir / spec.name
+            alive.unlink(missing_ok=True)
+            env = {**env, ALIVE_FILE_ENV: str(alive)}
+        popen = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                  start_new_session=True)  # our own signals only, not the terminal's
         threading.Thread(target=self._relay, args=(spec.name, popen.stdout), daemon=True).start()
-        self.procs[spec.name] = _Proc(spec, popen, time.monotonic(), restarts)
+        self.procs[spec.name] = _Proc(spec, popen, time.monotonic(), restarts, alive)
         self.log(f"started {spec.name} (pid {popen.pid}){' again' if restarts else ''}")
 
     def stop(self) -> None:
@@ -76,6 +104,8 @@ class Supervisor:
         while not self._stop.wait(0.2):
             for name, p in list(self.procs.items()):
                 code = p.popen.poll()
+                if code is None and p.silent_for(time.monotonic()) > p.spec.restart_when_silent_s > 0:
+                    code = self._kill_silent(p)
                 if code is None:
                     continue
                 if p.spec.respawn:
@@ -90,6 +120,7 @@ class Supervisor:
                     self._stop.set()
                     break
         unclean = self._shutdown()
+        shutil.rmtree(self._alive_dir, ignore_errors=True)
         if failed:
             return 1
         if unclean:
@@ -97,6 +128,20 @@ class Supervisor:
             return 1
         self.log("all nodes exited cleanly")
         return 0
+
+    def _kill_silent(self, p: _Proc) -> int:
+        """Kill a node that is alive but silent (SIGTERM, SIGKILL after 3 s: a stopped or deadlocked process
+        may not act on SIGTERM); returns its exit code."""
+        name = p.spec.name
+        self.silent_restarts[name] = self.silent_restarts.get(name, 0) + 1
+        self.log(f"node {name} alive but silent for {p.silent_for(time.monotonic()):.1f} s (no heartbeat): "
+                 f"killing it to restart it (silent restart {self.silent_restarts[name]})")
+        p.popen.terminate()
+        try:
+            return p.popen.wait(timeout=3)
+        except subprocess.TimeoutExpired:
+            p.popen.kill()
+            return p.popen.wait()
 
     def _shutdown(self) -> list[str]:
         """SIGINT every running node, escalate after the grace period; returns the nodes that exited badly."""
