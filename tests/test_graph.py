@@ -148,3 +148,14 @@ def test_params_command_lists_every_declared_parameter(capsys: pytest.CaptureFix
     assert any(ln.startswith("  max_gaussians:") and "[1000, 5e+06]  live" in ln for ln in lines)
     with pytest.raises(SystemExit):
         params.main(["no_such_node"])
+
+
+def test_host_roles_split_every_preset_without_overlap() -> None:
+    for name in ("replay", "live", "dvrk", "dvrk_sim"):
+        every = {s.name for s in load_preset(name).nodes}
+        robot = {s.name for s in load_preset(name, {"host": "robot"}).nodes}
+        gpu = {s.name for s in load_preset(name, {"host": "gpu"}).nodes}
+        assert robot | gpu == every and not robot & gpu, name
+        assert "trainer" in gpu and "stereo_depth" in robot, name
+    with pytest.raises(GraphError, match="host:=cloud: must be all or one of robot, gpu"):
+        load_preset("replay", {"host": "cloud"})

@@ -105,6 +105,33 @@ def test_a_dying_node_is_respawned_within_its_run_or_stops_the_graph(synth_bag: 
         second.stop()  # early, some nodes still importing: their exit codes are not what this checks
 
 
+def test_split_graph_robot_and_gpu_parts_meet_over_dds(synth_bag: Path, ros_env, ros_node, tmp_path: Path) -> None:
+    """The two halves of a split graph started by two launchers (here on one machine, one DDS domain): the
+    robot part's depth and masks reach the GPU part's trainer, whose clouds come back."""
+    from sensor_msgs.msg import Image, PointCloud2
+
+    seen: set[str] = set()
+    wanted = {topics.DEPTH: Image, topics.INSTRUMENT_MASK: Image, topics.RECON_POINTS: PointCloud2}
+    for topic, kind in wanted.items():
+        ros_node.create_subscription(kind, topic, lambda m, t=topic: seen.add(t), 10)
+    gpu = Launch(["replay", "--host", "gpu", f"output_dir:={tmp_path}", f"bridge_port:={free_port()}"], ros_env)
+    robot = Launch(["replay", "host:=robot", f"bag:={synth_bag}", "loop:=true"], ros_env)
+    try:
+        deadline = time.monotonic() + 180
+        while seen != set(wanted) and time.monotonic() < deadline and None is gpu.proc.poll() is robot.proc.poll():
+            time.sleep(0.5)
+        assert seen == set(wanted), f"missing {set(wanted) - seen}; output:\n" + "\n".join(
+            robot.lines[-20:] + gpu.lines[-40:])
+        started = {n for launch in (robot, gpu) for line in launch.lines
+                   if (m := re.match(r"\[launcher\] started (\w+)", line)) for n in [m.group(1)]}
+        assert started == {"bag_replay", "stereo_depth", "instrument_seg", "trainer", "recorder", "monitor",
+                           "foxglove_bridge"}
+        assert not any("started trainer" in line for line in robot.lines)
+    finally:
+        codes = robot.stop(), gpu.stop()
+    assert codes == (0, 0), "\n".join(robot.lines[-20:] + gpu.lines[-40:])
+
+
 def test_single_process_mode_runs_the_same_graph(synth_bag: Path, ros_env, ros_node, tmp_path: Path) -> None:
     from sensor_msgs.msg import Image, PointCloud2
 

@@ -7,7 +7,7 @@ import importlib
 import sys
 from pathlib import Path
 
-from surg3d_nodes.system.graph import GraphError, NodeSpec, load_preset
+from surg3d_nodes.system.graph import HOST_ROLES, GraphError, NodeSpec, load_preset
 from surg3d_nodes.system.runs import start_run
 from surg3d_nodes.system.supervisor import GRAPH_ENV, Supervisor
 
@@ -44,9 +44,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--single-process", action="store_true",
                     help="run all nodes in this process on one MultiThreadedExecutor (lowest latency)")
     ap.add_argument("--show", action="store_true", help="print the resolved graph and exit")
-    args = ap.parse_args(argv)
+    ap.add_argument("--host", choices=("all", *HOST_ROLES),
+                    help="start one machine's part of the graph (the same as the launch argument host:=ROLE)")
+    args = ap.parse_intermixed_args(argv)   # options may come after the arguments name:=value
     try:
-        preset = load_preset(args.preset, parse_overrides(args.arguments), args.config_dir)
+        overrides = parse_overrides(args.arguments)
+        if args.host:
+            overrides["host"] = args.host
+        preset = load_preset(args.preset, overrides, args.config_dir)
         classes = [node_class(s) for s in preset.nodes] if args.single_process else []
     except GraphError as e:
         print(f"surg3d launch: {e}", file=sys.stderr)

@@ -49,7 +49,10 @@ class Argument:
 # What a node entry of graph.yaml may hold (a preset's entry adds `parameters` on top); anything else stops
 # the launcher, naming the key.
 NODE_KEYS = {"executable", "parameter_files", "parameters", "remappings", "respawn", "respawn_delay",
-             "restart_when_silent_s"}
+             "restart_when_silent_s", "host"}
+# Where a node runs when the graph is split across machines (`host:=ROLE` starts one role's nodes; `all`, the
+# default, every node on this machine): beside the robot (sensors, perception, kinematics) or on the GPU host.
+HOST_ROLES = ("robot", "gpu")
 
 
 @dataclass
@@ -64,6 +67,7 @@ class NodeSpec:
     respawn: bool = False
     respawn_delay: float = 1.0
     restart_when_silent_s: float = 0.0   # > 0: `surg3d launch` restarts the node when its heartbeat stops this long
+    host: str = "gpu"                    # HOST_ROLES: the machine's part of a split graph it belongs to
 
     @property
     def module(self) -> str:
@@ -256,11 +260,20 @@ def load_preset(preset: str, overrides: dict[str, str] | None = None,
         if silent < 0 or (silent > 0 and not ncfg.get("respawn", False)):
             raise GraphError(f"{gpath}: node {name!r}: restart_when_silent_s must be >= 0 and needs respawn: true "
                              f"(got {silent}, respawn {ncfg.get('respawn', False)})")
+        host = ncfg.get("host")
+        if host not in HOST_ROLES:
+            raise GraphError(f"{gpath}: node {name!r}: host must be one of {', '.join(HOST_ROLES)}, got {host!r}")
         specs.append(NodeSpec(name, exe, files, dict(ncfg.get("parameters") or {}), remaps,
-                              bool(ncfg.get("respawn", False)), float(ncfg.get("respawn_delay", 1.0)), silent))
+                              bool(ncfg.get("respawn", False)), float(ncfg.get("respawn_delay", 1.0)), silent,
+                              host))
     by_name = {s.name: s for s in specs}
     for arg in arguments.values():
         for node, param in arg.sets:
             if node in by_name:
                 by_name[node].parameters[param] = values[arg.name]
+    role = str(values.get("host", "all"))
+    if role not in ("all", *HOST_ROLES):
+        raise GraphError(f"host:={role}: must be all or one of {', '.join(HOST_ROLES)}")
+    if role != "all":
+        specs = [s for s in specs if s.host == role]
     return Preset(preset, specs, arguments)
