@@ -1,0 +1,100 @@
+"""The graph split across two hosts: the robot part and the GPU part in two network namespaces joined by a veth
+pair with link-local addresses, DDS discovery over unicast (ROS_STATIC_PEERS) across that link only.
+
+The namespaces, the pair and the addresses are made by the test (root and iproute2 needed; CI runs as root) and
+removed at the end, also when it fails: nothing touches the machine's own interfaces, and the /30 has no route out.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import shutil
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from rosproc import Launch
+
+pytestmark = [pytest.mark.ros,
+              pytest.mark.skipif(os.geteuid() != 0 or shutil.which("ip") is None,
+                                 reason="network namespaces need root and iproute2")]
+
+
+def _ip(*args: str, ns: str | None = None) -> str:
+    cmd = ["ip", *(("netns", "exec", ns, "ip") if ns else ()), *args]
+    return subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=10).stdout
+
+
+@pytest.fixture
+def two_hosts() -> Iterator[dict[str, dict[str, str]]]:
+    """Namespaces robot and gpu: veth ends 169.254.<r>.1/30 and .2/30, loopback up; removed afterwards."""
+    tag = secrets.token_hex(3)
+    octet = str(secrets.randbelow(250) + 1)
+    hosts = {"robot": {"ns": f"s3d_robot_{tag}", "dev": f"s3dr{tag}", "addr": f"169.254.{octet}.1"},
+             "gpu": {"ns": f"s3d_gpu_{tag}", "dev": f"s3dg{tag}", "addr": f"169.254.{octet}.2"}}
+    try:
+        for h in hosts.values():
+            _ip("netns", "add", h["ns"])
+        _ip("link", "add", hosts["robot"]["dev"], "type", "veth", "peer", "name", hosts["gpu"]["dev"])
+        for h in hosts.values():
+            _ip("link", "set", h["dev"], "netns", h["ns"])
+            _ip("addr", "add", f"{h['addr']}/30", "dev", h["dev"], ns=h["ns"])
+            _ip("link", "set", h["dev"], "up", ns=h["ns"])
+            _ip("link", "set", "lo", "up", ns=h["ns"])
+        yield hosts
+    finally:
+        for h in hosts.values():     # deleting a namespace deletes its end of the pair, and so the pair
+            subprocess.run(["ip", "netns", "del", h["ns"]], capture_output=True, timeout=10)
+
+
+def _rx_bytes(h: dict[str, str]) -> int:
+    out = _ip("-s", "link", "show", h["dev"], ns=h["ns"])
+    return int(re.search(r"RX:.*\n\s*(\d+)", out).group(1))
+
+
+def test_robot_and_gpu_parts_across_a_link_only(two_hosts, synth_bag: Path, ros_env, tmp_path: Path) -> None:
+    robot, gpu = two_hosts["robot"], two_hosts["gpu"]
+    env = {**ros_env, "ROS_AUTOMATIC_DISCOVERY_RANGE": "SUBNET"}
+    out = tmp_path / "out"
+
+    def launch(h: dict[str, str], peer: dict[str, str], args: list[str]) -> Launch:
+        return Launch(args, {**env, "ROS_STATIC_PEERS": peer["addr"]},
+                      command=["ip", "netns", "exec", h["ns"], sys.executable, "-m", "surg3d_nodes.cli", "launch"])
+
+    gpu_part = launch(gpu, robot, ["replay", "--host", "gpu", f"output_dir:={out}", "bridge_port:=0",
+                                   "checkpoint_period:=0.0"])
+    robot_part = launch(robot, gpu, ["replay", "--host", "robot", f"bag:={synth_bag}", "loop:=true"])
+    rx0 = _rx_bytes(gpu)
+    try:
+        run = Path(gpu_part.wait_for(r"\[launcher\] run folder (\S+)", 60).group(1))
+        # The trainer trains on frames that came across: depth and masks from the robot's namespace.
+        gpu_part.wait_for(r"\[monitor\].*(?:checkpoint|trainer)|\[trainer\] .*trainer on", 120)
+        deadline = time.monotonic() + 150
+        while time.monotonic() < deadline and robot_part.proc.poll() is None and gpu_part.proc.poll() is None:
+            if _rx_bytes(gpu) - rx0 > 20 * 160 * 128 * 3:      # at least twenty colour frames' worth
+                break
+            time.sleep(1.0)
+        time.sleep(20.0)                                       # frames, training, clouds for a while
+    finally:
+        codes = robot_part.stop(), gpu_part.stop()
+    log = "\n".join(robot_part.lines[-25:] + gpu_part.lines[-40:])
+    assert codes == (0, 0), log
+    crossed = _rx_bytes(gpu) - rx0
+    assert crossed > 20 * 160 * 128 * 3, f"only {crossed} bytes crossed the link\n{log}"
+    from rosbags.rosbag2 import Reader
+
+    recordings = sorted(run.glob("recording_*"))
+    assert recordings, f"no recording in {run}\n{log}"
+    counts: Counter[str] = Counter()
+    with Reader(recordings[-1]) as r:                  # rosbags' own reader, independent of ours
+        for conn, _, _ in r.messages():
+            counts[conn.topic] += 1
+    # Depth and masks were made in the robot's namespace; the clouds by the trainer from them.
+    for topic in ("/depth/image", "/instrument/mask", "/recon/points"):
+        assert counts[topic] > 3, f"{topic}: {counts[topic]} recorded ({dict(counts)})\n{log}"
