@@ -1,5 +1,6 @@
 """The graph split across two hosts: the robot part and the GPU part in two network namespaces joined by a veth
-pair with link-local addresses, DDS discovery over unicast (ROS_STATIC_PEERS) across that link only.
+pair with link-local addresses, DDS discovery over unicast (ROS_STATIC_PEERS) across that link only; the link is
+cut for 5 s and the graph must recover by itself.
 
 The namespaces, the pair and the addresses are made by the test (root and iproute2 needed; CI runs as root) and
 removed at the end, also when it fails: nothing touches the machine's own interfaces, and the /30 has no route out.
@@ -80,7 +81,14 @@ def test_robot_and_gpu_parts_across_a_link_only(two_hosts, synth_bag: Path, ros_
             if _rx_bytes(gpu) - rx0 > 20 * 160 * 128 * 3:      # at least twenty colour frames' worth
                 break
             time.sleep(1.0)
-        time.sleep(20.0)                                       # frames, training, clouds for a while
+        time.sleep(10.0)                                       # frames, training, clouds for a while
+        # A 5 s cut of the link (both ends down), then the graph must recover by itself.
+        cut_start = time.time()
+        _ip("link", "set", robot["dev"], "down", ns=robot["ns"])
+        time.sleep(5.0)
+        _ip("link", "set", robot["dev"], "up", ns=robot["ns"])
+        cut_end = time.time()
+        time.sleep(15.0)
     finally:
         codes = robot_part.stop(), gpu_part.stop()
     log = "\n".join(robot_part.lines[-25:] + gpu_part.lines[-40:])
@@ -92,9 +100,15 @@ def test_robot_and_gpu_parts_across_a_link_only(two_hosts, synth_bag: Path, ros_
     recordings = sorted(run.glob("recording_*"))
     assert recordings, f"no recording in {run}\n{log}"
     counts: Counter[str] = Counter()
+    after_cut: dict[str, float] = {}
     with Reader(recordings[-1]) as r:                  # rosbags' own reader, independent of ours
-        for conn, _, _ in r.messages():
+        for conn, stamp_ns, _ in r.messages():         # the recorder's receive time
             counts[conn.topic] += 1
+            if stamp_ns / 1e9 > cut_end:
+                after_cut.setdefault(conn.topic, stamp_ns / 1e9 - cut_end)
     # Depth and masks were made in the robot's namespace; the clouds by the trainer from them.
     for topic in ("/depth/image", "/instrument/mask", "/recon/points"):
         assert counts[topic] > 3, f"{topic}: {counts[topic]} recorded ({dict(counts)})\n{log}"
+        # After the cut, each flows again within 5 s of the link coming back.
+        assert after_cut.get(topic, float("inf")) < 5.0, \
+            f"{topic}: first message {after_cut.get(topic)} s after the {cut_end - cut_start:.1f} s cut\n{log}"
