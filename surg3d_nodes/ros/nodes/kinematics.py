@@ -102,9 +102,11 @@ class KinematicsNode(SurgNode):
                 self.create_subscription(JointState, dvrk_arm_topic(arm, what),
                                          lambda msg, a=arm, w=what: self.on_psm_joints(a, w, msg), arm_qos,
                                          callback_group=group)
-        self.subscription(CameraInfo, topics.LEFT_INFO, self.on_info, callback_group=group)
+        # Every frame's stamp is needed (each gets a pose or a counted refusal): a history of 5, the sensor
+        # default, lost stamps whenever a burst of arm samples kept the callbacks busy (10 of 30 in a test).
+        self.subscription(CameraInfo, topics.LEFT_INFO, self.on_info, depth=50, callback_group=group)
         if p.stamp_source == "image":
-            self.subscription(Image, topics.LEFT_IMAGE, self.on_image, callback_group=group)
+            self.subscription(Image, topics.LEFT_IMAGE, self.on_image, depth=50, callback_group=group)
         self.stamp_source = p.stamp_source
         self.create_timer(0.01, self.poll, callback_group=group)   # resolves images whose wait is over
         # The prior is drawn off the callback thread; when drawing falls behind, the oldest request goes.
