@@ -8,6 +8,7 @@ which passes per-node `cli_args`). A node module ends with `def main() -> None: 
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import signal
 import sys
@@ -134,6 +135,7 @@ class _DrainingExecutor(MultiThreadedExecutor):
 # stuck there loses nothing, so the process may leave with its own result instead of waiting for SIGKILL.
 _RELEASED = ("destroying the nodes", "shutting down the ROS context")
 _STUCK_AFTER_RELEASE_S = 3.0
+_SHUTDOWN_DUMP_S = 8.0
 
 
 def _spin_until_signal(nodes: Sequence[SurgNode]) -> int:
@@ -175,6 +177,10 @@ def _spin_until_signal(nodes: Sequence[SurgNode]) -> int:
     thread.start()
     while not stop.wait(0.5):   # a timed wait: signal handlers run on this thread between the waits
         pass
+    # A thread blocked in C code while holding the GIL stops every Python thread, signal handlers included;
+    # faulthandler's watchdog needs no GIL: past 8 s it prints every thread's stack (where it hung) and exits 1,
+    # before a launcher's SIGKILL would end it without a word.
+    faulthandler.dump_traceback_later(_SHUTDOWN_DUMP_S, exit=True)
     step = ["stopping the spin loop"]
     step_since = [time.monotonic()]
 
@@ -215,6 +221,7 @@ def _spin_until_signal(nodes: Sequence[SurgNode]) -> int:
             why = "a second signal" if not stuck else f"{_STUCK_AFTER_RELEASE_S:.0f} s without progress"
             print(f"[{names}] shutdown stuck {step[0]}; leaving on {why}", file=sys.stderr, flush=True)
             os._exit(0 if released and not failure else 1)
+    faulthandler.cancel_dump_traceback_later()
     if failure:
         import traceback
 
