@@ -35,6 +35,9 @@ class TrainerConfig:
     device: str = param("auto", "torch device: auto (CUDA when present), cpu, cuda or cuda:N")
     backend: str = param("auto", "renderer: auto (gsplat on CUDA, the compiled cpu backend on CPU when it builds, "
                                  "else torch), cpu, torch, gsplat, gsplat2d", choices=BACKENDS)
+    primitive: str = param("3dgs", "3dgs: 3D Gaussians | 2dgs: 2D Gaussian surfels (two scales; ray-splat "
+                                   "intersection, normal and distortion losses; torch2d on CPU, gsplat2d on CUDA)",
+                           choices=("3dgs", "2dgs"))
     image_scale: float = param(0.0, "frame resize before training; 0 = auto (1 on CUDA, 1/4 on CPU)", low=0.0,
                                high=4.0)
     max_gaussians: int = param(300_000, "Gaussian budget", low=1000, high=5_000_000, live=True)
@@ -52,6 +55,11 @@ class TrainerConfig:
     ssim_lambda: float = param(0.2, "weight of the SSIM term of the colour loss", low=0.0, high=1.0, live=True)
     depth_weight: float = param(0.5, "weight of depth L1 measured relative to the scene depth", low=0.0,
                                 high=100.0, live=True)
+    # 2DGS's regularisers (gsplat's simple_trainer_2dgs: 5e-2 and 1e-2); only with primitive 2dgs.
+    normal_weight: float = param(0.05, "2dgs: weight of the normal consistency (rendered vs depth normals)",
+                                 low=0.0, high=100.0, live=True)
+    dist_weight: float = param(0.01, "2dgs: weight of the depth distortion (depths relative to the scene depth)",
+                               low=0.0, high=1e4, live=True)
     smooth_weight: float = param(1.0, "temporal smoothness (2nd differences) of the tracks", low=0.0, high=1e4)
     # 1: the newest frame alone gets recent_fraction (stream, K = 10, pulling 1/4: live 37.86 -> 38.78 dB vs 3).
     recent_window: int = param(1, "newest frames that get recent_fraction of the iterations", low=1, high=1000)

@@ -38,6 +38,7 @@ class GaussianConfig:
     init_opacity: float = TrainerConfig.init_opacity
     init_scale: float = TrainerConfig.init_scale   # new Gaussians' scale x the nearest-neighbour distance
     min_scale: float = 1e-5
+    primitive: str = TrainerConfig.primitive   # 2dgs: surfels store two scales (the disc's axes)
 
 
 def logit(p: float) -> float:
@@ -67,14 +68,19 @@ class GaussianModel:
     def _allocate(self, n: int, knots: int) -> None:
         z = lambda *s: torch.zeros(*s, device=self.device)  # noqa: E731
         p = {
-            "means": z(n, 3), "log_scales": z(n, 3), "quats": z(n, 4), "opacity_logits": z(n),
+            "means": z(n, 3), "log_scales": z(n, self.scale_dims), "quats": z(n, 4), "opacity_logits": z(n),
             "sh_dc": z(n, 3), "pos_knots": z(n, knots, 3), "col_knots": z(n, knots, 3),
         }
         if self.cfg.sh_degree == 1:
             p["sh_rest"] = z(n, 3, 3)
         if self.cfg.deform_scale:
-            p["scale_knots"] = z(n, knots, 3)
+            p["scale_knots"] = z(n, knots, self.scale_dims)
         self.params = {k: v.requires_grad_() for k, v in p.items()}
+
+    @property
+    def scale_dims(self) -> int:
+        """Scales per Gaussian: 3, or 2 for surfels."""
+        return 2 if self.cfg.primitive == "2dgs" else 3
 
     @property
     def num_gaussians(self) -> int:
@@ -224,7 +230,8 @@ class GaussianModel:
         dev = self.device
         rows = {
             "means": torch.as_tensor(pts, device=dev),
-            "log_scales": torch.as_tensor(np.log(nn), dtype=torch.float32, device=dev)[:, None].repeat(1, 3),
+            "log_scales": torch.as_tensor(np.log(nn), dtype=torch.float32, device=dev)[:, None].repeat(
+                1, self.scale_dims),
             "opacity_logits": torch.full((m,), logit(self.cfg.init_opacity), device=dev),
             "sh_dc": (torch.as_tensor(np.asarray(colors), dtype=torch.float32, device=dev) - 0.5) / SH_C0,
         }
@@ -245,7 +252,7 @@ class GaussianModel:
             if name not in self.params:
                 continue
             if cur is None:
-                rows[name] = torch.zeros(m, kn, 3, device=dev)
+                rows[name] = torch.zeros(m, kn, self.params[name].shape[-1], device=dev)
             else:
                 src = self.params[name].detach()[idx_t]
                 here = self._interp(self.params, name, t_birth).detach()[idx_t]
