@@ -1,7 +1,9 @@
 """Differentiable Gaussian rendering with interchangeable backends.
 
 `cpu` (compiled C++, multithreaded; the default on CPU), `torch` (pure PyTorch: the reference the tests
-check the others against) and `gsplat` / `gsplat2d` (CUDA).
+check the others against) and `gsplat` (CUDA) render 3D Gaussians; `torch2d` (pure PyTorch, CPU) and
+`gsplat2d` (CUDA) render 2D surfels (`primitive: 2dgs`), whose info dict adds `normals`, `surf_normals` and
+`distortion` for the 2DGS losses.
 
 `render(model, camera, time)` -> RenderOutput(rgb [H,W,3], depth [H,W] expected depth in metres
 (meaningful where alpha > 0), alpha [H,W]). `render_evaluated` is the same for already evaluated
@@ -15,12 +17,13 @@ from typing import NamedTuple
 import torch
 
 from surg3d_nodes.recon.gaussians import GaussianModel
-from surg3d_nodes.recon.render import cpu_backend, gsplat_backend, torch_backend
+from surg3d_nodes.recon.render import cpu_backend, gsplat_backend, surfel_backend, torch_backend
 from surg3d_nodes.recon.render.camera import RenderCamera
 
 BACKENDS = ("auto", "cpu", "torch", "gsplat", "gsplat2d")
+PRIMITIVES = ("3dgs", "2dgs")
 
-__all__ = ["BACKENDS", "RenderCamera", "RenderOutput", "render", "render_evaluated", "resolve_backend"]
+__all__ = ["BACKENDS", "PRIMITIVES", "RenderCamera", "RenderOutput", "render", "render_evaluated", "resolve_backend"]
 
 
 class RenderOutput(NamedTuple):
@@ -31,15 +34,27 @@ class RenderOutput(NamedTuple):
     alpha: torch.Tensor
 
 
-def resolve_backend(backend: str, device: str | torch.device) -> str:
+def resolve_backend(backend: str, device: str | torch.device, primitive: str = "3dgs") -> str:
     """Concrete backend for a request.
 
-    `auto` is gsplat on a CUDA device with gsplat, the compiled CPU backend on CPU when it builds here (a
-    C++ compiler is needed), else torch.
+    3D Gaussians: `auto` is gsplat on a CUDA device with gsplat, the compiled CPU backend on CPU when it
+    builds here (a C++ compiler is needed), else torch. 2D surfels: gsplat2d on CUDA (`auto`, `gsplat`,
+    `gsplat2d`), torch2d on CPU (`auto`, `torch`); there is no compiled surfel renderer yet.
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown render backend {backend!r}; expected one of {BACKENDS}")
+    if primitive not in PRIMITIVES:
+        raise ValueError(f"unknown primitive {primitive!r}; expected one of {PRIMITIVES}")
     dev = torch.device(device)
+    if primitive == "2dgs":
+        if backend == "cpu":
+            raise ValueError("primitive '2dgs' has no compiled CPU renderer: use backend 'torch' or 'auto'")
+        if backend.startswith("gsplat") or (backend == "auto" and dev.type == "cuda" and gsplat_backend.available()):
+            backend = "gsplat2d"
+        else:
+            return "torch2d"
+    elif backend == "gsplat2d":
+        raise ValueError("backend 'gsplat2d' renders surfels: set primitive '2dgs'")
     if backend == "auto":
         if dev.type == "cuda":
             return "gsplat" if gsplat_backend.available() else "torch"
@@ -57,13 +72,16 @@ def render_evaluated(g: dict[str, torch.Tensor], camera: RenderCamera, backend: 
                      tile_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]:
     """Render evaluated Gaussians (dict of means, quats, scales, opacities, colors) with a backend.
 
-    `tile_size` applies to torch and gsplat; the CPU backend's tiles are fixed at 16 px.
+    `tile_size` applies to torch, torch2d and gsplat; the CPU backend's tiles are fixed at 16 px. The surfel
+    backends read the first two scales.
     """
     args = (g["means"], g["quats"], g["scales"], g["opacities"], g["colors"], camera)
     if backend == "cpu":
         return cpu_backend.render(*args)
     if backend == "torch":
         return torch_backend.render(*args, tile_size=tile_size or 4)
+    if backend == "torch2d":
+        return surfel_backend.render(*args, tile_size=tile_size or 8)
     if backend in ("gsplat", "gsplat2d"):
         return gsplat_backend.render(*args, tile_size=tile_size or 16,
                                      mode="2dgs" if backend == "gsplat2d" else "3dgs")
@@ -73,7 +91,7 @@ def render_evaluated(g: dict[str, torch.Tensor], camera: RenderCamera, backend: 
 def render(model: GaussianModel, camera: RenderCamera, time: float, backend: str = "auto",
            params: dict[str, torch.Tensor] | None = None) -> RenderOutput:
     """Render the model at `time` from `camera` (no gradient bookkeeping beyond autograd's own)."""
-    be = resolve_backend(backend, model.device)
+    be = resolve_backend(backend, model.device, model.cfg.primitive)
     cam = camera.to(model.device)
     g = model.evaluate(time, cam.center(), params=params)
     rgb, depth, alpha, _ = render_evaluated(g, cam, be)
