@@ -41,3 +41,16 @@ def track_smoothness(model: GaussianModel, lo: int, hi: int, scene_depth: float)
             k = model.params[name][:, lo:hi] * w
             out = out + (k[:, 2:] - 2 * k[:, 1:-1] + k[:, :-2]).pow(2).sum(-1).mean()
     return out
+
+def distortion_loss(distortion: torch.Tensor, tissue: torch.Tensor, scene_depth: float) -> torch.Tensor:
+    """2DGS depth distortion (2 sum_{j<i} w_i w_j (d_i - d_j) per pixel, from the renderer) relative to the scene
+    depth, mean over tissue pixels: pulls each ray's surfels onto one surface."""
+    return (distortion * tissue).sum() / (scene_depth * tissue.sum().clamp(min=1.0))
+
+
+def normal_consistency_loss(normals: torch.Tensor, surf_normals: torch.Tensor, tissue: torch.Tensor
+                            ) -> torch.Tensor:
+    """2DGS normal consistency: 1 - <rendered normal (alpha-weighted), normal of the rendered depth>, mean over
+    tissue pixels where the depth normal exists (not the image border): surfels lie along the surface they form."""
+    valid = tissue * (surf_normals.detach().abs().sum(-1) > 0)
+    return ((1.0 - (normals * surf_normals).sum(-1)) * valid).sum() / valid.sum().clamp(min=1.0)

@@ -28,7 +28,13 @@ from surg3d_nodes.recon.config import Frame, TrainerConfig
 from surg3d_nodes.recon.flow_tracks import FlowTrackConfig, update_tracks
 from surg3d_nodes.recon.gaussians import GaussianConfig, GaussianModel
 from surg3d_nodes.recon.keyframes import Keyframe, KeyframeStore, to_keyframe
-from surg3d_nodes.recon.losses import depth_loss, photometric_loss, track_smoothness
+from surg3d_nodes.recon.losses import (
+    depth_loss,
+    distortion_loss,
+    normal_consistency_loss,
+    photometric_loss,
+    track_smoothness,
+)
 from surg3d_nodes.recon.model_clock import ModelClock
 from surg3d_nodes.recon.pose_refine import PoseRefineConfig, PoseRefiner
 from surg3d_nodes.recon.render import RenderCamera, render_evaluated, resolve_backend
@@ -205,13 +211,14 @@ class Reconstructor:
         if cfg.image_scale <= 0:
             cfg.image_scale = 1.0 if self.device.type == "cuda" else 0.25
         self.cfg = cfg
-        self.backend = resolve_backend(cfg.backend, self.device)
+        self.backend = resolve_backend(cfg.backend, self.device, cfg.primitive)
         self.strategy: Strategy = strategy if strategy is not None else DefaultStrategy.from_config(cfg)
         self.rng = np.random.default_rng(cfg.seed)
         c = cfg
         self.model = GaussianModel(GaussianConfig(
             sh_degree=c.sh_degree, knot_spacing=c.knot_spacing_s, max_knots=c.max_knots,
-            deform_scale=c.deform_scale, init_opacity=c.init_opacity, init_scale=c.init_scale), self.device)
+            deform_scale=c.deform_scale, init_opacity=c.init_opacity, init_scale=c.init_scale,
+            primitive=c.primitive), self.device)
         self.store = KeyframeStore(c.recent_window, c.keyframe_every, c.max_keyframes, self.rng)
         self.stats = TrainerStats(backend=self.backend, device=str(self.device))
         self.skips: Counter[str] = Counter()
@@ -440,6 +447,12 @@ class Reconstructor:
         lo, hi = self._knot_window(kf.t)
         smooth = track_smoothness(self.model, lo, hi, self.scene_depth) if c.smooth_weight > 0 else rgb.new_zeros(())
         loss = loss_c + c.depth_weight * loss_d + c.smooth_weight * smooth
+        if "distortion" in info:          # surfels: 2DGS's geometry regularisers
+            if c.dist_weight > 0:
+                loss = loss + c.dist_weight * distortion_loss(info["distortion"], kf.tissue, self.scene_depth)
+            if c.normal_weight > 0:
+                loss = loss + c.normal_weight * normal_consistency_loss(info["normals"], info["surf_normals"],
+                                                                        kf.tissue)
         return loss, {"info": info, "loss_c": float(loss_c.detach()), "loss_d": float(loss_d.detach()),
                       "mse": float(mse), "window": (lo, hi)}
 

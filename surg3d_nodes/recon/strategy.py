@@ -119,6 +119,7 @@ class DefaultStrategy:
             ns = split.numel()
             R = quat_to_rotmat(p["quats"].detach()[split])
             sc = torch.exp(p["log_scales"].detach()[split])
+            sc = torch.nn.functional.pad(sc, (0, 3 - sc.shape[1]))   # surfels: samples stay in their plane
             off = (R @ (torch.randn(2, ns, 3, device=sc.device) * sc)[..., None])[..., 0]
             nc = clone.numel()
             rows["means"][nc:nc + ns] += off[0]

@@ -1,6 +1,7 @@
 """3DGS PLY export (Inria layout, readable by common splat viewers) of the model at a chosen time.
 
-Binary little-endian vertex properties: x y z nx ny nz f_dc_0..2 f_rest_0.. opacity scale_0..2 rot_0..3,
+Binary little-endian vertex properties: x y z nx ny nz f_dc_0..2 f_rest_0.. opacity scale_0..2 (scale_0..1 for
+2D surfels, as 2DGS writes them) rot_0..3,
 all float32, with Inria conventions: opacity as a logit, log scales, rotation as a wxyz quaternion,
 f_rest channel-major (all coefficients of R, then G, then B). The deformation is baked in at time t.
 """
@@ -35,7 +36,7 @@ def ply_arrays(model: GaussianModel, time_s: float, params: dict[str, torch.Tens
             rest = p["sh_rest"].transpose(1, 2).reshape(means.shape[0], -1)   # [N, 3 channels x K-1]
             cols.update({f"f_rest_{i}": rest[:, i] for i in range(rest.shape[1])})
         cols["opacity"] = p["opacity_logits"]
-        cols.update({f"scale_{i}": log_s[:, i] for i in range(3)})
+        cols.update({f"scale_{i}": log_s[:, i] for i in range(log_s.shape[1])})   # surfels: 2 (2DGS's PLY)
         cols.update({f"rot_{i}": quats[:, i] for i in range(4)})
         return {k: v.detach().float().cpu().numpy() for k, v in cols.items()}
 
