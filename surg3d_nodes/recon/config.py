@@ -55,6 +55,8 @@ class TrainerConfig:
     ssim_lambda: float = param(0.2, "weight of the SSIM term of the colour loss", low=0.0, high=1.0, live=True)
     depth_weight: float = param(0.5, "weight of depth L1 measured relative to the scene depth", low=0.0,
                                 high=100.0, live=True)
+    roi_weight: float = param(4.0, "colour-loss weight of pixels that see an operator's region of interest "
+                                   "(1 = no emphasis)", low=1.0, high=100.0, live=True)
     # 2DGS's regularisers (gsplat's simple_trainer_2dgs: 5e-2 and 1e-2); only with primitive 2dgs.
     normal_weight: float = param(0.05, "2dgs: weight of the normal consistency (rendered vs depth normals)",
                                  low=0.0, high=100.0, live=True)

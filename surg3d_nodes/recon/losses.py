@@ -8,15 +8,17 @@ from surg3d_nodes.common.metrics import ssim_map
 from surg3d_nodes.recon.gaussians import GaussianModel
 
 
-def photometric_loss(rgb: torch.Tensor, target: torch.Tensor, tissue: torch.Tensor, ssim_lambda: float
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
+def photometric_loss(rgb: torch.Tensor, target: torch.Tensor, tissue: torch.Tensor, ssim_lambda: float,
+                     weight: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(1 - λ) L1 + λ (1 - SSIM) over tissue pixels, as 3DGS; also returns the masked squared error sum
-    per channel-pixel (for a PSNR figure)."""
-    npx = tissue.sum().clamp(min=1.0)
+    per channel-pixel (for a PSNR figure). `weight` [H,W] (the operator's regions) weighs pixels in both
+    terms; the loss stays a weighted mean, so emphasis on some pixels takes share from the others."""
+    w = tissue if weight is None else tissue * weight
+    npx = w.sum().clamp(min=1.0)
     diff = (rgb - target) * tissue[..., None]
-    l1 = diff.abs().sum() / (3 * npx)
-    ssim = (ssim_map(rgb * tissue[..., None], target * tissue[..., None]) * tissue).sum() / npx
-    mse = (diff.detach() ** 2).sum() / (3 * npx)
+    l1 = (diff.abs() if weight is None else diff.abs() * weight[..., None]).sum() / (3 * npx)
+    ssim = (ssim_map(rgb * tissue[..., None], target * tissue[..., None]) * w).sum() / npx
+    mse = (diff.detach() ** 2).sum() / (3 * tissue.sum().clamp(min=1.0))
     return (1 - ssim_lambda) * l1 + ssim_lambda * (1 - ssim), mse
 
 

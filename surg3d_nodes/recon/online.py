@@ -19,6 +19,7 @@ import numpy as np
 
 from surg3d_nodes.common.workers import DropOldestQueue
 from surg3d_nodes.recon.config import Frame, TrainerConfig
+from surg3d_nodes.recon.regions import Region
 from surg3d_nodes.recon.runner import (
     ModelView,
     Reconstructor,
@@ -102,8 +103,14 @@ class OnlineTrainer:
             self._queue.clear()
             self._replace(Reconstructor(self.recon.cfg))
 
+    def set_regions(self, regions: tuple[Region, ...]) -> None:
+        """The operator's regions of interest (`Reconstructor.set_regions`); they outlast a reset or a load."""
+        with self._lock:
+            self.recon.set_regions(regions)
+
     def _replace(self, recon: Reconstructor) -> None:
         recon.on_frame = self._frame_in
+        recon.set_regions(self.recon.regions)
         self.recon = recon
         self.recon.stats.state = "paused" if self.paused else "idle"
 

@@ -37,6 +37,7 @@ from surg3d_nodes.recon.losses import (
 )
 from surg3d_nodes.recon.model_clock import ModelClock
 from surg3d_nodes.recon.pose_refine import PoseRefineConfig, PoseRefiner
+from surg3d_nodes.recon.regions import Region, region_pixels
 from surg3d_nodes.recon.render import RenderCamera, render_evaluated, resolve_backend
 from surg3d_nodes.recon.sparse_adam import DictAdam
 from surg3d_nodes.recon.strategy import DefaultStrategy, Strategy
@@ -76,6 +77,7 @@ class TrainerStats:
     loss_color: float = 0.0
     loss_depth: float = 0.0
     psnr_recent: float = 0.0
+    psnr_regions: float = 0.0            # masked PSNR inside the operator's regions on the newest frame (0: none)
     latency_ms: float = 0.0
     last_frame_stamp: int = 0
     flow_tracked: int = 0                # Gaussians moved by scene flow at the newest frame
@@ -237,6 +239,7 @@ class Reconstructor:
         self._iter_times: deque[float] = deque(maxlen=50)
         self._since_check = 0
         self.on_frame: Callable[[], None] | None = None   # called after a frame is in the model
+        self.regions: tuple[Region, ...] = ()        # the operator's regions of interest (replaced whole)
 
     # ------------------------------------------------------------------ reading
     def time_of(self, stamp_ns: int) -> float:
@@ -258,6 +261,13 @@ class Reconstructor:
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """`ModelView.render` of the model at `time_s`."""
         return self.view(time_s).render(pose, width, height, K)
+
+    def set_regions(self, regions: tuple[Region, ...]) -> None:
+        """The operator's regions of interest, weighted in the colour loss from the next step on (an empty
+        tuple restores the default training)."""
+        self.regions = tuple(regions)
+        if not self.regions:
+            self.stats.psnr_regions = 0.0
 
     def get_stats(self) -> TrainerStats:
         """A copy of the statistics."""
@@ -441,7 +451,15 @@ class Reconstructor:
         c = self.cfg
         g = self.model.evaluate(kf.t, kf.camera.center())
         rgb, depth, alpha, info = render_evaluated(g, kf.camera, self.backend)
-        loss_c, mse = photometric_loss(rgb, kf.rgb, kf.tissue, c.ssim_lambda)
+        regions, weight, mse_roi = self.regions, None, None
+        if regions:
+            # Where stereo gave no depth the model's own surface says what the pixel sees.
+            seen = torch.where(kf.depth > 0, kf.depth, depth.detach() * (alpha.detach() > 0.5))
+            inside = (region_pixels(regions, seen, kf.K, kf.pose) & (kf.tissue > 0.5)).float()
+            weight = 1.0 + (c.roi_weight - 1.0) * inside
+            if bool(inside.any()):
+                mse_roi = float(((rgb.detach() - kf.rgb) ** 2 * inside[..., None]).sum() / (3 * inside.sum()))
+        loss_c, mse = photometric_loss(rgb, kf.rgb, kf.tissue, c.ssim_lambda, weight)
         loss_d = depth_loss(depth, kf.depth, kf.tissue, alpha, self.scene_depth) \
             if kf.has_depth and c.depth_weight > 0 else rgb.new_zeros(())
         lo, hi = self._knot_window(kf.t)
@@ -454,7 +472,7 @@ class Reconstructor:
                 loss = loss + c.normal_weight * normal_consistency_loss(info["normals"], info["surf_normals"],
                                                                         kf.tissue)
         return loss, {"info": info, "loss_c": float(loss_c.detach()), "loss_d": float(loss_d.detach()),
-                      "mse": float(mse), "window": (lo, hi)}
+                      "mse": float(mse), "mse_roi": mse_roi, "window": (lo, hi)}
 
     def step(self, schedule: StepSchedule) -> bool:
         """One training iteration; False when there is no frame to train on yet."""
@@ -478,6 +496,8 @@ class Reconstructor:
         st.loss, st.loss_color, st.loss_depth = float(loss.detach()), aux["loss_c"], aux["loss_d"]
         if self.store.recent and kf is self.store.recent[-1]:
             st.psnr_recent = -10 * math.log10(max(aux["mse"], 1e-12))
+            if aux["mse_roi"] is not None:
+                st.psnr_regions = -10 * math.log10(max(aux["mse_roi"], 1e-12))
         self._since_check += 1
         if schedule.grow_every > 0 and self._since_check >= schedule.grow_every and self.store.recent:
             self._since_check = 0
