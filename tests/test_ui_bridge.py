@@ -129,6 +129,9 @@ def test_bridge_outputs_services_parameters_and_refusals(ros_env, trainer, tmp_p
         c.wait_for(lambda: len(trainer.rois) == 2, what="ROI from ROS /clicked_point")
         ok, _ = c.call("/recon/roi/delete", {"id": 2}, 9)
         assert ok and [r["id"] for r in json.loads((out / "rois.json").read_text())["rois"]] == [1]
+        # the deletion reaches the trainer as region #2 with radius 0
+        c.wait_for(lambda: len(trainer.rois) == 3, what="ROI deletion on ROS")
+        assert (trainer.rois[2].id, trainer.rois[2].radius) == (2, 0.0)
         # refused: NaN pose, NaN point, malformed JSON, unknown client topic; nothing reaches ROS
         n = len(c.text)
         bad = json.loads(json.dumps(pose))
@@ -145,7 +148,7 @@ def test_bridge_outputs_services_parameters_and_refusals(ros_env, trainer, tmp_p
         c.advertise(3, "/recon/delete_everything")
         assert "unknown topic" in _status_since(c, n, "refused client channel")
         c.poll(0.5)
-        assert len(trainer.rois) == 2 and len(trainer.views) == 1
+        assert len(trainer.rois) == 3 and len(trainer.views) == 1
         assert len(json.loads((out / "rois.json").read_text())["rois"]) == 1
         # region services: delete an unknown id is refused, clear works
         ok, why = c.call("/recon/roi/delete", {"id": 42}, 8)

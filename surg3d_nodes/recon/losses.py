@@ -23,13 +23,14 @@ def photometric_loss(rgb: torch.Tensor, target: torch.Tensor, tissue: torch.Tens
 
 
 def depth_loss(depth: torch.Tensor, target: torch.Tensor, tissue: torch.Tensor, alpha: torch.Tensor,
-               scene_depth: float) -> torch.Tensor:
+               scene_depth: float, weight: torch.Tensor | None = None) -> torch.Tensor:
     """Mean |rendered - measured| depth relative to the scene depth, over tissue pixels with a measurement
-    that the model covers (uncovered pixels are grown, not pulled)."""
+    that the model covers (uncovered pixels are grown, not pulled); `weight` [H,W] makes it a weighted mean."""
     valid = (target > 0) & (tissue > 0.5) & (alpha.detach() > 0.1)
     if not bool(valid.any()):
         return depth.new_zeros(())
-    return ((depth[valid] - target[valid]).abs() / scene_depth).mean()
+    err = (depth[valid] - target[valid]).abs() / scene_depth
+    return err.mean() if weight is None else (err * weight[valid]).sum() / weight[valid].sum()
 
 
 def track_smoothness(model: GaussianModel, lo: int, hi: int, scene_depth: float) -> torch.Tensor:

@@ -10,9 +10,12 @@ first. Each step also reports the PSNR inside the regions on the newest frame.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # Region travels through ros/convert.py, which every node imports: no torch at import time
+    import torch
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,8 @@ def region_pixels(regions: tuple[Region, ...], depth: torch.Tensor, K: np.ndarra
                   pose: np.ndarray) -> torch.Tensor:
     """[H,W] bool: pixels whose depth (metres, 0 = none) puts their point inside any region. K follows the
     ROS convention; `pose` is camera-to-world."""
+    import torch
+
     h, w = depth.shape
     dev = depth.device
     v, u = torch.meshgrid(torch.arange(h, device=dev, dtype=depth.dtype),

@@ -460,7 +460,7 @@ class Reconstructor:
             if bool(inside.any()):
                 mse_roi = float(((rgb.detach() - kf.rgb) ** 2 * inside[..., None]).sum() / (3 * inside.sum()))
         loss_c, mse = photometric_loss(rgb, kf.rgb, kf.tissue, c.ssim_lambda, weight)
-        loss_d = depth_loss(depth, kf.depth, kf.tissue, alpha, self.scene_depth) \
+        loss_d = depth_loss(depth, kf.depth, kf.tissue, alpha, self.scene_depth, weight) \
             if kf.has_depth and c.depth_weight > 0 else rgb.new_zeros(())
         lo, hi = self._knot_window(kf.t)
         smooth = track_smoothness(self.model, lo, hi, self.scene_depth) if c.smooth_weight > 0 else rgb.new_zeros(())

@@ -11,12 +11,14 @@ from collections.abc import Sequence
 import numpy as np
 from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import KeyValue
-from geometry_msgs.msg import Pose, PoseStamped, TransformStamped
+from geometry_msgs.msg import Point, Pose, PoseStamped, TransformStamped
 from sensor_msgs.msg import CameraInfo, Image, JointState, PointCloud2, PointField
 from std_msgs.msg import Header
 
+from surg3d_msgs.msg import RegionOfInterest
 from surg3d_nodes.common.camera import CameraModel
 from surg3d_nodes.common.geometry import matrix_to_pose, pose_matrix
+from surg3d_nodes.recon.regions import Region
 
 
 class MessageError(ValueError):
@@ -220,3 +222,21 @@ def msg_to_pointcloud(msg: PointCloud2) -> np.ndarray:
 def key_values(values: dict[str, object]) -> list[KeyValue]:
     """diagnostic_msgs/KeyValue list of a dict (values formatted with str)."""
     return [KeyValue(key=str(k), value=f"{v:.4g}" if isinstance(v, float) else str(v)) for k, v in values.items()]
+
+
+def region_to_msg(region: Region, stamp_ns: int, frame_id: str, label: str = "") -> RegionOfInterest:
+    """A region of interest on the regions topic (radius <= 0: delete region `id`, or all with id 0)."""
+    c = region.center
+    return RegionOfInterest(header=header(stamp_ns, frame_id), id=int(region.id),
+                            center=Point(x=float(c[0]), y=float(c[1]), z=float(c[2])), radius=float(region.radius),
+                            label=label)
+
+
+def msg_to_region(msg: RegionOfInterest, world_frame: str) -> Region:
+    """The core's Region of a RegionOfInterest (in `world_frame`, finite)."""
+    if msg.header.frame_id not in ("", world_frame):
+        raise MessageError(f"region in frame {msg.header.frame_id!r}, expected {world_frame!r}")
+    c = (msg.center.x, msg.center.y, msg.center.z)
+    if not all(np.isfinite(c)) or not np.isfinite(msg.radius):
+        raise MessageError(f"region #{msg.id} has a non-finite centre or radius")
+    return Region(int(msg.id), c, float(msg.radius))

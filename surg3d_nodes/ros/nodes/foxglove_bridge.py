@@ -48,6 +48,7 @@ from visualization_msgs.msg import Marker, MarkerArray
 
 from surg3d_msgs.msg import NodeStatus, RegionOfInterest, TrainerStatus, ViewRequest
 from surg3d_msgs.srv import SaveModel
+from surg3d_nodes.recon.regions import Region
 from surg3d_nodes.ros import topics
 from surg3d_nodes.ros.convert import (
     MessageError,
@@ -57,6 +58,7 @@ from surg3d_nodes.ros.convert import (
     msg_to_pointcloud,
     msg_to_pose,
     pose_to_msg,
+    region_to_msg,
     stamp_to_ns,
     unpack_rgb,
 )
@@ -65,7 +67,6 @@ from surg3d_nodes.system.node_options import FoxgloveBridgeOptions, node_paramet
 from surg3d_nodes.viewer import display
 from surg3d_nodes.viewer.input import (
     InputError,
-    Roi,
     RoiStore,
     Tunable,
     integer,
@@ -226,6 +227,9 @@ class FoxgloveBridge(SurgNode):
         self.get_logger().info(f"Foxglove WebSocket on ws://{p.host}:{self.port} "
                                "(subprotocol foxglove.sdk.v1), "
                                f"{len(self.rois.all())} stored regions of interest")
+        # The stored regions (a restarted bridge, a new launch in the same output_dir) reach the trainer too.
+        for r in self.rois.all():
+            self.publish_region(r.id, r.center, r.radius, r.label)
         self.publish_rois()
         self.create_timer(0.2, self._flush_resend, callback_group=subs)
 
@@ -375,10 +379,12 @@ class FoxgloveBridge(SurgNode):
             markers.append(m)
         self.marker_pub.publish(MarkerArray(markers=markers))
 
-    def _roi_msg(self, r: Roi) -> RegionOfInterest:
-        return RegionOfInterest(header=header(r.stamp_ns, topics.WORLD_FRAME), id=r.id,
-                                center=Point(x=r.center[0], y=r.center[1], z=r.center[2]), radius=r.radius,
-                                label=r.label)
+    def publish_region(self, roi_id: int, center: tuple[float, float, float] = (0.0, 0.0, 0.0),
+                       radius: float = 0.0, label: str = "") -> None:
+        """One update on ROS /recon/roi (latched, for the trainer): a region, or with radius 0 the deletion of
+        region `roi_id` (every region with id 0)."""
+        self.roi_pub.publish(region_to_msg(Region(roi_id, center, radius), self.get_clock().now().nanoseconds,
+                                           topics.WORLD_FRAME, label))
 
     # --- in: viewers -> ROS --------------------------------------------------------------------------------
     def refuse(self, what: str, reason: str) -> None:
@@ -419,7 +425,7 @@ class FoxgloveBridge(SurgNode):
     def add_roi(self, obj: object) -> None:
         """Validate, store, publish and show a new region of interest (InputError when refused)."""
         roi = self.rois.add(parse_roi(obj, self.roi_radius), self.get_clock().now().nanoseconds)
-        self.roi_pub.publish(self._roi_msg(roi))
+        self.publish_region(roi.id, roi.center, roi.radius, roi.label)
         self.publish_rois()
         self.count("in.roi")
         self.get_logger().info(f"region of interest #{roi.id} at {roi.center} r={roi.radius} m")
@@ -487,6 +493,7 @@ class FoxgloveBridge(SurgNode):
             if not isinstance(obj, dict) or "id" not in obj:
                 raise InputError('expected {"id": <region id>}')
             roi = self.rois.remove(integer(obj["id"], "id", 1, 2**31))
+            self.publish_region(roi.id)
             self.publish_rois()
             return {"success": True, "message": f"deleted region #{roi.id}"}
         return self._guard(req, body)
@@ -496,6 +503,7 @@ class FoxgloveBridge(SurgNode):
         def body() -> dict:
             parse_empty(self._request(req), "clear")
             n = self.rois.clear()
+            self.publish_region(0)
             self.publish_rois()
             return {"success": True, "message": f"deleted {n} regions"}
         return self._guard(req, body)

@@ -8,7 +8,8 @@ rates /recon/points (PointCloud2 x y z rgb opacity scale, world frame), /recon/r
 /recon/render/depth at the live pose, /recon/deoccluded/image (live image with instrument pixels replaced
 by the rendering) and /recon/status. Services: /recon/pause, /recon/resume, /recon/reset (Trigger),
 /recon/save (SaveModel: ply | checkpoint), /recon/load (LoadCheckpoint), /recon/render_view (RenderView);
-topic /recon/view_request (ViewRequest) -> /recon/view/image.
+topic /recon/view_request (ViewRequest) -> /recon/view/image. The operator's regions of interest
+(/recon/roi, latched, updates by id) are weighted in training (recon.regions); their PSNR is in the heartbeat.
 """
 
 from __future__ import annotations
@@ -25,13 +26,14 @@ from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from std_srvs.srv import Trigger
 
-from surg3d_msgs.msg import TrainerStatus, ViewRequest
+from surg3d_msgs.msg import RegionOfInterest, TrainerStatus, ViewRequest
 from surg3d_msgs.srv import LoadCheckpoint, RenderView, SaveModel
 from surg3d_nodes.common.camera import scale_intrinsics
 from surg3d_nodes.perception.sync import ApproxTimeSync
 from surg3d_nodes.recon.config import Frame, TrainerConfig
 from surg3d_nodes.recon.io.checkpoint import load_checkpoint, save_checkpoint
 from surg3d_nodes.recon.online import OnlineTrainer
+from surg3d_nodes.recon.regions import Region, update_regions
 from surg3d_nodes.ros import topics
 from surg3d_nodes.ros.convert import (
     MessageError,
@@ -40,6 +42,7 @@ from surg3d_nodes.ros.convert import (
     msg_to_camera,
     msg_to_image,
     msg_to_pose,
+    msg_to_region,
     ns_to_stamp,
     pack_rgb,
     pointcloud_to_msg,
@@ -123,6 +126,8 @@ class TrainerNode(SurgNode):
         self.create_service(RenderView, topics.SRV_RENDER_VIEW, self.srv_render_view, callback_group=services)
         self.subscription(ViewRequest, topics.RECON_VIEW_REQUEST, self.on_view_request,
                                  callback_group=services)
+        self._regions: dict[int, Region] = {}
+        self.subscription(RegionOfInterest, topics.RECON_ROI, self.on_region, callback_group=services)
         # The training thread runs Python between torch ops and holds the GIL for up to the switch interval
         # (5 ms) whenever an executor thread wants it; each message needs several hand-overs, so at the
         # default the callbacks fall behind the stream. A 0.5 ms interval keeps them prompt.
@@ -181,6 +186,17 @@ class TrainerNode(SurgNode):
         self._live = (rgb, mask, stamp)
         if not self.trainer.ingest(Frame(stamp, rgb, depth, mask, pose, cam)):
             self.count("frames_dropped_busy")
+
+    def on_region(self, msg: RegionOfInterest) -> None:
+        """A region of interest added, replaced, deleted or cleared: training weighs the new set."""
+        try:
+            self._regions = update_regions(self._regions, msg_to_region(msg, topics.WORLD_FRAME))
+        except MessageError as e:
+            self.report_problem("bad_region", str(e))
+            return
+        self.trainer.set_regions(tuple(self._regions.values()))
+        self.count("regions_received")
+        self.get_logger().info(f"regions of interest: {sorted(self._regions) or 'none'}")
 
     # ------------------------------------------------------------------ publishing
     def _frame_id(self) -> str:
@@ -275,6 +291,9 @@ class TrainerNode(SurgNode):
         vals = {"state": st.state, "gaussians": st.num_gaussians, "iterations": st.iterations,
                 "frames_used": st.frames_used, "frames_skipped": st.frames_skipped}
         vals.update({f"skipped.{k}": v for k, v in st.skip_reasons.items()})
+        vals["regions"] = len(self._regions)
+        if self._regions:
+            vals["psnr_regions"] = round(st.psnr_regions, 2)
         if self.cfg.refine_pose_iterations > 0:
             vals.update({"pose_refine.accepted": st.pose_refined, "pose_refine.rejected": st.pose_refine_rejected,
                          "pose_refine.last": st.pose_refine_last,
