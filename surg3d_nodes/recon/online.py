@@ -149,6 +149,11 @@ class OnlineTrainer:
         with self._lock:
             return self.recon.view(time_s)
 
+    def stamp_range(self) -> tuple[int, int] | None:
+        """Stamps (ns) of the oldest and the newest frame the model covers; None before the first frame."""
+        clock = self.recon.clock
+        return None if clock.first_ns is None else (clock.first_ns, clock.newest_ns)
+
     def snapshot(self, time_s: float | None = None) -> Snapshot:
         """Points, colours, opacities and scales at model time `time_s` (default: newest frame)."""
         return self.view(time_s).snapshot()

@@ -157,6 +157,18 @@ class ModelView:
                         g["scales"].max(-1).values.cpu().numpy().astype(np.float32), self.time_s, self.stamp_ns,
                         self.iteration)
 
+    def gaussians(self) -> dict[str, np.ndarray]:
+        """Every Gaussian at the view's time (float32, world frame): means [N,3], quats [N,4] (w x y z, as
+        trained, not normalised), scales [N,3] (m; surfels get a zero third axis), colors [N,3] 0..1 (view-
+        independent part), opacities [N]."""
+        with torch.no_grad():
+            g = self.model.evaluate(self.time_s, None, params=self.params)
+        out = {k: g[k].cpu().numpy().astype(np.float32) for k in ("means", "quats", "scales", "colors", "opacities")}
+        if out["scales"].shape[1] == 2:
+            out["scales"] = np.pad(out["scales"], ((0, 0), (0, 1)))
+        out["colors"] = out["colors"].clip(0, 1)
+        return out
+
     def render(self, pose: np.ndarray, width: int | None = None, height: int | None = None,
                K: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Render (rgb uint8 HxWx3, depth float32 m with NaN where empty, alpha float32) at `pose`.
