@@ -1,6 +1,7 @@
-"""Steering that reaches the real trainer: a region of interest marked by a viewer on the bridge (client publish
-/recon/roi over the WebSocket) travels over DDS to the real trainer node, which weighs it in training and
-reports the region's own PSNR in its heartbeat; clearing the regions restores the default training."""
+"""The operator's page against the real trainer, over the bridge's WebSocket: a region of interest marked by a
+viewer (client publish /recon/roi) travels over DDS to the trainer, which weighs it in training and reports the
+region's own PSNR in its heartbeat, and clearing restores the default; the binary splat channel carries the
+whole model, at the newest moment or at the one the viewer picks."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from ui_support import start_bridge, stop
 from surg3d_msgs.msg import NodeStatus, TrainerStatus
 from surg3d_nodes.data.synthetic import SynthConfig, generate
 from surg3d_nodes.ros import topics
+from surg3d_nodes.viewer.display import SPLAT_BYTES, SPLAT_HEADER
 
 pytestmark = pytest.mark.ros
 
@@ -29,7 +31,21 @@ def _values(got: Collector) -> dict[str, str]:
     return {kv.key: kv.value for kv in beats[-1].values} if beats else {}
 
 
-def test_marked_region_reaches_the_trainer_and_changes_its_training(ros_env, ros_node, tmp_path) -> None:
+def _splat_updates(ws: FoxgloveWsClient, sub: int) -> dict[int, dict]:
+    """Complete splat updates received on subscription `sub`, by update id: stamp, splats, bytes."""
+    out: dict[int, dict] = {}
+    for s, _, payload in ws.messages:
+        if s != sub:
+            continue
+        magic, update, total, _, count, _, stamp, *_ = SPLAT_HEADER.unpack_from(payload)
+        assert magic == b"SPL1" and len(payload) >= SPLAT_HEADER.size + SPLAT_BYTES * count
+        u = out.setdefault(update, {"stamp": stamp, "total": total, "got": 0, "bytes": 0})
+        u["got"] += count
+        u["bytes"] += len(payload)
+    return {k: v for k, v in out.items() if v["got"] == v["total"]}
+
+
+def test_regions_and_splats_with_the_real_trainer(ros_env, ros_node, tmp_path) -> None:
     scene = generate(SynthConfig(width=64, height=48, frames=6, instruments=1, noise_std=1.0))
     f0 = scene.frames[0]
     # the tissue seen at the image centre of the first frame, in the world frame
@@ -56,6 +72,18 @@ def test_marked_region_reaches_the_trainer_and_changes_its_training(ros_env, ros
         ok, res = ws.call("/recon/roi/clear", {}, 1)
         assert ok, res
         assert wait_until(lambda: _values(got).get("regions") == "0" and "psnr_regions" not in _values(got), 30)
+
+        # splats: the whole model, binary, while subscribed; then at the first frame's moment
+        ws.subscribe("/ui/splats", 7)
+        first = ws.wait_for(lambda: _splat_updates(ws, 7), 30, "a splat update")
+        u = next(iter(first.values()))
+        assert u["total"] == got.last(topics.RECON_STATUS).num_gaussians or u["total"] > 500
+        assert u["stamp"] in {f.stamp_ns for f in scene.frames}
+        ws.advertise(2, "/ui/splats/time")
+        ws.poll(0.3)
+        ws.publish(2, {"stamp_ns": scene.frames[0].stamp_ns})
+        ws.wait_for(lambda: any(v["stamp"] == scene.frames[0].stamp_ns for v in _splat_updates(ws, 7).values()),
+                    30, "splats at the first frame's moment")
         ws.close()
     finally:
         stop(bridge)

@@ -42,11 +42,12 @@ STREAMS: dict[str, str] = {
                      topics.LEFT_RECT_INFO, topics.DEPTH, topics.DEPTH_CONFIDENCE, topics.DEPTH_POINTS,
                      topics.INSTRUMENT_MASK, topics.INSTRUMENT_PRIOR, topics.DATASET_DEPTH, topics.DATASET_MASK,
                      topics.DATASET_TISSUE, topics.RECON_POINTS, topics.RECON_RENDER, topics.RECON_RENDER_DEPTH,
-                     topics.RECON_DEOCCLUDED, topics.RECON_VIEW_IMAGE, topics.SNAPSHOT_POINTS), SENSOR),
+                     topics.RECON_DEOCCLUDED, topics.RECON_VIEW_IMAGE, topics.SNAPSHOT_POINTS,
+                     topics.RECON_GAUSSIANS), SENSOR),
     **dict.fromkeys((topics.CAMERA_POSE, topics.TF), STATE),
     **dict.fromkeys((topics.RECON_STATUS, topics.HEALTH), STATUS),
     **dict.fromkeys((topics.NODE_STATUS, topics.DIAGNOSTICS, topics.RECON_VIEW_REQUEST, topics.CLICKED_POINT,
-                     topics.GOAL_POSE), EVENT),
+                     topics.GOAL_POSE, topics.RECON_GAUSSIANS_REQUEST), EVENT),
     **dict.fromkeys((topics.RECON_ROI, topics.RECON_ROI_MARKERS), LATCHED),
 }
 

@@ -38,6 +38,8 @@ RECON_DEOCCLUDED = "recon/deoccluded/image"
 RECON_STATUS = "recon/status"
 RECON_VIEW_REQUEST = "recon/view_request"
 RECON_VIEW_IMAGE = "recon/view/image"
+RECON_GAUSSIANS = "recon/gaussians"       # PointCloud2 of every Gaussian (x y z, scale_*, rot_*, rgb, opacity)
+RECON_GAUSSIANS_REQUEST = "recon/gaussians/request"  # builtin_interfaces/Time: the moment to send (0: newest)
 RECON_ROI = "recon/roi"
 RECON_ROI_MARKERS = "recon/roi/markers"  # visualization_msgs/MarkerArray of the regions (RViz)
 CLICKED_POINT = "/clicked_point"          # RViz's and Foxglove's publish-point tools
@@ -59,6 +61,8 @@ SNAPSHOT_POINTS = "surg3d/snapshot/points"  # the newest cloud, re-sent by the m
 UI_LIVE = "/ui/live"                      # live endoscope image with the instrument mask overlaid (JPEG)
 UI_CALIBRATION = "/ui/camera_calibration"
 UI_ROI_SCENE = "/ui/rois"                 # foxglove.SceneUpdate of the regions of interest
+UI_SPLATS = "/ui/splats"                  # the Gaussian model, binary (viewer.display.encode_splats)
+UI_SPLATS_TIME = "/ui/splats/time"        # client publish: {"stamp_ns": n} the moment the splat view shows (0: live)
 
 # Frames.
 WORLD_FRAME = "world"

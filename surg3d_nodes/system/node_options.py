@@ -283,6 +283,9 @@ class FoxgloveBridgeOptions:
                               high=_HZ)
     jpeg_quality: int = param(80, "JPEG quality of the image channels", low=1, high=100)
     roi_radius: float = param(0.005, "m, radius of a clicked region of interest", low=1e-5, high=1.0)
+    splats_rate: float = param(1.0, "Hz of Gaussian model updates (/ui/splats, binary) asked of the trainer, "
+                                    "only while a viewer subscribes (0 = off)", low=0.0, high=30.0)
+    splats_max: int = param(300_000, "Gaussians per splat update (the most opaque)", low=1, high=10_000_000)
     service_timeout: float = param(5.0, "s, waiting for the trainer's services / parameter services", low=0.1,
                                    high=600.0)
     # Which of the other nodes' live parameters the viewers get; type, range and description come from the

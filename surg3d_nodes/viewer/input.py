@@ -140,6 +140,14 @@ def parse_view_request(obj: Any) -> ViewSpec:
     return ViewSpec(T, w, h, deocc)
 
 
+def parse_splat_time(obj: Any) -> int:
+    """The moment the splat view shows, {"stamp_ns": n} (0: the newest; JSON numbers round it to ~0.3 us)."""
+    d = _mapping(obj, "splat time")
+    if set(d) != {"stamp_ns"}:
+        raise InputError(f'expected {{"stamp_ns": <ns, 0 = newest>}}, got keys {sorted(d)}')
+    return integer(d["stamp_ns"], "stamp_ns", 0, 2**63 - 1)
+
+
 SAVE_KINDS = ("ply", "checkpoint")
 
 

@@ -3,13 +3,16 @@
 Out to viewers (JSON channels with Foxglove schemas, see core/display.py): the Gaussian cloud, rendered
 colour / depth (16UC1 mm) / de-occluded / virtual views, the live image with the instrument mask overlaid,
 stereo depth, the camera calibration, /tf (with the camera pose), trainer status, node heartbeats,
-/diagnostics, the monitor's compact health and the regions of interest as a SceneUpdate.
+/diagnostics, the monitor's compact health and the regions of interest as a SceneUpdate; and, binary, the
+Gaussian model for the page's splat view (/ui/splats): while a viewer subscribes, the bridge asks the trainer
+for the model at `splats_rate` (at the moment a viewer chose on /ui/splats/time, else the newest) and sends
+the most opaque `splats_max` Gaussians, 17 bytes each, in chunks.
 
 In from viewers, each validated by core/viewer_input.py (a refused input is logged, counted, answered with the
 reason and changes nothing):
 - client-publish: /recon/roi or /clicked_point (a point -> a region of interest, stored in
   output_dir/rois.json and published on ROS /recon/roi), /recon/view_request or /goal_pose (a pose -> a
-  virtual viewpoint on ROS /recon/view_request);
+  virtual viewpoint on ROS /recon/view_request), /ui/splats/time (the moment of the splat view);
 - services: /recon/pause, /recon/resume, /recon/reset, /recon/save, /recon/roi/delete, /recon/roi/clear;
 - parameters: the `tunables` of other nodes, forwarded with the ROS parameter services.
 """
@@ -24,6 +27,7 @@ from typing import Any
 
 import foxglove
 import numpy as np
+from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticArray
 from foxglove import Channel, Schema
 from foxglove.websocket import (
@@ -57,6 +61,7 @@ from surg3d_nodes.ros.convert import (
     msg_to_image,
     msg_to_pointcloud,
     msg_to_pose,
+    ns_to_stamp,
     pose_to_msg,
     region_to_msg,
     stamp_to_ns,
@@ -73,6 +78,7 @@ from surg3d_nodes.viewer.input import (
     parse_empty,
     parse_roi,
     parse_save,
+    parse_splat_time,
     parse_view_request,
     tunables,
 )
@@ -80,7 +86,8 @@ from surg3d_nodes.viewer.input import (
 # client-publish topics the bridge accepts -> what they mean
 CLIENT_TOPICS = {topics.absolute(t): kind for t, kind in [(topics.RECON_ROI, "roi"), (topics.CLICKED_POINT, "roi"),
                                                           (topics.RECON_VIEW_REQUEST, "view"),
-                                                          (topics.GOAL_POSE, "view")]}
+                                                          (topics.GOAL_POSE, "view"),
+                                                          (topics.UI_SPLATS_TIME, "splat_time")]}
 
 
 def _schema(name: str) -> Schema:
@@ -174,6 +181,12 @@ class FoxgloveBridge(SurgNode):
         # the web page and Foxglove layouts always find "/recon/points"; inside, everything is keyed by topic.
         self.channels = {t: Channel(topics.absolute(t), schema=_schema(s), message_encoding="json")
                          for t, s in schemas.items()}
+        # The layout is described in viewer/display.py (encode_splats): no machine-readable schema.
+        self.splats_channel = Channel(topics.UI_SPLATS, schema=Schema(name="surg3d/Splats", encoding="", data=b""),
+                                      message_encoding="surg3d.splats.v1")
+        self.splats_max = p.splats_max
+        self._splat_time_ns = 0          # the moment the splat view shows (0: the newest)
+        self._splat_update = 0
         self._topic_of_channel = {topics.absolute(t): t for t in schemas}
 
         # ROS side: subscriptions on one exclusive group (ordered per node), clients on a reentrant one.
@@ -195,6 +208,7 @@ class FoxgloveBridge(SurgNode):
         self.subscription(PoseStamped, topics.CAMERA_POSE, self.on_pose, callback_group=subs)
         self.subscription(TFMessage, topics.TF, self.on_tf, callback_group=subs)
         self.subscription(PointStamped, topics.CLICKED_POINT, self.on_clicked_point, callback_group=subs)
+        self.subscription(PointCloud2, topics.RECON_GAUSSIANS, self.on_gaussians, 1, callback_group=subs)
         for topic, typ in [(topics.RECON_STATUS, TrainerStatus), (topics.NODE_STATUS, NodeStatus),
                            (topics.DIAGNOSTICS, DiagnosticArray), (topics.HEALTH, NodeStatus)]:
             self.subscription(typ, topic, lambda m, t=topic: self.log_json(t, _msg_dict(m)), callback_group=subs)
@@ -202,6 +216,7 @@ class FoxgloveBridge(SurgNode):
         self.roi_pub = self.publisher(RegionOfInterest, topics.RECON_ROI)
         self.marker_pub = self.publisher(MarkerArray, topics.RECON_ROI_MARKERS)
         self.view_pub = self.publisher(ViewRequest, topics.RECON_VIEW_REQUEST)
+        self.splat_request_pub = self.publisher(Time, topics.RECON_GAUSSIANS_REQUEST)
         self.trigger = {name: self.create_client(Trigger, srv, callback_group=self.clients_group)
                         for name, srv in [("pause", topics.SRV_PAUSE), ("resume", topics.SRV_RESUME),
                                           ("reset", topics.SRV_RESET)]}
@@ -232,6 +247,8 @@ class FoxgloveBridge(SurgNode):
             self.publish_region(r.id, r.center, r.radius, r.label)
         self.publish_rois()
         self.create_timer(0.2, self._flush_resend, callback_group=subs)
+        if p.splats_rate > 0:
+            self.create_timer(1.0 / p.splats_rate, self.request_splats, callback_group=subs)
 
     # --- out: ROS -> viewers -------------------------------------------------------------------------------
     def log_json(self, topic: str, msg: dict) -> None:
@@ -282,6 +299,40 @@ class FoxgloveBridge(SurgNode):
                 xyz[ok], rgb, alpha, stamp_to_ns(msg.header.stamp), frame))
         except MessageError as e:
             self.report_problem("bad_points", str(e))
+
+    def request_splats(self) -> None:
+        """Ask the trainer for the model at the splat view's moment, while a viewer watches."""
+        if self.splats_channel.has_sinks():
+            self.splat_request_pub.publish(ns_to_stamp(self._splat_time_ns))
+
+    def on_gaussians(self, msg: PointCloud2) -> None:
+        """The trainer's Gaussians -> binary splat chunks (the most opaque splats_max)."""
+        try:
+            rec = msg_to_pointcloud(msg)
+            need = {"x", "y", "z", "rgb", "opacity", "scale_x", "scale_y", "scale_z", "rot_w", "rot_x", "rot_y",
+                    "rot_z"}
+            if not need <= set(rec.dtype.names or ()):
+                raise MessageError(f"Gaussians without {', '.join(sorted(need - set(rec.dtype.names or ())))}")
+            if len(rec) > self.splats_max:
+                rec = rec[np.argsort(-rec["opacity"])[:self.splats_max]]
+            xyz = np.stack([rec["x"], rec["y"], rec["z"]], 1)
+            rec = rec[np.isfinite(xyz).all(1)]
+            def cols(*names: str) -> np.ndarray:
+                return np.stack([rec[n] for n in names], 1).astype(np.float32)
+
+            self._splat_update += 1
+            chunks = display.encode_splats(cols("x", "y", "z"), cols("scale_x", "scale_y", "scale_z"),
+                                           cols("rot_w", "rot_x", "rot_y", "rot_z"),
+                                           unpack_rgb(rec["rgb"]).astype(np.float32) / 255.0,
+                                           rec["opacity"].astype(np.float32), stamp_to_ns(msg.header.stamp),
+                                           self._splat_update)
+        except MessageError as e:
+            self.report_problem("bad_gaussians", str(e))
+            return
+        for c in chunks:
+            self.splats_channel.log(c)
+        self.count("out.splats")
+        self.count("out.splats_bytes", sum(len(c) for c in chunks))
 
     def on_image(self, msg: Image, topic: str, kind: str) -> None:
         """Rendered / de-occluded / virtual views as JPEG; depth images as 16UC1 millimetres."""
@@ -413,6 +464,9 @@ class FoxgloveBridge(SurgNode):
             obj = json.loads(data)
             if CLIENT_TOPICS[topic] == "roi":
                 self.add_roi(obj)
+            elif CLIENT_TOPICS[topic] == "splat_time":
+                self._splat_time_ns = parse_splat_time(obj)
+                self.request_splats()
             else:
                 view = parse_view_request(obj)
                 self.view_pub.publish(ViewRequest(

@@ -10,6 +10,8 @@ by the rendering) and /recon/status. Services: /recon/pause, /recon/resume, /rec
 /recon/save (SaveModel: ply | checkpoint), /recon/load (LoadCheckpoint), /recon/render_view (RenderView);
 topic /recon/view_request (ViewRequest) -> /recon/view/image. The operator's regions of interest
 (/recon/roi, latched, updates by id) are weighted in training (recon.regions); their PSNR is in the heartbeat.
+A request on /recon/gaussians/request (a stamp, 0 = newest) sends every Gaussian at that moment on
+/recon/gaussians (the viewer bridge's splat view and time slider).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+from builtin_interfaces.msg import Time
 from geometry_msgs.msg import PoseStamped
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
@@ -126,6 +129,10 @@ class TrainerNode(SurgNode):
         self.create_service(RenderView, topics.SRV_RENDER_VIEW, self.srv_render_view, callback_group=services)
         self.subscription(ViewRequest, topics.RECON_VIEW_REQUEST, self.on_view_request,
                                  callback_group=services)
+        self.gaussians_pub = self.publisher(PointCloud2, topics.RECON_GAUSSIANS)
+        # Depth 1: a viewer asking faster than the model evaluates gets the newest moment, not a backlog.
+        self.subscription(Time, topics.RECON_GAUSSIANS_REQUEST, self.on_gaussians_request, 1,
+                          callback_group=render_group)
         self._regions: dict[int, Region] = {}
         self.subscription(RegionOfInterest, topics.RECON_ROI, self.on_region, callback_group=services)
         # The training thread runs Python between torch ops and holds the GIL for up to the switch interval
@@ -226,6 +233,21 @@ class TrainerNode(SurgNode):
         self.points_pub.publish(pointcloud_to_msg(fields, s.stamp_ns, topics.WORLD_FRAME))
         self.count("points_published")
 
+    def on_gaussians_request(self, msg: Time) -> None:
+        """Every Gaussian at the requested moment (stamp 0: the newest frame), stamped with that moment."""
+        if self.trainer.num_gaussians == 0:
+            return
+        ns = stamp_to_ns(msg)
+        view = self.trainer.view(self.trainer.time_of(ns) if ns else None)
+        g = view.gaussians()
+        cols = (g["colors"] * 255.0 + 0.5).astype(np.uint8)
+        fields = {"x": g["means"][:, 0], "y": g["means"][:, 1], "z": g["means"][:, 2], "rgb": pack_rgb(cols),
+                  "opacity": g["opacities"]}
+        fields.update({f"scale_{a}": g["scales"][:, i] for i, a in enumerate("xyz")})
+        fields.update({f"rot_{a}": g["quats"][:, i] for i, a in enumerate("wxyz")})
+        self.gaussians_pub.publish(pointcloud_to_msg(fields, ns or view.stamp_ns, topics.WORLD_FRAME))
+        self.count("gaussians_published")
+
     def _render_live(self) -> tuple[np.ndarray, np.ndarray, int] | None:
         """Render at the live pose; the image and de-occlusion timers share one render when close in time."""
         pose = self.trainer.live_pose()
@@ -291,8 +313,11 @@ class TrainerNode(SurgNode):
         vals = {"state": st.state, "gaussians": st.num_gaussians, "iterations": st.iterations,
                 "frames_used": st.frames_used, "frames_skipped": st.frames_skipped}
         vals.update({f"skipped.{k}": v for k, v in st.skip_reasons.items()})
+        span = self.trainer.stamp_range()
+        if span is not None:   # the time slider's range
+            vals["model.first_stamp_ns"], vals["model.newest_stamp_ns"] = span
         vals["regions"] = len(self._regions)
-        if self._regions:
+        if self._regions and st.psnr_regions > 0:    # 0: not measured yet (no step on the newest frame since)
             vals["psnr_regions"] = round(st.psnr_regions, 2)
         if self.cfg.refine_pose_iterations > 0:
             vals.update({"pose_refine.accepted": st.pose_refined, "pose_refine.rejected": st.pose_refine_rejected,
