@@ -173,6 +173,7 @@ def _spin_until_signal(nodes: Sequence[SurgNode]) -> int:
             failure.append(e)
         stop.set()
 
+    names = ", ".join(n.get_name() for n in nodes)   # now: a destroyed node has no name to give
     thread = threading.Thread(target=spin, name="executor", daemon=True)
     thread.start()
     while not stop.wait(0.5):   # a timed wait: signal handlers run on this thread between the waits
@@ -217,7 +218,6 @@ def _spin_until_signal(nodes: Sequence[SurgNode]) -> int:
         released = step[0] in _RELEASED
         stuck = released and time.monotonic() - step_since[0] > _STUCK_AFTER_RELEASE_S
         if closing.is_alive() and (escalated.is_set() or stuck):
-            names = ", ".join(n.get_name() for n in nodes)
             why = "a second signal" if not stuck else f"{_STUCK_AFTER_RELEASE_S:.0f} s without progress"
             print(f"[{names}] shutdown stuck {step[0]}; leaving on {why}", file=sys.stderr, flush=True)
             os._exit(0 if released and not failure else 1)
