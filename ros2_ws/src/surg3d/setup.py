@@ -16,10 +16,12 @@ nodes = sorted(p.stem for p in (here / "surg3d_nodes" / "ros" / "nodes").glob("*
 setup(
     name="surg3d",
     version="0.1.0",
-    # viewer/web holds the browser page (package data below), not Python.
+    # Not Python, package data below: viewer/web, the browser page; recon/render/csrc, the CPU rasterizer's C++
+    # source, compiled on first use (without it the trainer falls back to the torch backend).
     packages=find_namespace_packages(include=["surg3d_nodes", "surg3d_nodes.*"],
-                                     exclude=["*.__pycache__", "surg3d_nodes.viewer.web"]),
-    package_data={"surg3d_nodes": ["viewer/web/*"]},
+                                     exclude=["*.__pycache__", "surg3d_nodes.viewer.web*",
+                                              "surg3d_nodes.recon.render.csrc"]),
+    package_data={"surg3d_nodes": ["viewer/web/*", "recon/render/csrc/*"]},
     data_files=[
         ("share/ament_index/resource_index/packages", ["resource/surg3d"]),
         ("share/surg3d", ["package.xml"]),
