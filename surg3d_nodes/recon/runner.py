@@ -39,6 +39,7 @@ from surg3d_nodes.recon.model_clock import ModelClock
 from surg3d_nodes.recon.pose_refine import PoseRefineConfig, PoseRefiner
 from surg3d_nodes.recon.regions import Region, region_pixels
 from surg3d_nodes.recon.render import RenderCamera, render_evaluated, resolve_backend
+from surg3d_nodes.recon.render.camera import EPS2D
 from surg3d_nodes.recon.sparse_adam import DictAdam
 from surg3d_nodes.recon.strategy import DefaultStrategy, Strategy
 
@@ -157,16 +158,30 @@ class ModelView:
                         g["scales"].max(-1).values.cpu().numpy().astype(np.float32), self.time_s, self.stamp_ns,
                         self.iteration)
 
-    def gaussians(self) -> dict[str, np.ndarray]:
+    def gaussians(self, for_display: bool = False) -> dict[str, np.ndarray]:
         """Every Gaussian at the view's time (float32, world frame): means [N,3], quats [N,4] (w x y z, as
         trained, not normalised), scales [N,3] (m; surfels get a zero third axis), colors [N,3] 0..1 (view-
-        independent part), opacities [N]."""
+        independent part), opacities [N].
+
+        `for_display`: the scales take in the training pixels' low-pass, so that a viewer rendering at any
+        resolution shows what the trainer renders. Every backend adds EPS2D px^2 to each projected covariance
+        at the training resolution, and the Gaussians are fitted through it (many are far smaller than a
+        training pixel); a viewer with a finer image would show them as separate specks. The same low-pass as
+        a 3D isotropic variance, EPS2D * (z / f)^2 at the Gaussian's depth z in the newest frame's camera
+        (focal f px at the training resolution), adds to every axis: the covariance R S^2 R^T + s^2 I has the
+        same rotation and scales sqrt(S^2 + s^2)."""
         with torch.no_grad():
             g = self.model.evaluate(self.time_s, None, params=self.params)
         out = {k: g[k].cpu().numpy().astype(np.float32) for k in ("means", "quats", "scales", "colors", "opacities")}
         if out["scales"].shape[1] == 2:
             out["scales"] = np.pad(out["scales"], ((0, 0), (0, 1)))
         out["colors"] = out["colors"].clip(0, 1)
+        ref = self.reference
+        if for_display and ref is not None:
+            R, t = ref.pose[:3, :3], ref.pose[:3, 3]
+            z = np.abs((out["means"] - t) @ R[:, 2])
+            var = EPS2D * (z / float(ref.K[0, 0])) ** 2
+            out["scales"] = np.sqrt(out["scales"] ** 2 + var[:, None]).astype(np.float32)
         return out
 
     def render(self, pose: np.ndarray, width: int | None = None, height: int | None = None,

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+EPS2D = 0.3   # px^2 added to every projected covariance by all backends (gsplat's eps2d: a pixel's low-pass)
+
 
 @dataclass(frozen=True)
 class RenderCamera:

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from surg3d_nodes.recon.render.camera import RenderCamera
+from surg3d_nodes.recon.render.camera import EPS2D, RenderCamera
 
 log = logging.getLogger(__name__)
 
@@ -250,7 +250,7 @@ class _Rasterize(torch.autograd.Function):
 
 
 def project(means: torch.Tensor, quats: torch.Tensor, scales: torch.Tensor, viewmat: torch.Tensor,
-            K: torch.Tensor, width: int, height: int, eps2d: float = 0.3,
+            K: torch.Tensor, width: int, height: int, eps2d: float = EPS2D,
             near_plane: float = 0.01) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """means2d [N,2], conics [N,3], depths [N], radii [N,2] int32 (as torch_backend.project)."""
     return _Project.apply(means, quats, scales, viewmat, K, width, height, eps2d, near_plane)
@@ -265,7 +265,7 @@ def rasterize(means2d: torch.Tensor, conics: torch.Tensor, opacities: torch.Tens
 
 def render(means: torch.Tensor, quats: torch.Tensor, scales: torch.Tensor, opacities: torch.Tensor,
            colors: torch.Tensor, camera: RenderCamera, near_plane: float = 0.01,
-           eps2d: float = 0.3) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]:
+           eps2d: float = EPS2D) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]:
     """Render RGB [H,W,3], expected depth [H,W] and alpha [H,W]; info as the torch backend's."""
     if means.device.type != "cpu":
         raise ValueError(f"the compiled CPU backend renders CPU tensors, got {means.device}")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from surg3d_nodes.recon.render.camera import RenderCamera
+from surg3d_nodes.recon.render.camera import EPS2D, RenderCamera
 
 
 def available() -> bool:
@@ -27,7 +27,7 @@ def available() -> bool:
 
 def render(means: torch.Tensor, quats: torch.Tensor, scales: torch.Tensor, opacities: torch.Tensor,
            colors: torch.Tensor, camera: RenderCamera, tile_size: int = 16, near_plane: float = 0.01,
-           eps2d: float = 0.3, mode: str = "3dgs") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]:
+           eps2d: float = EPS2D, mode: str = "3dgs") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]:
     """Render with gsplat on CUDA; `mode` is "3dgs" or "2dgs" (surfels: the first two scales span the disc)."""
     import gsplat
 

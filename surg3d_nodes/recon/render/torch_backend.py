@@ -20,7 +20,7 @@ import math
 import torch
 import torch.nn.functional as tnf
 
-from surg3d_nodes.recon.render.camera import RenderCamera
+from surg3d_nodes.recon.render.camera import EPS2D, RenderCamera
 
 ALPHA_MIN = 1.0 / 255.0
 ALPHA_MAX = 0.999
@@ -46,7 +46,7 @@ def covariance(quats: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
 
 
 def project(means: torch.Tensor, covars: torch.Tensor, viewmat: torch.Tensor, K: torch.Tensor,
-            width: int, height: int, eps2d: float = 0.3, near_plane: float = 0.01,
+            width: int, height: int, eps2d: float = EPS2D, near_plane: float = 0.01,
             far_plane: float = 1e10) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """EWA projection of 3D Gaussians into one pinhole camera (gsplat's fully fused projection).
 
@@ -228,7 +228,7 @@ def rasterize(means2d: torch.Tensor, conics: torch.Tensor, opacities: torch.Tens
 
 def render(means: torch.Tensor, quats: torch.Tensor, scales: torch.Tensor, opacities: torch.Tensor,
            colors: torch.Tensor, camera: RenderCamera, tile_size: int = 4, near_plane: float = 0.01,
-           eps2d: float = 0.3) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]:
+           eps2d: float = EPS2D) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]:
     """Render RGB [H,W,3], expected depth [H,W] and alpha [H,W] of world-space Gaussians.
 
     Returns also an info dict with `means2d` (retains its gradient for densification) and `radii`.

@@ -11,7 +11,9 @@ by the rendering) and /recon/status. Services: /recon/pause, /recon/resume, /rec
 topic /recon/view_request (ViewRequest) -> /recon/view/image. The operator's regions of interest
 (/recon/roi, latched, updates by id) are weighted in training (recon.regions); their PSNR is in the heartbeat.
 A request on /recon/gaussians/request (a stamp, 0 = newest) sends every Gaussian at that moment on
-/recon/gaussians (the viewer bridge's splat view and time slider).
+/recon/gaussians (the viewer bridge's splat view and time slider), with the training pixels' low-pass in
+their scales (ModelView.gaussians for_display) so that a splat viewer at any resolution shows what the trainer
+renders.
 """
 
 from __future__ import annotations
@@ -239,7 +241,7 @@ class TrainerNode(SurgNode):
             return
         ns = stamp_to_ns(msg)
         view = self.trainer.view(self.trainer.time_of(ns) if ns else None)
-        g = view.gaussians()
+        g = view.gaussians(for_display=True)
         cols = (g["colors"] * 255.0 + 0.5).astype(np.uint8)
         fields = {"x": g["means"][:, 0], "y": g["means"][:, 1], "z": g["means"][:, 2], "rgb": pack_rgb(cols),
                   "opacity": g["opacities"]}
