@@ -72,5 +72,7 @@ def test_colcon_installs_the_ros_package(colcon_build: Callable[[str], ColconIns
     package = Path(installed["package"]).parent
     assert (package / "viewer" / "web" / "index.html").is_file()
     assert (package / "recon" / "render" / "csrc" / "cpu_raster.cpp").is_file(), "the CPU rasterizer's source"
+    spark = package / "viewer" / "web" / "node_modules" / "@sparkjsdev" / "spark" / "dist" / "spark.module.js"
+    assert spark.is_file(), "the page's splat renderer"
     if colcon_install.kind == "plain":  # copied files: every module of the source tree is there
         assert _source_modules(package) == _source_modules(ROOT / "surg3d_nodes")

@@ -24,7 +24,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
 from rosproc import Launch
-from test_ui_browser import UI_TESTS, _requirements
+from ui_support import UI_TESTS, browser_requirements
 
 pytestmark = pytest.mark.ros
 ROOT = Path(__file__).resolve().parents[1]
@@ -85,9 +85,11 @@ def _read_ply(path: Path) -> np.ndarray:
     return np.frombuffer(body, dtype=np.dtype(props), count=n)
 
 
-@pytest.mark.skipif(_requirements() is not None, reason=str(_requirements()))
+@pytest.mark.skipif(browser_requirements() is not None, reason=str(browser_requirements()))
 def test_browser_on_the_replay_graph(graph, tmp_path) -> None:
-    """The browser end-to-end test of tests/ui/e2e.mjs, against the real graph."""
+    """The browser end-to-end test of tests/ui/e2e.mjs against the real graph: the live model as splats
+    (matching the trainer's own render of the endoscope's view), pause and resume, the time slider, a marked
+    region that the trainer trains with and reports, the measured cloud."""
     from surg3d_nodes.cli.ui import make_server
 
     artifacts = Path(os.environ.get("SURG3D_ARTIFACTS", tmp_path / "artifacts")) / "ui_e2e_replay"
@@ -101,9 +103,12 @@ def test_browser_on_the_replay_graph(graph, tmp_path) -> None:
         server.shutdown()
     result = json.loads(run.stdout.strip().splitlines()[-1]) if run.stdout.strip() else {}
     tail = "\n".join(graph.lines[-60:])
+    print("\n".join(result.get("steps", [])))   # what the browser saw, in the test's output
     assert run.returncode == 0, f"{result.get('error')}\n{run.stderr[-3000:]}\n{tail}"
-    assert {"/recon/points", "/recon/status", "/ui/live", "/diagnostics"} <= set(result["topics"])
-    assert result["points"] > 0 and result["litPixels"] > 100 and result["rois"]
+    assert {"/ui/splats", "/recon/status", "/ui/live", "/diagnostics"} <= set(result["topics"])
+    assert result["splats"] > 0 and result["litPixels"] > 100 and result["rois"]
+    assert result["scopeView"]["psnr"] >= 25 and result["scopeView"]["tissue"] > 0.3, result["scopeView"]
+    assert result["sliderChange"] > 0.2 and "dB" in result["regionPsnr"] and result["cloudLit"] > 100
     assert json.loads((graph.run / "rois.json").read_text())["rois"], "the region persisted"
 
 

@@ -3,7 +3,9 @@ interface (services, parameters, /recon/points, /recon/status) that records what
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -11,6 +13,24 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
+UI_TESTS = ROOT / "tests" / "ui"
+WEB = ROOT / "surg3d_nodes" / "viewer" / "web"
+
+
+def browser_requirements() -> str | None:
+    """Why the real-browser test cannot run here, or None when it can."""
+    if not CHROMIUM.is_file():
+        return f"{CHROMIUM} is missing (apt-get install -y chromium)"
+    if not (UI_TESTS / "node_modules" / "playwright-core").is_dir():
+        return "tests/ui/node_modules is missing (cd tests/ui && npm ci)"
+    if not (WEB / "node_modules" / "@sparkjsdev" / "spark").is_dir():
+        return "the page's 3D libraries are missing (tools/setup.sh, or npm ci in surg3d_nodes/viewer/web)"
+    if shutil.which("node") is None:
+        return "node is not on PATH (Node 20)"
+    return None
 
 
 def start_node(module: str, ros_env: dict, args: list[str], ready: str = "",

@@ -90,4 +90,14 @@ else
   log "no C++ compiler (g++ or \$CXX): rendering on CPU uses the pure-PyTorch backend, several times slower"
 fi
 # --- end of the CPU rasterizer section --------------------------------------------------------------------
+# --- the operator page's browser libraries: three and Spark (Gaussian splats), from npm, served as they are --
+web=$root/surg3d_nodes/viewer/web
+if [ -d "$web/node_modules/@sparkjsdev/spark" ] && [ -d "$web/node_modules/three" ]; then
+  :
+elif command -v npm >/dev/null 2>&1; then
+  log "installing the operator page's three + Spark (npm ci in $web)"
+  (cd "$web" && npm ci --no-audit --no-fund --loglevel=error) || { log "npm ci in $web failed"; exit 1; }
+else
+  log "no npm: the operator page shows no 3D view until 'npm ci' runs in $web"
+fi
 log "ready: $venv (activate it, or call $venv/bin/surg3d)"

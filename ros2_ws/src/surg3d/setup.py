@@ -16,12 +16,19 @@ nodes = sorted(p.stem for p in (here / "surg3d_nodes" / "ros" / "nodes").glob("*
 setup(
     name="surg3d",
     version="0.1.0",
-    # Not Python, package data below: viewer/web, the browser page; recon/render/csrc, the CPU rasterizer's C++
-    # source, compiled on first use (without it the trainer falls back to the torch backend).
+    # Not Python, package data below: viewer/web, the browser page, with the files of its npm libraries that it
+    # loads (three, Spark: present after tools/setup.sh or `npm ci` there); recon/render/csrc, the CPU
+    # rasterizer's C++ source, compiled on first use (without it the trainer falls back to the torch backend).
     packages=find_namespace_packages(include=["surg3d_nodes", "surg3d_nodes.*"],
                                      exclude=["*.__pycache__", "surg3d_nodes.viewer.web*",
                                               "surg3d_nodes.recon.render.csrc"]),
-    package_data={"surg3d_nodes": ["viewer/web/*", "recon/render/csrc/*"]},
+    package_data={"surg3d_nodes": ["viewer/web/*", "recon/render/csrc/*",
+                                   "viewer/web/node_modules/three/LICENSE",
+                                   "viewer/web/node_modules/three/build/three.module.js",
+                                   "viewer/web/node_modules/three/build/three.core.js",
+                                   "viewer/web/node_modules/three/examples/jsm/postprocessing/Pass.js",
+                                   "viewer/web/node_modules/@sparkjsdev/spark/LICENSE",
+                                   "viewer/web/node_modules/@sparkjsdev/spark/dist/spark.module.js"]},
     data_files=[
         ("share/ament_index/resource_index/packages", ["resource/surg3d"]),
         ("share/surg3d", ["package.xml"]),
