@@ -1,8 +1,10 @@
 """The graph split across two hosts: the robot part and the GPU part in two network namespaces joined by a veth
-pair with link-local addresses, DDS discovery over unicast (ROS_STATIC_PEERS) across that link only; the link is
-cut for 5 s and the graph must recover by itself.
+pair with link-local addresses, DDS discovery over unicast (ROS_STATIC_PEERS) across that link only; random packet
+loss on the link (1 %, then 5 %, 10 s each) through which every stream keeps arriving, then the link is cut for
+5 s and the graph must recover by itself.
 
-The namespaces, the pair and the addresses are made by the test (root and iproute2 needed; CI runs as root) and
+The namespaces, the pair and the addresses are made by the test (root, iproute2 and iptables needed; CI runs as
+root and tools/test.sh installs iptables) and
 removed at the end, also when it fails: nothing touches the machine's own interfaces, and the /30 has no route out.
 """
 
@@ -23,8 +25,8 @@ import pytest
 from rosproc import Launch
 
 pytestmark = [pytest.mark.ros,
-              pytest.mark.skipif(os.geteuid() != 0 or shutil.which("ip") is None,
-                                 reason="network namespaces need root and iproute2")]
+              pytest.mark.skipif(os.geteuid() != 0 or shutil.which("ip") is None or shutil.which("iptables") is None,
+                                 reason="network namespaces and packet loss need root, iproute2 and iptables")]
 
 
 def _ip(*args: str, ns: str | None = None) -> str:
@@ -54,6 +56,26 @@ def two_hosts() -> Iterator[dict[str, dict[str, str]]]:
             subprocess.run(["ip", "netns", "del", h["ns"]], capture_output=True, timeout=10)
 
 
+LOSSES = (0.01, 0.05)
+
+
+def _drop(hosts: dict[str, dict[str, str]], probability: float | None) -> int:
+    """Drop incoming packets at random with `probability` in both namespaces (None: remove the rules); returns
+    the packets the removed rules dropped."""
+    total = 0
+    for h in hosts.values():
+        ipt = ["ip", "netns", "exec", h["ns"], "iptables"]
+        if probability is None:
+            out = subprocess.run([*ipt, "-L", "INPUT", "-v", "-n", "-x"], check=True, capture_output=True,
+                                 text=True, timeout=10).stdout
+            total += sum(int(line.split()[0]) for line in out.splitlines() if "statistic" in line)
+            subprocess.run([*ipt, "-F", "INPUT"], check=True, capture_output=True, timeout=10)
+        else:
+            subprocess.run([*ipt, "-A", "INPUT", "-m", "statistic", "--mode", "random", "--probability",
+                            str(probability), "-j", "DROP"], check=True, capture_output=True, timeout=10)
+    return total
+
+
 def _rx_bytes(h: dict[str, str]) -> int:
     out = _ip("-s", "link", "show", h["dev"], ns=h["ns"])
     return int(re.search(r"RX:.*\n\s*(\d+)", out).group(1))
@@ -72,6 +94,8 @@ def test_robot_and_gpu_parts_across_a_link_only(two_hosts, synth_bag: Path, ros_
                                    "checkpoint_period:=0.0"])
     robot_part = launch(robot, gpu, ["replay", "--host", "robot", f"bag:={synth_bag}", "loop:=true"])
     rx0 = _rx_bytes(gpu)
+    windows: dict[float, tuple[float, float]] = {}
+    dropped: dict[float, int] = {}
     try:
         run = Path(gpu_part.wait_for(r"\[launcher\] run folder (\S+)", 60).group(1))
         # The trainer trains on frames that came across: depth and masks from the robot's namespace.
@@ -82,6 +106,13 @@ def test_robot_and_gpu_parts_across_a_link_only(two_hosts, synth_bag: Path, ros_
                 break
             time.sleep(1.0)
         time.sleep(10.0)                                       # frames, training, clouds for a while
+        # Random packet loss on the link, each way (iptables' statistic match: this kernel has no netem), 1 %
+        # then 5 %, 10 s each; the graph keeps running through it.
+        for loss in LOSSES:
+            _drop(two_hosts, loss)
+            windows[loss] = (time.time(), time.time() + 10.0)
+            time.sleep(10.0)
+            dropped[loss] = _drop(two_hosts, None)
         # A 5 s cut of the link (both ends down), then the graph must recover by itself.
         cut_start = time.time()
         _ip("link", "set", robot["dev"], "down", ns=robot["ns"])
@@ -100,10 +131,13 @@ def test_robot_and_gpu_parts_across_a_link_only(two_hosts, synth_bag: Path, ros_
     recordings = sorted(run.glob("recording_*"))
     assert recordings, f"no recording in {run}\n{log}"
     counts: Counter[str] = Counter()
+    during: dict[float, Counter[str]] = {loss: Counter() for loss in LOSSES}
     after_cut: dict[str, float] = {}
     with Reader(recordings[-1]) as r:                  # rosbags' own reader, independent of ours
         for conn, stamp_ns, _ in r.messages():         # the recorder's receive time
             counts[conn.topic] += 1
+            for loss, (t0, t1) in windows.items():
+                during[loss][conn.topic] += t0 <= stamp_ns / 1e9 < t1
             if stamp_ns / 1e9 > cut_end:
                 after_cut.setdefault(conn.topic, stamp_ns / 1e9 - cut_end)
     # Depth and masks were made in the robot's namespace; the clouds by the trainer from them.
@@ -112,3 +146,11 @@ def test_robot_and_gpu_parts_across_a_link_only(two_hosts, synth_bag: Path, ros_
         # After the cut, each flows again within 5 s of the link coming back.
         assert after_cut.get(topic, float("inf")) < 5.0, \
             f"{topic}: first message {after_cut.get(topic)} s after the {cut_end - cut_start:.1f} s cut\n{log}"
+    # Under loss, each stream still arrives (fewer of the large images: one lost fragment of a 60 kB datagram
+    # loses it); the drops are the rules' own counters.
+    for loss in LOSSES:
+        print(f"{100 * loss:.0f} % loss for 10 s: {dropped[loss]} packets dropped; received "
+              f"{ {t: during[loss][t] for t in ('/depth/image', '/instrument/mask', '/recon/points')} }")
+        assert dropped[loss] > 0, f"no packet dropped at {loss}"
+        for topic in ("/depth/image", "/instrument/mask", "/recon/points"):
+            assert during[loss][topic] > 0, f"{topic}: nothing recorded during {100 * loss:.0f} % loss\n{log}"
