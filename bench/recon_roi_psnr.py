@@ -1,0 +1,132 @@
+"""Operator steering at equal budget: PSNR inside a marked region of interest with and without marking it.
+
+A synthetic clip (moving endoscope, one instrument) is streamed in time order with exactly K training steps
+after each frame (`train_stream`), once with no region and once with a region marked from the
+first frame on; every 8th frame is held out. Both runs get the same frames, steps and seed. Scored on the
+held-out frames at the training resolution: PSNR* over the tissue pixels inside the region (found from the
+exact tissue depth) and outside it; and "live": inside the region on each newest frame right after its steps.
+
+    python bench/recon_roi_psnr.py [--size 320x256] [--frames 40] [--k 10] [--radius 0.006] [--weight 4]
+
+Prints both runs and the difference, and writes JSON to --out (default /tmp/surg3d_roi_bench).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from surg3d_nodes.common.metrics import psnr_star
+from surg3d_nodes.data.synthetic import SynthConfig, generate
+from surg3d_nodes.recon.config import Frame, TrainerConfig
+from surg3d_nodes.recon.regions import Region, region_pixels
+from surg3d_nodes.recon.runner import Reconstructor, train_stream
+
+
+def _scaled(f, cam, s: float):
+    """Frame rgb, tissue mask and exact tissue depth at the training resolution (cam scaled by s)."""
+    size = (round(cam.width * s), round(cam.height * s))
+    rgb = cv2.resize(f.left, size, interpolation=cv2.INTER_AREA)
+    tissue = cv2.resize((f.mask == 0).astype(np.float32), size, interpolation=cv2.INTER_AREA) > 0.99
+    depth = cv2.resize(np.nan_to_num(f.tissue_depth, nan=0.0), size, interpolation=cv2.INTER_NEAREST)
+    return rgb, tissue, depth
+
+
+def run(scene, region: Region, mark: bool, cfg: TrainerConfig, k: int) -> dict:
+    """Stream the training frames with K steps each (`mark`: the region marked before the first), score the
+    held-out frames inside and outside the region."""
+    frames = scene.frames
+    tests = [i for i in range(len(frames)) if (i - 1) % 8 == 0]
+    train = [i for i in range(len(frames)) if i not in tests]
+    recon = Reconstructor(cfg)
+    if mark:
+        recon.set_regions((region,))
+    cam = scene.cam_left.scaled(cfg.image_scale)
+    live: list[float] = []
+
+    def inside_psnr(i: int) -> tuple[float, float]:
+        f = frames[i]
+        rgb, tissue, depth = _scaled(f, scene.cam_left, cfg.image_scale)
+        out, _, _ = recon.render_view(f.pose, recon.time_of(f.stamp_ns), cam.width, cam.height, K=cam.intrinsics())
+        roi = region_pixels((region,), torch.as_tensor(depth), cam.intrinsics(), f.pose).numpy() & tissue
+        return psnr_star(out, rgb, roi.astype(np.float32)), psnr_star(out, rgb, (tissue & ~roi).astype(np.float32))
+
+    t0 = time.monotonic()
+    # live: the newest frame right after its K steps, what the operator's view shows
+    train_stream(recon, [Frame(frames[i].stamp_ns, frames[i].left, frames[i].depth, frames[i].mask,
+                               frames[i].pose, scene.cam_left) for i in train], k,
+                 lambda j, _: live.append(inside_psnr(train[j])[0]))
+    seconds = time.monotonic() - t0
+    inside, outside = zip(*(inside_psnr(i) for i in tests), strict=True)
+    st = recon.get_stats()
+    return {"psnr_inside": float(np.mean(inside)), "psnr_outside": float(np.mean(outside)),
+            "live_inside": float(np.mean(live)), "inside_per_frame": list(inside),
+            "iterations": st.iterations, "gaussians": st.num_gaussians,
+            "psnr_regions_status": st.psnr_regions, "train_s": seconds}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run both trainings; returns 0."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--size", default="320x256")
+    ap.add_argument("--frames", type=int, default=40)
+    ap.add_argument("--k", type=int, default=10, help="training steps after each frame")
+    ap.add_argument("--scale", type=float, default=0.5, help="training image scale")
+    ap.add_argument("--radius", type=float, default=0.006, help="region radius, m")
+    ap.add_argument("--pixel", default="0.65,0.35", help="region centre: the tissue seen at this image fraction "
+                                                           "on the first frame")
+    ap.add_argument("--weight", type=float, default=TrainerConfig.roi_weight)
+    ap.add_argument("--repeats", type=int, default=3, help="pairs of runs with trainer seeds 0..N-1 (the compiled "
+                                                         "CPU renderer is not bit-deterministic: ~0.3 dB apart)")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", type=Path, default=Path("/tmp/surg3d_roi_bench"))
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    w, h = (int(v) for v in args.size.split("x"))
+    scene = generate(SynthConfig(width=w, height=h, frames=args.frames, camera_motion="moving"))
+    f0 = scene.frames[0]
+    px, py = (float(v) for v in args.pixel.split(","))
+    u, v = int(px * w), int(py * h)
+    z = float(f0.tissue_depth[v, u])
+    K = scene.cam_left.intrinsics()
+    p_cam = np.array([(u - K[0, 2]) / K[0, 0] * z, (v - K[1, 2]) / K[1, 1] * z, z, 1.0])
+    center = tuple(float(c) for c in (f0.pose @ p_cam)[:3])
+    region = Region(1, center, args.radius)
+    results: dict[str, list[dict]] = {"unmarked": [], "marked": []}
+    for seed in range(args.repeats):
+        cfg = TrainerConfig(device="cpu", image_scale=args.scale, roi_weight=args.weight, seed=seed)
+        for name, mark in (("unmarked", False), ("marked", True)):
+            r = run(scene, region, mark, replace(cfg), args.k)
+            results[name].append(r)
+            print(f"seed {seed} {name:9s}: inside {r['psnr_inside']:.2f} dB, outside {r['psnr_outside']:.2f} dB, "
+                  f"live inside {r['live_inside']:.2f} dB, "
+                  f"{r['iterations']} iterations, {r['gaussians']} Gaussians, {r['train_s']:.0f} s", flush=True)
+
+    def mean(name: str, key: str) -> float:
+        return float(np.mean([r[key] for r in results[name]]))
+
+    gain = mean("marked", "psnr_inside") - mean("unmarked", "psnr_inside")
+    cost = mean("marked", "psnr_outside") - mean("unmarked", "psnr_outside")
+    live_gain = mean("marked", "live_inside") - mean("unmarked", "live_inside")
+    print(f"marking the region (mean of {args.repeats}): inside {mean('unmarked', 'psnr_inside'):.2f} -> "
+          f"{mean('marked', 'psnr_inside'):.2f} dB ({gain:+.2f}), outside {cost:+.2f} dB; live view inside "
+          f"{live_gain:+.2f} dB (roi_weight {args.weight:g})")
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "roi_psnr.json").write_text(json.dumps({
+        "size": [w, h], "frames": args.frames, "k": args.k, "scale": args.scale, "region": {
+            "center": center, "radius": args.radius}, "roi_weight": args.weight, "gain_inside_db": gain,
+        "gain_live_inside_db": live_gain,
+        "change_outside_db": cost, "runs": results,
+        "date_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
