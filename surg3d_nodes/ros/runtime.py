@@ -9,6 +9,7 @@ which passes per-node `cli_args`). A node module ends with `def main() -> None: 
 from __future__ import annotations
 
 import faulthandler
+import logging
 import os
 import signal
 import sys
@@ -239,7 +240,15 @@ def run_node(node_cls: Callable[..., SurgNode], args: list[str] | None = None) -
         print(f"[{getattr(node_cls, '__name__', node_cls)}] failed to start: {e}", file=sys.stderr)
         rclpy.try_shutdown()
         sys.exit(1)
-    sys.exit(_spin_until_signal([node]))
+    code = _spin_until_signal([node])
+    # The node is closed and ROS shut down: leave without the interpreter's finalisation. Past it (Python's
+    # signal handlers already reset to the defaults) native libraries' exit-time destructors (DDS, torch's and
+    # the CPU rasterizer's threads) have held a trainer for over 5 s, and ros2 launch then killed it with
+    # SIGTERM (exit -15, in CI) although everything had been saved and closed.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    os._exit(code)
 
 
 def run_nodes(specs: Sequence[tuple[Callable[..., SurgNode], list[str]]]) -> int:
