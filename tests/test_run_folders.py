@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from surg3d_nodes.system.graph import load_preset
+from surg3d_nodes.system.graph import GraphError, load_preset
 from surg3d_nodes.system.runs import start_run
 
 NOW = datetime(2026, 12, 3, 8, 30, 5, tzinfo=timezone.utc)
@@ -28,3 +28,31 @@ def test_each_launch_gets_a_run_folder_for_every_node_that_writes(tmp_path: Path
     # The relative default `out` becomes absolute at launch: every node sees the same folder, whatever its cwd.
     monkeypatch.chdir(tmp_path)
     assert start_run(load_preset("live"), NOW) == tmp_path.resolve() / "out" / "run_20261203_083005"
+
+
+def test_continue_from_puts_the_newest_checkpoint_into_the_new_run(tmp_path: Path) -> None:
+    """A launch with continue_from (the GPU host restarted after a crash) starts its trainer from the old run's
+    newest checkpoint: the file is in the new run folder, where `resume_from_checkpoint: auto` looks."""
+    import os
+
+    old = tmp_path / "case" / "run_20261203_070000"
+    old.mkdir(parents=True)
+    (old / "checkpoint_000100.pt").write_bytes(b"older")
+    (old / "checkpoint_000200.pt").write_bytes(b"newer")
+    (old / ".checkpoint_000300.pt.tmp").write_bytes(b"half written")
+    os.utime(old / "checkpoint_000100.pt", (1e9, 1e9))
+    preset = load_preset("replay", {"output_dir": str(tmp_path / "case"), "continue_from": str(old)})
+    run = start_run(preset, NOW)
+    assert [p.name for p in run.iterdir()] == ["checkpoint_000200.pt"]
+    assert (run / "checkpoint_000200.pt").read_bytes() == b"newer"
+    # a checkpoint file named directly
+    run2 = start_run(load_preset("replay", {"output_dir": str(tmp_path / "case"),
+                                            "continue_from": str(old / "checkpoint_000100.pt")}), NOW)
+    assert (run2 / "checkpoint_000100.pt").read_bytes() == b"older"
+    # nothing to continue from: a clear error, and no run folder made
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    before = sorted((tmp_path / "case").iterdir())
+    with pytest.raises(GraphError, match=r"continue_from.*no checkpoint"):
+        start_run(load_preset("replay", {"output_dir": str(tmp_path / "case"), "continue_from": str(empty)}), NOW)
+    assert sorted((tmp_path / "case").iterdir()) == before

@@ -62,8 +62,13 @@ def main(argv: list[str] | None = None) -> int:
         for s in preset.nodes:
             print(f"node {s.name}: python -m {s.module} {' '.join(s.ros_args())}" + (" [respawn]" if s.respawn else ""))
         return 0
-    # This launch's own output folder (respawned nodes keep it): never another run's checkpoints.
-    folder = start_run(preset)
+    # This launch's own output folder (respawned nodes keep it): never another run's checkpoints, unless
+    # continue_from names one.
+    try:
+        folder = start_run(preset)
+    except GraphError as e:
+        print(f"surg3d launch: {e}", file=sys.stderr)
+        return 2
     if folder is not None:
         print(f"[launcher] run folder {folder}", flush=True)
     if args.single_process:

@@ -92,6 +92,7 @@ class Preset:
     name: str
     nodes: list[NodeSpec]
     arguments: dict[str, Argument]
+    values: dict[str, str | int | float | bool] = field(default_factory=dict)   # each argument's value
 
 
 def format_value(v: str | int | float | bool | list) -> str:
@@ -276,4 +277,4 @@ def load_preset(preset: str, overrides: dict[str, str] | None = None,
         raise GraphError(f"host:={role}: must be all or one of {', '.join(HOST_ROLES)}")
     if role != "all":
         specs = [s for s in specs if s.host == role]
-    return Preset(preset, specs, arguments)
+    return Preset(preset, specs, arguments, values)

@@ -55,6 +55,7 @@ from surg3d_nodes.ros.convert import (
 )
 from surg3d_nodes.ros.runtime import ERROR, SurgNode, run_node
 from surg3d_nodes.system.node_options import TrainerNodeOptions
+from surg3d_nodes.system.runs import CHECKPOINT_GLOB, checkpoints
 
 
 class TrainerNode(SurgNode):
@@ -233,6 +234,8 @@ class TrainerNode(SurgNode):
         fields = {"x": s.points[keep, 0], "y": s.points[keep, 1], "z": s.points[keep, 2],
                   "rgb": pack_rgb(cols), "opacity": s.opacities[keep], "scale": s.scales[keep]}
         self.points_pub.publish(pointcloud_to_msg(fields, s.stamp_ns, topics.WORLD_FRAME))
+        if not self.counters["points_published"]:    # once: the model is out (launch logs and tests wait for it)
+            self.get_logger().info(f"first cloud: {keep.size} points from {self._points_frames} frame(s)")
         self.count("points_published")
 
     def on_gaussians_request(self, msg: Time) -> None:
@@ -375,7 +378,7 @@ class TrainerNode(SurgNode):
         if path is None:
             found = self._checkpoints()
             if not found:
-                res.success, res.message = False, f"no checkpoint_*.pt in {self.output_dir}"
+                res.success, res.message = False, f"no {CHECKPOINT_GLOB} in {self.output_dir}"
                 return res
             path = found[-1]
         try:
@@ -403,7 +406,7 @@ class TrainerNode(SurgNode):
 
     def _checkpoints(self) -> list[Path]:
         """Complete checkpoints in output_dir, oldest first (temp files are hidden, never matched)."""
-        return sorted(self.output_dir.glob("checkpoint_*.pt"), key=lambda q: q.stat().st_mtime)
+        return checkpoints(self.output_dir)
 
     def _view(self, pose_msg, stamp_msg, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
         pose = msg_to_pose(pose_msg)
