@@ -98,8 +98,9 @@ def test_robot_and_gpu_parts_across_a_link_only(two_hosts, synth_bag: Path, ros_
     dropped: dict[float, int] = {}
     try:
         run = Path(gpu_part.wait_for(r"\[launcher\] run folder (\S+)", 60).group(1))
-        # The trainer trains on frames that came across: depth and masks from the robot's namespace.
-        gpu_part.wait_for(r"\[monitor\].*(?:checkpoint|trainer)|\[trainer\] .*trainer on", 120)
+        # The trainer trains on frames that came across (depth and masks from the robot's namespace) and
+        # publishes its model before any fault is injected (a slow machine needs a while for the first one).
+        gpu_part.wait_for(r"\[trainer\] .*first cloud", 180)
         deadline = time.monotonic() + 150
         while time.monotonic() < deadline and robot_part.proc.poll() is None and gpu_part.proc.poll() is None:
             if _rx_bytes(gpu) - rx0 > 20 * 160 * 128 * 3:      # at least twenty colour frames' worth
@@ -133,16 +134,20 @@ def test_robot_and_gpu_parts_across_a_link_only(two_hosts, synth_bag: Path, ros_
     counts: Counter[str] = Counter()
     during: dict[float, Counter[str]] = {loss: Counter() for loss in LOSSES}
     after_cut: dict[str, float] = {}
+    trainer_beat = ""
     with Reader(recordings[-1]) as r:                  # rosbags' own reader, independent of ours
-        for conn, stamp_ns, _ in r.messages():         # the recorder's receive time
+        for conn, stamp_ns, raw in r.messages():       # the recorder's receive time
             counts[conn.topic] += 1
+            if conn.topic == "/surg3d/node_status" and b"trainer" in raw:
+                trainer_beat = raw.decode("latin-1")   # the newest trainer heartbeat, for the failure message
             for loss, (t0, t1) in windows.items():
                 during[loss][conn.topic] += t0 <= stamp_ns / 1e9 < t1
             if stamp_ns / 1e9 > cut_end:
                 after_cut.setdefault(conn.topic, stamp_ns / 1e9 - cut_end)
     # Depth and masks were made in the robot's namespace; the clouds by the trainer from them.
     for topic in ("/depth/image", "/instrument/mask", "/recon/points"):
-        assert counts[topic] > 3, f"{topic}: {counts[topic]} recorded ({dict(counts)})\n{log}"
+        assert counts[topic] > 3, f"{topic}: {counts[topic]} recorded ({dict(counts)}); the trainer's last " \
+                                  f"heartbeat: {''.join(c for c in trainer_beat if c.isprintable())}\n{log}"
         # After the cut, each flows again within 5 s of the link coming back.
         assert after_cut.get(topic, float("inf")) < 5.0, \
             f"{topic}: first message {after_cut.get(topic)} s after the {cut_end - cut_start:.1f} s cut\n{log}"
