@@ -4,7 +4,11 @@ newest frame in the model). Starts the real trainer node as its own process on a
 feeds it a synthetic scene from this process.
 
     python bench/recon_latency.py [--width 320 --height 256] [--frames 60] [--rate 10] [--device cpu]
-                                  [--on-frame-rate 30] [--out /tmp/surg3d_latency]
+                                  [--on-frame-rate 30] [--link-loss P] [--out /tmp/surg3d_latency]
+
+With `--link-loss P` (root, iproute2, iptables) the trainer runs across a link: this process in one network
+namespace, the trainer in another, joined by a veth pair (tests/netns_support.py, DDS discovery over
+ROS_STATIC_PEERS), with random packet loss P each way (0.01 = 1 %; 0 = a clean link).
 
 Runs `--repeats` times (5), each against a fresh trainer node, and prints for each p50 / p95 / max (ms), the
 frames that never reached a cloud (the trainer drops the oldest queued frame when it is busy) and the longest
@@ -39,11 +43,13 @@ def run_once(args: argparse.Namespace, scene, out: Path) -> dict | None:
     from surg3d_nodes.ros import topics
     from surg3d_nodes.ros.convert import camera_to_msg, image_to_msg, pose_to_msg, stamp_to_ns
 
+    across = ["ip", "netns", "exec", args.trainer_netns] if args.trainer_netns else []
+    env = {**os.environ, **({"ROS_STATIC_PEERS": args.trainer_peer} if args.trainer_peer else {})}
     proc = start_node("surg3d_nodes.ros.nodes.trainer", [
         "--params-file", str(ROOT / "config" / "trainer.yaml"), "-p", f"device:={args.device}",
         "-p", f"points_on_frame_rate:={args.on_frame_rate}", "-p", f"num_threads:={args.threads}",
         "-p", "render_rate:=0.0", "-p", "deoccluded_rate:=0.0", "-p", f"output_dir:={out / 'recon'}",
-        "-p", "resume_from_checkpoint:=''", *[a for p in args.param for a in ("-p", p)]], {**os.environ})
+        "-p", "resume_from_checkpoint:=''", *[a for p in args.param for a in ("-p", p)]], env, across)
     node, ex = spinning_node("latency_bench")
     sent: dict[int, float] = {}
     reached: dict[int, float] = {}
@@ -100,6 +106,24 @@ def run_once(args: argparse.Namespace, scene, out: Path) -> dict | None:
             "max_ms": float(lat.max()) if lat.size else float("nan"), "longest_cloud_gap_ms": gap * 1e3}
 
 
+def across_a_link(args: argparse.Namespace, argv: list[str]) -> int:
+    """Make the two namespaces and the lossy link, run this benchmark again inside the robot namespace with the
+    trainer in the GPU one, print the packets the loss dropped; its exit code."""
+    import subprocess
+
+    import netns_support as netns
+
+    with netns.two_hosts() as hosts:
+        robot, gpu = hosts["robot"], hosts["gpu"]
+        if args.link_loss > 0:
+            netns.drop(hosts, args.link_loss)
+        run = subprocess.run(["ip", "netns", "exec", robot["ns"], sys.executable, __file__, *argv,
+                              "--trainer-netns", gpu["ns"], "--trainer-peer", robot["addr"]],
+                             env={**os.environ, "ROS_STATIC_PEERS": gpu["addr"]})
+        print(f"link: {100 * args.link_loss:g} % loss each way, {netns.drop(hosts, None)} packets dropped")
+    return run.returncode
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; returns 0 (1 when a run got no cloud at all)."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -113,8 +137,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1, help="trainer num_threads (torch CPU threads)")
     ap.add_argument("--out", type=Path, default=Path("/tmp/surg3d_latency"))
     ap.add_argument("--param", action="append", default=[], help="extra trainer parameter NAME:=VALUE")
+    ap.add_argument("--link-loss", type=float, default=None,
+                    help="the trainer across a link with this random packet loss each way (root; 0.01 = 1 %%)")
+    ap.add_argument("--trainer-netns", help=argparse.SUPPRESS)   # set on the run re-executed across the link
+    ap.add_argument("--trainer-peer", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.link_loss is not None and not args.trainer_netns:
+        return across_a_link(args, sys.argv[1:] if argv is None else argv)
     private_ros_domain()
+    if args.trainer_netns:      # discovery across the link: unicast to the named peers
+        os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "SUBNET"
 
     from surg3d_nodes.data.synthetic import SynthConfig, generate
 
@@ -135,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
               f"p95 {r['p95_ms']:.0f} ms, max {r['max_ms']:.0f} ms, longest gap between clouds "
               f"{r['longest_cloud_gap_ms']:.0f} ms", flush=True)
     result = {"width": args.width, "height": args.height, "rate_hz": args.rate, "device": args.device,
+              "link_loss": args.link_loss,
               "on_frame_rate": args.on_frame_rate, "runs": runs,
               "date_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     (out / "recon_latency.json").write_text(json.dumps(result, indent=2))

@@ -10,12 +10,15 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 
-def start_node(module: str, ros_args: list[str], env: dict[str, str]) -> subprocess.Popen:
-    """`python -m MODULE --ros-args ...` with its output (stdout and stderr) captured as text."""
-    return subprocess.Popen([sys.executable, "-m", module, "--ros-args", *ros_args], env=env,
+def start_node(module: str, ros_args: list[str], env: dict[str, str],
+               prefix: Sequence[str] = ()) -> subprocess.Popen:
+    """`python -m MODULE --ros-args ...` with its output (stdout and stderr) captured as text; `prefix` goes
+    before it (e.g. `ip netns exec NS`)."""
+    return subprocess.Popen([*prefix, sys.executable, "-m", module, "--ros-args", *ros_args], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 

@@ -3,24 +3,22 @@ pair with link-local addresses, DDS discovery over unicast (ROS_STATIC_PEERS) ac
 loss on the link (1 %, then 5 %, 10 s each) through which every stream keeps arriving, then the link is cut for
 5 s and the graph must recover by itself.
 
-The namespaces, the pair and the addresses are made by the test (root, iproute2 and iptables needed; CI runs as
-root and tools/test.sh installs iptables) and
-removed at the end, also when it fails: nothing touches the machine's own interfaces, and the /30 has no route out.
+The namespaces, the pair and the addresses are made by the test (tests/netns_support.py; root, iproute2 and
+iptables needed; CI runs as root and tools/test.sh installs iptables) and removed at the end, also when it fails:
+nothing touches the machine's own interfaces, and the /30 has no route out.
 """
 
 from __future__ import annotations
 
 import os
-import re
-import secrets
 import shutil
-import subprocess
 import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
+import netns_support as netns
 import pytest
 from rosproc import Launch
 
@@ -29,56 +27,14 @@ pytestmark = [pytest.mark.ros,
                                  reason="network namespaces and packet loss need root, iproute2 and iptables")]
 
 
-def _ip(*args: str, ns: str | None = None) -> str:
-    cmd = ["ip", *(("netns", "exec", ns, "ip") if ns else ()), *args]
-    return subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=10).stdout
+LOSSES = (0.01, 0.05)
 
 
 @pytest.fixture
 def two_hosts() -> Iterator[dict[str, dict[str, str]]]:
-    """Namespaces robot and gpu: veth ends 169.254.<r>.1/30 and .2/30, loopback up; removed afterwards."""
-    tag = secrets.token_hex(3)
-    octet = str(secrets.randbelow(250) + 1)
-    hosts = {"robot": {"ns": f"s3d_robot_{tag}", "dev": f"s3dr{tag}", "addr": f"169.254.{octet}.1"},
-             "gpu": {"ns": f"s3d_gpu_{tag}", "dev": f"s3dg{tag}", "addr": f"169.254.{octet}.2"}}
-    try:
-        for h in hosts.values():
-            _ip("netns", "add", h["ns"])
-        _ip("link", "add", hosts["robot"]["dev"], "type", "veth", "peer", "name", hosts["gpu"]["dev"])
-        for h in hosts.values():
-            _ip("link", "set", h["dev"], "netns", h["ns"])
-            _ip("addr", "add", f"{h['addr']}/30", "dev", h["dev"], ns=h["ns"])
-            _ip("link", "set", h["dev"], "up", ns=h["ns"])
-            _ip("link", "set", "lo", "up", ns=h["ns"])
+    """The robot and GPU namespaces joined by a link, removed after the test."""
+    with netns.two_hosts() as hosts:
         yield hosts
-    finally:
-        for h in hosts.values():     # deleting a namespace deletes its end of the pair, and so the pair
-            subprocess.run(["ip", "netns", "del", h["ns"]], capture_output=True, timeout=10)
-
-
-LOSSES = (0.01, 0.05)
-
-
-def _drop(hosts: dict[str, dict[str, str]], probability: float | None) -> int:
-    """Drop incoming packets at random with `probability` in both namespaces (None: remove the rules); returns
-    the packets the removed rules dropped."""
-    total = 0
-    for h in hosts.values():
-        ipt = ["ip", "netns", "exec", h["ns"], "iptables"]
-        if probability is None:
-            out = subprocess.run([*ipt, "-L", "INPUT", "-v", "-n", "-x"], check=True, capture_output=True,
-                                 text=True, timeout=10).stdout
-            total += sum(int(line.split()[0]) for line in out.splitlines() if "statistic" in line)
-            subprocess.run([*ipt, "-F", "INPUT"], check=True, capture_output=True, timeout=10)
-        else:
-            subprocess.run([*ipt, "-A", "INPUT", "-m", "statistic", "--mode", "random", "--probability",
-                            str(probability), "-j", "DROP"], check=True, capture_output=True, timeout=10)
-    return total
-
-
-def _rx_bytes(h: dict[str, str]) -> int:
-    out = _ip("-s", "link", "show", h["dev"], ns=h["ns"])
-    return int(re.search(r"RX:.*\n\s*(\d+)", out).group(1))
 
 
 def test_robot_and_gpu_parts_across_a_link_only(two_hosts, synth_bag: Path, ros_env, tmp_path: Path) -> None:
@@ -93,7 +49,7 @@ def test_robot_and_gpu_parts_across_a_link_only(two_hosts, synth_bag: Path, ros_
     gpu_part = launch(gpu, robot, ["replay", "--host", "gpu", f"output_dir:={out}", "bridge_port:=0",
                                    "checkpoint_period:=0.0"])
     robot_part = launch(robot, gpu, ["replay", "--host", "robot", f"bag:={synth_bag}", "loop:=true"])
-    rx0 = _rx_bytes(gpu)
+    rx0 = netns.rx_bytes(gpu)
     windows: dict[float, tuple[float, float]] = {}
     dropped: dict[float, int] = {}
     try:
@@ -103,29 +59,29 @@ def test_robot_and_gpu_parts_across_a_link_only(two_hosts, synth_bag: Path, ros_
         gpu_part.wait_for(r"\[trainer\] .*first cloud", 180)
         deadline = time.monotonic() + 150
         while time.monotonic() < deadline and robot_part.proc.poll() is None and gpu_part.proc.poll() is None:
-            if _rx_bytes(gpu) - rx0 > 20 * 160 * 128 * 3:      # at least twenty colour frames' worth
+            if netns.rx_bytes(gpu) - rx0 > 20 * 160 * 128 * 3:      # at least twenty colour frames' worth
                 break
             time.sleep(1.0)
         time.sleep(10.0)                                       # frames, training, clouds for a while
         # Random packet loss on the link, each way (iptables' statistic match: this kernel has no netem), 1 %
         # then 5 %, 10 s each; the graph keeps running through it.
         for loss in LOSSES:
-            _drop(two_hosts, loss)
+            netns.drop(two_hosts, loss)
             windows[loss] = (time.time(), time.time() + 10.0)
             time.sleep(10.0)
-            dropped[loss] = _drop(two_hosts, None)
+            dropped[loss] = netns.drop(two_hosts, None)
         # A 5 s cut of the link (both ends down), then the graph must recover by itself.
         cut_start = time.time()
-        _ip("link", "set", robot["dev"], "down", ns=robot["ns"])
+        netns.ip("link", "set", robot["dev"], "down", ns=robot["ns"])
         time.sleep(5.0)
-        _ip("link", "set", robot["dev"], "up", ns=robot["ns"])
+        netns.ip("link", "set", robot["dev"], "up", ns=robot["ns"])
         cut_end = time.time()
         time.sleep(15.0)
     finally:
         codes = robot_part.stop(), gpu_part.stop()
     log = "\n".join(robot_part.lines[-25:] + gpu_part.lines[-40:])
     assert codes == (0, 0), log
-    crossed = _rx_bytes(gpu) - rx0
+    crossed = netns.rx_bytes(gpu) - rx0
     assert crossed > 20 * 160 * 128 * 3, f"only {crossed} bytes crossed the link\n{log}"
     from rosbags.rosbag2 import Reader
 

@@ -1,0 +1,64 @@
+"""Two "hosts" on one machine for the split-graph test and the latency benchmark: network namespaces `robot` and
+`gpu` joined by a veth pair with link-local addresses (a /30 with no route out), random packet loss on that link
+with iptables' statistic match (this kernel has no netem). Needs root and iproute2 (iptables for the loss).
+Nothing touches the machine's own interfaces, and everything made is removed on exit, also after a failure."""
+
+from __future__ import annotations
+
+import re
+import secrets
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+
+def ip(*args: str, ns: str | None = None) -> str:
+    """`ip ARGS` (in namespace `ns`); its output."""
+    cmd = ["ip", *(("netns", "exec", ns, "ip") if ns else ()), *args]
+    return subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=10).stdout
+
+
+@contextmanager
+def two_hosts() -> Iterator[dict[str, dict[str, str]]]:
+    """Namespaces robot and gpu: veth ends 169.254.<r>.1/30 and .2/30, loopback up; removed afterwards. Yields
+    {role: {"ns", "dev", "addr"}}."""
+    tag = secrets.token_hex(3)
+    octet = str(secrets.randbelow(250) + 1)
+    hosts = {"robot": {"ns": f"s3d_robot_{tag}", "dev": f"s3dr{tag}", "addr": f"169.254.{octet}.1"},
+             "gpu": {"ns": f"s3d_gpu_{tag}", "dev": f"s3dg{tag}", "addr": f"169.254.{octet}.2"}}
+    try:
+        for h in hosts.values():
+            ip("netns", "add", h["ns"])
+        ip("link", "add", hosts["robot"]["dev"], "type", "veth", "peer", "name", hosts["gpu"]["dev"])
+        for h in hosts.values():
+            ip("link", "set", h["dev"], "netns", h["ns"])
+            ip("addr", "add", f"{h['addr']}/30", "dev", h["dev"], ns=h["ns"])
+            ip("link", "set", h["dev"], "up", ns=h["ns"])
+            ip("link", "set", "lo", "up", ns=h["ns"])
+        yield hosts
+    finally:
+        for h in hosts.values():     # deleting a namespace deletes its end of the pair, and so the pair
+            subprocess.run(["ip", "netns", "del", h["ns"]], capture_output=True, timeout=10)
+
+
+def drop(hosts: dict[str, dict[str, str]], probability: float | None) -> int:
+    """Drop incoming packets at random with `probability` in both namespaces (None: remove the rules); returns
+    the packets the removed rules dropped."""
+    total = 0
+    for h in hosts.values():
+        ipt = ["ip", "netns", "exec", h["ns"], "iptables"]
+        if probability is None:
+            out = subprocess.run([*ipt, "-L", "INPUT", "-v", "-n", "-x"], check=True, capture_output=True,
+                                 text=True, timeout=10).stdout
+            total += sum(int(line.split()[0]) for line in out.splitlines() if "statistic" in line)
+            subprocess.run([*ipt, "-F", "INPUT"], check=True, capture_output=True, timeout=10)
+        else:
+            subprocess.run([*ipt, "-A", "INPUT", "-m", "statistic", "--mode", "random", "--probability",
+                            str(probability), "-j", "DROP"], check=True, capture_output=True, timeout=10)
+    return total
+
+
+def rx_bytes(h: dict[str, str]) -> int:
+    """Bytes received so far on host `h`'s end of the link."""
+    out = ip("-s", "link", "show", h["dev"], ns=h["ns"])
+    return int(re.search(r"RX:.*\n\s*(\d+)", out).group(1))
