@@ -218,7 +218,7 @@ def test_offline_checkpoint_ply_and_deocclusion(scene, tmp_path):
     ply = _read_ply(save_ply(tmp_path / "model.ply", tr.model, t_last))
     expected = ["x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2"] + \
         [f"f_rest_{i}" for i in range(9)] + ["opacity", "scale_0", "scale_1", "scale_2",
-                                             "rot_0", "rot_1", "rot_2", "rot_3"]
+                                             "rot_0", "rot_1", "rot_2", "rot_3", "inferred"]
     assert list(ply) == expected
     g = tr.model.evaluate(t_last)
     np.testing.assert_allclose(np.stack([ply["x"], ply["y"], ply["z"]], 1), g["means"].detach().numpy(),

@@ -23,11 +23,13 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
 
-from surg3d_nodes.common.metrics import depth_rmse_mm, masked_psnr, psnr_star, ssim
+from surg3d_nodes.common.metrics import depth_rmse_mm, masked_psnr, psnr_star, ssim, ssim_map
 from surg3d_nodes.data.datasets.base import DatasetFrame
 from surg3d_nodes.data.datasets.endonerf import EndoNeRFReader
 from surg3d_nodes.perception.stereo_depth import StereoDepth
+from surg3d_nodes.recon.completion import tint_inferred, unpremultiply
 from surg3d_nodes.recon.config import Frame, TrainerConfig
 from surg3d_nodes.recon.online import OnlineTrainer
 from surg3d_nodes.recon.runner import Reconstructor, train_offline, train_stream
@@ -52,6 +54,11 @@ class EvalOptions:
     poses: str = "dataset"           # dataset | tracked (the tracker's poses train; the dataset's score them)
 
 
+# De-occlusion scores (clips with tissue/ and tissue_depth/, e.g. the synthetic generator's), averaged.
+DEOCC_KEYS = (*(f"{k}_{n}_{m}" for k in ("deocc", "baseline_telea") for n in ("seen", "unseen")
+                 for m in ("psnr", "ssim")), "deocc_depth_rmse_mm", "deocc_coverage", "deocc_seen_fraction")
+
+
 def test_indices(n: int) -> list[int]:
     """0-based test frame indices of the EndoNeRF protocol."""
     return [i for i in range(n) if (i - 1) % 8 == 0]
@@ -71,7 +78,8 @@ def _prepared(fr: DatasetFrame, s: float, crop: tuple[int, int] | None) -> dict:
         cam_r = None if fr.cam_right is None else fr.cam_right.cropped(x0, y0, w, h)
         return {"stamp_ns": fr.stamp_ns, "rgb": cut(fr.left), "right": cut(fr.right), "depth": cut(fr.depth),
                 "mask": (cut(mask) > 0).astype(np.uint8) * 255, "pose": fr.pose,
-                "cam": fr.cam_left.cropped(x0, y0, w, h), "cam_right": cam_r}
+                "cam": fr.cam_left.cropped(x0, y0, w, h), "cam_right": cam_r,
+                "tissue_rgb": cut(fr.extras.get("tissue")), "tissue_depth": cut(fr.extras.get("tissue_depth"))}
     cam = fr.cam_left.scaled(s) if s != 1.0 else fr.cam_left
     size = (cam.width, cam.height)
 
@@ -83,7 +91,8 @@ def _prepared(fr: DatasetFrame, s: float, crop: tuple[int, int] | None) -> dict:
     return {"stamp_ns": fr.stamp_ns, "rgb": rs(fr.left, cv2.INTER_AREA),
             "right": rs(fr.right, cv2.INTER_AREA), "depth": rs(fr.depth, cv2.INTER_NEAREST), "mask": mask,
             "pose": fr.pose, "cam": cam,
-            "cam_right": cam_r}
+            "cam_right": cam_r, "tissue_rgb": rs(fr.extras.get("tissue"), cv2.INTER_AREA),
+            "tissue_depth": rs(fr.extras.get("tissue_depth"), cv2.INTER_NEAREST)}
 
 
 def warp_left_to_right(d: dict) -> np.ndarray:
@@ -127,6 +136,66 @@ def _right_tissue_mask(d: dict) -> np.ndarray:
     pad = max(3, round(0.5 * float(np.median(disp[valid]))))
     tool = cv2.dilate(tool, np.ones((3, 2 * pad + 1), np.uint8))
     return tool == 0
+
+
+def seen_before(d: dict, others: list[dict]) -> np.ndarray:
+    """[H,W] bool: instrument pixels of frame `d` whose tissue (truth: its tissue-only depth) some frame of
+    `others` showed: it projects inside that frame, not under its instrument mask, and that frame's own tissue
+    depth there agrees (2 %: not hidden behind other tissue)."""
+    tool = d["mask"] > 0
+    K = d["cam"].intrinsics()
+    ys, xs = np.nonzero(tool & np.isfinite(d["tissue_depth"]))
+    z = d["tissue_depth"][ys, xs].astype(np.float64)
+    pc = np.stack([(xs - K[0, 2]) / K[0, 0] * z, (ys - K[1, 2]) / K[1, 1] * z, z], -1)
+    pw = pc @ d["pose"][:3, :3].T + d["pose"][:3, 3]
+    seen = np.zeros(ys.size, bool)
+    for o in others:
+        R, t = o["pose"][:3, :3], o["pose"][:3, 3]
+        q = (pw - t) @ R
+        ko = o["cam"].intrinsics()
+        h, w = o["mask"].shape
+        with np.errstate(divide="ignore", invalid="ignore"):
+            u = np.round(q[:, 0] / q[:, 2] * ko[0, 0] + ko[0, 2])
+            v = np.round(q[:, 1] / q[:, 2] * ko[1, 1] + ko[1, 2])
+        ok = (q[:, 2] > 0) & (u >= 0) & (u < w) & (v >= 0) & (v < h)
+        ui, vi = u[ok].astype(int), v[ok].astype(int)
+        zo = o["tissue_depth"][vi, ui]
+        vis = (o["mask"][vi, ui] == 0) & (np.abs(zo - q[ok, 2]) < 0.02 * q[ok, 2])
+        seen[np.nonzero(ok)[0][vis]] = True
+    out = np.zeros(tool.shape, bool)
+    out[ys[seen], xs[seen]] = True
+    return out
+
+
+def deoccluded(rgb: np.ndarray, alpha: np.ndarray, d: dict) -> np.ndarray:
+    """The de-occluded view of frame `d`: its input image with the instrument pixels taken from the rendering
+    (`rgb` uint8, `alpha`), un-premultiplied."""
+    render = (unpremultiply(rgb.astype(np.float32) / 255.0, alpha) * 255.0 + 0.5).astype(np.uint8)
+    return np.where(d["mask"][..., None] > 0, render, d["rgb"])
+
+
+def deocclusion_scores(rgb: np.ndarray, depth: np.ndarray, alpha: np.ndarray, d: dict, seen: np.ndarray
+                       ) -> dict[str, float]:
+    """De-occlusion scores of a rendering of frame `d` against its tissue-only truth on the instrument pixels,
+    split into tissue seen before (`seen`) and never seen: PSNR, SSIM (the per-pixel SSIM of the de-occluded
+    image averaged over those pixels), the same for the baseline (Telea inpainting of the input frame over its
+    mask), and the depth RMSE (mm) and coverage under the instruments."""
+    tool = d["mask"] > 0
+    truth = d["tissue_rgb"]
+    out: dict[str, float] = {"deocc_seen_fraction": float(seen[tool].mean()) if tool.any() else float("nan")}
+    images = {"deocc": deoccluded(rgb, alpha, d), "baseline_telea": cv2.inpaint(d["rgb"], tool.astype(np.uint8), 5,
+                                                                         cv2.INPAINT_TELEA)}
+    for key, img in images.items():
+        smap = ssim_map(torch.from_numpy(img).float() / 255.0, torch.from_numpy(truth).float() / 255.0).numpy()
+        for name, px in (("seen", tool & seen), ("unseen", tool & ~seen)):
+            if px.sum() >= 10:
+                out[f"{key}_{name}_psnr"] = psnr_star(img, truth, px.astype(np.float32))
+                out[f"{key}_{name}_ssim"] = float(smap[px].mean())
+    if tool.any():
+        out["deocc_depth_rmse_mm"] = depth_rmse_mm(depth, np.nan_to_num(d["tissue_depth"], nan=0.0),
+                                                   tool.astype(np.float32))
+        out["deocc_coverage"] = float(np.isfinite(depth)[tool].mean())
+    return out
 
 
 def _colorize_depth(depth: np.ndarray, lo: float, hi: float) -> np.ndarray:
@@ -208,8 +277,6 @@ def _train_online(trainer: OnlineTrainer, data: list[dict], train: list[int], te
 def evaluate_endonerf(root: str | Path, opts: EvalOptions, cfg: TrainerConfig | None = None,
                       progress: Callable[[str], None] = print) -> dict:
     """Train on the clip's training frames, score the test frames; returns the result dict."""
-    import torch
-
     if opts.mode not in ("offline", "stream", "online"):
         raise ValueError(f"mode must be 'offline', 'stream' or 'online', got {opts.mode!r}")
     if opts.mode == "stream" and opts.iterations_per_frame < 0:
@@ -280,6 +347,10 @@ def evaluate_endonerf(root: str | Path, opts: EvalOptions, cfg: TrainerConfig | 
             r["right_psnr_star"] = psnr_star(rr, d["right"], rmask)
             r["baseline_right_warp_psnr_star"] = psnr_star(warp_left_to_right(d), d["right"], rmask)
             r["right_pixels"] = float(rmask.mean())
+        deocc = d["tissue_rgb"] is not None and d["tissue_depth"] is not None and bool((d["mask"] > 0).any())
+        if deocc:
+            seen = seen_before(d, [data[j] for j in train if opts.mode == "offline" or j < i])
+            r.update(deocclusion_scores(rgb, depth, alpha, d, seen))
         per.append(r)
         progress(f"  test frame {i:3d}: PSNR {r['psnr']:.2f} dB  PSNR* {r['psnr_star']:.2f}  "
                  f"SSIM {r['ssim']:.4f}  depth RMSE {r['depth_rmse_mm']:.2f} mm")
@@ -291,6 +362,13 @@ def evaluate_endonerf(root: str | Path, opts: EvalOptions, cfg: TrainerConfig | 
                       np.hstack([(gt * m3).astype(np.uint8), (rgb * m3).astype(np.uint8), err_img]))
             valid = np.isfinite(d["depth"])
             lo, hi = (float(np.nanmin(d["depth"])), float(np.nanmax(d["depth"]))) if valid.any() else (0, 1)
+            if deocc:
+                cam = d["cam"]
+                w_inf = trainer.view(trainer.time_of(d["stamp_ns"])).inferred_weight(d["pose"], cam.width, cam.height,
+                                                                                    cam.intrinsics())
+                tinted = tint_inferred(deoccluded(rgb, alpha, d), w_inf * (d["mask"] > 0))
+                _save_png(out / f"test_{i:03d}_live_deoccluded_truth.png", np.hstack([d["rgb"], tinted,
+                                                                                      d["tissue_rgb"]]))
             _save_png(out / f"test_{i:03d}_depth_gt_render.png",
                       np.hstack([_colorize_depth(d["depth"], lo, hi), _colorize_depth(depth, lo, hi)]))
     # The fit of the frames the model trained on: underfitting shows here before interpolation does.
@@ -316,6 +394,8 @@ def evaluate_endonerf(root: str | Path, opts: EvalOptions, cfg: TrainerConfig | 
         "baseline_neighbour_mean_psnr": avg("baseline_neighbour_mean_psnr"),
         "right_psnr_star": avg("right_psnr_star"),
         "baseline_right_warp_psnr_star": avg("baseline_right_warp_psnr_star"),
+        **{k: avg(k) for k in DEOCC_KEYS if any(k in p for p in per)},
+        "inferred_share": stats.inferred_share,
         "frames_skipped": stats.frames_skipped, "skip_reasons": stats.skip_reasons,
         "poses": opts.poses, "tracking": tracking,
         "per_frame": per, "train_fit_per_frame": [{"index": i, "psnr": p} for i, p in zip(train, fit, strict=True)],
@@ -328,6 +408,17 @@ def evaluate_endonerf(root: str | Path, opts: EvalOptions, cfg: TrainerConfig | 
              f"right PSNR* {result['right_psnr_star']:.2f} dB (warp {result['baseline_right_warp_psnr_star']:.2f})"
              f"  | baselines: copy-prev {result['baseline_copy_prev_psnr']:.2f}, neighbour-mean "
              f"{result['baseline_neighbour_mean_psnr']:.2f}  | train {train_s:.1f} s, render {fps:.1f} FPS")
+    if "deocc_depth_rmse_mm" in result:
+        progress(f"de-occlusion: seen-before PSNR {result.get('deocc_seen_psnr', float('nan')):.2f} dB SSIM "
+                 f"{result.get('deocc_seen_ssim', float('nan')):.4f} (Telea "
+                 f"{result.get('baseline_telea_seen_psnr', float('nan')):.2f}), never-seen PSNR "
+                 f"{result.get('deocc_unseen_psnr', float('nan')):.2f} dB SSIM "
+                 f"{result.get('deocc_unseen_ssim', float('nan')):.4f} (Telea "
+                 f"{result.get('baseline_telea_unseen_psnr', float('nan')):.2f} dB "
+                 f"{result.get('baseline_telea_unseen_ssim', float('nan')):.4f}), seen share "
+                 f"{result['deocc_seen_fraction']:.2f}, depth RMSE under the instruments "
+                 f"{result['deocc_depth_rmse_mm']:.2f} mm, covered {100 * result['deocc_coverage']:.1f} %, "
+                 f"inferred Gaussians {100 * stats.inferred_share:.1f} %")
     if out is not None:
         (out / "result.json").write_text(json.dumps(result, indent=2))
     return result

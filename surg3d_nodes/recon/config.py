@@ -103,6 +103,10 @@ class TrainerConfig:
     add_color_error: float = param(0.2, "... or with a colour error above this (mean abs, 0..1)", low=0.0,
                                    high=1.0)
     add_depth_error_rel: float = param(0.1, "... and a relative depth error above this", low=0.0, high=100.0)
+    complete_hidden: bool = param(True, "complete tissue the instruments hide and no camera has shown with "
+                                        "Gaussians flagged inferred (recon.completion)")
+    complete_margin_px: int = param(2, "px, instrument masks are widened by this for completion and for "
+                                       "replacing inferred Gaussians by observed tissue", low=0, high=64)
     add_check_every: int = param(100, "online: iterations between re-checks of the newest frame for "
                                       "unexplained pixels", low=1, high=1_000_000)
     pose_jump_m: float = param(0.05, "m, translation between consecutive poses that counts as a jump (the frame "

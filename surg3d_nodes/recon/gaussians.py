@@ -9,6 +9,10 @@ long surgery: beyond `max_knots`, the past knot that the straight line between i
 best is removed (`simplify_knots`), so old motion is kept at a coarser, adaptive time resolution while
 the newest knots keep the full one. Gaussians born later inherit the motion of their nearest existing
 neighbour so they follow the tissue they belong to.
+
+Every Gaussian also carries an `inferred` flag (a boolean buffer, never trained): True for Gaussians seeded by
+the completion of tissue no camera has seen (`recon.completion`), False for observed tissue. `append`, `select`
+and `load_params` keep it aligned with the parameter rows.
 """
 
 from __future__ import annotations
@@ -62,6 +66,7 @@ class GaussianModel:
         self.device = torch.device(device)
         self.knot_times: list[float] = [float(time_origin)]
         self.params: dict[str, torch.Tensor] = {}
+        self.inferred = torch.zeros(0, dtype=torch.bool, device=self.device)
         self._allocate(0, 1)
 
     # ----------------------------------------------------------------- structure
@@ -154,10 +159,12 @@ class GaussianModel:
             k[rows, i1] += r / max(w, 0.5)
 
     def detached_copy(self) -> dict[str, torch.Tensor]:
-        """A consistent detached copy of all parameters plus `knot_times` (a float64 tensor), so it can be
-        evaluated while training adds or removes knots (take it under the trainer's lock)."""
+        """A consistent detached copy of all parameters plus `knot_times` (a float64 tensor) and the
+        `inferred` flags, so it can be evaluated while training adds or removes knots (take it under the
+        trainer's lock)."""
         copy = {k: v.detach().clone() for k, v in self.params.items()}
         copy["knot_times"] = torch.tensor(self.knot_times, dtype=torch.float64)
+        copy["inferred"] = self.inferred.clone()
         return copy
 
     # ----------------------------------------------------------------- growth
@@ -259,22 +266,37 @@ class GaussianModel:
                 rows[name] = src - here[:, None, :]
         return rows
 
-    def append(self, rows: dict[str, torch.Tensor]) -> None:
-        """Append parameter rows (from `new_gaussians` or densification)."""
+    def append(self, rows: dict[str, torch.Tensor], inferred: torch.Tensor | bool = False) -> None:
+        """Append parameter rows (from `new_gaussians` or densification) with their `inferred` flags (one
+        bool for all rows, or a bool tensor per row: densification copies its parents')."""
+        n = int(rows["means"].shape[0])
+        flags = torch.as_tensor(inferred, dtype=torch.bool, device=self.device).expand(n)
         self.params = {k: torch.cat([v.detach(), rows[k].to(v)], 0).requires_grad_()
                        for k, v in self.params.items()}
+        self.inferred = torch.cat([self.inferred, flags])
 
     def select(self, keep: torch.Tensor) -> None:
         """Keep only the Gaussians where the boolean mask `keep` is True."""
         self.params = {k: v.detach()[keep].requires_grad_() for k, v in self.params.items()}
+        self.inferred = self.inferred[keep]
 
-    def load_params(self, params: dict[str, torch.Tensor], knot_times: list[float]) -> None:
-        """Replace all parameters (checkpoint restore); keys must match this model's configuration."""
+    def inferred_share(self) -> float:
+        """Fraction of the Gaussians that are inferred (0 for an empty model)."""
+        return float(self.inferred.float().mean()) if self.inferred.numel() else 0.0
+
+    def load_params(self, params: dict[str, torch.Tensor], knot_times: list[float],
+                    inferred: torch.Tensor | None = None) -> None:
+        """Replace all parameters (checkpoint restore) and the `inferred` flags (None: all observed); keys
+        must match this model's configuration."""
         if set(params) != set(self.params):
             raise ValueError(f"checkpoint parameters {sorted(params)} do not match the model's "
                              f"{sorted(self.params)}")
         if params["pos_knots"].shape[1] != len(knot_times):
             raise ValueError(f"checkpoint has {params['pos_knots'].shape[1]} knots but {len(knot_times)} "
                              "knot times")
+        n = int(params["means"].shape[0])
+        if inferred is not None and inferred.shape != (n,):
+            raise ValueError(f"checkpoint has {tuple(inferred.shape)} inferred flags for {n} Gaussians")
         self.params = {k: v.detach().to(self.device).clone().requires_grad_() for k, v in params.items()}
+        self.inferred = (torch.zeros(n, dtype=torch.bool) if inferred is None else inferred.bool()).to(self.device)
         self.knot_times = [float(x) for x in knot_times]

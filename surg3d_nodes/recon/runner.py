@@ -24,6 +24,7 @@ import torch
 
 from surg3d_nodes.common.camera import scale_intrinsics
 from surg3d_nodes.common.geometry import backproject
+from surg3d_nodes.recon.completion import hidden_seeds, recolour_inferred, seen_inferred
 from surg3d_nodes.recon.config import Frame, TrainerConfig
 from surg3d_nodes.recon.flow_tracks import FlowTrackConfig, update_tracks
 from surg3d_nodes.recon.gaussians import GaussianConfig, GaussianModel
@@ -56,6 +57,7 @@ class Snapshot:
     colors: np.ndarray         # [N,3] float32 0..1
     opacities: np.ndarray      # [N] float32
     scales: np.ndarray         # [N] float32 largest axis, metres
+    inferred: np.ndarray       # [N] bool: completes tissue no camera has seen (recon.completion)
     time_s: float
     stamp_ns: int
     iteration: int
@@ -78,6 +80,7 @@ class TrainerStats:
     loss_color: float = 0.0
     loss_depth: float = 0.0
     psnr_recent: float = 0.0
+    inferred_share: float = 0.0          # fraction of the Gaussians that complete unseen tissue (recon.completion)
     psnr_regions: float = 0.0            # masked PSNR inside the operator's regions on the newest frame (0: none)
     latency_ms: float = 0.0
     last_frame_stamp: int = 0
@@ -155,8 +158,8 @@ class ModelView:
         return Snapshot(g["means"].cpu().numpy().astype(np.float32),
                         g["colors"].clamp(0, 1).cpu().numpy().astype(np.float32),
                         g["opacities"].cpu().numpy().astype(np.float32),
-                        g["scales"].max(-1).values.cpu().numpy().astype(np.float32), self.time_s, self.stamp_ns,
-                        self.iteration)
+                        g["scales"].max(-1).values.cpu().numpy().astype(np.float32),
+                        self.params["inferred"].cpu().numpy(), self.time_s, self.stamp_ns, self.iteration)
 
     def gaussians(self, for_display: bool = False) -> dict[str, np.ndarray]:
         """Every Gaussian at the view's time (float32, world frame): means [N,3], quats [N,4] (w x y z, as
@@ -194,6 +197,20 @@ class ModelView:
         show as separate blobs with gaps between them (measured: 320x256 views of a model trained at 80x64,
         26.6 dB direct vs 29.2 dB upsampled).
         """
+        rgb, d, a = self._render(pose, width, height, K, inferred=False)
+        d[a < 0.5] = np.nan
+        return (rgb * 255.0 + 0.5).astype(np.uint8), d, a
+
+    def inferred_weight(self, pose: np.ndarray, width: int | None = None, height: int | None = None,
+                        K: np.ndarray | None = None) -> np.ndarray:
+        """float32 HxW 0..1: how much of each pixel of `render` the inferred Gaussians make (recon.completion),
+        so a view can mark the guessed tissue."""
+        return self._render(pose, width, height, K, inferred=True)[0][..., 0]
+
+    def _render(self, pose: np.ndarray, width: int | None, height: int | None, K: np.ndarray | None,
+                inferred: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Colour (float 0..1; with `inferred`, the inferred flag instead of colour), depth and alpha (float32,
+        depth not yet masked) at `pose` (see `render`)."""
         ref = self.reference
         if ref is None and K is None:
             raise RuntimeError("render_view: no frame received yet, so no intrinsics (pass K)")
@@ -214,15 +231,16 @@ class ModelView:
             g = self.model.evaluate(self.time_s, cam.center(), params=self.params)
             if g["means"].shape[0] == 0:
                 z = np.zeros((height, width), np.float32)
-                return np.zeros((height, width, 3), np.uint8), np.full_like(z, np.nan), z
+                return np.zeros((height, width, 3), np.float32), z.copy(), z
+            if inferred:
+                g["colors"] = self.params["inferred"].to(g["colors"])[:, None].expand(-1, 3).contiguous()
             rgb, depth, alpha, _ = render_evaluated(g, cam, self.backend)
         rgb = rgb.clamp(0, 1).cpu().numpy()
         d = depth.cpu().numpy().astype(np.float32)
         a = alpha.cpu().numpy().astype(np.float32)
         if (rw, rh) != (width, height):
             rgb, d, a = (cv2.resize(x, (width, height), interpolation=cv2.INTER_LINEAR) for x in (rgb, d, a))
-        d[a < 0.5] = np.nan
-        return (rgb * 255.0 + 0.5).astype(np.uint8), d, a
+        return rgb, d, a
 
     def export_ply(self, path):
         """Write a 3DGS PLY of the model at the view's time; returns the path."""
@@ -301,6 +319,7 @@ class Reconstructor:
         s = TrainerStats(**{k: getattr(self.stats, k) for k in TrainerStats.__dataclass_fields__})
         s.skip_reasons = dict(self.skips)
         s.num_gaussians = self.model.num_gaussians
+        s.inferred_share = self.model.inferred_share()
         s.keyframes = len(self.store)
         return s
 
@@ -351,7 +370,10 @@ class Reconstructor:
         if track and kf.has_depth and (ref is None or kf.t > ref.t):
             self.track_ref = kf        # the tracks pass through the model's positions at this frame
         if kf.has_depth:
+            self.retire_inferred(kf)
             self.grow_unexplained(kf, use_error=False)
+            if self.cfg.complete_hidden:
+                self.complete_hidden(kf)
         self.stats.frames_used += 1
         if self.on_frame is not None:
             self.on_frame()
@@ -461,6 +483,44 @@ class Reconstructor:
         self.strategy.grow(int(ys.numel()))
         return int(ys.numel())
 
+    @torch.no_grad()
+    def retire_inferred(self, kf: Keyframe) -> int:
+        """Prune the inferred Gaussians that `kf` shows as tissue, so the frame's observed Gaussians replace
+        them (recon.completion); returns how many. The densification statistics start over when any go."""
+        seen = seen_inferred(self.model, kf, self.cfg.complete_margin_px)
+        n = int(seen.sum())
+        if n:
+            self.model.select(~seen)
+            self.optimizer.select(~seen)
+            self.strategy.reset(self.model.num_gaussians, self.device)
+        return n
+
+    @torch.no_grad()
+    def complete_hidden(self, kf: Keyframe) -> int:
+        """Complete the instrument pixels of `kf` (recon.completion): recolour the inferred Gaussians there from
+        the current memory, seed new inferred Gaussians where nothing covers; returns how many were seeded."""
+        if self.model.num_gaussians == 0 or bool((kf.tissue > 0.5).all()):
+            return 0
+        g = self.model.evaluate(kf.t, kf.camera.center())
+        _, _, alpha_all, _ = render_evaluated(g, kf.camera, self.backend)
+        g["opacities"] = g["opacities"] * (~self.model.inferred).to(g["opacities"])
+        rgb, depth, alpha, _ = render_evaluated(g, kf.camera, self.backend)
+        pts_c, cols, image, hole = hidden_seeds(kf, (rgb, depth, alpha), alpha_all, self.cfg.complete_margin_px,
+                                                self.cfg.add_stride)
+        recolour_inferred(self.model, kf, image, hole)
+        room = self.cfg.max_gaussians - self.model.num_gaussians
+        if len(pts_c) > max(0, room):
+            pick = self.rng.choice(len(pts_c), max(0, room), replace=False)
+            pts_c, cols = pts_c[pick], cols[pick]
+        if len(pts_c) == 0:
+            return 0
+        pts_w = pts_c @ kf.pose[:3, :3].T + kf.pose[:3, 3]
+        self.model.append(self.model.new_gaussians(pts_w, cols, kf.t, camera_rotation=kf.pose[:3, :3]),
+                          inferred=True)
+        self.optimizer.append(len(pts_c))
+        self.strategy.grow(len(pts_c))
+        return len(pts_c)
+
     def _make_optimizer(self) -> None:
         c, s = self.cfg, self.scene_depth
         self.optimizer = DictAdam({
@@ -538,7 +598,7 @@ class Reconstructor:
         """Everything a trainer needs to continue: tensors, arrays and plain containers only."""
         m = self.model
         return {"config": asdict(self.cfg), "params": {k: v.detach().cpu() for k, v in m.params.items()},
-                "knot_times": list(m.knot_times),
+                "inferred": m.inferred.cpu(), "knot_times": list(m.knot_times),
                 "optimizer": self.optimizer.state_dict() if self.optimizer else None,
                 "clock": self.clock.state_dict(), "live_stamp_ns": self.live_stamp_ns,
                 "last_pose": self.live_pose, "scene_depth": self.scene_depth,
@@ -549,7 +609,7 @@ class Reconstructor:
         """Restore `state_dict` output into this (new, empty) reconstructor. The densification statistics
         start over; the newest frames are the restored keyframes."""
         dev = self.device
-        self.model.load_params(state["params"], state["knot_times"])
+        self.model.load_params(state["params"], state["knot_times"], state.get("inferred"))
         self.clock.load_state_dict(state["clock"])
         self.live_stamp_ns = state["live_stamp_ns"]
         self.live_pose = state["last_pose"]

@@ -3,7 +3,8 @@
 Layout: images/frame-NNNNNN.color.png (left), optional images_right/NNNNNN.png, depth/frame-NNNNNN.depth.png
 (uint8 millimetres, 0 = invalid), masks/ and gt_masks/ frame-NNNNNN.mask.png (255 = tool), poses_bounds.npy
 (LLFF, N x 17). Files are matched by sorted order. Our writer adds, for synthetic clips, gt_depth/ (uint16 PNG
-in 0.01 mm, 0 = invalid, exact to 5 um), tissue/ (left view without instruments) and surg3d_calib.yaml (fps,
+in 0.01 mm, 0 = invalid, exact to 5 um), tissue/ (left view without instruments), tissue_depth/ (depth of the
+tissue alone, as gt_depth/) and surg3d_calib.yaml (fps,
 first stamp, baseline, so a written clip reads back exactly).
 
 poses_bounds.npy rows: a 3x5 matrix [c0 c1 c2 t hwf] flattened row-major, then near, far. LLFF camera axes are
@@ -96,7 +97,7 @@ class EndoNeRFReader(DatasetReader):
         check_folder(self.left_files, n, (w, h), "EndoNeRF left images", ref)
         self.poses = self._read_poses(n, w, h)
         self.folders: dict[str, list[Path]] = {}
-        for name in ("images_right", "depth", "gt_depth", "masks", "gt_masks", "tissue"):
+        for name in ("images_right", "depth", "gt_depth", "masks", "gt_masks", "tissue", "tissue_depth"):
             if (self.root / name).exists():
                 files = list_images(self.root / name, f"EndoNeRF {name}/")
                 check_folder(files, n, (w, h), f"EndoNeRF {name}/", ref)
@@ -154,6 +155,9 @@ class EndoNeRFReader(DatasetReader):
             extras["gt_mask"] = read_mask(f["gt_masks"][i])
         if "tissue" in f:
             extras["tissue"] = read_rgb(f["tissue"][i])
+        if "tissue_depth" in f:
+            raw = read_gray(f["tissue_depth"][i])
+            extras["tissue_depth"] = np.where(raw > 0, raw.astype(np.float32) * np.float32(GT_DEPTH_SCALE), np.nan)
         return DatasetFrame(
             index=i, stamp_ns=stamp_of(i, self.fps, self.start_ns),
             left=read_rgb(self.left_files[i]),
@@ -182,7 +186,8 @@ def write_endonerf_layout(out_dir: str | os.PathLike, frames: Iterable[DatasetFr
                 raise ValueError("the EndoNeRF layout holds rectified pairs only; rectify first")
             cam_l, cam_r = fr.cam_left, fr.cam_right
             start_ns = fr.stamp_ns if start_ns is None else start_ns
-            for name in ("images", "images_right", "depth", "gt_depth", "masks", "gt_masks", "tissue"):
+            for name in ("images", "images_right", "depth", "gt_depth", "masks", "gt_masks", "tissue",
+                         "tissue_depth"):
                 (stage / name).mkdir(exist_ok=True)
             write_rgb(stage / "images" / f"frame-{k:06d}.color.png", fr.left)
             write_rgb(stage / "images_right" / f"{k:06d}.png", fr.right)
@@ -201,6 +206,11 @@ def write_endonerf_layout(out_dir: str | os.PathLike, frames: Iterable[DatasetFr
                 write_gray(stage / "gt_masks" / f"frame-{k:06d}.mask.png", fr.extras["gt_mask"])
             if "tissue" in fr.extras:
                 write_rgb(stage / "tissue" / f"frame-{k:06d}.color.png", fr.extras["tissue"])
+            if "tissue_depth" in fr.extras:
+                td = fr.extras["tissue_depth"]
+                cmm = np.where(np.isfinite(td) & (td > 0), np.clip(np.rint(np.nan_to_num(td) / GT_DEPTH_SCALE), 1,
+                                                                    65535), 0)
+                write_gray(stage / "tissue_depth" / f"frame-{k:06d}.depth.png", cmm.astype(np.uint16))
             m = pose_to_llff(fr.pose, fr.left.shape[0], fr.left.shape[1], cam_l.fx)
             rows.append(np.concatenate([m.ravel(), [near or 0.0, far or 0.0]]))
             if progress is not None:

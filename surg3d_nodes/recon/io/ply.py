@@ -2,7 +2,8 @@
 
 Binary little-endian vertex properties: x y z nx ny nz f_dc_0..2 f_rest_0.. opacity scale_0..2 (scale_0..1 for
 2D surfels, as 2DGS writes them) rot_0..3,
-all float32, with Inria conventions: opacity as a logit, log scales, rotation as a wxyz quaternion,
+then `inferred` (1.0 for a Gaussian completing tissue no camera has seen, else 0.0; viewers ignore unknown
+properties), all float32, with Inria conventions: opacity as a logit, log scales, rotation as a wxyz quaternion,
 f_rest channel-major (all coefficients of R, then G, then B). The deformation is baked in at time t.
 """
 
@@ -38,6 +39,7 @@ def ply_arrays(model: GaussianModel, time_s: float, params: dict[str, torch.Tens
         cols["opacity"] = p["opacity_logits"]
         cols.update({f"scale_{i}": log_s[:, i] for i in range(log_s.shape[1])})   # surfels: 2 (2DGS's PLY)
         cols.update({f"rot_{i}": quats[:, i] for i in range(4)})
+        cols["inferred"] = (p["inferred"] if "inferred" in p else model.inferred).float()
         return {k: v.detach().float().cpu().numpy() for k, v in cols.items()}
 
 

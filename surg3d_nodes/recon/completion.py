@@ -1,0 +1,199 @@
+"""Completion of the tissue the instruments hide, inside the model, and always marked as inferred.
+
+Geometry: under the instrument mask the tissue surface continues the measured depth around it as a membrane
+(the harmonic / Laplace fill: the smoothest surface through the boundary, exact on planes), with the model's own
+rendered depth as extra boundary where it already holds tissue seen earlier.
+
+Appearance: the model's memory first: instrument pixels that existing Gaussians cover (rendered alpha above the
+growth threshold) are left to them. Only pixels no camera has shown are completed, once, into Gaussians flagged
+`inferred`: OpenCV's Telea inpainting of the composite image (live tissue + the model's memory under the
+instrument), so the hole to guess is only the part never seen, not the whole instrument, and the guess is not
+repeated per output frame (it moves with the tissue through the Gaussians' tracks).
+
+Replacement: an inferred Gaussian that projects onto a pixel that is tissue in a new frame (not under the mask,
+with measured depth, the Gaussian not far behind that surface) is pruned before the frame grows the model, so
+the frame's own observed Gaussians replace it at once (`grow_unexplained` then finds that pixel uncovered).
+Pruning rather than flipping the flag: a flipped Gaussian would be called observed while it still carried the
+guessed colour and depth until training corrected it.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import torch
+
+from surg3d_nodes.recon.gaussians import SH_C0, GaussianModel
+from surg3d_nodes.recon.keyframes import Keyframe
+
+# An inferred Gaussian behind the observed surface by more than this (relative depth) is hidden by it, not
+# replaced by it.
+BEHIND_REL = 0.15
+INPAINT_RADIUS_PX = 5
+# Instrument pixels the model covers at least this much are its memory; the rest is completed. Near 1: a pixel
+# covered by the fringe of observed Gaussians renders dark (composited over black) unless it is completed too.
+MEMORY_ALPHA = 0.95
+# Weight that pulls pixels of a hole with no known neighbour at all towards the mean known depth (keeps the
+# system regular; negligible wherever a boundary exists).
+ANCHOR_WEIGHT = 1e-6
+
+
+def membrane_fill(depth: np.ndarray, known: np.ndarray, tol: float = 1e-9, max_iter: int = 2000) -> np.ndarray:
+    """`depth` [H,W] with every pixel outside `known` replaced by the harmonic interpolation of the known
+    pixels (discrete Laplace equation, 4-neighbours, Neumann at the image border): smooth, exact on planes.
+    Solved by conjugate gradients on the grid stencil (the system is symmetric positive definite), started
+    from Telea's fill; `tol` is relative to the known depths' scale."""
+    known = known & np.isfinite(depth)
+    out = np.where(known, depth, 0.0).astype(np.float64)
+    unknown = ~known
+    if not unknown.any() or not known.any():
+        return out.astype(np.float32)
+    pad = lambda a: np.pad(a, 1)  # noqa: E731
+    inside = pad(np.ones_like(unknown))
+    nbrs = sum(np.roll(inside, s, (0, 1))[1:-1, 1:-1].astype(np.float64)
+               for s in ((1, 0), (-1, 0), (0, 1), (0, -1)))
+    diag = np.where(unknown, nbrs + ANCHOR_WEIGHT, 1.0)
+
+    def neighbour_sum(a: np.ndarray) -> np.ndarray:
+        p = pad(a)
+        return sum(np.roll(p, s, (0, 1))[1:-1, 1:-1] for s in ((1, 0), (-1, 0), (0, 1), (0, -1)))
+
+    def apply(x: np.ndarray) -> np.ndarray:         # A x on the unknown pixels (x is zero elsewhere)
+        return np.where(unknown, diag * x - neighbour_sum(x), 0.0)
+
+    scale = float(np.abs(out[known]).max()) or 1.0
+    b = np.where(unknown, neighbour_sum(out) + ANCHOR_WEIGHT * float(out[known].mean()), 0.0)
+    start = cv2.inpaint((out / scale).astype(np.float32), unknown.astype(np.uint8), INPAINT_RADIUS_PX,
+                        cv2.INPAINT_TELEA).astype(np.float64) * scale
+    x = np.where(unknown, start, 0.0)
+    r = b - apply(x)
+    p = r.copy()
+    rr = float((r * r).sum())
+    for _ in range(max_iter):
+        if rr <= (tol * scale) ** 2:
+            break
+        ap = apply(p)
+        a = rr / float((p * ap).sum())
+        x += a * p
+        r -= a * ap
+        rr_new = float((r * r).sum())
+        p = r + (rr_new / rr) * p
+        rr = rr_new
+    out[unknown] = x[unknown]
+    return out.astype(np.float32)
+
+
+def inpaint(rgb: np.ndarray, hole: np.ndarray) -> np.ndarray:
+    """Telea inpainting of the `hole` pixels of a uint8 RGB image."""
+    return cv2.inpaint(rgb, hole.astype(np.uint8), INPAINT_RADIUS_PX, cv2.INPAINT_TELEA)
+
+
+def instrument_band(kf: Keyframe, margin_px: int) -> np.ndarray:
+    """[H,W] bool: instrument pixels of the keyframe, dilated by `margin_px` (its edges' depth and colour are
+    unreliable)."""
+    tool = (kf.tissue < 0.5).cpu().numpy().astype(np.uint8)
+    if margin_px > 0:
+        tool = cv2.dilate(tool, np.ones((2 * margin_px + 1, 2 * margin_px + 1), np.uint8))
+    return tool > 0
+
+
+@torch.no_grad()
+def hidden_seeds(kf: Keyframe, observed: tuple[torch.Tensor, torch.Tensor, torch.Tensor], alpha_all: torch.Tensor,
+                 margin_px: int, stride: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Completion of the instrument pixels of `kf` from the observed Gaussians' render (`observed`: rgb, depth,
+    alpha at the keyframe) and the whole model's alpha `alpha_all`.
+
+    Returns camera-frame points [M,3] and colours [M,3] (0..1) of new Gaussians for the pixels nothing covers
+    yet, and the completed colour image [H,W,3] with its hole [H,W] (the instrument pixels no observation
+    covers), to recolour the inferred Gaussians already there (`recolour_inferred`)."""
+    rgb, depth, alpha = observed
+    band = instrument_band(kf, margin_px)
+    a = alpha.cpu().numpy()
+    memory = band & (a >= MEMORY_ALPHA)
+    live = (kf.rgb.cpu().numpy() * 255 + 0.5).astype(np.uint8)
+    mem = (unpremultiply(rgb.cpu().numpy(), a) * 255 + 0.5).astype(np.uint8)
+    composite = np.where(memory[..., None], mem, live)
+    # Colour comes from the live tissue right up to the instrument (the margin is for depth, unreliable there),
+    # and from the model's memory of tissue seen earlier: the hole left to guess is only what was never seen.
+    hole = ~memory & (kf.tissue < 0.5).cpu().numpy()
+    colours = inpaint(composite, hole).astype(np.float32) / 255.0
+    new = band & (alpha_all.cpu().numpy() < MEMORY_ALPHA)
+    if not new.any():
+        return np.zeros((0, 3), np.float32), np.zeros((0, 3), np.float32), colours, hole
+    measured = kf.depth.cpu().numpy()
+    known = (measured > 0) & ~band
+    geo = np.where(known, measured, 0.0)
+    geo[memory] = depth.cpu().numpy()[memory]
+    filled = membrane_fill(geo, known | memory)
+    grid = np.zeros_like(new)
+    grid[::stride, ::stride] = True
+    ys, xs = np.nonzero(new & grid & (filled > 0))
+    z = filled[ys, xs]
+    K = kf.K
+    pts = np.stack([(xs - K[0, 2]) / K[0, 0] * z, (ys - K[1, 2]) / K[1, 1] * z, z], -1).astype(np.float32)
+    return pts, colours[ys, xs], colours, hole
+
+
+def _project(model: GaussianModel, kf: Keyframe, rows: torch.Tensor
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Pixel (u, v), depth z and in-image flag of the Gaussians `rows` in keyframe `kf` at its time."""
+    means = model.evaluate(kf.t)["means"][rows]
+    R = torch.as_tensor(kf.pose[:3, :3], dtype=means.dtype, device=means.device)
+    t = torch.as_tensor(kf.pose[:3, 3], dtype=means.dtype, device=means.device)
+    pc = (means - t) @ R                     # world -> camera (R^T (p - t))
+    z = pc[:, 2]
+    K = kf.K
+    u = torch.round(pc[:, 0] / z.clamp(min=1e-9) * K[0, 0] + K[0, 2]).long()
+    v = torch.round(pc[:, 1] / z.clamp(min=1e-9) * K[1, 1] + K[1, 2]).long()
+    h, w = kf.depth.shape
+    inside = (z > 0) & (u >= 0) & (u < w) & (v >= 0) & (v < h)
+    return u.clamp(0, w - 1), v.clamp(0, h - 1), z, inside
+
+
+@torch.no_grad()
+def recolour_inferred(model: GaussianModel, kf: Keyframe, colours: np.ndarray, hole: np.ndarray) -> int:
+    """Give the inferred Gaussians that project into `hole` of keyframe `kf` the completed colour there (at the
+    keyframe's time); returns how many. The guess improves as the memory around it grows, without being
+    recomputed per output frame."""
+    rows = torch.nonzero(model.inferred).squeeze(1)
+    if rows.numel() == 0:
+        return 0
+    u, v, _, inside = _project(model, kf, rows)
+    dev = model.device
+    hit = inside & torch.as_tensor(hole, device=dev)[v, u]
+    rows, u, v = rows[hit], u[hit], v[hit]
+    target = torch.as_tensor(colours, device=dev)[v, u]
+    track = model.track_at(kf.t, "col_knots")[rows]
+    model.params["sh_dc"].data[rows] = (target - 0.5 - track) / SH_C0
+    return int(rows.numel())
+
+
+@torch.no_grad()
+def seen_inferred(model: GaussianModel, kf: Keyframe, margin_px: int) -> torch.Tensor:
+    """[N] bool: inferred Gaussians that keyframe `kf` shows as tissue (they project onto a tissue pixel outside
+    the dilated instrument band, with measured depth, and are not more than BEHIND_REL behind it)."""
+    seen = torch.zeros_like(model.inferred)
+    rows = torch.nonzero(model.inferred).squeeze(1)
+    if rows.numel() == 0:
+        return seen
+    u, v, z, inside = _project(model, kf, rows)
+    tissue = torch.as_tensor(~instrument_band(kf, margin_px), device=model.device)
+    d = kf.depth[v, u]
+    hit = inside & tissue[v, u] & (d > 0) & (z < d * (1 + BEHIND_REL))
+    seen[rows[hit]] = True
+    return seen
+
+
+def unpremultiply(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """Rendered colour (float 0..1, composited over black) divided by its alpha, where alpha > 0: the tissue's
+    own colour at pixels the Gaussians cover only partly."""
+    return np.clip(rgb / np.maximum(alpha, 1e-3)[..., None], 0.0, 1.0) * (alpha > 0)[..., None]
+
+
+def tint_inferred(rgb: np.ndarray, weight: np.ndarray, color: tuple[int, int, int] = (255, 0, 255),
+                  strength: float = 0.5) -> np.ndarray:
+    """`rgb` (uint8 HxWx3) blended towards `color` by `strength` x `weight` (HxW 0..1: the inferred Gaussians'
+    share of each pixel), so a guess never reads as an observation."""
+    k = (strength * np.clip(weight, 0.0, 1.0))[..., None]
+    out = rgb.astype(np.float32) * (1 - k) + np.asarray(color, np.float32) * k
+    return (out + 0.5).astype(np.uint8)

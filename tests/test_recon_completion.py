@@ -1,0 +1,121 @@
+"""Completion of hidden tissue (recon.completion): the membrane fill, the `inferred` flag through densification,
+checkpoints and PLY export, and inferred Gaussians replaced once the tissue shows."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from surg3d_nodes.data.synthetic import SynthConfig, generate
+from surg3d_nodes.recon.completion import membrane_fill, tint_inferred
+from surg3d_nodes.recon.config import Frame, TrainerConfig
+from surg3d_nodes.recon.io.checkpoint import load_reconstructor, save_checkpoint
+from surg3d_nodes.recon.io.ply import save_ply
+from surg3d_nodes.recon.runner import Reconstructor, StepSchedule
+from surg3d_nodes.recon.strategy import DefaultStrategy
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def scene():
+    return generate(SynthConfig(width=64, height=48, frames=8, instruments=2, camera_motion="moving", seed=3))
+
+
+def _frames(scene) -> list[Frame]:
+    return [Frame(f.stamp_ns, f.left, f.depth, f.mask, f.pose, scene.cam_left) for f in scene.frames]
+
+
+def _cfg(**kw) -> TrainerConfig:
+    base = dict(device="cpu", backend="torch", image_scale=1.0, knot_spacing_s=0.1, num_threads=1)
+    base.update(kw)
+    return TrainerConfig(**base)
+
+
+def test_membrane_fill_is_exact_on_a_plane_and_smooth_on_a_sphere():
+    h, w = 48, 64
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float64)
+    plane = 0.08 + 1e-4 * xs - 2e-4 * ys
+    hole = (np.abs(xs - 30) < 10) & (np.abs(ys - 20) < 12)
+    filled = membrane_fill(np.where(hole, np.nan, plane), ~hole)
+    assert np.abs(filled - plane)[hole].max() < 1e-6
+    # A sphere cap of radius 0.1 m seen along its axis, sagging ~2 mm across the hole: a membrane cannot bend
+    # (its Laplacian is zero) so it misses part of the sag, but stays within 1 mm and smooth (no step at the
+    # boundary).
+    r2 = ((xs - 32) ** 2 + (ys - 24) ** 2) * 1e-6
+    sphere = 0.18 - np.sqrt(0.1 ** 2 - r2)
+    filled = membrane_fill(np.where(hole, 0.0, sphere), ~hole)
+    assert np.abs(filled - sphere)[hole].max() < 1e-3
+    assert np.abs(np.diff(filled, axis=1)).max() < 2 * np.abs(np.diff(sphere, axis=1)).max()
+
+
+def test_hidden_tissue_is_inferred_then_replaced_when_it_shows(scene):
+    frames = _frames(scene)
+    rec = Reconstructor(_cfg())
+    assert rec.add_frame(frames[0])
+    tool = scene.frames[0].mask > 0
+    assert tool.any()
+    n_inf = int(rec.model.inferred.sum())
+    assert 0 < n_inf < rec.model.num_gaussians
+    # Every instrument pixel is covered after completion, the surface continued under it to within 1 mm.
+    _, depth, alpha = rec.render_view(frames[0].pose, rec.time_of(frames[0].stamp_ns))
+    assert (alpha[tool] > 0.5).mean() > 0.99
+    err = np.abs(depth - scene.frames[0].tissue_depth)[tool]
+    assert np.nanmean(err) < 1e-3
+    # The same frame with no instrument shows all the tissue: every inferred Gaussian is replaced.
+    f = frames[0]
+    clear = Frame(f.stamp_ns + 1, scene.frames[0].tissue_left, scene.frames[0].tissue_depth,
+                  np.zeros_like(f.mask), f.pose, f.camera)
+    assert rec.add_frame(clear)
+    assert int(rec.model.inferred.sum()) == 0
+    _, _, alpha = rec.render_view(f.pose, rec.time_of(clear.stamp_ns))
+    assert (alpha[tool] > 0.5).mean() > 0.99          # observed Gaussians took their place
+    assert rec.get_stats().inferred_share == 0.0
+
+
+def test_completion_can_be_switched_off(scene):
+    rec = Reconstructor(_cfg(complete_hidden=False))
+    rec.add_frame(_frames(scene)[0])
+    assert rec.model.num_gaussians > 0 and not rec.model.inferred.any()
+
+
+def test_flag_survives_densification_checkpoint_and_ply(scene, tmp_path):
+    strategy = DefaultStrategy(grad_threshold=0.0, split_radius_px=3.0, prune_opacity=0.0)
+    rec = Reconstructor(_cfg(), strategy=strategy)
+    rec.add_frame(_frames(scene)[0])
+    m = rec.model
+    n0, flag0 = m.num_gaussians, m.inferred.clone()
+    assert flag0.any() and (~flag0).any()
+    # Every Gaussian is a candidate: odd ones split (large on screen), even ones are cloned.
+    strategy.grad_acc[:] = 1.0
+    strategy.grad_cnt[:] = 1.0
+    strategy.max_rad[:] = torch.arange(n0) % 2 * 10.0
+    first = m.params["means"].detach().clone()
+    strategy.refine(m, rec.optimizer, rec.scene_depth)
+    clone, split = torch.arange(0, n0, 2), torch.arange(1, n0, 2)
+    assert m.num_gaussians == clone.numel() * 2 + split.numel() * 2
+    assert m.inferred.shape == (m.num_gaussians,)
+    # Kept parents (the cloned ones), then their clones, then two children per split parent, in order.
+    expect = torch.cat([flag0[clone], flag0[clone], flag0[split], flag0[split]])
+    assert torch.equal(m.inferred, expect)
+    assert torch.equal(m.params["means"].detach()[clone.numel():2 * clone.numel()], first[clone])
+    rec.step(StepSchedule(densify=False))      # the model still trains after the refinement
+    path = save_checkpoint(rec, tmp_path / "c.pt")
+    back = load_reconstructor(path, device="cpu")
+    assert torch.equal(back.model.inferred, m.inferred)
+    ply = save_ply(tmp_path / "m.ply", m, 0.0)
+    raw = ply.read_bytes()
+    head, body = raw.split(b"end_header\n", 1)
+    names = [ln.split()[-1].decode() for ln in head.splitlines() if ln.startswith(b"property")]
+    assert names[-1] == "inferred"
+    data = np.frombuffer(body, dtype=[(k, "<f4") for k in names])
+    assert np.array_equal(data["inferred"] > 0.5, m.inferred.numpy())
+
+
+def test_tint_marks_only_inferred_pixels():
+    rgb = np.full((4, 4, 3), 100, np.uint8)
+    w = np.zeros((4, 4), np.float32)
+    w[0, 0] = 1.0
+    out = tint_inferred(rgb, w)
+    assert np.array_equal(out[1:], rgb[1:]) and not np.array_equal(out[0, 0], rgb[0, 0])
