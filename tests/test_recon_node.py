@@ -105,7 +105,10 @@ def test_trainer_node(ros_env, ros_node, scene, tmp_path):
         sent = {f.stamp_ns for f in scene.frames[:6]}
         assert {stamp_to_ns(m.header.stamp) for m in got.get(topics.RECON_POINTS)} <= sent
         pts = msg_to_pointcloud(got.last(topics.RECON_POINTS))
-        assert set(pts.dtype.names) == {"x", "y", "z", "rgb", "opacity", "scale"} and len(pts) > 100
+        assert set(pts.dtype.names) == {"x", "y", "z", "rgb", "opacity", "scale", "inferred"} and len(pts) > 100
+        # Tissue under the instrument is completed and flagged: in the cloud and as a share in the status.
+        assert set(np.unique(pts["inferred"])) == {0.0, 1.0}
+        assert 0.0 < got.last(topics.RECON_STATUS).inferred_share < 0.5
         assert np.nanmedian(pts["z"]) == pytest.approx(np.nanmedian(scene.frames[0].depth), rel=0.2)
         assert wait_until(lambda: got.last(topics.RECON_RENDER) is not None
                      and got.last(topics.RECON_DEOCCLUDED) is not None, 20)
@@ -143,7 +146,8 @@ def test_trainer_node(ros_env, ros_node, scene, tmp_path):
             return Parameter(name=name, value=ParameterValue(**value))
         live = call_service(ros_node, SetParameters, "/trainer/set_parameters", SetParameters.Request(parameters=[
             param("max_gaussians", type=ParameterType.PARAMETER_INTEGER, integer_value=123456),
-            param("points_rate", type=ParameterType.PARAMETER_DOUBLE, double_value=0.0)]))
+            param("points_rate", type=ParameterType.PARAMETER_DOUBLE, double_value=0.0),
+            param("deoccluded_tint_inferred", type=ParameterType.PARAMETER_BOOL, bool_value=False)]))
         assert all(r.successful for r in live.results), live
         fixed = call_service(ros_node, SetParameters, "/trainer/set_parameters", SetParameters.Request(parameters=[
             param("device", type=ParameterType.PARAMETER_STRING, string_value="cuda")]))

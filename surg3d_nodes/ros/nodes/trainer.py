@@ -4,9 +4,10 @@ Subscribes /stereo/left/image_rect + /stereo/left/camera_info_rect, /depth/image
 /camera/pose; pairs image, depth, mask and pose by stamp (core.sync; `use_depth`/`use_mask` drop an input,
 `static_pose` replaces the pose topic by the identity for a fixed endoscope) and feeds core.trainer's
 OnlineTrainer, whose own thread trains (ingestion never blocks the callbacks). Timers publish at their
-rates /recon/points (PointCloud2 x y z rgb opacity scale, world frame), /recon/render/image and
+rates /recon/points (PointCloud2 x y z rgb opacity scale inferred, world frame), /recon/render/image and
 /recon/render/depth at the live pose, /recon/deoccluded/image (live image with instrument pixels replaced
-by the rendering) and /recon/status. Services: /recon/pause, /recon/resume, /recon/reset (Trigger),
+by the rendering, tissue no camera has shown tinted: recon.completion) and /recon/status. Services:
+/recon/pause, /recon/resume, /recon/reset (Trigger),
 /recon/save (SaveModel: ply | checkpoint), /recon/load (LoadCheckpoint), /recon/render_view (RenderView);
 topic /recon/view_request (ViewRequest) -> /recon/view/image. The operator's regions of interest
 (/recon/roi, latched, updates by id) are weighted in training (recon.regions); their PSNR is in the heartbeat.
@@ -35,6 +36,7 @@ from surg3d_msgs.msg import RegionOfInterest, TrainerStatus, ViewRequest
 from surg3d_msgs.srv import LoadCheckpoint, RenderView, SaveModel
 from surg3d_nodes.common.camera import scale_intrinsics
 from surg3d_nodes.perception.sync import ApproxTimeSync
+from surg3d_nodes.recon.completion import tint_inferred, unpremultiply
 from surg3d_nodes.recon.config import Frame, TrainerConfig
 from surg3d_nodes.recon.io.checkpoint import load_checkpoint, save_checkpoint
 from surg3d_nodes.recon.online import OnlineTrainer
@@ -70,6 +72,7 @@ class TrainerNode(SurgNode):
         self.points_max = p.points_max
         self.points_min_opacity = p.points_min_opacity
         self.points_on_frame_rate = p.points_on_frame_rate
+        self.deocc_tint = p.deoccluded_tint_inferred
         self._points_frames = -1               # frames_used when the last cloud was taken
         self._points_last = 0.0                # monotonic time of the last cloud
         self.trainer = OnlineTrainer(self.cfg)
@@ -157,6 +160,8 @@ class TrainerNode(SurgNode):
                 timer.cancel()
         elif name == "points_on_frame_rate":
             self.points_on_frame_rate = value
+        elif name == "deoccluded_tint_inferred":
+            self.deocc_tint = bool(value)
 
     # ------------------------------------------------------------------ inputs
     def on_info(self, msg: CameraInfo) -> None:
@@ -232,7 +237,8 @@ class TrainerNode(SurgNode):
             keep = keep[np.argsort(-s.opacities[keep])[:self.points_max]]
         cols = (s.colors[keep] * 255.0 + 0.5).astype(np.uint8)
         fields = {"x": s.points[keep, 0], "y": s.points[keep, 1], "z": s.points[keep, 2],
-                  "rgb": pack_rgb(cols), "opacity": s.opacities[keep], "scale": s.scales[keep]}
+                  "rgb": pack_rgb(cols), "opacity": s.opacities[keep], "scale": s.scales[keep],
+                  "inferred": s.inferred[keep].astype(np.float32)}
         self.points_pub.publish(pointcloud_to_msg(fields, s.stamp_ns, topics.WORLD_FRAME))
         if not self.counters["points_published"]:    # once: the model is out (launch logs and tests wait for it)
             self.get_logger().info(f"first cloud: {keep.size} points from {self._points_frames} frame(s)")
@@ -253,45 +259,52 @@ class TrainerNode(SurgNode):
         self.gaussians_pub.publish(pointcloud_to_msg(fields, ns or view.stamp_ns, topics.WORLD_FRAME))
         self.count("gaussians_published")
 
-    def _render_live(self) -> tuple[np.ndarray, np.ndarray, int] | None:
-        """Render at the live pose; the image and de-occlusion timers share one render when close in time."""
+    def _render_live(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, int] | None:
+        """Render (rgb, depth, alpha, stamp) at the live pose; the image and de-occlusion timers share one render
+        when close in time."""
         pose = self.trainer.live_pose()
         if pose is None or self.trainer.num_gaussians == 0:
             return None
         stamp = self.trainer.get_stats().last_frame_stamp
         c = self._render_cache
         if c is not None and c[1] == stamp and time.monotonic() - c[0] < self._render_max_age:
-            return c[2], c[3], stamp
+            return c[2], c[3], c[4], stamp
         try:
-            rgb, depth, _ = self.trainer.render_view(pose)
+            rgb, depth, alpha = self.trainer.render_view(pose)
         except RuntimeError:  # a reset (service thread) between the checks above and the render
             return None
-        self._render_cache = (time.monotonic(), stamp, rgb, depth)
-        return rgb, depth, stamp
+        self._render_cache = (time.monotonic(), stamp, rgb, depth, alpha)
+        return rgb, depth, alpha, stamp
 
     def publish_render(self) -> None:
         """Render at the live pose and newest time (training resolution)."""
         out = self._render_live()
         if out is None:
             return
-        rgb, depth, stamp = out
+        rgb, depth, _, stamp = out
         self.render_pub.publish(image_to_msg(rgb, "rgb8", stamp, self._frame_id()))
         self.render_depth_pub.publish(image_to_msg(depth, "32FC1", stamp, self._frame_id()))
 
     def publish_deoccluded(self) -> None:
-        """Live image with instrument pixels replaced by the rendered tissue."""
+        """Live image with instrument pixels replaced by the rendered tissue (un-premultiplied); pixels that
+        inferred Gaussians make are tinted while `deoccluded_tint_inferred` is on (recon.completion)."""
         live = self._live
         out = self._render_live()
         if live is None or out is None:
             return
         rgb_live, mask, stamp = live
-        render = out[0]
+        render = (unpremultiply(out[0].astype(np.float32) / 255.0, out[2]) * 255.0 + 0.5).astype(np.uint8)
+        size = (rgb_live.shape[1], rgb_live.shape[0])
         if render.shape[:2] != rgb_live.shape[:2]:
-            render = cv2.resize(render, (rgb_live.shape[1], rgb_live.shape[0]),
-                                interpolation=cv2.INTER_LINEAR)
+            render = cv2.resize(render, size, interpolation=cv2.INTER_LINEAR)
         img = rgb_live.copy()
         if mask is not None:
             tool = mask > 0
+            if self.deocc_tint:
+                weight = self.trainer.view().inferred_weight(self.trainer.live_pose())
+                if weight.shape != tool.shape:
+                    weight = cv2.resize(weight, size, interpolation=cv2.INTER_LINEAR)
+                render = tint_inferred(render, weight)
             img[tool] = render[tool]
         self.deocc_pub.publish(image_to_msg(img, "rgb8", stamp, self._frame_id()))
 
@@ -309,7 +322,8 @@ class TrainerNode(SurgNode):
             num_gaussians=st.num_gaussians, iterations=st.iterations,
             iterations_per_second=float(st.iterations_per_second), loss=float(st.loss),
             loss_color=float(st.loss_color), loss_depth=float(st.loss_depth),
-            psnr_recent=float(st.psnr_recent), gpu_memory_mb=float(gpu), latency_ms=float(st.latency_ms),
+            psnr_recent=float(st.psnr_recent), inferred_share=float(st.inferred_share),
+            gpu_memory_mb=float(gpu), latency_ms=float(st.latency_ms),
             last_frame_stamp=ns_to_stamp(st.last_frame_stamp))
         self.status_pub.publish(msg)
 
