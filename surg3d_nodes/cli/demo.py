@@ -29,6 +29,7 @@ class DemoResult:
     quality: dict[str, float] = field(default_factory=dict)
     replay_state: str = ""
     scored: int = 0
+    strip: str = ""                # PNG: live | de-occluded (inferred tinted) | tissue truth
     done: bool = False
     error: str = ""
 
@@ -58,16 +59,38 @@ def score(render: np.ndarray, depth: np.ndarray, frame) -> dict[str, float]:
     return out
 
 
+def write_strip(reader, deoccluded: dict, path: Path) -> str:
+    """Write live | de-occluded (inferred pixels tinted) | tissue-only truth of the newest de-occluded image
+    that matches a clip frame with instruments in view; returns the path ('' when none matched)."""
+    import cv2
+
+    from surg3d_nodes.ros.convert import msg_to_image
+
+    frames = {reader.frame(i).stamp_ns: i for i in range(len(reader))}
+    for stamp in sorted(deoccluded, reverse=True):
+        f = reader.frame(frames[stamp]) if stamp in frames else None
+        if f is None or "tissue" not in f.extras or f.mask is None or not (f.mask > 0).any():
+            continue
+        img = msg_to_image(deoccluded[stamp], "rgb8")
+        if img.shape != f.left.shape:
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(path), cv2.cvtColor(np.hstack([f.left, img, f.extras["tissue"]]), cv2.COLOR_RGB2BGR))
+        return str(path)
+    return ""
+
+
 def watch(sup: Supervisor, res: DemoResult, args: argparse.Namespace, domain_id: int | None,
           clip: Path | None) -> None:
     """Follow the trainer until every frame is in and it trained `--train-seconds` more, then save and score."""
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
+    from sensor_msgs.msg import Image
 
     from surg3d_msgs.msg import NodeStatus, TrainerStatus
     from surg3d_msgs.srv import RenderView, SaveModel
     from surg3d_nodes.ros import topics
-    from surg3d_nodes.ros.convert import msg_to_image, pose_to_msg
+    from surg3d_nodes.ros.convert import msg_to_image, pose_to_msg, stamp_to_ns
 
     ctx = rclpy.Context()
     rclpy.init(context=ctx, domain_id=domain_id)
@@ -82,6 +105,14 @@ def watch(sup: Supervisor, res: DemoResult, args: argparse.Namespace, domain_id:
             res.replay_state = next((kv.value for kv in m.values if kv.key == "state"), res.replay_state)
 
     node.create_subscription(NodeStatus, topics.NODE_STATUS, on_node_status, 50)
+    deoccluded: dict[int, object] = {}          # the newest de-occluded images by stamp
+
+    def on_deoccluded(m) -> None:
+        deoccluded[stamp_to_ns(m.header.stamp)] = m
+        while len(deoccluded) > 64:
+            del deoccluded[min(deoccluded)]
+
+    node.create_subscription(Image, topics.RECON_DEOCCLUDED, on_deoccluded, 10)
 
     def call(client, request, timeout: float):
         if not client.wait_for_service(timeout_sec=timeout):
@@ -139,6 +170,7 @@ def watch(sup: Supervisor, res: DemoResult, args: argparse.Namespace, domain_id:
                 for k, v in score(msg_to_image(out.color, "rgb8"), msg_to_image(out.depth, "32FC1"), f).items():
                     if math.isfinite(v):
                         scores.setdefault(k, []).append(v)
+            res.strip = write_strip(reader, dict(deoccluded), args.out / "deoccluded_strip.png")
             res.quality = {k: float(np.mean(v)) for k, v in scores.items()}
             res.scored = len(idx)
         res.done = True
@@ -216,6 +248,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{'trainer:':<24}{s.backend} on {s.device}: {s.frames_received} frames received, "
               f"{s.frames_used} used, {s.frames_skipped} skipped, "
               f"{s.num_gaussians} Gaussians, {s.iterations} iterations ({s.iterations_per_second:.1f}/s)")
+        print(f"{'inferred Gaussians:':<24}{100 * s.inferred_share:.2f} %  (tissue no camera has shown, completed "
+              "and flagged)")
     labels = {"psnr_star": ("PSNR* (tissue)", "dB"), "coverage": ("tissue covered", "%"),
               "deocc_psnr": ("de-occlusion PSNR", "dB"), "deocc_coverage": ("hidden tissue covered", "%"),
               "depth_rmse_mm": ("depth RMSE (tissue)", "mm")}
@@ -224,6 +258,8 @@ def main(argv: list[str] | None = None) -> int:
         value = 100 * v if unit == "%" else v
         print(f"{label + ':':<24}{value:.2f} {unit}  (vs ground truth, mean of {res.scored} frames)")
     print(f"{'model (PLY):':<24}{res.ply or 'not saved'}")
+    if clip is not None:
+        print(f"{'de-occlusion strip:':<24}{res.strip or 'no de-occluded image of a frame with instruments'}")
     print(f"{'recording (MCAP):':<24}{recordings[-1] if recordings else 'none'}")
     if res.error or not res.done:
         print(f"surg3d demo: FAILED: {res.error or 'interrupted before the model was saved and scored'}",
