@@ -13,7 +13,9 @@ def build_parser() -> argparse.ArgumentParser:
     """Argument parser of `surg3d eval`."""
     p = argparse.ArgumentParser(prog="surg3d eval", description=__doc__)
     p.add_argument("kind", choices=["endonerf"], help="dataset layout")
-    p.add_argument("path", help="clip directory (images/, depth/, masks/, poses_bounds.npy)")
+    p.add_argument("path", help="clip directory (images/, depth/, masks/, poses_bounds.npy; with tissue/ and "
+                                "tissue_depth/, as `surg3d synth` writes, the de-occlusion under the instruments is "
+                                "scored too: seen-before / never-seen PSNR and SSIM, depth RMSE, Telea baseline)")
     p.add_argument("--mode", choices=["offline", "stream", "online"], default="offline",
                    help="offline: all training frames known, fixed budget; stream: frames in time order, "
                         "--iterations-per-frame live steps after each (deterministic); online: the threaded "
