@@ -20,8 +20,13 @@ NODE = textwrap.dedent("""
     class Stuck(SurgNode):
         def __init__(self, **kwargs):
             super().__init__("stuck", **kwargs)
-            self.create_timer(0.1, lambda: None)
-            print("up", flush=True)
+            self.said = False
+            self.create_timer(0.1, self.up)
+
+        def up(self):   # from the spin loop: the runtime's signal handlers are installed by then
+            if not self.said:
+                self.said = True
+                print("up", flush=True)
 
         def close(self):
             print("closing", flush=True)
