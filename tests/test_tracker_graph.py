@@ -60,6 +60,12 @@ def _publish_frames(ros_node, frames, cam, with_depth: bool = True) -> dict[int,
     pubs = {t: ros_node.create_publisher(cls, t, qos_profile_sensor_data) for t, cls in
             ((topics.LEFT_RECT, Image), (topics.LEFT_RECT_INFO, CameraInfo), (topics.DEPTH, Image),
              (topics.INSTRUMENT_MASK, Image))}
+    # each publisher matched with the node's subscription before its first frame: best-effort loses what is
+    # sent before (a first frame lost so failed in CI)
+    used = [topics.LEFT_RECT, topics.LEFT_RECT_INFO] + ([topics.DEPTH, topics.INSTRUMENT_MASK] if with_depth else [])
+    end = time.monotonic() + 20
+    while not all(pubs[t].get_subscription_count() > 0 for t in used) and time.monotonic() < end:
+        time.sleep(0.05)
     stamps = {}
     for i, (rgb, depth, mask, stamp) in enumerate(frames):
         pubs[topics.LEFT_RECT_INFO].publish(camera_to_msg(cam, stamp))

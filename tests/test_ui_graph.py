@@ -98,7 +98,7 @@ def test_browser_on_the_replay_graph(graph, tmp_path) -> None:
     try:
         run = subprocess.run(["node", str(UI_TESTS / "e2e.mjs"), f"http://127.0.0.1:{server.server_address[1]}/",
                               str(artifacts)], cwd=UI_TESTS, capture_output=True, text=True,
-                             timeout=240, env={**os.environ, "SURG3D_E2E_TIMEOUT_MS": "120000"})
+                             timeout=480, env={**os.environ, "SURG3D_E2E_TIMEOUT_MS": "120000"})
     finally:
         server.shutdown()
     result = json.loads(run.stdout.strip().splitlines()[-1]) if run.stdout.strip() else {}
