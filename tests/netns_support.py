@@ -5,8 +5,10 @@ Nothing touches the machine's own interfaces, and everything made is removed on 
 
 from __future__ import annotations
 
+import os
 import re
 import secrets
+import signal
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -38,7 +40,20 @@ def two_hosts() -> Iterator[dict[str, dict[str, str]]]:
         yield hosts
     finally:
         for h in hosts.values():     # deleting a namespace deletes its end of the pair, and so the pair
+            kill_all(h)              # a process left in it would outlive it, unreachable
             subprocess.run(["ip", "netns", "del", h["ns"]], capture_output=True, timeout=10)
+
+
+def kill_all(h: dict[str, str]) -> int:
+    """SIGKILL every process in host `h`'s namespace at once (a crash of that host); returns how many."""
+    out = subprocess.run(["ip", "netns", "pids", h["ns"]], capture_output=True, text=True, timeout=10).stdout
+    pids = [int(p) for p in out.split()]
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return len(pids)
 
 
 def drop(hosts: dict[str, dict[str, str]], probability: float | None) -> int:
