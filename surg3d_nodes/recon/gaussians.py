@@ -37,6 +37,7 @@ class GaussianConfig:
 
     sh_degree: int = TrainerConfig.sh_degree
     knot_spacing: float = TrainerConfig.knot_spacing_s
+    knots_at_frames: bool = TrainerConfig.knots_at_frames
     max_knots: int = TrainerConfig.max_knots
     deform_scale: bool = TrainerConfig.deform_scale
     init_opacity: float = TrainerConfig.init_opacity
@@ -169,13 +170,20 @@ class GaussianModel:
 
     # ----------------------------------------------------------------- growth
     def ensure_time(self, t: float) -> int:
-        """Append knots every `knot_spacing` (copies of the last one) until time t is covered; returns
-        how many were added."""
+        """Cover time t with knots (copies of the last one); returns how many were added. On a grid: every
+        `knot_spacing` until t. With `knots_at_frames`: one knot at t itself when t is at least `knot_spacing`
+        after the last knot (a frame is then fitted by its own knot, and a time between two frames
+        interpolates their fitted states)."""
         last, step = self.knot_times[-1], self.cfg.knot_spacing
-        extra = max(0, int(np.ceil((t - last) / step - 1e-9)))
+        if self.cfg.knots_at_frames:
+            extra = int(t >= last + step - 1e-9)
+            new = [float(t)] * extra
+        else:
+            extra = max(0, int(np.ceil((t - last) / step - 1e-9)))
+            new = [last + step * (i + 1) for i in range(extra)]
         if extra == 0:
             return 0
-        self.knot_times += [last + step * (i + 1) for i in range(extra)]
+        self.knot_times += new
         for name in self.KNOT_KEYS:
             if name in self.params:
                 k = self.params[name].detach()

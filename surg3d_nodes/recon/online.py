@@ -228,8 +228,7 @@ class OnlineTrainer:
 
     def _throttled(self) -> bool:
         ipf = self.cfg.iterations_per_frame
-        st = self.recon.stats
-        return ipf > 0 and st.iterations >= ipf * st.frames_used
+        return ipf > 0 and self.recon.steps_spent() >= ipf * self.recon.stats.frames_used
 
     def _drain(self, max_frames: int) -> bool:
         got = 0

@@ -24,6 +24,7 @@ import torch
 
 from surg3d_nodes.common.camera import scale_intrinsics
 from surg3d_nodes.common.geometry import backproject
+from surg3d_nodes.recon.colour_fit import fit_colours
 from surg3d_nodes.recon.completion import hidden_seeds, recolour_inferred, seen_inferred
 from surg3d_nodes.recon.config import Frame, TrainerConfig
 from surg3d_nodes.recon.flow_tracks import FlowTrackConfig, update_tracks
@@ -74,7 +75,8 @@ class TrainerStats:
     skip_reasons: dict = field(default_factory=dict)
     keyframes: int = 0
     num_gaussians: int = 0
-    iterations: int = 0
+    iterations: int = 0                  # Adam steps
+    colour_fit_steps: int = 0            # what the colour fits cost, in training steps (recon.colour_fit)
     iterations_per_second: float = 0.0
     loss: float = 0.0
     loss_color: float = 0.0
@@ -104,6 +106,7 @@ class StepSchedule:
     """How one training step runs (the live loop and the offline loop differ only in this)."""
 
     recent_fraction: float = 0.0   # probability of training on one of the newest frames (else any keyframe)
+    refit_fraction: float = 0.0    # probability that a step refits the sampled frame's colours (recon.colour_fit)
     lr_scale: float = 1.0          # factor on the position learning rates (offline: exponential decay)
     densify: bool = True           # let the densification strategy refine when due
     grow_every: int = 0            # every this many steps, grow where the newest frame is unexplained (0: never)
@@ -111,13 +114,14 @@ class StepSchedule:
     @classmethod
     def live(cls, cfg: TrainerConfig) -> StepSchedule:
         """The live schedule: newest frames favoured, constant rates, densification and growth throughout."""
-        return cls(cfg.recent_fraction, 1.0, True, cfg.add_check_every)
+        return cls(cfg.recent_fraction, cfg.colour_refit_fraction, 1.0, True, cfg.add_check_every)
 
     @classmethod
     def offline(cls, cfg: TrainerConfig, i: int, iterations: int) -> StepSchedule:
         """Step `i` of a fixed budget over a fixed set of frames: uniform sampling, position rates decaying
         to `lr_final_factor`, densification until `refine_stop_fraction` of the budget."""
-        return cls(0.0, cfg.lr_final_factor ** (i / max(1, iterations - 1)), i < cfg.refine_stop_fraction * iterations)
+        return cls(0.0, cfg.colour_refit_fraction, cfg.lr_final_factor ** (i / max(1, iterations - 1)),
+                   i < cfg.refine_stop_fraction * iterations)
 
 
 def pick_device(device: str) -> torch.device:
@@ -263,7 +267,8 @@ class Reconstructor:
         self.rng = np.random.default_rng(cfg.seed)
         c = cfg
         self.model = GaussianModel(GaussianConfig(
-            sh_degree=c.sh_degree, knot_spacing=c.knot_spacing_s, max_knots=c.max_knots,
+            sh_degree=c.sh_degree, knot_spacing=c.knot_spacing_s, knots_at_frames=c.knots_at_frames,
+            max_knots=c.max_knots,
             deform_scale=c.deform_scale, init_opacity=c.init_opacity, init_scale=c.init_scale,
             primitive=c.primitive), self.device)
         self.store = KeyframeStore(c.recent_window, c.keyframe_every, c.max_keyframes, self.rng)
@@ -313,6 +318,10 @@ class Reconstructor:
         self.regions = tuple(regions)
         if not self.regions:
             self.stats.psnr_regions = 0.0
+
+    def steps_spent(self) -> int:
+        """The training work done so far, in steps: Adam steps plus what the colour fits cost."""
+        return self.stats.iterations + self.stats.colour_fit_steps
 
     def get_stats(self) -> TrainerStats:
         """A copy of the statistics."""
@@ -374,6 +383,7 @@ class Reconstructor:
             self.grow_unexplained(kf, use_error=False)
             if self.cfg.complete_hidden:
                 self.complete_hidden(kf)
+        self.stats.colour_fit_steps += fit_colours(self.model, kf, self.backend, self.cfg.colour_fit_iterations)
         self.stats.frames_used += 1
         if self.on_frame is not None:
             self.on_frame()
@@ -567,6 +577,10 @@ class Reconstructor:
             return False
         t_start = time.monotonic()
         kf = self.store.sample(schedule.recent_fraction)
+        if schedule.refit_fraction > 0 and self.cfg.colour_fit_iterations > 0 \
+                and self.rng.random() < schedule.refit_fraction:
+            self.stats.colour_fit_steps += fit_colours(self.model, kf, self.backend, self.cfg.colour_fit_iterations)
+            return True
         loss, aux = self.loss(kf)
         loss.backward()
         params = self.model.params
@@ -637,11 +651,12 @@ ProgressFn = Callable[[int, TrainerStats], None]
 
 def train_offline(recon: Reconstructor, frames: Iterable[Frame], iterations: int,
                   progress: ProgressFn | None = None) -> TrainerStats:
-    """Offline: add all frames (in order, growing the model), then `iterations` steps of
-    `StepSchedule.offline`. `progress(iteration, stats)` is called every 50 steps (and with -frames_done
-    every 10 added frames)."""
+    """Offline: add all frames (in order, growing the model), then steps of `StepSchedule.offline` until
+    `iterations` steps are spent (the colour fits of the frames included: `Reconstructor.steps_spent`).
+    `progress(steps, stats)` is called about every 50 steps (and with -frames_done every 10 added frames)."""
     configure_torch_threads(recon.cfg)
     frames = list(frames)
+    start = recon.steps_spent()
     for i, f in enumerate(frames):
         recon.stats.frames_received += 1
         recon.add_frame(f)
@@ -649,10 +664,12 @@ def train_offline(recon: Reconstructor, frames: Iterable[Frame], iterations: int
             progress(-(i + 1), recon.get_stats())
     recon.stats.state = "running"
     t0 = time.monotonic()
-    for i in range(iterations):
-        recon.step(StepSchedule.offline(recon.cfg, i, iterations))
-        if progress is not None and (i + 1) % 50 == 0:
-            progress(i + 1, recon.get_stats())
+    reported = 0
+    while (done := recon.steps_spent() - start) < iterations:
+        recon.step(StepSchedule.offline(recon.cfg, done, iterations))
+        if progress is not None and done // 50 > reported:
+            reported = done // 50
+            progress(done, recon.get_stats())
     recon.stats.state = "idle"
     recon.stats.iterations_per_second = iterations / max(1e-9, time.monotonic() - t0)
     return recon.get_stats()
@@ -661,15 +678,17 @@ def train_offline(recon: Reconstructor, frames: Iterable[Frame], iterations: int
 def train_stream(recon: Reconstructor, frames: Iterable[Frame], iterations_per_frame: int,
                  after_frame: Callable[[int, Reconstructor], None] | None = None) -> TrainerStats:
     """Live training without a clock: frames arrive in order and each used frame is followed by exactly
-    `iterations_per_frame` steps of `StepSchedule.live` (what `OnlineTrainer` runs with the same setting,
-    minus the thread), so the result is deterministic and the same on any machine. `after_frame(i, recon)`
-    is called after frame i and its steps."""
+    `iterations_per_frame` steps, its colour fit included (`Reconstructor.steps_spent`), of `StepSchedule.live`
+    (what `OnlineTrainer` runs with the same setting, minus the thread), so the result is deterministic and
+    the same on any machine. `after_frame(i, recon)` is called after frame i and its steps."""
     configure_torch_threads(recon.cfg)
     recon.stats.state = "running"
+    budget = recon.steps_spent()       # a colour fit that overran the last frame's steps is taken from the next
     for i, f in enumerate(frames):
         recon.stats.frames_received += 1
         if recon.add_frame(f):
-            for _ in range(iterations_per_frame):
+            budget += iterations_per_frame
+            while recon.steps_spent() < budget:
                 recon.step(StepSchedule.live(recon.cfg))
         if after_frame is not None:
             after_frame(i, recon)
