@@ -1,5 +1,5 @@
-"""Completion of hidden tissue (recon.completion): the membrane fill, the `inferred` flag through densification,
-checkpoints and PLY export, and inferred Gaussians replaced once the tissue shows."""
+"""Completion of hidden tissue (recon.completion): the membrane fill, the `inferred` flag and the life spans
+through densification, checkpoints and PLY export, and inferred Gaussians replaced once the tissue shows."""
 
 from __future__ import annotations
 
@@ -63,12 +63,15 @@ def test_hidden_tissue_is_inferred_then_replaced_when_it_shows(scene):
     assert (alpha[tool] > 0.5).mean() > 0.99
     err = np.abs(depth - scene.frames[0].tissue_depth)[tool]
     assert np.nanmean(err) < 1e-3
-    # The same frame with no instrument shows all the tissue: every inferred Gaussian is replaced.
+    # The same frame with no instrument shows all the tissue: every inferred Gaussian is replaced from then on,
+    # while the first frame, fitted with them, keeps them.
     f = frames[0]
     clear = Frame(f.stamp_ns + 1, scene.frames[0].tissue_left, scene.frames[0].tissue_depth,
                   np.zeros_like(f.mask), f.pose, f.camera)
     assert rec.add_frame(clear)
-    assert int(rec.model.inferred.sum()) == 0
+    m = rec.model
+    assert not (m.inferred & m.alive(rec.time_of(clear.stamp_ns))).any()
+    assert int((m.inferred & m.alive(rec.time_of(f.stamp_ns))).sum()) == n_inf
     _, _, alpha = rec.render_view(f.pose, rec.time_of(clear.stamp_ns))
     assert (alpha[tool] > 0.5).mean() > 0.99          # observed Gaussians took their place
     assert rec.get_stats().inferred_share == 0.0
@@ -86,6 +89,8 @@ def test_flag_survives_densification_checkpoint_and_ply(scene, tmp_path):
     rec.add_frame(_frames(scene)[0])
     m = rec.model
     n0, flag0 = m.num_gaussians, m.inferred.clone()
+    m.life[:, 0] = -1.0 - torch.arange(n0, dtype=torch.float32)    # distinct spans, to follow them
+    life0 = m.life.clone()
     assert flag0.any() and (~flag0).any()
     # Every Gaussian is a candidate: odd ones split (large on screen), even ones are cloned.
     strategy.grad_acc[:] = 1.0
@@ -99,11 +104,12 @@ def test_flag_survives_densification_checkpoint_and_ply(scene, tmp_path):
     # Kept parents (the cloned ones), then their clones, then two children per split parent, in order.
     expect = torch.cat([flag0[clone], flag0[clone], flag0[split], flag0[split]])
     assert torch.equal(m.inferred, expect)
+    assert torch.equal(m.life, torch.cat([life0[clone], life0[clone], life0[split], life0[split]]))
     assert torch.equal(m.params["means"].detach()[clone.numel():2 * clone.numel()], first[clone])
     rec.step(StepSchedule(densify=False))      # the model still trains after the refinement
     path = save_checkpoint(rec, tmp_path / "c.pt")
     back = load_reconstructor(path, device="cpu")
-    assert torch.equal(back.model.inferred, m.inferred)
+    assert torch.equal(back.model.inferred, m.inferred) and torch.equal(back.model.life, m.life)
     ply = save_ply(tmp_path / "m.ply", m, 0.0)
     raw = ply.read_bytes()
     head, body = raw.split(b"end_header\n", 1)

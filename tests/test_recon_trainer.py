@@ -220,14 +220,15 @@ def test_offline_checkpoint_ply_and_deocclusion(scene, tmp_path):
         [f"f_rest_{i}" for i in range(9)] + ["opacity", "scale_0", "scale_1", "scale_2",
                                              "rot_0", "rot_1", "rot_2", "rot_3", "inferred"]
     assert list(ply) == expected
-    g = tr.model.evaluate(t_last)
-    np.testing.assert_allclose(np.stack([ply["x"], ply["y"], ply["z"]], 1), g["means"].detach().numpy(),
-                               atol=1e-6)
-    np.testing.assert_allclose(1 / (1 + np.exp(-ply["opacity"])), g["opacities"].detach().numpy(), atol=1e-5)
-    np.testing.assert_allclose(np.exp(ply["scale_0"]), g["scales"][:, 0].detach().numpy(), rtol=1e-5)
+    # Only the Gaussians alive then: inferred ones that later frames replaced by observed tissue are retired.
+    alive = tr.model.alive(t_last).numpy()
+    assert len(ply["x"]) == alive.sum() and (~alive).any()
+    g = {k: v.detach().numpy()[alive] for k, v in tr.model.evaluate(t_last).items()}
+    np.testing.assert_allclose(np.stack([ply["x"], ply["y"], ply["z"]], 1), g["means"], atol=1e-6)
+    np.testing.assert_allclose(1 / (1 + np.exp(-ply["opacity"])), g["opacities"], atol=1e-5)
+    np.testing.assert_allclose(np.exp(ply["scale_0"]), g["scales"][:, 0], rtol=1e-5)
     rgb_ply = 0.28209479177387814 * np.stack([ply[f"f_dc_{i}"] for i in range(3)], 1) + 0.5
-    np.testing.assert_allclose(np.clip(rgb_ply, 0, None),
-                               tr.model.evaluate(t_last, None)["colors"].detach().numpy(), atol=1e-5)
+    np.testing.assert_allclose(np.clip(rgb_ply, 0, None), g["colors"], atol=1e-5)
     q = np.stack([ply[f"rot_{i}"] for i in range(4)], 1)
     np.testing.assert_allclose(np.linalg.norm(q, axis=1), 1.0, atol=1e-5)
 
@@ -251,7 +252,7 @@ def test_checkpoint_during_training_reloads_identically(scene, tmp_path):
     pose, t = fr[4].pose, loaded.time_of(fr[4].stamp_ns)
     from surg3d_nodes.recon.render import RenderCamera, render
     cam = RenderCamera.from_ros(pose, scene.cam_left.intrinsics(), 64, 48)
-    ref = render(loaded.model, cam, t, backend="torch", params=state["params"])
+    ref = render(loaded.model, cam, t, backend="torch", params={**state["params"], "life": state["life"]})
     out = loaded.render_view(pose, t)
     assert torch.equal(render(loaded.model, cam, t, backend="torch").rgb, ref.rgb)
     assert np.array_equal(out[0], (ref.rgb.clamp(0, 1) * 255 + 0.5).to(torch.uint8).numpy())

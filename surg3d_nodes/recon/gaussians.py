@@ -11,8 +11,12 @@ the newest knots keep the full one. Gaussians born later inherit the motion of t
 neighbour so they follow the tissue they belong to.
 
 Every Gaussian also carries an `inferred` flag (a boolean buffer, never trained): True for Gaussians seeded by
-the completion of tissue no camera has seen (`recon.completion`), False for observed tissue. `append`, `select`
-and `load_params` keep it aligned with the parameter rows.
+the completion of tissue no camera has seen (`recon.completion`), False for observed tissue; and a `life` span
+[N,2] (born, retired) in model time, outside which it is invisible. Tissue added to explain a new frame, or
+inferred under its instruments, is born at the knot before that frame (the times between the two frames see it)
+and does not change how the model shows the earlier frames, which it has already fitted; an inferred Gaussian
+that a later frame replaces by observed tissue is retired at that frame, not deleted, for the same reason.
+`append`, `select` and `load_params` keep both aligned with the parameter rows.
 """
 
 from __future__ import annotations
@@ -68,6 +72,7 @@ class GaussianModel:
         self.knot_times: list[float] = [float(time_origin)]
         self.params: dict[str, torch.Tensor] = {}
         self.inferred = torch.zeros(0, dtype=torch.bool, device=self.device)
+        self.life = torch.zeros(0, 2, device=self.device)
         self._allocate(0, 1)
 
     # ----------------------------------------------------------------- structure
@@ -124,6 +129,7 @@ class GaussianModel:
         `params` lets a caller evaluate a detached copy (thread-safe rendering); default: own params.
         """
         p = self.params if params is None else params
+        alive = self.alive(t, params)
         means = p["means"] + self._interp(p, "pos_knots", t)
         log_s = p["log_scales"]
         if "scale_knots" in p:
@@ -137,9 +143,14 @@ class GaussianModel:
             "means": means,
             "quats": p["quats"],
             "scales": torch.exp(log_s).clamp(min=self.cfg.min_scale),
-            "opacities": torch.sigmoid(p["opacity_logits"]),
+            "opacities": torch.sigmoid(p["opacity_logits"]) * (1.0 if alive is None else alive.to(means.dtype)),
             "colors": rgb.clamp(min=0.0),
         }
+
+    def alive(self, t: float, params: dict[str, torch.Tensor] | None = None) -> torch.Tensor | None:
+        """[N] bool: the Gaussians whose `life` span contains time t (None for a parameter copy without one)."""
+        life = self.life if params is None else params.get("life")
+        return None if life is None else (life[:, 0] < t) & (t < life[:, 1])
 
     def track_at(self, t: float, name: str) -> torch.Tensor:
         """Value [N,3] of track `name` (pos_knots, col_knots, scale_knots) of every Gaussian at time t."""
@@ -160,12 +171,13 @@ class GaussianModel:
             k[rows, i1] += r / max(w, 0.5)
 
     def detached_copy(self) -> dict[str, torch.Tensor]:
-        """A consistent detached copy of all parameters plus `knot_times` (a float64 tensor) and the
-        `inferred` flags, so it can be evaluated while training adds or removes knots (take it under the
-        trainer's lock)."""
+        """A consistent detached copy of all parameters plus `knot_times` (a float64 tensor), the `inferred`
+        flags and the `life` spans, so it can be evaluated while training adds or removes knots (take it under
+        the trainer's lock)."""
         copy = {k: v.detach().clone() for k, v in self.params.items()}
         copy["knot_times"] = torch.tensor(self.knot_times, dtype=torch.float64)
         copy["inferred"] = self.inferred.clone()
+        copy["life"] = self.life.clone()
         return copy
 
     # ----------------------------------------------------------------- growth
@@ -274,28 +286,38 @@ class GaussianModel:
                 rows[name] = src - here[:, None, :]
         return rows
 
-    def append(self, rows: dict[str, torch.Tensor], inferred: torch.Tensor | bool = False) -> None:
-        """Append parameter rows (from `new_gaussians` or densification) with their `inferred` flags (one
-        bool for all rows, or a bool tensor per row: densification copies its parents')."""
+    def birth_time(self, t: float) -> float:
+        """The birth of a Gaussian added at time t: the knot before t (-inf when t is on the first)."""
+        i = bisect_right(self.knot_times, t - 1e-9) - 1
+        return self.knot_times[i] if i >= 0 and t > self.knot_times[0] + 1e-9 else float("-inf")
+
+    def append(self, rows: dict[str, torch.Tensor], inferred: torch.Tensor | bool = False,
+               life: torch.Tensor | tuple[float, float] = (float("-inf"), float("inf"))) -> None:
+        """Append parameter rows (from `new_gaussians` or densification) with their `inferred` flags and
+        `life` spans (one (born, retired) for all rows, or an [M,2] tensor: densification copies its parents')."""
         n = int(rows["means"].shape[0])
         flags = torch.as_tensor(inferred, dtype=torch.bool, device=self.device).expand(n)
+        spans = torch.as_tensor(life, dtype=torch.float32, device=self.device).expand(n, 2)
         self.params = {k: torch.cat([v.detach(), rows[k].to(v)], 0).requires_grad_()
                        for k, v in self.params.items()}
         self.inferred = torch.cat([self.inferred, flags])
+        self.life = torch.cat([self.life, spans])
 
     def select(self, keep: torch.Tensor) -> None:
         """Keep only the Gaussians where the boolean mask `keep` is True."""
         self.params = {k: v.detach()[keep].requires_grad_() for k, v in self.params.items()}
         self.inferred = self.inferred[keep]
+        self.life = self.life[keep]
 
     def inferred_share(self) -> float:
-        """Fraction of the Gaussians that are inferred (0 for an empty model)."""
-        return float(self.inferred.float().mean()) if self.inferred.numel() else 0.0
+        """Fraction of the Gaussians alive now (not retired) that are inferred (0 for an empty model)."""
+        now = torch.isinf(self.life[:, 1])
+        return float(self.inferred[now].float().mean()) if bool(now.any()) else 0.0
 
     def load_params(self, params: dict[str, torch.Tensor], knot_times: list[float],
-                    inferred: torch.Tensor | None = None) -> None:
-        """Replace all parameters (checkpoint restore) and the `inferred` flags (None: all observed); keys
-        must match this model's configuration."""
+                    inferred: torch.Tensor | None = None, life: torch.Tensor | None = None) -> None:
+        """Replace all parameters (checkpoint restore), the `inferred` flags (None: all observed) and the
+        `life` spans (None: all alive throughout); keys must match this model's configuration."""
         if set(params) != set(self.params):
             raise ValueError(f"checkpoint parameters {sorted(params)} do not match the model's "
                              f"{sorted(self.params)}")
@@ -305,6 +327,10 @@ class GaussianModel:
         n = int(params["means"].shape[0])
         if inferred is not None and inferred.shape != (n,):
             raise ValueError(f"checkpoint has {tuple(inferred.shape)} inferred flags for {n} Gaussians")
+        if life is not None and life.shape != (n, 2):
+            raise ValueError(f"checkpoint has {tuple(life.shape)} life spans for {n} Gaussians")
         self.params = {k: v.detach().to(self.device).clone().requires_grad_() for k, v in params.items()}
         self.inferred = (torch.zeros(n, dtype=torch.bool) if inferred is None else inferred.bool()).to(self.device)
+        always = torch.tensor([float("-inf"), float("inf")]).expand(n, 2)
+        self.life = (always if life is None else life.float()).to(self.device).clone()
         self.knot_times = [float(x) for x in knot_times]

@@ -488,22 +488,19 @@ class Reconstructor:
         pts_w = pts_c @ kf.pose[:3, :3].T + kf.pose[:3, 3]
         cols = kf.rgb[ys, xs].cpu().numpy()
         rows = self.model.new_gaussians(pts_w, cols, kf.t, camera_rotation=kf.pose[:3, :3])
-        self.model.append(rows)
+        self.model.append(rows, life=(self.model.birth_time(kf.t), float("inf")))
         self.optimizer.append(int(ys.numel()))
         self.strategy.grow(int(ys.numel()))
         return int(ys.numel())
 
     @torch.no_grad()
     def retire_inferred(self, kf: Keyframe) -> int:
-        """Prune the inferred Gaussians that `kf` shows as tissue, so the frame's observed Gaussians replace
-        them (recon.completion); returns how many. The densification statistics start over when any go."""
-        seen = seen_inferred(self.model, kf, self.cfg.complete_margin_px)
-        n = int(seen.sum())
-        if n:
-            self.model.select(~seen)
-            self.optimizer.select(~seen)
-            self.strategy.reset(self.model.num_gaussians, self.device)
-        return n
+        """Retire the inferred Gaussians that `kf` shows as tissue at its time, so the frame's observed Gaussians
+        replace them from then on (recon.completion) while the earlier frames, fitted with them, keep them;
+        returns how many."""
+        seen = seen_inferred(self.model, kf, self.cfg.complete_margin_px) & self.model.alive(kf.t)
+        self.model.life[seen, 1] = kf.t
+        return int(seen.sum())
 
     @torch.no_grad()
     def complete_hidden(self, kf: Keyframe) -> int:
@@ -526,7 +523,7 @@ class Reconstructor:
             return 0
         pts_w = pts_c @ kf.pose[:3, :3].T + kf.pose[:3, 3]
         self.model.append(self.model.new_gaussians(pts_w, cols, kf.t, camera_rotation=kf.pose[:3, :3]),
-                          inferred=True)
+                          inferred=True, life=(self.model.birth_time(kf.t), float("inf")))
         self.optimizer.append(len(pts_c))
         self.strategy.grow(len(pts_c))
         return len(pts_c)
@@ -612,7 +609,7 @@ class Reconstructor:
         """Everything a trainer needs to continue: tensors, arrays and plain containers only."""
         m = self.model
         return {"config": asdict(self.cfg), "params": {k: v.detach().cpu() for k, v in m.params.items()},
-                "inferred": m.inferred.cpu(), "knot_times": list(m.knot_times),
+                "inferred": m.inferred.cpu(), "life": m.life.cpu(), "knot_times": list(m.knot_times),
                 "optimizer": self.optimizer.state_dict() if self.optimizer else None,
                 "clock": self.clock.state_dict(), "live_stamp_ns": self.live_stamp_ns,
                 "last_pose": self.live_pose, "scene_depth": self.scene_depth,
@@ -623,7 +620,7 @@ class Reconstructor:
         """Restore `state_dict` output into this (new, empty) reconstructor. The densification statistics
         start over; the newest frames are the restored keyframes."""
         dev = self.device
-        self.model.load_params(state["params"], state["knot_times"], state.get("inferred"))
+        self.model.load_params(state["params"], state["knot_times"], state.get("inferred"), state.get("life"))
         self.clock.load_state_dict(state["clock"])
         self.live_stamp_ns = state["live_stamp_ns"]
         self.live_pose = state["last_pose"]

@@ -115,6 +115,7 @@ class DefaultStrategy:
         clone = cand[self.max_rad[cand] <= self.split_radius_px]
         rows = {k: torch.cat([v.detach()[clone], v.detach()[split], v.detach()[split]]) for k, v in p.items()}
         inferred = torch.cat([model.inferred[clone], model.inferred[split], model.inferred[split]])
+        life = torch.cat([model.life[clone], model.life[split], model.life[split]])
         if split.numel():
             # Split: two samples from the parent's distribution, scales shrunk by 1.6 (3DGS).
             ns = split.numel()
@@ -139,6 +140,6 @@ class DefaultStrategy:
         n_new = clone.numel() + 2 * split.numel()
         self.reset(int(keep.sum()), self.grad_acc.device)
         if n_new:
-            model.append(rows, inferred)
+            model.append(rows, inferred, life)
             optimizer.append(n_new)
             self.grow(n_new)

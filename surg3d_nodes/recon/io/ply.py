@@ -4,7 +4,8 @@ Binary little-endian vertex properties: x y z nx ny nz f_dc_0..2 f_rest_0.. opac
 2D surfels, as 2DGS writes them) rot_0..3,
 then `inferred` (1.0 for a Gaussian completing tissue no camera has seen, else 0.0; viewers ignore unknown
 properties), all float32, with Inria conventions: opacity as a logit, log scales, rotation as a wxyz quaternion,
-f_rest channel-major (all coefficients of R, then G, then B). The deformation is baked in at time t.
+f_rest channel-major (all coefficients of R, then G, then B). The deformation is baked in at time t, and only the
+Gaussians alive at t are written (`GaussianModel.life`).
 """
 
 from __future__ import annotations
@@ -40,6 +41,9 @@ def ply_arrays(model: GaussianModel, time_s: float, params: dict[str, torch.Tens
         cols.update({f"scale_{i}": log_s[:, i] for i in range(log_s.shape[1])})   # surfels: 2 (2DGS's PLY)
         cols.update({f"rot_{i}": quats[:, i] for i in range(4)})
         cols["inferred"] = (p["inferred"] if "inferred" in p else model.inferred).float()
+        alive = model.alive(time_s, params)
+        if alive is not None:           # only the Gaussians that exist at that time
+            cols = {k: v[alive] for k, v in cols.items()}
         return {k: v.detach().float().cpu().numpy() for k, v in cols.items()}
 
 
