@@ -11,7 +11,7 @@ from surg3d_nodes.common.metrics import psnr_star
 from surg3d_nodes.data.synthetic import SynthConfig, generate
 from surg3d_nodes.recon.colour_fit import fit_colours
 from surg3d_nodes.recon.config import Frame, TrainerConfig
-from surg3d_nodes.recon.runner import Reconstructor, train_stream
+from surg3d_nodes.recon.runner import Reconstructor, train_offline, train_stream
 
 torch.set_num_threads(1)
 
@@ -90,11 +90,20 @@ def test_colour_fit_explains_a_changed_appearance_at_its_own_time_only(scene):
 def test_stream_budget_counts_the_colour_fit(scene):
     """Each frame costs exactly K steps whatever the fit takes; the fit's share shows in the statistics."""
     fr = _frames(scene)
-    tr = Reconstructor(_cfg(colour_fit_iterations=2, colour_refit_fraction=0.3, refine_start=10**6))
+    tr = Reconstructor(_cfg(colour_fit_iterations=3, refine_start=10**6))
     k = 6
     train_stream(tr, fr, k)
     st = tr.get_stats()
     assert st.frames_used == len(fr)
     assert st.iterations + st.colour_fit_steps == tr.steps_spent()
     assert len(fr) * k <= tr.steps_spent() < len(fr) * k + 3
-    assert st.colour_fit_steps >= 3 * len(fr) and st.iterations < len(fr) * k - 3 * len(fr)
+    assert st.colour_fit_steps == 4 * len(fr) and st.iterations == len(fr) * (k - 4)
+
+
+def test_offline_budget_ends_with_one_fit_per_frame(scene):
+    """Offline, the frames are fitted once each at the end of the budget, on the trained geometry."""
+    fr = _frames(scene)
+    tr = Reconstructor(_cfg(colour_fit_iterations=2, refine_start=10**6))
+    train_offline(tr, fr, 60)
+    st = tr.get_stats()
+    assert tr.steps_spent() == 60 and st.colour_fit_steps == 3 * len(fr) and st.iterations == 60 - 3 * len(fr)

@@ -51,9 +51,6 @@ class TrainerConfig:
     colour_fit_iterations: int = param(0, "conjugate-gradient iterations of the least-squares colour fit of a "
                                           "frame into its colour knot (recon.colour_fit), run on each new frame; "
                                           "costs iterations + 1 training steps (0 = off)", low=0, high=50)
-    colour_refit_fraction: float = param(0.0, "share of the training steps that refit a sampled frame's colours "
-                                              "instead of an Adam step (needs colour_fit_iterations > 0)", low=0.0,
-                                         high=1.0, live=True)
     max_knots: int = param(128, "knot budget (memory); older motion is kept coarser (0 = unbounded)", low=0,
                            high=100_000)
     recent_knots: int = param(32, "the newest knots always keep the full time resolution", low=0, high=100_000)

@@ -106,7 +106,6 @@ class StepSchedule:
     """How one training step runs (the live loop and the offline loop differ only in this)."""
 
     recent_fraction: float = 0.0   # probability of training on one of the newest frames (else any keyframe)
-    refit_fraction: float = 0.0    # probability that a step refits the sampled frame's colours (recon.colour_fit)
     lr_scale: float = 1.0          # factor on the position learning rates (offline: exponential decay)
     densify: bool = True           # let the densification strategy refine when due
     grow_every: int = 0            # every this many steps, grow where the newest frame is unexplained (0: never)
@@ -114,14 +113,13 @@ class StepSchedule:
     @classmethod
     def live(cls, cfg: TrainerConfig) -> StepSchedule:
         """The live schedule: newest frames favoured, constant rates, densification and growth throughout."""
-        return cls(cfg.recent_fraction, cfg.colour_refit_fraction, 1.0, True, cfg.add_check_every)
+        return cls(cfg.recent_fraction, 1.0, True, cfg.add_check_every)
 
     @classmethod
     def offline(cls, cfg: TrainerConfig, i: int, iterations: int) -> StepSchedule:
         """Step `i` of a fixed budget over a fixed set of frames: uniform sampling, position rates decaying
         to `lr_final_factor`, densification until `refine_stop_fraction` of the budget."""
-        return cls(0.0, cfg.colour_refit_fraction, cfg.lr_final_factor ** (i / max(1, iterations - 1)),
-                   i < cfg.refine_stop_fraction * iterations)
+        return cls(0.0, cfg.lr_final_factor ** (i / max(1, iterations - 1)), i < cfg.refine_stop_fraction * iterations)
 
 
 def pick_device(device: str) -> torch.device:
@@ -338,10 +336,11 @@ class Reconstructor:
         self.skips[reason] += 1
         self.stats.frames_skipped += 1
 
-    def add_frame(self, f: Frame, t_in: float | None = None, track: bool = True) -> bool:
+    def add_frame(self, f: Frame, t_in: float | None = None, track: bool = True, fit: bool = True) -> bool:
         """Validate, convert and store one frame; grow the model where its tissue is unexplained; with
-        `track`, start its deformation from the flow since the last frame that was tracked. `t_in` is when it
-        arrived (monotonic s; latency). Returns whether the frame was used (else it is counted as skipped)."""
+        `track`, start its deformation from the flow since the last frame that was tracked; with `fit`, fit its
+        colours (`colour_fit_iterations`). `t_in` is when it arrived (monotonic s; latency). Returns whether the
+        frame was used (else it is counted as skipped)."""
         t_in = time.monotonic() if t_in is None else t_in
         reason = self._validate(f)
         if reason is not None:
@@ -383,7 +382,8 @@ class Reconstructor:
             self.grow_unexplained(kf, use_error=False)
             if self.cfg.complete_hidden:
                 self.complete_hidden(kf)
-        self.stats.colour_fit_steps += fit_colours(self.model, kf, self.backend, self.cfg.colour_fit_iterations)
+        if fit:
+            self.fit_colours(kf)
         self.stats.frames_used += 1
         if self.on_frame is not None:
             self.on_frame()
@@ -528,6 +528,10 @@ class Reconstructor:
         self.strategy.grow(len(pts_c))
         return len(pts_c)
 
+    def fit_colours(self, kf: Keyframe) -> None:
+        """Fit the colours at `kf`'s time to it (recon.colour_fit, `colour_fit_iterations`), counting the cost."""
+        self.stats.colour_fit_steps += fit_colours(self.model, kf, self.backend, self.cfg.colour_fit_iterations)
+
     def _make_optimizer(self) -> None:
         c, s = self.cfg, self.scene_depth
         self.optimizer = DictAdam({
@@ -574,10 +578,6 @@ class Reconstructor:
             return False
         t_start = time.monotonic()
         kf = self.store.sample(schedule.recent_fraction)
-        if schedule.refit_fraction > 0 and self.cfg.colour_fit_iterations > 0 \
-                and self.rng.random() < schedule.refit_fraction:
-            self.stats.colour_fit_steps += fit_colours(self.model, kf, self.backend, self.cfg.colour_fit_iterations)
-            return True
         loss, aux = self.loss(kf)
         loss.backward()
         params = self.model.params
@@ -649,24 +649,31 @@ ProgressFn = Callable[[int, TrainerStats], None]
 def train_offline(recon: Reconstructor, frames: Iterable[Frame], iterations: int,
                   progress: ProgressFn | None = None) -> TrainerStats:
     """Offline: add all frames (in order, growing the model), then steps of `StepSchedule.offline` until
-    `iterations` steps are spent (the colour fits of the frames included: `Reconstructor.steps_spent`).
-    `progress(steps, stats)` is called about every 50 steps (and with -frames_done every 10 added frames)."""
+    `iterations` steps are spent (`Reconstructor.steps_spent`). With `colour_fit_iterations`, the last steps of
+    the budget fit each frame's colours once, on the trained geometry (a fit at arrival, before any training,
+    would fit the flow's geometry). `progress(steps, stats)` is called about every 50 steps (and with
+    -frames_done every 10 added frames)."""
     configure_torch_threads(recon.cfg)
     frames = list(frames)
     start = recon.steps_spent()
     for i, f in enumerate(frames):
         recon.stats.frames_received += 1
-        recon.add_frame(f)
+        recon.add_frame(f, fit=False)
         if progress is not None and ((i + 1) % 10 == 0 or i + 1 == len(frames)):
             progress(-(i + 1), recon.get_stats())
     recon.stats.state = "running"
     t0 = time.monotonic()
     reported = 0
-    while (done := recon.steps_spent() - start) < iterations:
-        recon.step(StepSchedule.offline(recon.cfg, done, iterations))
+    c = recon.cfg.colour_fit_iterations
+    fits = len(recon.store.keyframes) if c > 0 else 0
+    adam = max(0, iterations - fits * (c + 1))
+    while (done := recon.steps_spent() - start) < adam:
+        recon.step(StepSchedule.offline(recon.cfg, done, adam))
         if progress is not None and done // 50 > reported:
             reported = done // 50
             progress(done, recon.get_stats())
+    for kf in recon.store.keyframes[:fits]:
+        recon.fit_colours(kf)
     recon.stats.state = "idle"
     recon.stats.iterations_per_second = iterations / max(1e-9, time.monotonic() - t0)
     return recon.get_stats()
