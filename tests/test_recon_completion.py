@@ -66,7 +66,7 @@ def test_hidden_tissue_is_inferred_then_replaced_when_it_shows(scene):
     # The same frame with no instrument shows all the tissue: every inferred Gaussian is replaced from then on,
     # while the first frame, fitted with them, keeps them.
     f = frames[0]
-    clear = Frame(f.stamp_ns + 1, scene.frames[0].tissue_left, scene.frames[0].tissue_depth,
+    clear = Frame(f.stamp_ns + 200_000_000, scene.frames[0].tissue_left, scene.frames[0].tissue_depth,
                   np.zeros_like(f.mask), f.pose, f.camera)
     assert rec.add_frame(clear)
     m = rec.model
@@ -89,7 +89,7 @@ def test_flag_survives_densification_checkpoint_and_ply(scene, tmp_path):
     rec.add_frame(_frames(scene)[0])
     m = rec.model
     n0, flag0 = m.num_gaussians, m.inferred.clone()
-    m.life[:, 0] = -1.0 - torch.arange(n0, dtype=torch.float32)    # distinct spans, to follow them
+    m.life[:, 0] = -1.0 - torch.arange(n0, dtype=torch.float64)    # distinct spans, to follow them
     life0 = m.life.clone()
     assert flag0.any() and (~flag0).any()
     # Every Gaussian is a candidate: odd ones split (large on screen), even ones are cloned.

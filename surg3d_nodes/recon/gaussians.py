@@ -12,11 +12,12 @@ neighbour so they follow the tissue they belong to.
 
 Every Gaussian also carries an `inferred` flag (a boolean buffer, never trained): True for Gaussians seeded by
 the completion of tissue no camera has seen (`recon.completion`), False for observed tissue; and a `life` span
-[N,2] (born, retired) in model time, outside which it is invisible. Tissue added to explain a new frame, or
-inferred under its instruments, is born at the knot before that frame (the times between the two frames see it)
-and does not change how the model shows the earlier frames, which it has already fitted; an inferred Gaussian
-that a later frame replaces by observed tissue is retired at that frame, not deleted, for the same reason.
-`append`, `select` and `load_params` keep both aligned with the parameter rows.
+[N,2] (born, retired] in model time, outside which it is invisible. What a new frame adds or replaces changes
+the model from the knot before that frame on (`birth_time`; the times between the two frames see the new state)
+and not how it shows the earlier frames, which it has already fitted: tissue added to explain the frame, or
+inferred under its instruments, is born there; an inferred Gaussian that the frame shows to be observed tissue
+is retired there, not deleted. `append`, `select` and
+`load_params` keep both aligned with the parameter rows.
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ class GaussianModel:
         self.knot_times: list[float] = [float(time_origin)]
         self.params: dict[str, torch.Tensor] = {}
         self.inferred = torch.zeros(0, dtype=torch.bool, device=self.device)
-        self.life = torch.zeros(0, 2, device=self.device)
+        self.life = torch.zeros(0, 2, dtype=torch.float64, device=self.device)   # float64: model times
         self._allocate(0, 1)
 
     # ----------------------------------------------------------------- structure
@@ -148,9 +149,10 @@ class GaussianModel:
         }
 
     def alive(self, t: float, params: dict[str, torch.Tensor] | None = None) -> torch.Tensor | None:
-        """[N] bool: the Gaussians whose `life` span contains time t (None for a parameter copy without one)."""
+        """[N] bool: the Gaussians whose `life` span (born, retired] contains time t (None for a parameter copy
+        without spans)."""
         life = self.life if params is None else params.get("life")
-        return None if life is None else (life[:, 0] < t) & (t < life[:, 1])
+        return None if life is None else (life[:, 0] < t) & (t <= life[:, 1])
 
     def track_at(self, t: float, name: str) -> torch.Tensor:
         """Value [N,3] of track `name` (pos_knots, col_knots, scale_knots) of every Gaussian at time t."""
@@ -287,7 +289,8 @@ class GaussianModel:
         return rows
 
     def birth_time(self, t: float) -> float:
-        """The birth of a Gaussian added at time t: the knot before t (-inf when t is on the first)."""
+        """Where a change made for the frame at time t starts (a birth, or a retirement): the knot before t
+        (-inf when t is on the first knot)."""
         i = bisect_right(self.knot_times, t - 1e-9) - 1
         return self.knot_times[i] if i >= 0 and t > self.knot_times[0] + 1e-9 else float("-inf")
 
@@ -297,7 +300,7 @@ class GaussianModel:
         `life` spans (one (born, retired) for all rows, or an [M,2] tensor: densification copies its parents')."""
         n = int(rows["means"].shape[0])
         flags = torch.as_tensor(inferred, dtype=torch.bool, device=self.device).expand(n)
-        spans = torch.as_tensor(life, dtype=torch.float32, device=self.device).expand(n, 2)
+        spans = torch.as_tensor(life, dtype=torch.float64, device=self.device).expand(n, 2)
         self.params = {k: torch.cat([v.detach(), rows[k].to(v)], 0).requires_grad_()
                        for k, v in self.params.items()}
         self.inferred = torch.cat([self.inferred, flags])
@@ -332,5 +335,5 @@ class GaussianModel:
         self.params = {k: v.detach().to(self.device).clone().requires_grad_() for k, v in params.items()}
         self.inferred = (torch.zeros(n, dtype=torch.bool) if inferred is None else inferred.bool()).to(self.device)
         always = torch.tensor([float("-inf"), float("inf")]).expand(n, 2)
-        self.life = (always if life is None else life.float()).to(self.device).clone()
+        self.life = (always if life is None else life).to(self.device, torch.float64).clone()
         self.knot_times = [float(x) for x in knot_times]

@@ -499,7 +499,7 @@ class Reconstructor:
         replace them from then on (recon.completion) while the earlier frames, fitted with them, keep them;
         returns how many."""
         seen = seen_inferred(self.model, kf, self.cfg.complete_margin_px) & self.model.alive(kf.t)
-        self.model.life[seen, 1] = kf.t
+        self.model.life[seen, 1] = self.model.birth_time(kf.t)
         return int(seen.sum())
 
     @torch.no_grad()
