@@ -56,7 +56,7 @@ def test_colour_fit_explains_a_changed_appearance_at_its_own_time_only(scene):
     geometry): the fit brings it close in a few iterations, more iterations fit better, the earlier frame
     keeps its rendering, and Gaussians the frame does not see keep their colour."""
     fr = _frames(scene)
-    tr = Reconstructor(_cfg())
+    tr = Reconstructor(_cfg(colour_fit_iterations=0))      # fitted by hand below
     for f in fr[:3]:
         tr.add_frame(f)
     f = fr[3]
@@ -88,16 +88,20 @@ def test_colour_fit_explains_a_changed_appearance_at_its_own_time_only(scene):
 
 
 def test_stream_budget_counts_the_colour_fit(scene):
-    """Each frame costs exactly K steps whatever the fit takes; the fit's share shows in the statistics."""
+    """Each frame costs exactly K steps, the fit included, and the fit takes at most half of them; the fit's share
+    shows in the statistics."""
     fr = _frames(scene)
     tr = Reconstructor(_cfg(colour_fit_iterations=3, refine_start=10**6))
-    k = 6
+    k = 10                                                  # the fit's 3 iterations fit in half of it
     train_stream(tr, fr, k)
     st = tr.get_stats()
     assert st.frames_used == len(fr)
     assert st.iterations + st.colour_fit_steps == tr.steps_spent()
     assert len(fr) * k <= tr.steps_spent() < len(fr) * k + 3
     assert st.colour_fit_steps == 4 * len(fr) and st.iterations == len(fr) * (k - 4)
+    small = Reconstructor(_cfg(colour_fit_iterations=3, refine_start=10**6))
+    train_stream(small, fr, 3)                              # K = 3: no room for a fit
+    assert small.get_stats().colour_fit_steps == 0 and small.steps_spent() == 3 * len(fr)
 
 
 def test_offline_budget_ends_with_one_fit_per_frame(scene):

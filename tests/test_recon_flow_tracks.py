@@ -19,7 +19,7 @@ torch.set_num_threads(1)
 
 
 def test_fit_track_changes_only_the_later_knot():
-    model = GaussianModel(GaussianConfig(knot_spacing=1.0))
+    model = GaussianModel(GaussianConfig(knot_spacing=1.0, knots_at_frames=False))
     model.append(model.new_gaussians(np.array([[0.0, 0.0, 1.0], [0.1, 0.0, 1.0]]), np.full((2, 3), 0.5), 0.0))
     model.ensure_time(2.0)
     rows = torch.tensor([1])
@@ -43,9 +43,9 @@ def test_flow_tracks_follow_the_deforming_tissue():
     out = {}
     for flow in (True, False):
         tr = Reconstructor(TrainerConfig(device="cpu", backend="torch", image_scale=1.0, num_threads=1,
-                                         flow_tracks=flow))
+                                         flow_tracks=flow, colour_fit_iterations=0))
         for f in frames:
-            tr.add_frame(f)             # ingestion only: no training iteration
+            tr.add_frame(f)             # ingestion only: no training iteration, no colour fit
         rgb, depth, _ = tr.render_view(last.pose, tr.time_of(last.stamp_ns))
         err = np.abs(depth - last.depth)[tissue > 0]
         out[flow] = (masked_psnr(rgb, last.left, tissue), float(np.nanmedian(err)), tr.get_stats(), tr)
@@ -93,7 +93,7 @@ def test_flow_at_a_reduced_width_follows_like_full_width():
     scores = {}
     for width in (None, 256, 128):
         tr = Reconstructor(TrainerConfig(device="cpu", backend="torch", image_scale=1.0, num_threads=1,
-                                         flow_tracks=False))
+                                         flow_tracks=False, colour_fit_iterations=0))
         tr.add_frame(frames[0])
         prev = tr.store.recent[-1]
         for f in frames[1:]:

@@ -170,7 +170,7 @@ def test_torch_backend_matches_gsplat_cuda():
 def test_render_model_interface(backend):
     from surg3d_nodes.recon.gaussians import GaussianConfig, GaussianModel
 
-    model = GaussianModel(GaussianConfig(sh_degree=1, knot_spacing=0.5))
+    model = GaussianModel(GaussianConfig(sh_degree=1, knot_spacing=0.5, knots_at_frames=False))
     pts = np.array([[0.0, 0.0, 1.0], [0.05, 0.0, 1.0], [0.0, 0.05, 1.0]])
     model.append(model.new_gaussians(pts, np.array([[1.0, 0, 0]] * 3), 0.0))
     model.ensure_time(1.0)

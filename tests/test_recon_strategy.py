@@ -12,7 +12,7 @@ from surg3d_nodes.recon.strategy import DefaultStrategy
 
 
 def _model(n: int) -> tuple[GaussianModel, DictAdam]:
-    model = GaussianModel(GaussianConfig(knot_spacing=0.1, init_opacity=0.5))
+    model = GaussianModel(GaussianConfig(knot_spacing=0.1, init_opacity=0.5, knots_at_frames=False))
     rng = np.random.default_rng(0)
     pts = np.c_[rng.uniform(-0.01, 0.01, (n, 2)), np.full(n, 0.1)]
     model.append(model.new_gaussians(pts, np.full((n, 3), 0.5), 0.0))

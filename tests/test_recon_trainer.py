@@ -196,7 +196,7 @@ def test_offline_checkpoint_ply_and_deocclusion(scene, tmp_path):
     tr = Reconstructor(_cfg())
     train_offline(tr, fr, 150)
     st = tr.get_stats()
-    assert st.iterations == 150 and st.frames_used == len(fr)
+    assert tr.steps_spent() == 150 and st.frames_used == len(fr)
 
     # De-occlusion: the last frame's instrument pixels whose tissue was visible in an earlier frame.
     last = scene.frames[-1]
@@ -260,7 +260,7 @@ def test_checkpoint_during_training_reloads_identically(scene, tmp_path):
     assert st.keyframes == 5 and st.frames_used == 5 and st.iterations >= 5
     # ... and training continues from it.
     train_offline(loaded, [], 5)
-    assert loaded.get_stats().iterations == st.iterations + 5
+    assert loaded.steps_spent() == st.iterations + st.colour_fit_steps + 5
     state["version"] = 1
     old = tmp_path / "old.pt"
     torch.save(state, old)
@@ -277,7 +277,7 @@ def test_knot_budget_bounds_memory_and_keeps_motion(scene, tmp_path):
     resolution, the removed knots are the ones a straight line explains, and a checkpoint keeps the times."""
     from surg3d_nodes.recon.gaussians import GaussianConfig, GaussianModel
 
-    model = GaussianModel(GaussianConfig(knot_spacing=0.1, max_knots=8))
+    model = GaussianModel(GaussianConfig(knot_spacing=0.1, max_knots=8, knots_at_frames=False))
     model.append(model.new_gaussians(np.array([[0.0, 0.0, 0.1], [0.01, 0.0, 0.1]]), np.full((2, 3), 0.5), 0.0))
     removed = []
     for step in range(1, 31):
@@ -296,10 +296,10 @@ def test_knot_budget_bounds_memory_and_keeps_motion(scene, tmp_path):
         assert x == pytest.approx(min(t, 1.0) * 0.01, abs=1e-6)
 
     fr = _frames(scene)
-    tr = Reconstructor(_cfg(knot_spacing_s=0.02, max_knots=6, recent_knots=2))
+    tr = Reconstructor(_cfg(knot_spacing_s=0.02, knots_at_frames=False, max_knots=6, recent_knots=2))
     train_offline(tr, fr, 10)
     st = tr.get_stats()
-    assert st.frames_used == len(fr) and st.iterations == 10
+    assert st.frames_used == len(fr) and tr.steps_spent() == 10
     assert tr.model.num_knots == 6
     for name in tr.model.KNOT_KEYS:
         assert tr.optimizer.m[name].shape == tr.model.params[name].shape
@@ -368,10 +368,10 @@ def test_training_thread_survives_unexpected_errors(scene, monkeypatch):
             raise RuntimeError("simulated CUDA error")
         return real_step(schedule)
 
-    def add_frame(f, t_in=None, track=True):
+    def add_frame(f, t_in=None, track=True, steps=None):
         if f.stamp_ns == fr[2].stamp_ns:
             raise ValueError("simulated bad frame")
-        return real_add(f, t_in, track)
+        return real_add(f, t_in, track, steps)
 
     monkeypatch.setattr(tr.recon, "step", step)
     monkeypatch.setattr(tr.recon, "add_frame", add_frame)

@@ -244,7 +244,8 @@ class OnlineTrainer:
                 try:
                     # A backlog gets one flow update, at its newest frame: the per-frame cost of the flow
                     # (tens of ms at 640x512) must not make the trainer fall further behind.
-                    self.recon.add_frame(frame, t_in, track=len(self._queue) == 0)
+                    self.recon.add_frame(frame, t_in, track=len(self._queue) == 0,
+                                         steps=self.cfg.iterations_per_frame or None)
                 except Exception as e:  # the frame is lost, not the model or the thread
                     self.recon.count_skip("error")
                     self._record_error(f"frame {frame.stamp_ns}", e)

@@ -336,11 +336,11 @@ class Reconstructor:
         self.skips[reason] += 1
         self.stats.frames_skipped += 1
 
-    def add_frame(self, f: Frame, t_in: float | None = None, track: bool = True, fit: bool = True) -> bool:
+    def add_frame(self, f: Frame, t_in: float | None = None, track: bool = True, steps: int | None = None) -> bool:
         """Validate, convert and store one frame; grow the model where its tissue is unexplained; with
-        `track`, start its deformation from the flow since the last frame that was tracked; with `fit`, fit its
-        colours (`colour_fit_iterations`). `t_in` is when it arrived (monotonic s; latency). Returns whether the
-        frame was used (else it is counted as skipped)."""
+        `track`, start its deformation from the flow since the last frame that was tracked; fit its colours
+        (`colour_fit_iterations`, within half of the `steps` the frame gets, None: no limit). `t_in` is when it
+        arrived (monotonic s; latency). Returns whether the frame was used (else it is counted as skipped)."""
         t_in = time.monotonic() if t_in is None else t_in
         reason = self._validate(f)
         if reason is not None:
@@ -382,8 +382,7 @@ class Reconstructor:
             self.grow_unexplained(kf, use_error=False)
             if self.cfg.complete_hidden:
                 self.complete_hidden(kf)
-        if fit:
-            self.fit_colours(kf)
+        self.fit_colours(kf, self.cfg.colour_fit_iterations if steps is None else steps // 2 - 1)
         self.stats.frames_used += 1
         if self.on_frame is not None:
             self.on_frame()
@@ -528,9 +527,11 @@ class Reconstructor:
         self.strategy.grow(len(pts_c))
         return len(pts_c)
 
-    def fit_colours(self, kf: Keyframe) -> None:
-        """Fit the colours at `kf`'s time to it (recon.colour_fit, `colour_fit_iterations`), counting the cost."""
-        self.stats.colour_fit_steps += fit_colours(self.model, kf, self.backend, self.cfg.colour_fit_iterations)
+    def fit_colours(self, kf: Keyframe, at_most: int | None = None) -> None:
+        """Fit the colours at `kf`'s time to it (recon.colour_fit, `colour_fit_iterations`, at most `at_most`),
+        counting the cost."""
+        its = self.cfg.colour_fit_iterations if at_most is None else min(at_most, self.cfg.colour_fit_iterations)
+        self.stats.colour_fit_steps += fit_colours(self.model, kf, self.backend, its)
 
     def _make_optimizer(self) -> None:
         c, s = self.cfg, self.scene_depth
@@ -634,7 +635,7 @@ class Reconstructor:
         self.strategy.reset(self.model.num_gaussians, dev)
         self.store.load_state_dict(state["keyframes"], dev)
         st = state["stats"]
-        for key in ("frames_received", "frames_used", "frames_skipped", "iterations", "frames_past",
+        for key in ("frames_received", "frames_used", "frames_skipped", "iterations", "colour_fit_steps", "frames_past",
                     "time_gaps_shortened", "pose_refined", "pose_refine_rejected"):
             setattr(self.stats, key, int(st.get(key, 0)))
         for key in ("pose_correction_mm", "pose_correction_deg"):
@@ -658,14 +659,14 @@ def train_offline(recon: Reconstructor, frames: Iterable[Frame], iterations: int
     start = recon.steps_spent()
     for i, f in enumerate(frames):
         recon.stats.frames_received += 1
-        recon.add_frame(f, fit=False)
+        recon.add_frame(f, steps=0)
         if progress is not None and ((i + 1) % 10 == 0 or i + 1 == len(frames)):
             progress(-(i + 1), recon.get_stats())
     recon.stats.state = "running"
     t0 = time.monotonic()
     reported = 0
     c = recon.cfg.colour_fit_iterations
-    fits = len(recon.store.keyframes) if c > 0 else 0
+    fits = min(len(recon.store.keyframes), iterations // (c + 1)) if c > 0 else 0
     adam = max(0, iterations - fits * (c + 1))
     while (done := recon.steps_spent() - start) < adam:
         recon.step(StepSchedule.offline(recon.cfg, done, adam))
@@ -690,7 +691,7 @@ def train_stream(recon: Reconstructor, frames: Iterable[Frame], iterations_per_f
     budget = recon.steps_spent()       # a colour fit that overran the last frame's steps is taken from the next
     for i, f in enumerate(frames):
         recon.stats.frames_received += 1
-        if recon.add_frame(f):
+        if recon.add_frame(f, steps=iterations_per_frame):
             budget += iterations_per_frame
             while recon.steps_spent() < budget:
                 recon.step(StepSchedule.live(recon.cfg))
