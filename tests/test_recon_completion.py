@@ -125,3 +125,20 @@ def test_tint_marks_only_inferred_pixels():
     w[0, 0] = 1.0
     out = tint_inferred(rgb, w)
     assert np.array_equal(out[1:], rgb[1:]) and not np.array_equal(out[0, 0], rgb[0, 0])
+
+
+def test_retired_gaussians_make_room_before_the_present_is_short(scene):
+    """At the Gaussian budget, retired Gaussians (kept for the fitted past) go first, the longest retired first;
+    the Gaussians alive now are kept."""
+    frames = _frames(scene)
+    rec = Reconstructor(_cfg())
+    rec.add_frame(frames[0])
+    m = rec.model
+    n = m.num_gaussians
+    m.life[:10, 1] = torch.arange(10, 0, -1, dtype=torch.float64)     # ten retired, 0 retired the latest
+    rec.cfg.max_gaussians = n
+    assert rec.room(0) == 0 and m.num_gaussians == n
+    assert rec.room(4) == 4 and m.num_gaussians == n - 4
+    assert m.life[:6, 1].tolist() == [10.0, 9.0, 8.0, 7.0, 6.0, 5.0]   # 1-4 were retired longest
+    assert rec.step(StepSchedule(densify=False)) and rec.optimizer.m["means"].shape[0] == m.num_gaussians
+    assert rec.room(100) == 10 and torch.isinf(m.life[:, 1]).all()     # then the present is short

@@ -454,10 +454,25 @@ class Reconstructor:
 
     # ------------------------------------------------------------------ model growth
     @torch.no_grad()
+    def room(self, wanted: int) -> int:
+        """Room for `wanted` new Gaussians within `max_gaussians`. Retired Gaussians, kept only for the frames
+        already fitted, are dropped to make it (the longest retired first): the past loses detail before the
+        present goes short of Gaussians."""
+        m = self.model
+        over = m.num_gaussians + wanted - self.cfg.max_gaussians
+        retired = torch.nonzero(torch.isfinite(m.life[:, 1])).squeeze(1)
+        if over > 0 and retired.numel():
+            keep = torch.ones(m.num_gaussians, dtype=torch.bool, device=m.device)
+            keep[retired[torch.argsort(m.life[retired, 1])[:over]]] = False
+            m.select(keep)
+            self.optimizer.select(keep)
+            self.strategy.reset(m.num_gaussians, self.device)
+        return self.cfg.max_gaussians - m.num_gaussians
+
+    @torch.no_grad()
     def grow_unexplained(self, kf: Keyframe, use_error: bool) -> int:
         """Back-project tissue pixels the model does not explain into new Gaussians; returns how many."""
-        room = self.cfg.max_gaussians - self.model.num_gaussians
-        if room <= 0:
+        if self.room(0) <= 0 and not bool(torch.isfinite(self.model.life[:, 1]).any()):
             return 0
         valid = (kf.depth > 0) & (kf.tissue > 0.5)
         if self.model.num_gaussians == 0:
@@ -479,6 +494,9 @@ class Reconstructor:
             want &= grid
         ys, xs = torch.nonzero(want, as_tuple=True)
         if ys.numel() == 0:
+            return 0
+        room = self.room(int(ys.numel()))
+        if room <= 0:
             return 0
         if ys.numel() > room:
             pick = torch.as_tensor(self.rng.choice(ys.numel(), room, replace=False), device=ys.device)
@@ -514,7 +532,7 @@ class Reconstructor:
         pts_c, cols, image, hole = hidden_seeds(kf, (rgb, depth, alpha), alpha_all, self.cfg.complete_margin_px,
                                                 self.cfg.add_stride)
         recolour_inferred(self.model, kf, image, hole)
-        room = self.cfg.max_gaussians - self.model.num_gaussians
+        room = self.room(len(pts_c))
         if len(pts_c) > max(0, room):
             pick = self.rng.choice(len(pts_c), max(0, room), replace=False)
             pts_c, cols = pts_c[pick], cols[pick]
