@@ -112,7 +112,8 @@ def test_flow_at_a_reduced_width_follows_like_full_width():
 
 def test_a_backlog_gets_one_flow_update_at_its_newest_frame():
     """Frames queued while the trainer was busy are all used, but only the newest starts its deformation
-    from the flow (from the last tracked frame), so a backlog does not cost one flow computation per frame."""
+    from the flow (from the last tracked frame) and gets its colours fitted, so a backlog does not cost one
+    flow computation and one fit per frame."""
     scene = generate(SynthConfig(width=128, height=96, frames=6, instruments=1, seed=3))
     frames = [Frame(f.stamp_ns, f.left, f.depth, f.mask, f.pose, scene.cam_left) for f in scene.frames]
     tr = OnlineTrainer(TrainerConfig(device="cpu", backend="torch", image_scale=1.0, num_threads=1))
@@ -125,4 +126,5 @@ def test_a_backlog_gets_one_flow_update_at_its_newest_frame():
         tr.stop()
     st = tr.get_stats()
     assert st.frames_used == 6 and st.flow_frames == 1 and st.flow_tracked > 0
+    assert st.colour_fit_steps == TrainerConfig.colour_fit_iterations + 1     # one colour fit too
     assert tr.recon.track_ref.stamp_ns == frames[-1].stamp_ns

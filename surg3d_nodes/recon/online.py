@@ -242,10 +242,11 @@ class OnlineTrainer:
                 frame, t_in = item
                 got += 1
                 try:
-                    # A backlog gets one flow update, at its newest frame: the per-frame cost of the flow
-                    # (tens of ms at 640x512) must not make the trainer fall further behind.
-                    self.recon.add_frame(frame, t_in, track=len(self._queue) == 0,
-                                         steps=self.cfg.iterations_per_frame or None)
+                    # A backlog gets one flow update and one colour fit, at its newest frame: their per-frame
+                    # cost (tens of ms at 640x512) must not make the trainer fall further behind.
+                    newest = len(self._queue) == 0
+                    self.recon.add_frame(frame, t_in, track=newest,
+                                         steps=(self.cfg.iterations_per_frame or None) if newest else 0)
                 except Exception as e:  # the frame is lost, not the model or the thread
                     self.recon.count_skip("error")
                     self._record_error(f"frame {frame.stamp_ns}", e)
