@@ -72,6 +72,9 @@ def test_hidden_tissue_is_inferred_then_replaced_when_it_shows(scene):
     m = rec.model
     assert not (m.inferred & m.alive(rec.time_of(clear.stamp_ns))).any()
     assert int((m.inferred & m.alive(rec.time_of(f.stamp_ns))).sum()) == n_inf
+    now, then = rec.view().snapshot(), rec.view(rec.time_of(f.stamp_ns)).snapshot()   # what the nodes publish
+    assert not now.inferred.any() and int(then.inferred.sum()) == n_inf
+    assert len(now.points) == int(m.alive(rec.latest_time()).sum()) < m.num_gaussians
     _, _, alpha = rec.render_view(f.pose, rec.time_of(clear.stamp_ns))
     assert (alpha[tool] > 0.5).mean() > 0.99          # observed Gaussians took their place
     assert rec.get_stats().inferred_share == 0.0

@@ -153,18 +153,25 @@ class ModelView:
     reference: Keyframe | None        # the newest frame: default intrinsics and the training resolution
     backend: str
 
-    def snapshot(self) -> Snapshot:
-        """Points, colours, opacities and largest scales at the view's time."""
+    def _alive(self) -> dict[str, torch.Tensor]:
+        """The Gaussians alive at the view's time, evaluated then (plus their `inferred` flags)."""
         with torch.no_grad():
             g = self.model.evaluate(self.time_s, None, params=self.params)
+        g["inferred"] = self.params["inferred"]
+        alive = self.model.alive(self.time_s, self.params)
+        return g if alive is None else {k: v[alive] for k, v in g.items()}
+
+    def snapshot(self) -> Snapshot:
+        """Points, colours, opacities and largest scales of the Gaussians alive at the view's time."""
+        g = self._alive()
         return Snapshot(g["means"].cpu().numpy().astype(np.float32),
                         g["colors"].clamp(0, 1).cpu().numpy().astype(np.float32),
                         g["opacities"].cpu().numpy().astype(np.float32),
                         g["scales"].max(-1).values.cpu().numpy().astype(np.float32),
-                        self.params["inferred"].cpu().numpy(), self.time_s, self.stamp_ns, self.iteration)
+                        g["inferred"].cpu().numpy(), self.time_s, self.stamp_ns, self.iteration)
 
     def gaussians(self, for_display: bool = False) -> dict[str, np.ndarray]:
-        """Every Gaussian at the view's time (float32, world frame): means [N,3], quats [N,4] (w x y z, as
+        """Every Gaussian alive at the view's time (float32, world frame): means [N,3], quats [N,4] (w x y z, as
         trained, not normalised), scales [N,3] (m; surfels get a zero third axis), colors [N,3] 0..1 (view-
         independent part), opacities [N].
 
@@ -175,8 +182,7 @@ class ModelView:
         a 3D isotropic variance, EPS2D * (z / f)^2 at the Gaussian's depth z in the newest frame's camera
         (focal f px at the training resolution), adds to every axis: the covariance R S^2 R^T + s^2 I has the
         same rotation and scales sqrt(S^2 + s^2)."""
-        with torch.no_grad():
-            g = self.model.evaluate(self.time_s, None, params=self.params)
+        g = self._alive()
         out = {k: g[k].cpu().numpy().astype(np.float32) for k in ("means", "quats", "scales", "colors", "opacities")}
         if out["scales"].shape[1] == 2:
             out["scales"] = np.pad(out["scales"], ((0, 0), (0, 1)))
