@@ -70,20 +70,3 @@ def test_eval_rejects_a_crop_larger_than_the_images(synth_bag: Path, capsys):
     assert main(["endonerf", str(clip), "--crop", "96"]) == 2
     assert "WxH" in capsys.readouterr().err
 
-
-def test_live_model_beats_copying_the_previous_frame(shared_data: Path, tmp_path: Path):
-    """Issue 14's CI check, in stream mode on the shared clip at 1/4 scale: what the live view shows (each test
-    frame rendered right after the next frame and its K steps) beats copying the previous frame, scored on the
-    same pixels in the same run. K = 30 is the smallest K measured where it does by a margin (0.9 dB; K = 20 is
-    level, K = 10 0.4 dB below); the final score does not yet (README)."""
-    clip = shared_data / "endonerf" / "pulling_soft_tissues"
-    if not clip.is_dir():
-        pytest.skip(f"EndoNeRF clip absent: {clip}")
-    out = tmp_path / "r.json"
-    assert main(["endonerf", str(clip), "--mode", "stream", "--iterations-per-frame", "30", "--scale", "0.25",
-                 "--device", "cpu", "--json", str(out)]) == 0
-    r = json.loads(out.read_text())
-    print(f"\nstream K=30: live {r['live_psnr']:.2f} dB, final {r['psnr']:.2f} dB, copy-previous "
-          f"{r['baseline_copy_prev_psnr']:.2f} dB, neighbour mean {r['baseline_neighbour_mean_psnr']:.2f} dB")
-    assert r["iterations"] + r["colour_fit_steps"] == 30 * r["train_frames"]
-    assert r["live_psnr"] > r["baseline_copy_prev_psnr"]
