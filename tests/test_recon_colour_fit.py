@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from recon_support import scene_frames
 
 from surg3d_nodes.common.metrics import psnr_star
 from surg3d_nodes.data.synthetic import SynthConfig, generate
@@ -21,10 +22,6 @@ def scene():
     return generate(SynthConfig(width=64, height=48, frames=8, instruments=1, seed=5))
 
 
-def _frames(scene) -> list[Frame]:
-    return [Frame(f.stamp_ns, f.left, f.depth, f.mask, f.pose, scene.cam_left) for f in scene.frames]
-
-
 def _cfg(**kw) -> TrainerConfig:
     base = dict(device="cpu", backend="cpu", image_scale=1.0, knots_at_frames=True, knot_spacing_s=0.01,
                 complete_hidden=False, num_threads=1)
@@ -38,7 +35,7 @@ def _psnr(tr: Reconstructor, f: Frame, rgb: np.ndarray) -> float:
 
 
 def test_knots_sit_at_frame_times(scene):
-    fr = _frames(scene)
+    fr = scene_frames(scene)
     tr = Reconstructor(_cfg())
     for f in fr[:5]:
         tr.add_frame(f)
@@ -55,7 +52,7 @@ def test_colour_fit_explains_a_changed_appearance_at_its_own_time_only(scene):
     """A frame whose tissue turned darker with a highlight (the light and the blood supply change, not the
     geometry): the fit brings it close in a few iterations, more iterations fit better, the earlier frame
     keeps its rendering, and Gaussians the frame does not see keep their colour."""
-    fr = _frames(scene)
+    fr = scene_frames(scene)
     tr = Reconstructor(_cfg(colour_fit_iterations=0))      # fitted by hand below
     for f in fr[:3]:
         tr.add_frame(f)
@@ -90,7 +87,7 @@ def test_colour_fit_explains_a_changed_appearance_at_its_own_time_only(scene):
 def test_stream_budget_counts_the_colour_fit(scene):
     """Each frame costs exactly K steps, the fit included, and the fit takes at most half of them; the fit's share
     shows in the statistics."""
-    fr = _frames(scene)
+    fr = scene_frames(scene)
     tr = Reconstructor(_cfg(colour_fit_iterations=3, refine_start=10**6))
     k = 10                                                  # the fit's 3 iterations fit in half of it
     train_stream(tr, fr, k)
@@ -106,7 +103,7 @@ def test_stream_budget_counts_the_colour_fit(scene):
 
 def test_offline_budget_ends_with_one_fit_per_frame(scene):
     """Offline, the frames are fitted once each at the end of the budget, on the trained geometry."""
-    fr = _frames(scene)
+    fr = scene_frames(scene)
     tr = Reconstructor(_cfg(colour_fit_iterations=2, refine_start=10**6))
     train_offline(tr, fr, 60)
     st = tr.get_stats()

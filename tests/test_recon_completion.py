@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from recon_support import scene_frames
 
 from surg3d_nodes.data.synthetic import SynthConfig, generate
 from surg3d_nodes.recon.completion import membrane_fill, tint_inferred
@@ -21,10 +22,6 @@ torch.set_num_threads(1)
 @pytest.fixture(scope="module")
 def scene():
     return generate(SynthConfig(width=64, height=48, frames=8, instruments=2, camera_motion="moving", seed=3))
-
-
-def _frames(scene) -> list[Frame]:
-    return [Frame(f.stamp_ns, f.left, f.depth, f.mask, f.pose, scene.cam_left) for f in scene.frames]
 
 
 def _cfg(**kw) -> TrainerConfig:
@@ -51,7 +48,7 @@ def test_membrane_fill_is_exact_on_a_plane_and_smooth_on_a_sphere():
 
 
 def test_hidden_tissue_is_inferred_then_replaced_when_it_shows(scene):
-    frames = _frames(scene)
+    frames = scene_frames(scene)
     rec = Reconstructor(_cfg())
     assert rec.add_frame(frames[0])
     tool = scene.frames[0].mask > 0
@@ -82,14 +79,14 @@ def test_hidden_tissue_is_inferred_then_replaced_when_it_shows(scene):
 
 def test_completion_can_be_switched_off(scene):
     rec = Reconstructor(_cfg(complete_hidden=False))
-    rec.add_frame(_frames(scene)[0])
+    rec.add_frame(scene_frames(scene)[0])
     assert rec.model.num_gaussians > 0 and not rec.model.inferred.any()
 
 
 def test_flag_survives_densification_checkpoint_and_ply(scene, tmp_path):
     strategy = DefaultStrategy(grad_threshold=0.0, split_radius_px=3.0, prune_opacity=0.0)
     rec = Reconstructor(_cfg(), strategy=strategy)
-    rec.add_frame(_frames(scene)[0])
+    rec.add_frame(scene_frames(scene)[0])
     m = rec.model
     n0, flag0 = m.num_gaussians, m.inferred.clone()
     m.life[:, 0] = -1.0 - torch.arange(n0, dtype=torch.float64)    # distinct spans, to follow them
@@ -133,7 +130,7 @@ def test_tint_marks_only_inferred_pixels():
 def test_retired_gaussians_make_room_before_the_present_is_short(scene):
     """At the Gaussian budget, retired Gaussians (kept for the fitted past) go first, the longest retired first;
     the Gaussians alive now are kept."""
-    frames = _frames(scene)
+    frames = scene_frames(scene)
     rec = Reconstructor(_cfg())
     rec.add_frame(frames[0])
     m = rec.model

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from recon_support import scene_frames
 
 from surg3d_nodes.common.camera import scale_intrinsics
 from surg3d_nodes.common.metrics import psnr_star
@@ -28,10 +29,6 @@ torch.set_num_threads(1)
 def scene():
     # Two instruments: the second sweeps over the tissue, so tissue it hides was seen earlier.
     return generate(SynthConfig(width=64, height=48, frames=16, instruments=2, seed=3))
-
-
-def _frames(scene) -> list[Frame]:
-    return [Frame(f.stamp_ns, f.left, f.depth, f.mask, f.pose, scene.cam_left) for f in scene.frames]
 
 
 def _cfg(**kw) -> TrainerConfig:
@@ -55,7 +52,7 @@ def test_online_thread_pause_resume_reset(scene):
     tr.start()
     try:
         t0 = time.monotonic()
-        for f in _frames(scene)[:6]:
+        for f in scene_frames(scene)[:6]:
             assert tr.ingest(f)
         assert time.monotonic() - t0 < 0.5          # ingestion never waits for training
         assert tr.wait_processed(30)
@@ -74,7 +71,7 @@ def test_online_thread_pause_resume_reset(scene):
         it = tr.get_stats().iterations
         time.sleep(0.5)
         assert tr.get_stats().iterations == it and tr.get_stats().state == "paused"
-        tr.ingest(_frames(scene)[6])                   # frames still arrive while paused
+        tr.ingest(scene_frames(scene)[6])                   # frames still arrive while paused
         assert tr.wait_processed(10) and tr.get_stats().frames_used == 7
         rgb, depth, alpha = tr.render_view(scene.frames[6].pose)   # renders while paused
         assert np.isfinite(depth[alpha > 0.5]).all()
@@ -85,7 +82,7 @@ def test_online_thread_pause_resume_reset(scene):
         tr.reset()
         st = tr.get_stats()
         assert st.num_gaussians == 0 and st.keyframes == 0 and st.frames_used == 0
-        tr.ingest(_frames(scene)[7])                   # starts over from the next frame
+        tr.ingest(scene_frames(scene)[7])                   # starts over from the next frame
         assert tr.wait_processed(10) and tr.get_stats().num_gaussians > 500
     finally:
         tr.stop()
@@ -93,7 +90,7 @@ def test_online_thread_pause_resume_reset(scene):
 
 def test_bad_inputs_are_counted_not_fatal(scene):
     tr = OnlineTrainer(_cfg(iterations_per_frame=1))
-    fr = _frames(scene)
+    fr = scene_frames(scene)
     tr.start()
     try:
         nodepth = Frame(fr[0].stamp_ns, fr[0].rgb, None, fr[0].mask, fr[0].pose, scene.cam_left)
@@ -131,7 +128,7 @@ def test_bad_inputs_are_counted_not_fatal(scene):
 def test_past_frames_train_at_their_own_time(scene):
     """Reordered input and a looping replay: an older frame trains at its own time, a repeat is skipped,
     and the live view follows the newest frame by arrival."""
-    fr = _frames(scene)
+    fr = scene_frames(scene)
     tr = Reconstructor(_cfg())
     for f in [fr[0], fr[1], fr[3], fr[2], fr[4]]:          # fr[2] arrives late
         tr.add_frame(f)
@@ -153,7 +150,7 @@ def test_past_frames_train_at_their_own_time(scene):
 
 
 def test_long_pause_does_not_allocate_knots(scene):
-    fr = _frames(scene)
+    fr = scene_frames(scene)
     tr = Reconstructor(_cfg(max_time_gap_s=1.0))
     tr.add_frame(fr[0])
     hour = 3600 * 10**9
@@ -168,7 +165,7 @@ def test_long_pause_does_not_allocate_knots(scene):
 
 def test_ingest_never_blocks_when_queue_full(scene):
     tr = OnlineTrainer(_cfg(queue_size=2))             # thread not started: nothing drains the queue
-    fr = _frames(scene)
+    fr = scene_frames(scene)
     t0 = time.monotonic()
     results = [tr.ingest(f) for f in fr[:5]]
     assert time.monotonic() - t0 < 0.2
@@ -192,7 +189,7 @@ def _read_ply(path: Path) -> dict[str, np.ndarray]:
 
 
 def test_offline_checkpoint_ply_and_deocclusion(scene, tmp_path):
-    fr = _frames(scene)
+    fr = scene_frames(scene)
     tr = Reconstructor(_cfg())
     train_offline(tr, fr, 150)
     st = tr.get_stats()
@@ -234,7 +231,7 @@ def test_offline_checkpoint_ply_and_deocclusion(scene, tmp_path):
 
 
 def test_checkpoint_during_training_reloads_identically(scene, tmp_path):
-    fr = _frames(scene)
+    fr = scene_frames(scene)
     tr = OnlineTrainer(_cfg())
     tr.start()
     try:
@@ -295,7 +292,7 @@ def test_knot_budget_bounds_memory_and_keeps_motion(scene, tmp_path):
         x = model.evaluate(t)["means"][0, 0].item()
         assert x == pytest.approx(min(t, 1.0) * 0.01, abs=1e-6)
 
-    fr = _frames(scene)
+    fr = scene_frames(scene)
     tr = Reconstructor(_cfg(knot_spacing_s=0.02, knots_at_frames=False, max_knots=6, recent_knots=2))
     train_offline(tr, fr, 10)
     st = tr.get_stats()
@@ -315,7 +312,7 @@ def test_views_finer_than_training_have_no_gaps(scene):
     view is rendered at the training resolution and upsampled, so it covers the tissue as the training-size
     view does (rendered directly, the Gaussians fitted to coarse pixels leave gaps between them)."""
     tr = Reconstructor(_cfg(image_scale=0.5, init_scale=0.5, seed=0))
-    train_offline(tr, _frames(scene)[:4], 40)
+    train_offline(tr, scene_frames(scene)[:4], 40)
     f = scene.frames[3]
     t = tr.time_of(f.stamp_ns)
     rgb, _, alpha = tr.render_view(f.pose, t)                       # training size, 32x24
@@ -335,7 +332,7 @@ def test_display_gaussians_carry_the_training_pixels_low_pass(scene):
     from surg3d_nodes.recon.render import RenderCamera, render_evaluated
 
     tr = Reconstructor(_cfg(image_scale=0.5, init_scale=0.5, seed=0))
-    train_offline(tr, _frames(scene)[:4], 40)
+    train_offline(tr, scene_frames(scene)[:4], 40)
     f = scene.frames[3]
     t = tr.time_of(f.stamp_ns)
     K = scale_intrinsics(scene.cam_left.intrinsics(), 2.0, 2.0)
@@ -358,7 +355,7 @@ def test_display_gaussians_carry_the_training_pixels_low_pass(scene):
 def test_training_thread_survives_unexpected_errors(scene, monkeypatch):
     """A failing frame is skipped and a failing step is counted; the thread, the model and later frames go on."""
     tr = OnlineTrainer(_cfg())
-    fr = _frames(scene)
+    fr = scene_frames(scene)
     real_step, real_add = tr.recon.step, tr.recon.add_frame
     calls = {"step": 0}
 

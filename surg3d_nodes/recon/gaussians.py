@@ -16,8 +16,7 @@ the completion of tissue no camera has seen (`recon.completion`), False for obse
 the model from the knot before that frame on (`birth_time`; the times between the two frames see the new state)
 and not how it shows the earlier frames, which it has already fitted: tissue added to explain the frame, or
 inferred under its instruments, is born there; an inferred Gaussian that the frame shows to be observed tissue
-is retired there, not deleted. `append`, `select` and
-`load_params` keep both aligned with the parameter rows.
+is retired there, not deleted. `append`, `select` and `load_params` keep both aligned with the parameter rows.
 """
 
 from __future__ import annotations
@@ -153,6 +152,10 @@ class GaussianModel:
         without spans)."""
         life = self.life if params is None else params.get("life")
         return None if life is None else (life[:, 0] < t) & (t <= life[:, 1])
+
+    def retired(self) -> torch.Tensor:
+        """[N] bool: the Gaussians retired at some time (kept only for the times before)."""
+        return torch.isfinite(self.life[:, 1])
 
     def track_at(self, t: float, name: str) -> torch.Tensor:
         """Value [N,3] of track `name` (pos_knots, col_knots, scale_knots) of every Gaussian at time t."""
@@ -314,7 +317,7 @@ class GaussianModel:
 
     def inferred_share(self) -> float:
         """Fraction of the Gaussians alive now (not retired) that are inferred (0 for an empty model)."""
-        now = torch.isinf(self.life[:, 1])
+        now = ~self.retired()
         return float(self.inferred[now].float().mean()) if bool(now.any()) else 0.0
 
     def load_params(self, params: dict[str, torch.Tensor], knot_times: list[float],

@@ -466,8 +466,8 @@ class Reconstructor:
         present goes short of Gaussians."""
         m = self.model
         over = m.num_gaussians + wanted - self.cfg.max_gaussians
-        retired = torch.nonzero(torch.isfinite(m.life[:, 1])).squeeze(1)
-        if over > 0 and retired.numel():
+        retired = torch.nonzero(m.retired()).squeeze(1) if over > 0 else None
+        if retired is not None and retired.numel():
             keep = torch.ones(m.num_gaussians, dtype=torch.bool, device=m.device)
             keep[retired[torch.argsort(m.life[retired, 1])[:over]]] = False
             m.select(keep)
@@ -478,8 +478,8 @@ class Reconstructor:
     @torch.no_grad()
     def grow_unexplained(self, kf: Keyframe, use_error: bool) -> int:
         """Back-project tissue pixels the model does not explain into new Gaussians; returns how many."""
-        if self.room(0) <= 0 and not bool(torch.isfinite(self.model.life[:, 1]).any()):
-            return 0
+        if self.model.num_gaussians - int(self.model.retired().sum()) >= self.cfg.max_gaussians:
+            return 0                      # full of Gaussians alive now: nothing to make room with
         valid = (kf.depth > 0) & (kf.tissue > 0.5)
         if self.model.num_gaussians == 0:
             want = valid
@@ -708,8 +708,9 @@ def train_stream(recon: Reconstructor, frames: Iterable[Frame], iterations_per_f
                  after_frame: Callable[[int, Reconstructor], None] | None = None) -> TrainerStats:
     """Live training without a clock: frames arrive in order and each used frame is followed by exactly
     `iterations_per_frame` steps, its colour fit included (`Reconstructor.steps_spent`), of `StepSchedule.live`
-    (what `OnlineTrainer` runs with the same setting, minus the thread), so the result is deterministic and
-    the same on any machine. `after_frame(i, recon)` is called after frame i and its steps."""
+    (what `OnlineTrainer` runs with the same setting, minus the thread), so the result does not depend on the
+    machine's speed (bitwise repeatable with the torch backend; the compiled one's threaded sums are not).
+    `after_frame(i, recon)` is called after frame i and its steps."""
     configure_torch_threads(recon.cfg)
     recon.stats.state = "running"
     budget = recon.steps_spent()       # a colour fit that overran the last frame's steps is taken from the next
