@@ -50,8 +50,13 @@ class Collector:
     def __init__(self, node, specs: dict[str, type], depth: int = 50) -> None:
         self.lock = threading.Lock()
         self.msgs: dict[str, list] = {t: [] for t in specs}
-        for topic, cls in specs.items():
-            node.create_subscription(cls, topic, lambda m, t=topic: self._add(t, m), depth)
+        self.subs = {topic: node.create_subscription(cls, topic, lambda m, t=topic: self._add(t, m), depth)
+                     for topic, cls in specs.items()}
+
+    def wait_matched(self, topic: str, timeout: float = 20.0) -> None:
+        """Wait until a publisher has matched this subscription to `topic`: a node's first message, sent
+        before the match, would be lost (seeing the publisher in the graph is not enough)."""
+        assert wait_until(lambda: self.subs[topic].get_publisher_count() > 0, timeout), f"no publisher matched {topic}"
 
     def _add(self, topic: str, msg) -> None:
         with self.lock:

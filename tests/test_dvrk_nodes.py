@@ -72,7 +72,7 @@ def test_kinematics_node_with_faulty_streams(ros_env, ros_node):
         assert wait_until(lambda: all(p.get_subscription_count() > 0 for p in [*pubs.values(), info_pub])
                      and ros_node.count_publishers(topics.CAMERA_POSE) > 0
                      and ros_node.count_publishers(topics.INSTRUMENT_PRIOR) > 0, 20), "kinematics node not up"
-        time.sleep(0.5)
+        got.wait_matched(topics.CAMERA_POSE)
         # Replay in delivery order at half speed (bursts lose fewer messages on a loaded machine), stamps as
         # emulated: the node's resolution depends on stamps, its waiting only on wall time.
         t0 = time.monotonic_ns()
@@ -189,7 +189,7 @@ def test_kinematics_pose_is_of_the_rectified_camera(ros_env, ros_node, tmp_path)
         got = Collector(ros_node, {topics.CAMERA_POSE: PoseStamped}, depth=200)
         assert wait_until(lambda: ecm.get_subscription_count() > 0 and info.get_subscription_count() > 0
                      and ros_node.count_publishers(topics.CAMERA_POSE) > 0, 20), "kinematics node not up"
-        time.sleep(0.5)
+        got.wait_matched(topics.CAMERA_POSE)
         T_ecm = pose_matrix([0.01, 0.02, 0.2], [0.1, 0.2, 0.3, 0.9])
         for k in range(6):
             ecm.publish(pose_to_msg(T_ecm, 1_000 * MS + k * 10 * MS, "Cart"))

@@ -108,7 +108,7 @@ def test_tracker_node_poses_from_best_effort_inputs_and_none_for_an_occluded_fra
                       ros_env)
     try:
         _wait_for_subscriber(ros_node, topics.INSTRUMENT_MASK)
-        time.sleep(0.5)
+        got.wait_matched(topics.CAMERA_POSE)
         _publish_frames(ros_node, frames, scene.cam_left)
         end = time.monotonic() + 10
         while len(got.get(topics.CAMERA_POSE)) < len(frames) - 1 and time.monotonic() < end:
@@ -146,7 +146,7 @@ def test_tracker_node_static_pose_source(ros_env, ros_node) -> None:
                        "-p", "initial_pose:=[0.0, 0.0, 0.01, 0.0, 0.0, 0.0, 1.0]"], ros_env)
     try:
         _wait_for_subscriber(ros_node, topics.LEFT_RECT)
-        time.sleep(0.5)
+        got.wait_matched(topics.CAMERA_POSE)
         stamps = _publish_frames(ros_node, frames, cam, with_depth=False)
         end = time.monotonic() + 10
         while len(got.get(topics.CAMERA_POSE)) < len(frames) and time.monotonic() < end:
