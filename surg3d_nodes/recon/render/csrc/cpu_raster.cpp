@@ -435,25 +435,25 @@ inline auto hsum(V v) {
   return s;
 }
 
-// exp for 8 floats: Cephes' polynomial (relative error ~1e-7) with the exponent put in by bit shifting.
+// exp for 8 floats (x <= 80), relative error ~1e-7: x = n ln2 + r with n rounded by adding 1.5 * 2^23 (whose low
+// mantissa bits then hold n: no float-int conversions), Cephes' polynomial in r evaluated in Estrin's scheme
+// (a shorter dependency chain than Horner's: the compositing loops are latency-bound on it).
 inline Vec<float>::V vexp(Vec<float>::V x) {
   using V = Vec<float>::V;
   using M = Vec<float>::M;
-  const V lo = V{} - 80.0f, hi = V{} + 80.0f, one = V{} + 1.0f, zero = V{};
+  const V lo = V{} - 80.0f;
   x = x < lo ? lo : x;
-  x = x > hi ? hi : x;
-  const V fx = x * 1.44269504088896341f + 0.5f;
-  const V tr = __builtin_convertvector(__builtin_convertvector(fx, M), V);
-  const V n = tr - (fx < tr ? one : zero);  // floor
+  const V magic = V{} + 12582912.0f;
+  const V t = x * 1.44269504088896341f + magic;
+  const V n = t - magic;
   const V r = x - n * 0.693359375f + n * 2.12194440e-4f;
-  V y = V{} + 1.9875691500e-4f;
-  y = y * r + 1.3981999507e-3f;
-  y = y * r + 8.3334519073e-3f;
-  y = y * r + 4.1665795894e-2f;
-  y = y * r + 1.6666665459e-1f;
-  y = y * r + 5.0000001201e-1f;
-  y = y * r * r + r + 1.0f;
-  const M bits = (__builtin_convertvector(n, M) + 127) << 23;
+  const V r2 = r * r;
+  const V p01 = 5.0000001201e-1f + 1.6666665459e-1f * r;
+  const V p23 = 4.1665795894e-2f + 8.3334519073e-3f * r;
+  const V p45 = 1.3981999507e-3f + 1.9875691500e-4f * r;
+  const V p = p01 + r2 * (p23 + r2 * p45);
+  const V y = r2 * p + (r + 1.0f);
+  const M bits = (__builtin_bit_cast(M, t) - __builtin_bit_cast(M, magic) + 127) << 23;
   return y * __builtin_bit_cast(V, bits);
 }
 // exp for doubles (gradient checks): the library's, exact to the last bit.
@@ -531,9 +531,9 @@ static void raster_fwd(int width, int height, int channels, const T* records, co
     const int64_t start = tile_offsets[t], end = tile_offsets[t + 1];
     for (int64_t e = start; e < end; ++e) {
       if ((e - start) % kCheckDone == kCheckDone - 1) {
-        T ndone = 0;
-        for (int p = 0; p < NP; ++p) ndone += B.done[p];
-        if (ndone == T(NP)) break;
+        M all = vload<V>(B.done) != T(0);
+        for (int p = kLanes; p < NP; p += kLanes) all &= vload<V>(B.done + p) != T(0);
+        if (hsum(all) == -kLanes) break;
       }
       // A tile's records are scattered over the whole depth-sorted array: fetch a few entries ahead.
       if (e + kPrefetch < end) __builtin_prefetch(records + static_cast<int64_t>(isect[e + kPrefetch]) * R);
