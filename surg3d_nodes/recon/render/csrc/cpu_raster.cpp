@@ -18,6 +18,7 @@
 #include <cstdint>
 #include <cstring>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 namespace {
@@ -54,27 +55,114 @@ void parallel_for(int64_t n, int threads, int64_t grain, F&& body) {
   for (auto& th : pool) th.join();
 }
 
+// 8 lanes of T as GCC vectors (one AVX register of floats); M is the mask type of their comparisons.
+constexpr int kLanes = 8;
 template <typename T>
-void quat_to_rotmat(const T* q, T* qn, T& norm, T R[9]) {
-  const T n = std::sqrt(q[0] * q[0] + q[1] * q[1] + q[2] * q[2] + q[3] * q[3]);
-  norm = std::max(n, T(1e-12));
+struct Vec;
+template <>
+struct Vec<float> {
+  typedef float V __attribute__((vector_size(32)));
+  typedef int32_t M __attribute__((vector_size(32)));
+};
+template <>
+struct Vec<double> {
+  typedef double V __attribute__((vector_size(64)));
+  typedef int64_t M __attribute__((vector_size(64)));
+};
+using DVec = Vec<double>::V;
+
+template <typename V, typename T>
+inline V vload(const T* p) {
+  V v;
+  std::memcpy(&v, p, sizeof(V));
+  return v;
+}
+template <typename V, typename T>
+inline void vstore(T* p, V v) {
+  std::memcpy(p, &v, sizeof(V));
+}
+template <typename V>
+inline auto hsum(V v) {
+  auto s = v[0];
+  for (int l = 1; l < kLanes; ++l) s += v[l];
+  return s;
+}
+template <typename V>
+inline V vsqrt(V x) {
+  for (int l = 0; l < kLanes; ++l) x[l] = std::sqrt(x[l]);
+  return x;
+}
+template <typename V>
+inline V vceil(V x) {
+  for (int l = 0; l < kLanes; ++l) x[l] = std::ceil(x[l]);
+  return x;
+}
+template <typename V>
+using Elem = std::remove_reference_t<decltype(V{}[0])>;
+template <typename V>
+inline V vmax(V a, Elem<V> b) {
+  const V bv = V{} + b;
+  return a < bv ? bv : a;
+}
+template <typename V>
+inline V vmin(V a, Elem<V> b) {
+  const V bv = V{} + b;
+  return a > bv ? bv : a;
+}
+
+// The projection works on 8 Gaussians at a time, one per lane: lanes(src, i, n) reads K values per Gaussian
+// of Gaussians i..i+7 (rows past n repeat row n-1) into K vectors; unlanes writes the valid lanes back.
+template <int K, typename T, typename V = typename Vec<T>::V>
+inline void lanes(const T* src, int64_t i, int64_t n, V out[K]) {
+  for (int l = 0; l < kLanes; ++l) {
+    const T* s = src + K * std::min(i + l, n - 1);
+    for (int k = 0; k < K; ++k) out[k][l] = s[k];
+  }
+}
+template <int K, typename T, typename V = typename Vec<T>::V>
+inline void unlanes(const V in[K], int64_t i, int64_t n, T* dst) {
+  const int valid = static_cast<int>(std::min<int64_t>(kLanes, n - i));
+  for (int l = 0; l < valid; ++l)
+    for (int k = 0; k < K; ++k) dst[K * (i + l) + k] = in[k][l];
+}
+
+template <typename V>
+void quat_to_rotmat(const V* q, V* qn, V& norm, V R[9]) {
+  norm = vmax(vsqrt(q[0] * q[0] + q[1] * q[1] + q[2] * q[2] + q[3] * q[3]), 1e-12);
   for (int i = 0; i < 4; ++i) qn[i] = q[i] / norm;
-  const T w = qn[0], x = qn[1], y = qn[2], z = qn[3];
+  const V w = qn[0], x = qn[1], y = qn[2], z = qn[3];
   R[0] = 1 - 2 * (y * y + z * z); R[1] = 2 * (x * y - w * z);     R[2] = 2 * (x * z + w * y);
   R[3] = 2 * (x * y + w * z);     R[4] = 1 - 2 * (x * x + z * z); R[5] = 2 * (y * z - w * x);
   R[6] = 2 * (x * z - w * y);     R[7] = 2 * (y * z + w * x);     R[8] = 1 - 2 * (x * x + y * y);
 }
 
-// Everything the projection of one Gaussian computes; the backward recomputes it (cheap, no storage).
+// Everything the projection of 8 Gaussians computes; the backward recomputes it (cheap, no storage).
 template <typename T>
 struct Proj {
-  T qn[4], qnorm, Rq[9], M[9], Sig[9], mc[3], cc[9], tz, u, v, J[6], cov[4], a, b, c, det;
-  bool clamp_u, clamp_v;
+  using V = typename Vec<T>::V;
+  V qn[4], qnorm, Rq[9], M[9], Sig[9], mc[3], cc[9], tz, u, v, J[6], cov[4], a, b, c, det;
+  typename Vec<T>::M clamp_u, clamp_v;
 };
 
+// The camera of a projection: world-to-camera rotation Rv and translation tv, focal lengths and principal
+// point, and the clamp limits of x/z and y/z (1.3x the frustum, as gsplat).
 template <typename T>
-void project_one(const T* mean, const T* quat, const T* scale, const T* Rv, const T* tv, T fx, T fy,
-                 const T lim[4], T eps2d, Proj<T>& p) {
+struct Cam {
+  T Rv[9], tv[3], fx, fy, cx, cy, lim[4];
+  Cam(const T* view, const T* K, int width, int height)
+      : Rv{view[0], view[1], view[2], view[4], view[5], view[6], view[8], view[9], view[10]},
+        tv{view[3], view[7], view[11]}, fx(K[0]), fy(K[4]), cx(K[2]), cy(K[5]) {
+    const T tan_fovx = T(0.5) * width / fx, tan_fovy = T(0.5) * height / fy;
+    lim[0] = (width - cx) / fx + T(0.3) * tan_fovx;   // x positive
+    lim[1] = cx / fx + T(0.3) * tan_fovx;             // x negative
+    lim[2] = (height - cy) / fy + T(0.3) * tan_fovy;
+    lim[3] = cy / fy + T(0.3) * tan_fovy;
+  }
+};
+
+template <typename T, typename V = typename Vec<T>::V>
+void project_one(const V mean[3], const V quat[4], const V scale[3], const Cam<T>& cam, T eps2d, Proj<T>& p) {
+  const T* Rv = cam.Rv;
   quat_to_rotmat(quat, p.qn, p.qnorm, p.Rq);
   for (int i = 0; i < 3; ++i)
     for (int j = 0; j < 3; ++j) p.M[3 * i + j] = p.Rq[3 * i + j] * scale[j];
@@ -82,25 +170,26 @@ void project_one(const T* mean, const T* quat, const T* scale, const T* Rv, cons
     for (int j = 0; j < 3; ++j)
       p.Sig[3 * i + j] = p.M[3 * i] * p.M[3 * j] + p.M[3 * i + 1] * p.M[3 * j + 1] + p.M[3 * i + 2] * p.M[3 * j + 2];
   for (int i = 0; i < 3; ++i)
-    p.mc[i] = Rv[3 * i] * mean[0] + Rv[3 * i + 1] * mean[1] + Rv[3 * i + 2] * mean[2] + tv[i];
-  T RS[9];  // Rv Sig
+    p.mc[i] = Rv[3 * i] * mean[0] + Rv[3 * i + 1] * mean[1] + Rv[3 * i + 2] * mean[2] + cam.tv[i];
+  V RS[9];  // Rv Sig
   for (int i = 0; i < 3; ++i)
     for (int j = 0; j < 3; ++j)
       RS[3 * i + j] = Rv[3 * i] * p.Sig[j] + Rv[3 * i + 1] * p.Sig[3 + j] + Rv[3 * i + 2] * p.Sig[6 + j];
   for (int i = 0; i < 3; ++i)
     for (int j = 0; j < 3; ++j)
       p.cc[3 * i + j] = RS[3 * i] * Rv[3 * j] + RS[3 * i + 1] * Rv[3 * j + 1] + RS[3 * i + 2] * Rv[3 * j + 2];
-  const T tz = std::fabs(p.mc[2]) < T(1e-12) ? T(1e-12) : p.mc[2];
+  const V tiny = V{} + T(1e-12);
+  const V tz = (p.mc[2] < tiny) & (p.mc[2] > -tiny) ? tiny : p.mc[2];
   p.tz = tz;
-  const T ru = p.mc[0] / tz, rv = p.mc[1] / tz;
-  p.u = std::min(std::max(ru, -lim[1]), lim[0]);
-  p.v = std::min(std::max(rv, -lim[3]), lim[2]);
-  p.clamp_u = ru < -lim[1] || ru > lim[0];
-  p.clamp_v = rv < -lim[3] || rv > lim[2];
+  const V ru = p.mc[0] / tz, rv = p.mc[1] / tz;
+  p.u = vmin(vmax(ru, -cam.lim[1]), cam.lim[0]);
+  p.v = vmin(vmax(rv, -cam.lim[3]), cam.lim[2]);
+  p.clamp_u = (ru < -cam.lim[1]) | (ru > cam.lim[0]);
+  p.clamp_v = (rv < -cam.lim[3]) | (rv > cam.lim[2]);
   // J = [[fx/z, 0, -fx u/z], [0, fy/z, -fy v/z]] with u, v the clamped x/z, y/z.
-  p.J[0] = fx / tz; p.J[1] = 0; p.J[2] = -fx * p.u / tz;
-  p.J[3] = 0; p.J[4] = fy / tz; p.J[5] = -fy * p.v / tz;
-  T JC[6];
+  p.J[0] = cam.fx / tz; p.J[1] = V{}; p.J[2] = -cam.fx * p.u / tz;
+  p.J[3] = V{}; p.J[4] = cam.fy / tz; p.J[5] = -cam.fy * p.v / tz;
+  V JC[6];
   for (int i = 0; i < 2; ++i)
     for (int j = 0; j < 3; ++j)
       JC[3 * i + j] = p.J[3 * i] * p.cc[j] + p.J[3 * i + 1] * p.cc[3 + j] + p.J[3 * i + 2] * p.cc[6 + j];
@@ -110,163 +199,159 @@ void project_one(const T* mean, const T* quat, const T* scale, const T* Rv, cons
   p.a = p.cov[0] + eps2d;
   p.b = T(0.5) * (p.cov[1] + p.cov[2]);
   p.c = p.cov[3] + eps2d;
-  p.det = std::max(p.a * p.c - p.b * p.b, T(1e-10));
-}
-
-template <typename T>
-void frustum_limits(T fx, T fy, T cx, T cy, int width, int height, T lim[4]) {
-  const T tan_fovx = T(0.5) * width / fx, tan_fovy = T(0.5) * height / fy;
-  lim[0] = (width - cx) / fx + T(0.3) * tan_fovx;   // x positive
-  lim[1] = cx / fx + T(0.3) * tan_fovx;             // x negative
-  lim[2] = (height - cy) / fy + T(0.3) * tan_fovy;
-  lim[3] = cy / fy + T(0.3) * tan_fovy;
+  p.det = vmax(p.a * p.c - p.b * p.b, T(1e-10));
 }
 
 template <typename T>
 void project_fwd(int64_t n, const T* means, const T* quats, const T* scales, const T* view, const T* K, int width,
                  int height, T eps2d, T near_plane, T far_plane, T* means2d, T* conics, T* depths, int32_t* radii,
                  int threads) {
-  const T Rv[9] = {view[0], view[1], view[2], view[4], view[5], view[6], view[8], view[9], view[10]};
-  const T tv[3] = {view[3], view[7], view[11]};
-  const T fx = K[0], fy = K[4], cx = K[2], cy = K[5];
-  T lim[4];
-  frustum_limits(fx, fy, cx, cy, width, height, lim);
-  parallel_for(n, threads, 4096, [&](int64_t i, int) {
+  using V = typename Vec<T>::V;
+  const Cam<T> cam(view, K, width, height);
+  parallel_for((n + kLanes - 1) / kLanes, threads, 512, [&](int64_t blk, int) {
+    const int64_t i = blk * kLanes;
+    V mean[3], quat[4], scale[3];
+    lanes<3>(means, i, n, mean);
+    lanes<4>(quats, i, n, quat);
+    lanes<3>(scales, i, n, scale);
     Proj<T> p;
-    project_one(means + 3 * i, quats + 4 * i, scales + 3 * i, Rv, tv, fx, fy, lim, eps2d, p);
-    const T mx = fx * p.mc[0] / p.tz + cx, my = fy * p.mc[1] / p.tz + cy;
-    means2d[2 * i] = mx;
-    means2d[2 * i + 1] = my;
-    conics[3 * i] = p.c / p.det;
-    conics[3 * i + 1] = -p.b / p.det;
-    conics[3 * i + 2] = p.a / p.det;
-    depths[i] = p.mc[2];
-    T rx = std::ceil(T(kExtentSigma) * std::sqrt(std::max(p.a, T(0))));
-    T ry = std::ceil(T(kExtentSigma) * std::sqrt(std::max(p.c, T(0))));
-    const bool valid = p.mc[2] > near_plane && p.mc[2] < far_plane;
-    const bool inside = mx + rx > 0 && mx - rx < width && my + ry > 0 && my - ry < height;
-    if (!(valid && inside)) rx = ry = 0;
-    radii[2 * i] = static_cast<int32_t>(rx);
-    radii[2 * i + 1] = static_cast<int32_t>(ry);
+    project_one(mean, quat, scale, cam, eps2d, p);
+    const V m2[2] = {cam.fx * p.mc[0] / p.tz + cam.cx, cam.fy * p.mc[1] / p.tz + cam.cy};
+    const V con[3] = {p.c / p.det, -p.b / p.det, p.a / p.det};
+    V rx = vceil(T(kExtentSigma) * vsqrt(vmax(p.a, T(0))));
+    V ry = vceil(T(kExtentSigma) * vsqrt(vmax(p.c, T(0))));
+    const auto keep = (p.mc[2] > near_plane) & (p.mc[2] < far_plane) & (m2[0] + rx > 0) & (m2[0] - rx < T(width)) &
+                      (m2[1] + ry > 0) & (m2[1] - ry < T(height));
+    rx = keep ? rx : V{};
+    ry = keep ? ry : V{};
+    unlanes<2>(m2, i, n, means2d);
+    unlanes<3>(con, i, n, conics);
+    unlanes<1>(&p.mc[2], i, n, depths);
+    const int valid = static_cast<int>(std::min<int64_t>(kLanes, n - i));
+    for (int l = 0; l < valid; ++l) {
+      radii[2 * (i + l)] = static_cast<int32_t>(rx[l]);
+      radii[2 * (i + l) + 1] = static_cast<int32_t>(ry[l]);
+    }
   });
 }
 
 // Backward of project_fwd given dL/d(means2d, conics, depths); writes dL/d(means, quats, scales) and adds
-// dL/dviewmat (row-major 4x4, last row untouched) into grad_view.
+// dL/dviewmat (row-major 4x4, last row untouched) into grad_view. Lanes whose incoming gradient is zero
+// (culled Gaussians, whose projection may not be finite) get zeros.
 template <typename T>
 void project_bwd(int64_t n, const T* means, const T* quats, const T* scales, const T* view, const T* K, int width,
                  int height, T eps2d, const T* g_means2d, const T* g_conics, const T* g_depths, T* g_means,
                  T* g_quats, T* g_scales, T* g_view, int threads) {
-  const T Rv[9] = {view[0], view[1], view[2], view[4], view[5], view[6], view[8], view[9], view[10]};
-  const T tv[3] = {view[3], view[7], view[11]};
-  const T fx = K[0], fy = K[4], cx = K[2], cy = K[5];
-  T lim[4];
-  frustum_limits(fx, fy, cx, cy, width, height, lim);
+  using V = typename Vec<T>::V;
+  const Cam<T> cam(view, K, width, height);
+  const T* Rv = cam.Rv;
+  const T fx = cam.fx, fy = cam.fy;
   const int nthr = std::max(1, threads);
-  std::vector<double> view_acc(static_cast<size_t>(nthr) * 12, 0.0);
-  parallel_for(n, threads, 4096, [&](int64_t i, int tid) {
-    const T* gm2 = g_means2d + 2 * i;
-    const T* gcon = g_conics + 3 * i;
-    const T gz_in = g_depths[i];
-    if (gm2[0] == 0 && gm2[1] == 0 && gcon[0] == 0 && gcon[1] == 0 && gcon[2] == 0 && gz_in == 0) {
-      std::fill(g_means + 3 * i, g_means + 3 * i + 3, T(0));
-      std::fill(g_quats + 4 * i, g_quats + 4 * i + 4, T(0));
-      std::fill(g_scales + 3 * i, g_scales + 3 * i + 3, T(0));
-      return;
-    }
+  std::vector<DVec> view_acc(static_cast<size_t>(nthr) * 12, DVec{});  // per thread, in double
+  parallel_for((n + kLanes - 1) / kLanes, threads, 512, [&](int64_t blk, int tid) {
+    const int64_t i = blk * kLanes;
+    V gm2[2], gcon[3], gz_in, m[3], quat[4], s[3];
+    lanes<2>(g_means2d, i, n, gm2);
+    lanes<3>(g_conics, i, n, gcon);
+    lanes<1>(g_depths, i, n, &gz_in);
+    V lane{};  // lanes past n repeat Gaussian n-1 (lanes()): they must not count twice in dL/dviewmat
+    for (int l = 0; l < kLanes; ++l) lane[l] = l;
+    const auto live = (lane < T(n - i)) & ((gm2[0] != 0) | (gm2[1] != 0) | (gcon[0] != 0) | (gcon[1] != 0) |
+                                           (gcon[2] != 0) | (gz_in != 0));
+    lanes<3>(means, i, n, m);
+    lanes<4>(quats, i, n, quat);
+    lanes<3>(scales, i, n, s);
     Proj<T> p;
-    project_one(means + 3 * i, quats + 4 * i, scales + 3 * i, Rv, tv, fx, fy, lim, eps2d, p);
+    project_one(m, quat, s, cam, eps2d, p);
     // conic = inverse of A = [[a, b], [b, c]]: dL/dA = -A^-1 G A^-1 with G the symmetric split of dL/dconic.
-    const T i00 = p.c / p.det, i01 = -p.b / p.det, i11 = p.a / p.det;
-    const T G00 = gcon[0], G01 = T(0.5) * gcon[1], G11 = gcon[2];
-    const T X00 = G00 * i00 + G01 * i01, X01 = G00 * i01 + G01 * i11;  // G A^-1
-    const T X10 = G01 * i00 + G11 * i01, X11 = G01 * i01 + G11 * i11;
-    T Gc[4];  // dL/dcov2d (symmetric)
+    const V i00 = p.c / p.det, i01 = -p.b / p.det, i11 = p.a / p.det;
+    const V G00 = gcon[0], G01 = T(0.5) * gcon[1], G11 = gcon[2];
+    const V X00 = G00 * i00 + G01 * i01, X01 = G00 * i01 + G01 * i11;  // G A^-1
+    const V X10 = G01 * i00 + G11 * i01, X11 = G01 * i01 + G11 * i11;
+    V Gc[4];  // dL/dcov2d (symmetric)
     Gc[0] = -(i00 * X00 + i01 * X10);
     Gc[1] = -(i00 * X01 + i01 * X11);
     Gc[2] = -(i01 * X00 + i11 * X10);
     Gc[3] = -(i01 * X01 + i11 * X11);
-    const T g01 = T(0.5) * (Gc[1] + Gc[2]);
+    const V g01 = T(0.5) * (Gc[1] + Gc[2]);
     Gc[1] = Gc[2] = g01;
     // cov2d = J cc J^T: dL/dcc = J^T Gc J, dL/dJ = 2 Gc J cc.
-    T GJ_[6];  // Gc J
+    V GJ_[6];  // Gc J
     for (int r = 0; r < 2; ++r)
       for (int j = 0; j < 3; ++j) GJ_[3 * r + j] = Gc[2 * r] * p.J[j] + Gc[2 * r + 1] * p.J[3 + j];
-    T Gcc[9];
+    V Gcc[9];
     for (int r = 0; r < 3; ++r)
       for (int j = 0; j < 3; ++j) Gcc[3 * r + j] = p.J[r] * GJ_[j] + p.J[3 + r] * GJ_[3 + j];
-    T dJ[6];
+    V dJ[6];
     for (int r = 0; r < 2; ++r)
       for (int j = 0; j < 3; ++j)
         dJ[3 * r + j] = 2 * (GJ_[3 * r] * p.cc[j] + GJ_[3 * r + 1] * p.cc[3 + j] + GJ_[3 * r + 2] * p.cc[6 + j]);
     // cc = Rv Sig Rv^T: dL/dSig = Rv^T Gcc Rv, dL/dRv += 2 Gcc Rv Sig.
-    T GR[9];  // Gcc Rv
+    V GR[9];  // Gcc Rv
     for (int r = 0; r < 3; ++r)
       for (int j = 0; j < 3; ++j)
         GR[3 * r + j] = Gcc[3 * r] * Rv[j] + Gcc[3 * r + 1] * Rv[3 + j] + Gcc[3 * r + 2] * Rv[6 + j];
-    T GSig[9];
+    V GSig[9];
     for (int r = 0; r < 3; ++r)
       for (int j = 0; j < 3; ++j)
         GSig[3 * r + j] = Rv[r] * GR[j] + Rv[3 + r] * GR[3 + j] + Rv[6 + r] * GR[6 + j];
-    double* vacc = view_acc.data() + 12 * tid;
+    V gview[12];
     for (int r = 0; r < 3; ++r)
       for (int j = 0; j < 3; ++j)
-        vacc[3 * r + j] += 2 * (GR[3 * r] * p.Sig[j] + GR[3 * r + 1] * p.Sig[3 + j] + GR[3 * r + 2] * p.Sig[6 + j]);
+        gview[3 * r + j] = 2 * (GR[3 * r] * p.Sig[j] + GR[3 * r + 1] * p.Sig[3 + j] + GR[3 * r + 2] * p.Sig[6 + j]);
     // Sig = M M^T: dL/dM = 2 GSig M; M = Rq diag(s).
-    T GM[9];
+    V GM[9];
     for (int r = 0; r < 3; ++r)
       for (int j = 0; j < 3; ++j)
         GM[3 * r + j] = 2 * (GSig[3 * r] * p.M[j] + GSig[3 * r + 1] * p.M[3 + j] + GSig[3 * r + 2] * p.M[6 + j]);
-    const T* s = scales + 3 * i;
-    T GRq[9];
+    V GRq[9], gs[3];
     for (int j = 0; j < 3; ++j) {
-      T acc = 0;
+      V acc{};
       for (int r = 0; r < 3; ++r) {
         GRq[3 * r + j] = GM[3 * r + j] * s[j];
         acc += GM[3 * r + j] * p.Rq[3 * r + j];
       }
-      g_scales[3 * i + j] = acc;
+      gs[j] = live ? acc : V{};
     }
-    const T w = p.qn[0], x = p.qn[1], y = p.qn[2], z = p.qn[3];
-    const T* G = GRq;
-    const T gqn[4] = {
+    const V w = p.qn[0], x = p.qn[1], y = p.qn[2], z = p.qn[3];
+    const V* G = GRq;
+    const V gqn[4] = {
         2 * (-z * G[1] + y * G[2] + z * G[3] - x * G[5] - y * G[6] + x * G[7]),
         2 * (y * G[1] + z * G[2] + y * G[3] - 2 * x * G[4] - w * G[5] + z * G[6] + w * G[7] - 2 * x * G[8]),
         2 * (-2 * y * G[0] + x * G[1] + w * G[2] + x * G[3] + z * G[5] - w * G[6] + z * G[7] - 2 * y * G[8]),
         2 * (-2 * z * G[0] - w * G[1] + x * G[2] + w * G[3] - 2 * z * G[4] + y * G[5] + x * G[6] + y * G[7])};
-    const T dot = w * gqn[0] + x * gqn[1] + y * gqn[2] + z * gqn[3];
-    for (int k = 0; k < 4; ++k) g_quats[4 * i + k] = (gqn[k] - p.qn[k] * dot) / p.qnorm;
+    const V dot = w * gqn[0] + x * gqn[1] + y * gqn[2] + z * gqn[3];
+    V gq[4];
+    for (int k = 0; k < 4; ++k) gq[k] = live ? (gqn[k] - p.qn[k] * dot) / p.qnorm : V{};
     // J, means2d and depth as functions of the camera-frame mean.
-    const T tz = p.tz, tz2 = tz * tz;
-    T gx = gm2[0] * fx / tz, gy = gm2[1] * fy / tz;
-    T gz = gz_in - gm2[0] * fx * p.mc[0] / tz2 - gm2[1] * fy * p.mc[1] / tz2;
+    const V tz = p.tz, tz2 = tz * tz;
+    V gx = gm2[0] * fx / tz, gy = gm2[1] * fy / tz;
+    V gz = gz_in - gm2[0] * fx * p.mc[0] / tz2 - gm2[1] * fy * p.mc[1] / tz2;
     gz += -dJ[0] * fx / tz2 - dJ[4] * fy / tz2;
     // J02 = -fx u / z with u = x/z unless clamped (then a constant).
-    if (p.clamp_u) {
-      gz += dJ[2] * fx * p.u / tz2;
-    } else {
-      gx += -dJ[2] * fx / tz2;
-      gz += dJ[2] * 2 * fx * p.mc[0] / (tz2 * tz);
-    }
-    if (p.clamp_v) {
-      gz += dJ[5] * fy * p.v / tz2;
-    } else {
-      gy += -dJ[5] * fy / tz2;
-      gz += dJ[5] * 2 * fy * p.mc[1] / (tz2 * tz);
-    }
-    const T gmc[3] = {gx, gy, gz};
-    const T* m = means + 3 * i;
-    for (int j = 0; j < 3; ++j) g_means[3 * i + j] = Rv[j] * gmc[0] + Rv[3 + j] * gmc[1] + Rv[6 + j] * gmc[2];
+    gz += p.clamp_u ? dJ[2] * fx * p.u / tz2 : dJ[2] * 2 * fx * p.mc[0] / (tz2 * tz);
+    gx += p.clamp_u ? V{} : -dJ[2] * fx / tz2;
+    gz += p.clamp_v ? dJ[5] * fy * p.v / tz2 : dJ[5] * 2 * fy * p.mc[1] / (tz2 * tz);
+    gy += p.clamp_v ? V{} : -dJ[5] * fy / tz2;
+    const V gmc[3] = {gx, gy, gz};
+    V gmean[3];
+    for (int j = 0; j < 3; ++j)
+      gmean[j] = live ? Rv[j] * gmc[0] + Rv[3 + j] * gmc[1] + Rv[6 + j] * gmc[2] : V{};
     for (int r = 0; r < 3; ++r) {
-      for (int j = 0; j < 3; ++j) vacc[3 * r + j] += gmc[r] * m[j];
-      vacc[9 + r] += gmc[r];
+      for (int j = 0; j < 3; ++j) gview[3 * r + j] += gmc[r] * m[j];
+      gview[9 + r] = gmc[r];
     }
+    DVec* vacc = view_acc.data() + 12 * tid;
+    for (int k = 0; k < 12; ++k) vacc[k] += __builtin_convertvector(live ? gview[k] : V{}, DVec);
+    unlanes<3>(gmean, i, n, g_means);
+    unlanes<4>(gq, i, n, g_quats);
+    unlanes<3>(gs, i, n, g_scales);
   });
   for (int t = 0; t < nthr; ++t) {
-    const double* v = view_acc.data() + 12 * t;
+    const DVec* v = view_acc.data() + 12 * t;
     for (int r = 0; r < 3; ++r) {
-      for (int j = 0; j < 3; ++j) g_view[4 * r + j] += static_cast<T>(v[3 * r + j]);
-      g_view[4 * r + 3] += static_cast<T>(v[9 + r]);
+      for (int j = 0; j < 3; ++j) g_view[4 * r + j] += static_cast<T>(hsum(v[3 * r + j]));
+      g_view[4 * r + 3] += static_cast<T>(hsum(v[9 + r]));
     }
   }
 }
@@ -418,39 +503,8 @@ static void bin_fill(int64_t visible, const int32_t* order, const int32_t* boxes
 
 namespace {
 
-constexpr int kLanes = 8;
 constexpr int kPrefetch = 8;   // tile-list entries whose record is fetched ahead
 constexpr int kCheckDone = 16; // entries between checks whether every pixel of a tile has stopped
-
-template <typename T>
-struct Vec;
-template <>
-struct Vec<float> {
-  typedef float V __attribute__((vector_size(32)));
-  typedef int32_t M __attribute__((vector_size(32)));
-};
-template <>
-struct Vec<double> {
-  typedef double V __attribute__((vector_size(64)));
-  typedef int64_t M __attribute__((vector_size(64)));
-};
-
-template <typename V, typename T>
-inline V vload(const T* p) {
-  V v;
-  std::memcpy(&v, p, sizeof(V));
-  return v;
-}
-template <typename V, typename T>
-inline void vstore(T* p, V v) {
-  std::memcpy(p, &v, sizeof(V));
-}
-template <typename V>
-inline auto hsum(V v) {
-  auto s = v[0];
-  for (int l = 1; l < kLanes; ++l) s += v[l];
-  return s;
-}
 
 // exp for 8 floats (x <= 80), relative error ~1e-7: x = n ln2 + r with n rounded by adding 1.5 * 2^23 (whose low
 // mantissa bits then hold n: no float-int conversions), Cephes' polynomial in r evaluated in Estrin's scheme
