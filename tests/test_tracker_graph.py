@@ -68,11 +68,12 @@ def _publish_frames(ros_node, frames, cam, with_depth: bool = True) -> dict[int,
         time.sleep(0.05)
     stamps = {}
     for i, (rgb, depth, mask, stamp) in enumerate(frames):
-        pubs[topics.LEFT_RECT_INFO].publish(camera_to_msg(cam, stamp))
         pubs[topics.LEFT_RECT].publish(image_to_msg(rgb, "rgb8", stamp, topics.LEFT_OPTICAL_FRAME))
         if with_depth:
             pubs[topics.DEPTH].publish(image_to_msg(depth, "32FC1", stamp, topics.LEFT_OPTICAL_FRAME))
             pubs[topics.INSTRUMENT_MASK].publish(image_to_msg(mask, "mono8", stamp, topics.LEFT_OPTICAL_FRAME))
+        # the info after its images: topics come in no set order, and the first frame must not be lost for it
+        pubs[topics.LEFT_RECT_INFO].publish(camera_to_msg(cam, stamp))
         stamps[i] = stamp
         time.sleep(0.15)   # the tracker's worker keeps up (its queue drops the oldest frame when busy)
     return stamps
@@ -117,15 +118,23 @@ def test_tracker_node_poses_from_best_effort_inputs_and_none_for_an_occluded_fra
     finally:
         out = stop_node(proc)
     poses = {stamp_to_ns(m.header.stamp): msg_to_pose(m) for m in got.get(topics.CAMERA_POSE)}
-    # The same frames through the core tracker in this process: the node must give exactly its poses.
+    assert poses, out
+    # Best-effort: the node's readers may match the test's writers after the writers saw them, and lose what
+    # came before (CI lost the first frame after a 0.5 s settle). The node must pose every frame from the first
+    # it received on, lose none after it, and agree with the core tracker started on the same frame.
+    start = [f[3] for f in frames].index(min(poses))
+    assert start < occluded, f"the node received nothing before frame {start}"
+    beats = [m for m in got.get(topics.NODE_STATUS) if m.node.endswith("/tracker")]
+    counts = {kv.key: kv.value for kv in beats[-1].values}
+    assert all(counts[f"in.{t.lstrip('/')}"] == str(len(frames) - start)
+               for t in (topics.LEFT_RECT, topics.DEPTH, topics.INSTRUMENT_MASK)), counts
     tracker = CameraTracker(scene.cam_left.intrinsics(), scene.cam_left.width)
-    expected = {stamp: r.pose for rgb, depth, mask, stamp in frames
+    expected = {stamp: r.pose for rgb, depth, mask, stamp in frames[start:]
                 if (r := tracker.track(rgb, depth, mask)).pose is not None}
     assert frames[occluded][3] not in expected
-    assert sorted(poses) == sorted(expected), out
+    assert sorted(poses) == sorted(expected), counts
     for stamp, T in poses.items():
         assert np.allclose(T, expected[stamp], atol=1e-9), (T, expected[stamp])
-    beats = [m for m in got.get(topics.NODE_STATUS) if m.node.endswith("/tracker")]
     keys = {kv.key for m in beats for kv in m.values}
     assert {"inliers", "reproj_px", "posed", "lost"} <= keys, keys
 
@@ -154,7 +163,9 @@ def test_tracker_node_static_pose_source(ros_env, ros_node) -> None:
     finally:
         out = stop_node(proc)
     msgs = got.get(topics.CAMERA_POSE)
-    assert sorted(stamp_to_ns(m.header.stamp) for m in msgs) == sorted(stamps.values()), out
+    posed = sorted(stamp_to_ns(m.header.stamp) for m in msgs)
+    # every image from the first the node received on (best-effort loses what precedes the readers' match)
+    assert posed and posed == [s for s in sorted(stamps.values()) if s >= posed[0]] and len(posed) >= 3, out
     expected = np.eye(4)
     expected[2, 3] = 0.01
     assert all(np.allclose(msg_to_pose(m), expected) for m in msgs)

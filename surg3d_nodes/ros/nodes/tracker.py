@@ -43,6 +43,7 @@ class TrackerNode(SurgNode):
         self.sync = ApproxTimeSync(len(self.inputs), round(p.sync_tolerance_ms * 1e6), p.sync_queue_size)
         self.tracker: CameraTracker | None = None
         self._info: CameraInfo | None = None
+        self._early: list | None = None   # the newest complete set received before any camera info
         self._last: TrackResult | None = None
         self._last_stamp = -1
         self.pose_pub = self.publisher(PoseStamped, topics.CAMERA_POSE)
@@ -71,8 +72,12 @@ class TrackerNode(SurgNode):
         self.count("poses")
 
     def on_info(self, msg: CameraInfo) -> None:
-        """Keep the newest rectified camera info (its P gives the intrinsics)."""
+        """Keep the newest rectified camera info (its P gives the intrinsics); the first one also releases the
+        set that arrived before it (the info and the images come on separate topics, in no set order)."""
         self._info = msg
+        if self._early is not None:
+            early, self._early = self._early, None
+            self._submit(early)
 
     def on_input(self, idx: int, msg: Image) -> None:
         """Pair image, depth and mask by stamp; a complete set goes to the worker (oldest dropped when busy)."""
@@ -81,9 +86,14 @@ class TrackerNode(SurgNode):
         if out is None:
             return
         if self._info is None:
-            self.count("no_camera_info")
+            if self._early is not None:
+                self.count("no_camera_info")   # an older set that no camera info came for
+            self._early = out[0]
             return
-        if not self._worker.submit((out[0], self._info)):
+        self._submit(out[0])
+
+    def _submit(self, msgs: list) -> None:
+        if not self._worker.submit((msgs, self._info)):
             self.count("frames_dropped_busy")
 
     def _failed(self, _item: tuple, e: BaseException) -> None:
