@@ -16,12 +16,8 @@ def _model(n: int) -> tuple[GaussianModel, DictAdam]:
     rng = np.random.default_rng(0)
     pts = np.c_[rng.uniform(-0.01, 0.01, (n, 2)), np.full(n, 0.1)]
     model.append(model.new_gaussians(pts, np.full((n, 3), 0.5), 0.0))
-    opt = DictAdam({k: 1e-3 for k in model.params})
-    for v in model.params.values():
-        v.grad = torch.ones_like(v)
-    opt.step(model.params)                       # moments exist for every parameter
-    for v in model.params.values():
-        v.grad = None
+    opt = DictAdam({k: 1e-3 for k in model.params}, knot_keys=GaussianModel.KNOT_KEYS)
+    opt.step(model.params, {k: torch.ones_like(v) for k, v in model.params.items()})  # moments for every parameter
     return model, opt
 
 

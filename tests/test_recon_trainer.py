@@ -301,6 +301,9 @@ def test_knot_budget_bounds_memory_and_keeps_motion(scene, tmp_path):
     for name in tr.model.KNOT_KEYS:
         assert tr.optimizer.m[name].shape == tr.model.params[name].shape
         assert tr.optimizer.steps[name].shape == (6,)
+    # the higher SH coefficients ([N, 3, 3]) are no knots: stepped whole at every iteration
+    assert tr.optimizer.m["sh_rest"].shape == tr.model.params["sh_rest"].shape
+    assert tr.optimizer.steps["sh_rest"].tolist() == [tr.get_stats().iterations]
     loaded = load_reconstructor(save_checkpoint(tr, tmp_path / "k.pt"))
     assert loaded.model.knot_times == tr.model.knot_times
     _, _, alpha = loaded.render_view(fr[-1].pose, loaded.time_of(fr[-1].stamp_ns))

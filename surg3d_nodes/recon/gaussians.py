@@ -175,6 +175,17 @@ class GaussianModel:
         else:
             k[rows, i1] += r / max(w, 0.5)
 
+    def knot_window(self, lo: int, hi: int) -> dict[str, torch.Tensor]:
+        """The parameters for one training step that only touches knots [lo, hi): the model's own leaves, except
+        the knot tensors, which are new leaves viewing their columns [lo, hi) (an optimizer step writes through
+        them into the model), with `knot_times` and `life` for `evaluate`. Their gradients are window-sized:
+        the gradient of a whole knot tensor is N x knots x 3 zeros for a step that touches six knots (with a knot
+        per frame it cost more than the renderer)."""
+        p = {k: (v.detach()[:, lo:hi].requires_grad_() if k in self.KNOT_KEYS else v) for k, v in self.params.items()}
+        p["knot_times"] = torch.tensor(self.knot_times[lo:hi], dtype=torch.float64)
+        p["life"] = self.life
+        return p
+
     def detached_copy(self) -> dict[str, torch.Tensor]:
         """A consistent detached copy of all parameters plus `knot_times` (a float64 tensor), the `inferred`
         flags and the `life` spans, so it can be evaluated while training adds or removes knots (take it under

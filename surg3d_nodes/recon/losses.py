@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 
 from surg3d_nodes.common.metrics import ssim_map
-from surg3d_nodes.recon.gaussians import GaussianModel
 
 
 def photometric_loss(rgb: torch.Tensor, target: torch.Tensor, tissue: torch.Tensor, ssim_lambda: float,
@@ -33,17 +32,17 @@ def depth_loss(depth: torch.Tensor, target: torch.Tensor, tissue: torch.Tensor, 
     return err.mean() if weight is None else (err * weight[valid]).sum() / weight[valid].sum()
 
 
-def track_smoothness(model: GaussianModel, lo: int, hi: int, scene_depth: float) -> torch.Tensor:
-    """Squared second differences of the deformation tracks over knots [lo, hi) (positions relative to the
-    scene depth): motion is smooth in time unless the images say otherwise."""
-    out = next(iter(model.params.values())).new_zeros(())
-    if hi - lo < 3:
-        return out
+def track_smoothness(params: dict[str, torch.Tensor], scene_depth: float) -> torch.Tensor:
+    """Squared second differences of the deformation tracks over the knots of `params` (a model's parameters
+    or a `GaussianModel.knot_window`; positions relative to the scene depth): motion is smooth in time unless the
+    images say otherwise."""
+    out = params["means"].new_zeros(())
     for name, w in (("pos_knots", 1.0 / scene_depth), ("col_knots", 1.0), ("scale_knots", 1.0)):
-        if name in model.params:
-            k = model.params[name][:, lo:hi] * w
+        if name in params and params[name].shape[1] >= 3:
+            k = params[name] * w
             out = out + (k[:, 2:] - 2 * k[:, 1:-1] + k[:, :-2]).pow(2).sum(-1).mean()
     return out
+
 
 def distortion_loss(distortion: torch.Tensor, tissue: torch.Tensor, scene_depth: float) -> torch.Tensor:
     """2DGS depth distortion (2 sum_{j<i} w_i w_j (d_i - d_j) per pixel, from the renderer) relative to the scene

@@ -562,7 +562,7 @@ class Reconstructor:
         self.optimizer = DictAdam({
             "means": c.lr_means * s, "pos_knots": c.lr_pos_knots * s, "log_scales": c.lr_log_scales,
             "quats": c.lr_quats, "opacity_logits": c.lr_opacity, "sh_dc": c.lr_sh_dc, "sh_rest": c.lr_sh_rest,
-            "col_knots": c.lr_col_knots, "scale_knots": c.lr_scale_knots})
+            "col_knots": c.lr_col_knots, "scale_knots": c.lr_scale_knots}, knot_keys=GaussianModel.KNOT_KEYS)
 
     # ------------------------------------------------------------------ training
     def _knot_window(self, t: float) -> tuple[int, int]:
@@ -572,7 +572,9 @@ class Reconstructor:
     def loss(self, kf: Keyframe) -> tuple[torch.Tensor, dict]:
         """The training loss on one frame (photometric + relative depth + track smoothness) and its parts."""
         c = self.cfg
-        g = self.model.evaluate(kf.t, kf.camera.center())
+        lo, hi = self._knot_window(kf.t)
+        params = self.model.knot_window(lo, hi)
+        g = self.model.evaluate(kf.t, kf.camera.center(), params)
         rgb, depth, alpha, info = render_evaluated(g, kf.camera, self.backend)
         regions, weight, mse_roi = self.regions, None, None
         if regions:
@@ -585,8 +587,7 @@ class Reconstructor:
         loss_c, mse = photometric_loss(rgb, kf.rgb, kf.tissue, c.ssim_lambda, weight)
         loss_d = depth_loss(depth, kf.depth, kf.tissue, alpha, self.scene_depth, weight) \
             if kf.has_depth and c.depth_weight > 0 else rgb.new_zeros(())
-        lo, hi = self._knot_window(kf.t)
-        smooth = track_smoothness(self.model, lo, hi, self.scene_depth) if c.smooth_weight > 0 else rgb.new_zeros(())
+        smooth = track_smoothness(params, self.scene_depth) if c.smooth_weight > 0 else rgb.new_zeros(())
         loss = loss_c + c.depth_weight * loss_d + c.smooth_weight * smooth
         if "distortion" in info:          # surfels: 2DGS's geometry regularisers
             if c.dist_weight > 0:
@@ -595,7 +596,7 @@ class Reconstructor:
                 loss = loss + c.normal_weight * normal_consistency_loss(info["normals"], info["surf_normals"],
                                                                         kf.tissue)
         return loss, {"info": info, "loss_c": float(loss_c.detach()), "loss_d": float(loss_d.detach()),
-                      "mse": float(mse), "mse_roi": mse_roi, "window": (lo, hi)}
+                      "mse": float(mse), "mse_roi": mse_roi, "window": (lo, hi), "params": params}
 
     def step(self, schedule: StepSchedule) -> bool:
         """One training iteration; False when there is no frame to train on yet."""
@@ -605,10 +606,12 @@ class Reconstructor:
         kf = self.store.sample(schedule.recent_fraction)
         loss, aux = self.loss(kf)
         loss.backward()
-        params = self.model.params
+        grads = {k: v.grad for k, v in aux["params"].items() if k in self.model.params and v.grad is not None}
         pos = ("means", "pos_knots")
-        self.optimizer.step({k: v for k, v in params.items() if k in pos}, aux["window"], scale=schedule.lr_scale)
-        self.optimizer.step({k: v for k, v in params.items() if k not in pos}, aux["window"])
+        params = self.model.params
+        self.optimizer.step(params, {k: g for k, g in grads.items() if k in pos}, aux["window"],
+                            scale=schedule.lr_scale)
+        self.optimizer.step(params, {k: g for k, g in grads.items() if k not in pos}, aux["window"])
         st = self.stats
         st.iterations += 1
         # The strategy reads the step's screen-space gradients before they are cleared.

@@ -2,8 +2,9 @@
 
 torch.optim keys its state by tensor identity, which breaks when densification replaces tensors; here
 the moments live beside the parameters under the same names, so pruning, cloning and knot growth apply
-the same row/column operation to both. Knot tensors ([N, K, 3]) can be stepped on a knot window only
-(the knots an iteration touched), which keeps an iteration's cost independent of the sequence length.
+the same row/column operation to both. Knot tensors ([N, K, D], named in `knot_keys`) can be stepped on a
+knot window only (the knots an iteration touched), which keeps an iteration's cost independent of the sequence
+length.
 """
 
 from __future__ import annotations
@@ -14,7 +15,11 @@ import torch
 class DictAdam:
     """Adam (betas 0.9/0.999, eps 1e-15 as in 3DGS) with per-name learning rates."""
 
-    def __init__(self, lrs: dict[str, float], betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-15):
+    def __init__(self, lrs: dict[str, float], knot_keys: tuple[str, ...] = (),
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-15):
+        # Knot tensors by name, not by shape: the [N, 3, 3] higher SH coefficients are 3-D as well (taken for
+        # knots, they were stepped on the knot window's columns and their moments reset at every new knot).
+        self.knot_keys = tuple(knot_keys)
         self.lrs = dict(lrs)
         self.betas = betas
         self.eps = eps
@@ -26,28 +31,30 @@ class DictAdam:
         if name not in self.m or self.m[name].shape != p.shape:
             self.m[name] = torch.zeros_like(p)
             self.v[name] = torch.zeros_like(p)
-            self.steps[name] = torch.zeros(p.shape[1] if p.dim() == 3 else 1, device=p.device)
+            self.steps[name] = torch.zeros(p.shape[1] if name in self.knot_keys else 1, device=p.device)
 
     @torch.no_grad()
-    def step(self, params: dict[str, torch.Tensor], knot_window: tuple[int, int] | None = None,
-             scale: float = 1.0) -> None:
-        """One update of every parameter that has a gradient; `scale` multiplies all learning rates.
+    def step(self, params: dict[str, torch.Tensor], grads: dict[str, torch.Tensor],
+             knot_window: tuple[int, int] | None = None, scale: float = 1.0) -> None:
+        """One update of every parameter named in `grads`; `scale` multiplies all learning rates.
 
-        3-D (knot) tensors are updated only on knots [lo, hi) of `knot_window` when given.
+        Knot tensors are updated only on knots [lo, hi) of `knot_window` when given; their gradients
+        are then those of the window's columns ([N, hi - lo, D], `GaussianModel.knot_window`).
         """
         b1, b2 = self.betas
-        for name, p in params.items():
-            if p.grad is None or name not in self.lrs:
+        for name, g in grads.items():
+            if name not in self.lrs:
                 continue
+            p = params[name]
             self._ensure(name, p)
-            if p.dim() == 3 and knot_window is not None:
+            knots = name in self.knot_keys
+            if knots and knot_window is not None:
                 lo, hi = knot_window
                 sl = (slice(None), slice(lo, hi))
                 steps = self.steps[name][lo:hi]
             else:
                 sl = (slice(None),)
                 steps = self.steps[name]
-            g = p.grad[sl]
             m = self.m[name][sl]
             v = self.v[name][sl]
             # In place and fused where torch allows (lerp_, addcdiv_): the optimizer was a quarter of a
@@ -56,7 +63,7 @@ class DictAdam:
             v.mul_(b2).addcmul_(g, g, value=1 - b2)
             steps += 1
             lr = self.lrs[name] * scale
-            if p.dim() == 3:
+            if knots:
                 bc1 = (1 - b1 ** steps)[None, :, None]
                 denom = (v / (1 - b2 ** steps)[None, :, None]).sqrt_().add_(self.eps)
                 p[sl].addcdiv_(m / bc1, denom, value=-lr)
@@ -81,7 +88,7 @@ class DictAdam:
         """Extend knot moments to `total` knots (new knots start with zero moments and step count)."""
         for k in list(self.m):
             t = self.m[k]
-            if t.dim() == 3 and t.shape[1] < total:
+            if k in self.knot_keys and t.shape[1] < total:
                 extra = total - t.shape[1]
                 self.m[k] = torch.cat([t, t.new_zeros(t.shape[0], extra, t.shape[2])], 1)
                 self.v[k] = torch.cat([self.v[k], t.new_zeros(t.shape[0], extra, t.shape[2])], 1)
@@ -90,7 +97,7 @@ class DictAdam:
     def drop_knot(self, j: int) -> None:
         """Remove knot column j from the moments (after `GaussianModel.simplify_knots` removed it)."""
         for k in list(self.m):
-            if self.m[k].dim() == 3:
+            if k in self.knot_keys:
                 keep = [i for i in range(self.m[k].shape[1]) if i != j]
                 self.m[k], self.v[k] = self.m[k][:, keep], self.v[k][:, keep]
                 self.steps[k] = self.steps[k][keep]
