@@ -1,35 +1,45 @@
-"""The Foxglove bridge node with a raw WebSocket client: outputs, every service, parameter and client-publish
-path, and refused bad inputs (NaN pose, unknown command/topic, out-of-range parameter) that change nothing.
+"""The Foxglove bridge node with a raw WebSocket client, in front of the real trainer node: outputs, every
+service, parameter and client-publish path, and refused bad inputs (NaN pose, unknown command/topic,
+out-of-range parameter) that change nothing.
 
-The bridge runs as its own process; a stand-in for the trainer's ROS interface (services, parameters,
-/recon/points, /recon/status) runs in the test process, so this test does not depend on the trainer.
+The bridge and the trainer run as their own processes; the trainer learns a small synthetic scene, and every
+check is made against what it really publishes, writes, renders and reports.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 from foxglove_ws import FoxgloveWsClient
-from ui_support import FakeTrainer, start_bridge, stop
+from geometry_msgs.msg import PointStamped
+from rcl_interfaces.srv import GetParameters
+from rclpy.parameter import parameter_value_to_python
+from rosproc import Collector, call_service, stop_node, wait_until
+from sensor_msgs.msg import Image, PointCloud2
+from test_recon_node import _frame_publishers, _send_frames, _start
+from test_ui_steering import _values
+from ui_support import start_bridge, stop
 
+from surg3d_msgs.msg import NodeStatus, TrainerStatus
+from surg3d_msgs.srv import RenderView
+from surg3d_nodes.data.synthetic import SynthConfig, generate
+from surg3d_nodes.recon.io.checkpoint import read_checkpoint
+from surg3d_nodes.ros import topics
+from surg3d_nodes.ros.convert import header, msg_to_image, msg_to_pointcloud, pose_to_msg, stamp_to_ns
 from surg3d_nodes.system.node_options import node_parameters
 
 pytestmark = pytest.mark.ros
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture
-def trainer(ros_node):
-    fake = FakeTrainer(ros_node.context)
-    yield fake
-    fake.close()
+TUNABLES = ("iterations_per_frame", "max_gaussians", "points_rate", "render_rate")  # the bridge's default
 
 
 def _status_since(c: FoxgloveWsClient, n: int, pattern: str) -> str:
@@ -38,10 +48,33 @@ def _status_since(c: FoxgloveWsClient, n: int, pattern: str) -> str:
                                     and re.search(pattern, t["message"])), None), what=f"status ~ {pattern}")
 
 
-def test_bridge_outputs_services_parameters_and_refusals(ros_env, trainer, tmp_path) -> None:
-    out = tmp_path / "out"
+def _stamp_ns(stamp: dict) -> int:
+    """A viewer message's {sec, nsec} stamp in ns."""
+    return stamp["sec"] * 1_000_000_000 + stamp["nsec"]
+
+
+def _trainer_parameters(ros_node) -> dict[str, object]:
+    """The trainer's own values of the bridge's tunables, asked of the trainer itself."""
+    res = call_service(ros_node, GetParameters, "/trainer/get_parameters", GetParameters.Request(names=TUNABLES))
+    return {f"trainer.{n}": parameter_value_to_python(v) for n, v in zip(TUNABLES, res.values, strict=True)}
+
+
+def test_bridge_outputs_services_parameters_and_refusals(ros_env, ros_node, tmp_path) -> None:
+    scene = generate(SynthConfig(width=64, height=48, frames=6, instruments=1, noise_std=1.0))
+    out, recon = tmp_path / "out", tmp_path / "recon"
+    # No periodic cloud at first (points_rate 0): clouds go out as frames enter the model.
+    trainer = _start(recon, ros_env)
+    got = Collector(ros_node, {topics.RECON_STATUS: TrainerStatus, topics.RECON_POINTS: PointCloud2,
+                               topics.RECON_VIEW_IMAGE: Image, topics.NODE_STATUS: NodeStatus})
     proc, port, lines = start_bridge(ros_env, out)
     try:
+        assert wait_until(lambda: got.last(topics.RECON_STATUS) is not None, 60), "no status from the trainer"
+        got.wait_matched(topics.RECON_POINTS)
+        got.wait_matched(topics.RECON_VIEW_IMAGE)
+        _send_frames(_frame_publishers(ros_node), scene, scene.frames)
+        assert wait_until(lambda: got.last(topics.RECON_STATUS).frames_used >= 3 and got.get(topics.RECON_POINTS),
+                          60), got.last(topics.RECON_STATUS)
+
         c = FoxgloveWsClient("127.0.0.1", port)
         c.poll(0.5)
         for topic in ("/recon/points", "/recon/status", "/ui/live", "/recon/render/depth", "/tf",
@@ -57,37 +90,75 @@ def test_bridge_outputs_services_parameters_and_refusals(ros_env, trainer, tmp_p
                 assert topic is None or topic in advertised, f"{panel_id}: {topic} is not advertised"
             assert cfg.get("serviceName") in (None, *c.services), f"{panel_id}: unknown service"
 
-        # outputs: the cloud (500 points x 16 B) and the trainer status
+        # outputs: the trainer's cloud (16 B per point) and status, as the trainer published them
         c.subscribe("/recon/points", 1)
         c.subscribe("/recon/status", 2)
         c.subscribe("/ui/rois", 3)
         cloud = c.wait_for(lambda: c.latest_json(1), what="a cloud")
-        assert cloud["point_stride"] == 16 and len(__import__("base64").b64decode(cloud["data"])) == 500 * 16
-        assert c.wait_for(lambda: c.latest_json(2), what="status")["state"] == "running"
+        assert cloud["point_stride"] == 16
+        xyz = np.frombuffer(base64.b64decode(cloud["data"]), dtype=[("xyz", "<f4", 3), ("rgba", "u1", 4)])["xyz"]
+        sent = [msg_to_pointcloud(m) for m in got.get(topics.RECON_POINTS)
+                if stamp_to_ns(m.header.stamp) == _stamp_ns(cloud["timestamp"])]
+        assert len(xyz) > 100 and any(np.array_equal(xyz, np.stack([p["x"], p["y"], p["z"]], 1)) for p in sent)
+        status = c.wait_for(lambda: c.latest_json(2), what="status")
+        stamp = _stamp_ns(status["header"]["stamp"])
+        assert wait_until(lambda: any(stamp_to_ns(m.header.stamp) == stamp for m in got.get(topics.RECON_STATUS)), 10)
+        same = next(m for m in got.get(topics.RECON_STATUS) if stamp_to_ns(m.header.stamp) == stamp)
+        assert (status["state"], status["num_gaussians"], status["iterations"]) == \
+               ("running", same.num_gaussians, same.iterations) and same.state == "running"
+        assert status["num_gaussians"] > 500
 
-        # services forwarded to the trainer
+        # services forwarded to the trainer: its state in its status, its files in its output_dir
         assert c.call("/recon/pause", {}, 1) == (True, {"success": True, "message": "paused"})
         c.wait_for(lambda: (c.latest_json(2) or {}).get("state") == "paused", what="paused status")
-        assert c.call("/recon/resume", {}, 2)[0] and trainer.state == "running"
-        assert c.call("/recon/reset", {}, 3)[0] and trainer.state == "idle"
-        ok, res = c.call("/recon/save", {"kind": "checkpoint"}, 4)
-        assert ok and res["path"] == "/tmp/x.checkpoint" and trainer.saves == ["checkpoint"]
-        # refused calls: bad kind, arguments to pause, unknown service (command) id; nothing forwarded
-        ok, why = c.call("/recon/save", {"kind": "obj"}, 5)
+        ok, res = c.call("/recon/save", {"kind": "checkpoint"}, 2)
+        assert ok and res["success"] and Path(res["path"]).parent == recon, res
+        read_checkpoint(res["path"])   # a complete checkpoint of this format, else ValueError
+        ok, res = c.call("/recon/save", {"kind": "ply"}, 3)
+        assert ok and res["success"] and Path(res["path"]).parent == recon, res
+        assert Path(res["path"]).read_bytes().startswith(b"ply\n")
+        files = sorted(recon.iterdir())
+        # refused calls: bad kind, unknown service (command) id; nothing forwarded
+        ok, why = c.call("/recon/save", {"kind": "obj"}, 4)
         assert not ok and "kind" in why
-        ok, why = c.call("/recon/pause", {"now": True}, 6)
-        assert not ok and "no arguments" in why and trainer.state == "idle"
-        c.call_id(9999, {}, 7)
-        assert "Unknown service" in c.wait_for(lambda: c.failures.get(7), what="unknown-service failure")
-        assert trainer.saves == ["checkpoint"]
+        c.call_id(9999, {}, 5)
+        assert "Unknown service" in c.wait_for(lambda: c.failures.get(5), what="unknown-service failure")
+        assert sorted(recon.iterdir()) == files
 
-        # parameters: read, set in range (forwarded), refuse out of range / wrong type / unknown
+        # a pose -> a virtual viewpoint the trainer renders: the same image as its own render_view service
+        # (paused: the model does not change in between)
+        pose = pose_to_msg(scene.frames[0].pose, 0, topics.WORLD_FRAME).pose
+        pose_json = {"position": {k: getattr(pose.position, k) for k in "xyz"},
+                     "orientation": {k: getattr(pose.orientation, k) for k in "xyzw"}}
+        c.advertise(2, "/recon/view_request")
+        c.poll(0.3)
+        c.publish(2, {"pose": pose_json, "width": 32, "height": 24})
+        assert wait_until(lambda: got.get(topics.RECON_VIEW_IMAGE), 20), "no view rendered by the trainer"
+        view = msg_to_image(got.last(topics.RECON_VIEW_IMAGE), "rgb8")
+        own = call_service(ros_node, RenderView, topics.SRV_RENDER_VIEW,
+                           RenderView.Request(pose=pose, width=32, height=24))
+        assert own.success and view.shape == (24, 32, 3) and view.mean() > 10
+        assert np.abs(view.astype(int) - msg_to_image(own.color, "rgb8")).max() <= 2
+
+        assert c.call("/recon/resume", {}, 6) == (True, {"success": True, "message": "running"})
+        c.wait_for(lambda: (c.latest_json(2) or {}).get("state") == "running", what="running status")
+        ok, why = c.call("/recon/pause", {"now": True}, 7)
+        assert not ok and "no arguments" in why
+        n = len(got.get(topics.RECON_STATUS))
+        assert wait_until(lambda: len(got.get(topics.RECON_STATUS)) > n + 1, 10)
+        assert got.last(topics.RECON_STATUS).state == "running"
+
+        # parameters: read (the trainer's own values), set in range (the trainer has it), refuse out of range /
+        # wrong type / unknown (the trainer keeps its values)
         values = c.get_parameters([], "g1")
-        assert values["trainer.iterations_per_frame"] == 10 and values["trainer.points_rate"] == 2.0
+        assert values == _trainer_parameters(ros_node) and values["trainer.points_rate"] == 0.0
         it = "trainer.iterations_per_frame"
         assert c.set_parameters({it: 25}, "s1")[it] == 25
-        assert trainer.node.get_parameter("iterations_per_frame").value == 25
+        assert _trainer_parameters(ros_node)[it] == 25
+        n = len(got.get(topics.RECON_POINTS))
         assert c.set_parameters({"trainer.points_rate": 4.5}, "s2")["trainer.points_rate"] == 4.5
+        # the trainer now sends its cloud periodically, without new frames
+        assert wait_until(lambda: len(got.get(topics.RECON_POINTS)) >= n + 3, 20), "no periodic clouds"
         n = len(c.text)
         beyond = node_parameters("trainer")["iterations_per_frame"].high + 1   # the trainer's declared range
         assert c.set_parameters({it: beyond}, "s3")[it] == 25
@@ -98,43 +169,33 @@ def test_bridge_outputs_services_parameters_and_refusals(ros_env, trainer, tmp_p
         n = len(c.text)
         c.set_parameters({"trainer.use_gpu_please": 1}, "s5")
         assert "unknown parameter" in _status_since(c, n, "refused parameter")
-        assert trainer.node.get_parameter("iterations_per_frame").value == 25
-        assert trainer.node.get_parameter("points_rate").value == 4.5
+        trainer_values = _trainer_parameters(ros_node)
+        assert (trainer_values[it], trainer_values["trainer.points_rate"]) == (25, 4.5)
 
-        # client publish: a clicked point -> a region of interest (stored, published, shown)
+        # client publish: a clicked point -> a region of interest (stored, shown, held by the trainer)
         c.advertise(1, "/recon/roi")
-        c.advertise(2, "/recon/view_request")
         c.poll(0.3)
         c.publish(1, {"center": {"x": 0.01, "y": -0.02, "z": 0.1}, "label": "vessel"})
-        c.wait_for(lambda: trainer.rois, what="RegionOfInterest on ROS")
-        assert trainer.rois[0].id == 1 and abs(trainer.rois[0].center.z - 0.1) < 1e-9
-        scene = c.wait_for(lambda: (s := c.latest_json(3)) and s["entities"] and s, what="ROI scene")
-        assert [e["id"] for e in scene["entities"]] == ["roi1"]
+        assert wait_until(lambda: _values(got).get("regions") == "1", 20), _values(got)
+        scene_json = c.wait_for(lambda: (s := c.latest_json(3)) and s["entities"] and s, what="ROI scene")
+        assert [e["id"] for e in scene_json["entities"]] == ["roi1"]
         assert json.loads((out / "rois.json").read_text())["rois"][0]["label"] == "vessel"
-        # a pose -> a virtual viewpoint
-        pose = {"position": {"x": 0.0, "y": 0.0, "z": -0.02}, "orientation": {"x": 0, "y": 0, "z": 0, "w": 1}}
-        c.publish(2, {"pose": pose, "width": 320, "height": 256})
-        c.wait_for(lambda: trainer.views, what="ViewRequest on ROS")
-        assert trainer.views[0].width == 320 and abs(trainer.views[0].pose.position.z + 0.02) < 1e-9
         # RViz's Publish Point tool (ROS /clicked_point) also marks a region; another frame is refused
-        from geometry_msgs.msg import PointStamped
-
-        from surg3d_nodes.ros.convert import header
-        clicked = trainer.node.create_publisher(PointStamped, "/clicked_point", 10)
+        clicked = ros_node.create_publisher(PointStamped, "/clicked_point", 10)
         c.wait_for(lambda: clicked.get_subscription_count() > 0, what="bridge subscribed to /clicked_point")
         n = len(c.text)
         clicked.publish(PointStamped(header=header(0, "stereo_left_optical")))
         assert "expected 'world'" in _status_since(c, n, "refused ROS /clicked_point")
         clicked.publish(PointStamped(header=header(0, "world")))
-        c.wait_for(lambda: len(trainer.rois) == 2, what="ROI from ROS /clicked_point")
+        assert wait_until(lambda: _values(got).get("regions") == "2", 20), _values(got)
         ok, _ = c.call("/recon/roi/delete", {"id": 2}, 9)
         assert ok and [r["id"] for r in json.loads((out / "rois.json").read_text())["rois"]] == [1]
-        # the deletion reaches the trainer as region #2 with radius 0
-        c.wait_for(lambda: len(trainer.rois) == 3, what="ROI deletion on ROS")
-        assert (trainer.rois[2].id, trainer.rois[2].radius) == (2, 0.0)
-        # refused: NaN pose, NaN point, malformed JSON, unknown client topic; nothing reaches ROS
+        # the deletion reaches the trainer (region #2 with radius 0)
+        assert wait_until(lambda: _values(got).get("regions") == "1", 20), _values(got)
+        # refused: NaN pose, NaN point, malformed JSON, unknown client topic; nothing reaches the trainer
+        n_views = len(got.get(topics.RECON_VIEW_IMAGE))
         n = len(c.text)
-        bad = json.loads(json.dumps(pose))
+        bad = json.loads(json.dumps(pose_json))
         bad["orientation"]["w"] = float("nan")
         c.publish(2, json.dumps({"pose": bad}).encode())  # Python writes NaN, as a careless client would
         assert "finite" in _status_since(c, n, "refused message on /recon/view_request")
@@ -147,31 +208,46 @@ def test_bridge_outputs_services_parameters_and_refusals(ros_env, trainer, tmp_p
         n = len(c.text)
         c.advertise(3, "/recon/delete_everything")
         assert "unknown topic" in _status_since(c, n, "refused client channel")
-        c.poll(0.5)
-        assert len(trainer.rois) == 3 and len(trainer.views) == 1
+        n = len(got.get(topics.NODE_STATUS))
+        assert wait_until(lambda: len(got.get(topics.NODE_STATUS)) > n + 2, 10)   # heartbeats since
+        assert _values(got).get("regions") == "1" and len(got.get(topics.RECON_VIEW_IMAGE)) == n_views
         assert len(json.loads((out / "rois.json").read_text())["rois"]) == 1
         # region services: delete an unknown id is refused, clear works
         ok, why = c.call("/recon/roi/delete", {"id": 42}, 8)
         assert not ok and "no region" in why
-        c.close()
-    finally:
-        stop(proc)
-    assert proc.returncode == 0, "\n".join(lines)
-    assert any("refused" in line for line in lines), "refusals are logged"
 
-    # regions of interest persist: a restarted bridge shows and re-publishes them
-    proc, port, lines = start_bridge(ros_env, out)
-    try:
-        c = FoxgloveWsClient("127.0.0.1", port)
-        c.subscribe("/ui/rois", 1)
-        scene = c.wait_for(lambda: (s := c.latest_json(1)) and s["entities"] and s, what="restored ROI scene")
-        assert [e["id"] for e in scene["entities"]] == ["roi1"]
-        ok, res = c.call("/recon/roi/clear", {}, 1)
-        assert ok and "1 regions" in res["message"]
-        assert json.loads((out / "rois.json").read_text())["rois"] == []
+        # reset: the trainer drops its model
+        assert c.call("/recon/reset", {}, 10) == (True, {"success": True, "message": "reset"})
+        c.wait_for(lambda: (s := c.latest_json(2) or {}).get("num_gaussians") == 0 and s["state"] == "idle",
+                   what="the model reset")
         c.close()
     finally:
         stop(proc)
+    try:
+        assert proc.returncode == 0, "\n".join(lines)
+        assert any("refused" in line for line in lines), "refusals are logged"
+
+        # regions of interest persist: a restarted bridge shows them and re-publishes them to the trainer
+        proc, port, lines = start_bridge(ros_env, out)
+        try:
+            c = FoxgloveWsClient("127.0.0.1", port)
+            c.subscribe("/ui/rois", 1)
+            scene_json = c.wait_for(lambda: (s := c.latest_json(1)) and s["entities"] and s,
+                                    what="restored ROI scene")
+            assert [e["id"] for e in scene_json["entities"]] == ["roi1"]
+            ok, res = c.call("/recon/roi/clear", {}, 1)
+            assert ok and "1 regions" in res["message"]
+            assert json.loads((out / "rois.json").read_text())["rois"] == []
+            assert wait_until(lambda: _values(got).get("regions") == "0", 20), _values(got)
+            c.close()
+        finally:
+            stop(proc)
+    finally:
+        trainer_out = stop_node(trainer)
+    assert trainer.returncode == 0, trainer_out
+    # the trainer's regions, update by update: marked, clicked, #2 deleted; restored by the new bridge, cleared
+    held = re.findall(r"regions of interest: (.*)", trainer_out)
+    assert held == ["[1]", "[1, 2]", "[1]", "[1]", "none"], trainer_out
 
 
 def test_old_subprotocol_is_refused(ros_env, tmp_path) -> None:
