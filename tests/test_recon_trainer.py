@@ -77,6 +77,7 @@ def test_online_thread_pause_resume_reset(scene):
         assert np.isfinite(depth[alpha > 0.5]).all()
         assert rgb.shape == (48, 64, 3) and rgb.dtype == np.uint8 and alpha.mean() > 0.5
         tr.resume()
+        assert tr.get_stats().state == "running"       # at once, not at the next step
         assert _wait(lambda: tr.get_stats().iterations > it + 3)
 
         tr.reset()

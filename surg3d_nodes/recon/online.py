@@ -88,8 +88,10 @@ class OnlineTrainer:
         self.recon.stats.state = "paused"
 
     def resume(self) -> None:
-        """Resume training iterations."""
+        """Resume training iterations. The state says so at once (running, or idle without frames), not only at
+        the next step: a trainer throttled by `iterations_per_frame` may take none until its next frame."""
         self._paused.clear()
+        self.recon.stats.state = "running" if len(self.recon.store) else "idle"
         self._wake.set()
 
     @property
