@@ -62,9 +62,12 @@ def _loss(out, weights):
     return (rgb * weights).sum() + alpha.sum() * 0.3 + (depth * alpha).sum() * 0.1
 
 
-def test_gradients_match_torch_autograd():
+@pytest.mark.parametrize("opaque", [False, True])
+def test_gradients_match_torch_autograd(opaque):
     cam = _posed_camera()
-    base = _random_gaussians(800, seed=6)
+    base = list(_random_gaussians(5000 if opaque else 800, seed=6))
+    if opaque:  # most rays stop early (transmittance would fall below 1e-4): a pixel's list is cut short
+        base[3] = torch.full_like(base[3], 0.98)
     weights = torch.rand(H, W, 3, generator=torch.Generator().manual_seed(0))
     grads = []
     for fn in (tb.render, cb.render):
@@ -73,6 +76,8 @@ def test_gradients_match_torch_autograd():
         out = fn(*params, type(cam)(view, cam.K, W, H))
         _loss(out, weights).backward()
         grads.append([p.grad for p in params] + [out[3]["means2d"].grad, view.grad])
+    if opaque:
+        assert (out[2] > 0.999).float().mean() > 0.5
     names = ["means", "quats", "scales", "opacities", "colors", "means2d", "viewmat"]
     for name, g_ref, g in zip(names, *grads, strict=True):
         scale = g_ref.abs().max()

@@ -17,6 +17,9 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#ifdef __AVX__
+#include <immintrin.h>
+#endif
 #include <thread>
 #include <type_traits>
 #include <vector>
@@ -547,10 +550,9 @@ constexpr int kPlane = kPixels + kTile;  // a per-pixel buffer: the tile and the
 template <typename T>
 struct TileBuf {
   alignas(64) T Tr[kPlane];    // transmittance
-  alignas(64) T Tfin[kPlane];  // backward: final transmittance
+  alignas(64) T Tfin[kPlane];  // final transmittance (forward: of the rays that have stopped)
   alignas(64) T gA[kPlane];    // backward: dL/dalpha
-  alignas(64) T last[kPlane];  // list position of the last contribution (exact in T for any tile)
-  alignas(64) T done[kPlane];  // forward: 1 once the ray has stopped (or lies outside the image)
+  alignas(64) T last[kPlane];  // list entries that can have contributed (exact in T for any tile)
   std::vector<T> acc;          // [C][kPlane]: forward features, backward dL/dfeature
   std::vector<T> S;            // [C][kPlane]: backward, features of the contributions behind
 };
@@ -588,6 +590,24 @@ inline void for_chunk_groups(int x0, int x1, int y0, int y1, F&& group) {
   for (int i = 0; i < n; i += kGroup) group(bases + i);
 }
 
+// sigma = d^T conic d / 2 for lane offsets dx, row offset dy, ch0 = conic[0] / 2, ch2 = conic[2] / 2: one
+// expression for both passes, so that they agree bit for bit on which Gaussians reach which pixels.
+template <typename V, typename T>
+inline V sigma_of(T ch0, T c1, T ch2, V dx, T dy) {
+  return ch0 * dx * dx + c1 * dy * dx + ch2 * dy * dy;
+}
+
+// True when some lane of the comparison mask m is set.
+template <typename M>
+inline bool any_set(M m) {
+#ifdef __AVX__
+  if constexpr (sizeof(M) == 32 && sizeof(m[0]) == 4) return _mm256_movemask_ps(reinterpret_cast<__m256>(m)) != 0;
+#endif
+  for (int l = 0; l < kLanes; ++l)
+    if (m[l]) return true;
+  return false;
+}
+
 template <typename V>
 inline V lane_offsets() {
   V v{};
@@ -598,7 +618,9 @@ inline V lane_offsets() {
 }  // namespace
 
 // Forward: out_feat [H,W,C], out_alpha [H,W] (1 - final transmittance), last [H,W] (how many entries of the
-// pixel's tile list were walked up to and including its last contribution).
+// pixel's tile list can have contributed: those before the one that stopped the ray, else all). A stopped
+// ray keeps a transmittance of 0 (as do pixels outside the image), which excludes it from every later
+// contribution, so that per chunk only the transmittance and the features are read and written.
 template <typename T>
 static void raster_fwd(int width, int height, int channels, const T* records, const int64_t* tile_offsets,
                        const int32_t* isect, T* out_feat, T* out_alpha, int32_t* last, int threads) {
@@ -607,23 +629,22 @@ static void raster_fwd(int width, int height, int channels, const T* records, co
   const int tx = (width + kTile - 1) / kTile, ty = (height + kTile - 1) / kTile;
   const int C = channels;
   const int64_t R = record_stride<T>(C);
-  const V lanes = lane_offsets<V>(), zero = V{}, one = V{} + T(1);
+  const V lanes = lane_offsets<V>(), zero = V{};
   std::vector<TileBuf<T>> bufs(std::max(1, threads));
   parallel_for(static_cast<int64_t>(tx) * ty, threads, 1, [&](int64_t t, int tid) {
     TileBuf<T>& B = bufs[tid];
     B.acc.assign(static_cast<size_t>(C) * kPlane, T(0));
     const int ox = static_cast<int>(t % tx) * kTile, oy = static_cast<int>(t / tx) * kTile;
     const int w = std::min(kTile, width - ox), h = std::min(kTile, height - oy);
-    for (int p = 0; p < kPixels; ++p) {
-      B.Tr[p] = T(1);
-      B.last[p] = T(0);
-      B.done[p] = (p % kTile) >= w || (p / kTile) >= h ? T(1) : T(0);  // outside the image: never touched
-    }
     const int64_t start = tile_offsets[t], end = tile_offsets[t + 1];
+    for (int p = 0; p < kPixels; ++p) {
+      B.Tr[p] = (p % kTile) >= w || (p / kTile) >= h ? T(0) : T(1);
+      B.last[p] = static_cast<T>(end - start);
+    }
     for (int64_t e = start; e < end; ++e) {
       if ((e - start) % kCheckDone == kCheckDone - 1) {
-        M all = vload<V>(B.done) != T(0);
-        for (int p = kLanes; p < kPixels; p += kLanes) all &= vload<V>(B.done + p) != T(0);
+        M all = vload<V>(B.Tr) == T(0);
+        for (int p = kLanes; p < kPixels; p += kLanes) all &= vload<V>(B.Tr + p) == T(0);
         if (hsum(all) == -kLanes) break;
       }
       // A tile's records are scattered over the whole depth-sorted array: fetch a few entries ahead.
@@ -634,24 +655,25 @@ static void raster_fwd(int width, int height, int channels, const T* records, co
       const T mx = r[0] - ox, my = r[1] - oy;
       const T c0 = T(0.5) * r[2], c1 = r[3], c2 = T(0.5) * r[4], o = r[5];
       const T* f = r + 10;
-      const V pos = zero + static_cast<T>(e - start + 1);
+      const V pos = zero + static_cast<T>(e - start);
       for_chunks(x0, x1, y0, y1, [&](int base) {
-        const T dy = (base / kTile) + T(0.5) - my;
-        const V dx = lanes + static_cast<T>(base % kTile - mx);
-        const V sigma = c0 * dx * dx + c1 * dy * dx + c2 * dy * dy;
+        const V sigma = sigma_of(c0, c1, c2, lanes + static_cast<T>(base % kTile - mx), (base / kTile) + T(0.5) - my);
         V ex[1] = {-sigma};
         vexp(ex);
         V alpha = o * ex[0];
         alpha = alpha < T(kAlphaMax) ? alpha : zero + T(kAlphaMax);
-        const V Tr = vload<V>(B.Tr + base), dn = vload<V>(B.done + base);
-        const M ok = (dn == T(0)) & (sigma >= T(0)) & (alpha >= T(kAlphaMin));
+        const V Tr = vload<V>(B.Tr + base);
+        const M ok = (Tr > T(0)) & (sigma >= T(0)) & (alpha >= T(kAlphaMin));
         const V next = Tr * (T(1) - alpha);
         const M stop = ok & (next <= T(kTMin));
         const M con = ok & ~stop;
         const V vis = con ? alpha * Tr : zero;
         vstore(B.Tr + base, con ? next : Tr);
-        vstore(B.last + base, con ? pos : vload<V>(B.last + base));
-        vstore(B.done + base, stop ? one : dn);
+        if (any_set(stop)) {  // once per pixel at most
+          vstore(B.Tfin + base, stop ? Tr : vload<V>(B.Tfin + base));
+          vstore(B.last + base, stop ? pos : vload<V>(B.last + base));
+          vstore(B.Tr + base, stop ? zero : vload<V>(B.Tr + base));
+        }
         for (int ch = 0; ch < C; ++ch) {
           T* a = B.acc.data() + ch * kPlane + base;
           vstore(a, vload<V>(a) + f[ch] * vis);
@@ -662,7 +684,7 @@ static void raster_fwd(int width, int height, int channels, const T* records, co
       for (int x = 0; x < w; ++x) {
         const int p = y * kTile + x;
         const int64_t q = static_cast<int64_t>(oy + y) * width + ox + x;
-        out_alpha[q] = 1 - B.Tr[p];
+        out_alpha[q] = 1 - (B.Tr[p] > 0 ? B.Tr[p] : B.Tfin[p]);
         last[q] = static_cast<int32_t>(B.last[p]);
         for (int ch = 0; ch < C; ++ch) out_feat[q * C + ch] = B.acc[ch * kPlane + p];
       }
@@ -733,9 +755,10 @@ static void raster_bwd(int64_t n, int64_t visible, const int32_t* order, int wid
       for_chunk_groups(x0, x1, y0, y1, [&](const int* bases) {
         V dx[kGroup], dy[kGroup], sigma[kGroup], ex[kGroup];
         for (int j = 0; j < kGroup; ++j) {
-          dy[j] = zero + ((bases[j] / kTile) + T(0.5) - my);
+          const T dys = (bases[j] / kTile) + T(0.5) - my;
+          dy[j] = zero + dys;
           dx[j] = lanes + static_cast<T>(bases[j] % kTile - mx);
-          sigma[j] = T(0.5) * (c0 * dx[j] * dx[j] + c2 * dy[j] * dy[j]) + c1 * dy[j] * dx[j];
+          sigma[j] = sigma_of(T(0.5) * c0, c1, T(0.5) * c2, dx[j], dys);
           ex[j] = -sigma[j];
         }
         vexp(ex);
