@@ -509,11 +509,12 @@ namespace {
 constexpr int kPrefetch = 8;   // tile-list entries whose record is fetched ahead
 constexpr int kCheckDone = 16; // entries between checks whether every pixel of a tile has stopped
 
-// exp of the K vectors x (floats, x <= 80), relative error ~1e-7: x = n ln2 + r with n rounded by adding
-// 1.5 * 2^23 (whose low mantissa bits then hold n: no float-int conversions), Cephes' polynomial in r in
-// Estrin's scheme (a shorter dependency chain than Horner's). Each step is done for all K vectors before the
-// next, so that their independent chains interleave in the instruction stream. Doubles (gradient checks)
-// take the library's exp.
+// exp of the K vectors x (floats, x <= 80), relative error ~2e-7: x = n ln2 + r with n rounded by adding
+// 1.5 * 2^23 (whose low mantissa bits then hold n: no float-int conversions), exp(r) = 1 + r + r^2 P(r) with
+// P a cubic fitted for the least maximum relative error on |r| <= ln2 / 2 (1.05e-7; Cephes' quintic, 1e-9
+// before rounding, costs two more steps), in Estrin's scheme (a shorter dependency chain than Horner's).
+// Each step is done for all K vectors before the next, so that their independent chains interleave in the
+// instruction stream. Doubles (gradient checks) take the library's exp.
 template <int K>
 inline void vexp(Vec<float>::V (&x)[K]) {
   using V = Vec<float>::V;
@@ -524,9 +525,8 @@ inline void vexp(Vec<float>::V (&x)[K]) {
   for (int j = 0; j < K; ++j) t[j] = x[j] * 1.44269504088896341f + magic;
   for (int j = 0; j < K; ++j) r[j] = x[j] - (t[j] - magic) * 0.693359375f + (t[j] - magic) * 2.12194440e-4f;
   for (int j = 0; j < K; ++j) r2[j] = r[j] * r[j];
-  for (int j = 0; j < K; ++j) p[j] = 1.3981999507e-3f + 1.9875691500e-4f * r[j];
-  for (int j = 0; j < K; ++j) p[j] = 4.1665795894e-2f + 8.3334519073e-3f * r[j] + r2[j] * p[j];
-  for (int j = 0; j < K; ++j) p[j] = 5.0000001201e-1f + 1.6666665459e-1f * r[j] + r2[j] * p[j];
+  for (int j = 0; j < K; ++j) p[j] = 4.1890113432e-2f + 8.3125250495e-3f * r[j];
+  for (int j = 0; j < K; ++j) p[j] = 4.9999231789e-1f + 1.6667114464e-1f * r[j] + r2[j] * p[j];
   for (int j = 0; j < K; ++j) {
     const M bits = (__builtin_bit_cast(M, t[j]) - __builtin_bit_cast(M, magic) + 127) << 23;
     x[j] = (r2[j] * p[j] + (r[j] + 1.0f)) * __builtin_bit_cast(V, bits);
