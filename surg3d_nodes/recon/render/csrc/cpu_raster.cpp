@@ -509,33 +509,35 @@ namespace {
 constexpr int kPrefetch = 8;   // tile-list entries whose record is fetched ahead
 constexpr int kCheckDone = 16; // entries between checks whether every pixel of a tile has stopped
 
-// exp of the K vectors x (floats, x <= 80), relative error ~2e-7: x = n ln2 + r with n rounded by adding
-// 1.5 * 2^23 (whose low mantissa bits then hold n: no float-int conversions), exp(r) = 1 + r + r^2 P(r) with
-// P a cubic fitted for the least maximum relative error on |r| <= ln2 / 2 (1.05e-7; Cephes' quintic, 1e-9
-// before rounding, costs two more steps), in Estrin's scheme (a shorter dependency chain than Horner's).
-// Each step is done for all K vectors before the next, so that their independent chains interleave in the
-// instruction stream. Doubles (gradient checks) take the library's exp.
+// scale * exp(x) for K vectors x (floats, x <= 80), relative error ~2e-7 where scale * exp(x) >= 1/255
+// (n <= 8 below): x = n ln2 + r with n rounded by adding 1.5 * 2^23 (whose low mantissa bits then hold n: no
+// float-int conversions) and r in one step (float ln2 is off by 1.5e-8), exp(r) = 1 + r + r^2 P(r) with P a
+// cubic fitted for the least maximum relative error on |r| <= ln2 / 2 (1.05e-7; Cephes' quintic, 1e-9 before
+// rounding, costs two more steps) in Estrin's scheme, and scale taken into 2^n (exactly) off the chain. The
+// compositing loops are latency-bound on this chain. Each step is done for all K vectors before the next, so
+// that their independent chains interleave in the instruction stream. Doubles (gradient checks) take the
+// library's exp.
 template <int K>
-inline void vexp(Vec<float>::V (&x)[K]) {
+inline void vexp(Vec<float>::V (&x)[K], float scale) {
   using V = Vec<float>::V;
   using M = Vec<float>::M;
   const V lo = V{} - 80.0f, magic = V{} + 12582912.0f;
   V t[K], r[K], r2[K], p[K];
   for (int j = 0; j < K; ++j) x[j] = x[j] < lo ? lo : x[j];
   for (int j = 0; j < K; ++j) t[j] = x[j] * 1.44269504088896341f + magic;
-  for (int j = 0; j < K; ++j) r[j] = x[j] - (t[j] - magic) * 0.693359375f + (t[j] - magic) * 2.12194440e-4f;
+  for (int j = 0; j < K; ++j) r[j] = x[j] - (t[j] - magic) * 0.693147180559945f;
   for (int j = 0; j < K; ++j) r2[j] = r[j] * r[j];
   for (int j = 0; j < K; ++j) p[j] = 4.1890113432e-2f + 8.3125250495e-3f * r[j];
   for (int j = 0; j < K; ++j) p[j] = 4.9999231789e-1f + 1.6667114464e-1f * r[j] + r2[j] * p[j];
   for (int j = 0; j < K; ++j) {
     const M bits = (__builtin_bit_cast(M, t[j]) - __builtin_bit_cast(M, magic) + 127) << 23;
-    x[j] = (r2[j] * p[j] + (r[j] + 1.0f)) * __builtin_bit_cast(V, bits);
+    x[j] = (r2[j] * p[j] + (r[j] + 1.0f)) * (scale * __builtin_bit_cast(V, bits));
   }
 }
 template <int K>
-inline void vexp(Vec<double>::V (&x)[K]) {
+inline void vexp(Vec<double>::V (&x)[K], double scale) {
   for (int j = 0; j < K; ++j)
-    for (int l = 0; l < kLanes; ++l) x[j][l] = std::exp(x[j][l]);
+    for (int l = 0; l < kLanes; ++l) x[j][l] = scale * std::exp(x[j][l]);
 }
 
 constexpr int kPixels = kTile * kTile;
@@ -590,11 +592,11 @@ inline void for_chunk_groups(int x0, int x1, int y0, int y1, F&& group) {
   for (int i = 0; i < n; i += kGroup) group(bases + i);
 }
 
-// sigma = d^T conic d / 2 for lane offsets dx, row offset dy, ch0 = conic[0] / 2, ch2 = conic[2] / 2: one
-// expression for both passes, so that they agree bit for bit on which Gaussians reach which pixels.
+// -sigma = -d^T conic d / 2 for lane offsets dx, row offset dy and the conic's coefficients: one expression
+// for both passes, so that they agree bit for bit on which Gaussians reach which pixels.
 template <typename V, typename T>
-inline V sigma_of(T ch0, T c1, T ch2, V dx, T dy) {
-  return ch0 * dx * dx + c1 * dy * dx + ch2 * dy * dy;
+inline V neg_sigma(const T* conic, V dx, T dy) {
+  return T(-0.5) * conic[0] * dx * dx - conic[1] * dy * dx + T(-0.5) * conic[2] * dy * dy;
 }
 
 // True when some lane of the comparison mask m is set.
@@ -653,21 +655,20 @@ static void raster_fwd(int width, int height, int channels, const T* records, co
       int x0, x1, y0, y1;
       clip_box(r, ox, oy, w, h, x0, x1, y0, y1);
       const T mx = r[0] - ox, my = r[1] - oy;
-      const T c0 = T(0.5) * r[2], c1 = r[3], c2 = T(0.5) * r[4], o = r[5];
+      const T o = r[5];
       const T* f = r + 10;
       const V pos = zero + static_cast<T>(e - start);
       for_chunks(x0, x1, y0, y1, [&](int base) {
-        const V sigma = sigma_of(c0, c1, c2, lanes + static_cast<T>(base % kTile - mx), (base / kTile) + T(0.5) - my);
-        V ex[1] = {-sigma};
-        vexp(ex);
-        V alpha = o * ex[0];
-        alpha = alpha < T(kAlphaMax) ? alpha : zero + T(kAlphaMax);
+        const V ns = neg_sigma(r + 2, lanes + static_cast<T>(base % kTile - mx), (base / kTile) + T(0.5) - my);
+        V alpha[1] = {ns};
+        vexp(alpha, o);
+        const V a = alpha[0] < T(kAlphaMax) ? alpha[0] : zero + T(kAlphaMax);
         const V Tr = vload<V>(B.Tr + base);
-        const M ok = (Tr > T(0)) & (sigma >= T(0)) & (alpha >= T(kAlphaMin));
-        const V next = Tr * (T(1) - alpha);
+        const M ok = (Tr > T(0)) & (ns <= T(0)) & (a >= T(kAlphaMin));
+        const V next = Tr * (T(1) - a);
         const M stop = ok & (next <= T(kTMin));
         const M con = ok & ~stop;
-        const V vis = con ? alpha * Tr : zero;
+        const V vis = con ? a * Tr : zero;
         vstore(B.Tr + base, con ? next : Tr);
         if (any_set(stop)) {  // once per pixel at most
           vstore(B.Tfin + base, stop ? Tr : vload<V>(B.Tfin + base));
@@ -753,20 +754,18 @@ static void raster_bwd(int64_t n, int64_t visible, const int32_t* order, int wid
       V l_f[16];
       for (int ch = 0; ch < C; ++ch) l_f[ch] = zero;
       for_chunk_groups(x0, x1, y0, y1, [&](const int* bases) {
-        V dx[kGroup], dy[kGroup], sigma[kGroup], ex[kGroup];
+        V dx[kGroup], dy[kGroup], ns[kGroup], raw[kGroup];
         for (int j = 0; j < kGroup; ++j) {
           const T dys = (bases[j] / kTile) + T(0.5) - my;
           dy[j] = zero + dys;
           dx[j] = lanes + static_cast<T>(bases[j] % kTile - mx);
-          sigma[j] = sigma_of(T(0.5) * c0, c1, T(0.5) * c2, dx[j], dys);
-          ex[j] = -sigma[j];
+          raw[j] = ns[j] = neg_sigma(r + 2, dx[j], dys);
         }
-        vexp(ex);
+        vexp(raw, o);  // o exp(-sigma)
         for (int j = 0; j < kGroup; ++j) {
           const int base = bases[j];
-          const V raw = o * ex[j];
-          const V a = raw < T(kAlphaMax) ? raw : zero + T(kAlphaMax);
-          const M ok = (pos < vload<V>(B.last + base)) & (sigma[j] >= T(0)) & (a >= T(kAlphaMin));
+          const V a = raw[j] < T(kAlphaMax) ? raw[j] : zero + T(kAlphaMax);
+          const M ok = (pos < vload<V>(B.last + base)) & (ns[j] <= T(0)) & (a >= T(kAlphaMin));
           const V inv = T(1) / (T(1) - a);
           const V Tr = vload<V>(B.Tr + base);
           const V Tk = ok ? Tr * inv : Tr;
@@ -783,9 +782,9 @@ static void raster_bwd(int64_t n, int64_t visible, const int32_t* order, int wid
           }
           vstore(B.Tr + base, Tk);
           // A clamped alpha (raw > 0.999) passes no gradient to the Gaussian's shape and opacity.
-          const V d = ok & (raw <= T(kAlphaMax)) ? dal : zero;
+          const V d = ok & (raw[j] <= T(kAlphaMax)) ? dal : zero;
           const V gs = -a * d;
-          l_o += ex[j] * d;
+          l_o += raw[j] * d;  // o dalpha/do
           l_c0 += T(0.5) * dx[j] * dx[j] * gs;
           l_c1 += dx[j] * dy[j] * gs;
           l_c2 += T(0.5) * dy[j] * dy[j] * gs;
@@ -799,7 +798,7 @@ static void raster_bwd(int64_t n, int64_t visible, const int32_t* order, int wid
       Gg[2] += hsum(l_c0);
       Gg[3] += hsum(l_c1);
       Gg[4] += hsum(l_c2);
-      Gg[5] += hsum(l_o);
+      Gg[5] += hsum(l_o) / o;
       for (int ch = 0; ch < C; ++ch) Gg[6 + ch] += hsum(l_f[ch]);
     }
   });
