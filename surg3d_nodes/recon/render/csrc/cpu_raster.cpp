@@ -592,11 +592,12 @@ inline void for_chunk_groups(int x0, int x1, int y0, int y1, F&& group) {
   for (int i = 0; i < n; i += kGroup) group(bases + i);
 }
 
-// -sigma = -d^T conic d / 2 for lane offsets dx, row offset dy and the conic's coefficients: one expression
-// for both passes, so that they agree bit for bit on which Gaussians reach which pixels.
+// -sigma = -d^T conic d / 2 for lane offsets dx, row offset dy and the conic's coefficients, as a polynomial
+// in dx (Horner: two steps on the chain): one expression for both passes, so that they agree bit for bit on
+// which Gaussians reach which pixels.
 template <typename V, typename T>
 inline V neg_sigma(const T* conic, V dx, T dy) {
-  return T(-0.5) * conic[0] * dx * dx - conic[1] * dy * dx + T(-0.5) * conic[2] * dy * dy;
+  return (T(-0.5) * conic[0] * dx - conic[1] * dy) * dx - T(0.5) * conic[2] * dy * dy;
 }
 
 // True when some lane of the comparison mask m is set.
