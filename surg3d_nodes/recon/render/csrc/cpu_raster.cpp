@@ -17,6 +17,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #ifdef __AVX__
 #include <immintrin.h>
 #endif
@@ -98,6 +99,11 @@ inline V vsqrt(V x) {
 template <typename V>
 inline V vceil(V x) {
   for (int l = 0; l < kLanes; ++l) x[l] = std::ceil(x[l]);
+  return x;
+}
+template <typename V>
+inline V vfloor(V x) {
+  for (int l = 0; l < kLanes; ++l) x[l] = std::floor(x[l]);
   return x;
 }
 template <typename V>
@@ -359,25 +365,35 @@ void project_bwd(int64_t n, const T* means, const T* quats, const T* scales, con
   }
 }
 
-// Pixel box (inclusive) of the pixels a Gaussian can reach with alpha >= 1/255: the ellipse
-// d^T conic d <= 2 ln(255 o); empty (x0 > x1) for culled or too transparent Gaussians.
+// Pixel boxes (inclusive) of Gaussians i..i+7 (up to n): the pixels each can reach with alpha >= 1/255,
+// the ellipse d^T conic d <= 2 ln(255 o); empty (x0 > x1) for culled or too transparent Gaussians.
 template <typename T>
-void pixel_box(const T* m2, const T* con, T opacity, const int32_t* radii, int width, int height, int32_t* box) {
-  box[0] = 0; box[1] = -1; box[2] = 0; box[3] = -1;
-  if (radii[0] <= 0 || radii[1] <= 0 || opacity * T(255) <= T(1)) return;
-  const T k2 = 2 * std::log(opacity * T(255));
-  const T cdet = con[0] * con[2] - con[1] * con[1];
-  if (!(cdet > 0)) return;
+void pixel_boxes(int64_t i, int64_t n, const T* means2d, const T* conics, const T* opacities,
+                 const int32_t* radii, int width, int height, int32_t* boxes) {
+  using V = typename Vec<T>::V;
+  V m2[2], con[3], o;
+  lanes<2>(means2d, i, n, m2);
+  lanes<3>(conics, i, n, con);
+  lanes<1>(opacities, i, n, &o);
+  V k2{}, seen{};
+  for (int l = 0; l < kLanes; ++l) {
+    const int64_t g = std::min(i + l, n - 1);
+    seen[l] = radii[2 * g] > 0 && radii[2 * g + 1] > 0 && o[l] * T(255) > T(1);
+    k2[l] = seen[l] != 0 ? 2 * std::log(o[l] * T(255)) : T(0);
+  }
+  const V cdet = con[0] * con[2] - con[1] * con[1];
+  const V safe = vmax(cdet, std::numeric_limits<T>::min());
   // Axis extents of the ellipse (the inverse conic's diagonal), with a margin against rounding.
-  const T rx = std::sqrt(k2 * con[2] / cdet) * T(1.0001) + T(1e-3);
-  const T ry = std::sqrt(k2 * con[0] / cdet) * T(1.0001) + T(1e-3);
-  const T x0 = std::ceil(m2[0] - rx - T(0.5)), x1 = std::floor(m2[0] + rx - T(0.5));
-  const T y0 = std::ceil(m2[1] - ry - T(0.5)), y1 = std::floor(m2[1] + ry - T(0.5));
-  if (x1 < 0 || y1 < 0 || x0 > width - 1 || y0 > height - 1) return;
-  box[0] = static_cast<int32_t>(std::max(x0, T(0)));
-  box[1] = static_cast<int32_t>(std::min(x1, T(width - 1)));
-  box[2] = static_cast<int32_t>(std::max(y0, T(0)));
-  box[3] = static_cast<int32_t>(std::min(y1, T(height - 1)));
+  const V rx = vsqrt(k2 * con[2] / safe) * T(1.0001) + T(1e-3);
+  const V ry = vsqrt(k2 * con[0] / safe) * T(1.0001) + T(1e-3);
+  const V x0 = vceil(m2[0] - rx - T(0.5)), x1 = vfloor(m2[0] + rx - T(0.5));
+  const V y0 = vceil(m2[1] - ry - T(0.5)), y1 = vfloor(m2[1] + ry - T(0.5));
+  const auto keep = (seen != 0) & (cdet > 0) & (x1 >= 0) & (y1 >= 0) & (x0 <= T(width - 1)) & (y0 <= T(height - 1));
+  const V b[4] = {vmax(x0, T(0)), vmin(x1, T(width - 1)), vmax(y0, T(0)), vmin(y1, T(height - 1))};
+  for (int l = 0; l < static_cast<int>(std::min<int64_t>(kLanes, n - i)); ++l) {
+    int32_t* box = boxes + 4 * (i + l);
+    for (int k = 0; k < 4; ++k) box[k] = keep[l] ? static_cast<int32_t>(b[k][l]) : (k % 2 ? -1 : 0);
+  }
 }
 
 // LSD radix sort of (key, value) by 32-bit key, stable.
@@ -418,8 +434,8 @@ static int64_t bin_prepare(int64_t n, const T* means2d, const T* conics, const T
                            const int32_t* radii, int width, int height, int32_t* boxes, int32_t* order,
                            int64_t* visible, int threads) {
   constexpr int tile = kTile;
-  parallel_for(n, threads, 4096, [&](int64_t i, int) {
-    pixel_box(means2d + 2 * i, conics + 3 * i, opacities[i], radii + 2 * i, width, height, boxes + 4 * i);
+  parallel_for((n + kLanes - 1) / kLanes, threads, 512, [&](int64_t blk, int) {
+    pixel_boxes(blk * kLanes, n, means2d, conics, opacities, radii, width, height, boxes);
   });
   std::vector<uint32_t> keys;
   std::vector<int32_t> ids;
