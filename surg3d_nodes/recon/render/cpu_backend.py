@@ -109,7 +109,7 @@ def _declare(lib: ctypes.CDLL) -> None:
         getattr(lib, f"project_fwd_{suf}").argtypes = [i64, p, p, p, p, p, i32, i32, f64, f64, f64, p, p, p, p, i32]
         getattr(lib, f"project_bwd_{suf}").argtypes = [i64, p, p, p, p, p, i32, i32, f64, p, p, p, p, p, p, p, i32]
         fn = getattr(lib, f"bin_prepare_{suf}")
-        fn.argtypes = [i64, p, p, p, p, p, i32, i32, p, p, p, i32]
+        fn.argtypes = [i64, p, p, p, p, p, i32, i32, p, p, p, p, i32]
         fn.restype = i64
         getattr(lib, f"record_stride_{suf}").argtypes = [i32]
         getattr(lib, f"record_stride_{suf}").restype = i64
@@ -213,11 +213,11 @@ class _Rasterize(torch.autograd.Function):
         boxes = torch.empty(n, 4, dtype=torch.int32)
         order = torch.empty(n, dtype=torch.int32)
         visible = ctypes.c_int64(0)
-        total = getattr(lib, f"bin_prepare_{suf}")(n, _ptr(means2d), _ptr(conics), _ptr(opacities), _ptr(depths),
-                                                   _ptr(radii), width, height, _ptr(boxes), _ptr(order),
-                                                   ctypes.addressof(visible), threads)
         tile = lib.tile_size()
         tile_offsets = torch.empty(math.ceil(width / tile) * math.ceil(height / tile) + 1, dtype=torch.int64)
+        total = getattr(lib, f"bin_prepare_{suf}")(n, _ptr(means2d), _ptr(conics), _ptr(opacities), _ptr(depths),
+                                                   _ptr(radii), width, height, _ptr(boxes), _ptr(order),
+                                                   ctypes.addressof(visible), _ptr(tile_offsets), threads)
         isect = torch.empty(total, dtype=torch.int32)
         vis = visible.value
         records = means2d.new_empty(vis, getattr(lib, f"record_stride_{suf}")(ch))

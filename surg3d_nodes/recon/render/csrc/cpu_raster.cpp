@@ -427,13 +427,16 @@ uint32_t depth_key(T d) {  // monotone in d for the positive depths of visible G
 }  // namespace
 
 // ------------------------------------------------------------------------------------------------ binning
-// Step 1: pixel boxes [n,4] and the depth order of the Gaussians with a non-empty box (order[:visible]).
-// Returns the number of (tile, Gaussian) intersections.
+// Step 1: pixel boxes [n,4], the depth order of the Gaussians with a non-empty box (order[:visible]) and
+// where each tile's list will start (tile_offsets [tiles + 1]). Returns the number of (tile, Gaussian)
+// intersections.
 template <typename T>
 static int64_t bin_prepare(int64_t n, const T* means2d, const T* conics, const T* opacities, const T* depths,
                            const int32_t* radii, int width, int height, int32_t* boxes, int32_t* order,
-                           int64_t* visible, int threads) {
+                           int64_t* visible, int64_t* tile_offsets, int threads) {
   constexpr int tile = kTile;
+  const int tx = (width + tile - 1) / tile, ty = (height + tile - 1) / tile;
+  std::fill(tile_offsets, tile_offsets + static_cast<int64_t>(tx) * ty + 1, int64_t{0});
   parallel_for((n + kLanes - 1) / kLanes, threads, 512, [&](int64_t blk, int) {
     pixel_boxes(blk * kLanes, n, means2d, conics, opacities, radii, width, height, boxes);
   });
@@ -441,18 +444,19 @@ static int64_t bin_prepare(int64_t n, const T* means2d, const T* conics, const T
   std::vector<int32_t> ids;
   keys.reserve(n);
   ids.reserve(n);
-  int64_t total = 0;
   for (int64_t i = 0; i < n; ++i) {
     const int32_t* b = boxes + 4 * i;
     if (b[0] > b[1] || b[2] > b[3]) continue;
     keys.push_back(depth_key(depths[i]));
     ids.push_back(static_cast<int32_t>(i));
-    total += static_cast<int64_t>(b[1] / tile - b[0] / tile + 1) * (b[3] / tile - b[2] / tile + 1);
+    for (int y = b[2] / tile; y <= b[3] / tile; ++y)
+      for (int x = b[0] / tile; x <= b[1] / tile; ++x) ++tile_offsets[static_cast<int64_t>(y) * tx + x + 1];
   }
+  for (int64_t t = 0; t < static_cast<int64_t>(tx) * ty; ++t) tile_offsets[t + 1] += tile_offsets[t];
   if (!keys.empty()) radix_sort(keys, ids);
   std::copy(ids.begin(), ids.end(), order);
   *visible = static_cast<int64_t>(ids.size());
-  return total;
+  return tile_offsets[static_cast<int64_t>(tx) * ty];
 }
 
 // Record of one visible Gaussian in depth order, what the compositing reads: mx, my, conic (3), opacity,
@@ -464,15 +468,14 @@ int64_t record_stride(int channels) {
   return (10 + channels + per_line - 1) / per_line * per_line;
 }
 
-// Step 2: per-tile lists of record indices in depth order (tile_offsets [tiles + 1], isect [total]) and
-// the records [visible, stride].
+// Step 2: the records [visible, stride] and the per-tile lists of record indices in depth order (isect
+// [total], starting at tile_offsets from step 1).
 template <typename T>
 static void bin_fill(int64_t visible, const int32_t* order, const int32_t* boxes, const T* means2d,
                      const T* conics, const T* opacities, const T* features, int channels, int width, int height,
-                     int64_t* tile_offsets, int32_t* isect, T* records, int threads) {
+                     const int64_t* tile_offsets, int32_t* isect, T* records, int threads) {
   constexpr int tile = kTile;
   const int tx = (width + tile - 1) / tile, ty = (height + tile - 1) / tile;
-  const int64_t ntiles = static_cast<int64_t>(tx) * ty;
   const int64_t R = record_stride<T>(channels);
   parallel_for(visible, threads, 4096, [&](int64_t k, int) {
     // The depth order scatters the Gaussians over the inputs: fetch a few ahead.
@@ -493,25 +496,12 @@ static void bin_fill(int64_t visible, const int32_t* order, const int32_t* boxes
     for (int ch = 0; ch < channels; ++ch) r[10 + ch] = features[static_cast<int64_t>(g) * channels + ch];
   });
   // Tile ranges from the records' boxes: read in order, unlike boxes[order[k]].
-  auto tiles_of = [&](int64_t k, int& x0, int& x1, int& y0, int& y1) {
+  std::vector<int64_t> cursor(tile_offsets, tile_offsets + static_cast<int64_t>(tx) * ty);
+  for (int64_t k = 0; k < visible; ++k) {
     const T* r = records + k * R;
-    x0 = static_cast<int>(r[6]) / tile; x1 = static_cast<int>(r[7]) / tile;
-    y0 = static_cast<int>(r[8]) / tile; y1 = static_cast<int>(r[9]) / tile;
-  };
-  std::vector<int64_t> cursor(ntiles + 1, 0);
-  for (int64_t k = 0; k < visible; ++k) {
-    int x0, x1, y0, y1;
-    tiles_of(k, x0, x1, y0, y1);
-    for (int y = y0; y <= y1; ++y)
-      for (int x = x0; x <= x1; ++x) ++cursor[static_cast<int64_t>(y) * tx + x + 1];
-  }
-  for (int64_t t = 0; t < ntiles; ++t) cursor[t + 1] += cursor[t];
-  std::copy(cursor.begin(), cursor.end(), tile_offsets);
-  for (int64_t k = 0; k < visible; ++k) {
-    int x0, x1, y0, y1;
-    tiles_of(k, x0, x1, y0, y1);
-    for (int y = y0; y <= y1; ++y)
-      for (int x = x0; x <= x1; ++x) isect[cursor[static_cast<int64_t>(y) * tx + x]++] = static_cast<int32_t>(k);
+    for (int y = static_cast<int>(r[8]) / tile; y <= static_cast<int>(r[9]) / tile; ++y)
+      for (int x = static_cast<int>(r[6]) / tile; x <= static_cast<int>(r[7]) / tile; ++x)
+        isect[cursor[static_cast<int64_t>(y) * tx + x]++] = static_cast<int32_t>(k);
   }
 }
 
@@ -857,15 +847,16 @@ static void raster_bwd(int64_t n, int64_t visible, const int32_t* order, int wid
   }                                                                                                            \
   S3D_EXPORT int64_t bin_prepare_##SUF(int64_t n, const T* means2d, const T* conics, const T* opacities,        \
                                        const T* depths, const int32_t* radii, int width, int height,           \
-                                       int32_t* boxes, int32_t* order, int64_t* visible, int threads) {        \
+                                       int32_t* boxes, int32_t* order, int64_t* visible,                       \
+                                       int64_t* tile_offsets, int threads) {                                   \
     return bin_prepare<T>(n, means2d, conics, opacities, depths, radii, width, height, boxes, order, visible,  \
-                          threads);                                                                            \
+                          tile_offsets, threads);                                                              \
   }                                                                                                            \
   S3D_EXPORT int64_t record_stride_##SUF(int channels) { return record_stride<T>(channels); }                 \
   S3D_EXPORT void bin_fill_##SUF(int64_t visible, const int32_t* order, const int32_t* boxes, const T* means2d, \
                                  const T* conics, const T* opacities, const T* features, int channels,         \
-                                 int width, int height, int64_t* tile_offsets, int32_t* isect, T* records,     \
-                                 int threads) {                                                                \
+                                 int width, int height, const int64_t* tile_offsets, int32_t* isect,           \
+                                 T* records, int threads) {                                                    \
     bin_fill<T>(visible, order, boxes, means2d, conics, opacities, features, channels, width, height,          \
                 tile_offsets, isect, records, threads);                                                        \
   }                                                                                                            \
