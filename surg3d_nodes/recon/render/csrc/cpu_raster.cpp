@@ -516,7 +516,7 @@ constexpr int kPrefetch = 8;   // tile-list entries whose record is fetched ahea
 constexpr int kCheckDone = 16; // entries between checks whether every pixel of a tile has stopped
 
 // scale * exp(x) for K vectors x (floats, x <= 80), relative error ~2e-7 where scale * exp(x) >= 1/255
-// (n <= 8 below): x = n ln2 + r with n rounded by adding 1.5 * 2^23 (whose low mantissa bits then hold n: no
+// (|n| <= 8 there): x = n ln2 + r with n rounded by adding 1.5 * 2^23 (whose low mantissa bits then hold n: no
 // float-int conversions) and r in one step (float ln2 is off by 1.5e-8), exp(r) = 1 + r + r^2 P(r) with P a
 // cubic fitted for the least maximum relative error on |r| <= ln2 / 2 (1.05e-7; Cephes' quintic, 1e-9 before
 // rounding, costs two more steps) in Estrin's scheme, and scale taken into 2^n (exactly) off the chain. The
