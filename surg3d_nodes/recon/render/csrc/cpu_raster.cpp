@@ -508,7 +508,8 @@ static void bin_fill(int64_t visible, const int32_t* order, const int32_t* boxes
 // ------------------------------------------------------------------------------------------------ rasterize
 // A tile is 16x16 pixels. Within a tile the Gaussians are walked in depth order; each one updates the rows
 // of its pixel box in chunks of 8 pixels written with GCC vector extensions (one AVX register of floats),
-// branch-free, in straight loops so that consecutive chunks overlap in the CPU's pipeline.
+// branch-free (but for a ray's stop), in straight loops so that consecutive chunks overlap in the CPU's
+// pipeline.
 
 namespace {
 
@@ -558,8 +559,8 @@ constexpr int kPlane = kPixels + kTile;  // a per-pixel buffer: the tile and the
 template <typename T>
 struct TileBuf {
   alignas(64) T Tr[kPlane];    // transmittance
-  alignas(64) T Tfin[kPlane];  // final transmittance (forward: of the rays that have stopped)
-  alignas(64) T gA[kPlane];    // backward: dL/dalpha
+  alignas(64) T Tfin[kPlane];  // forward: final transmittance of the rays that have stopped
+  alignas(64) T gA[kPlane];    // backward: dL/dalpha times the final transmittance
   alignas(64) T last[kPlane];  // list entries that can have contributed (exact in T for any tile)
   std::vector<T> acc;          // [C][kPlane]: forward features, backward dL/dfeature
   std::vector<T> S;            // [C][kPlane]: backward, features of the contributions behind
@@ -728,15 +729,15 @@ static void raster_bwd(int64_t n, int64_t visible, const int32_t* order, int wid
     const int w = std::min(kTile, width - ox), h = std::min(kTile, height - oy);
     int32_t maxlast = 0;
     for (int p = 0; p < kPlane; ++p) {
-      B.Tr[p] = B.Tfin[p] = T(1);
+      B.Tr[p] = T(1);
       B.gA[p] = B.last[p] = T(0);
     }
     for (int y = 0; y < h; ++y)
       for (int x = 0; x < w; ++x) {
         const int p = y * kTile + x;
         const int64_t q = static_cast<int64_t>(oy + y) * width + ox + x;
-        B.Tfin[p] = B.Tr[p] = 1 - out_alpha[q];
-        B.gA[p] = g_alpha[q];
+        B.Tr[p] = 1 - out_alpha[q];
+        B.gA[p] = g_alpha[q] * B.Tr[p];
         B.last[p] = static_cast<T>(last[q]);
         maxlast = std::max(maxlast, last[q]);
         for (int ch = 0; ch < C; ++ch) B.acc[ch * kPlane + p] = g_feat[q * C + ch];
@@ -777,13 +778,14 @@ static void raster_bwd(int64_t n, int64_t visible, const int32_t* order, int wid
           const V Tr = vload<V>(B.Tr + base);
           const V Tk = ok ? Tr * inv : Tr;
           const V vis = ok ? a * Tk : zero;
-          V dal = ok ? vload<V>(B.gA + base) * vload<V>(B.Tfin + base) * inv : zero;
+          // dL/dalpha; lanes without a contribution are masked out below (d), so no selects here
+          V dal = vload<V>(B.gA + base) * inv;
           for (int ch = 0; ch < C; ++ch) {
             const T fc = f[ch];
             const V gp = vload<V>(B.acc.data() + ch * kPlane + base);
             T* sp = B.S.data() + ch * kPlane + base;
             const V Sp = vload<V>(sp);
-            dal += ok ? gp * (fc * Tk - Sp * inv) : zero;
+            dal += gp * (fc * Tk - Sp * inv);
             l_f[ch] += vis * gp;
             vstore(sp, Sp + fc * vis);
           }
