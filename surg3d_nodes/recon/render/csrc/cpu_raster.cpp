@@ -757,8 +757,9 @@ static void raster_bwd(int64_t n, int64_t visible, const int32_t* order, int wid
       const T c0 = r[2], c1 = r[3], c2 = r[4], o = r[5];
       const T* f = r + 10;
       const V pos = zero + static_cast<T>(e - start);
-      // Per-lane partial sums of this Gaussian's gradient over its chunks.
-      V l_mx{}, l_my{}, l_c0{}, l_c1{}, l_c2{}, l_o{};
+      // Per-lane partial sums over its chunks of g = dL/dsigma times dx, dx^2, dy, dx dy and dy^2 (which give
+      // this Gaussian's gradient), of o dL/do and of dL/dfeature.
+      V s_x{}, s_xx{}, s_y{}, s_xy{}, s_yy{}, l_o{};
       V l_f[16];
       for (int ch = 0; ch < C; ++ch) l_f[ch] = zero;
       for_chunk_groups(x0, x1, y0, y1, [&](const int* bases) {
@@ -792,21 +793,23 @@ static void raster_bwd(int64_t n, int64_t visible, const int32_t* order, int wid
           vstore(B.Tr + base, Tk);
           // A clamped alpha (raw > 0.999) passes no gradient to the Gaussian's shape and opacity.
           const V d = ok & (raw[j] <= T(kAlphaMax)) ? dal : zero;
-          const V gs = -a * d;
+          const V gs = -a * d, gx = gs * dx[j], gy = gs * dy[j];
           l_o += raw[j] * d;  // o dalpha/do
-          l_c0 += T(0.5) * dx[j] * dx[j] * gs;
-          l_c1 += dx[j] * dy[j] * gs;
-          l_c2 += T(0.5) * dy[j] * dy[j] * gs;
-          l_mx -= (c0 * dx[j] + c1 * dy[j]) * gs;
-          l_my -= (c1 * dx[j] + c2 * dy[j]) * gs;
+          s_x += gx;
+          s_xx += gx * dx[j];
+          s_y += gy;
+          s_xy += gx * dy[j];
+          s_yy += gy * dy[j];
         }
       });
       T* Gg = G + static_cast<int64_t>(k) * stride;
-      Gg[0] += hsum(l_mx);
-      Gg[1] += hsum(l_my);
-      Gg[2] += hsum(l_c0);
-      Gg[3] += hsum(l_c1);
-      Gg[4] += hsum(l_c2);
+      // sigma = (c0 dx^2 + c2 dy^2) / 2 + c1 dx dy with dx = px - mx, dy = py - my.
+      const T gx = hsum(s_x), gy = hsum(s_y);
+      Gg[0] -= c0 * gx + c1 * gy;
+      Gg[1] -= c1 * gx + c2 * gy;
+      Gg[2] += T(0.5) * hsum(s_xx);
+      Gg[3] += hsum(s_xy);
+      Gg[4] += T(0.5) * hsum(s_yy);
       Gg[5] += hsum(l_o) / o;
       for (int ch = 0; ch < C; ++ch) Gg[6 + ch] += hsum(l_f[ch]);
     }
