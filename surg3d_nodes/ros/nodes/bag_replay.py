@@ -9,9 +9,10 @@ Messages go out as the recorded CDR bytes (no deserialization); publishers are c
   drop_late + drop_threshold: skip stamp groups further behind than that, to catch up;
 - wait_for_subscribers: start once every topic (or those in wait_topics) has this many subscribers, then
   publish the first stamp group and start the clock when they acknowledged it (a matched subscriber is not
-  necessarily connected yet; earlier messages would be lost); wait_nodes: also wait until each of these
-  nodes is up with its subscriptions (a count is met by whichever node comes up first, e.g. the recorder,
-  while the slow-starting trainer would miss the start); wait_timeout bounds both waits;
+  necessarily connected yet; earlier messages would be lost), or after ACK_WAIT_S s without; wait_nodes: also
+  wait until each of these nodes is up with its subscriptions (a count is met by whichever node comes up
+  first, e.g. the recorder, while the slow-starting trainer would miss the start); wait_timeout bounds both
+  waits;
 - exit_on_end: stop the process when the bag ends (after the subscribers acknowledged the last messages);
   the default keeps it alive so the graph keeps running;
 - qos_depth: history of image/cloud topics; qos_depth_small: history of the other topics.
@@ -39,6 +40,14 @@ from surg3d_nodes.ros.convert import ns_to_stamp
 from surg3d_nodes.ros.runtime import ERROR, SurgNode, run_node
 from surg3d_nodes.system.monitoring import INPUT_ENDED
 from surg3d_nodes.system.node_options import BagReplayOptions
+
+# The handshake's acknowledgements come within one heartbeat period of Fast DDS (3 s): a reliable reader that
+# matched the writer after the first group went out gets it repaired at the next heartbeat (measured 2.95 s
+# across a link). A reader still silent after a few periods is gone or stuck: a crashed host's readers stay
+# matched, never acknowledging, until its participant's lease expires (20 s). Play on then; reliable readers
+# still get the first groups repaired from the publishers' history.
+ACK_WAIT_S = 8.0
+ACK_POLL_S = 0.05
 
 LARGE_TYPES = {"sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage", "sensor_msgs/msg/PointCloud2",
                "stereo_msgs/msg/DisparityImage"}
@@ -139,13 +148,19 @@ class BagReplay(SurgNode):
         self.state = "playing"
 
     def _wait_acked(self, timeout: float) -> bool:
-        """Wait until every subscriber acknowledged everything published so far (reliable QoS)."""
+        """Wait until every subscriber acknowledged everything published so far (reliable QoS), at most
+        `timeout` s or until the node stops; False if some did not.
+
+        Polls: rclpy's blocking `wait_for_all_acked` holds the GIL, which stops every thread of the process
+        (heartbeat, executor, signal handlers) for as long as a reader does not answer."""
         deadline = time.monotonic() + timeout
-        for pub in [*self.publishers_.values(), *([self.clock_pub] if self.clock_pub else [])]:
-            left = max(deadline - time.monotonic(), 0.0)
-            if not pub.wait_for_all_acked(Duration(nanoseconds=int(left * 1e9))):
+        pending = [*self.publishers_.values(), *([self.clock_pub] if self.clock_pub else [])]
+        while True:
+            pending = [pub for pub in pending if not pub.wait_for_all_acked(Duration())]
+            if not pending:
+                return True
+            if time.monotonic() >= deadline or self._stop.wait(ACK_POLL_S):
                 return False
-        return True
 
     def _publish_group(self, group: list[BagMessage]) -> None:
         if self.clock_pub is not None:
@@ -206,9 +221,12 @@ class BagReplay(SurgNode):
             self._publish_group(group)
             if handshake:       # the subscribers are connected once they acknowledged the first group
                 handshake = False
-                if not self._wait_acked(self.wait_timeout):
+                self.state = "waiting for acknowledgements"
+                ack_wait = min(self.wait_timeout, ACK_WAIT_S)
+                if not self._wait_acked(ack_wait) and not self._stop.is_set():
                     self.get_logger().warning("subscribers did not acknowledge the first messages in "
-                                              f"{self.wait_timeout:g} s; playing on")
+                                              f"{ack_wait:g} s; playing on")
+                self.state = "playing"
                 if self.rate > 0:      # the timeline starts now, at this group
                     start_wall = time.monotonic() - (rel - self.start_offset) / self.rate
 
