@@ -548,22 +548,18 @@ inline void vexp(Vec<double>::V (&x)[K], double scale) {
 }
 
 constexpr int kPixels = kTile * kTile;
-// The backward takes a Gaussian's chunks kGroup at a time; the last group is filled up with a scratch row
-// after the tile's pixels, whose lanes never contribute (no contribution before them).
+// The backward takes a Gaussian's chunks up to kGroup at a time.
 constexpr int kGroup = 4;
-constexpr int kScratch = kPixels;
-constexpr int kPlane = kPixels + kTile;  // a per-pixel buffer: the tile and the scratch row
 
-// Per-thread scratch of one tile: row-major 16x16 and the scratch row, all in T so that lanes line up with
-// the vectors.
+// Per-thread scratch of one tile: row-major 16x16, all in T so that lanes line up with the vectors.
 template <typename T>
 struct TileBuf {
-  alignas(64) T Tr[kPlane];    // transmittance
-  alignas(64) T Tfin[kPlane];  // forward: final transmittance of the rays that have stopped
-  alignas(64) T gA[kPlane];    // backward: dL/dalpha times the final transmittance
-  alignas(64) T last[kPlane];  // list entries that can have contributed (exact in T for any tile)
-  std::vector<T> acc;          // [C][kPlane]: forward features, backward dL/dfeature
-  std::vector<T> S;            // [C][kPlane]: backward, features of the contributions behind
+  alignas(64) T Tr[kPixels];    // transmittance
+  alignas(64) T Tfin[kPixels];  // forward: final transmittance of the rays that have stopped
+  alignas(64) T gA[kPixels];    // backward: dL/dalpha times the final transmittance
+  alignas(64) T last[kPixels];  // list entries that can have contributed (exact in T for any tile)
+  std::vector<T> acc;          // [C][kPixels]: forward features, backward dL/dfeature
+  std::vector<T> S;            // [C][kPixels]: backward, features of the contributions behind
 };
 
 // The record's pixel box clipped to the tile at (ox, oy), in tile coordinates: rows y0..y1, columns x0..x1.
@@ -588,15 +584,20 @@ inline void for_chunks(int x0, int x1, int y0, int y1, F&& chunk) {
   }
 }
 
-// for_chunks, kGroup chunks at a time: group(bases) with the first pixels of kGroup chunks, the last group
-// filled up with kScratch. Computing several chunks together interleaves their exp chains (vexp): the
-// backward, whose chunks are long, gains 12-28% from it; the forward loses (5-10%, the grouping's overhead).
+// for_chunks, several chunks at a time: group(size, bases) with the first pixels of size() chunks, kGroup
+// while that many are left, then the rest. Computing several chunks together interleaves their exp chains
+// (vexp): the backward, whose chunks are long, gains 12-28% from it; the forward loses (5-10%, the grouping's
+// overhead).
 template <typename F>
 inline void for_chunk_groups(int x0, int x1, int y0, int y1, F&& group) {
-  int bases[2 * kTile + kGroup], n = 0;
+  int bases[2 * kTile], n = 0;
   for_chunks(x0, x1, y0, y1, [&](int base) { bases[n++] = base; });
-  for (int j = 0; j < kGroup - 1; ++j) bases[n + j] = kScratch;
-  for (int i = 0; i < n; i += kGroup) group(bases + i);
+  int i = 0;
+  for (; i + kGroup <= n; i += kGroup) group(std::integral_constant<int, kGroup>{}, bases + i);
+  static_assert(kGroup == 4, "the rest below takes up to 3 chunks");
+  if (n - i == 3) group(std::integral_constant<int, 3>{}, bases + i);
+  if (n - i == 2) group(std::integral_constant<int, 2>{}, bases + i);
+  if (n - i == 1) group(std::integral_constant<int, 1>{}, bases + i);
 }
 
 // -sigma = -d^T conic d / 2 for lane offsets dx, row offset dy and the conic's coefficients, as a polynomial
@@ -643,7 +644,7 @@ static void raster_fwd(int width, int height, int channels, const T* records, co
   std::vector<TileBuf<T>> bufs(std::max(1, threads));
   parallel_for(static_cast<int64_t>(tx) * ty, threads, 1, [&](int64_t t, int tid) {
     TileBuf<T>& B = bufs[tid];
-    B.acc.assign(static_cast<size_t>(C) * kPlane, T(0));
+    B.acc.assign(static_cast<size_t>(C) * kPixels, T(0));
     const int ox = static_cast<int>(t % tx) * kTile, oy = static_cast<int>(t / tx) * kTile;
     const int w = std::min(kTile, width - ox), h = std::min(kTile, height - oy);
     const int64_t start = tile_offsets[t], end = tile_offsets[t + 1];
@@ -684,7 +685,7 @@ static void raster_fwd(int width, int height, int channels, const T* records, co
           vstore(B.Tr + base, stop ? zero : vload<V>(B.Tr + base));
         }
         for (int ch = 0; ch < C; ++ch) {
-          T* a = B.acc.data() + ch * kPlane + base;
+          T* a = B.acc.data() + ch * kPixels + base;
           vstore(a, vload<V>(a) + f[ch] * vis);
         }
       });
@@ -695,7 +696,7 @@ static void raster_fwd(int width, int height, int channels, const T* records, co
         const int64_t q = static_cast<int64_t>(oy + y) * width + ox + x;
         out_alpha[q] = 1 - (B.Tr[p] > 0 ? B.Tr[p] : B.Tfin[p]);
         last[q] = static_cast<int32_t>(B.last[p]);
-        for (int ch = 0; ch < C; ++ch) out_feat[q * C + ch] = B.acc[ch * kPlane + p];
+        for (int ch = 0; ch < C; ++ch) out_feat[q * C + ch] = B.acc[ch * kPixels + p];
       }
   });
 }
@@ -723,12 +724,12 @@ static void raster_bwd(int64_t n, int64_t visible, const int32_t* order, int wid
   parallel_for(ntiles, nthr, 1, [&](int64_t t, int tid) {
     T* G = grads[tid].data();
     TileBuf<T>& B = bufs[tid];
-    B.acc.assign(static_cast<size_t>(C) * kPlane, T(0));  // dL/dfeature per pixel
-    B.S.assign(static_cast<size_t>(C) * kPlane, T(0));
+    B.acc.assign(static_cast<size_t>(C) * kPixels, T(0));  // dL/dfeature per pixel
+    B.S.assign(static_cast<size_t>(C) * kPixels, T(0));
     const int ox = static_cast<int>(t % tx) * kTile, oy = static_cast<int>(t / tx) * kTile;
     const int w = std::min(kTile, width - ox), h = std::min(kTile, height - oy);
     int32_t maxlast = 0;
-    for (int p = 0; p < kPlane; ++p) {
+    for (int p = 0; p < kPixels; ++p) {
       B.Tr[p] = T(1);
       B.gA[p] = B.last[p] = T(0);
     }
@@ -740,7 +741,7 @@ static void raster_bwd(int64_t n, int64_t visible, const int32_t* order, int wid
         B.gA[p] = g_alpha[q] * B.Tr[p];
         B.last[p] = static_cast<T>(last[q]);
         maxlast = std::max(maxlast, last[q]);
-        for (int ch = 0; ch < C; ++ch) B.acc[ch * kPlane + p] = g_feat[q * C + ch];
+        for (int ch = 0; ch < C; ++ch) B.acc[ch * kPixels + p] = g_feat[q * C + ch];
       }
     const int64_t start = tile_offsets[t];
     for (int64_t e = start + maxlast - 1; e >= start; --e) {
@@ -762,16 +763,17 @@ static void raster_bwd(int64_t n, int64_t visible, const int32_t* order, int wid
       V s_x{}, s_xx{}, s_y{}, s_xy{}, s_yy{}, l_o{};
       V l_f[16];
       for (int ch = 0; ch < C; ++ch) l_f[ch] = zero;
-      for_chunk_groups(x0, x1, y0, y1, [&](const int* bases) {
-        V dx[kGroup], dy[kGroup], ns[kGroup], raw[kGroup];
-        for (int j = 0; j < kGroup; ++j) {
+      for_chunk_groups(x0, x1, y0, y1, [&](auto size, const int* bases) {
+        constexpr int K = decltype(size)::value;
+        V dx[K], dy[K], ns[K], raw[K];
+        for (int j = 0; j < K; ++j) {
           const T dys = (bases[j] / kTile) + T(0.5) - my;
           dy[j] = zero + dys;
           dx[j] = lanes + static_cast<T>(bases[j] % kTile - mx);
           raw[j] = ns[j] = neg_sigma(r + 2, dx[j], dys);
         }
         vexp(raw, o);  // o exp(-sigma)
-        for (int j = 0; j < kGroup; ++j) {
+        for (int j = 0; j < K; ++j) {
           const int base = bases[j];
           const V a = raw[j] < T(kAlphaMax) ? raw[j] : zero + T(kAlphaMax);
           const M ok = (pos < vload<V>(B.last + base)) & (ns[j] <= T(0)) & (a >= T(kAlphaMin));
@@ -783,8 +785,8 @@ static void raster_bwd(int64_t n, int64_t visible, const int32_t* order, int wid
           V dal = vload<V>(B.gA + base) * inv;
           for (int ch = 0; ch < C; ++ch) {
             const T fc = f[ch];
-            const V gp = vload<V>(B.acc.data() + ch * kPlane + base);
-            T* sp = B.S.data() + ch * kPlane + base;
+            const V gp = vload<V>(B.acc.data() + ch * kPixels + base);
+            T* sp = B.S.data() + ch * kPixels + base;
             const V Sp = vload<V>(sp);
             dal += gp * (fc * Tk - Sp * inv);
             l_f[ch] += vis * gp;
