@@ -43,10 +43,10 @@ from surg3d_nodes.system.node_options import BagReplayOptions
 
 # The handshake's acknowledgements come within one heartbeat period of Fast DDS (3 s): a reliable reader that
 # matched the writer after the first group went out gets it repaired at the next heartbeat (measured 2.95 s
-# across a link). A reader still silent after a few periods is gone or stuck: a crashed host's readers stay
+# across a link). A reader still silent after two periods is gone or stuck: a crashed host's readers stay
 # matched, never acknowledging, until its participant's lease expires (20 s). Play on then; reliable readers
 # still get the first groups repaired from the publishers' history.
-ACK_WAIT_S = 8.0
+ACK_WAIT_S = 6.0
 ACK_POLL_S = 0.05
 
 LARGE_TYPES = {"sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage", "sensor_msgs/msg/PointCloud2",
