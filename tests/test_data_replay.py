@@ -126,16 +126,23 @@ def test_replay_real_time_bit_exact(clip_bag, ros_node, ros_env) -> None:
     proc = start("bag_replay", ros_env, f"bag:={bag}", "rate:=1.0", "wait_for_subscribers:=1",
                  "exit_on_end:=true", "qos_depth:=90")
     n = 63
-    ok = wait_until(lambda: all(col.count(t) >= n for t in TOPICS), 60.0)
+    ds = open_dataset("endonerf", src)
+    stamps = [f.stamp_ns for f in ds]
+
+    def clock_at_end() -> bool:
+        return bool(col.count("/clock")) and convert.stamp_to_ns(col.msgs("/clock")[-1].clock) == stamps[-1]
+
+    # /clock too: its last messages may still be on their way when the images are all in (CI once stopped the
+    # replay with the last 8 clocks not yet received)
+    ok = wait_until(lambda: all(col.count(t) >= n for t in TOPICS) and clock_at_end(), 60.0)
     out = stop(proc)
-    assert ok, f"received { {t: col.count(t) for t in TOPICS} } {missing(col)}\n{out}"
+    assert ok, f"received { {t: col.count(t) for t in TOPICS} } {missing(col)}, last clock {clock_at_end()}\n{out}"
     assert time.monotonic() - t0 > 62 / 30      # paced at real time, not faster
     assert all(col.count(t) == n for t in TOPICS), "a message was lost or duplicated"
-    ds = open_dataset("endonerf", src)
     # /clock is not part of the subscriber handshake, so it may match a few frames late (CI once got its last
     # 29 of 63): every stamp from its first on, in order, none lost
     clocks = [convert.stamp_to_ns(m.clock) for m in col.msgs("/clock")]
-    assert clocks and clocks == [f.stamp_ns for f in ds][-len(clocks):], clocks
+    assert clocks and clocks == stamps[-len(clocks):], clocks
     msgs = {t: col.msgs(t) for t in TOPICS}
     for i, f in enumerate(ds):
         left = msgs["/stereo/left/image_raw"][i]
