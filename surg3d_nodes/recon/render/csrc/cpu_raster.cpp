@@ -91,21 +91,18 @@ inline auto hsum(V v) {
   for (int l = 1; l < kLanes; ++l) s += v[l];
   return s;
 }
-template <typename V>
-inline V vsqrt(V x) {
-  for (int l = 0; l < kLanes; ++l) x[l] = std::sqrt(x[l]);
+// A scalar function on every lane (GCC vectorises the loop where the instruction set has it).
+template <typename V, typename F>
+inline V lanewise(V x, F f) {
+  for (int l = 0; l < kLanes; ++l) x[l] = f(x[l]);
   return x;
 }
 template <typename V>
-inline V vceil(V x) {
-  for (int l = 0; l < kLanes; ++l) x[l] = std::ceil(x[l]);
-  return x;
-}
+inline V vsqrt(V x) { return lanewise(x, [](auto v) { return std::sqrt(v); }); }
 template <typename V>
-inline V vfloor(V x) {
-  for (int l = 0; l < kLanes; ++l) x[l] = std::floor(x[l]);
-  return x;
-}
+inline V vceil(V x) { return lanewise(x, [](auto v) { return std::ceil(v); }); }
+template <typename V>
+inline V vfloor(V x) { return lanewise(x, [](auto v) { return std::floor(v); }); }
 template <typename V>
 using Elem = std::remove_reference_t<decltype(V{}[0])>;
 template <typename V>
