@@ -142,3 +142,18 @@ def test_retired_gaussians_make_room_before_the_present_is_short(scene):
     assert m.life[:6, 1].tolist() == [10.0, 9.0, 8.0, 7.0, 6.0, 5.0]   # 1-4 were retired longest
     assert rec.step(StepSchedule(densify=False)) and rec.optimizer.m["means"].shape[0] == m.num_gaussians
     assert rec.room(100) == 10 and torch.isinf(m.life[:, 1]).all()     # then the present is short
+
+
+def test_a_new_frame_leaves_the_frames_already_fitted_as_they_were(scene):
+    """Growth, flow tracks, completion (its recolouring too) and the colour fit change the model from the knot
+    before the new frame on: what the earlier frames were fitted to stays, bit for bit."""
+    frames = scene_frames(scene)
+    rec = Reconstructor(_cfg(knot_spacing_s=1e-3))
+    shown: dict[int, np.ndarray] = {}
+    for f in frames[:5]:
+        assert rec.add_frame(f)
+        shown[f.stamp_ns] = rec.render_view(f.pose, rec.time_of(f.stamp_ns))[0]
+    assert rec.get_stats().inferred_share > 0, "the instruments hid tissue: completion ran"
+    for f in frames[:4]:
+        again = rec.render_view(f.pose, rec.time_of(f.stamp_ns))[0]
+        assert np.array_equal(again, shown[f.stamp_ns]), f"frame {f.stamp_ns} changed after later frames came"

@@ -89,3 +89,54 @@ def test_densification_off_keeps_the_model():
     assert model.num_gaussians == n
     strat.grow(3)
     assert strat.grad_acc.shape == (n + 3,)
+
+
+def _alive_state(model: GaussianModel, t: float) -> dict[str, torch.Tensor]:
+    """What the model shows at time t: the evaluated Gaussians alive then."""
+    g, alive = model.evaluate(t), model.alive(t)
+    return {k: v.detach()[alive] for k, v in g.items()}
+
+
+def test_live_refinement_changes_the_model_after_since_only():
+    """Live training (`since`): the refined Gaussians stay as they were for the frames already fitted, retired at
+    `since`; their clones and split children are born there (the clone's parent replaced by a copy)."""
+    n = 6
+    model, opt = _model(n)
+    model.ensure_time(0.2)                        # knots at 0, 0.1, 0.2: the newest frame's changes start at 0.1
+    opt.grow_knots(model.num_knots)
+    since = model.birth_time(0.2)
+    assert since == 0.1
+    cam = RenderCamera.from_ros(np.eye(4), np.array([[100.0, 0, 32], [0, 100.0, 24], [0, 0, 1]]), 64, 48)
+    strat = DefaultStrategy(refine_start=1, refine_every=1, grad_threshold=1e-3, split_radius_px=4.0,
+                            prune_opacity=0.05, prune_scale_rel=0.5, max_gaussians=100)
+    strat.reset(n, torch.device("cpu"))
+    with torch.no_grad():
+        model.params["opacity_logits"][5] = -10.0            # transparent: pruned (for all times)
+    before = {t: _alive_state(model, t) for t in (0.0, 0.1)}
+    o = float(torch.sigmoid(model.params["opacity_logits"].detach()[0]))
+    grads = np.array([0.0, 0.0, 0.1, 0.1, 0.0, 0.1])        # 2: clone, 3: split
+    strat.step_post_backward(model, opt, _info(n, grads, np.array([2, 2, 2, 9, 2, 2]), cam), cam, step=1,
+                             densify=True, scene_depth=0.1, since=since)
+    # 5 kept (2 and 3 retired at 0.1) + the clone pair + 2 split children
+    assert model.num_gaussians == 9
+    for k, v in model.params.items():
+        assert opt.m[k].shape == v.shape, f"optimizer state of {k} out of step with the model"
+    for t in (0.0, 0.1):
+        after = _alive_state(model, t)
+        for k, v in before[t].items():
+            assert torch.equal(after[k], v[[0, 1, 2, 3, 4]]), f"{k} at t={t} changed"
+    assert torch.equal(model.life[:, 1], torch.tensor([np.inf, np.inf, 0.1, 0.1, np.inf] + [np.inf] * 4,
+                                                      dtype=torch.float64))
+    assert torch.all(model.life[5:, 0] == 0.1), "children born at `since`"
+    now = model.alive(0.2)
+    assert now.tolist() == [True, True, False, False, True, True, True, True, True]
+    opac = torch.sigmoid(model.params["opacity_logits"].detach()).numpy()
+    half = 1 - np.sqrt(1 - o)
+    # rows 5..8: clone of 2, two children of 3, the copy that takes 2's place; 2 keeps its own opacity
+    np.testing.assert_allclose(opac[[2, 5, 6, 7, 8]], [o, half, half, half, half], atol=1e-5)
+    assert torch.equal(model.params["means"].detach()[8], model.params["means"].detach()[2])
+    # A Gaussian retired before `since` lives in the past only: it is never refined for the present.
+    strat.step_post_backward(model, opt, _info(9, np.full(9, 0.1), np.full(9, 2), cam), cam, step=2,
+                             densify=True, scene_depth=0.1, since=0.15)
+    # (the 7 alive at 0.2 were all born before 0.15: each retired, each with a clone and a copy; 2 and 3 not)
+    assert int(model.alive(0.2).sum()) == 14 and model.num_gaussians == 9 + 14

@@ -165,8 +165,9 @@ def _project(model: GaussianModel, kf: Keyframe, rows: torch.Tensor
 
 @torch.no_grad()
 def recolour_inferred(model: GaussianModel, kf: Keyframe, colours: np.ndarray, hole: np.ndarray) -> int:
-    """Give the inferred Gaussians that project into `hole` of keyframe `kf` the completed colour there (at the
-    keyframe's time); returns how many. The guess improves as the memory around it grows, without being
+    """Give the inferred Gaussians that project into `hole` of keyframe `kf` the completed colour there, from the
+    keyframe's time on (their colour knot, `GaussianModel.fit_track`: the frames already fitted keep the colours
+    they were fitted with); returns how many. The guess improves as the memory around it grows, without being
     recomputed per output frame."""
     rows = torch.nonzero(model.inferred).squeeze(1)
     if rows.numel() == 0:
@@ -176,8 +177,8 @@ def recolour_inferred(model: GaussianModel, kf: Keyframe, colours: np.ndarray, h
     hit = inside & torch.as_tensor(hole, device=dev)[v, u]
     rows, u, v = rows[hit], u[hit], v[hit]
     target = torch.as_tensor(colours, device=dev)[v, u]
-    track = model.track_at(kf.t, "col_knots")[rows]
-    model.params["sh_dc"].data[rows] = (target - 0.5 - track) / SH_C0
+    base = SH_C0 * model.params["sh_dc"].detach()[rows] + 0.5
+    model.fit_track("col_knots", kf.t, rows, target - base)
     return int(rows.numel())
 
 

@@ -109,11 +109,13 @@ class StepSchedule:
     lr_scale: float = 1.0          # factor on the position learning rates (offline: exponential decay)
     densify: bool = True           # let the densification strategy refine when due
     grow_every: int = 0            # every this many steps, grow where the newest frame is unexplained (0: never)
+    keep_past: bool = False        # refinements change the model from the newest frame on only (strategy)
 
     @classmethod
     def live(cls, cfg: TrainerConfig) -> StepSchedule:
-        """The live schedule: newest frames favoured, constant rates, densification and growth throughout."""
-        return cls(cfg.recent_fraction, 1.0, True, cfg.add_check_every)
+        """The live schedule: newest frames favoured, constant rates, densification and growth throughout; the
+        frames already fitted keep the Gaussians they were fitted with."""
+        return cls(cfg.recent_fraction, 1.0, True, cfg.add_check_every, True)
 
     @classmethod
     def offline(cls, cfg: TrainerConfig, i: int, iterations: int) -> StepSchedule:
@@ -237,11 +239,16 @@ class ModelView:
         cam = RenderCamera.from_ros(pose, rK, rw, rh, device=device)
         with torch.no_grad():
             g = self.model.evaluate(self.time_s, cam.center(), params=self.params)
+            if inferred:
+                g["colors"] = self.params["inferred"].to(g["colors"])[:, None].expand(-1, 3)
+            # Only the Gaussians alive then: the retired and the unborn are invisible, and rendering them cost
+            # time and could change a pixel's summation order.
+            alive = self.model.alive(self.time_s, self.params)
+            if alive is not None:
+                g = {k: v[alive] for k, v in g.items()}
             if g["means"].shape[0] == 0:
                 z = np.zeros((height, width), np.float32)
                 return np.zeros((height, width, 3), np.float32), z.copy(), z
-            if inferred:
-                g["colors"] = self.params["inferred"].to(g["colors"])[:, None].expand(-1, 3).contiguous()
             rgb, depth, alpha, _ = render_evaluated(g, cam, self.backend)
         rgb = rgb.clamp(0, 1).cpu().numpy()
         d = depth.cpu().numpy().astype(np.float32)
@@ -615,8 +622,9 @@ class Reconstructor:
         st = self.stats
         st.iterations += 1
         # The strategy reads the step's screen-space gradients before they are cleared.
+        since = self.model.birth_time(self.model.knot_times[-1]) if schedule.keep_past else float("-inf")
         self.strategy.step_post_backward(self.model, self.optimizer, aux["info"], kf.camera, st.iterations,
-                                         schedule.densify, self.scene_depth)
+                                         schedule.densify, self.scene_depth, since)
         for v in self.model.params.values():
             v.grad = None
         st.loss, st.loss_color, st.loss_depth = float(loss.detach()), aux["loss_c"], aux["loss_d"]
