@@ -20,7 +20,7 @@ from surg3d_nodes.recon.config import Frame, TrainerConfig
 from surg3d_nodes.recon.io.checkpoint import load_reconstructor, save_checkpoint
 from surg3d_nodes.recon.io.ply import save_ply
 from surg3d_nodes.recon.online import OnlineTrainer
-from surg3d_nodes.recon.runner import Reconstructor, train_offline
+from surg3d_nodes.recon.runner import Reconstructor, StepSchedule, train_offline
 
 torch.set_num_threads(1)
 
@@ -415,3 +415,25 @@ def test_crafted_checkpoint_is_refused_without_running_code(scene, tmp_path):
     with pytest.raises(ValueError, match=r"garbage\.pt"):
         load_checkpoint(garbage, tr)
     assert tr.num_gaussians == 0 and tr.get_stats().frames_used == 0   # the trainer is left as it was
+
+
+def test_a_step_trains_only_the_knots_its_frame_is_rendered_with(scene):
+    """A step on a frame at a knot's time moves that knot only: the smoothness term sees its neighbours (fixed),
+    and the optimizer's momentum does not carry knots the step does not render."""
+    rec = Reconstructor(_cfg(knot_spacing_s=1e-3, refine_start=10_000))
+    frames = scene_frames(scene)
+    for f in frames[:4]:
+        assert rec.add_frame(f)
+    for _ in range(10):                                  # moments on the earlier knots
+        rec.step(StepSchedule(recent_fraction=0.0, densify=False))
+    knots = {k: rec.model.params[k].detach().clone() for k in rec.model.KNOT_KEYS}
+    newest = rec.model.num_knots - 1
+    for _ in range(5):
+        rec.step(StepSchedule(recent_fraction=1.0, densify=False, keep_past=True))
+    for k, before in knots.items():
+        after = rec.model.params[k].detach()
+        assert torch.equal(after[:, :newest], before[:, :newest]), f"{k}: a knot not rendered moved"
+        assert not torch.equal(after[:, newest], before[:, newest]), f"{k}: the frame's own knot did not train"
+    # Between two knots, both train and no other.
+    mid = 0.5 * (rec.model.knot_times[1] + rec.model.knot_times[2])
+    assert rec._knot_window(mid, True) == (1, 3) and rec._knot_window(rec.model.knot_times[2], True) == (2, 3)

@@ -186,6 +186,13 @@ class GaussianModel:
         p["life"] = self.life
         return p
 
+    def knot_context(self, window: dict[str, torch.Tensor], lo: int, hi: int, k: int) -> dict[str, torch.Tensor]:
+        """The knot tensors of a `knot_window` [lo, hi) between up to `k` fixed (detached) neighbouring knots on
+        each side: a regulariser over time sees the neighbours, and its gradient reaches the window only."""
+        return {name: torch.cat([self.params[name].detach()[:, max(0, lo - k):lo], window[name],
+                                 self.params[name].detach()[:, hi:hi + k]], 1)
+                for name in self.KNOT_KEYS if name in window}
+
     def detached_copy(self) -> dict[str, torch.Tensor]:
         """A consistent detached copy of all parameters plus `knot_times` (a float64 tensor), the `inferred`
         flags and the `life` spans, so it can be evaluated while training adds or removes knots (take it under

@@ -32,14 +32,14 @@ def depth_loss(depth: torch.Tensor, target: torch.Tensor, tissue: torch.Tensor, 
     return err.mean() if weight is None else (err * weight[valid]).sum() / weight[valid].sum()
 
 
-def track_smoothness(params: dict[str, torch.Tensor], scene_depth: float) -> torch.Tensor:
-    """Squared second differences of the deformation tracks over the knots of `params` (a model's parameters
-    or a `GaussianModel.knot_window`; positions relative to the scene depth): motion is smooth in time unless the
+def track_smoothness(knots: dict[str, torch.Tensor], scene_depth: float) -> torch.Tensor:
+    """Squared second differences of the deformation tracks over the knot tensors in `knots` (by name, e.g. a
+    `GaussianModel.knot_context`; positions relative to the scene depth): motion is smooth in time unless the
     images say otherwise."""
-    out = params["means"].new_zeros(())
+    out = next(iter(knots.values())).new_zeros(())
     for name, w in (("pos_knots", 1.0 / scene_depth), ("col_knots", 1.0), ("scale_knots", 1.0)):
-        if name in params and params[name].shape[1] >= 3:
-            k = params[name] * w
+        if name in knots and knots[name].shape[1] >= 3:
+            k = knots[name] * w
             out = out + (k[:, 2:] - 2 * k[:, 1:-1] + k[:, :-2]).pow(2).sum(-1).mean()
     return out
 

@@ -572,14 +572,22 @@ class Reconstructor:
             "col_knots": c.lr_col_knots, "scale_knots": c.lr_scale_knots}, knot_keys=GaussianModel.KNOT_KEYS)
 
     # ------------------------------------------------------------------ training
-    def _knot_window(self, t: float) -> tuple[int, int]:
-        i0 = self.model.knot_index(t)[0]
+    def _knot_window(self, t: float, keep_past: bool) -> tuple[int, int]:
+        """The knots a step on a frame at time t trains. With `keep_past` (live), only those the frame is rendered
+        with (one when t is on a knot, else the two around it): a wider window let a step move knots it does not
+        render (by the smoothness term, and by Adam's momentum with zero gradients), and a frame already fitted
+        lost 9 dB within two frames (stream, K = 10, pulling 1/4; README, issue 14). Offline every frame comes
+        back in turn, and letting a step carry its neighbours along fits better (600 iterations: 1 dB)."""
+        i0, i1, w = self.model.knot_index(t)
+        if keep_past:
+            return i0, (i1 if w > 0 else i0) + 1
         return max(0, i0 - 2), min(self.model.num_knots, i0 + 4)
 
-    def loss(self, kf: Keyframe) -> tuple[torch.Tensor, dict]:
-        """The training loss on one frame (photometric + relative depth + track smoothness) and its parts."""
+    def loss(self, kf: Keyframe, keep_past: bool = True) -> tuple[torch.Tensor, dict]:
+        """The training loss on one frame (photometric + relative depth + track smoothness) and its parts, over the
+        knots `_knot_window` trains."""
         c = self.cfg
-        lo, hi = self._knot_window(kf.t)
+        lo, hi = self._knot_window(kf.t, keep_past)
         params = self.model.knot_window(lo, hi)
         g = self.model.evaluate(kf.t, kf.camera.center(), params)
         rgb, depth, alpha, info = render_evaluated(g, kf.camera, self.backend)
@@ -594,7 +602,8 @@ class Reconstructor:
         loss_c, mse = photometric_loss(rgb, kf.rgb, kf.tissue, c.ssim_lambda, weight)
         loss_d = depth_loss(depth, kf.depth, kf.tissue, alpha, self.scene_depth, weight) \
             if kf.has_depth and c.depth_weight > 0 else rgb.new_zeros(())
-        smooth = track_smoothness(params, self.scene_depth) if c.smooth_weight > 0 else rgb.new_zeros(())
+        smooth = track_smoothness(self.model.knot_context(params, lo, hi, 2), self.scene_depth) \
+            if c.smooth_weight > 0 else rgb.new_zeros(())
         loss = loss_c + c.depth_weight * loss_d + c.smooth_weight * smooth
         if "distortion" in info:          # surfels: 2DGS's geometry regularisers
             if c.dist_weight > 0:
@@ -611,7 +620,7 @@ class Reconstructor:
             return False
         t_start = time.monotonic()
         kf = self.store.sample(schedule.recent_fraction)
-        loss, aux = self.loss(kf)
+        loss, aux = self.loss(kf, schedule.keep_past)
         loss.backward()
         grads = {k: v.grad for k, v in aux["params"].items() if k in self.model.params and v.grad is not None}
         pos = ("means", "pos_knots")
