@@ -11,6 +11,7 @@ from recon_support import scene_frames
 from surg3d_nodes.data.synthetic import SynthConfig, generate
 from surg3d_nodes.recon.completion import membrane_fill, tint_inferred
 from surg3d_nodes.recon.config import Frame, TrainerConfig
+from surg3d_nodes.recon.gaussians import GaussianConfig, GaussianModel
 from surg3d_nodes.recon.io.checkpoint import load_reconstructor, save_checkpoint
 from surg3d_nodes.recon.io.ply import save_ply
 from surg3d_nodes.recon.runner import Reconstructor, StepSchedule
@@ -157,3 +158,21 @@ def test_a_new_frame_leaves_the_frames_already_fitted_as_they_were(scene):
     for f in frames[:4]:
         again = rec.render_view(f.pose, rec.time_of(f.stamp_ns))[0]
         assert np.array_equal(again, shown[f.stamp_ns]), f"frame {f.stamp_ns} changed after later frames came"
+
+
+def test_life_spans_fade_between_knots_as_the_tracks_do():
+    """Visibility is a piecewise-linear track over the knots: 0 or 1 at every knot, as the life span (born,
+    retired] says; a time between two knots blends the two states."""
+    m = GaussianModel(GaussianConfig(knot_spacing=0.1, knots_at_frames=False))
+    m.ensure_time(0.3)                                        # knots 0, 0.1, 0.2, 0.3
+    m.append(m.new_gaussians(np.full((3, 3), 0.1), np.full((3, 3), 0.5), 0.0),
+             life=torch.tensor([[-np.inf, np.inf], [m.knot_times[1], np.inf], [-np.inf, m.knot_times[2]]],
+                               dtype=torch.float64))
+    k = m.knot_times
+    expect = {k[0]: [1, 0, 1], k[1]: [1, 0, 1], (k[1] + k[2]) / 2: [1, 0.5, 1], k[2]: [1, 1, 1],
+              (k[2] + k[3]) / 2: [1, 1, 0.5], k[3]: [1, 1, 0]}
+    for t, vis in expect.items():
+        np.testing.assert_allclose(m.visibility(t).numpy(), vis, atol=1e-6, err_msg=f"t={t}")
+        assert m.alive(t).tolist() == [v > 0 for v in vis]
+    o = m.evaluate((k[1] + k[2]) / 2)["opacities"].detach()
+    assert abs(float(o[1] / o[0]) - 0.5) < 1e-6
