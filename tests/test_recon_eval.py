@@ -1,4 +1,5 @@
-"""The CPU target: offline reconstruction of EndoNeRF 'pulling' at 160x128 reaches masked PSNR >= 30 dB."""
+"""The CPU targets on EndoNeRF 'pulling' at 160x128: offline masked PSNR >= 30 dB; live training beats copying the
+previous frame. The eval command's modes and its input checks."""
 
 from __future__ import annotations
 
@@ -29,6 +30,22 @@ def test_cpu_eval_target(shared_data: Path, tmp_path: Path):
     assert r["baseline_neighbour_mean_psnr"] > r["baseline_copy_prev_psnr"] > 30.0
     assert r["right_psnr_star"] > 20.0
     assert (out / "result.json").is_file() and len(list(out.glob("test_*_gt_render_error.png"))) == 3
+
+
+def test_stream_beats_copying_the_previous_frame(shared_data: Path, tmp_path: Path):
+    """Issue 14's CI check: live training (stream mode, K = 10 steps per frame, the smallest K that does here; K = 5
+    gave 39.82 dB against 40.08) on the shared clip at 1/4 scale renders the held-out frames better than copying
+    the previous frame, computed in the same run."""
+    clip = shared_data / "endonerf" / "pulling_soft_tissues"
+    if not clip.is_dir():
+        pytest.skip(f"EndoNeRF clip absent: {clip}")
+    assert main(["endonerf", str(clip), "--mode", "stream", "--iterations-per-frame", "10", "--scale", "0.25",
+                 "--device", "cpu", "--json", str(tmp_path / "r.json")]) == 0
+    r = json.loads((tmp_path / "r.json").read_text())
+    print(f"\nstream K=10: final {r['psnr']:.2f} dB, live {r['live_psnr']:.2f}, copy-previous "
+          f"{r['baseline_copy_prev_psnr']:.2f}, neighbour mean {r['baseline_neighbour_mean_psnr']:.2f}")
+    assert r["iterations"] + r["colour_fit_steps"] == 10 * r["train_frames"]
+    assert r["psnr"] > r["baseline_copy_prev_psnr"]
 
 
 def test_eval_rejects_bad_input(tmp_path: Path, capsys):
