@@ -140,3 +140,20 @@ def test_live_refinement_changes_the_model_after_since_only():
                              densify=True, scene_depth=0.1, since=0.15)
     # (the 7 alive at 0.2 were all born before 0.15: each retired, each with a clone and a copy; 2 and 3 not)
     assert int(model.alive(0.2).sum()) == 14 and model.num_gaussians == 9 + 14
+
+
+def test_densification_at_the_budget_drops_the_longest_retired_first():
+    """At the Gaussian budget the past (retired Gaussians, kept for the frames already fitted) makes room, the
+    longest retired first, before the present goes without refinement."""
+    n = 6
+    model, opt = _model(n)
+    model.life[:3, 1] = torch.tensor([0.3, 0.1, 0.2], dtype=torch.float64)
+    cam = RenderCamera.from_ros(np.eye(4), np.array([[100.0, 0, 32], [0, 100.0, 24], [0, 0, 1]]), 64, 48)
+    strat = DefaultStrategy(refine_start=1, refine_every=1, grad_threshold=1e-3, max_gaussians=7)
+    strat.reset(n, torch.device("cpu"))
+    means = model.params["means"].detach().clone()
+    grads = np.array([0.0, 0.0, 0.0, 0.1, 0.1, 0.0])         # 3 and 4 cloned: one row more than the budget
+    strat.step_post_backward(model, opt, _info(n, grads, np.full(n, 2), cam), cam, 1, True, 0.1)
+    assert model.num_gaussians == 7
+    assert sorted(model.life[torch.isfinite(model.life[:, 1]), 1].tolist()) == [0.2, 0.3], "0.1 went first"
+    assert torch.equal(model.params["means"].detach()[5:], means[[3, 4]]), "both clones made"

@@ -183,6 +183,14 @@ class GaussianModel:
         """[N] bool: the Gaussians retired at some time (kept only for the times before)."""
         return torch.isfinite(self.life[:, 1])
 
+    def oldest_retired(self, n: int, among: torch.Tensor | None = None) -> torch.Tensor:
+        """Indices of up to `n` retired Gaussians (of those in the bool mask `among`, default all), the longest
+        retired first: what makes room for new ones within a budget, so the past loses detail before the present
+        goes short of Gaussians."""
+        mask = self.retired() if among is None else self.retired() & among
+        idx = torch.nonzero(mask).squeeze(1)
+        return idx[torch.argsort(self.life[idx, 1])[:max(0, n)]]
+
     def track_at(self, t: float, name: str) -> torch.Tensor:
         """Value [N,3] of track `name` (pos_knots, col_knots, scale_knots) of every Gaussian at time t."""
         return self._interp(self.params, name, t).detach()

@@ -472,11 +472,10 @@ class Reconstructor:
         already fitted, are dropped to make it (the longest retired first): the past loses detail before the
         present goes short of Gaussians."""
         m = self.model
-        over = m.num_gaussians + wanted - self.cfg.max_gaussians
-        retired = torch.nonzero(m.retired()).squeeze(1) if over > 0 else None
-        if retired is not None and retired.numel():
+        drop = m.oldest_retired(m.num_gaussians + wanted - self.cfg.max_gaussians)
+        if drop.numel():
             keep = torch.ones(m.num_gaussians, dtype=torch.bool, device=m.device)
-            keep[retired[torch.argsort(m.life[retired, 1])[:over]]] = False
+            keep[drop] = False
             m.select(keep)
             self.optimizer.select(keep)
             self.strategy.reset(m.num_gaussians, self.device)

@@ -117,12 +117,18 @@ class DefaultStrategy:
         grads = self.grad_acc / self.grad_cnt.clamp(min=1)
         grads[~keep | (model.life[:, 1] <= since)] = 0      # retired before `since`: the past's only
         cand = torch.nonzero(grads > self.grad_threshold).squeeze(1)
+        cand = cand[torch.argsort(grads[cand], descending=True, stable=True)]
+        past = model.life[:, 0] < since
+        # Within the budget, highest gradients first: a candidate adds a row (two when its parent stays with the
+        # past), and the longest-retired Gaussians make room first.
+        cost = 1 + past[cand].long()
         room = self.max_gaussians - int(keep.sum())
-        if cand.numel() > max(0, room):
-            cand = cand[torch.argsort(grads[cand], descending=True)[:max(0, room)]]
+        drop = model.oldest_retired(int(cost.sum()) - room, keep)
+        keep[drop] = False
+        cand = cand[torch.cumsum(cost, 0) <= room + drop.numel()]
+        cand = cand.sort().values
         split = cand[self.max_rad[cand] > self.split_radius_px]
         clone = cand[self.max_rad[cand] <= self.split_radius_px]
-        past = model.life[:, 0] < since
         src = torch.cat([clone, split, split, clone[past[clone]]])
         rows = {k: v.detach()[src] for k, v in p.items()}
         inferred = model.inferred[src]
