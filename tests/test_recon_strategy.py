@@ -157,3 +157,34 @@ def test_densification_at_the_budget_drops_the_longest_retired_first():
     assert model.num_gaussians == 7
     assert sorted(model.life[torch.isfinite(model.life[:, 1]), 1].tolist()) == [0.2, 0.3], "0.1 went first"
     assert torch.equal(model.params["means"].detach()[5:], means[[3, 4]]), "both clones made"
+
+
+def test_growth_reuses_spare_room_and_checkpoints_stay_compact():
+    """Rows and knots appended one at a time fill spare room in place (recon.capacity): the values are those a
+    concatenation gives, the storage moves only now and then, and a saved tensor holds no spare room."""
+    from surg3d_nodes.recon.capacity import compact, grown
+    ref = torch.arange(2 * 3 * 3, dtype=torch.float32).reshape(2, 3, 3)
+    t, moves, last = ref.clone(), 0, None
+    for i in range(40):
+        if i % 2:
+            t = grown(t, t.shape[0], t.shape[1] + 1)
+            t[:, -1] = t[:, -2]
+            ref = torch.cat([ref, ref[:, -1:]], 1)
+        else:
+            t = grown(t, t.shape[0] + 3, t.shape[1])
+            t[-3:] = i
+            ref = torch.cat([ref, torch.full((3, *ref.shape[1:]), float(i))])
+        assert torch.equal(t, ref)
+        moves += int(t.untyped_storage().data_ptr() != last)
+        last = t.untyped_storage().data_ptr()
+    assert moves <= 10, f"the storage moved {moves} times in 40 appends"
+    saved = compact(t)
+    assert torch.equal(saved, ref) and saved.untyped_storage().nbytes() == ref.numel() * 4
+    model, opt = _model(4)
+    model.ensure_time(0.3)
+    opt.grow_knots(model.num_knots)
+    model.append(model.new_gaussians(np.full((2, 3), 0.1), np.full((2, 3), 0.5), 0.3))
+    opt.append(2)
+    for k, v in model.params.items():
+        assert opt.m[k].shape == v.shape and v.is_leaf and v.requires_grad
+    assert float(opt.m["pos_knots"][4:].abs().sum()) == 0 and float(opt.v["col_knots"][:, 1:].abs().sum()) == 0

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from pykdtree.kdtree import KDTree
 
+from surg3d_nodes.recon.capacity import grown
 from surg3d_nodes.recon.config import TrainerConfig
 
 SH_C0 = 0.28209479177387814
@@ -257,7 +258,10 @@ class GaussianModel:
         for name in self.KNOT_KEYS:
             if name in self.params:
                 k = self.params[name].detach()
-                self.params[name] = torch.cat([k, k[:, -1:].expand(-1, extra, -1)], 1).requires_grad_()
+                n, kn = k.shape[:2]
+                out = grown(k, n, kn + extra)          # in place when there is room (recon.capacity)
+                out[:, kn:] = k[:, kn - 1:kn]
+                self.params[name] = out.requires_grad_()
         return extra
 
     @torch.no_grad()
@@ -357,8 +361,11 @@ class GaussianModel:
         n = int(rows["means"].shape[0])
         flags = torch.as_tensor(inferred, dtype=torch.bool, device=self.device).expand(n)
         spans = torch.as_tensor(life, dtype=torch.float64, device=self.device).expand(n, 2)
-        self.params = {k: torch.cat([v.detach(), rows[k].to(v)], 0).requires_grad_()
-                       for k, v in self.params.items()}
+        old = self.num_gaussians
+        for k, v in self.params.items():
+            out = grown(v.detach(), old + n, v.shape[1] if k in self.KNOT_KEYS else None)
+            out[old:] = rows[k].to(v)
+            self.params[k] = out.requires_grad_()
         self.inferred = torch.cat([self.inferred, flags])
         self.life = torch.cat([self.life, spans])
 

@@ -24,6 +24,7 @@ import torch
 
 from surg3d_nodes.common.camera import scale_intrinsics
 from surg3d_nodes.common.geometry import backproject
+from surg3d_nodes.recon.capacity import compact
 from surg3d_nodes.recon.colour_fit import fit_colours
 from surg3d_nodes.recon.completion import hidden_seeds, recolour_inferred, seen_inferred
 from surg3d_nodes.recon.config import Frame, TrainerConfig
@@ -652,7 +653,7 @@ class Reconstructor:
     def state_dict(self, keyframes: bool = True) -> dict:
         """Everything a trainer needs to continue: tensors, arrays and plain containers only."""
         m = self.model
-        return {"config": asdict(self.cfg), "params": {k: v.detach().cpu() for k, v in m.params.items()},
+        return {"config": asdict(self.cfg), "params": {k: compact(v.detach().cpu()) for k, v in m.params.items()},
                 "inferred": m.inferred.cpu(), "life": m.life.cpu(), "knot_times": list(m.knot_times),
                 "optimizer": self.optimizer.state_dict() if self.optimizer else None,
                 "clock": self.clock.state_dict(), "live_stamp_ns": self.live_stamp_ns,

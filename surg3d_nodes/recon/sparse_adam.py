@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import torch
 
+from surg3d_nodes.recon.capacity import compact, grown
+
 
 def _per_knot(x: torch.Tensor, dims: int) -> torch.Tensor:
     """Per-knot factors [K] as a contiguous [1, K, dims] tensor, to multiply [N, K, dims] windows."""
@@ -90,20 +92,23 @@ class DictAdam:
                 d[k] = d[k][keep]
 
     def append(self, n: int) -> None:
-        """Add zero moments for n new Gaussians."""
+        """Add zero moments for n new Gaussians (in place when there is room: recon.capacity)."""
         for d in (self.m, self.v):
             for k, t in d.items():
-                d[k] = torch.cat([t, t.new_zeros((n, *t.shape[1:]))])
+                old = t.shape[0]
+                d[k] = grown(t, old + n, t.shape[1] if k in self.knot_keys else None)
+                d[k][old:] = 0
 
     def grow_knots(self, total: int) -> None:
         """Extend knot moments to `total` knots (new knots start with zero moments and step count)."""
         for k in list(self.m):
             t = self.m[k]
             if k in self.knot_keys and t.shape[1] < total:
-                extra = total - t.shape[1]
-                self.m[k] = torch.cat([t, t.new_zeros(t.shape[0], extra, t.shape[2])], 1)
-                self.v[k] = torch.cat([self.v[k], t.new_zeros(t.shape[0], extra, t.shape[2])], 1)
-                self.steps[k] = torch.cat([self.steps[k], self.steps[k].new_zeros(extra)])
+                old = t.shape[1]
+                for d in (self.m, self.v):
+                    d[k] = grown(d[k], t.shape[0], total)
+                    d[k][:, old:] = 0
+                self.steps[k] = torch.cat([self.steps[k], self.steps[k].new_zeros(total - old)])
 
     def drop_knot(self, j: int) -> None:
         """Remove knot column j from the moments (after `GaussianModel.simplify_knots` removed it)."""
@@ -114,8 +119,9 @@ class DictAdam:
                 self.steps[k] = self.steps[k][keep]
 
     def state_dict(self) -> dict:
-        """Moments, step counts and learning rates."""
-        return {"lrs": dict(self.lrs), "m": dict(self.m), "v": dict(self.v), "steps": dict(self.steps)}
+        """Moments, step counts and learning rates (each on a storage of its own size)."""
+        return {"lrs": dict(self.lrs), "m": {k: compact(t) for k, t in self.m.items()},
+                "v": {k: compact(t) for k, t in self.v.items()}, "steps": dict(self.steps)}
 
     def load_state_dict(self, sd: dict) -> None:
         """Restore from `state_dict()`."""
