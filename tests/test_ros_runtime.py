@@ -69,3 +69,18 @@ def test_a_clean_shutdown_exits_0(ros_env, tmp_path):
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=20)
     assert proc.returncode == 0 and "closing" in out and "stuck" not in out, out
+
+
+def test_the_stacks_signal_prints_every_thread_and_the_node_runs_on(ros_env, tmp_path):
+    """What a launcher sends a node that did not stop, before terminating it (`STACKS_SIGNAL`): every thread's
+    stack, printed from C (also when a thread holds the GIL in native code); the node itself is not disturbed."""
+    from surg3d_nodes.system.supervisor import STACKS_SIGNAL
+
+    proc = _start(tmp_path, "ok", ros_env)
+    proc.send_signal(STACKS_SIGNAL)
+    time.sleep(1.0)
+    assert proc.poll() is None, "the stacks signal ended the node"
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=20)
+    assert proc.returncode == 0, out
+    assert "most recent call first" in out and 'thread 0x' in out.lower() and "stuck_node.py" in out, out

@@ -31,7 +31,7 @@ from surg3d_nodes.ros import qos, topics
 from surg3d_nodes.ros.convert import header, key_values
 from surg3d_nodes.ros.params import NodeParameters
 from surg3d_nodes.system.node_options import NodeOptions
-from surg3d_nodes.system.supervisor import ALIVE_FILE_ENV
+from surg3d_nodes.system.supervisor import ALIVE_FILE_ENV, STACKS_SIGNAL
 
 OK, WARN, ERROR, STALE = 0, 1, 2, 3
 _LEVEL_BYTES = {lvl: bytes([lvl]) for lvl in (OK, WARN, ERROR, STALE)}
@@ -147,6 +147,7 @@ def _spin_until_signal(nodes: Sequence[SurgNode]) -> int:
     escalates SIGINT to SIGTERM after 5 s) ends a stuck shutdown at once, naming the step it was stuck in
     (exit 1, or 0 where the nodes had already released everything), as does a middleware teardown that hangs
     longer than 3 s after the nodes closed."""
+    faulthandler.register(STACKS_SIGNAL, all_threads=True)   # a launcher's "where are you stuck?"
     stop = threading.Event()
     first_signal: list[float] = []
     escalated = threading.Event()

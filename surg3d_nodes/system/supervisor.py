@@ -16,6 +16,11 @@ from pathlib import Path
 
 from surg3d_nodes.system.graph import NodeSpec
 
+# Sent to a node that did not stop within the grace period, before SIGTERM: a node prints every thread's stack on it
+# (ros/runtime.py, faulthandler: from C, so also when a thread blocked in native code holds the GIL and no Python
+# signal handler can run, as in the nodes CI saw killed without a word after a link cut).
+STACKS_SIGNAL = signal.SIGUSR1
+
 # Every process of the graph: best-effort images lose ~95% of large frames on the default transports.
 GRAPH_ENV = {"FASTDDS_BUILTIN_TRANSPORTS": "LARGE_DATA", "PYTHONUNBUFFERED": "1"}
 # The file a node's heartbeat touches (ros/runtime.py), for a node the supervisor restarts when it goes silent.
@@ -161,7 +166,9 @@ class Supervisor:
             try:
                 code = p.popen.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                self.log(f"node {name} did not stop within {self.grace:.0f} s: terminating")
+                self.log(f"node {name} did not stop within {self.grace:.0f} s: its threads' stacks, then terminating")
+                p.popen.send_signal(STACKS_SIGNAL)
+                time.sleep(0.5)             # the node writes them from its signal handler; the reader takes them
                 p.popen.terminate()
                 try:
                     code = p.popen.wait(timeout=3)
