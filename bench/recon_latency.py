@@ -35,6 +35,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 def run_once(args: argparse.Namespace, scene, out: Path) -> dict | None:
     """One run against a fresh trainer node: frame -> cloud latencies and the gaps between clouds while
     frames arrive; None when the node did not come up."""
+    import netns_support as netns
     import rclpy
     from geometry_msgs.msg import PoseStamped
     from rosproc import start_node, stop_node, wait_until
@@ -43,7 +44,7 @@ def run_once(args: argparse.Namespace, scene, out: Path) -> dict | None:
     from surg3d_nodes.ros import topics
     from surg3d_nodes.ros.convert import camera_to_msg, image_to_msg, pose_to_msg, stamp_to_ns
 
-    across = ["ip", "netns", "exec", args.trainer_netns] if args.trainer_netns else []
+    across = netns.on_host({"ns": args.trainer_netns}) if args.trainer_netns else []
     env = {**os.environ, **({"ROS_STATIC_PEERS": args.trainer_peer} if args.trainer_peer else {})}
     proc = start_node("surg3d_nodes.ros.nodes.trainer", [
         "--params-file", str(ROOT / "config" / "trainer.yaml"), "-p", f"device:={args.device}",
@@ -117,8 +118,8 @@ def across_a_link(args: argparse.Namespace, argv: list[str]) -> int:
         robot, gpu = hosts["robot"], hosts["gpu"]
         if args.link_loss > 0:
             netns.drop(hosts, args.link_loss)
-        run = subprocess.run(["ip", "netns", "exec", robot["ns"], sys.executable, __file__, *argv,
-                              "--trainer-netns", gpu["ns"], "--trainer-peer", robot["addr"]],
+        run = subprocess.run(netns.on_host(robot, sys.executable, __file__, *argv, "--trainer-netns", gpu["ns"],
+                                           "--trainer-peer", robot["addr"]),
                              env={**os.environ, "ROS_STATIC_PEERS": gpu["addr"]})
         print(f"link: {100 * args.link_loss:g} % loss each way, {netns.drop(hosts, None)} packets dropped")
     return run.returncode

@@ -20,6 +20,15 @@ def ip(*args: str, ns: str | None = None) -> str:
     return subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=10).stdout
 
 
+def on_host(h: dict[str, str], *cmd: str) -> list[str]:
+    """The command line that runs `cmd` on host `h`: in its network namespace, with a /dev/shm of its own. Two
+    machines share no memory; namespaces alone share /dev/shm, where Fast DDS keeps its shared-memory ports and
+    allocates participant ids across both "hosts". The tmpfs lives in the mount namespace that `ip netns exec`
+    makes for this command and its children, and goes with them."""
+    return ["ip", "netns", "exec", h["ns"], "sh", "-c", 'mount -t tmpfs -o mode=1777 s3d_shm /dev/shm && exec "$@"',
+            "sh", *cmd]
+
+
 @contextmanager
 def two_hosts() -> Iterator[dict[str, dict[str, str]]]:
     """Namespaces robot and gpu: veth ends 169.254.<r>.1/30 and .2/30, loopback up; removed afterwards. Yields

@@ -56,7 +56,7 @@ def test_robot_and_gpu_parts_across_a_link_only(two_hosts, synth_bag: Path, ros_
 
     def launch(h: dict[str, str], peer: dict[str, str], args: list[str]) -> Launch:
         return Launch(args, {**env, "ROS_STATIC_PEERS": peer["addr"]},
-                      command=["ip", "netns", "exec", h["ns"], sys.executable, "-m", "surg3d_nodes.cli", "launch"])
+                      command=netns.on_host(h, sys.executable, "-m", "surg3d_nodes.cli", "launch"))
 
     gpu_part = launch(gpu, robot, ["replay", "--host", "gpu", f"output_dir:={out}", "bridge_port:=0",
                                    "checkpoint_period:=0.0"])
@@ -157,7 +157,7 @@ def test_gpu_host_killed_and_restarted_continues_the_model(two_hosts, synth_bag:
 
     def launch(h: dict[str, str], peer: dict[str, str], args: list[str]) -> Launch:
         return Launch(args, {**env, "ROS_STATIC_PEERS": peer["addr"]},
-                      command=["ip", "netns", "exec", h["ns"], sys.executable, "-m", "surg3d_nodes.cli", "launch"])
+                      command=netns.on_host(h, sys.executable, "-m", "surg3d_nodes.cli", "launch"))
 
     gpu_args = ["replay", "--host", "gpu", f"output_dir:={out}", "bridge_port:=0", "checkpoint_period:=3.0"]
     robot_part = launch(robot, gpu, ["replay", "--host", "robot", f"bag:={synth_bag}", "loop:=true"])
