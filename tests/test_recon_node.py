@@ -39,16 +39,18 @@ def scene():
     return generate(SynthConfig(width=64, height=48, frames=8, instruments=1, noise_std=1.0))
 
 
-def _start(out_dir: Path, env: dict[str, str], rates: str = "4.0", resume: str | None = "auto") -> subprocess.Popen:
+def _start(out_dir: Path, env: dict[str, str], rates: str = "4.0", resume: str | None = "auto",
+           params: tuple[str, ...] = ()) -> subprocess.Popen:
     """The trainer node on CPU; `rates` (Hz) of its render, de-occlusion and status timers; `resume` its
     resume_from_checkpoint ("auto": the newest loadable checkpoint in out_dir, as a respawned trainer does;
-    None: the node's own default)."""
+    None: the node's own default); `params` more name:=value."""
     return subprocess.Popen(
         [sys.executable, "-m", "surg3d_nodes.ros.nodes.trainer", "--ros-args", "--params-file",
          str(CONFIG / "trainer.yaml"), "-p", "device:=cpu", "-p", "num_threads:=1", "-p", "image_scale:=1.0",
          "-p", "heartbeat_period:=0.5", "-p", "points_rate:=0.0", "-p", f"render_rate:={rates}",
          "-p", f"deoccluded_rate:={rates}", "-p", f"status_rate:={rates}", "-p", f"output_dir:={out_dir}",
-         *(["-p", f"resume_from_checkpoint:={resume}"] if resume is not None else [])],
+         *(["-p", f"resume_from_checkpoint:={resume}"] if resume is not None else []),
+         *(a for kv in params for a in ("-p", kv))],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -63,16 +65,19 @@ def _frame_publishers(ros_node) -> dict:
 
 
 def _send_frames(pubs: dict, scene, frames: list) -> None:
-    """Publish each synthetic frame's CameraInfo, image, depth, mask and pose, paced for the trainer."""
+    """Publish each synthetic frame's CameraInfo, image, depth, mask and pose (those `pubs` has), paced for the
+    trainer."""
     frame_id = topics.LEFT_OPTICAL_FRAME
     for f in frames:
         s = f.stamp_ns
         pubs["info"].publish(camera_to_msg(scene.cam_left, s))
         time.sleep(0.05)
-        pubs["image"].publish(image_to_msg(f.left, "rgb8", s, frame_id))
-        pubs["depth"].publish(image_to_msg(f.depth.astype(np.float32), "32FC1", s, frame_id))
-        pubs["mask"].publish(image_to_msg(f.mask, "mono8", s, frame_id))
-        pubs["pose"].publish(pose_to_msg(f.pose, s, topics.WORLD_FRAME))
+        for name, msg in (("image", image_to_msg(f.left, "rgb8", s, frame_id)),
+                          ("depth", image_to_msg(f.depth.astype(np.float32), "32FC1", s, frame_id)),
+                          ("mask", image_to_msg(f.mask, "mono8", s, frame_id)),
+                          ("pose", pose_to_msg(f.pose, s, topics.WORLD_FRAME))):
+            if name in pubs:
+                pubs[name].publish(msg)
         time.sleep(0.15)
 
 
@@ -201,6 +206,41 @@ def test_trainer_node(ros_env, ros_node, scene, tmp_path):
     finally:
         out = stop_node(proc)
     assert "resumed from" not in out and proc.returncode == 0, out
+
+
+def test_trainer_exits_to_be_respawned_when_an_input_link_is_cut_off(ros_env, ros_node, scene, tmp_path):
+    """A mask publisher that delivers nothing while image, depth and pose arrive (what a broken Fast DDS TCP link
+    between two hosts looks like): after input_link_timeout_s the trainer exits with the reason, to be respawned
+    with a new participant, and counts it in its run folder; at the bound it stays up and reports it instead."""
+    frames = scene.frames
+
+    def run(count: int) -> tuple[subprocess.Popen, str, list[NodeStatus]]:
+        proc = _start(tmp_path, ros_env, params=("input_link_timeout_s:=3.0",))
+        got = Collector(ros_node, {topics.RECON_STATUS: TrainerStatus, topics.NODE_STATUS: NodeStatus})
+        try:
+            assert wait_until(lambda: got.last(topics.RECON_STATUS) is not None, 30), "no status from the node"
+            pubs = _frame_publishers(ros_node)
+            del pubs["mask"]                  # matched (its publisher stays), but it never delivers a mask
+            end = time.monotonic() + 8.0
+            while time.monotonic() < end and proc.poll() is None:
+                _send_frames(pubs, scene, frames[:2])
+            alive = proc.poll() is None
+        finally:
+            out = stop_node(proc)
+        assert (tmp_path / "input_link_restarts").read_text() == str(count)
+        return alive, out, [m for m in got.get(topics.NODE_STATUS) if m.node.endswith("trainer")]
+
+    alive, out, _ = run(1)
+    assert not alive and proc_exit_reason(out), out
+    (tmp_path / "input_link_restarts").write_text("2")     # restarted twice already for it: only report now
+    alive, out, beats = run(2)
+    assert alive and not proc_exit_reason(out), out
+    assert any(kv.key == "problems.input_link" for m in beats for kv in m.values), out
+
+
+def proc_exit_reason(out: str) -> bool:
+    """Whether a trainer's output says it exited for a cut-off input (the mask)."""
+    return "InputLinkError: mask: 1 publisher(s) but nothing received in 3 s" in out
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])

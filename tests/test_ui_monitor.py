@@ -28,7 +28,7 @@ from surg3d_nodes.data.synthetic import SynthConfig, generate
 from surg3d_nodes.recon.io.checkpoint import read_checkpoint
 from surg3d_nodes.ros import topics
 from surg3d_nodes.ros.convert import header, key_values, stamp_to_ns
-from surg3d_nodes.system.monitoring import INPUT_ENDED, TopicTracker
+from surg3d_nodes.system.monitoring import INPUT_ENDED, InputLinks, TopicTracker
 
 pytestmark = pytest.mark.ros
 
@@ -142,3 +142,17 @@ def test_monitor_diagnostics_stall_checkpoint_snapshot(ros_env, ros_node, tmp_pa
     ended_logs = [x for x in lines if "input ended" in x]
     assert len(ended_logs) == 1 and "/bag_replay" in ended_logs[0], "\n".join(lines)
     assert not [x for x in lines if "/depth/image" in x], "\n".join(lines)
+
+
+def test_input_links_name_an_input_whose_publisher_delivers_nothing_while_others_do() -> None:
+    links = InputLinks(["image", "depth", "mask"], timeout_s=5.0)
+    pubs = {"image": 1, "depth": 1, "mask": 1}
+    assert links.cut_off(pubs, 100.0) == []                     # nothing yet: nothing to compare with
+    links.received("image", 100.0)
+    links.received("depth", 101.0)
+    assert links.cut_off(pubs, 104.9) == []                     # not for timeout_s yet
+    assert links.cut_off(pubs, 105.0) == ["mask"]
+    assert links.cut_off({**pubs, "mask": 0}, 200.0) == []      # no publisher: nothing to be cut off from
+    links.received("mask", 106.0)
+    assert links.cut_off(pubs, 200.0) == []
+    assert InputLinks(["image", "mask"], 0.0).cut_off(pubs, 1e9) == []   # off

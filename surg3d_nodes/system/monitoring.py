@@ -237,3 +237,29 @@ def summary(health: list[Health]) -> dict[str, object]:
     return {"level": worst, "level_name": LEVEL_NAMES[worst],
             "message": "; ".join(problems) if problems else "all ok",
             "items": {h.name: LEVEL_NAMES[h.level] for h in health}}
+
+
+class InputLinks:
+    """Which of a node's paired inputs look cut off at the transport: a topic that has a publisher but has
+    delivered nothing for `timeout_s` while another input of the same node has been delivering (its pairs can
+    never complete). Seen across two hosts with Fast DDS's TCP transport (LARGE_DATA): the trainer, the last node
+    of its host to start, got no message from one publishing participant on the other host for minutes (each
+    time another one) while the recorder beside it got them all. A new participant (the node restarted) connects
+    afresh. An input whose publisher sends nothing on purpose (a tracker that has lost the camera publishes no
+    pose) looks the same from here, hence the bound on restarts in the node."""
+
+    def __init__(self, names: list[str], timeout_s: float) -> None:
+        self.timeout_s = timeout_s
+        self.first: dict[str, float] = {}      # monotonic time of each input's first message
+        self.names = list(names)
+
+    def received(self, name: str, now: float) -> None:
+        """An input delivered a message at `now`."""
+        self.first.setdefault(name, now)
+
+    def cut_off(self, publishers: dict[str, int], now: float) -> list[str]:
+        """The inputs with at least one publisher (`publishers`: count by input name) that delivered nothing
+        although another input has been delivering for `timeout_s`; [] when none or the check is off."""
+        if self.timeout_s <= 0 or not self.first or now - min(self.first.values()) < self.timeout_s:
+            return []
+        return [n for n in self.names if n not in self.first and publishers.get(n, 0) > 0]

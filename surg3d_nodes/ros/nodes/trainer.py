@@ -56,8 +56,17 @@ from surg3d_nodes.ros.convert import (
     stamp_to_ns,
 )
 from surg3d_nodes.ros.runtime import ERROR, SurgNode, run_node
+from surg3d_nodes.system.monitoring import InputLinks
 from surg3d_nodes.system.node_options import TrainerNodeOptions
 from surg3d_nodes.system.runs import CHECKPOINT_GLOB, checkpoints
+
+# Restarts for a broken input link so far in this run folder (a respawned trainer reads it).
+LINK_RESTARTS_FILE = "input_link_restarts"
+MAX_LINK_RESTARTS = 2
+
+
+class InputLinkError(RuntimeError):
+    """An input's publisher exists but nothing arrives from it: the process exits to be respawned."""
 
 
 class TrainerNode(SurgNode):
@@ -98,6 +107,10 @@ class TrainerNode(SurgNode):
             cls, topic = subs[name]
             # A deeper history than the stream default: bursts wait while the input group is busy pairing.
             self.subscription(cls, topic, lambda m, i=i: self.on_input(i, m), 10, callback_group=inputs)
+        self._input_topics = {name: subs[name][1] for name in self.inputs}
+        self._links = InputLinks(self.inputs, p.input_link_timeout_s)
+        if p.input_link_timeout_s > 0:
+            self.create_timer(1.0, self._check_links, callback_group=MutuallyExclusiveCallbackGroup())
 
         self.points_pub = self.publisher(PointCloud2, topics.RECON_POINTS)
         self.render_pub = self.publisher(Image, topics.RECON_RENDER)
@@ -171,6 +184,7 @@ class TrainerNode(SurgNode):
     def on_input(self, index: int, msg) -> None:
         """Queue one input for stamp pairing; a complete set becomes a Frame for the trainer."""
         self.count(f"{self.inputs[index]}_received")
+        self._links.received(self.inputs[index], time.monotonic())
         stamp = stamp_to_ns(msg.header.stamp)
         if len(self.inputs) == 1:
             self.on_set((msg,), stamp)
@@ -178,6 +192,25 @@ class TrainerNode(SurgNode):
         out = self.sync.add(index, stamp, msg)
         if out is not None:
             self.on_set(out[0], out[1][0])
+
+    def _check_links(self) -> None:
+        """Exit (to be respawned: config/graph.yaml) when an input's publisher delivers nothing while the others
+        do (system.monitoring.InputLinks), at most MAX_LINK_RESTARTS times a run folder; past that, report it."""
+        publishers = {n: self.count_publishers(t) for n, t in self._input_topics.items()}
+        cut = self._links.cut_off(publishers, time.monotonic())
+        if not cut:
+            return
+        text = (f"{', '.join(cut)}: {'+'.join(str(publishers[n]) for n in cut)} publisher(s) but nothing received in "
+                f"{self._links.timeout_s:.0f} s while {', '.join(sorted(self._links.first))} arrive")
+        marker = self.output_dir / LINK_RESTARTS_FILE
+        done = int(marker.read_text()) if marker.is_file() else 0
+        if done >= MAX_LINK_RESTARTS:
+            self.report_problem("input_link", f"{text} (restarted {done}x for it: not restarting again)", ERROR)
+            return
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        marker.write_text(str(done + 1))
+        raise InputLinkError(f"{text}: a broken DDS link; exiting to be respawned with a new participant "
+                              f"(restart {done + 1} of {MAX_LINK_RESTARTS} for this)")
 
     def on_set(self, msgs: tuple, stamp: int) -> None:
         """Convert a matched set (never blocks: the trainer only enqueues)."""
