@@ -242,11 +242,10 @@ def summary(health: list[Health]) -> dict[str, object]:
 class InputLinks:
     """Which of a node's paired inputs look cut off at the transport: a topic that has a publisher but has
     delivered nothing for `timeout_s` while another input of the same node has been delivering (its pairs can
-    never complete). Seen across two hosts with Fast DDS's TCP transport (LARGE_DATA): the trainer, the last node
-    of its host to start, got no message from one publishing participant on the other host for minutes (each
-    time another one) while the recorder beside it got them all. A new participant (the node restarted) connects
-    afresh. An input whose publisher sends nothing on purpose (a tracker that has lost the camera publishes no
-    pose) looks the same from here, hence the bound on restarts in the node."""
+    never complete). Seen across two hosts with Fast DDS's TCP transport (LARGE_DATA): the trainer got no message
+    from one publishing participant on the other host for minutes (each time another one) while the recorder
+    beside it got them all, and a restarted trainer did not fare better (README, "Across machines"). An input whose
+    publisher sends nothing on purpose (a tracker that has lost the camera publishes no pose) looks the same."""
 
     def __init__(self, names: list[str], timeout_s: float) -> None:
         self.timeout_s = timeout_s

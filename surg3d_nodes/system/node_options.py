@@ -115,9 +115,8 @@ class TrainerNodeOptions:
     use_mask: bool = param(True, "pair /instrument/mask (false: every pixel is tissue)")
     static_pose: bool = param(False, "no /camera/pose: the camera is fixed at the world origin")
     input_link_timeout_s: float = param(20.0, "s: an input with a publisher that has delivered nothing while another "
-                                               "input delivered for this long is a broken DDS link; the trainer "
-                                               "exits to be respawned with a new participant (twice a run folder at "
-                                               "most, then it only reports; 0 = off)", low=0.0, high=3600.0)
+                                               "input delivered for this long is reported as a broken link (ERROR "
+                                               "in the heartbeat; 0 = off)", low=0.0, high=3600.0)
 
 
 @dataclass

@@ -60,14 +60,6 @@ from surg3d_nodes.system.monitoring import InputLinks
 from surg3d_nodes.system.node_options import TrainerNodeOptions
 from surg3d_nodes.system.runs import CHECKPOINT_GLOB, checkpoints
 
-# Restarts for a broken input link so far in this run folder (a respawned trainer reads it).
-LINK_RESTARTS_FILE = "input_link_restarts"
-MAX_LINK_RESTARTS = 2
-
-
-class InputLinkError(RuntimeError):
-    """An input's publisher exists but nothing arrives from it: the process exits to be respawned."""
-
 
 class TrainerNode(SurgNode):
     """ROS adapter of OnlineTrainer (see the module docstring)."""
@@ -194,23 +186,14 @@ class TrainerNode(SurgNode):
             self.on_set(out[0], out[1][0])
 
     def _check_links(self) -> None:
-        """Exit (to be respawned: config/graph.yaml) when an input's publisher delivers nothing while the others
-        do (system.monitoring.InputLinks), at most MAX_LINK_RESTARTS times a run folder; past that, report it."""
+        """Report, as an ERROR in the heartbeat, an input whose publisher delivers nothing while the others do
+        (system.monitoring.InputLinks): no frame can be paired until its link is back."""
         publishers = {n: self.count_publishers(t) for n, t in self._input_topics.items()}
         cut = self._links.cut_off(publishers, time.monotonic())
-        if not cut:
-            return
-        text = (f"{', '.join(cut)}: {'+'.join(str(publishers[n]) for n in cut)} publisher(s) but nothing received in "
-                f"{self._links.timeout_s:.0f} s while {', '.join(sorted(self._links.first))} arrive")
-        marker = self.output_dir / LINK_RESTARTS_FILE
-        done = int(marker.read_text()) if marker.is_file() else 0
-        if done >= MAX_LINK_RESTARTS:
-            self.report_problem("input_link", f"{text} (restarted {done}x for it: not restarting again)", ERROR)
-            return
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        marker.write_text(str(done + 1))
-        raise InputLinkError(f"{text}: a broken DDS link; exiting to be respawned with a new participant "
-                              f"(restart {done + 1} of {MAX_LINK_RESTARTS} for this)")
+        if cut:
+            self.report_problem("input_link", f"{', '.join(cut)}: {'+'.join(str(publishers[n]) for n in cut)} "
+                                f"publisher(s) but nothing received in {self._links.timeout_s:.0f} s while "
+                                f"{', '.join(sorted(self._links.first))} arrive: its DDS link is broken", ERROR)
 
     def on_set(self, msgs: tuple, stamp: int) -> None:
         """Convert a matched set (never blocks: the trainer only enqueues)."""
