@@ -145,14 +145,14 @@ def test_monitor_diagnostics_stall_checkpoint_snapshot(ros_env, ros_node, tmp_pa
 
 
 def test_input_links_name_an_input_whose_publisher_delivers_nothing_while_others_do() -> None:
-    links = InputLinks(["image", "depth", "mask"], timeout_s=5.0)
-    pubs = {"image": 1, "depth": 1, "mask": 1}
-    assert links.cut_off(pubs, 100.0) == []                     # nothing yet: nothing to compare with
+    links = InputLinks(["image", "depth", "mask", "pose"], timeout_s=5.0)
+    pubs = {"image": 1, "depth": 1, "mask": 1, "pose": 0}
+    assert links.silent(pubs, 100.0) == ([], [])                  # nothing yet: nothing to compare with
     links.received("image", 100.0)
     links.received("depth", 101.0)
-    assert links.cut_off(pubs, 104.9) == []                     # not for timeout_s yet
-    assert links.cut_off(pubs, 105.0) == ["mask"]
-    assert links.cut_off({**pubs, "mask": 0}, 200.0) == []      # no publisher: nothing to be cut off from
+    assert links.silent(pubs, 104.9) == ([], [])                  # not for timeout_s yet
+    assert links.silent(pubs, 105.0) == (["mask"], ["pose"])      # cut off (a publisher), unpublished (none)
     links.received("mask", 106.0)
-    assert links.cut_off(pubs, 200.0) == []
-    assert InputLinks(["image", "mask"], 0.0).cut_off(pubs, 1e9) == []   # off
+    links.received("pose", 107.0)
+    assert links.silent(pubs, 200.0) == ([], [])
+    assert InputLinks(["image", "mask"], 0.0).silent(pubs, 1e9) == ([], [])   # off

@@ -256,9 +256,13 @@ class InputLinks:
         """An input delivered a message at `now`."""
         self.first.setdefault(name, now)
 
-    def cut_off(self, publishers: dict[str, int], now: float) -> list[str]:
-        """The inputs with at least one publisher (`publishers`: count by input name) that delivered nothing
-        although another input has been delivering for `timeout_s`; [] when none or the check is off."""
+    def silent(self, publishers: dict[str, int], now: float) -> tuple[list[str], list[str]]:
+        """(cut off, unpublished): the inputs that delivered nothing although another input has been delivering
+        for `timeout_s`, split by whether they have a publisher (`publishers`: count by input name); both empty
+        when none or the check is off. Unpublished is no proof of a broken link (the node that publishes it may
+        not run), but the split graph showed that too: the trainer once never discovered one participant's
+        publishers at all."""
         if self.timeout_s <= 0 or not self.first or now - min(self.first.values()) < self.timeout_s:
-            return []
-        return [n for n in self.names if n not in self.first and publishers.get(n, 0) > 0]
+            return [], []
+        silent = [n for n in self.names if n not in self.first]
+        return [n for n in silent if publishers.get(n, 0) > 0], [n for n in silent if publishers.get(n, 0) == 0]

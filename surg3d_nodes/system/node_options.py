@@ -114,9 +114,9 @@ class TrainerNodeOptions:
     use_depth: bool = param(True, "pair /depth/image (false: train on colour only)")
     use_mask: bool = param(True, "pair /instrument/mask (false: every pixel is tissue)")
     static_pose: bool = param(False, "no /camera/pose: the camera is fixed at the world origin")
-    input_link_timeout_s: float = param(20.0, "s: an input with a publisher that has delivered nothing while another "
-                                               "input delivered for this long is reported as a broken link (ERROR "
-                                               "in the heartbeat; 0 = off)", low=0.0, high=3600.0)
+    input_link_timeout_s: float = param(20.0, "s: an input that has delivered nothing while another input delivered "
+                                               "for this long is reported: with a publisher as a broken link (ERROR), "
+                                               "without one as not running (WARN); 0 = off", low=0.0, high=3600.0)
 
 
 @dataclass

@@ -186,14 +186,19 @@ class TrainerNode(SurgNode):
             self.on_set(out[0], out[1][0])
 
     def _check_links(self) -> None:
-        """Report, as an ERROR in the heartbeat, an input whose publisher delivers nothing while the others do
-        (system.monitoring.InputLinks): no frame can be paired until its link is back."""
+        """Report an input that delivers nothing while the others do (system.monitoring.InputLinks): no frame can
+        be paired. With a publisher its DDS link is broken (ERROR); without one, its node is not running or was
+        never discovered (WARN)."""
         publishers = {n: self.count_publishers(t) for n, t in self._input_topics.items()}
-        cut = self._links.cut_off(publishers, time.monotonic())
+        cut, unpublished = self._links.silent(publishers, time.monotonic())
+        others = (f"nothing received in {self._links.timeout_s:.0f} s while "
+                  f"{', '.join(sorted(self._links.first))} arrive")
         if cut:
             self.report_problem("input_link", f"{', '.join(cut)}: {'+'.join(str(publishers[n]) for n in cut)} "
-                                f"publisher(s) but nothing received in {self._links.timeout_s:.0f} s while "
-                                f"{', '.join(sorted(self._links.first))} arrive: its DDS link is broken", ERROR)
+                                f"publisher(s) but {others}: its DDS link is broken", ERROR)
+        if unpublished:
+            self.report_problem("input_unpublished", f"{', '.join(unpublished)}: no publisher discovered and "
+                                f"{others}: its node is not running, or not discovered")
 
     def on_set(self, msgs: tuple, stamp: int) -> None:
         """Convert a matched set (never blocks: the trainer only enqueues)."""
