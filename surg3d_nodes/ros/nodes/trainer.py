@@ -191,6 +191,8 @@ class TrainerNode(SurgNode):
         never discovered (WARN)."""
         publishers = {n: self.count_publishers(t) for n, t in self._input_topics.items()}
         cut, unpublished = self._links.silent(publishers, time.monotonic())
+        if not (cut or unpublished):
+            return
         others = (f"nothing received in {self._links.timeout_s:.0f} s while "
                   f"{', '.join(sorted(self._links.first))} arrive")
         if cut:
