@@ -84,3 +84,50 @@ def test_the_stacks_signal_prints_every_thread_and_the_node_runs_on(ros_env, tmp
     out, _ = proc.communicate(timeout=20)
     assert proc.returncode == 0, out
     assert "most recent call first" in out and 'thread 0x' in out.lower() and "stuck_node.py" in out, out
+
+
+def test_the_executor_hands_a_queued_callback_to_its_threads_once(ros_env):
+    """While a slow callback holds the only pool thread, a ready timer's callback waits in the pool's queue: the
+    spin loop must not hand it over again and again (rclpy 9 re-yields it at once, a busy loop that held the GIL
+    against the trainer's training thread), and every callback still runs."""
+    import threading
+
+    import rclpy
+    from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+
+    from surg3d_nodes.ros.runtime import _DrainingExecutor
+
+    context = rclpy.Context()
+    rclpy.init(context=context, domain_id=int(ros_env["ROS_DOMAIN_ID"]))
+    node = rclpy.create_node("queued_callbacks", context=context)
+    executor = _DrainingExecutor(num_threads=1, context=context)
+    executor.add_node(node)
+    handed: list[object] = []
+    submit = executor._executor.submit
+
+    def counting_submit(fn, *args):
+        handed.append(args[0] if args else fn)
+        return submit(fn, *args)
+
+    executor._executor.submit = counting_submit
+    slow_done, fast = threading.Event(), []
+
+    def slow() -> None:
+        slow_timer.cancel()
+        time.sleep(0.4)
+        slow_done.set()
+
+    slow_timer = node.create_timer(0.01, slow, callback_group=MutuallyExclusiveCallbackGroup())
+    node.create_timer(0.02, lambda: fast.append(time.monotonic()), callback_group=MutuallyExclusiveCallbackGroup())
+    try:
+        end = time.monotonic() + 0.8
+        while time.monotonic() < end:
+            executor.spin_once(timeout_sec=0.05)
+    finally:
+        executor.drain()
+        executor.shutdown()
+        node.destroy_node()
+        rclpy.try_shutdown(context=context)
+    assert slow_done.is_set() and len(fast) >= 5          # both ran, the fast one again after the slow one
+    distinct = len(set(map(id, handed)))
+    assert len(handed) == distinct, f"{len(handed)} hand-overs of {distinct} callbacks"
