@@ -21,6 +21,11 @@ from __future__ import annotations
 
 import torch
 
+# torch imports this (and sympy with it) on the first autograd.grad with grad_outputs: half a second inside a live
+# trainer's first frame, which every frame behind it waited for (frame-to-cloud latency; README, issue 18).
+# Imported with this module, the cost falls at the node's start.
+import torch.fx.experimental.symbolic_shapes
+
 from surg3d_nodes.recon.gaussians import GaussianModel
 from surg3d_nodes.recon.keyframes import Keyframe
 from surg3d_nodes.recon.render import render_evaluated
