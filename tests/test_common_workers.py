@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
-from surg3d_nodes.common.workers import DropOldestQueue, HandOverLock, QueueWorker
+from surg3d_nodes.common.workers import DropOldestQueue, QueueWorker
 
 
 def test_full_queue_drops_the_oldest_and_never_blocks():
@@ -53,30 +53,3 @@ def test_worker_handles_in_order_survives_errors_and_stops():
     assert done[-1] == 9, "the worker goes on after an error"
     w.stop()
     assert w.pending == 0
-
-
-def test_a_looping_worker_hands_the_lock_over_to_a_waiting_thread():
-    """A worker that takes the lock again right after each hold (the training thread's steps) lets a thread that
-    waits have it at the next hold's end: the waiter sees at most one more hold, every time."""
-    lock, stop, holds = HandOverLock(), threading.Event(), [0]
-
-    def worker() -> None:
-        while not stop.is_set():
-            with lock:
-                holds[0] += 1
-                time.sleep(0.002)
-            lock.hand_over()
-
-    t = threading.Thread(target=worker, daemon=True)
-    t.start()
-    seen = []
-    try:
-        for _ in range(50):
-            before = holds[0]
-            with lock:
-                seen.append(holds[0] - before)
-            time.sleep(0.001)
-    finally:
-        stop.set()
-        t.join(timeout=5)
-    assert max(seen) <= 1, seen

@@ -1,4 +1,4 @@
-"""Bounded drop-oldest queues, the worker thread that drains one, and a lock that a looping worker hands over.
+"""Bounded drop-oldest queues and the worker thread that drains one.
 
 A live pipeline must never block the producer (a ROS callback, a camera): when the consumer falls behind,
 the OLDEST queued item is dropped and counted, so the consumer always works on recent data.
@@ -63,37 +63,6 @@ class DropOldestQueue(Generic[T]):
     def __len__(self) -> int:
         with self._cond:
             return len(self._items)
-
-
-class HandOverLock:
-    """A re-entrant lock for a worker that holds it in a loop (`with lock: step()`) and other threads that take it
-    now and then: between two holds the worker calls `hand_over()`, which waits until no other thread waits for
-    the lock. Python's locks are not fair: the training thread took the model lock again at once after each step,
-    and a publishing callback waited through steps for up to seconds (with both executor threads waiting there,
-    the node's input callbacks had no thread, and frames were dropped)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.RLock()
-        self._cond = threading.Condition()
-        self._waiting = 0
-
-    def __enter__(self) -> HandOverLock:
-        with self._cond:
-            self._waiting += 1
-        self._lock.acquire()
-        with self._cond:
-            self._waiting -= 1
-            self._cond.notify_all()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._lock.release()
-
-    def hand_over(self, timeout: float = 0.1) -> None:
-        """Let every thread that waits for the lock now have it first (at most `timeout` s); call it without
-        holding the lock."""
-        with self._cond:
-            self._cond.wait_for(lambda: self._waiting == 0, timeout)
 
 
 class QueueWorker(Generic[T]):

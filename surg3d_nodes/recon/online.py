@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from surg3d_nodes.common.workers import DropOldestQueue, HandOverLock
+from surg3d_nodes.common.workers import DropOldestQueue
 from surg3d_nodes.recon.config import Frame, TrainerConfig
 from surg3d_nodes.recon.regions import Region
 from surg3d_nodes.recon.runner import (
@@ -36,7 +36,7 @@ class OnlineTrainer:
     def __init__(self, cfg: TrainerConfig | None = None):
         self.recon = Reconstructor(cfg)
         self.recon.on_frame = self._frame_in
-        self._lock = HandOverLock()       # the training thread hands it over between steps
+        self._lock = threading.RLock()
         self._queue: DropOldestQueue[tuple[Frame, float]] = DropOldestQueue(self.recon.cfg.queue_size)
         self._stop = threading.Event()
         self._paused = threading.Event()
@@ -220,7 +220,6 @@ class OnlineTrainer:
             except Exception as e:  # a bug or a CUDA error must not end live training silently
                 self._record_error("training step", e)
                 self._stop.wait(0.5)   # not a hot loop if it repeats
-            self._lock.hand_over()
 
     def _record_error(self, where: str, e: BaseException) -> None:
         """Count an unexpected failure of the training thread and keep its description for the status."""
@@ -253,5 +252,4 @@ class OnlineTrainer:
                 except Exception as e:  # the frame is lost, not the model or the thread
                     self.recon.count_skip("error")
                     self._record_error(f"frame {frame.stamp_ns}", e)
-            self._lock.hand_over()       # the cloud of this frame goes out before the next step
         return got > 0
