@@ -19,13 +19,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 
 import rclpy
-from rclpy.executors import (
-    ConditionReachedException,
-    ExternalShutdownException,
-    MultiThreadedExecutor,
-    ShutdownException,
-    TimeoutException,
-)
+from rclpy.executors import MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.publisher import Publisher
 from rclpy.signals import SignalHandlerOptions
@@ -123,48 +117,13 @@ class SurgNode(Node):
 
 
 class _DrainingExecutor(MultiThreadedExecutor):
-    """MultiThreadedExecutor that hands each callback to its threads once and can let them finish.
+    """MultiThreadedExecutor that can let the callbacks already handed to its threads finish.
 
-    - rclpy 9 (Kilted) yields a callback again while it waits in the thread pool's queue (a task counts as in
-      progress only once a thread runs it), without waiting: the spin loop resubmitted the same callback and
-      rescanned its growing list of futures, holding the GIL, until a pool thread got to run it. On two busy
-      cores a trainer node's spin thread took a quarter of the samples in that loop and starved the training
-      thread (the fix upstream, rclpy#1547, is not in Kilted's rclpy). Here a callback still queued is not
-      handed over again: the loop waits, GIL released, until a thread has started it.
-    - rclpy's `shutdown` destroys the executor's wake-up guard condition at once (its wait for running work
-      tests the flag it has just set) while callbacks may still be queued or running on the thread pool; each
-      of them then fails on that guard with InvalidHandle, and at exit rclpy prints "The following exception was
-      never retrieved" for every one. `drain` first, then `shutdown`.
+    rclpy's `shutdown` destroys the executor's wake-up guard condition at once (its wait for running work tests
+    the flag it has just set) while callbacks may still be queued or running on the thread pool; each of them
+    then fails on that guard with InvalidHandle, and at exit rclpy prints "The following exception was never
+    retrieved" for every one. `drain` first, then `shutdown`.
     """
-
-    def __init__(self, num_threads: int | None = None, *, context: rclpy.Context | None = None) -> None:
-        super().__init__(num_threads, context=context)
-        self._started: dict[Future[None], threading.Event] = {}   # set when a pool thread starts the callback
-
-    def _spin_once_impl(self, timeout_sec: float | None = None,
-                        wait_condition: Callable[[], bool] = lambda: False) -> None:
-        try:
-            handler, _, _ = self.wait_for_ready_callbacks(timeout_sec, None, wait_condition)
-        except (ExternalShutdownException, ShutdownException, TimeoutException, ConditionReachedException):
-            return
-        started = self._started.get(handler)
-        if started is not None and not started.is_set():
-            started.wait(_QUEUED_WAIT_S)        # still queued: submitted once is enough
-        else:  # new, or a coroutine callback that awaited and is ready to go on
-            started = self._started[handler] = threading.Event()
-            self._executor.submit(self._run, handler, started)
-            if handler not in self._futures:
-                self._futures.append(handler)
-        for future in self._futures[:]:
-            if future.done():
-                self._futures.remove(future)
-                self._started.pop(future, None)
-                future.result()  # a callback's exception stops the spin loop (as in rclpy)
-
-    @staticmethod
-    def _run(handler: Callable[[], object], started: threading.Event) -> None:
-        started.set()
-        handler()
 
     def drain(self) -> list[BaseException]:
         """Wait for every callback handed to the thread pool; call only once spinning has stopped (no new
@@ -172,9 +131,6 @@ class _DrainingExecutor(MultiThreadedExecutor):
         self._executor.shutdown(wait=True)
         return [e for task in self._futures if task.done() and (e := task.exception()) is not None]
 
-
-# How long the spin loop waits for a pool thread to start a callback it has handed over before looking again.
-_QUEUED_WAIT_S = 0.05
 
 # Teardown steps after which every node's own resources are released (close() ran): a middleware teardown
 # stuck there loses nothing, so the process may leave with its own result instead of waiting for SIGKILL.
