@@ -4,7 +4,8 @@
 before the next step (frame-to-cloud latency), then trains with `StepSchedule.live`; with
 `iterations_per_frame` > 0 it runs at most that many steps per used frame (a fixed, hardware-independent
 budget). Readers (render, snapshot, export, stats, checkpoints) take a consistent copy under the lock and
-render outside it, so training is not held up by a viewer.
+render outside it, so training is not held up by a viewer; a reader that finds the lock held leaves its copy to
+the training thread, which makes it at the end of its step (`ServingLock`), so no reader waits more than a step.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from surg3d_nodes.common.workers import DropOldestQueue
+from surg3d_nodes.common.workers import DropOldestQueue, ServingLock
 from surg3d_nodes.recon.config import Frame, TrainerConfig
 from surg3d_nodes.recon.regions import Region
 from surg3d_nodes.recon.runner import (
@@ -36,7 +37,7 @@ class OnlineTrainer:
     def __init__(self, cfg: TrainerConfig | None = None):
         self.recon = Reconstructor(cfg)
         self.recon.on_frame = self._frame_in
-        self._lock = threading.RLock()
+        self._lock = ServingLock()      # the training thread holds it; readers' calls it serves between holds
         self._queue: DropOldestQueue[tuple[Frame, float]] = DropOldestQueue(self.recon.cfg.queue_size)
         self._stop = threading.Event()
         self._paused = threading.Event()
@@ -101,14 +102,14 @@ class OnlineTrainer:
 
     def reset(self) -> None:
         """Drop the model, keyframes and counters (the thread keeps running)."""
-        with self._lock:
+        def reset() -> None:
             self._queue.clear()
             self._replace(Reconstructor(self.recon.cfg))
+        self._lock.call(reset)
 
     def set_regions(self, regions: tuple[Region, ...]) -> None:
         """The operator's regions of interest (`Reconstructor.set_regions`); they outlast a reset or a load."""
-        with self._lock:
-            self.recon.set_regions(regions)
+        self._lock.call(lambda: self.recon.set_regions(regions))
 
     def _replace(self, recon: Reconstructor) -> None:
         recon.on_frame = self._frame_in
@@ -148,8 +149,7 @@ class OnlineTrainer:
 
     def view(self, time_s: float | None = None) -> ModelView:
         """A consistent frozen copy of the model at `time_s` (default: the newest frame)."""
-        with self._lock:
-            return self.recon.view(time_s)
+        return self._lock.call(lambda: self.recon.view(time_s))
 
     def stamp_range(self) -> tuple[int, int] | None:
         """Stamps (ns) of the oldest and the newest frame the model covers; None before the first frame."""
@@ -173,14 +173,12 @@ class OnlineTrainer:
 
     def live_pose(self) -> np.ndarray | None:
         """Pose of the newest frame by arrival (None before the first)."""
-        with self._lock:
-            pose = self.recon.live_pose
-            return None if pose is None else pose.copy()
+        pose = self._lock.call(lambda: self.recon.live_pose)
+        return None if pose is None else pose.copy()
 
     def get_stats(self) -> TrainerStats:
         """A copy of the statistics."""
-        with self._lock:
-            s = self.recon.get_stats()
+        s = self._lock.call(lambda: self.recon.get_stats())
         if self.paused:
             s.state = "paused"
         return s
@@ -188,17 +186,17 @@ class OnlineTrainer:
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self, keyframes: bool = True) -> dict:
         """The reconstruction's state, consistent (taken under the lock)."""
-        with self._lock:
-            return self.recon.state_dict(keyframes)
+        return self._lock.call(lambda: self.recon.state_dict(keyframes))
 
     def load_state_dict(self, state: dict, cfg: TrainerConfig) -> None:
         """Replace the model by `state` trained with `cfg` (queued frames are dropped). Raises ValueError
         for inconsistent state, leaving the current model in place."""
         recon = Reconstructor(cfg)
         recon.load_state_dict(state)
-        with self._lock:
+        def load() -> None:
             self._queue.clear()
             self._replace(recon)
+        self._lock.call(load)
 
     # ------------------------------------------------------------------ thread
     def _run(self) -> None:
