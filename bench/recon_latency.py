@@ -41,7 +41,8 @@ def run_once(args: argparse.Namespace, scene, out: Path) -> dict | None:
     from rosproc import start_node, stop_node, wait_until
     from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 
-    from surg3d_nodes.ros import topics
+    from surg3d_msgs.msg import TrainerStatus
+    from surg3d_nodes.ros import qos, topics
     from surg3d_nodes.ros.convert import camera_to_msg, image_to_msg, pose_to_msg, stamp_to_ns
 
     across = netns.on_host({"ns": args.trainer_netns}) if args.trainer_netns else []
@@ -55,6 +56,7 @@ def run_once(args: argparse.Namespace, scene, out: Path) -> dict | None:
     sent: dict[int, float] = {}
     reached: dict[int, float] = {}
     clouds: list[float] = []
+    status: list[tuple[float, TrainerStatus]] = []      # (arrival, message)
     lock = threading.Lock()
 
     def on_cloud(msg: PointCloud2) -> None:
@@ -66,6 +68,8 @@ def run_once(args: argparse.Namespace, scene, out: Path) -> dict | None:
                     reached[s] = now - t
 
     node.create_subscription(PointCloud2, topics.RECON_POINTS, on_cloud, 5)
+    node.create_subscription(TrainerStatus, topics.RECON_STATUS,
+                             lambda m: status.append((time.monotonic(), m)), qos.subscription(topics.RECON_STATUS))
     pubs = {name: node.create_publisher(cls, topic, 10) for name, (cls, topic) in {
         "info": (CameraInfo, topics.LEFT_RECT_INFO), "image": (Image, topics.LEFT_RECT),
         "depth": (Image, topics.DEPTH), "mask": (Image, topics.INSTRUMENT_MASK),
@@ -91,6 +95,9 @@ def run_once(args: argparse.Namespace, scene, out: Path) -> dict | None:
             print(f"\r  sent {i + 1}/{len(scene.frames)}, reached a cloud {len(reached)}", end="", flush=True)
         t_last = time.monotonic()
         wait_until(lambda: len(reached) == len(sent), 5.0)
+        # The trainer's own counts: a frame it never received, or dropped, "reaches" the next frame's cloud.
+        t_done = time.monotonic()
+        wait_until(lambda: bool(status) and status[-1][0] > t_done, 3.0)
         print()
     finally:
         stop_node(proc)
@@ -104,7 +111,9 @@ def run_once(args: argparse.Namespace, scene, out: Path) -> dict | None:
     return {"frames": len(sent), "reached": len(reached), "latencies_ms": lat.tolist(),
             "p50_ms": float(np.percentile(lat, 50)) if lat.size else float("nan"),
             "p95_ms": float(np.percentile(lat, 95)) if lat.size else float("nan"),
-            "max_ms": float(lat.max()) if lat.size else float("nan"), "longest_cloud_gap_ms": gap * 1e3}
+            "max_ms": float(lat.max()) if lat.size else float("nan"), "longest_cloud_gap_ms": gap * 1e3,
+            "trainer_received": int(status[-1][1].frames_received) if status else 0,
+            "trainer_used": int(status[-1][1].frames_used) if status else 0}
 
 
 def across_a_link(args: argparse.Namespace, argv: list[str]) -> int:
@@ -166,7 +175,8 @@ def main(argv: list[str] | None = None) -> int:
         runs.append(r)
         print(f"run {k + 1}: {r['reached']}/{r['frames']} frames reached a cloud; p50 {r['p50_ms']:.0f} ms, "
               f"p95 {r['p95_ms']:.0f} ms, max {r['max_ms']:.0f} ms, longest gap between clouds "
-              f"{r['longest_cloud_gap_ms']:.0f} ms", flush=True)
+              f"{r['longest_cloud_gap_ms']:.0f} ms; the trainer received {r['trainer_received']} frames and used "
+              f"{r['trainer_used']}", flush=True)
     result = {"width": args.width, "height": args.height, "rate_hz": args.rate, "device": args.device,
               "link_loss": args.link_loss,
               "on_frame_rate": args.on_frame_rate, "runs": runs,

@@ -84,3 +84,50 @@ def test_the_stacks_signal_prints_every_thread_and_the_node_runs_on(ros_env, tmp
     out, _ = proc.communicate(timeout=20)
     assert proc.returncode == 0, out
     assert "most recent call first" in out and 'thread 0x' in out.lower() and "stuck_node.py" in out, out
+
+
+def test_a_pipeline_subscription_turns_best_effort_for_a_best_effort_publisher_only(ros_node):
+    """Pipeline streams (qos.PIPELINE) are reliable both ends; a subscription whose publisher offers only
+    best-effort (another depth node remapped in) is re-created best-effort and then receives; one whose publisher
+    is reliable stays reliable."""
+    import threading
+
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.qos import ReliabilityPolicy, qos_profile_sensor_data
+    from rosproc import wait_until
+    from sensor_msgs.msg import Image
+
+    from surg3d_nodes.ros import qos, topics
+    from surg3d_nodes.ros.runtime import SurgNode
+
+    got: dict[str, list] = {topics.DEPTH: [], topics.INSTRUMENT_MASK: []}
+    node = SurgNode("adapting", context=ros_node.context)
+    for t in got:
+        node.subscription(Image, t, got[t].append)
+    executor = SingleThreadedExecutor(context=ros_node.context)
+    executor.add_node(node)
+    spin = threading.Thread(target=executor.spin, daemon=True)
+    spin.start()
+    try:
+        def reliability(topic: str) -> ReliabilityPolicy:
+            return next(s.qos_profile.reliability for s in node.subscriptions if s.topic_name == topics.absolute(topic))
+
+        assert reliability(topics.DEPTH) == reliability(topics.INSTRUMENT_MASK) == ReliabilityPolicy.RELIABLE
+        pubs = {topics.DEPTH: ros_node.create_publisher(Image, topics.DEPTH, qos_profile_sensor_data),
+                topics.INSTRUMENT_MASK: ros_node.create_publisher(Image, topics.INSTRUMENT_MASK,
+                                                                  qos.publisher(topics.INSTRUMENT_MASK))}
+        assert wait_until(lambda: all(p.get_subscription_count() > 0 for p in pubs.values()), 20)
+
+        def published() -> bool:
+            for p in pubs.values():
+                p.publish(Image(height=1, width=1, encoding="mono8", step=1, data=[7]))
+            return all(got.values())
+
+        assert wait_until(published, 10), {t: len(v) for t, v in got.items()}
+        assert reliability(topics.DEPTH) == ReliabilityPolicy.BEST_EFFORT
+        assert reliability(topics.INSTRUMENT_MASK) == ReliabilityPolicy.RELIABLE
+        assert node.counters["subscriptions_made_best_effort"] == 1
+    finally:
+        executor.shutdown(timeout_sec=5.0)
+        spin.join(5.0)
+        node.destroy_node()

@@ -43,7 +43,8 @@ class OnlineTrainer:
         self._paused = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
-        self.on_frame: Callable[[], None] | None = None   # called (training thread) after a frame is in
+        # Called (training thread, holding the lock) after each frame is in, with a view of the model then.
+        self.on_frame: Callable[[ModelView], None] | None = None
 
     @property
     def cfg(self) -> TrainerConfig:
@@ -119,7 +120,7 @@ class OnlineTrainer:
 
     def _frame_in(self) -> None:
         if self.on_frame is not None:
-            self.on_frame()
+            self.on_frame(self.recon.view())
 
     # ------------------------------------------------------------------ input
     def ingest(self, frame: Frame) -> bool:

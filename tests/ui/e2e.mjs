@@ -40,7 +40,9 @@ try {
   step(`topics: ${result.topics.length}`);
 
   await page.waitForFunction(() => window.surg3d.splats && window.surg3d.splats.n > 0, null, { timeout: TIMEOUT });
-  await page.waitForTimeout(1000);  // Spark sorts in a worker: the sorted splats show a frame or two later
+  // Spark sorts in a worker: the sorted splats show some frames later (seconds on a loaded machine).
+  await page.waitForFunction(() => window.view3d.snapshot().lit >= 100, null, { timeout: TIMEOUT, polling: 250 })
+    .catch(() => {});
   const first = await page.evaluate(() => window.view3d.snapshot());
   result.splats = await page.evaluate(() => window.surg3d.splats.n);
   result.litPixels = first.lit;
