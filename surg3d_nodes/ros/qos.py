@@ -1,18 +1,12 @@
 """The QoS of every stream of the graph, chosen here and nowhere else (topic names: topics.py).
 
 Kinds of stream and why:
-- SENSOR (a camera driver's images and camera_info): newest matters, a frame late is worth less than the next
-  one. Publishers are RELIABLE (a reliable writer is matched by reliable and best-effort readers: RViz, rosbag2,
+- SENSOR (images, camera_info, point clouds): newest matters, a frame late is worth less than the next one.
+  Publishers are RELIABLE (a reliable writer is matched by reliable and best-effort readers: RViz, rosbag2,
   ours); subscriptions are BEST_EFFORT, the sensor-data profile, because a reliable reader never matches a
   best-effort writer and many camera drivers publish best-effort. Between processes this needs Fast DDS's
   LARGE_DATA transports (the launcher sets them): on the default UDP transport best-effort loses about 95% of
   large frames.
-- PIPELINE (images, depth, masks and clouds the graph's nodes make): reliable both ends, KEEP_LAST (a slow
-  reader never blocks a writer). Best-effort readers lost the first of two large samples published back to
-  back in Fast DDS's 512 KiB shared-memory segment: the trainer got 8 and 27 of 60 frames in the latency bench,
-  and every other frame-to-cloud time counted the wait for the next frame; a reliable reader has them resent.
-  A subscription adapts, as rosbag2 does, to a publisher that offers only best-effort (another stereo or
-  segmentation node remapped in): SurgNode re-creates it best-effort and says so.
 - STATE (poses, tf, joint states, dVRK arm kinematics): every sample counts (the pose of an image stamp is
   interpolated between samples): reliable, deep history.
 - STATUS (/recon/status, /surg3d/health): reliable and latched (transient-local), so a viewer or monitor that
@@ -28,13 +22,12 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 
 from surg3d_nodes.ros import topics
 
-SENSOR, PIPELINE, STATE, STATUS, EVENT, LATCHED = "sensor", "pipeline", "state", "status", "event", "latched"
+SENSOR, STATE, STATUS, EVENT, LATCHED = "sensor", "state", "status", "event", "latched"
 
 # Per kind: (publisher profile, subscription profile) at the kind's default depth.
 _PROFILES: dict[str, tuple[QoSProfile, QoSProfile]] = {
     SENSOR: (QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=5, reliability=ReliabilityPolicy.RELIABLE),
              QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=5, reliability=ReliabilityPolicy.BEST_EFFORT)),
-    PIPELINE: (QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=5, reliability=ReliabilityPolicy.RELIABLE),) * 2,
     STATE: (QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100, reliability=ReliabilityPolicy.RELIABLE),) * 2,
     STATUS: (QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=5, reliability=ReliabilityPolicy.RELIABLE,
                         durability=DurabilityPolicy.TRANSIENT_LOCAL),
@@ -45,12 +38,12 @@ _PROFILES: dict[str, tuple[QoSProfile, QoSProfile]] = {
 }
 
 STREAMS: dict[str, str] = {
-    **dict.fromkeys((topics.LEFT_IMAGE, topics.RIGHT_IMAGE, topics.LEFT_INFO, topics.RIGHT_INFO), SENSOR),
-    **dict.fromkeys((topics.LEFT_RECT, topics.LEFT_RECT_INFO, topics.DEPTH, topics.DEPTH_CONFIDENCE,
-                     topics.DEPTH_POINTS, topics.INSTRUMENT_MASK, topics.INSTRUMENT_PRIOR, topics.DATASET_DEPTH,
-                     topics.DATASET_MASK, topics.DATASET_TISSUE, topics.RECON_POINTS, topics.RECON_RENDER,
-                     topics.RECON_RENDER_DEPTH, topics.RECON_DEOCCLUDED, topics.RECON_VIEW_IMAGE,
-                     topics.SNAPSHOT_POINTS, topics.RECON_GAUSSIANS), PIPELINE),
+    **dict.fromkeys((topics.LEFT_IMAGE, topics.RIGHT_IMAGE, topics.LEFT_INFO, topics.RIGHT_INFO, topics.LEFT_RECT,
+                     topics.LEFT_RECT_INFO, topics.DEPTH, topics.DEPTH_CONFIDENCE, topics.DEPTH_POINTS,
+                     topics.INSTRUMENT_MASK, topics.INSTRUMENT_PRIOR, topics.DATASET_DEPTH, topics.DATASET_MASK,
+                     topics.DATASET_TISSUE, topics.RECON_POINTS, topics.RECON_RENDER, topics.RECON_RENDER_DEPTH,
+                     topics.RECON_DEOCCLUDED, topics.RECON_VIEW_IMAGE, topics.SNAPSHOT_POINTS,
+                     topics.RECON_GAUSSIANS), SENSOR),
     **dict.fromkeys((topics.CAMERA_POSE, topics.TF), STATE),
     **dict.fromkeys((topics.RECON_STATUS, topics.HEALTH), STATUS),
     **dict.fromkeys((topics.NODE_STATUS, topics.DIAGNOSTICS, topics.RECON_VIEW_REQUEST, topics.CLICKED_POINT,
@@ -80,17 +73,6 @@ def publisher(topic: str, depth: int | None = None) -> QoSProfile:
 def subscription(topic: str, depth: int | None = None) -> QoSProfile:
     """QoS of a subscription to `topic` (a name from topics.py); `depth` overrides the kind's history depth."""
     return _profile(STREAMS[topic], True, depth)
-
-
-def adapts(topic: str) -> bool:
-    """Whether a subscription to `topic` turns best-effort when a publisher offers only that (PIPELINE)."""
-    return STREAMS[topic] == PIPELINE
-
-
-def best_effort(profile: QoSProfile) -> QoSProfile:
-    """`profile`, best-effort."""
-    return QoSProfile(history=profile.history, depth=profile.depth, reliability=ReliabilityPolicy.BEST_EFFORT,
-                      durability=profile.durability)
 
 
 def kind_of_type(msgtype: str) -> str:

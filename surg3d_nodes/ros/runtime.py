@@ -17,14 +17,11 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import rclpy
-from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.executors import MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.publisher import Publisher
-from rclpy.qos import ReliabilityPolicy
 from rclpy.signals import SignalHandlerOptions
 from rclpy.subscription import Subscription
 from rclpy.task import Future
@@ -38,16 +35,6 @@ from surg3d_nodes.system.supervisor import ALIVE_FILE_ENV, STACKS_SIGNAL
 
 OK, WARN, ERROR, STALE = 0, 1, 2, 3
 _LEVEL_BYTES = {lvl: bytes([lvl]) for lvl in (OK, WARN, ERROR, STALE)}
-
-
-@dataclass
-class _Adaptive:
-    """A reliable subscription that turns best-effort when a publisher offers only that."""
-
-    sub: Subscription
-    args: tuple                # create_subscription's positional arguments, with the best-effort profile
-    kwargs: dict
-    best_effort: bool = False
 
 
 class SurgNode(Node):
@@ -74,8 +61,6 @@ class SurgNode(Node):
         # Set by the launcher's supervisor for a node it restarts when silent: the heartbeat also touches it.
         self._alive_file = os.environ.get(ALIVE_FILE_ENV) or None
         self.create_timer(float(period), self._heartbeat)
-        self._adaptive: list[_Adaptive] = []
-        self._adapt_timer = None
 
     def publisher(self, msg_type: type, topic: str, depth: int | None = None) -> Publisher:
         """A publisher of `topic` (topics.py) with its stream's QoS (qos.py); `depth` overrides the history."""
@@ -83,33 +68,9 @@ class SurgNode(Node):
 
     def subscription(self, msg_type: type, topic: str, callback: Callable, depth: int | None = None,
                      **kwargs) -> Subscription:
-        """A subscription to `topic` (topics.py) with its stream's QoS (qos.py): a camera driver's images and
-        camera_info best-effort, so reliable and best-effort publishers both connect; the graph's own images and
-        clouds reliable, turned best-effort when a publisher offers only that (`_adapt_reliability`)."""
-        profile = qos.subscription(topic, depth)
-        sub = self.create_subscription(msg_type, topic, callback, profile, **kwargs)
-        if qos.adapts(topic) and profile.reliability == ReliabilityPolicy.RELIABLE:
-            self._adaptive.append(_Adaptive(sub, (msg_type, topic, callback, qos.best_effort(profile)), kwargs))
-            if self._adapt_timer is None:
-                self._adapt_timer = self.create_timer(1.0, self._adapt_reliability,
-                                                      callback_group=MutuallyExclusiveCallbackGroup())
-        return sub
-
-    def _adapt_reliability(self) -> None:
-        """A reliable subscription (qos.PIPELINE) never matches a best-effort publisher: once one appears, the
-        subscription is re-created best-effort (for good), as rosbag2 adapts, and the node says so."""
-        for a in [a for a in self._adaptive if not a.best_effort]:
-            offers = self.get_publishers_info_by_topic(a.sub.topic_name)
-            names = sorted({i.node_name for i in offers if i.qos_profile.reliability == ReliabilityPolicy.BEST_EFFORT})
-            if not names:
-                continue
-            self.destroy_subscription(a.sub)
-            a.sub = self.create_subscription(*a.args, **a.kwargs)
-            a.best_effort = True
-            self.count("subscriptions_made_best_effort")
-            self.get_logger().warning(
-                f"{a.sub.topic_name}: {', '.join(names)} publishes best-effort, so this subscription is best-effort "
-                "now; large frames published back to back may be lost between processes")
+        """A subscription to `topic` (topics.py) with its stream's QoS (qos.py): images, camera_info and clouds
+        best-effort, so reliable and best-effort publishers both connect."""
+        return self.create_subscription(msg_type, topic, callback, qos.subscription(topic, depth), **kwargs)
 
     def count(self, key: str, n: int = 1) -> None:
         """Add `n` to the counter `key` (shown in the heartbeat)."""
