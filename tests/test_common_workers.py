@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
-from surg3d_nodes.common.workers import DropOldestQueue, QueueWorker, ServingLock
+from surg3d_nodes.common.workers import DropOldestQueue, QueueWorker
 
 
 def test_full_queue_drops_the_oldest_and_never_blocks():
@@ -53,38 +53,3 @@ def test_worker_handles_in_order_survives_errors_and_stops():
     assert done[-1] == 9, "the worker goes on after an error"
     w.stop()
     assert w.pending == 0
-
-
-def test_serving_lock_serves_callers_between_holds_and_raises_their_errors():
-    lock = ServingLock(poll_s=0.02)
-    holds = 0
-    stop = threading.Event()
-    held = threading.Event()
-
-    def worker() -> None:   # re-takes the lock at once after each hold, as the training thread does
-        nonlocal holds
-        while not stop.is_set():
-            with lock:
-                held.set()
-                holds += 1
-                time.sleep(0.01)
-
-    t = threading.Thread(target=worker, daemon=True)
-    t.start()
-    held.wait(5)
-    by_worker, waits = [], []
-    for _ in range(20):
-        before = holds
-        by_worker.append(lock.call(lambda: threading.current_thread() is t))
-        waits.append(holds - before)
-    try:
-        lock.call(lambda: 1 / 0)
-        raised = False
-    except ZeroDivisionError:
-        raised = True
-    stop.set()
-    t.join(5)
-    # Each call waited at most the hold it met (plus the one it may have started in); the worker ran them,
-    # but for any that met the lock free in the instant between two holds.
-    assert max(waits) <= 2 and sum(by_worker) >= 15 and raised
-    assert lock.call(lambda: threading.current_thread()) is threading.current_thread()   # free: run here

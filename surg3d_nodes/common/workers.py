@@ -1,4 +1,4 @@
-"""Bounded drop-oldest queues, the worker thread that drains one, and a lock whose looping holder serves others.
+"""Bounded drop-oldest queues and the worker thread that drains one.
 
 A live pipeline must never block the producer (a ROS callback, a camera): when the consumer falls behind,
 the OLDEST queued item is dropped and counted, so the consumer always works on recent data.
@@ -9,10 +9,9 @@ from __future__ import annotations
 import threading
 from collections import deque
 from collections.abc import Callable
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
 T = TypeVar("T")
-R = TypeVar("R")
 
 
 class DropOldestQueue(Generic[T]):
@@ -64,91 +63,6 @@ class DropOldestQueue(Generic[T]):
     def __len__(self) -> int:
         with self._cond:
             return len(self._items)
-
-
-class _Call:
-    """One piece of work a thread left for the lock's holder, with its outcome."""
-
-    def __init__(self, fn: Callable[[], Any]):
-        self.fn = fn
-        self.done = threading.Event()
-        self.result: Any = None
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        try:
-            self.result = self.fn()
-        except BaseException as e:  # handed to the caller, re-raised there
-            self.error = e
-        self.done.set()
-
-    def outcome(self) -> Any:
-        if self.error is not None:
-            raise self.error
-        return self.result
-
-
-class ServingLock:
-    """A re-entrant lock for a worker that holds it in a loop (`with lock: step()`) and other threads that need it
-    now and then (`lock.call(fn)`). A call that finds the lock free runs at once; one that finds it held is left
-    for the holder, which runs every call left when its hold ends, still holding the lock. A caller so waits at
-    most one hold, and the worker never waits for callers.
-
-    Why: Python's locks are not fair. The training thread took the model lock again at once after each step, and a
-    publishing callback waited through steps for up to seconds (with both executor threads waiting there, the
-    node's input callbacks had no thread and frames were dropped). A worker that instead waited between holds
-    until no other thread waited lost most of its time to the callers' thread switches (a browser's renders at
-    5 Hz left it 20 of 160 frames)."""
-
-    def __init__(self, poll_s: float = 0.05) -> None:
-        self._lock = threading.RLock()
-        self._pending: list[_Call] = []
-        self._pending_lock = threading.Lock()
-        self._poll_s = poll_s
-
-    def __enter__(self) -> ServingLock:
-        self._lock.acquire()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        try:
-            self.serve()
-        finally:
-            self._lock.release()
-
-    def serve(self) -> int:
-        """Run the calls left so far (the holder, holding the lock); returns how many."""
-        with self._pending_lock:
-            calls, self._pending = self._pending, []
-        for c in calls:
-            c.run()
-        return len(calls)
-
-    def call(self, fn: Callable[[], R]) -> R:
-        """`fn()` under the lock, run here when the lock is free, else by its holder at the end of its hold;
-        its exception is raised here."""
-        if self._lock.acquire(blocking=False):
-            try:
-                return fn()
-            finally:
-                self._lock.release()
-        c = _Call(fn)
-        with self._pending_lock:
-            self._pending.append(c)
-        while not c.done.wait(self._poll_s):
-            # The holder may have let go without serving (it left between our try and the append): take over.
-            if not self._lock.acquire(blocking=False):
-                continue
-            try:
-                with self._pending_lock:
-                    mine = c in self._pending
-                    if mine:
-                        self._pending.remove(c)
-                if mine:
-                    c.run()
-            finally:
-                self._lock.release()
-        return c.outcome()
 
 
 class QueueWorker(Generic[T]):

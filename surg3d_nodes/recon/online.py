@@ -4,8 +4,7 @@
 before the next step (frame-to-cloud latency), then trains with `StepSchedule.live`; with
 `iterations_per_frame` > 0 it runs at most that many steps per used frame (a fixed, hardware-independent
 budget). Readers (render, snapshot, export, stats, checkpoints) take a consistent copy under the lock and
-render outside it, so training is not held up by a viewer; a reader that finds the lock held leaves its copy to
-the training thread, which makes it at the end of its step (`ServingLock`), so no reader waits more than a step.
+render outside it, so training is not held up by a viewer.
 """
 
 from __future__ import annotations
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from surg3d_nodes.common.workers import DropOldestQueue, ServingLock
+from surg3d_nodes.common.workers import DropOldestQueue
 from surg3d_nodes.recon.config import Frame, TrainerConfig
 from surg3d_nodes.recon.regions import Region
 from surg3d_nodes.recon.runner import (
@@ -37,14 +36,13 @@ class OnlineTrainer:
     def __init__(self, cfg: TrainerConfig | None = None):
         self.recon = Reconstructor(cfg)
         self.recon.on_frame = self._frame_in
-        self._lock = ServingLock()      # the training thread holds it; readers' calls it serves between holds
+        self._lock = threading.RLock()
         self._queue: DropOldestQueue[tuple[Frame, float]] = DropOldestQueue(self.recon.cfg.queue_size)
         self._stop = threading.Event()
         self._paused = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
-        # Called (training thread, holding the lock) after each frame is in, with a view of the model then.
-        self.on_frame: Callable[[ModelView], None] | None = None
+        self.on_frame: Callable[[], None] | None = None   # called (training thread) after a frame is in
 
     @property
     def cfg(self) -> TrainerConfig:
@@ -103,14 +101,14 @@ class OnlineTrainer:
 
     def reset(self) -> None:
         """Drop the model, keyframes and counters (the thread keeps running)."""
-        def reset() -> None:
+        with self._lock:
             self._queue.clear()
             self._replace(Reconstructor(self.recon.cfg))
-        self._lock.call(reset)
 
     def set_regions(self, regions: tuple[Region, ...]) -> None:
         """The operator's regions of interest (`Reconstructor.set_regions`); they outlast a reset or a load."""
-        self._lock.call(lambda: self.recon.set_regions(regions))
+        with self._lock:
+            self.recon.set_regions(regions)
 
     def _replace(self, recon: Reconstructor) -> None:
         recon.on_frame = self._frame_in
@@ -120,7 +118,7 @@ class OnlineTrainer:
 
     def _frame_in(self) -> None:
         if self.on_frame is not None:
-            self.on_frame(self.recon.view())
+            self.on_frame()
 
     # ------------------------------------------------------------------ input
     def ingest(self, frame: Frame) -> bool:
@@ -150,7 +148,8 @@ class OnlineTrainer:
 
     def view(self, time_s: float | None = None) -> ModelView:
         """A consistent frozen copy of the model at `time_s` (default: the newest frame)."""
-        return self._lock.call(lambda: self.recon.view(time_s))
+        with self._lock:
+            return self.recon.view(time_s)
 
     def stamp_range(self) -> tuple[int, int] | None:
         """Stamps (ns) of the oldest and the newest frame the model covers; None before the first frame."""
@@ -174,12 +173,14 @@ class OnlineTrainer:
 
     def live_pose(self) -> np.ndarray | None:
         """Pose of the newest frame by arrival (None before the first)."""
-        pose = self._lock.call(lambda: self.recon.live_pose)
-        return None if pose is None else pose.copy()
+        with self._lock:
+            pose = self.recon.live_pose
+            return None if pose is None else pose.copy()
 
     def get_stats(self) -> TrainerStats:
         """A copy of the statistics."""
-        s = self._lock.call(lambda: self.recon.get_stats())
+        with self._lock:
+            s = self.recon.get_stats()
         if self.paused:
             s.state = "paused"
         return s
@@ -187,17 +188,17 @@ class OnlineTrainer:
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self, keyframes: bool = True) -> dict:
         """The reconstruction's state, consistent (taken under the lock)."""
-        return self._lock.call(lambda: self.recon.state_dict(keyframes))
+        with self._lock:
+            return self.recon.state_dict(keyframes)
 
     def load_state_dict(self, state: dict, cfg: TrainerConfig) -> None:
         """Replace the model by `state` trained with `cfg` (queued frames are dropped). Raises ValueError
         for inconsistent state, leaving the current model in place."""
         recon = Reconstructor(cfg)
         recon.load_state_dict(state)
-        def load() -> None:
+        with self._lock:
             self._queue.clear()
             self._replace(recon)
-        self._lock.call(load)
 
     # ------------------------------------------------------------------ thread
     def _run(self) -> None:

@@ -398,11 +398,11 @@ class Reconstructor:
                 self.complete_hidden(kf)
         self.fit_colours(kf, self.cfg.colour_fit_iterations if steps is None else steps // 2 - 1)
         self.stats.frames_used += 1
+        if self.on_frame is not None:
+            self.on_frame()
         self.stats.last_frame_stamp = stamp
         self.stats.latency_ms = (time.monotonic() - t_in) * 1000.0
         self.store.add(kf, self.stats.frames_used - 1)
-        if self.on_frame is not None:
-            self.on_frame()
         return True
 
     def _validate(self, f: Frame) -> str | None:

@@ -41,7 +41,6 @@ from surg3d_nodes.recon.config import Frame, TrainerConfig
 from surg3d_nodes.recon.io.checkpoint import load_checkpoint, save_checkpoint
 from surg3d_nodes.recon.online import OnlineTrainer
 from surg3d_nodes.recon.regions import Region, update_regions
-from surg3d_nodes.recon.runner import ModelView
 from surg3d_nodes.ros import topics
 from surg3d_nodes.ros.convert import (
     MessageError,
@@ -75,8 +74,8 @@ class TrainerNode(SurgNode):
         self.points_min_opacity = p.points_min_opacity
         self.points_on_frame_rate = p.points_on_frame_rate
         self.deocc_tint = p.deoccluded_tint_inferred
+        self._points_frames = -1               # frames_used when the last cloud was taken
         self._points_last = 0.0                # monotonic time of the last cloud
-        self._frame_view: ModelView | None = None    # the model as the newest frame went in, not yet published
         self.trainer = OnlineTrainer(self.cfg)
         resume = p.resume_from_checkpoint
         if resume == "auto":
@@ -130,8 +129,8 @@ class TrainerNode(SurgNode):
                 self._pub_timers[name].cancel()
         # A cloud also goes out as soon as a new frame is in the model (frame-to-cloud latency): the
         # training thread triggers a guard condition, which wakes the executor (no polling timer).
-        self._frame_guard = self.create_guard_condition(self._points_on_frame, callback_group=points_group)
-        self.trainer.on_frame = self._frame_in
+        guard = self.create_guard_condition(self._points_on_frame, callback_group=points_group)
+        self.trainer.on_frame = guard.trigger
         services = MutuallyExclusiveCallbackGroup()
         self.create_service(Trigger, topics.SRV_PAUSE, self.srv_pause, callback_group=services)
         self.create_service(Trigger, topics.SRV_RESUME, self.srv_resume, callback_group=services)
@@ -241,25 +240,21 @@ class TrainerNode(SurgNode):
     def _frame_id(self) -> str:
         return self._info.header.frame_id if self._info is not None else topics.LEFT_OPTICAL_FRAME
 
-    def _frame_in(self, view: ModelView) -> None:
-        # Training thread: the view it took as the frame went in spares the cloud two waits for the model lock.
-        self._frame_view = view
-        self._frame_guard.trigger()
-
     def _points_on_frame(self) -> None:
         # At most points_on_frame_rate clouds a second; a frame skipped here is in the next periodic cloud.
-        view, self._frame_view = self._frame_view, None
         rate = self.points_on_frame_rate
-        if view is not None and rate > 0 and time.monotonic() - self._points_last >= 1.0 / rate:
-            self.publish_points(view)
+        if (rate > 0 and self.trainer.get_stats().frames_used != self._points_frames
+                and time.monotonic() - self._points_last >= 1.0 / rate):
+            self.publish_points()
 
-    def publish_points(self, view: ModelView | None = None) -> None:
-        """Publish the model (`view`, default: now) as PointCloud2 (world frame, stamped with the newest frame in
-        it), most opaque points first when capped."""
+    def publish_points(self) -> None:
+        """Publish the model as PointCloud2 (world frame, stamped with the newest frame in it), most
+        opaque points first when capped."""
         if self.trainer.num_gaussians == 0:
             return
+        self._points_frames = self.trainer.get_stats().frames_used
         self._points_last = time.monotonic()
-        s = (view or self.trainer.view()).snapshot()
+        s = self.trainer.snapshot()
         keep = np.nonzero(s.opacities >= self.points_min_opacity)[0]
         if keep.size > self.points_max:
             keep = keep[np.argsort(-s.opacities[keep])[:self.points_max]]
@@ -269,7 +264,7 @@ class TrainerNode(SurgNode):
                   "inferred": s.inferred[keep].astype(np.float32)}
         self.points_pub.publish(pointcloud_to_msg(fields, s.stamp_ns, topics.WORLD_FRAME))
         if not self.counters["points_published"]:    # once: the model is out (launch logs and tests wait for it)
-            self.get_logger().info(f"first cloud: {keep.size} points, {s.iteration} training steps")
+            self.get_logger().info(f"first cloud: {keep.size} points from {self._points_frames} frame(s)")
         self.count("points_published")
 
     def on_gaussians_request(self, msg: Time) -> None:
