@@ -12,7 +12,9 @@ ROS_STATIC_PEERS), with random packet loss P each way (0.01 = 1 %; 0 = a clean l
 
 Runs `--repeats` times (5), each against a fresh trainer node, and prints for each p50 / p95 / max (ms), the
 frames that never reached a cloud (the trainer drops the oldest queued frame when it is busy) and the longest
-gap between clouds while frames arrive; writes JSON and a PNG histogram (the first three runs).
+gap between clouds while frames arrive, and what the trainer says it received and used (/recon/status; a frame
+it never got "reaches" the next frame's cloud); writes JSON and a PNG histogram (the first three runs). Before the
+measured frames, warm-up frames (the first frame, earlier stamps, 2 Hz) go out until the first cloud, unmeasured.
 """
 
 from __future__ import annotations
