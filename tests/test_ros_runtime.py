@@ -14,7 +14,7 @@ import pytest
 pytestmark = pytest.mark.ros
 
 NODE = textwrap.dedent("""
-    import sys, threading, time
+    import ctypes, sys, threading, time
     from surg3d_nodes.ros.runtime import SurgNode, run_node
 
     class Stuck(SurgNode):
@@ -33,6 +33,12 @@ NODE = textwrap.dedent("""
             if sys.argv[1] == "hang":
                 threading.Event().wait()        # a close that never returns (a thread that does not stop)
             super().close()
+
+        def destroy_node(self):
+            if sys.argv[1] == "native_hang":    # Fast DDS's hang: a C call that holds the GIL and never returns
+                print("destroying", flush=True)
+                ctypes.PyDLL(None).sleep(600)
+            super().destroy_node()
 
     run_node(Stuck, [sys.argv[0]])
 """)
@@ -84,3 +90,20 @@ def test_the_stacks_signal_prints_every_thread_and_the_node_runs_on(ros_env, tmp
     out, _ = proc.communicate(timeout=20)
     assert proc.returncode == 0, out
     assert "most recent call first" in out and 'thread 0x' in out.lower() and "stuck_node.py" in out, out
+
+
+def test_a_middleware_teardown_hanging_with_the_gil_held_ends_with_the_stacks_and_exit_0(ros_env, tmp_path):
+    """After the nodes closed (everything saved), a hang in native code that holds the GIL (rclpy's destroy_node
+    inside Fast DDS, met in CI) stops every Python thread: the process still prints where it hung and leaves with
+    its own result (0) before a launcher's escalation (ros2 launch: SIGTERM after 5 s)."""
+    proc = _start(tmp_path, "native_hang", ros_env)
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    try:
+        out, _ = proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+    took = time.monotonic() - t0
+    assert proc.returncode == 0, out
+    assert "destroying" in out and "in destroy_node" in out and "most recent call first" in out, out
+    assert took < 5.0, f"left after {took:.1f} s"

@@ -30,6 +30,7 @@ from surg3d_msgs.msg import NodeStatus
 from surg3d_nodes.ros import qos, topics
 from surg3d_nodes.ros.convert import header, key_values
 from surg3d_nodes.ros.params import NodeParameters
+from surg3d_nodes.system.native_exit import ExitTimer
 from surg3d_nodes.system.node_options import NodeOptions
 from surg3d_nodes.system.supervisor import ALIVE_FILE_ENV, STACKS_SIGNAL
 
@@ -136,6 +137,7 @@ class _DrainingExecutor(MultiThreadedExecutor):
 # stuck there loses nothing, so the process may leave with its own result instead of waiting for SIGKILL.
 _RELEASED = ("destroying the nodes", "shutting down the ROS context")
 _STUCK_AFTER_RELEASE_S = 3.0
+_LEAVE_AFTER_DUMP_S = 0.5
 _SHUTDOWN_DUMP_S = 8.0
 
 
@@ -145,8 +147,9 @@ def _spin_until_signal(nodes: Sequence[SurgNode]) -> int:
 
     The shutdown runs on its own thread so that this one stays responsive: a second signal (ros2 launch
     escalates SIGINT to SIGTERM after 5 s) ends a stuck shutdown at once, naming the step it was stuck in
-    (exit 1, or 0 where the nodes had already released everything), as does a middleware teardown that hangs
-    longer than 3 s after the nodes closed."""
+    (exit 1, or 0 where the nodes had already released everything). A middleware teardown that hangs longer
+    than 3 s after the nodes closed prints every thread's stack and the process leaves with the nodes' own
+    result, also when the hang holds the GIL (rclpy's `destroy_node` inside Fast DDS does)."""
     faulthandler.register(STACKS_SIGNAL, all_threads=True)   # a launcher's "where are you stuck?"
     stop = threading.Event()
     first_signal: list[float] = []
@@ -185,10 +188,9 @@ def _spin_until_signal(nodes: Sequence[SurgNode]) -> int:
     # before a launcher's SIGKILL would end it without a word.
     faulthandler.dump_traceback_later(_SHUTDOWN_DUMP_S, exit=True)
     step = ["stopping the spin loop"]
-    step_since = [time.monotonic()]
 
     def at(name: str) -> None:
-        step[0], step_since[0] = name, time.monotonic()
+        step[0] = name
 
     def teardown() -> None:
         # Stop handing out callbacks, let the running ones finish while the executor and the nodes are intact,
@@ -206,23 +208,29 @@ def _spin_until_signal(nodes: Sequence[SurgNode]) -> int:
                 node.close()
             except Exception as e:
                 node.get_logger().error(f"close failed: {e!r}")
+        # Everything is saved; what is left only takes leave of the DDS peers. That can hang in native code with
+        # the GIL held, where no Python thread runs (README, "Across machines"): the stacks at 3 s say where,
+        # and libc ends the process with the nodes' result half a second later.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        faulthandler.dump_traceback_later(_STUCK_AFTER_RELEASE_S, exit=False)
+        leave = ExitTimer(_STUCK_AFTER_RELEASE_S + _LEAVE_AFTER_DUMP_S, 1 if failure else 0)
         at("destroying the nodes")
         for node in nodes:
             node.destroy_node()
         at("shutting down the ROS context")
         rclpy.try_shutdown()
+        leave.cancel()
+        faulthandler.cancel_dump_traceback_later()
         at("done")
 
     closing = threading.Thread(target=teardown, name="shutdown", daemon=True)
     closing.start()
     while closing.is_alive():
         closing.join(0.2)
-        released = step[0] in _RELEASED
-        stuck = released and time.monotonic() - step_since[0] > _STUCK_AFTER_RELEASE_S
-        if closing.is_alive() and (escalated.is_set() or stuck):
-            why = "a second signal" if not stuck else f"{_STUCK_AFTER_RELEASE_S:.0f} s without progress"
-            print(f"[{names}] shutdown stuck {step[0]}; leaving on {why}", file=sys.stderr, flush=True)
-            os._exit(0 if released and not failure else 1)
+        if closing.is_alive() and escalated.is_set():
+            print(f"[{names}] shutdown stuck {step[0]}; leaving on a second signal", file=sys.stderr, flush=True)
+            os._exit(0 if step[0] in _RELEASED and not failure else 1)
     faulthandler.cancel_dump_traceback_later()
     if failure:
         import traceback
