@@ -12,11 +12,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from surg3d_nodes.system.supervisor import graph_env
+
 
 def private_ros_domain() -> dict[str, str]:
     """Put this process (and the nodes it starts with os.environ) on a random ROS domain, loopback only,
     with Fast DDS' large-data transport; returns the variables set. Call before importing rclpy."""
-    env = {"ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST", "FASTDDS_BUILTIN_TRANSPORTS": "LARGE_DATA",
+    env = {"ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST", **graph_env(Path(__file__).resolve().parents[1] / "config"),
            "ROS_DOMAIN_ID": str(random.SystemRandom().randrange(150, 200)), "AMENT_PREFIX_PATH": sys.prefix}
     os.environ.update(env)
     os.environ.pop("ROS_LOCALHOST_ONLY", None)

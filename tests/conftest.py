@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 from colcon_support import ColconInstall, colcon
 
+from surg3d_nodes.system.supervisor import graph_env
+
 ROOT = Path(__file__).resolve().parents[1]
 # A random base so that parallel runs on one machine do not share domains; each test gets its own.
 _BASE = random.SystemRandom().randrange(100)
@@ -62,7 +64,7 @@ def ros_env(tmp_path: Path) -> dict[str, str]:
     env.update({
         "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",
         "ROS_DOMAIN_ID": str(next(_DOMAINS)),
-        "FASTDDS_BUILTIN_TRANSPORTS": "LARGE_DATA",
+        **graph_env(ROOT / "config"),
         "PYTHONUNBUFFERED": "1",
         "ROS_LOG_DIR": str(tmp_path / "ros_log"),
         "AMENT_PREFIX_PATH": sys.prefix,
@@ -73,7 +75,7 @@ def ros_env(tmp_path: Path) -> dict[str, str]:
 
 # DDS of the test process itself (ros_node) stays on loopback too.
 os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
-os.environ["FASTDDS_BUILTIN_TRANSPORTS"] = "LARGE_DATA"
+os.environ.update(graph_env(ROOT / "config"))
 os.environ.pop("ROS_LOCALHOST_ONLY", None)
 
 

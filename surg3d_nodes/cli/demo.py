@@ -16,7 +16,7 @@ import numpy as np
 
 from surg3d_nodes.system.graph import GraphError, load_preset
 from surg3d_nodes.system.runs import new_run_folder
-from surg3d_nodes.system.supervisor import GRAPH_ENV, Supervisor
+from surg3d_nodes.system.supervisor import Supervisor, graph_env
 
 
 @dataclass
@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # This process talks to the graph with the graph's transports: a default-transport participant does not
     # hear the LARGE_DATA nodes (unless discovery is limited to localhost, as in the tests).
-    os.environ.update(GRAPH_ENV)
+    os.environ.update(graph_env())
     out = args.out.resolve()
     clip = None
     bag = args.bag

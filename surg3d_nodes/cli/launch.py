@@ -9,7 +9,7 @@ from pathlib import Path
 
 from surg3d_nodes.system.graph import HOST_ROLES, GraphError, NodeSpec, load_preset
 from surg3d_nodes.system.runs import start_run
-from surg3d_nodes.system.supervisor import GRAPH_ENV, Supervisor
+from surg3d_nodes.system.supervisor import Supervisor, graph_env
 
 
 def node_class(spec: NodeSpec) -> type:
@@ -76,6 +76,6 @@ def main(argv: list[str] | None = None) -> int:
 
         from surg3d_nodes.ros.runtime import run_nodes
 
-        os.environ.update(GRAPH_ENV)
+        os.environ.update(graph_env())
         return run_nodes([(cls, s.ros_args()) for cls, s in zip(classes, preset.nodes, strict=True)])
     return Supervisor(preset.nodes).run()

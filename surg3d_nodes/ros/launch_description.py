@@ -15,6 +15,7 @@ from launch_ros.actions import Node
 
 from surg3d_nodes.system.graph import load_preset
 from surg3d_nodes.system.runs import start_run
+from surg3d_nodes.system.supervisor import graph_env
 
 
 def _nodes(context, preset: str, config_dir: Path | None) -> list[LogInfo | Node]:
@@ -26,7 +27,8 @@ def _nodes(context, preset: str, config_dir: Path | None) -> list[LogInfo | Node
     notes = [LogInfo(msg=f"run folder {folder}")] if folder is not None else []
     return notes + [Node(package="surg3d", executable=s.executable, name=s.name, output="screen",
                  parameters=[*(str(f) for f in s.parameter_files), dict(s.parameters)],
-                 remappings=list(s.remappings.items()), respawn=s.respawn, respawn_delay=s.respawn_delay)
+                 remappings=list(s.remappings.items()), respawn=s.respawn, respawn_delay=s.respawn_delay,
+                 additional_env=graph_env(config_dir))
             for s in resolved.nodes]
 
 

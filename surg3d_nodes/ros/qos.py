@@ -5,8 +5,9 @@ Kinds of stream and why:
   Publishers are RELIABLE (a reliable writer is matched by reliable and best-effort readers: RViz, rosbag2,
   ours); subscriptions are BEST_EFFORT, the sensor-data profile, because a reliable reader never matches a
   best-effort writer and many camera drivers publish best-effort. Between processes this needs Fast DDS's
-  LARGE_DATA transports (the launcher sets them): on the default UDP transport best-effort loses about 95% of
-  large frames.
+  LARGE_DATA transports with large shared-memory segments (config/fastdds.xml, which the launchers select): on
+  the default UDP transport best-effort loses about 95% of large frames, and in a 512 KiB segment the first of
+  two large samples published back to back.
 - STATE (poses, tf, joint states, dVRK arm kinematics): every sample counts (the pose of an image stamp is
   interpolated between samples): reliable, deep history.
 - STATUS (/recon/status, /surg3d/health): reliable and latched (transient-local), so a viewer or monitor that

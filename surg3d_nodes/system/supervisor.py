@@ -14,15 +14,22 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from surg3d_nodes.system.graph import NodeSpec
+from surg3d_nodes.system.graph import NodeSpec, default_config_dir
 
 # Sent to a node that did not stop within the grace period, before SIGTERM: a node prints every thread's stack on it
 # (ros/runtime.py, faulthandler: from C, so also when a thread blocked in native code holds the GIL and no Python
 # signal handler can run, as in the nodes CI saw killed without a word after a link cut).
 STACKS_SIGNAL = signal.SIGUSR1
 
-# Every process of the graph: best-effort images lose ~95% of large frames on the default transports.
-GRAPH_ENV = {"FASTDDS_BUILTIN_TRANSPORTS": "LARGE_DATA", "PYTHONUNBUFFERED": "1"}
+
+def graph_env(config_dir: Path | None = None) -> dict[str, str]:
+    """The environment every process of the graph runs with: Fast DDS's participant profile (fastdds.xml in
+    `config_dir`, default `default_config_dir()`: LARGE_DATA transports, on which best-effort images are not lost
+    to UDP fragmentation, with shared-memory segments that hold a burst of large images) and unbuffered output."""
+    profile = (config_dir or default_config_dir()) / "fastdds.xml"
+    return {"FASTDDS_DEFAULT_PROFILES_FILE": str(profile), "PYTHONUNBUFFERED": "1"}
+
+
 # The file a node's heartbeat touches (ros/runtime.py), for a node the supervisor restarts when it goes silent.
 ALIVE_FILE_ENV = "SURG3D_ALIVE_FILE"
 # Before its first heartbeat a node may take this long to start (imports, DDS discovery, a checkpoint to load).
@@ -62,7 +69,7 @@ class Supervisor:
     def __init__(self, specs: list[NodeSpec], env: dict[str, str] | None = None, grace: float = 10.0,
                  write: Callable[[str], None] | None = None) -> None:
         self.specs = specs
-        self.env = {**os.environ, **GRAPH_ENV, **(env or {})}
+        self.env = {**os.environ, **graph_env(), **(env or {})}
         self.grace = grace
         self._write = write or (lambda line: print(line, flush=True))
         self._lock = threading.Lock()
