@@ -18,7 +18,8 @@ from surg3d_nodes.system.graph import NodeSpec, default_config_dir
 
 # Sent to a node that did not stop within the grace period, before SIGTERM: a node prints every thread's stack on it
 # (ros/runtime.py, faulthandler: from C, so also when a thread blocked in native code holds the GIL and no Python
-# signal handler can run, as in the nodes CI saw killed without a word after a link cut).
+# signal handler can run, as in the nodes CI saw killed without a word after a link cut). It reads the frames
+# without the GIL, which can crash a node whose other threads run Python: sent only to a node about to end.
 STACKS_SIGNAL = signal.SIGUSR1
 
 
