@@ -89,6 +89,38 @@ def test_online_thread_pause_resume_reset(scene):
         tr.stop()
 
 
+def test_readers_never_wait_for_training_and_callers_get_in_at_the_next_step(scene):
+    """A viewer's reads (view, snapshot, render, statistics, live pose) need no lock: they return while a step
+    holds the model lock (here held by the test). A caller that changes the model (reset) gets in before the
+    training thread's next step, however fast it takes the lock again (Python's locks are not fair)."""
+    import threading
+
+    tr = OnlineTrainer(_cfg())
+    tr.start()
+    try:
+        for f in scene_frames(scene)[:4]:
+            tr.ingest(f)
+        assert tr.wait_processed(30) and _wait(lambda: tr.get_stats().iterations >= 5)
+        read: dict[str, object] = {}
+        with tr._lock:                                   # as a training step holds it
+            def reads() -> None:
+                read["stats"], read["pose"] = tr.get_stats(), tr.live_pose()
+                read["snapshot"], read["render"] = tr.snapshot(), tr.render_view(scene.frames[3].pose)
+            reader = threading.Thread(target=reads)
+            reader.start()
+            reader.join(20)
+            assert not reader.is_alive() and len(read) == 4, "a read waited for the model lock"
+        assert read["snapshot"].points.shape[0] > 500 and read["render"][0].shape == (48, 64, 3)
+        assert _wait(lambda: tr.view().iteration > read["snapshot"].iteration)   # a newer copy once one was taken
+        old = tr.recon
+        steps = old.stats.iterations
+        tr.reset()
+        assert old.stats.iterations - steps <= 1, "the reset waited through training steps"
+        assert tr.get_stats().num_gaussians == 0 and tr.view().snapshot().points.shape[0] == 0
+    finally:
+        tr.stop()
+
+
 def test_bad_inputs_are_counted_not_fatal(scene):
     tr = OnlineTrainer(_cfg(iterations_per_frame=1))
     fr = scene_frames(scene)

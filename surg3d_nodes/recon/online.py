@@ -3,16 +3,24 @@
 `ingest(frame)` only enqueues (never blocks the caller, a ROS callback). The thread adds every queued frame
 before the next step (frame-to-cloud latency), then trains with `StepSchedule.live`; with
 `iterations_per_frame` > 0 it runs at most that many steps per used frame (a fixed, hardware-independent
-budget). Readers (render, snapshot, export, stats, checkpoints) take a consistent copy under the lock and
-render outside it, so training is not held up by a viewer.
+budget).
+
+Readers never wait for training. The training thread hands out a frozen copy of the model (`ModelView`): as each
+newest frame goes in, before its cloud is asked for, and after a step when a reader took the last copy. A view,
+snapshot, render or export uses the newest copy at once, and the statistics are read as they stand. Only what
+changes or must see the whole state (reset, load, regions, checkpoints) takes the model lock, and the training
+thread lets such a caller in before its next step: Python's locks are not fair, and a thread that releases one
+and takes it again at once kept callers waiting through steps for seconds.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +37,8 @@ from surg3d_nodes.recon.runner import (
     configure_torch_threads,
 )
 
+REPUBLISH_S = 0.1    # the fastest the training thread refreshes the readers' copy between frames
+
 
 class OnlineTrainer:
     """Deformable Gaussian reconstruction trained while frames arrive (see the module docstring)."""
@@ -37,6 +47,10 @@ class OnlineTrainer:
         self.recon = Reconstructor(cfg)
         self.recon.on_frame = self._frame_in
         self._lock = threading.RLock()
+        self._callers = 0                        # threads other than training's waiting for the lock or in it
+        self._turn = threading.Condition()
+        self._publish()                          # the readers' copy of the model (`view`)
+        self._newest = True                      # the frame going in is the newest queued
         self._queue: DropOldestQueue[tuple[Frame, float]] = DropOldestQueue(self.recon.cfg.queue_size)
         self._stop = threading.Event()
         self._paused = threading.Event()
@@ -79,6 +93,9 @@ class OnlineTrainer:
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout)
+            if not self._thread.is_alive():
+                with self._lock:
+                    self._publish()     # the model as training left it, for what is read after the stop
             self._thread = None
         self.recon.stats.state = "idle"
 
@@ -101,22 +118,51 @@ class OnlineTrainer:
 
     def reset(self) -> None:
         """Drop the model, keyframes and counters (the thread keeps running)."""
-        with self._lock:
+        with self._exclusive():
             self._queue.clear()
             self._replace(Reconstructor(self.recon.cfg))
 
     def set_regions(self, regions: tuple[Region, ...]) -> None:
         """The operator's regions of interest (`Reconstructor.set_regions`); they outlast a reset or a load."""
-        with self._lock:
+        with self._exclusive():
             self.recon.set_regions(regions)
+
+    @contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """The model lock for a thread other than training's, which waits for it before its next step."""
+        with self._turn:
+            self._callers += 1
+        try:
+            with self._lock:
+                yield
+        finally:
+            with self._turn:
+                self._callers -= 1
+                self._turn.notify_all()
+
+    def _let_callers_in(self) -> None:
+        with self._turn:
+            self._turn.wait_for(lambda: self._callers == 0)
 
     def _replace(self, recon: Reconstructor) -> None:
         recon.on_frame = self._frame_in
         recon.set_regions(self.recon.regions)
         self.recon = recon
         self.recon.stats.state = "paused" if self.paused else "idle"
+        self._publish()
+
+    def _publish(self) -> None:
+        """Hand out a copy of the model as it is now (under the lock)."""
+        self._view = self.recon.view()
+        self._view_taken = False
+        self._view_at = time.monotonic()
 
     def _frame_in(self) -> None:
+        # The newest frame of a backlog only (as `_drain` found it): the copy costs the training thread time, and
+        # the cloud it serves would be superseded at once.
+        if not self._newest:
+            return
+        self._publish()
         if self.on_frame is not None:
             self.on_frame()
 
@@ -147,9 +193,9 @@ class OnlineTrainer:
         return self.recon.time_of(stamp_ns)
 
     def view(self, time_s: float | None = None) -> ModelView:
-        """A consistent frozen copy of the model at `time_s` (default: the newest frame)."""
-        with self._lock:
-            return self.recon.view(time_s)
+        """The newest frozen copy of the model, at `time_s` (default: the newest frame in it); never waits."""
+        view, self._view_taken = self._view, True
+        return view if time_s is None else dataclasses.replace(view, time_s=float(time_s))
 
     def stamp_range(self) -> tuple[int, int] | None:
         """Stamps (ns) of the oldest and the newest frame the model covers; None before the first frame."""
@@ -173,14 +219,12 @@ class OnlineTrainer:
 
     def live_pose(self) -> np.ndarray | None:
         """Pose of the newest frame by arrival (None before the first)."""
-        with self._lock:
-            pose = self.recon.live_pose
-            return None if pose is None else pose.copy()
+        pose = self.recon.live_pose     # replaced, never changed in place, by the training thread
+        return None if pose is None else pose.copy()
 
     def get_stats(self) -> TrainerStats:
-        """A copy of the statistics."""
-        with self._lock:
-            s = self.recon.get_stats()
+        """A copy of the statistics as they stand (each field as the training thread last set it)."""
+        s = self.recon.get_stats()
         if self.paused:
             s.state = "paused"
         return s
@@ -188,7 +232,7 @@ class OnlineTrainer:
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self, keyframes: bool = True) -> dict:
         """The reconstruction's state, consistent (taken under the lock)."""
-        with self._lock:
+        with self._exclusive():
             return self.recon.state_dict(keyframes)
 
     def load_state_dict(self, state: dict, cfg: TrainerConfig) -> None:
@@ -196,7 +240,7 @@ class OnlineTrainer:
         for inconsistent state, leaving the current model in place."""
         recon = Reconstructor(cfg)
         recon.load_state_dict(state)
-        with self._lock:
+        with self._exclusive():
             self._queue.clear()
             self._replace(recon)
 
@@ -209,14 +253,23 @@ class OnlineTrainer:
             # faster than they are processed (the bounded queue then drops the oldest, as queue_full).
             drained = self._drain(max_frames=max(1, len(self._queue)))
             if self.paused or not len(self.recon.store) or self._throttled():
+                if self._view.iteration != self.recon.stats.iterations:   # the last steps, for readers meanwhile
+                    self._let_callers_in()
+                    with self._lock:
+                        self._publish()
                 if not drained:
                     self._wake.wait(0.02)
                     self._wake.clear()
                 continue
             self.recon.stats.state = "running"
             try:
+                self._let_callers_in()
                 with self._lock:
                     self.recon.step(StepSchedule.live(self.cfg))
+                    # A reader will want the trained model, and gets it without waiting; at most every
+                    # REPUBLISH_S, as a copy of a large model takes the training thread milliseconds.
+                    if self._view_taken and time.monotonic() - self._view_at >= REPUBLISH_S:
+                        self._publish()
             except Exception as e:  # a bug or a CUDA error must not end live training silently
                 self._record_error("training step", e)
                 self._stop.wait(0.5)   # not a hot loop if it repeats
@@ -237,6 +290,7 @@ class OnlineTrainer:
         while got < max_frames:
             # Take the frame under the lock: a reset between taking and processing it would otherwise
             # rebuild the model from a frame of before the reset.
+            self._let_callers_in()
             with self._lock:
                 item = self._queue.get_nowait()
                 if item is None:
@@ -246,7 +300,7 @@ class OnlineTrainer:
                 try:
                     # A backlog gets one flow update and one colour fit, at its newest frame: their per-frame
                     # cost (tens of ms at 640x512) must not make the trainer fall further behind.
-                    newest = len(self._queue) == 0
+                    newest = self._newest = len(self._queue) == 0
                     self.recon.add_frame(frame, t_in, track=newest,
                                          steps=(self.cfg.iterations_per_frame or None) if newest else 0)
                 except Exception as e:  # the frame is lost, not the model or the thread

@@ -340,7 +340,6 @@ class Reconstructor:
         s = TrainerStats(**{k: getattr(self.stats, k) for k in TrainerStats.__dataclass_fields__})
         s.skip_reasons = dict(self.skips)
         s.num_gaussians = self.model.num_gaussians
-        s.inferred_share = self.model.inferred_share()
         s.keyframes = len(self.store)
         return s
 
@@ -397,12 +396,13 @@ class Reconstructor:
             if self.cfg.complete_hidden:
                 self.complete_hidden(kf)
         self.fit_colours(kf, self.cfg.colour_fit_iterations if steps is None else steps // 2 - 1)
+        self.stats.inferred_share = self.model.inferred_share()
         self.stats.frames_used += 1
-        if self.on_frame is not None:
-            self.on_frame()
         self.stats.last_frame_stamp = stamp
         self.stats.latency_ms = (time.monotonic() - t_in) * 1000.0
         self.store.add(kf, self.stats.frames_used - 1)
+        if self.on_frame is not None:   # the frame is wholly in: a view taken now renders with it
+            self.on_frame()
         return True
 
     def _validate(self, f: Frame) -> str | None:
@@ -645,6 +645,8 @@ class Reconstructor:
         if schedule.grow_every > 0 and self._since_check >= schedule.grow_every and self.store.recent:
             self._since_check = 0
             self.grow_unexplained(self.store.recent[-1], use_error=True)
+        # Kept in the statistics as the model changes, so that reading them needs no tensor work (and no lock).
+        st.inferred_share = self.model.inferred_share()
         self._iter_times.append(time.monotonic() - t_start)
         st.iterations_per_second = len(self._iter_times) / max(1e-9, sum(self._iter_times))
         return True
@@ -685,6 +687,7 @@ class Reconstructor:
         for key in ("pose_correction_mm", "pose_correction_deg"):
             setattr(self.stats, key, float(st.get(key, 0.0)))
         self.stats.pose_refine_last = str(st.get("pose_refine_last", ""))
+        self.stats.inferred_share = self.model.inferred_share()
         self.skips.update(st.get("skip_reasons", {}))
 
 
