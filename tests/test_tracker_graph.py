@@ -121,19 +121,21 @@ def test_tracker_node_poses_from_best_effort_inputs_and_none_for_an_occluded_fra
     assert poses, out
     # Best-effort: the node's readers may match the test's writers after the writers saw them, and lose what
     # came before (CI lost the first frame after a 0.5 s settle), each topic on its own (CI: all 12 images, the
-    # first depth and mask lost). The node must pose every frame from the first whose set it received whole, lose
-    # no input after it, and agree with the core tracker started on the same frame.
-    start = [f[3] for f in frames].index(min(poses))
-    assert start < occluded, f"the node received nothing before frame {start}"
+    # first depth and mask lost). The node must pose every frame from the first whose set it received whole (where
+    # its world is set: `world_stamp` in its heartbeat), lose no input after it, and agree with the core tracker
+    # started on the same frame. Only that first pose may be missing here: the node's writer can publish it before
+    # it has matched this test's reader (the reader had matched the writer: CI lost it once so).
     beats = [m for m in got.get(topics.NODE_STATUS) if m.node.endswith("/tracker")]
     counts = {kv.key: kv.value for kv in beats[-1].values}
+    start = [f[3] for f in frames].index(int(counts["world_stamp"]))
+    assert start < occluded, f"the node received nothing before frame {start}"
     assert all(len(frames) - start <= int(counts[f"in.{t.lstrip('/')}"]) <= len(frames)
                for t in (topics.LEFT_RECT, topics.DEPTH, topics.INSTRUMENT_MASK)), counts
     tracker = CameraTracker(scene.cam_left.intrinsics(), scene.cam_left.width)
     expected = {stamp: r.pose for rgb, depth, mask, stamp in frames[start:]
                 if (r := tracker.track(rgb, depth, mask)).pose is not None}
     assert frames[occluded][3] not in expected
-    assert sorted(poses) == sorted(expected), counts
+    assert set(expected) - {frames[start][3]} <= set(poses) <= set(expected), counts
     for stamp, T in poses.items():
         assert np.allclose(T, expected[stamp], atol=1e-9), (T, expected[stamp])
     keys = {kv.key for m in beats for kv in m.values}

@@ -46,6 +46,7 @@ class TrackerNode(SurgNode):
         self._early: list | None = None   # the newest complete set received before any camera info
         self._last: TrackResult | None = None
         self._last_stamp = -1
+        self._world_stamp = 0       # the frame the tracker's world was set at (its pose is initial_pose)
         self.pose_pub = self.publisher(PoseStamped, topics.CAMERA_POSE)
         self.tf_pub = self.publisher(TFMessage, topics.TF)
         self._worker = QueueWorker("tracker", self.process, 2, on_error=self._failed).start()
@@ -124,6 +125,8 @@ class TrackerNode(SurgNode):
         self._last_stamp = stamp
         res = self.tracker.track(image, depth, mask)
         self._last = res
+        if res.status == "init":
+            self._world_stamp = stamp
         if res.pose is None:
             self.count("no_pose")
             return
@@ -132,7 +135,7 @@ class TrackerNode(SurgNode):
     def status_values(self) -> dict[str, object]:
         """Quality of the last frame and the tracker's counts."""
         values: dict[str, object] = {"pose_source": self.pose_source,
-                                     "work_queue": self._worker.pending}
+                                     "work_queue": self._worker.pending, "world_stamp": self._world_stamp}
         r = self._last
         if r is not None:
             values.update({"status": r.status, "inliers": r.inliers, "inlier_ratio": round(r.inlier_ratio, 3),
