@@ -72,3 +72,59 @@ def test_a_burst_of_large_images_reaches_a_best_effort_reader(ros_env, tmp_path)
         reader.kill()
     counts = dict(kv.split("=") for kv in out.strip().splitlines()[-1].split())
     assert {t: int(n) for t, n in counts.items()} == dict.fromkeys(counts, BURSTS), out
+
+
+LOSSY_READER = textwrap.dedent("""
+    import sys, time
+    import rclpy
+    from sensor_msgs.msg import Image
+    from surg3d_nodes.ros import topics
+    from surg3d_nodes.ros.runtime import SurgNode
+
+    STREAMS = (topics.LEFT_RECT, topics.DEPTH, topics.INSTRUMENT_MASK)
+
+    class Reader(SurgNode):
+        def __init__(self, **kwargs):
+            super().__init__("lossy_reader", **kwargs)
+            self.got = dict.fromkeys(STREAMS, 0)
+            for t in STREAMS:
+                self.subscription(Image, t, lambda m, t=t: self.got.__setitem__(t, self.got[t] + 1))
+
+    rclpy.init()
+    node = Reader()
+    print("ready", flush=True)
+    expected = 3 * int(sys.argv[1])
+    end = time.monotonic() + 60
+    while time.monotonic() < end and sum(node.got.values()) + sum(
+            node.counters[f"messages_lost {t}"] for t in STREAMS) < expected:
+        rclpy.spin_once(node, timeout_sec=0.1)
+    end = time.monotonic() + 2
+    while time.monotonic() < end:
+        rclpy.spin_once(node, timeout_sec=0.1)
+    print(f"got={sum(node.got.values())} lost={sum(node.counters[f'messages_lost {t}'] for t in STREAMS)} "
+          f"reported={node.counters['problems.messages_lost']}", flush=True)
+""")
+
+
+def test_messages_lost_on_the_way_are_counted_and_reported(ros_env, tmp_path):
+    """Without the profile (Fast DDS's 512 KiB shared-memory segment) the same bursts lose images on the way; a
+    node's subscriptions (`SurgNode.subscription`) count what DDS reports lost and report it as a problem: the
+    messages a node got and those reported lost add up to what was sent (the first, sent before the reader had
+    matched, may be missing from both)."""
+    env = {k: v for k, v in ros_env.items() if k != "FASTDDS_DEFAULT_PROFILES_FILE"}
+    env["FASTDDS_BUILTIN_TRANSPORTS"] = "LARGE_DATA"
+    (tmp_path / "burst.py").write_text(SCRIPT)
+    (tmp_path / "reader.py").write_text(LOSSY_READER)
+    reader = subprocess.Popen([sys.executable, str(tmp_path / "reader.py"), str(BURSTS)], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert reader.stdout is not None and reader.stdout.readline().strip() == "ready"
+        subprocess.run([sys.executable, str(tmp_path / "burst.py"), "writer", str(BURSTS)], env=env, check=True,
+                       timeout=120, capture_output=True)
+        out, _ = reader.communicate(timeout=90)
+    finally:
+        reader.kill()
+    counts = {k: int(v) for k, v in (kv.split("=") for kv in out.strip().splitlines()[-1].split())}
+    assert counts["lost"] > 0 and counts["reported"] > 0, out
+    assert 3 * BURSTS - 3 <= counts["got"] + counts["lost"] <= 3 * BURSTS, out
+    assert "messages_lost: " in out, out     # the node's log names the problem

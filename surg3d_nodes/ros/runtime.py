@@ -19,6 +19,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 
 import rclpy
+from rclpy.event_handler import QoSMessageLostInfo, SubscriptionEventCallbacks
 from rclpy.executors import MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.publisher import Publisher
@@ -70,8 +71,18 @@ class SurgNode(Node):
     def subscription(self, msg_type: type, topic: str, callback: Callable, depth: int | None = None,
                      **kwargs) -> Subscription:
         """A subscription to `topic` (topics.py) with its stream's QoS (qos.py): images, camera_info and clouds
-        best-effort, so reliable and best-effort publishers both connect."""
+        best-effort, so reliable and best-effort publishers both connect. Messages that DDS finds lost on the way
+        are counted and reported (`messages_lost`)."""
+        kwargs.setdefault("event_callbacks",
+                          SubscriptionEventCallbacks(message_lost=lambda info: self._messages_lost(topic, info)))
         return self.create_subscription(msg_type, topic, callback, qos.subscription(topic, depth), **kwargs)
+
+    def _messages_lost(self, topic: str, info: QoSMessageLostInfo) -> None:
+        # DDS saw a gap in a writer's sequence numbers: messages dropped on the way (a lossy link, a full transport
+        # buffer), never a message this node chose to skip.
+        self.count(f"messages_lost {topic}", info.total_count_change)
+        self.report_problem("messages_lost", f"{topic}: {info.total_count_change} message(s) lost on the way "
+                            f"({info.total_count} since the start)")
 
     def count(self, key: str, n: int = 1) -> None:
         """Add `n` to the counter `key` (shown in the heartbeat)."""
