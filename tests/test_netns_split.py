@@ -11,6 +11,7 @@ nothing touches the machine's own interfaces, and the /30 has no route out.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import sys
 import time
@@ -57,9 +58,11 @@ def _first_cloud(part: Launch, run: Path, timeout: float) -> None:
 
 
 def _xfail_if_a_link_was_cut(e: NoFirstCloudError) -> None:
-    """An xfail when the run's recording (read once the launch stopped) shows the known Fast DDS pair failure
-    (README, "Across machines"): the trainer's newest heartbeat counts no message of an input whose topic the
-    recorder beside it recorded; else `e` again."""
+    """An xfail when the run shows the known Fast DDS pair failure (README, "Across machines"): the trainer's
+    newest heartbeat in the recording (read once the launch stopped) counts no message of an input whose topic
+    the recorder beside it recorded, or the trainer itself reported that input's link broken (a publisher
+    discovered, nothing received while its other inputs arrive: also when the recorder got nothing from that
+    publisher either, as in one fresh-clone CI run); else `e` again."""
     from rclpy.serialization import deserialize_message
     from rosbags.rosbag2 import Reader
 
@@ -79,6 +82,10 @@ def _xfail_if_a_link_was_cut(e: NoFirstCloudError) -> None:
     if cut:
         pytest.xfail(f"no first cloud: the trainer received no {', '.join(cut)}: the known Fast DDS pair failure "
                      f"(README, Across machines); its heartbeat {beat}")
+    reported = re.findall(r"\[trainer\] .*input_link: (.+?): [\d+]+ publisher\(s\) but nothing received", str(e))
+    if reported:
+        pytest.xfail(f"no first cloud: the trainer reported its {reported[-1]} link broken: the known Fast DDS "
+                     f"pair failure (README, Across machines); recorded beside it: {dict(counts)}")
     raise e
 
 
@@ -138,11 +145,14 @@ def test_robot_and_gpu_parts_across_a_link_only(two_hosts, synth_bag: Path, ros_
     during: dict[float, Counter[str]] = {loss: Counter() for loss in LOSSES}
     after_cut: dict[str, float] = {}
     trainer_beat = ""
+    thinned_at: list[float] = []
     with Reader(recordings[-1]) as r:                  # rosbags' own reader, independent of ours
         for conn, stamp_ns, raw in r.messages():       # the recorder's receive time
             counts[conn.topic] += 1
             if conn.topic == "/surg3d/node_status" and b"trainer" in raw:
                 trainer_beat = raw.decode("latin-1")   # the newest trainer heartbeat, for the failure message
+            if conn.topic == "/diagnostics" and b"below its usual" in raw:
+                thinned_at.append(stamp_ns / 1e9)
             for loss, (t0, t1) in windows.items():
                 during[loss][conn.topic] += t0 <= stamp_ns / 1e9 < t1
             if stamp_ns / 1e9 > cut_end:
@@ -162,12 +172,21 @@ def test_robot_and_gpu_parts_across_a_link_only(two_hosts, synth_bag: Path, ros_
             f"{topic}: first message {after_cut.get(topic)} s after the {cut_end - cut_start:.1f} s cut\n{log}"
     # Under loss, each stream still arrives (fewer of the large images: one lost fragment of a 60 kB datagram
     # loses it); the drops are the rules' own counters.
+    # "With 5 % loss the graph keeps running and reports it": over TCP (LARGE_DATA) DDS loses no message, the
+    # link thins the streams (their writers wait on it), and the GPU side's monitor reports a stream below its
+    # usual rate while the loss lasts (or within 5 s of its end: its rates are over 5 s).
+    # Its diagnostics, as recorded.
+    t0, t1 = windows[LOSSES[-1]]
+    thinned = [t for t in thinned_at if t0 <= t <= t1 + 5.0]
+    print(f"the monitor reported a thinned stream {len(thinned_at)} times, {len(thinned)} during "
+          f"{100 * LOSSES[-1]:.0f} % loss or within 5 s of its end")
     for loss in LOSSES:
         print(f"{100 * loss:.0f} % loss for 10 s: {dropped[loss]} packets dropped; received "
               f"{ {t: during[loss][t] for t in ('/depth/image', '/instrument/mask', '/recon/points')} }")
         assert dropped[loss] > 0, f"no packet dropped at {loss}"
         for topic in ("/depth/image", "/instrument/mask", "/recon/points"):
             assert during[loss][topic] > 0, f"{topic}: nothing recorded during {100 * loss:.0f} % loss\n{log}"
+    assert thinned, f"the monitor reported no thinned stream during {100 * LOSSES[-1]:.0f} % loss\n{log}"
     # Checked last, so that the rest is checked in any case: a clean exit of both sides (a node whose DDS
     # teardown hangs after it closed leaves with 0 by itself, naming where it hung).
     assert codes == (0, 0), f"exit codes {codes}\n{log}"

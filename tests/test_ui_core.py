@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -150,6 +151,42 @@ def test_monitor_rates_latency_and_stalls() -> None:
     assert paused["/recon/points"].level == monitoring.OK and "paused" in paused["/recon/points"].message
     s = monitoring.summary(list(paused.values()))
     assert s["level_name"] == "ERROR" and "/trainer" in s["message"]
+
+
+def test_monitor_reports_a_stream_that_drops_below_its_usual_rate() -> None:
+    """A lossy link between hosts thins a stream (the split test's 5 % loss: depth at about half its rate): WARN
+    while it arrives at less than 60 % of its usual rate; a stream that stops is a stall, not a drop; the usual
+    rate follows a lasting change; the trainer's outputs, whose rates follow training, are not judged so."""
+    mon = monitoring.Monitor(period=1.0, stall_periods=3)
+    t, verdicts = 0.0, []
+
+    def run(topic: str, hz: float, seconds: float) -> None:
+        nonlocal t
+        end = t + seconds
+        while t < end - 1e-9:
+            nxt = min(end, math.floor(t + 1.0 + 1e-9))        # evaluate once a second
+            while t < nxt - 1e-9:
+                mon.message(topic, t)
+                t += 1.0 / hz
+            t = nxt
+            verdicts.append({h.name: h for h in mon.evaluate(t)}[topic])
+
+    run("/depth/image", 20.0, 20.0)
+    assert all(v.level == monitoring.OK for v in verdicts), verdicts
+    verdicts.clear()
+    run("/depth/image", 8.0, 6.0)                             # a lossy link: 40 % of the usual rate
+    drop = [v for v in verdicts if v.level == monitoring.WARN]
+    usual = re.search(r"below its usual ([\d.]+) Hz: messages lost", drop[-1].message) if drop else None
+    assert usual and abs(float(usual.group(1)) - 20.0) < 0.5, verdicts
+    verdicts.clear()
+    run("/depth/image", 8.0, 30.0)                            # lasting: the new usual rate
+    assert verdicts[-1].level == monitoring.OK, verdicts[-1]
+    stopped = {h.name: h for h in mon.evaluate(t + 5.0)}["/depth/image"]
+    assert stopped.level == monitoring.ERROR and "stalled" in stopped.message
+    verdicts.clear()
+    run("/recon/points", 10.0, 20.0)
+    run("/recon/points", 2.0, 6.0)                            # training slowed: not a transport problem
+    assert all(v.level == monitoring.OK for v in verdicts), verdicts
 
 
 def test_monitor_latency_warning_and_restart_counters() -> None:

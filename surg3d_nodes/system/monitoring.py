@@ -21,6 +21,11 @@ LEVEL_NAMES = {OK: "OK", WARN: "WARN", ERROR: "ERROR", STALE: "STALE"}
 # Heartbeat value (key, value) by which a source node says its input ended on purpose: bag_replay once a
 # non-looping bag has played to its end. The topics it fed then stop without being stalled.
 INPUT_ENDED = ("input_ended", "true")
+# A stream (not the trainer's: its rates follow training) arriving at less than this share of its usual rate, the
+# median of its rates at the last USUAL_PERIODS evaluations, is reported: a lossy or congested link between
+# hosts, or a source that slowed. The usual rate follows a lasting change within about half that many periods.
+RATE_DROP = 0.6
+USUAL_PERIODS = 30
 
 
 @dataclass
@@ -42,7 +47,9 @@ class TopicTracker:
         self.latencies_ms: deque[float] = deque(maxlen=max_samples)
         self.count = 0
         self.foreign_stamps = 0
+        self.first: float | None = None
         self.last: float | None = None
+        self.rates: deque[float] = deque(maxlen=USUAL_PERIODS)   # at past evaluations, once a window was full
 
     def record(self, now: float, latency_ms: float | None = None) -> None:
         """A message arrived at monotonic time `now`; `latency_ms` = receive time minus its frame stamp."""
@@ -53,6 +60,7 @@ class TopicTracker:
             else:
                 self.latencies_ms.append(latency_ms)
         self.count += 1
+        self.first = now if self.first is None else self.first
         self.last = now
 
     def rate(self, now: float) -> float:
@@ -62,6 +70,15 @@ class TopicTracker:
             return 0.0
         span = max(now - recent[0], recent[-1] - recent[0])
         return (len(recent) - 1) / span if span > 0 else 0.0
+
+    def usual_rate(self) -> float | None:
+        """The median of the rates noted at past evaluations; None until five were."""
+        return float(np.median(self.rates)) if len(self.rates) >= 5 else None
+
+    def note_rate(self, now: float, rate: float) -> None:
+        """Keep the rate of this evaluation for `usual_rate`, once the topic has filled a window."""
+        if self.first is not None and now - self.first >= self.window_s:
+            self.rates.append(rate)
 
     def latency(self) -> tuple[float, float] | None:
         """(p50, max) of the latencies of the newest window, milliseconds; None when none were measured."""
@@ -100,7 +117,8 @@ class Monitor:
 
     A node is flagged ERROR when its heartbeat has been missing for `stall_periods` periods, a watched topic
     when it delivered before and then nothing for `stall_periods` periods (trainer outputs are exempt while
-    the trainer says it is paused or idle), WARN on new queue drops, high latency or GPU memory.
+    the trainer says it is paused or idle), WARN on new queue drops, high latency, a stream thinned below its
+    usual rate (RATE_DROP) or GPU memory.
     Once a source node's heartbeat says its input ended (`INPUT_ENDED`), a topic other than the trainer's that
     stopped with it (its last message within `stall_periods` periods of that heartbeat) is OK, "input ended",
     not stalled; so is that node's own silence afterwards (a replay that exits at the end of its bag).
@@ -171,6 +189,15 @@ class Monitor:
             return None
         return next((node for node, at in self.input_ended.items() if abs(last - at) <= self.stall_after), None)
 
+    def _dropped_from(self, topic: str, tr: TopicTracker, now: float) -> float | None:
+        """`topic`'s usual rate when it now arrives at less than RATE_DROP of it while still flowing (its last
+        message within three usual intervals: a stream that stops is a stall or an end, not a drop)."""
+        usual = tr.usual_rate()
+        if usual is None or usual <= 0 or topic.startswith(self.trainer_prefix) or tr.last is None:
+            return None
+        flowing = now - tr.last <= 3.0 / usual
+        return usual if flowing and tr.rate(now) < RATE_DROP * usual else None
+
     def evaluate(self, now: float) -> list[Health]:
         """Health of every known node and watched topic, and of the trainer's resources, at time `now`
         (call once per period: queue drops are counted since the previous call)."""
@@ -214,8 +241,12 @@ class Monitor:
             elif lat is not None and lat[0] > self.latency_warn_ms:
                 out.append(Health(topic, WARN, f"latency {lat[0]:.0f} ms above {self.latency_warn_ms:.0f} ms",
                                   vals))
+            elif (usual := self._dropped_from(topic, tr, now)) is not None:
+                out.append(Health(topic, WARN, f"{vals['rate_hz']} Hz, below its usual {usual:.1f} Hz: messages "
+                                  "lost or held up on the way, or their source slowed", vals))
             else:
                 out.append(Health(topic, OK, f"{vals['rate_hz']} Hz", vals))
+            tr.note_rate(now, vals["rate_hz"])
         if self.trainer is not None:
             t = self.trainer
             vals = {k: t[k] for k in ("state", "num_gaussians", "gpu_memory_mb", "iterations_per_second",
