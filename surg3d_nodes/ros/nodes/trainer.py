@@ -250,11 +250,12 @@ class TrainerNode(SurgNode):
     def publish_points(self) -> None:
         """Publish the model as PointCloud2 (world frame, stamped with the newest frame in it), most
         opaque points first when capped."""
-        if self.trainer.num_gaussians == 0:
-            return
-        self._points_frames = self.trainer.get_stats().frames_used
-        self._points_last = time.monotonic()
+        frames = self.trainer.get_stats().frames_used
         s = self.trainer.snapshot()
+        if s.points.shape[0] == 0:   # nothing yet (the readers' copy is handed out as the first frame goes in)
+            return
+        self._points_frames = frames
+        self._points_last = time.monotonic()
         keep = np.nonzero(s.opacities >= self.points_min_opacity)[0]
         if keep.size > self.points_max:
             keep = keep[np.argsort(-s.opacities[keep])[:self.points_max]]
