@@ -189,14 +189,14 @@ class Monitor:
             return None
         return next((node for node, at in self.input_ended.items() if abs(last - at) <= self.stall_after), None)
 
-    def _dropped_from(self, topic: str, tr: TopicTracker, now: float) -> float | None:
-        """`topic`'s usual rate when it now arrives at less than RATE_DROP of it while still flowing (its last
-        message within three usual intervals: a stream that stops is a stall or an end, not a drop)."""
+    def _dropped_from(self, topic: str, tr: TopicTracker, now: float, rate: float) -> float | None:
+        """`topic`'s usual rate when it now arrives (`rate`) at less than RATE_DROP of it while still flowing (its
+        last message within three usual intervals: a stream that stops is a stall or an end, not a drop)."""
         usual = tr.usual_rate()
         if usual is None or usual <= 0 or topic.startswith(self.trainer_prefix) or tr.last is None:
             return None
         flowing = now - tr.last <= 3.0 / usual
-        return usual if flowing and tr.rate(now) < RATE_DROP * usual else None
+        return usual if flowing and rate < RATE_DROP * usual else None
 
     def evaluate(self, now: float) -> list[Health]:
         """Health of every known node and watched topic, and of the trainer's resources, at time `now`
@@ -241,7 +241,7 @@ class Monitor:
             elif lat is not None and lat[0] > self.latency_warn_ms:
                 out.append(Health(topic, WARN, f"latency {lat[0]:.0f} ms above {self.latency_warn_ms:.0f} ms",
                                   vals))
-            elif (usual := self._dropped_from(topic, tr, now)) is not None:
+            elif (usual := self._dropped_from(topic, tr, now, vals["rate_hz"])) is not None:
                 out.append(Health(topic, WARN, f"{vals['rate_hz']} Hz, below its usual {usual:.1f} Hz: messages "
                                   "lost or held up on the way, or their source slowed", vals))
             else:
