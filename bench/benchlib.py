@@ -38,7 +38,7 @@ def spinning_node(name: str):
     return node, ex
 
 
-COLOURS = [(200, 80, 0), (0, 140, 255), (40, 160, 40)]
+COLOURS = [(200, 80, 0), (0, 140, 255), (40, 160, 40), (160, 40, 160)]
 
 
 def latency_histogram(rows: list[tuple[str, np.ndarray]], path: Path, unit: str = "ms") -> Path:
@@ -62,7 +62,7 @@ def latency_histogram(rows: list[tuple[str, np.ndarray]], path: Path, unit: str 
 def curve_plot(series: dict[str, list[float]], path: Path, title: str, lo: float = 0.0, hi: float = 1.0,
                ticks: tuple[float, ...] = (0.25, 0.5, 0.75, 0.95)) -> Path:
     """Per-frame curves with values in [lo, hi] (grid lines at `ticks`) as a PNG, drawn with OpenCV."""
-    w, h, pad = 760, 320, 40
+    w, h, pad = 760, 340, 50
     img = np.full((h, w, 3), 255, np.uint8)
     cv2.rectangle(img, (pad, pad), (w - pad, h - pad), (0, 0, 0), 1)
 
@@ -78,7 +78,7 @@ def curve_plot(series: dict[str, list[float]], path: Path, title: str, lo: float
         pts = np.array([[pad + i * (w - 2 * pad) / n, y_of(v)] for i, v in enumerate(vals)], np.int32)
         colour = COLOURS[k % len(COLOURS)]
         cv2.polylines(img, [pts], False, colour, 2, cv2.LINE_AA)
-        cv2.putText(img, f"{name} (mean {np.mean(vals):.3g})", (pad + 10 + 230 * k, pad - 10),
+        cv2.putText(img, f"{name} (mean {np.mean(vals):.3g})", (pad + 10 + 340 * (k % 2), 16 + 18 * (k // 2)),
                     cv2.FONT_HERSHEY_SIMPLEX, 0.5, colour, 1, cv2.LINE_AA)
     cv2.putText(img, title, (pad, h - 10), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
     cv2.imwrite(str(path), img)

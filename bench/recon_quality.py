@@ -6,6 +6,7 @@ Rows (each `surg3d eval endonerf` in this process, fixed steps, no wall clock):
 - stream_k10_crop:     the same clip, a native-resolution 160x128 centre crop, stream mode
 - synthetic_moving:    the project's synthetic scene (320x256, moving endoscope, two instruments), stream mode;
                        its right view is a viewpoint the model never trained on
+Each row scores the model alone and the view the product shows, the model plus the frame detail (recon.detail).
 
 Writes OUT/quality.json (every row's summary and per-test-frame scores), OUT/<row>_per_frame.png (model,
 copy-previous and neighbour-mean PSNR per test frame) and OUT/<row>_strip.png (truth, render, error of the
@@ -60,7 +61,8 @@ def row_options(row: str, k: int, out: Path) -> tuple[Path, EvalOptions]:
 
 def summary(r: dict) -> dict:
     """The figures of the README table."""
-    keys = ("psnr", "live_psnr", "train_fit_psnr", "train_fit_min_psnr", "psnr_star", "right_psnr_star",
+    keys = ("psnr", "live_psnr", "detail_psnr", "detail_live_psnr", "detail_psnr_star", "detail_right_psnr_star",
+            "train_fit_psnr", "train_fit_min_psnr", "psnr_star", "right_psnr_star",
             "baseline_right_warp_psnr_star", "depth_rmse_mm", "baseline_copy_prev_psnr",
             "baseline_neighbour_mean_psnr", "num_gaussians", "iterations", "train_time_s")
     return {k: (round(r[k], 3) if isinstance(r[k], float) else r[k]) for k in keys}
@@ -69,7 +71,8 @@ def summary(r: dict) -> dict:
 def draw(row: str, r: dict, out: Path) -> None:
     """Per-test-frame curves and the comparison strip of one row."""
     per = r["per_frame"]
-    series = {"model": [p["psnr"] for p in per], "copy previous": [p["baseline_copy_prev_psnr"] for p in per],
+    series = {"model": [p["psnr"] for p in per], "model + frame detail": [p["detail_psnr"] for p in per],
+              "copy previous": [p["baseline_copy_prev_psnr"] for p in per],
               "neighbour mean": [p["baseline_neighbour_mean_psnr"] for p in per]}
     lo = 5 * np.floor(min(min(v) for v in series.values()) / 5)
     hi = 5 * np.ceil(max(max(v) for v in series.values()) / 5)
@@ -100,14 +103,16 @@ def main() -> int:
                                 "train_fit_per_frame": r["train_fit_per_frame"]}
         draw(row, r, args.out)
         (args.out / "quality.json").write_text(json.dumps(results, indent=2))
-    print(f"\n{'row':22s} {'final':>7s} {'live':>7s} {'fit':>7s} {'copy':>7s} {'mean':>7s} {'right*':>7s} "
-          f"{'warp*':>7s} {'left*':>7s} {'depth':>6s}")
+    print("\nmodel alone | with the frame detail (d-): final, live, right view PSNR*")
+    print(f"{'row':22s} {'final':>7s} {'live':>7s} {'fit':>7s} {'copy':>7s} {'mean':>7s} {'right*':>7s} "
+          f"{'warp*':>7s} {'left*':>7s} {'depth':>6s} {'d-final':>7s} {'d-live':>7s} {'d-right*':>8s}")
     for row, v in results["rows"].items():
         s = v["summary"]
         print(f"{row:22s} {s['psnr']:7.2f} {s['live_psnr']:7.2f} {s['train_fit_psnr']:7.2f} "
               f"{s['baseline_copy_prev_psnr']:7.2f} {s['baseline_neighbour_mean_psnr']:7.2f} "
               f"{s['right_psnr_star']:7.2f} {s['baseline_right_warp_psnr_star']:7.2f} {s['psnr_star']:7.2f} "
-              f"{s['depth_rmse_mm']:6.2f}")
+              f"{s['depth_rmse_mm']:6.2f} {s['detail_psnr']:7.2f} {s['detail_live_psnr']:7.2f} "
+              f"{s['detail_right_psnr_star']:8.2f}")
     print(f"wrote {args.out / 'quality.json'}")
     return 0
 

@@ -35,7 +35,9 @@ def test_cpu_eval_target(shared_data: Path, tmp_path: Path):
 def test_stream_beats_copying_the_previous_frame(shared_data: Path, tmp_path: Path):
     """Issue 14's CI check: live training (stream mode, K = 10 steps per frame, the smallest K that does here; K = 5
     gave 39.82 dB against 40.08) on the shared clip at 1/4 scale renders the held-out frames better than copying
-    the previous frame, computed in the same run."""
+    the previous frame, computed in the same run. The views the product shows (the model plus the frame detail,
+    recon.detail) meet the issue's stream targets: final at least copy-previous + 1 dB (41.73 against 40.08 here),
+    live at least copy-previous."""
     clip = shared_data / "endonerf" / "pulling_soft_tissues"
     if not clip.is_dir():
         pytest.skip(f"EndoNeRF clip absent: {clip}")
@@ -43,9 +45,12 @@ def test_stream_beats_copying_the_previous_frame(shared_data: Path, tmp_path: Pa
                  "--device", "cpu", "--json", str(tmp_path / "r.json")]) == 0
     r = json.loads((tmp_path / "r.json").read_text())
     print(f"\nstream K=10: final {r['psnr']:.2f} dB, live {r['live_psnr']:.2f}, copy-previous "
-          f"{r['baseline_copy_prev_psnr']:.2f}, neighbour mean {r['baseline_neighbour_mean_psnr']:.2f}")
+          f"{r['baseline_copy_prev_psnr']:.2f}, neighbour mean {r['baseline_neighbour_mean_psnr']:.2f}; with the "
+          f"frame detail final {r['detail_psnr']:.2f}, live {r['detail_live_psnr']:.2f}")
     assert r["iterations"] + r["colour_fit_steps"] == 10 * r["train_frames"]
     assert r["psnr"] > r["baseline_copy_prev_psnr"]
+    assert r["detail_psnr"] >= r["baseline_copy_prev_psnr"] + 1.0
+    assert r["detail_live_psnr"] >= r["baseline_copy_prev_psnr"]
 
 
 def test_eval_rejects_bad_input(tmp_path: Path, capsys):

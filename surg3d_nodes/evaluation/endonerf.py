@@ -218,14 +218,16 @@ def _tissue(d: dict) -> np.ndarray:
     return (d["mask"] == 0).astype(np.float32)
 
 
-def _render(trainer: Reconstructor | OnlineTrainer, d: dict, right: bool = False):
-    """The model's view of dataset frame `d` (left, or right through the stereo baseline) at its time."""
+def _render(trainer: Reconstructor | OnlineTrainer, d: dict, right: bool = False, detail: bool = False):
+    """The model's view of dataset frame `d` (left, or right through the stereo baseline) at its time; with
+    `detail`, the view the product shows (recon.detail)."""
     pose, cam = d["pose"], d["cam"]
     if right:
         T_lr = np.eye(4)
         T_lr[0, 3] = d["cam_right"].baseline
         pose, cam = pose @ T_lr, d["cam_right"]
-    return trainer.render_view(pose, trainer.time_of(d["stamp_ns"]), cam.width, cam.height, K=cam.intrinsics())
+    return trainer.render_view(pose, trainer.time_of(d["stamp_ns"]), cam.width, cam.height, K=cam.intrinsics(),
+                               detail=detail)
 
 
 def _train_offline(trainer: Reconstructor, frames: list[Frame], opts: EvalOptions, progress, t0: float) -> None:
@@ -239,18 +241,18 @@ def _train_offline(trainer: Reconstructor, frames: list[Frame], opts: EvalOption
 
 
 def _train_stream(trainer: Reconstructor, data: list[dict], train: list[int], tests: list[int],
-                  opts: EvalOptions, progress, t0: float) -> dict[int, float]:
+                  opts: EvalOptions, progress, t0: float) -> dict[int, dict[str, float]]:
     """Stream the training frames with K steps each; returns the live PSNR of each test frame (rendered right
-    after the following training frame and its steps)."""
-    live: dict[int, float] = {}
+    after the following training frame and its steps), of the model and with the frame detail."""
+    live: dict[int, dict[str, float]] = {}
     test_set = set(tests)
 
     def after(k: int, recon: Reconstructor) -> None:
         i = train[k]
         if i - 1 in test_set:
             d = data[i - 1]
-            rgb, _, _ = _render(recon, d)
-            live[i - 1] = masked_psnr(rgb, d["rgb"], _tissue(d))
+            live[i - 1] = {key: masked_psnr(_render(recon, d, detail=detail)[0], d["rgb"], _tissue(d))
+                           for key, detail in (("live_psnr", False), ("detail_live_psnr", True))}
         if (k + 1) % 10 == 0 or k + 1 == len(train):
             st = recon.get_stats()
             progress(f"  streamed {k + 1}/{len(train)} frames: {st.iterations} iterations, "
@@ -306,7 +308,7 @@ def evaluate_endonerf(root: str | Path, opts: EvalOptions, cfg: TrainerConfig | 
         cfg.image_scale = 1.0
     trainer: Reconstructor | OnlineTrainer = OnlineTrainer(cfg) if opts.mode == "online" else Reconstructor(cfg)
     t0 = time.monotonic()
-    live: dict[int, float] = {}
+    live: dict[int, dict[str, float]] = {}
     if opts.mode == "offline":
         _train_offline(trainer, [_frame(data[i]) for i in train], opts, progress, t0)
     elif opts.mode == "stream":
@@ -334,8 +336,10 @@ def evaluate_endonerf(root: str | Path, opts: EvalOptions, cfg: TrainerConfig | 
              "ssim": ssim(rgb, gt, tissue),
              "depth_rmse_mm": depth_rmse_mm(depth, np.nan_to_num(d["depth"], nan=0.0), tissue),
              "coverage": float((alpha > 0.5)[tissue > 0].mean())}
-        if i in live:
-            r["live_psnr"] = live[i]
+        r.update(live.get(i, {}))
+        drgb = _render(trainer, d, detail=True)[0]
+        r.update({"detail_psnr": masked_psnr(drgb, gt, tissue), "detail_psnr_star": psnr_star(drgb, gt, tissue),
+                  "detail_ssim": ssim(drgb, gt, tissue)})
         prev = data[i - 1]["rgb"]
         nxt = data[i + 1]["rgb"] if i + 1 < n else prev
         mean = ((prev.astype(np.float32) + nxt.astype(np.float32)) / 2.0 + 0.5).astype(np.uint8)
@@ -345,6 +349,8 @@ def evaluate_endonerf(root: str | Path, opts: EvalOptions, cfg: TrainerConfig | 
             rr, _, ra = _render(trainer, d, right=True)
             rmask = (_right_tissue_mask(d) & (ra > 0.5)).astype(np.float32)
             r["right_psnr_star"] = psnr_star(rr, d["right"], rmask)
+            r["detail_right_psnr_star"] = psnr_star(_render(trainer, d, right=True, detail=True)[0], d["right"],
+                                                    rmask)
             r["baseline_right_warp_psnr_star"] = psnr_star(warp_left_to_right(d), d["right"], rmask)
             r["right_pixels"] = float(rmask.mean())
         deocc = d["tissue_rgb"] is not None and d["tissue_depth"] is not None and bool((d["mask"] > 0).any())
@@ -390,6 +396,10 @@ def evaluate_endonerf(root: str | Path, opts: EvalOptions, cfg: TrainerConfig | 
         "psnr": avg("psnr"), "psnr_star": avg("psnr_star"), "ssim": avg("ssim"),
         "depth_rmse_mm": avg("depth_rmse_mm"), "coverage": avg("coverage"),
         "live_psnr": avg("live_psnr"),
+        # The views the product shows: the model plus the frame detail of the frames nearest in time.
+        "detail_psnr": avg("detail_psnr"), "detail_psnr_star": avg("detail_psnr_star"),
+        "detail_ssim": avg("detail_ssim"), "detail_live_psnr": avg("detail_live_psnr"),
+        "detail_right_psnr_star": avg("detail_right_psnr_star"),
         "train_fit_psnr": float(np.mean(fit)), "train_fit_min_psnr": float(np.min(fit)),
         "baseline_copy_prev_psnr": avg("baseline_copy_prev_psnr"),
         "baseline_neighbour_mean_psnr": avg("baseline_neighbour_mean_psnr"),
@@ -404,7 +414,10 @@ def evaluate_endonerf(root: str | Path, opts: EvalOptions, cfg: TrainerConfig | 
         "date_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
     live_txt = f"  live {result['live_psnr']:.2f}" if live else ""
-    progress(f"PSNR {result['psnr']:.2f} dB{live_txt}  PSNR* {result['psnr_star']:.2f} dB  SSIM {result['ssim']:.4f}  "
+    progress(f"with frame detail: PSNR {result['detail_psnr']:.2f} dB  live {result['detail_live_psnr']:.2f}  "
+             f"right PSNR* {result['detail_right_psnr_star']:.2f} dB")
+    progress(f"model: PSNR {result['psnr']:.2f} dB{live_txt}  PSNR* {result['psnr_star']:.2f} dB  "
+             f"SSIM {result['ssim']:.4f}  "
              f"depth RMSE {result['depth_rmse_mm']:.2f} mm  train fit {result['train_fit_psnr']:.2f} dB  "
              f"right PSNR* {result['right_psnr_star']:.2f} dB (warp {result['baseline_right_warp_psnr_star']:.2f})"
              f"  | baselines: copy-prev {result['baseline_copy_prev_psnr']:.2f}, neighbour-mean "

@@ -54,6 +54,9 @@ class TrainerConfig:
                                           "frame into its colour knot (recon.colour_fit): live at each new frame, "
                                           "offline once per frame at the end; costs iterations + 1 training steps "
                                           "(0 = off)", low=0, high=50)
+    detail_window_s: float = param(0.25, "s, views add the frame detail (recon.detail: image minus render of the "
+                                         "stored frames nearest in time within this, re-projected) where asked; "
+                                         "0 = the model alone", low=0.0, high=10.0, live=True)
     max_knots: int = param(128, "knot budget (memory); older motion is kept coarser (0 = unbounded)", low=0,
                            high=100_000)
     recent_knots: int = param(32, "the newest knots always keep the full time resolution", low=0, high=100_000)

@@ -28,6 +28,7 @@ from surg3d_nodes.recon.capacity import compact
 from surg3d_nodes.recon.colour_fit import fit_colours
 from surg3d_nodes.recon.completion import hidden_seeds, recolour_inferred, seen_inferred
 from surg3d_nodes.recon.config import Frame, TrainerConfig
+from surg3d_nodes.recon.detail import frame_detail, nearest_in_time, reproject
 from surg3d_nodes.recon.flow_tracks import FlowTrackConfig, update_tracks
 from surg3d_nodes.recon.gaussians import GaussianConfig, GaussianModel
 from surg3d_nodes.recon.keyframes import Keyframe, KeyframeStore, to_keyframe
@@ -49,6 +50,8 @@ from surg3d_nodes.recon.strategy import DefaultStrategy, Strategy
 # render_view: a view finer than the training images by more than this factor is upsampled from one rendered
 # at the training resolution.
 UPSAMPLE_ABOVE = 1.5
+# Frame detail: Gaussian displacements are rendered as colours 0.5 + d / MOTION_SPAN_M, within 0..1 up to 5 cm.
+MOTION_SPAN_M = 0.1
 
 
 @dataclass
@@ -155,6 +158,8 @@ class ModelView:
     iteration: int
     reference: Keyframe | None        # the newest frame: default intrinsics and the training resolution
     backend: str
+    frames: tuple[Keyframe, ...] = ()  # the stored frames, for the frame detail of views (recon.detail)
+    detail_window_s: float = 0.0
 
     def _alive(self) -> dict[str, torch.Tensor]:
         """The Gaussians alive at the view's time, evaluated then (plus their `inferred` flags)."""
@@ -199,7 +204,7 @@ class ModelView:
         return out
 
     def render(self, pose: np.ndarray, width: int | None = None, height: int | None = None,
-               K: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+               K: np.ndarray | None = None, detail: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Render (rgb uint8 HxWx3, depth float32 m with NaN where empty, alpha float32) at `pose`.
 
         K (ROS convention) defaults to the newest frame's intrinsics scaled to width x height. A view finer
@@ -207,21 +212,53 @@ class ModelView:
         upsampled: the model holds no finer detail, and Gaussians fitted to coarse pixels, rendered finer,
         show as separate blobs with gaps between them (measured: 320x256 views of a model trained at 80x64,
         26.6 dB direct vs 29.2 dB upsampled).
+
+        `detail`: add the frame detail of the stored frames within `detail_window_s` of the view's time
+        (recon.detail): measured texture the Gaussians have not fitted yet.
         """
-        rgb, d, a = self._render(pose, width, height, K, inferred=False)
+        width, height, K = self._intrinsics(width, height, K)
+        rgb, d, a = self._render(pose, width, height, K)
         d[a < 0.5] = np.nan
+        if detail:
+            rgb = np.clip(rgb + self._detail(pose, K, d), 0.0, 1.0)
         return (rgb * 255.0 + 0.5).astype(np.uint8), d, a
+
+    def _detail(self, pose: np.ndarray, K: np.ndarray, depth: np.ndarray) -> np.ndarray:
+        """[H,W,3] float: the residuals of the frames nearest the view's time, re-projected into the view along
+        the model's motion between the frame's time and the view's."""
+        parts = []
+        near = nearest_in_time(self.frames, self.time_s, self.detail_window_s)
+        h, w = depth.shape
+        for kf, weight in near:
+            rgb_k, d_k, a_k = self._render(kf.pose, kf.camera.width, kf.camera.height, kf.K, time_s=kf.t)
+            seen = (kf.tissue.cpu().numpy() > 0.5) & (a_k > 0.5)
+            residual = np.where(seen[..., None], kf.rgb.cpu().numpy() - rgb_k, np.nan)
+            motion = self._motion(pose, w, h, K, kf.t)
+            values, ok = reproject(residual, kf.pose, kf.K, np.where(a_k > 0.5, d_k, np.nan), pose, K, depth,
+                                   motion)
+            parts.append((values, ok, weight))
+        return frame_detail(parts, depth.shape, at_own_time=len(near) == 1 and near[0][0].t == self.time_s)
 
     def inferred_weight(self, pose: np.ndarray, width: int | None = None, height: int | None = None,
                         K: np.ndarray | None = None) -> np.ndarray:
         """float32 HxW 0..1: how much of each pixel of `render` the inferred Gaussians make (recon.completion),
         so a view can mark the guessed tissue."""
-        return self._render(pose, width, height, K, inferred=True)[0][..., 0]
+        flags = self.params["inferred"]
+        return self._render(pose, *self._intrinsics(width, height, K),
+                            paint=lambda g: flags.to(g["colors"])[:, None].expand(-1, 3))[0][..., 0]
 
-    def _render(self, pose: np.ndarray, width: int | None, height: int | None, K: np.ndarray | None,
-                inferred: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Colour (float 0..1; with `inferred`, the inferred flag instead of colour), depth and alpha (float32,
-        depth not yet masked) at `pose` (see `render`)."""
+    def _motion(self, pose: np.ndarray, width: int, height: int, K: np.ndarray, time_s: float) -> np.ndarray:
+        """[H,W,3] m: how far the model's surface each pixel of the view sees (at the view's time) is displaced
+        at `time_s` (world frame): the Gaussians' displacements rendered as colours (offset and scaled into the
+        renderers' 0..1, then un-premultiplied)."""
+        later = self.model.evaluate(time_s, None, params=self.params)["means"]
+        rgb, _, a = self._render(pose, width, height, K,
+                                 paint=lambda g: 0.5 + (later - g["means"]) / MOTION_SPAN_M)
+        return ((rgb - 0.5 * a[..., None]) / np.maximum(a, 1e-6)[..., None] * MOTION_SPAN_M).astype(np.float32)
+
+    def _intrinsics(self, width: int | None, height: int | None, K: np.ndarray | None
+                    ) -> tuple[int, int, np.ndarray]:
+        """The view's size and K: K defaults to the newest frame's, scaled to the size (default: its own)."""
         ref = self.reference
         if ref is None and K is None:
             raise RuntimeError("render_view: no frame received yet, so no intrinsics (pass K)")
@@ -231,6 +268,16 @@ class ModelView:
             K = scale_intrinsics(ref.K, width / ref.camera.width, height / ref.camera.height)
         if width is None or height is None:
             raise ValueError("render_view: width and height are required with an explicit K")
+        return width, height, K
+
+    def _render(self, pose: np.ndarray, width: int, height: int, K: np.ndarray, time_s: float | None = None,
+                paint: Callable[[dict[str, torch.Tensor]], torch.Tensor] | None = None
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Colour (float 0..1; with `paint`, the per-Gaussian values it makes of the evaluated Gaussians
+        instead), depth and alpha (float32, depth not yet masked) at `pose`, at model time `time_s` (default:
+        the view's; see `render`)."""
+        t = self.time_s if time_s is None else time_s
+        ref = self.reference
         rw, rh, rK = width, height, K
         finer = 1.0 if ref is None else float(K[0, 0]) / float(ref.K[0, 0])
         if finer > UPSAMPLE_ABOVE:
@@ -239,12 +286,12 @@ class ModelView:
         device = next(iter(self.params.values())).device
         cam = RenderCamera.from_ros(pose, rK, rw, rh, device=device)
         with torch.no_grad():
-            g = self.model.evaluate(self.time_s, cam.center(), params=self.params)
-            if inferred:
-                g["colors"] = self.params["inferred"].to(g["colors"])[:, None].expand(-1, 3)
+            g = self.model.evaluate(t, cam.center(), params=self.params)
+            if paint is not None:
+                g["colors"] = paint(g)
             # Only the Gaussians alive then: the retired and the unborn are invisible, and rendering them cost
             # time and could change a pixel's summation order.
-            alive = self.model.alive(self.time_s, self.params)
+            alive = self.model.alive(t, self.params)
             if alive is not None:
                 g = {k: v[alive] for k, v in g.items()}
             if g["means"].shape[0] == 0:
@@ -316,13 +363,13 @@ class Reconstructor:
         """A frozen copy of the model at model time `time_s` (default: the newest frame)."""
         t = self.latest_time() if time_s is None else float(time_s)
         return ModelView(self.model, self.model.detached_copy(), t, self.live_stamp_ns or 0, self.stats.iterations,
-                         self.store.newest(), self.backend)
+                         self.store.newest(), self.backend, tuple(self.store.stored()), self.cfg.detail_window_s)
 
     def render_view(self, pose: np.ndarray, time_s: float | None = None, width: int | None = None,
-                    height: int | None = None, K: np.ndarray | None = None
+                    height: int | None = None, K: np.ndarray | None = None, detail: bool = False
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """`ModelView.render` of the model at `time_s`."""
-        return self.view(time_s).render(pose, width, height, K)
+        return self.view(time_s).render(pose, width, height, K, detail)
 
     def set_regions(self, regions: tuple[Region, ...]) -> None:
         """The operator's regions of interest, weighted in the colour loss from the next step on (an empty

@@ -9,7 +9,8 @@ rates /recon/points (PointCloud2 x y z rgb opacity scale inferred, world frame),
 by the rendering, tissue no camera has shown tinted: recon.completion) and /recon/status. Services:
 /recon/pause, /recon/resume, /recon/reset (Trigger),
 /recon/save (SaveModel: ply | checkpoint), /recon/load (LoadCheckpoint), /recon/render_view (RenderView);
-topic /recon/view_request (ViewRequest) -> /recon/view/image. The operator's regions of interest
+topic /recon/view_request (ViewRequest) -> /recon/view/image. These requested views carry the frame detail of
+the frames nearest their moment (recon.detail, `detail_window_s`). The operator's regions of interest
 (/recon/roi, latched, updates by id) are weighted in training (recon.regions); their PSNR is in the heartbeat.
 A request on /recon/gaussians/request (a stamp, 0 = newest) sends every Gaussian at that moment on
 /recon/gaussians (the viewer bridge's splat view and time slider), with the training pixels' low-pass in
@@ -457,7 +458,9 @@ class TrainerNode(SurgNode):
         if self._info is not None and w and h:
             cam = msg_to_camera(self._info)
             K = scale_intrinsics(cam.intrinsics(), w / cam.width, h / cam.height)
-        rgb, depth, _ = self.trainer.render_view(pose, t, w, h, K=K)
+        # The operator's views of any moment carry the frame detail (trainer parameter detail_window_s); the
+        # live /recon/render stays the model alone, to be compared with the camera image.
+        rgb, depth, _ = self.trainer.render_view(pose, t, w, h, K=K, detail=True)
         return rgb, depth
 
     def srv_render_view(self, req, res):

@@ -1,0 +1,123 @@
+"""Frame detail: the texture the Gaussians have not fitted yet, taken from the frames received nearest in time
+to a view and carried into it through the model's geometry.
+
+A render at a few frames' worth of live steps misses fine texture the images show (the model fits its own
+frames at about 44 dB on the shared EndoNeRF clip, and sensor noise is not in it). The residual of a stored
+frame (its image minus the model's render of it, on its tissue pixels) is that missing texture. A view at time
+t takes the residuals of the nearest stored frame at or before t and at or after t (within a window, weighted
+linearly in time), each re-projected into the view with the view's rendered depth and checked against the
+frame's rendered depth (a point the frame did not see gets nothing from it). It is measured texture, never a
+guess: under an instrument of the frame it is nothing, so inferred tissue keeps the model's colour alone.
+
+The re-projection follows the model's own motion of the surface between the frame's time and the view's (the
+Gaussians' displacements, rendered); the window bounds how long that motion has to be right for.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Protocol
+
+import cv2
+import numpy as np
+
+# A re-projected point counts as seen by the frame when the frame's rendered depth there agrees to this share.
+DEPTH_AGREEMENT = 0.03
+# Side (px) of the window the noise gain is estimated over. Stream K = 10 on the shared clip at 1/4 scale: 5, 9
+# and 17 px give 41.74 / 41.73 / 41.71 dB, the whole view 41.61 (one run each, 2026-12-05).
+GAIN_WINDOW_PX = 9
+
+
+class Timed(Protocol):
+    """A stored frame with a model time (recon.keyframes.Keyframe)."""
+
+    t: float
+
+
+def nearest_in_time(frames: Iterable[Timed], t: float, window_s: float) -> list[tuple[Timed, float]]:
+    """The nearest frame at or before `t` and the nearest at or after it, each within `window_s`, with linear
+    interpolation weights (one frame with weight 1 when only one side has one, or one is at `t`)."""
+    before = after = None
+    for f in frames:
+        if t - window_s <= f.t <= t and (before is None or f.t > before.t):
+            before = f
+        if t <= f.t <= t + window_s and (after is None or f.t < after.t):
+            after = f
+    if before is None or after is None or after.t - before.t <= 0:
+        return [(f, 1.0) for f in (before or after,) if f is not None]
+    w_after = (t - before.t) / (after.t - before.t)
+    return [(before, 1.0 - w_after), (after, w_after)]
+
+
+def reproject(values: np.ndarray, pose_k: np.ndarray, K_k: np.ndarray, depth_k: np.ndarray,
+              pose_v: np.ndarray, K_v: np.ndarray, depth_v: np.ndarray, motion: np.ndarray | None = None
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """Sample a frame's per-pixel `values` [h,w,C] (NaN where it has none) at the points a view sees.
+
+    The view (camera-to-world `pose_v`, intrinsics `K_v`, depth `depth_v` [H,W] m, NaN where empty) is
+    back-projected, moved by `motion` [H,W,3] (world, m: where each point is at the frame's time; default still)
+    and projected into the frame (`pose_k`, `K_k`); a point counts where the frame's `depth_k` agrees with it
+    (DEPTH_AGREEMENT) and every value around it is known. Returns the values [H,W,C] (0 elsewhere) and where they
+    count [H,W] bool."""
+    H, W = depth_v.shape
+    v, u = np.mgrid[0:H, 0:W].astype(np.float64)
+    z = depth_v.astype(np.float64)
+    pc = np.stack([(u - K_v[0, 2]) / K_v[0, 0] * z, (v - K_v[1, 2]) / K_v[1, 1] * z, z], -1)
+    pw = pc @ pose_v[:3, :3].T + pose_v[:3, 3]
+    if motion is not None:
+        pw = pw + motion
+    q = (pw - pose_k[:3, 3]) @ pose_k[:3, :3]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        uk = (q[..., 0] / q[..., 2] * K_k[0, 0] + K_k[0, 2]).astype(np.float32)
+        vk = (q[..., 1] / q[..., 2] * K_k[1, 1] + K_k[1, 2]).astype(np.float32)
+    known = np.isfinite(values).all(-1)
+    packed = np.concatenate([np.where(known[..., None], values, 0.0), known[..., None]], -1).astype(np.float32)
+    uk_, vk_ = np.nan_to_num(uk, nan=-1e6), np.nan_to_num(vk, nan=-1e6)
+    sampled = cv2.remap(packed, uk_, vk_, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    if sampled.ndim == 2:
+        sampled = sampled[..., None]
+    dk = cv2.remap(np.nan_to_num(depth_k, nan=0.0).astype(np.float32), uk_, vk_, cv2.INTER_NEAREST,
+                   borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    with np.errstate(invalid="ignore"):
+        ok = (np.isfinite(z) & (q[..., 2] > 0) & (sampled[..., -1] > 0.999)
+              & (np.abs(dk - q[..., 2]) < DEPTH_AGREEMENT * q[..., 2]))
+    return np.where(ok[..., None], sampled[..., :-1], 0.0).astype(np.float32), ok
+
+
+def blend(parts: list[tuple[np.ndarray, np.ndarray, float]]) -> np.ndarray:
+    """Weighted mean of re-projected residuals (values, where they count, weight); where only some frames count
+    their weights are renormalised, where none does the detail is 0."""
+    acc = np.zeros_like(parts[0][0])
+    wsum = np.zeros(parts[0][1].shape, np.float32)
+    for values, ok, w in parts:
+        acc += values * (w * ok)[..., None]
+        wsum += w * ok
+    return np.where(wsum[..., None] > 0, acc / np.maximum(wsum, 1e-9)[..., None], 0.0).astype(np.float32)
+
+
+def shared_share(a: np.ndarray, ok_a: np.ndarray, b: np.ndarray, ok_b: np.ndarray, size: int = 0) -> np.ndarray:
+    """How much of the mean of two frames' residuals is texture both show, not noise of one: cov(a, b) /
+    E[((a + b) / 2)^2], clipped to [0, 1], over the pixels where both count (size 0) or in a size x size window
+    around each pixel. Sensor noise is independent between frames and texture the model missed is not, so
+    this is the share of the mean residual worth adding (a Wiener gain): 0 where the residuals are noise."""
+    both = (ok_a & ok_b).astype(np.float32)[..., None]
+    cross = (a * b * both).sum(-1)
+    power = (((a + b) * 0.5) ** 2 * both).sum(-1)
+    if size <= 0:
+        return np.full(ok_a.shape, np.clip(cross.sum() / max(power.sum(), 1e-12), 0.0, 1.0), np.float32)
+    cross, power = (cv2.boxFilter(x, -1, (size, size), normalize=False) for x in (cross, power))
+    return np.clip(cross / np.maximum(power, 1e-12), 0.0, 1.0).astype(np.float32)
+
+
+def frame_detail(parts: list[tuple[np.ndarray, np.ndarray, float]], shape: tuple[int, int], at_own_time: bool
+                 ) -> np.ndarray:
+    """[H,W,3] detail of a view from its frames' re-projected residuals (values, where they count, weight): two
+    frames blended and scaled by the share they have in common (`shared_share`); one frame in full when the
+    view is at that frame's own moment (`at_own_time`: the truth then is that image), else none (its noise
+    cannot be told from texture); no frame, none."""
+    if len(parts) == 2:
+        (a, ok_a, _), (b, ok_b, _) = parts
+        return blend(parts) * shared_share(a, ok_a, b, ok_b, GAIN_WINDOW_PX)[..., None]
+    if len(parts) == 1 and at_own_time:
+        return blend(parts)
+    return np.zeros((*shape, 3), np.float32)
