@@ -24,11 +24,14 @@ class _F:
     t: float
 
 
-def test_nearest_frames_in_time_are_weighted_linearly_within_the_window():
+def test_nearest_frames_in_time_are_weighted_by_inverse_distance_within_the_window():
     frames = [_F(0.0), _F(0.1), _F(0.2), _F(0.5)]
-    (a, wa), (b, wb) = nearest_in_time(frames, 0.125, 0.25)
+    (a, wa), (b, wb) = nearest_in_time(frames, 0.125, 0.25)                 # one per side: linear interpolation
     assert (a.t, b.t) == (0.1, 0.2) and wa == pytest.approx(0.75) and wb == pytest.approx(0.25)
-    assert [(f.t, w) for f, w in nearest_in_time(frames, 0.2, 0.25)] == [(0.2, 1.0)]      # one at the time itself
+    two = nearest_in_time(frames, 0.15, 0.4, per_side=2)
+    assert [f.t for f, _ in two] == [0.1, 0.0, 0.2, 0.5]
+    assert [w for _, w in two] == pytest.approx(np.array([20, 1 / 0.15, 20, 1 / 0.35]) / (40 + 1 / 0.15 + 1 / 0.35))
+    assert [(f.t, w) for f, w in nearest_in_time(frames, 0.2, 0.25, 2)] == [(0.2, 1.0)]   # one at the time itself
     assert [(f.t, w) for f, w in nearest_in_time(frames, 0.3, 0.15)] == [(0.2, 1.0)]      # 0.5 is beyond the window
     assert nearest_in_time(frames, 0.35, 0.1) == []
     assert nearest_in_time([], 0.0, 1.0) == []
@@ -67,21 +70,28 @@ def test_blend_renormalises_where_only_some_frames_count():
     np.testing.assert_allclose(out[..., 0], [[2.0, 1.0], [3.0, 0.0]])
 
 
-def test_the_gain_keeps_texture_both_frames_show_and_drops_noise_of_one():
-    """Texture T in both residuals plus independent noise of the same power: cov / power = 1 / 1.5; pure noise:
-    about 0; the same residual twice: 1. Locally too: a window over texture only, a window over noise only."""
+def test_the_gain_keeps_texture_the_frames_share_and_drops_noise_of_one():
+    """Texture T in two residuals plus independent noise of the same power: cov / power = 1 / 1.5; with four
+    such frames the noise of their mean is a quarter: 1 / 1.25; pure noise: about 0; the same residual twice: 1.
+    Locally too: a window over texture only, a window over noise only."""
     rng = np.random.default_rng(0)
     shape = (200, 200, 3)
-    T, n1, n2 = rng.normal(size=shape), rng.normal(size=shape), rng.normal(size=shape)
+    T = rng.normal(size=shape)
+    n = [rng.normal(size=shape) for _ in range(4)]
     ok = np.ones(shape[:2], bool)
-    assert shared_share(T + n1, ok, T + n2, ok)[0, 0] == pytest.approx(2 / 3, abs=0.02)
-    assert shared_share(n1, ok, n2, ok)[0, 0] < 0.02
-    assert shared_share(T, ok, T, ok)[0, 0] == pytest.approx(1.0)
-    a, b = n1.copy(), n2.copy()
+
+    def gain(*residuals, size=0, where=ok):
+        return shared_share([(r, where, 1.0 / len(residuals)) for r in residuals], size)
+
+    assert gain(T + n[0], T + n[1])[0, 0] == pytest.approx(2 / 3, abs=0.02)
+    assert gain(*(T + x for x in n))[0, 0] == pytest.approx(0.8, abs=0.02)
+    assert gain(n[0], n[1])[0, 0] < 0.02
+    assert gain(T, T)[0, 0] == pytest.approx(1.0)
+    a, b = n[0].copy(), n[1].copy()
     a[:, :100], b[:, :100] = T[:, :100], T[:, :100]
-    local = shared_share(a, ok, b, ok, size=9)
+    local = gain(a, b, size=9)
     assert local[:, :90].min() > 0.99 and local[:, 110:].mean() < 0.15
-    assert (shared_share(T, ~ok, T, ~ok) == 0).all(), "no pixel where both count: no detail"
+    assert (gain(T, T, where=~ok) == 0).all(), "no pixel where two count: no detail"
 
 
 @pytest.fixture(scope="module")

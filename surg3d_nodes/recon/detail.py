@@ -4,9 +4,10 @@ to a view and carried into it through the model's geometry.
 A render at a few frames' worth of live steps misses fine texture the images show (the model fits its own
 frames at about 44 dB on the shared EndoNeRF clip, and sensor noise is not in it). The residual of a stored
 frame (its image minus the model's render of it, on its tissue pixels) is that missing texture. A view at time
-t takes the residuals of the nearest stored frame at or before t and at or after t (within a window, weighted
-linearly in time), each re-projected into the view with the view's rendered depth and checked against the
-frame's rendered depth (a point the frame did not see gets nothing from it). It is measured texture, never a
+t takes the residuals of the nearest stored frames before and after t (within a window, weighted by inverse time
+distance), each re-projected into the view with the view's rendered depth and checked against the
+frame's rendered depth (a point the frame did not see gets nothing from it); their mean is scaled by the share
+of it the frames have in common (`shared_share`: sensor noise is not shared). It is measured texture, never a
 guess: under an instrument of the frame it is nothing, so inferred tissue keeps the model's colour alone.
 
 The re-projection follows the model's own motion of the surface between the frame's time and the view's (the
@@ -26,6 +27,9 @@ DEPTH_AGREEMENT = 0.03
 # Side (px) of the window the noise gain is estimated over. Stream K = 10 on the shared clip at 1/4 scale: 5, 9
 # and 17 px give 41.74 / 41.73 / 41.71 dB, the whole view 41.61 (one run each, 2026-12-05).
 GAIN_WINDOW_PX = 9
+# Frames taken on each side of a view's time. Stream K = 10, 1/4 scale: 1 -> 2 gives live 41.38 -> 41.69 dB (a
+# live view has two frames before it and one after), final 41.71 / 41.66, offline 42.23 / 42.20 (one run each).
+FRAMES_PER_SIDE = 2
 
 
 class Timed(Protocol):
@@ -34,19 +38,19 @@ class Timed(Protocol):
     t: float
 
 
-def nearest_in_time(frames: Iterable[Timed], t: float, window_s: float) -> list[tuple[Timed, float]]:
-    """The nearest frame at or before `t` and the nearest at or after it, each within `window_s`, with linear
-    interpolation weights (one frame with weight 1 when only one side has one, or one is at `t`)."""
-    before = after = None
-    for f in frames:
-        if t - window_s <= f.t <= t and (before is None or f.t > before.t):
-            before = f
-        if t <= f.t <= t + window_s and (after is None or f.t < after.t):
-            after = f
-    if before is None or after is None or after.t - before.t <= 0:
-        return [(f, 1.0) for f in (before or after,) if f is not None]
-    w_after = (t - before.t) / (after.t - before.t)
-    return [(before, 1.0 - w_after), (after, w_after)]
+def nearest_in_time(frames: Iterable[Timed], t: float, window_s: float, per_side: int = 1
+                    ) -> list[tuple[Timed, float]]:
+    """Up to `per_side` nearest frames at or before `t` and as many at or after it, within `window_s`, weighted
+    by inverse time distance (for one on each side: linear interpolation); a frame at `t` itself alone, weight 1."""
+    near = [f for f in frames if abs(f.t - t) <= window_s]
+    own = [f for f in near if f.t == t]
+    if own:
+        return [(own[-1], 1.0)]
+    before = sorted((f for f in near if f.t < t), key=lambda f: t - f.t)[:per_side]
+    after = sorted((f for f in near if f.t > t), key=lambda f: f.t - t)[:per_side]
+    chosen = before + after
+    inv = [1.0 / abs(f.t - t) for f in chosen]
+    return [(f, w / sum(inv)) for f, w in zip(chosen, inv, strict=True)]
 
 
 def reproject(values: np.ndarray, pose_k: np.ndarray, K_k: np.ndarray, depth_k: np.ndarray,
@@ -95,29 +99,35 @@ def blend(parts: list[tuple[np.ndarray, np.ndarray, float]]) -> np.ndarray:
     return np.where(wsum[..., None] > 0, acc / np.maximum(wsum, 1e-9)[..., None], 0.0).astype(np.float32)
 
 
-def shared_share(a: np.ndarray, ok_a: np.ndarray, b: np.ndarray, ok_b: np.ndarray, size: int = 0) -> np.ndarray:
-    """How much of the mean of two frames' residuals is texture both show, not noise of one: cov(a, b) /
-    E[((a + b) / 2)^2], clipped to [0, 1], over the pixels where both count (size 0) or in a size x size window
-    around each pixel. Sensor noise is independent between frames and texture the model missed is not, so
-    this is the share of the mean residual worth adding (a Wiener gain): 0 where the residuals are noise."""
-    both = (ok_a & ok_b).astype(np.float32)[..., None]
-    cross = (a * b * both).sum(-1)
-    power = (((a + b) * 0.5) ** 2 * both).sum(-1)
+def shared_share(parts: list[tuple[np.ndarray, np.ndarray, float]], size: int = 0) -> np.ndarray:
+    """How much of the weighted mean of frames' residuals (values, where they count, weight) is texture they
+    share, not noise of one: the weighted mean of the products of pairs of them over the power of their mean,
+    clipped to [0, 1], over the pixels where a pair counts (size 0) or in a size x size window around each pixel
+    (for two frames: cov(a, b) / E[((a + b) / 2)^2]). Sensor noise is independent between frames and texture
+    the model missed is not, so this is the share of the mean residual worth adding (a Wiener gain): 0 where
+    the residuals are noise."""
+    shape = parts[0][1].shape
+    cross, pairs = np.zeros(shape, np.float32), np.zeros(shape, np.float32)
+    for i, (a, ok_a, w_a) in enumerate(parts):
+        for b, ok_b, w_b in parts[i + 1:]:
+            wij = (w_a * w_b) * (ok_a & ok_b)
+            cross += wij * (a * b).sum(-1)
+            pairs += wij
+    power = (blend(parts) ** 2).sum(-1) * pairs
     if size <= 0:
-        return np.full(ok_a.shape, np.clip(cross.sum() / max(power.sum(), 1e-12), 0.0, 1.0), np.float32)
+        return np.full(shape, np.clip(cross.sum() / max(power.sum(), 1e-12), 0.0, 1.0), np.float32)
     cross, power = (cv2.boxFilter(x, -1, (size, size), normalize=False) for x in (cross, power))
     return np.clip(cross / np.maximum(power, 1e-12), 0.0, 1.0).astype(np.float32)
 
 
 def frame_detail(parts: list[tuple[np.ndarray, np.ndarray, float]], shape: tuple[int, int], at_own_time: bool
                  ) -> np.ndarray:
-    """[H,W,3] detail of a view from its frames' re-projected residuals (values, where they count, weight): two
-    frames blended and scaled by the share they have in common (`shared_share`); one frame in full when the
-    view is at that frame's own moment (`at_own_time`: the truth then is that image), else none (its noise
-    cannot be told from texture); no frame, none."""
-    if len(parts) == 2:
-        (a, ok_a, _), (b, ok_b, _) = parts
-        return blend(parts) * shared_share(a, ok_a, b, ok_b, GAIN_WINDOW_PX)[..., None]
+    """[H,W,3] detail of a view from its frames' re-projected residuals (values, where they count, weight):
+    several frames blended and scaled by the share they have in common (`shared_share`); one frame in full
+    when the view is at that frame's own moment (`at_own_time`: the truth then is that image), else none (its
+    noise cannot be told from texture); no frame, none."""
+    if len(parts) >= 2:
+        return blend(parts) * shared_share(parts, GAIN_WINDOW_PX)[..., None]
     if len(parts) == 1 and at_own_time:
         return blend(parts)
     return np.zeros((*shape, 3), np.float32)

@@ -28,7 +28,7 @@ from surg3d_nodes.recon.capacity import compact
 from surg3d_nodes.recon.colour_fit import fit_colours
 from surg3d_nodes.recon.completion import hidden_seeds, recolour_inferred, seen_inferred
 from surg3d_nodes.recon.config import Frame, TrainerConfig
-from surg3d_nodes.recon.detail import frame_detail, nearest_in_time, reproject
+from surg3d_nodes.recon.detail import FRAMES_PER_SIDE, frame_detail, nearest_in_time, reproject
 from surg3d_nodes.recon.flow_tracks import FlowTrackConfig, update_tracks
 from surg3d_nodes.recon.gaussians import GaussianConfig, GaussianModel
 from surg3d_nodes.recon.keyframes import Keyframe, KeyframeStore, to_keyframe
@@ -227,7 +227,7 @@ class ModelView:
         """[H,W,3] float: the residuals of the frames nearest the view's time, re-projected into the view along
         the model's motion between the frame's time and the view's."""
         parts = []
-        near = nearest_in_time(self.frames, self.time_s, self.detail_window_s)
+        near = nearest_in_time(self.frames, self.time_s, self.detail_window_s, FRAMES_PER_SIDE)
         h, w = depth.shape
         for kf, weight in near:
             rgb_k, d_k, a_k = self._render(kf.pose, kf.camera.width, kf.camera.height, kf.K, time_s=kf.t)
