@@ -13,7 +13,7 @@ from recon_support import scene_frames
 
 from surg3d_nodes.data.synthetic import SynthConfig, generate
 from surg3d_nodes.recon.config import TrainerConfig
-from surg3d_nodes.recon.detail import blend, nearest_in_time, reproject, shared_share
+from surg3d_nodes.recon.detail import blend, confirmed_share, nearest_in_time, reproject, shared_share
 from surg3d_nodes.recon.runner import Reconstructor, StepSchedule
 
 torch.set_num_threads(1)
@@ -92,6 +92,25 @@ def test_the_gain_keeps_texture_the_frames_share_and_drops_noise_of_one():
     local = gain(a, b, size=9)
     assert local[:, :90].min() > 0.99 and local[:, 110:].mean() < 0.15
     assert (gain(T, T, where=~ok) == 0).all(), "no pixel where two count: no detail"
+
+
+def test_the_model_change_counts_as_far_as_the_images_confirm_it():
+    """Between two frames the model's renders change by D: images that change by D too confirm it (1), images
+    that stay the same do not (0), images that change by half of it confirm half; where the renders do not
+    change there is nothing to doubt (1); per window."""
+    rng = np.random.default_rng(1)
+    shape = (60, 60, 3)
+    D = rng.normal(size=shape).astype(np.float32)
+    same = rng.normal(size=shape).astype(np.float32)
+    ok = np.ones(shape[:2], bool)
+
+    def share(images, renders):
+        return confirmed_share(images, renders, [ok, ok], [0.5, 0.5], 9)
+
+    assert share([same + D, same], [D, np.zeros_like(D)])[5:-5, 5:-5] == pytest.approx(1.0, abs=1e-5)
+    assert share([same, same], [D, np.zeros_like(D)]).max() < 1e-5
+    assert share([same + 0.5 * D, same], [D, np.zeros_like(D)])[5:-5, 5:-5] == pytest.approx(0.5, abs=1e-5)
+    assert (share([same + D, same], [D, D]) == 1.0).all()
 
 
 @pytest.fixture(scope="module")

@@ -2,12 +2,15 @@
 to a view and carried into it through the model's geometry.
 
 A render at a few frames' worth of live steps misses fine texture the images show (the model fits its own
-frames at about 44 dB on the shared EndoNeRF clip, and sensor noise is not in it). The residual of a stored
-frame (its image minus the model's render of it, on its tissue pixels) is that missing texture. A view at time
-t takes the residuals of the nearest stored frames before and after t (within a window, weighted by inverse time
-distance), each re-projected into the view with the view's rendered depth and checked against the
-frame's rendered depth (a point the frame did not see gets nothing from it); their mean is scaled by the share
-of it the frames have in common (`shared_share`: sensor noise is not shared). It is measured texture, never a
+frames at about 44 dB on the shared EndoNeRF clip, and sensor noise is not in it). A view at time t takes the
+nearest stored frames before and after t (within a window, weighted by inverse time distance), each re-projected
+into the view with the view's rendered depth and checked against the frame's rendered depth (a point the frame
+did not see gets nothing from it). Each frame predicts the view as its image plus the model's change from the
+frame to the view: its residual (image minus the model's render of it) plus the difference of the view's render
+and its own re-projected, the latter only as far as the images confirm the model's changes between the frames
+(`confirmed_share`: a change fitted into each frame's own state but absent from the images is not carried over;
+light moving with the camera is). The mean of the predictions minus the view's render is scaled by the share of
+it the frames have in common (`shared_share`: sensor noise is not shared). It is measured texture, never a
 guess: under an instrument of the frame it is nothing, so inferred tissue keeps the model's colour alone.
 
 The re-projection follows the model's own motion of the surface between the frame's time and the view's (the
@@ -122,7 +125,7 @@ def shared_share(parts: list[tuple[np.ndarray, np.ndarray, float]], size: int = 
 
 def frame_detail(parts: list[tuple[np.ndarray, np.ndarray, float]], shape: tuple[int, int], at_own_time: bool
                  ) -> np.ndarray:
-    """[H,W,3] detail of a view from its frames' re-projected residuals (values, where they count, weight):
+    """[H,W,3] detail of a view from its frames' predictions minus its render (values, where they count, weight):
     several frames blended and scaled by the share they have in common (`shared_share`); one frame in full
     when the view is at that frame's own moment (`at_own_time`: the truth then is that image), else none (its
     noise cannot be told from texture); no frame, none."""
@@ -131,3 +134,21 @@ def frame_detail(parts: list[tuple[np.ndarray, np.ndarray, float]], shape: tuple
     if len(parts) == 1 and at_own_time:
         return blend(parts)
     return np.zeros((*shape, 3), np.float32)
+
+
+def confirmed_share(images: list[np.ndarray], renders: list[np.ndarray], oks: list[np.ndarray], weights: list[float],
+                    size: int) -> np.ndarray:
+    """[H,W] 0..1: how much of the model's change between frames their images confirm, per size x size window:
+    over pairs of frames (re-projected into the view), the regression of the image difference on the render
+    difference, clipped to [0, 1]. A real change (light moving with the camera, tissue blanching) shows in
+    both; a change only in the model (each frame's state fitted on its own) does not."""
+    shape = oks[0].shape
+    cross, power = np.zeros(shape, np.float32), np.zeros(shape, np.float32)
+    for i in range(len(images)):
+        for j in range(i + 1, len(images)):
+            wij = (weights[i] * weights[j]) * (oks[i] & oks[j])
+            d_ren = renders[i] - renders[j]
+            cross += wij * ((images[i] - images[j]) * d_ren).sum(-1)
+            power += wij * (d_ren ** 2).sum(-1)
+    cross, power = (cv2.boxFilter(x, -1, (size, size), normalize=False) for x in (cross, power))
+    return np.where(power > 1e-12, np.clip(cross / np.maximum(power, 1e-12), 0.0, 1.0), 1.0).astype(np.float32)

@@ -28,7 +28,14 @@ from surg3d_nodes.recon.capacity import compact
 from surg3d_nodes.recon.colour_fit import fit_colours
 from surg3d_nodes.recon.completion import hidden_seeds, recolour_inferred, seen_inferred
 from surg3d_nodes.recon.config import Frame, TrainerConfig
-from surg3d_nodes.recon.detail import FRAMES_PER_SIDE, frame_detail, nearest_in_time, reproject
+from surg3d_nodes.recon.detail import (
+    FRAMES_PER_SIDE,
+    GAIN_WINDOW_PX,
+    confirmed_share,
+    frame_detail,
+    nearest_in_time,
+    reproject,
+)
 from surg3d_nodes.recon.flow_tracks import FlowTrackConfig, update_tracks
 from surg3d_nodes.recon.gaussians import GaussianConfig, GaussianModel
 from surg3d_nodes.recon.keyframes import Keyframe, KeyframeStore, to_keyframe
@@ -220,23 +227,31 @@ class ModelView:
         rgb, d, a = self._render(pose, width, height, K)
         d[a < 0.5] = np.nan
         if detail:
-            rgb = np.clip(rgb + self._detail(pose, K, d), 0.0, 1.0)
+            rgb = np.clip(rgb + self._detail(pose, K, d, rgb), 0.0, 1.0)
         return (rgb * 255.0 + 0.5).astype(np.uint8), d, a
 
-    def _detail(self, pose: np.ndarray, K: np.ndarray, depth: np.ndarray) -> np.ndarray:
-        """[H,W,3] float: the residuals of the frames nearest the view's time, re-projected into the view along
-        the model's motion between the frame's time and the view's."""
-        parts = []
+    def _detail(self, pose: np.ndarray, K: np.ndarray, depth: np.ndarray, view_rgb: np.ndarray) -> np.ndarray:
+        """[H,W,3] float: what the frames nearest the view's time, re-projected into it along the model's motion,
+        add to its render `view_rgb` (recon.detail)."""
         near = nearest_in_time(self.frames, self.time_s, self.detail_window_s, FRAMES_PER_SIDE)
         h, w = depth.shape
+        images, renders, oks, weights = [], [], [], []
         for kf, weight in near:
             rgb_k, d_k, a_k = self._render(kf.pose, kf.camera.width, kf.camera.height, kf.K, time_s=kf.t)
             seen = (kf.tissue.cpu().numpy() > 0.5) & (a_k > 0.5)
-            residual = np.where(seen[..., None], kf.rgb.cpu().numpy() - rgb_k, np.nan)
+            both = np.where(seen[..., None], np.concatenate([kf.rgb.cpu().numpy(), rgb_k], -1), np.nan)
             motion = self._motion(pose, w, h, K, kf.t)
-            values, ok = reproject(residual, kf.pose, kf.K, np.where(a_k > 0.5, d_k, np.nan), pose, K, depth,
-                                   motion)
-            parts.append((values, ok, weight))
+            values, ok = reproject(both, kf.pose, kf.K, np.where(a_k > 0.5, d_k, np.nan), pose, K, depth, motion)
+            images.append(values[..., :3])
+            renders.append(values[..., 3:])
+            oks.append(ok)
+            weights.append(weight)
+        # A frame predicts the view as its image plus the model's change from it to the view, as far as the
+        # images confirm that change (one frame alone: in full).
+        trust = (confirmed_share(images, renders, oks, weights, GAIN_WINDOW_PX)[..., None] if len(near) >= 2
+                 else np.ones((h, w, 1), np.float32))
+        parts = [(np.where(ok[..., None], (im - re) + (1.0 - trust) * (re - view_rgb), 0.0).astype(np.float32), ok,
+                  wt) for im, re, ok, wt in zip(images, renders, oks, weights, strict=True)]
         return frame_detail(parts, depth.shape, at_own_time=len(near) == 1 and near[0][0].t == self.time_s)
 
     def inferred_weight(self, pose: np.ndarray, width: int | None = None, height: int | None = None,
