@@ -71,7 +71,10 @@ def test_bridge_outputs_services_parameters_and_refusals(ros_env, ros_node, tmp_
         assert wait_until(lambda: got.last(topics.RECON_STATUS) is not None, 60), "no status from the trainer"
         got.wait_matched(topics.RECON_POINTS)
         got.wait_matched(topics.RECON_VIEW_IMAGE)
-        _send_frames(_frame_publishers(ros_node), scene, scene.frames)
+        # Clouds go out once, as frames enter the model, and a reader seen by our node may not have matched the
+        # trainer yet (ci33: the bridge had no cloud for its viewer). The last frame is sent once a viewer watches.
+        pubs = _frame_publishers(ros_node)
+        _send_frames(pubs, scene, scene.frames[:-1])
         assert wait_until(lambda: got.last(topics.RECON_STATUS).frames_used >= 3 and got.get(topics.RECON_POINTS),
                           60), got.last(topics.RECON_STATUS)
 
@@ -94,11 +97,16 @@ def test_bridge_outputs_services_parameters_and_refusals(ros_env, ros_node, tmp_
         c.subscribe("/recon/points", 1)
         c.subscribe("/recon/status", 2)
         c.subscribe("/ui/rois", 3)
+        _send_frames(pubs, scene, scene.frames[-1:])
         cloud = c.wait_for(lambda: c.latest_json(1), what="a cloud")
         assert cloud["point_stride"] == 16
         xyz = np.frombuffer(base64.b64decode(cloud["data"]), dtype=[("xyz", "<f4", 3), ("rgba", "u1", 4)])["xyz"]
-        sent = [msg_to_pointcloud(m) for m in got.get(topics.RECON_POINTS)
-                if stamp_to_ns(m.header.stamp) == _stamp_ns(cloud["timestamp"])]
+
+        def sent() -> list:
+            return [msg_to_pointcloud(m) for m in got.get(topics.RECON_POINTS)
+                    if stamp_to_ns(m.header.stamp) == _stamp_ns(cloud["timestamp"])]
+        wait_until(sent, 10)
+        sent = sent()
         assert len(xyz) > 100 and any(np.array_equal(xyz, np.stack([p["x"], p["y"], p["z"]], 1)) for p in sent)
         status = c.wait_for(lambda: c.latest_json(2), what="status")
         stamp = _stamp_ns(status["header"]["stamp"])
