@@ -674,7 +674,8 @@ class Reconstructor:
                 loss = loss + c.normal_weight * normal_consistency_loss(info["normals"], info["surf_normals"],
                                                                         kf.tissue)
         return loss, {"info": info, "loss_c": float(loss_c.detach()), "loss_d": float(loss_d.detach()),
-                      "mse": float(mse), "mse_roi": mse_roi, "window": (lo, hi), "params": params}
+                      "mse": float(mse), "mse_roi": mse_roi, "window": (lo, hi), "params": params,
+                      "seen": kf.camera.sees(g["means"].detach())}
 
     def step(self, schedule: StepSchedule) -> bool:
         """One training iteration; False when there is no frame to train on yet."""
@@ -687,9 +688,13 @@ class Reconstructor:
         grads = {k: v.grad for k, v in aux["params"].items() if k in self.model.params and v.grad is not None}
         pos = ("means", "pos_knots")
         params = self.model.params
+        # Only the Gaussians whose centres the frame sees: one that only reaches in from outside the image was
+        # pushed by Adam's normalised steps as far as a fully seen one, to fit its sliver of pixels, and showed
+        # the colours and shapes that made up wherever else it appears (the next view, the right camera).
+        seen = aux["seen"]
         self.optimizer.step(params, {k: g for k, g in grads.items() if k in pos}, aux["window"],
-                            scale=schedule.lr_scale)
-        self.optimizer.step(params, {k: g for k, g in grads.items() if k not in pos}, aux["window"])
+                            scale=schedule.lr_scale, rows=seen)
+        self.optimizer.step(params, {k: g for k, g in grads.items() if k not in pos}, aux["window"], rows=seen)
         st = self.stats
         st.iterations += 1
         # The strategy reads the step's screen-space gradients before they are cleared.

@@ -42,13 +42,17 @@ class DictAdam:
 
     @torch.no_grad()
     def step(self, params: dict[str, torch.Tensor], grads: dict[str, torch.Tensor],
-             knot_window: tuple[int, int] | None = None, scale: float = 1.0) -> None:
+             knot_window: tuple[int, int] | None = None, scale: float = 1.0,
+             rows: torch.Tensor | None = None) -> None:
         """One update of every parameter named in `grads`; `scale` multiplies all learning rates.
 
         Knot tensors are updated only on knots [lo, hi) of `knot_window` when given; their gradients
-        are then those of the window's columns ([N, hi - lo, D], `GaussianModel.knot_window`).
+        are then those of the window's columns ([N, hi - lo, D], `GaussianModel.knot_window`). `rows` ([N]
+        bool) limits the update to those Gaussians, as gsplat's SelectiveAdam: the others keep their values
+        and their moments.
         """
         b1, b2 = self.betas
+        r = slice(None) if rows is None or bool(rows.all()) else rows.nonzero().squeeze(1)
         for name, g in grads.items():
             if name not in self.lrs:
                 continue
@@ -57,13 +61,15 @@ class DictAdam:
             knots = name in self.knot_keys
             if knots and knot_window is not None:
                 lo, hi = knot_window
-                sl = (slice(None), slice(lo, hi))
+                sl = (r, slice(lo, hi))
                 steps = self.steps[name][lo:hi]
             else:
-                sl = (slice(None),)
+                sl = (r,)
                 steps = self.steps[name]
             steps += 1
             lr = self.lrs[name] * scale
+            if not isinstance(r, slice):
+                g = g[r]
             if knots:
                 # The window's columns of [N, knots, D] are strided: torch's element-wise kernels ran up to 25x
                 # slower per element on them (10 ms per knot tensor at 30k Gaussians, 63 knots, a window of 6:
@@ -76,12 +82,18 @@ class DictAdam:
                 denom = v.sqrt_().mul_(_per_knot((1 - b2 ** steps).rsqrt(), p.shape[2])).add_(self.eps)
                 p[sl] -= m.mul_(_per_knot(lr / (1 - b1 ** steps), p.shape[2])).div_(denom)
                 continue
+            bc1, bc2 = 1 - b1 ** float(steps), 1 - b2 ** float(steps)
+            if not isinstance(r, slice):
+                m = self.m[name][r].lerp_(g, 1 - b1)
+                v = self.v[name][r].mul_(b2).addcmul_(g, g, value=1 - b2)
+                self.m[name][r], self.v[name][r] = m, v
+                p[r] -= m.div_((v / bc2).sqrt_().add_(self.eps)).mul_(lr / bc1)
+                continue
             m, v = self.m[name], self.v[name]
             # In place and fused where torch allows (lerp_, addcdiv_): the optimizer was a quarter of a
             # CPU training step, mostly temporaries.
             m.lerp_(g, 1 - b1)
             v.mul_(b2).addcmul_(g, g, value=1 - b2)
-            bc1, bc2 = 1 - b1 ** float(steps), 1 - b2 ** float(steps)
             denom = (v / bc2).sqrt_().add_(self.eps)
             p.addcdiv_(m, denom, value=-lr / bc1)
 

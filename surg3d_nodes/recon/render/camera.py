@@ -47,3 +47,12 @@ class RenderCamera:
         """Camera centre in world coordinates."""
         R = self.viewmat[:3, :3]
         return -R.T @ self.viewmat[:3, 3]
+
+    def sees(self, means: torch.Tensor) -> torch.Tensor:
+        """[N] bool: which world points [N,3] project inside the image, in front of the camera."""
+        pc = means @ self.viewmat[:3, :3].T + self.viewmat[:3, 3]
+        z = pc[:, 2]
+        zs = z.clamp(min=1e-9)
+        u = self.K[0, 0] * pc[:, 0] / zs + self.K[0, 2]
+        v = self.K[1, 1] * pc[:, 1] / zs + self.K[1, 2]
+        return (z > 0) & (u >= 0) & (u < self.width) & (v >= 0) & (v < self.height)

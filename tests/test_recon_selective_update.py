@@ -1,0 +1,99 @@
+"""A frame changes only the Gaussians whose centres it sees (Adam's selected rows, the colour fit), so that one
+reaching into the image from outside keeps what the frames that saw it gave it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from recon_support import scene_frames
+
+from surg3d_nodes.data.synthetic import SynthConfig, generate
+from surg3d_nodes.recon.config import TrainerConfig
+from surg3d_nodes.recon.render import RenderCamera
+from surg3d_nodes.recon.runner import Reconstructor, StepSchedule
+from surg3d_nodes.recon.sparse_adam import DictAdam
+
+torch.set_num_threads(1)
+
+
+def test_camera_sees_the_points_that_project_inside_the_image():
+    cam = RenderCamera.from_ros(np.eye(4), np.array([[100.0, 0, 31.5], [0, 100.0, 23.5], [0, 0, 1]]), 64, 48)
+    z = 0.1
+    # Pixel centres at integers (ROS): the image spans u in [-0.5, 63.5).
+    pts = torch.tensor([[0.0, 0.0, z],                      # the centre
+                        [(-0.4 - 31.5) * z / 100, 0.0, z],  # just inside the left edge
+                        [(-0.6 - 31.5) * z / 100, 0.0, z],  # just outside it
+                        [(63.4 - 31.5) * z / 100, 0.0, z],  # just inside the right edge
+                        [(63.6 - 31.5) * z / 100, 0.0, z],  # just outside it
+                        [0.0, (47.6 - 23.5) * z / 100, z],  # below the image
+                        [0.0, 0.0, -z]])                    # behind the camera
+    assert cam.sees(pts).tolist() == [True, True, False, True, False, False, False]
+
+
+def _adam_state(n: int, knots: int) -> tuple[dict[str, torch.Tensor], DictAdam]:
+    gen = torch.Generator().manual_seed(0)
+    params = {"sh_dc": torch.randn(n, 3, generator=gen), "col_knots": torch.randn(n, knots, 3, generator=gen)}
+    opt = DictAdam({"sh_dc": 0.1, "col_knots": 0.1}, knot_keys=("col_knots",))
+    for _ in range(3):   # some history in the moments
+        opt.step(params, {"sh_dc": torch.randn(n, 3, generator=gen),
+                          "col_knots": torch.randn(n, 2, 3, generator=gen)}, knot_window=(1, 3))
+    return params, opt
+
+
+def test_adam_rows_update_the_selected_gaussians_only():
+    n, knots = 6, 4
+    grads = {"sh_dc": torch.full((n, 3), 0.5), "col_knots": torch.full((n, 2, 3), -0.5)}
+    full, opt_full = _adam_state(n, knots)
+    opt_full.step(full, grads, knot_window=(1, 3))
+    sel, opt_sel = _adam_state(n, knots)
+    before, _ = _adam_state(n, knots)
+    m_before = {k: v.clone() for k, v in opt_sel.m.items()}
+    v_before = {k: v.clone() for k, v in opt_sel.v.items()}
+    rows = torch.tensor([True, False, True, False, False, True])
+    opt_sel.step(sel, grads, knot_window=(1, 3), rows=rows)
+    for k in ("sh_dc", "col_knots"):
+        # The selected rows took exactly the step they take in a full update...
+        torch.testing.assert_close(sel[k][rows], full[k][rows])
+        torch.testing.assert_close(opt_sel.m[k][rows], opt_full.m[k][rows])
+        # ...the others kept their values and their moments.
+        torch.testing.assert_close(sel[k][~rows], before[k][~rows])
+        torch.testing.assert_close(opt_sel.m[k][~rows], m_before[k][~rows])
+        torch.testing.assert_close(opt_sel.v[k][~rows], v_before[k][~rows])
+    assert not torch.equal(sel["sh_dc"][rows], before["sh_dc"][rows])
+
+
+@pytest.fixture(scope="module")
+def scene():
+    return generate(SynthConfig(width=64, height=48, frames=4, instruments=0, seed=3))
+
+
+def test_a_gaussian_reaching_in_from_outside_the_frame_keeps_its_parameters(scene):
+    """Two large Gaussians of a wrong colour at the image's right edge, one centred a pixel inside and one a
+    pixel outside, both covering the edge pixels: training steps and the colour fit of the frame change the
+    first and leave the second as it was."""
+    fr = scene_frames(scene)
+    tr = Reconstructor(TrainerConfig(device="cpu", backend="cpu", image_scale=1.0, complete_hidden=False,
+                                     num_threads=1, colour_fit_iterations=3))
+    tr.add_frame(fr[0])
+    f = fr[0]
+    K, w = f.camera.intrinsics(), f.camera.width
+    z = float(np.nanmedian(f.depth))
+    us = np.array([w - 1.5, w + 0.5])        # ROS pixel centres: the image ends at w - 0.5
+    pts = np.c_[(us - K[0, 2]) * z / K[0, 0], np.zeros(2), np.full(2, z)]
+    pts_w = pts @ f.pose[:3, :3].T + f.pose[:3, 3]
+    m = tr.model
+    rows = m.new_gaussians(pts_w, np.array([[0.1, 0.9, 0.9]] * 2), tr.time_of(f.stamp_ns))
+    rows["log_scales"][:] = float(np.log(3.0 * z / K[0, 0]))        # 3 px: both reach the edge pixels
+    m.append(rows)
+    tr.optimizer.append(2)
+    inside, outside = m.num_gaussians - 2, m.num_gaussians - 1
+    before = {k: v.detach()[[inside, outside]].clone() for k, v in m.params.items()}
+    tr.fit_colours(tr.store.recent[-1], 3)
+    for _ in range(10):
+        tr.step(StepSchedule(recent_fraction=1.0, densify=False))
+    after = {k: v.detach()[[inside, outside]] for k, v in m.params.items()}
+    for k in ("sh_dc", "col_knots", "means", "pos_knots", "log_scales", "opacity_logits"):
+        torch.testing.assert_close(after[k][1], before[k][1], msg=f"{k} of the Gaussian outside changed")
+    assert not torch.allclose(after["sh_dc"][0], before["sh_dc"][0]), "the Gaussian inside was not trained"
+    assert not torch.allclose(after["col_knots"][0], before["col_knots"][0])
