@@ -690,7 +690,7 @@ class Reconstructor:
         params = self.model.params
         # Only the Gaussians whose centres the frame sees: one that only reaches in from outside the image was
         # pushed by Adam's normalised steps as far as a fully seen one, to fit its sliver of pixels, and showed
-        # the colours and shapes that made up wherever else it appears (the next view, the right camera).
+        # what that made of it wherever else it appears (the next view, the right camera).
         seen = aux["seen"]
         self.optimizer.step(params, {k: g for k, g in grads.items() if k in pos}, aux["window"],
                             scale=schedule.lr_scale, rows=seen)
