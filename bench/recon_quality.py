@@ -8,9 +8,10 @@ Rows (each `surg3d eval endonerf` in this process, fixed steps, no wall clock):
                        its right view is a viewpoint the model never trained on
 Each row scores the model alone and the view the product shows, the model plus the frame detail (recon.detail).
 
-Writes OUT/quality.json (every row's summary and per-test-frame scores), OUT/<row>_per_frame.png (model,
-copy-previous and neighbour-mean PSNR per test frame) and OUT/<row>_strip.png (truth, render, error of the
-first test frames). Usage: .venv/bin/python bench/recon_quality.py [--rows a,b] [--out DIR] [--k 10]
+Writes OUT/quality.json (every row's summary, the median of each figure over `--repeats` runs, each run's
+summary, and the per-test-frame scores of the median run), OUT/<row>_per_frame.png (model, copy-previous and
+neighbour-mean PSNR per test frame) and OUT/<row>_strip.png (truth, render, error of the first test frames).
+Usage: .venv/bin/python bench/recon_quality.py [--rows a,b] [--out DIR] [--k 10] [--repeats N]
 """
 
 from __future__ import annotations
@@ -68,8 +69,14 @@ def summary(r: dict) -> dict:
     return {k: (round(r[k], 3) if isinstance(r[k], float) else r[k]) for k in keys}
 
 
-def draw(row: str, r: dict, out: Path) -> None:
-    """Per-test-frame curves and the comparison strip of one row."""
+def median_summary(sums: list[dict]) -> dict:
+    """Each figure's median over the runs of a row (each figure on its own; counts from the first run)."""
+    return {k: (round(float(np.median([s[k] for s in sums])), 3) if isinstance(v, float) else v)
+            for k, v in sums[0].items()}
+
+
+def draw(row: str, r: dict, out: Path, images: Path) -> None:
+    """Per-test-frame curves and the comparison strip (from the run's images in `images`) of one row."""
     per = r["per_frame"]
     series = {"model": [p["psnr"] for p in per], "model + frame detail": [p["detail_psnr"] for p in per],
               "copy previous": [p["baseline_copy_prev_psnr"] for p in per],
@@ -78,7 +85,7 @@ def draw(row: str, r: dict, out: Path) -> None:
     hi = 5 * np.ceil(max(max(v) for v in series.values()) / 5)
     curve_plot(series, out / f"{row}_per_frame.png", f"{row}: masked PSNR (dB) per test frame",
                lo=float(lo), hi=float(hi), ticks=tuple(float(x) for x in np.arange(lo, hi + 1, 5)))
-    tiles = sorted((out / row).glob("test_*_gt_render_error.png"))
+    tiles = sorted(images.glob("test_*_gt_render_error.png"))
     if tiles:
         cv2.imwrite(str(out / f"{row}_strip.png"), np.vstack([cv2.imread(str(t)) for t in tiles]))
 
@@ -91,17 +98,32 @@ def main() -> int:
     ap.add_argument("--k", type=int, default=10, help="live steps per frame in stream rows")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="TrainerConfig override for every row (value parsed as JSON)")
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="runs per row: the compiled renderer's threaded sums do not repeat to the bit, and a row can "
+                         "have more than one outcome; the table shows the median and the range of the finals")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     overrides = {k: json.loads(v) for k, v in (s.split("=", 1) for s in args.set)}
     results = {"date_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": platform.platform(),
                "command": " ".join([Path(sys.executable).name, *sys.argv]), "rows": {}}
+    if args.repeats < 1:
+        ap.error(f"--repeats must be at least 1, got {args.repeats}")
     for row in args.rows.split(","):
         clip, opts = row_options(row, args.k, args.out)
-        r = evaluate_endonerf(clip, opts, TrainerConfig(**overrides), progress=lambda s, row=row: print(f"[{row}] {s}"))
-        results["rows"][row] = {"summary": summary(r), "per_frame": r["per_frame"],
-                                "train_fit_per_frame": r["train_fit_per_frame"]}
-        draw(row, r, args.out)
+        runs, dirs = [], []
+        for i in range(args.repeats):
+            tag = row if args.repeats == 1 else f"{row} {i + 1}/{args.repeats}"
+            dirs.append(args.out / row if args.repeats == 1 else args.out / row / f"run{i + 1}")
+            opts.out_dir = str(dirs[-1])
+            runs.append(evaluate_endonerf(clip, opts, TrainerConfig(**overrides),
+                                          progress=lambda s, tag=tag: print(f"[{tag}] {s}")))
+        sums = [summary(r) for r in runs]
+        # The run whose final is the median's (the lower middle one for an even count) is drawn and kept whole.
+        mid = sorted(range(len(runs)), key=lambda i: sums[i]["detail_psnr"])[(len(runs) - 1) // 2]
+        results["rows"][row] = {"summary": median_summary(sums), "runs": sums,
+                                "per_frame": runs[mid]["per_frame"],
+                                "train_fit_per_frame": runs[mid]["train_fit_per_frame"]}
+        draw(row, runs[mid], args.out, dirs[mid])
         (args.out / "quality.json").write_text(json.dumps(results, indent=2))
     print("\nmodel alone | with the frame detail (d-): final, live, right view PSNR*")
     print(f"{'row':22s} {'final':>7s} {'live':>7s} {'fit':>7s} {'copy':>7s} {'mean':>7s} {'right*':>7s} "
@@ -113,6 +135,10 @@ def main() -> int:
               f"{s['right_psnr_star']:7.2f} {s['baseline_right_warp_psnr_star']:7.2f} {s['psnr_star']:7.2f} "
               f"{s['depth_rmse_mm']:6.2f} {s['detail_psnr']:7.2f} {s['detail_live_psnr']:7.2f} "
               f"{s['detail_right_psnr_star']:8.2f}")
+        if len(v["runs"]) > 1:
+            span = {k: (min(r[k] for r in v["runs"]), max(r[k] for r in v["runs"])) for k in ("psnr", "detail_psnr")}
+            print(f"{'':22s} {len(v['runs'])} runs: final {span['psnr'][0]:.2f}-{span['psnr'][1]:.2f}, "
+                  f"with the frame detail {span['detail_psnr'][0]:.2f}-{span['detail_psnr'][1]:.2f}")
     print(f"wrote {args.out / 'quality.json'}")
     return 0
 
