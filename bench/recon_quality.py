@@ -102,12 +102,12 @@ def main() -> int:
                     help="runs per row: the compiled renderer's threaded sums do not repeat to the bit, and a row can "
                          "have more than one outcome; the table shows the median and the range of the finals")
     args = ap.parse_args()
+    if args.repeats < 1:
+        ap.error(f"--repeats must be at least 1, got {args.repeats}")
     args.out.mkdir(parents=True, exist_ok=True)
     overrides = {k: json.loads(v) for k, v in (s.split("=", 1) for s in args.set)}
     results = {"date_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": platform.platform(),
                "command": " ".join([Path(sys.executable).name, *sys.argv]), "rows": {}}
-    if args.repeats < 1:
-        ap.error(f"--repeats must be at least 1, got {args.repeats}")
     for row in args.rows.split(","):
         clip, opts = row_options(row, args.k, args.out)
         runs, dirs = [], []

@@ -102,11 +102,11 @@ def test_bridge_outputs_services_parameters_and_refusals(ros_env, ros_node, tmp_
         assert cloud["point_stride"] == 16
         xyz = np.frombuffer(base64.b64decode(cloud["data"]), dtype=[("xyz", "<f4", 3), ("rgba", "u1", 4)])["xyz"]
 
-        def sent() -> list:
+        def matching() -> list:
             return [msg_to_pointcloud(m) for m in got.get(topics.RECON_POINTS)
                     if stamp_to_ns(m.header.stamp) == _stamp_ns(cloud["timestamp"])]
-        wait_until(sent, 10)
-        sent = sent()
+        wait_until(matching, 10)
+        sent = matching()
         assert len(xyz) > 100 and any(np.array_equal(xyz, np.stack([p["x"], p["y"], p["z"]], 1)) for p in sent)
         status = c.wait_for(lambda: c.latest_json(2), what="status")
         stamp = _stamp_ns(status["header"]["stamp"])

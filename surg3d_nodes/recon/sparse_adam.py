@@ -86,8 +86,10 @@ class DictAdam:
                 v = self.v[name][sl].mul(f2).addcmul_(g, g, value=1 - b2)
                 self.m[name][sl], self.v[name][sl] = m, v
                 denom = v.sqrt_().mul_(_per_knot((1 - b2 ** steps).rsqrt(), p.shape[2])).add_(self.eps)
-                m = m.mul_(_per_knot(lr / (1 - b1 ** steps), p.shape[2]))
-                p[sl] -= (m if k is None else m.mul_(k)).div_(denom)
+                m.mul_(_per_knot(lr / (1 - b1 ** steps), p.shape[2]))
+                if k is not None:
+                    m.mul_(k)
+                p[sl] -= m.div_(denom)
                 continue
             m, v = self.m[name], self.v[name]
             # In place and fused where torch allows (lerp_, addcdiv_): the optimizer was a quarter of a
