@@ -88,12 +88,13 @@ def ros_node(ros_env: dict[str, str]):
     import threading
 
     import rclpy
-    from rclpy.executors import MultiThreadedExecutor
+
+    from surg3d_nodes.ros.runtime import NodeExecutor
 
     context = rclpy.Context()
     rclpy.init(context=context, domain_id=int(ros_env["ROS_DOMAIN_ID"]))
     node = rclpy.create_node("surg3d_test", context=context)
-    executor = MultiThreadedExecutor(context=context)
+    executor = NodeExecutor(context=context)
     executor.add_node(node)
     thread = threading.Thread(target=executor.spin, daemon=True)
     thread.start()

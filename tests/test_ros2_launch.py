@@ -50,6 +50,13 @@ def _outputs(preset: str) -> dict[str, type]:
     return outputs
 
 
+def _last_heartbeats(got: Collector) -> str:
+    """Each node's newest heartbeat (level, message, counters): what a node did, where the output is all warnings."""
+    last = {m.node: m for m in got.get(topics.NODE_STATUS)}
+    return "\n".join(f"{name} [{m.level}] {m.message}: " + ", ".join(f"{v.key}={v.value}" for v in m.values)
+                     for name, m in sorted(last.items()))
+
+
 @pytest.mark.parametrize("kind, preset", CASES)
 def test_ros2_launch_runs_the_graph_and_stops_on_ctrl_c(colcon_build: Callable[[str], ColconInstall], kind: str,
                                                         preset: str, synth_bag: Path, ros_env: dict[str, str],
@@ -89,7 +96,8 @@ def test_ros2_launch_runs_the_graph_and_stops_on_ctrl_c(colcon_build: Callable[[
                                       text=True)
         arrived = wait_until(lambda: all(got.get(t) for t in wanted) or graph.proc.poll() is not None, 240)
         assert arrived and graph.proc.poll() is None, (
-            f"missing {[t for t in wanted if not got.get(t)]}; output:\n" + "\n".join(graph.lines[-60:]))
+            f"missing {[t for t in wanted if not got.get(t)]}; last heartbeats:\n{_last_heartbeats(got)}\noutput:\n"
+            + "\n".join(graph.lines[-60:]))
     finally:
         if camera is not None:
             stop_node(camera, sig=signal.SIGINT)

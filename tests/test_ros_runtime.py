@@ -1,4 +1,5 @@
-"""The node runtime's shutdown as a real process receives it: SIGINT, then (ros2 launch's escalation) SIGTERM."""
+"""The node runtime's shutdown as a real process receives it: SIGINT, then (ros2 launch's escalation) SIGTERM; and
+its executor's spin loop under a stream of messages."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from rosproc import wait_until
 
 pytestmark = pytest.mark.ros
 
@@ -115,3 +117,58 @@ def test_a_middleware_teardown_hanging_with_the_gil_held_ends_with_the_stacks_an
     assert proc.returncode == 0, out
     assert "destroying" in out and "in destroy_node" in out and "most recent call first" in out, out
     assert took < 5.0, f"left after {took:.1f} s"
+
+
+@pytest.mark.parametrize("executor_class", [
+    "NodeExecutor",
+    # Strict: once the rclpy wheels carry the upstream fix this passes, and NodeExecutor's loop can go.
+    pytest.param("MultiThreadedExecutor", marks=pytest.mark.xfail(strict=True, reason="ros2/rclpy#1452 in rclpy 9"))])
+def test_the_executor_hands_each_callback_to_its_threads_once(ros_env, executor_class):
+    """rclpy 9's MultiThreadedExecutor hands a callback that waits in its thread pool's queue to the pool again
+    and again, in a loop that holds the GIL (ros2/rclpy#1452): the runtime's NodeExecutor hands each one over
+    once. The stock executor is run beside it to show that this test sees the defect."""
+    import threading
+
+    import rclpy
+    from geometry_msgs.msg import PoseStamped
+    from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+    from rclpy.executors import MultiThreadedExecutor
+
+    from surg3d_nodes.ros.runtime import NodeExecutor
+
+    context = rclpy.Context()
+    rclpy.init(context=context, domain_id=int(ros_env["ROS_DOMAIN_ID"]))
+    node = rclpy.create_node("executor_probe", context=context)
+    executor = {"NodeExecutor": NodeExecutor, "MultiThreadedExecutor": MultiThreadedExecutor}[executor_class](
+        context=context)
+    submitted, taken = [0], [0]
+    pool_submit = executor._executor.submit
+
+    def count_submit(*args, **kwargs):
+        submitted[0] += 1
+        return pool_submit(*args, **kwargs)
+
+    executor._executor.submit = count_submit
+    group = MutuallyExclusiveCallbackGroup()   # as the nodes' inputs: one callback at a time
+    streams, per_stream = 4, 100
+    for i in range(streams):
+        node.create_subscription(PoseStamped, f"probe_{i}", lambda _m: taken.__setitem__(0, taken[0] + 1), 1000,
+                                 callback_group=group)
+    pubs = [node.create_publisher(PoseStamped, f"probe_{i}", 1000) for i in range(streams)]
+    executor.add_node(node)
+    thread = threading.Thread(target=executor.spin, daemon=True)
+    thread.start()
+    try:
+        assert all(wait_until(lambda p=p: p.get_subscription_count() > 0, 10) for p in pubs), "no subscription matched"
+        for _ in range(per_stream):   # 400 messages at about 1 kHz, as a robot's arm streams
+            for p in pubs:
+                p.publish(PoseStamped())
+            time.sleep(0.004)
+        assert wait_until(lambda: taken[0] == streams * per_stream, 20), f"{taken[0]} of {streams * per_stream} taken"
+        handed = submitted[0]
+    finally:
+        executor.shutdown(timeout_sec=5.0)
+        thread.join(timeout=5.0)
+        node.destroy_node()
+        rclpy.try_shutdown(context=context)
+    assert handed == taken[0], f"{handed} callbacks handed over for {taken[0]} messages"

@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("arguments", nargs="*", help="launch arguments name:=value (see --show)")
     ap.add_argument("--config-dir", type=Path, help="config directory (default: the package's config/)")
     ap.add_argument("--single-process", action="store_true",
-                    help="run all nodes in this process on one MultiThreadedExecutor (lowest latency)")
+                    help="run all nodes in this process on one executor (lowest latency)")
     ap.add_argument("--show", action="store_true", help="print the resolved graph and exit")
     ap.add_argument("--host", choices=("all", *HOST_ROLES),
                     help="start one machine's part of the graph (the same as the launch argument host:=ROLE)")
