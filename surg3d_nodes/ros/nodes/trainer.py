@@ -357,6 +357,13 @@ class TrainerNode(SurgNode):
         vals = {"state": st.state, "gaussians": st.num_gaussians, "iterations": st.iterations,
                 "frames_used": st.frames_used, "frames_skipped": st.frames_skipped}
         vals.update({f"skipped.{k}": v for k, v in st.skip_reasons.items()})
+        # Inputs that never pair (one arriving later than the others' queues hold) show here, not as skips.
+        sync = self.sync.stats
+        vals["sets_matched"] = sync.sets_emitted
+        for i, name in enumerate(self.inputs):
+            vals.update({f"sync.{name}.{what}": n for what, n in (("dropped", sync.dropped[i]),
+                                                                   ("unmatched", sync.unmatched[i]),
+                                                                   ("late", sync.late[i])) if n})
         span = self.trainer.stamp_range()
         if span is not None:   # the time slider's range
             vals["model.first_stamp_ns"], vals["model.newest_stamp_ns"] = span
