@@ -110,7 +110,9 @@ class TrainerNodeOptions:
                                             "resumes); \"\": start empty; else a checkpoint path")
     sync_tolerance_ms: float = param(5.0, "image, depth, mask and pose stamps further apart are never paired",
                                      low=0.0, high=1000.0)
-    sync_queue_size: int = param(10, "unpaired messages kept per input", low=1, high=1000)
+    # 1 s at 30 Hz: a pose may come up to 5 x the kinematics node's max_wait_ms (0.5 s) after its image, and a
+    # mask a segmentation time late; with 10 a slow pose found its image gone and nothing was paired.
+    sync_queue_size: int = param(30, "unpaired messages kept per input", low=1, high=1000)
     use_depth: bool = param(True, "pair /depth/image (false: train on colour only)")
     use_mask: bool = param(True, "pair /instrument/mask (false: every pixel is tissue)")
     static_pose: bool = param(False, "no /camera/pose: the camera is fixed at the world origin")
