@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -65,9 +66,9 @@ def _frame_publishers(ros_node) -> dict:
     return pubs
 
 
-def _send_frames(pubs: dict, scene, frames: list) -> None:
-    """Publish each synthetic frame's CameraInfo, image, depth, mask and pose (those `pubs` has), paced for the
-    trainer."""
+def _send_frames(pubs: dict, scene, frames: list, pose_offset_ns: int = 0) -> None:
+    """Publish each synthetic frame's CameraInfo, image, depth, mask and pose (those `pubs` has; the pose stamped
+    `pose_offset_ns` late), paced for the trainer."""
     frame_id = topics.LEFT_OPTICAL_FRAME
     for f in frames:
         s = f.stamp_ns
@@ -76,10 +77,24 @@ def _send_frames(pubs: dict, scene, frames: list) -> None:
         for name, msg in (("image", image_to_msg(f.left, "rgb8", s, frame_id)),
                           ("depth", image_to_msg(f.depth.astype(np.float32), "32FC1", s, frame_id)),
                           ("mask", image_to_msg(f.mask, "mono8", s, frame_id)),
-                          ("pose", pose_to_msg(f.pose, s, topics.WORLD_FRAME))):
+                          ("pose", pose_to_msg(f.pose, s + pose_offset_ns, topics.WORLD_FRAME))):
             if name in pubs:
                 pubs[name].publish(msg)
         time.sleep(0.15)
+
+
+def _trainer_error(got: Collector, prefix: str) -> bool:
+    """Whether a trainer heartbeat so far was an ERROR whose message starts with `prefix`."""
+    return any(m.level == bytes([ERROR]) and m.message.startswith(prefix)
+               for m in got.get(topics.NODE_STATUS) if m.node.endswith("trainer"))
+
+
+def _send_until(pubs: dict, scene, frames: list, done: Callable[[], bool], seconds: float = 20.0,
+                **kwargs) -> None:
+    """Send `frames` again and again (`_send_frames` with `kwargs`) until `done()` or `seconds` have passed."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end and not done():
+        _send_frames(pubs, scene, frames, **kwargs)
 
 
 def test_trainer_node(ros_env, ros_node, scene, tmp_path):
@@ -224,20 +239,36 @@ def test_trainer_reports_an_input_whose_publisher_delivers_nothing(ros_env, ros_
     got = Collector(ros_node, {topics.RECON_STATUS: TrainerStatus, topics.NODE_STATUS: NodeStatus})
 
     def reported() -> bool:
-        return any(m.level == bytes([ERROR]) and m.message.startswith("input_link: mask: 1 publisher(s) but "
-                   "nothing received in 3 s while depth, image, pose arrive")
-                   for m in got.get(topics.NODE_STATUS) if m.node.endswith("trainer"))
+        return _trainer_error(got, "input_link: mask: 1 publisher(s) but nothing received in 3 s while depth, "
+                              "image, pose arrive")
     try:
         assert wait_until(lambda: got.last(topics.RECON_STATUS) is not None, 30), "no status from the node"
         pubs = _frame_publishers(ros_node)
         del pubs["mask"]                  # matched (the node keeps its publisher), but it never delivers a mask
-        end = time.monotonic() + 20.0
-        while time.monotonic() < end and not reported():
-            _send_frames(pubs, scene, scene.frames[:2])
+        _send_until(pubs, scene, scene.frames[:2], reported)
         alive = proc.poll() is None
     finally:
         out = stop_node(proc)
     assert reported() and alive and proc.returncode == 0, out
+
+
+def test_trainer_reports_inputs_that_all_arrive_but_never_pair(ros_env, ros_node, scene, tmp_path):
+    """Poses stamped 50 ms after their images (between two frames at 30 Hz, beyond sync_tolerance_ms): every
+    input arrives, no set pairs, and after input_link_timeout_s the heartbeat is an ERROR saying so with each
+    input's sync counts."""
+    proc = _start(tmp_path, ros_env, params=("input_link_timeout_s:=3.0",))
+    got = Collector(ros_node, {topics.RECON_STATUS: TrainerStatus, topics.NODE_STATUS: NodeStatus})
+
+    def reported() -> bool:
+        return _trainer_error(got, "inputs_unpaired: every input arrives but no set was paired in 3 s (image ")
+    try:
+        assert wait_until(lambda: got.last(topics.RECON_STATUS) is not None, 30), "no status from the node"
+        _send_until(_frame_publishers(ros_node), scene, scene.frames, reported, pose_offset_ns=50_000_000)
+        alive = proc.poll() is None
+        used = got.last(topics.RECON_STATUS).frames_used
+    finally:
+        out = stop_node(proc)
+    assert reported() and alive and used == 0 and proc.returncode == 0, out
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])

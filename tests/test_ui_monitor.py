@@ -156,3 +156,20 @@ def test_input_links_name_an_input_whose_publisher_delivers_nothing_while_others
     links.received("pose", 107.0)
     assert links.silent(pubs, 200.0) == ([], [])
     assert InputLinks(["image", "mask"], 0.0).silent(pubs, 1e9) == ([], [])   # off
+
+
+def test_input_links_flag_inputs_that_all_arrive_but_never_pair() -> None:
+    links = InputLinks(["image", "pose"], timeout_s=5.0)
+    links.received("image", 100.0)
+    links.received("pose", 102.0)
+    assert not links.unpaired(106.9)                  # both arriving for less than timeout_s
+    links.received("image", 107.0)
+    links.received("pose", 107.0)
+    assert links.unpaired(107.0)                      # both for 5 s, no set ever
+    links.paired(108.0)
+    assert not links.unpaired(112.9)                  # a set within the last timeout_s
+    assert not links.unpaired(113.0)                  # nothing arrived for timeout_s: not a pairing fault
+    links.received("image", 113.5)
+    links.received("pose", 113.5)
+    assert links.unpaired(113.5)                      # no set since 108.0
+    assert not InputLinks(["image", "pose"], 0.0).unpaired(1e9)   # off

@@ -281,11 +281,29 @@ class InputLinks:
     def __init__(self, names: list[str], timeout_s: float) -> None:
         self.timeout_s = timeout_s
         self.first: dict[str, float] = {}      # monotonic time of each input's first message
+        self.last: dict[str, float] = {}       # ... and of its newest
+        self.last_paired: float | None = None  # when the inputs last made a complete set
         self.names = list(names)
 
     def received(self, name: str, now: float) -> None:
         """An input delivered a message at `now`."""
         self.first.setdefault(name, now)
+        self.last[name] = now
+
+    def paired(self, now: float) -> None:
+        """The inputs made a complete set at `now`."""
+        self.last_paired = now
+
+    def unpaired(self, now: float) -> bool:
+        """Every input delivers (each within the last `timeout_s`, all of them for `timeout_s`) and yet no set
+        has been paired for `timeout_s`: their stamps do not meet, or one comes later than the others are kept
+        (a dVRK pose a second late on a starved machine once paired nothing for minutes while all four arrived).
+        False when the check is off."""
+        if self.timeout_s <= 0 or len(self.last) < len(self.names):
+            return False
+        all_since = max(self.first.values())
+        return (now - all_since >= self.timeout_s and now - min(self.last.values()) < self.timeout_s
+                and (self.last_paired is None or now - self.last_paired >= self.timeout_s))
 
     def silent(self, publishers: dict[str, int], now: float) -> tuple[list[str], list[str]]:
         """(cut off, unpublished): the inputs that delivered nothing although another input has been delivering

@@ -177,21 +177,33 @@ class TrainerNode(SurgNode):
     def on_input(self, index: int, msg) -> None:
         """Queue one input for stamp pairing; a complete set becomes a Frame for the trainer."""
         self.count(f"{self.inputs[index]}_received")
-        self._links.received(self.inputs[index], time.monotonic())
+        now = time.monotonic()
+        self._links.received(self.inputs[index], now)
         stamp = stamp_to_ns(msg.header.stamp)
         if len(self.inputs) == 1:
+            self._links.paired(now)
             self.on_set((msg,), stamp)
             return
         out = self.sync.add(index, stamp, msg)
         if out is not None:
+            self._links.paired(now)
             self.on_set(out[0], out[1][0])
 
     def _check_links(self) -> None:
-        """Report an input that delivers nothing while the others do (system.monitoring.InputLinks): no frame can
-        be paired. With a publisher its DDS link is broken (ERROR); without one, its node is not running or was
-        never discovered (WARN)."""
+        """Report inputs that arrive but never pair, and an input that delivers nothing while the others do
+        (system.monitoring.InputLinks): no frame can be paired. With a publisher its DDS link is broken (ERROR);
+        without one, its node is not running or was never discovered (WARN)."""
+        now = time.monotonic()
+        if self._links.unpaired(now):
+            sync = self.sync.stats
+            lost = ", ".join(f"{n} {sync.dropped[i]} dropped / {sync.unmatched[i]} unmatched / {sync.late[i]} late"
+                             for i, n in enumerate(self.inputs))
+            self.report_problem("inputs_unpaired", f"every input arrives but no set was paired in "
+                                f"{self._links.timeout_s:.0f} s ({lost}): their stamps differ by more than "
+                                f"sync_tolerance_ms, or one comes later than sync_queue_size messages of the others",
+                                ERROR)
         publishers = {n: self.count_publishers(t) for n, t in self._input_topics.items()}
-        cut, unpublished = self._links.silent(publishers, time.monotonic())
+        cut, unpublished = self._links.silent(publishers, now)
         if not (cut or unpublished):
             return
         others = (f"nothing received in {self._links.timeout_s:.0f} s while "
