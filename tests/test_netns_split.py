@@ -97,6 +97,15 @@ def _xfail_if_the_trainer_went_unheard(counts: Counter[str], heard: bool, lines:
                      "the known Fast DDS pair failure (README, Across machines)")
 
 
+def _xfail_if_the_monitor_went_unheard(counts: Counter[str], monitor_beats: int, lines: list[str]) -> None:
+    """An xfail for the known Fast DDS pair failure between the monitor and the recorder beside it (README, "Across
+    machines"; a fresh-clone CI run, 2026-12-05): no monitor heartbeat and no /diagnostics recorded while the monitor
+    logged its reports."""
+    if monitor_beats == 0 and counts["/diagnostics"] == 0 and any(x.startswith("[monitor]") for x in lines):
+        pytest.xfail("the monitor ran but the recorder beside it got nothing from it, not even a heartbeat: the "
+                     "known Fast DDS pair failure (README, Across machines)")
+
+
 def _xfail_if_the_recorder_missed(counts: Counter[str], trainer: dict[str, str], lines: list[str]) -> None:
     """An xfail for the known Fast DDS pair failure on the recorder's side (README, "Across machines"): an input
     stream the recorder got nothing of while the trainer beside it received it (only that pair failed), or while
@@ -172,6 +181,7 @@ def test_robot_and_gpu_parts_across_a_link_only(two_hosts, synth_bag: Path, ros_
     after_cut: dict[str, float] = {}
     trainer_beat = ""
     trainer_values: dict[str, str] = {}        # its newest heartbeat's counters
+    monitor_beats = 0
     thinned_at: list[float] = []
     depth_made: list[tuple[float, int]] = []   # (received, the robot side's stereo depth's published count)
     depth_at: list[float] = []
@@ -181,6 +191,7 @@ def test_robot_and_gpu_parts_across_a_link_only(two_hosts, synth_bag: Path, ros_
             if conn.topic == "/surg3d/node_status" and b"trainer" in raw:
                 trainer_beat = raw.decode("latin-1")   # the newest trainer heartbeat, for the failure message
                 trainer_values = {kv.key: kv.value for kv in deserialize_message(raw, NodeStatus).values}
+            monitor_beats += conn.topic == "/surg3d/node_status" and b"/monitor" in raw
             if conn.topic == "/diagnostics" and b"below its usual" in raw:
                 thinned_at.append(stamp_ns / 1e9)
             if conn.topic == "/surg3d/node_status" and b"stereo_depth" in raw:
@@ -235,6 +246,8 @@ def test_robot_and_gpu_parts_across_a_link_only(two_hosts, synth_bag: Path, ros_
         assert dropped[loss] > 0, f"no packet dropped at {loss}"
         for topic in ("/depth/image", "/instrument/mask", "/recon/points"):
             assert during[loss][topic] > 0, f"{topic}: nothing recorded during {100 * loss:.0f} % loss\n{log}"
+    if not thinned:
+        _xfail_if_the_monitor_went_unheard(counts, monitor_beats, gpu_part.lines)
     assert thinned, f"the monitor reported no thinned stream during {100 * LOSSES[-1]:.0f} % loss\n{log}"
     # Checked last, so that the rest is checked in any case: a clean exit of both sides (a node whose DDS
     # teardown hangs after it closed leaves with 0 by itself, naming where it hung).
