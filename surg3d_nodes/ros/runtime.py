@@ -142,9 +142,9 @@ class NodeExecutor(MultiThreadedExecutor):
     rclpy 9's spin loop yields a callback again while it waits in the thread pool's queue (not started, so not
     yet "executing") and does not wait for new work while it holds one: it resubmits the same callback in a
     tight loop that holds the GIL, so the pool's threads hardly get to run it (ros2/rclpy#1452, fixed upstream
-    after Kilted). Measured here: 7 pose streams at 100 Hz, 120 of 700 messages/s taken at 100 % CPU, against
-    all 700 at 23 % with the single-threaded executor; the kinematics node lost most of the dVRK's samples on a
-    busy 2-core machine. `_spin_once_impl` therefore returns only once a pool thread has started the callback.
+    after Kilted). `bench/executor_throughput.py` (7 pose streams at 100 Hz): 66 of 700 messages/s taken at 102 %
+    CPU, against all 700 at 23 % with this class; the kinematics node lost most of the dVRK's samples on a busy
+    2-core machine. `_spin_once_impl` therefore returns only once a pool thread has started the callback.
 
     rclpy's `shutdown` destroys the executor's wake-up guard condition at once (its wait for running work tests
     the flag it has just set) while callbacks may still be queued or running on the thread pool; each of them
