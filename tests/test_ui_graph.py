@@ -49,7 +49,10 @@ def _config(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def graph(ros_env, tmp_path):
+def graph(ros_env, ros_node, tmp_path):
+    # Set up after the test's node, so torn down before it: deleting the node's participant waits on each TCP
+    # connection's read lock (Fast DDS 3.2, LARGE_DATA; eProsima/Fast-DDS#6066, fixed in later releases), which a
+    # read blocked on a graph node that sends nothing more holds until that node exits (ci42 hung there, 8 min).
     clip = tmp_path / "clip"
     subprocess.run([sys.executable, "-m", "surg3d_nodes.cli", "synth", str(clip), "--width", "160",
                     "--height", "128", "--frames", "20"], check=True, capture_output=True, timeout=300,
