@@ -46,9 +46,9 @@ def synthetic_clip(out: Path) -> Path:
     return clip / "endonerf"
 
 
-def row_options(row: str, k: int, out: Path) -> tuple[Path, EvalOptions]:
+def row_options(row: str, k: int, out: Path, falloff: str = "stereo") -> tuple[Path, EvalOptions]:
     """The clip and options of one row."""
-    common = {"device": "cpu", "backend": "auto", "out_dir": str(out / row), "images": 3}
+    common = {"device": "cpu", "backend": "auto", "out_dir": str(out / row), "images": 3, "falloff": falloff}
     if row == "stream_k10_quarter":
         return CLIP, EvalOptions(mode="stream", scale=0.25, iterations_per_frame=k, **common)
     if row == "offline_600_quarter":
@@ -98,6 +98,8 @@ def main() -> int:
     ap.add_argument("--k", type=int, default=10, help="live steps per frame in stream rows")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="TrainerConfig override for every row (value parsed as JSON)")
+    ap.add_argument("--falloff", choices=["stereo", "config"], default="stereo",
+                    help="the endoscope's fall-off: measured on each clip's first stereo pair, or the config's")
     ap.add_argument("--repeats", type=int, default=1,
                     help="runs per row: the compiled renderer's threaded sums do not repeat to the bit, and a row can "
                          "have more than one outcome; the table shows the median and the range of the finals")
@@ -109,7 +111,7 @@ def main() -> int:
     results = {"date_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": platform.platform(),
                "command": " ".join([Path(sys.executable).name, *sys.argv]), "rows": {}}
     for row in args.rows.split(","):
-        clip, opts = row_options(row, args.k, args.out)
+        clip, opts = row_options(row, args.k, args.out, args.falloff)
         runs, dirs = [], []
         for i in range(args.repeats):
             tag = row if args.repeats == 1 else f"{row} {i + 1}/{args.repeats}"

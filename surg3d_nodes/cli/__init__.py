@@ -12,6 +12,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("surg3d_nodes.cli.convert", "convert a dataset (endonerf, stereomis, stereo, synthetic) to rosbag2"),
     "synth": ("surg3d_nodes.cli.synth", "generate a synthetic surgical scene with exact ground truth"),
     "eval": ("surg3d_nodes.cli.eval", "evaluate the reconstruction on an EndoNeRF-layout clip"),
+    "falloff": ("surg3d_nodes.cli.falloff", "measure a stereo endoscope's brightness fall-off on a recorded clip"),
     "ui": ("surg3d_nodes.cli.ui", "serve the operator's web page (connects to the foxglove_bridge node)"),
     "params": ("surg3d_nodes.cli.params", "list every node parameter: default, range or choices, live, description"),
 }

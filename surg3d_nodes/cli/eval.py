@@ -37,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a TrainerConfig field (value parsed as JSON when possible)")
     p.add_argument("--poses", choices=["dataset", "tracked"], default="dataset",
                    help="tracked: train with the camera tracker's poses (the dataset's only score them: ATE, RPE)")
+    p.add_argument("--falloff", choices=["stereo", "config"], default="stereo",
+                   help="the endoscope's brightness fall-off: stereo: measured on the first training frame's "
+                        "stereo pair (perception.falloff); config: the trainer config's `falloff` (--set)")
     p.add_argument("--json", dest="json_out", default=None, help="write the result JSON here")
     p.add_argument("--out-dir", default=None, help="write comparison/depth PNGs and result.json here")
     return p
@@ -81,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         opts = EvalOptions(mode=args.mode, scale=args.scale, crop=crop, iterations_per_frame=args.iterations_per_frame,
                            device=device, iterations=iterations,
                            rate_hz=args.rate, out_dir=args.out_dir, backend=args.backend,
-                           threads=args.threads, poses=args.poses)
+                           threads=args.threads, poses=args.poses, falloff=args.falloff)
         result = evaluate_endonerf(args.path, opts, cfg)
     except (DatasetError, ValueError) as e:
         print(f"surg3d eval: {e}", file=sys.stderr)

@@ -28,7 +28,8 @@ import torch
 from surg3d_nodes.common.metrics import depth_rmse_mm, masked_psnr, psnr_star, ssim, ssim_map
 from surg3d_nodes.data.datasets.base import DatasetFrame
 from surg3d_nodes.data.datasets.endonerf import EndoNeRFReader
-from surg3d_nodes.perception.stereo_depth import StereoDepth
+from surg3d_nodes.perception.falloff import FalloffEstimator
+from surg3d_nodes.perception.stereo_depth import StereoDepth, right_tissue_mask
 from surg3d_nodes.recon.completion import tint_inferred, unpremultiply
 from surg3d_nodes.recon.config import Frame, TrainerConfig
 from surg3d_nodes.recon.online import OnlineTrainer
@@ -52,6 +53,7 @@ class EvalOptions:
     backend: str = "auto"
     threads: int = 1                 # CPU threads; 1 is fastest on a shared machine (no OpenMP stalls)
     poses: str = "dataset"           # dataset | tracked (the tracker's poses train; the dataset's score them)
+    falloff: str = "stereo"          # stereo: measured on the first training frame's stereo pair | config
 
 
 # De-occlusion scores (clips with tissue/ and tissue_depth/, e.g. the synthetic generator's), averaged.
@@ -114,28 +116,8 @@ def warp_left_to_right(d: dict) -> np.ndarray:
 
 
 def _right_tissue_mask(d: dict) -> np.ndarray:
-    """Tissue pixels of the right view: the left tissue mask forward-warped with left depth.
-
-    Tool pixels have no depth, so the tool is warped with the depth of the tissue behind it (inpainted),
-    which underestimates its disparity; the warped tool is therefore also dilated horizontally.
-    """
-    depth = np.nan_to_num(d["depth"], nan=0.0)
-    h, w = depth.shape
-    f, b = d["cam"].fx, d["cam_right"].baseline
-    valid = depth > 0
-    if not valid.any():
-        return np.zeros((h, w), bool)
-    filled = cv2.inpaint((depth * 1000).astype(np.float32), (~valid).astype(np.uint8), 5, cv2.INPAINT_TELEA)
-    disp = f * b / np.maximum(filled / 1000.0, 1e-4)
-    ys, xs = np.nonzero(d["mask"] > 0)
-    tool = np.zeros((h, w), np.uint8)
-    xr = np.round(xs - disp[ys, xs]).astype(int)
-    ok = (xr >= 0) & (xr < w)
-    tool[ys[ok], xr[ok]] = 255
-    tool |= d["mask"]
-    pad = max(3, round(0.5 * float(np.median(disp[valid]))))
-    tool = cv2.dilate(tool, np.ones((3, 2 * pad + 1), np.uint8))
-    return tool == 0
+    """Tissue pixels of the right view of dataset frame `d` (`right_tissue_mask`)."""
+    return right_tissue_mask(d["depth"], d["mask"], d["cam"].fx, d["cam_right"].baseline)
 
 
 def seen_before(d: dict, others: list[dict]) -> np.ndarray:
@@ -276,6 +258,23 @@ def _train_online(trainer: OnlineTrainer, data: list[dict], train: list[int], te
     trainer.stop()
 
 
+def _stereo_falloff(d: dict, progress: Callable[[str], None]) -> tuple[float, float]:
+    """The camera's fall-off coefficients measured on dataset frame `d`'s stereo pair (perception.falloff): what
+    the live system knows once its first frame has arrived. None measured (no right image or depth, too few
+    tissue pixels): no fall-off."""
+    est = FalloffEstimator()
+    if d["right"] is not None and d["cam_right"] is not None:
+        est.add(d["rgb"], d["right"], d["depth"], d["mask"], d["cam"].intrinsics(), d["cam_right"].intrinsics(),
+                d["cam_right"].baseline)
+    v = est.estimate()
+    if v is None:
+        progress(f"fall-off: not measured ({est.samples} stereo samples on the first frame): none applied")
+        return 0.0, 0.0
+    progress(f"fall-off measured on the first frame's stereo pair ({est.samples} samples): b1 {v.b1:.3f}, "
+             f"b2 {v.b2:.3f} (V {np.exp(v.b1 + v.b2):.3f} at a ray 45 degrees off the axis)")
+    return v.b1, v.b2
+
+
 def evaluate_endonerf(root: str | Path, opts: EvalOptions, cfg: TrainerConfig | None = None,
                       progress: Callable[[str], None] = print) -> dict:
     """Train on the clip's training frames, score the test frames; returns the result dict."""
@@ -304,6 +303,8 @@ def evaluate_endonerf(root: str | Path, opts: EvalOptions, cfg: TrainerConfig | 
     train = [i for i in range(n) if i not in set(tests) and i not in lost]
     cfg = cfg or TrainerConfig()
     cfg.device, cfg.backend = opts.device, opts.backend
+    if opts.falloff == "stereo":
+        cfg.falloff = _stereo_falloff(data[train[0]], progress)
     if cfg.image_scale <= 0:   # the frames are already at opts.scale: auto would shrink them again on CPU
         cfg.image_scale = 1.0
     trainer: Reconstructor | OnlineTrainer = OnlineTrainer(cfg) if opts.mode == "online" else Reconstructor(cfg)

@@ -77,6 +77,10 @@ class TrainerConfig:
     smooth_weight: float = param(1.0, "temporal smoothness (2nd differences) of the tracks", low=0.0, high=1e4)
     # 1: the newest frame alone gets recent_fraction (stream, K = 10, pulling 1/4: live 37.86 -> 38.78 dB vs 3).
     recent_window: int = param(1, "newest frames that get recent_fraction of the iterations", low=1, high=1000)
+    falloff: tuple[float, ...] = param(
+        (0.0, 0.0), "the endoscope's brightness fall-off V(r) = exp(b1 r^2 + b2 r^4), r the distance from the "
+        "principal point over the focal length: [b1, b2] (perception.falloff; `surg3d eval` measures it from a "
+        "clip's stereo pairs); frames are divided by V and the camera's views multiplied by it", low=-5.0, high=5.0)
     recent_fraction: float = param(0.5, "share of the iterations spent on the recent_window frames", low=0.0,
                                    high=1.0)
     max_keyframes: int = param(300, "keyframes kept for training (oldest thinned first)", low=1, high=100_000)

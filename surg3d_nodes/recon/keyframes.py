@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 import torch
 
+from surg3d_nodes.perception.falloff import Falloff
 from surg3d_nodes.recon.config import Frame
 from surg3d_nodes.recon.render import RenderCamera
 
@@ -38,7 +39,7 @@ class Keyframe:
     def state_dict(self) -> dict:
         """Plain containers and tensors (checkpoints); the image is stored as 8 bits."""
         return {"stamp_ns": self.stamp_ns, "t": self.t, "pose": self.pose, "K": self.K, "has_depth": self.has_depth,
-                "rgb": (self.rgb * 255 + 0.5).to(torch.uint8).cpu(), "depth": self.depth.cpu(),
+                "rgb": (self.rgb.clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu(), "depth": self.depth.cpu(),
                 "tissue": (self.tissue > 0.5).cpu(), "width": self.camera.width, "height": self.camera.height,
                 "raw_pose": self.raw_pose}
 
@@ -53,9 +54,11 @@ class Keyframe:
                    None if k.get("raw_pose") is None else np.asarray(k["raw_pose"], np.float64))
 
 
-def to_keyframe(f: Frame, image_scale: float, t: float, device: torch.device) -> Keyframe:
+def to_keyframe(f: Frame, image_scale: float, t: float, device: torch.device,
+                falloff: Falloff | None = None) -> Keyframe:
     """Resize a validated input frame by `image_scale` and turn it into training tensors (instrument pixels
-    become non-tissue; invalid depth becomes 0)."""
+    become non-tissue; invalid depth becomes 0); with `falloff`, the image divided by the camera's V (the tissue's
+    own colour, perception.falloff)."""
     rgb, depth, mask, cam = f.rgb, f.depth, f.mask, f.camera
     if image_scale != 1.0:
         cam = cam.scaled(image_scale)
@@ -74,7 +77,10 @@ def to_keyframe(f: Frame, image_scale: float, t: float, device: torch.device) ->
         d = np.where(np.isfinite(d) & (d > 0), d, 0.0).astype(np.float32)
     K = cam.intrinsics()
     pose = np.asarray(f.pose, dtype=np.float64)
-    return Keyframe(int(f.stamp_ns), t, torch.as_tensor(np.ascontiguousarray(rgb), device=device).float() / 255.0,
+    colour = torch.as_tensor(np.ascontiguousarray(rgb), device=device).float() / 255.0
+    if falloff is not None and not falloff.is_identity:
+        colour = colour / torch.as_tensor(falloff.gain(K, w, h), device=device)[..., None]
+    return Keyframe(int(f.stamp_ns), t, colour,
                     torch.as_tensor(d, device=device), torch.as_tensor(tissue, device=device),
                     RenderCamera.from_ros(pose, K, w, h, device=device), pose, K, bool((d * tissue > 0).any()))
 

@@ -24,6 +24,7 @@ import torch
 
 from surg3d_nodes.common.camera import scale_intrinsics
 from surg3d_nodes.common.geometry import backproject
+from surg3d_nodes.perception.falloff import NO_FALLOFF, Falloff
 from surg3d_nodes.recon.capacity import compact
 from surg3d_nodes.recon.colour_fit import fit_colours
 from surg3d_nodes.recon.completion import hidden_seeds, recolour_inferred, seen_inferred
@@ -167,6 +168,7 @@ class ModelView:
     backend: str
     frames: tuple[Keyframe, ...] = ()  # the stored frames, for the frame detail of views (recon.detail)
     detail_window_s: float = 0.0
+    falloff: Falloff = NO_FALLOFF      # the camera's brightness fall-off, applied to its views
 
     def _alive(self) -> dict[str, torch.Tensor]:
         """The Gaussians alive at the view's time, evaluated then (plus their `inferred` flags)."""
@@ -222,13 +224,18 @@ class ModelView:
 
         `detail`: add the frame detail of the stored frames within `detail_window_s` of the view's time
         (recon.detail): measured texture the Gaussians have not fitted yet.
+
+        The model holds the tissue's own colour; the view is as the endoscope sees it, darkening towards its
+        corners by the configured fall-off (perception.falloff).
         """
         width, height, K = self._intrinsics(width, height, K)
         rgb, d, a = self._render(pose, width, height, K)
         d[a < 0.5] = np.nan
         if detail:
-            rgb = np.clip(rgb + self._detail(pose, K, d, rgb), 0.0, 1.0)
-        return (rgb * 255.0 + 0.5).astype(np.uint8), d, a
+            rgb = rgb + self._detail(pose, K, d, rgb)
+        if not self.falloff.is_identity:
+            rgb = rgb * self.falloff.gain(K, width, height)[..., None]
+        return (np.clip(rgb, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8), d, a
 
     def _detail(self, pose: np.ndarray, K: np.ndarray, depth: np.ndarray, view_rgb: np.ndarray) -> np.ndarray:
         """[H,W,3] float: what the frames nearest the view's time, re-projected into it along the model's motion,
@@ -288,9 +295,9 @@ class ModelView:
     def _render(self, pose: np.ndarray, width: int, height: int, K: np.ndarray, time_s: float | None = None,
                 paint: Callable[[dict[str, torch.Tensor]], torch.Tensor] | None = None
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Colour (float 0..1; with `paint`, the per-Gaussian values it makes of the evaluated Gaussians
-        instead), depth and alpha (float32, depth not yet masked) at `pose`, at model time `time_s` (default:
-        the view's; see `render`)."""
+        """Colour (float, at least 0: the tissue's own colour, which the fall-off may take above 1; with `paint`,
+        the per-Gaussian values it makes of the evaluated Gaussians instead, 0..1), depth and alpha (float32,
+        depth not yet masked) at `pose`, at model time `time_s` (default: the view's; see `render`)."""
         t = self.time_s if time_s is None else time_s
         ref = self.reference
         rw, rh, rK = width, height, K
@@ -313,7 +320,7 @@ class ModelView:
                 z = np.zeros((height, width), np.float32)
                 return np.zeros((height, width, 3), np.float32), z.copy(), z
             rgb, depth, alpha, _ = render_evaluated(g, cam, self.backend)
-        rgb = rgb.clamp(0, 1).cpu().numpy()
+        rgb = rgb.clamp(0, None if paint is None else 1).cpu().numpy()
         d = depth.cpu().numpy().astype(np.float32)
         a = alpha.cpu().numpy().astype(np.float32)
         if (rw, rh) != (width, height):
@@ -364,8 +371,17 @@ class Reconstructor:
         self._since_check = 0
         self.on_frame: Callable[[], None] | None = None   # called after a frame is in the model
         self.regions: tuple[Region, ...] = ()        # the operator's regions of interest (replaced whole)
+        self.falloff()                                # a malformed setting fails here, not at the first frame
 
     # ------------------------------------------------------------------ reading
+    def falloff(self) -> Falloff:
+        """The camera's brightness fall-off (`falloff`): frames are divided by it, the camera's views show it.
+        ValueError unless the setting is two finite numbers."""
+        b = tuple(float(v) for v in self.cfg.falloff)
+        if len(b) != 2 or not all(math.isfinite(v) for v in b):
+            raise ValueError(f"falloff must be two finite numbers [b1, b2], got {list(self.cfg.falloff)}")
+        return Falloff(*b)
+
     def time_of(self, stamp_ns: int) -> float:
         """Model time (seconds since the first used frame, long pauses shortened) of a stamp."""
         return self.clock.time_of(stamp_ns)
@@ -378,7 +394,8 @@ class Reconstructor:
         """A frozen copy of the model at model time `time_s` (default: the newest frame)."""
         t = self.latest_time() if time_s is None else float(time_s)
         return ModelView(self.model, self.model.detached_copy(), t, self.live_stamp_ns or 0, self.stats.iterations,
-                         self.store.newest(), self.backend, tuple(self.store.stored()), self.cfg.detail_window_s)
+                         self.store.newest(), self.backend, tuple(self.store.stored()), self.cfg.detail_window_s,
+                         self.falloff())
 
     def render_view(self, pose: np.ndarray, time_s: float | None = None, width: int | None = None,
                     height: int | None = None, K: np.ndarray | None = None, detail: bool = False
@@ -421,7 +438,7 @@ class Reconstructor:
         if reason is not None:
             self.count_skip(reason)
             return False
-        kf = to_keyframe(f, self.cfg.image_scale, self.time_of(f.stamp_ns), self.device)
+        kf = to_keyframe(f, self.cfg.image_scale, self.time_of(f.stamp_ns), self.device, self.falloff())
         if f.depth is not None and not kf.has_depth:
             self.skips["depth_all_invalid"] += 1
         if self.model.num_gaussians == 0 and not kf.has_depth:
