@@ -109,12 +109,18 @@ def test_stereo_depth_node(ros_env, ros_node, scene):
         values = _status_values(got, "stereo_depth")
         assert int(values["pairs_processed"]) >= len(scene.frames) + 1
         assert values["backend"] == "sgbm" and int(values["onnx_fallback"]) == 1  # missing model: SGBM
+        # The endoscope's fall-off, measured on the first five pairs: the generator's vignetting at the corner,
+        # 1 - v ((x - cx)^2 + (y - cy)^2) / width^2.
+        cx, cy = scene.cam_left.intrinsics()[:2, 2]
+        truth = 1 - scene.config.vignetting * (cx ** 2 + cy ** 2) / scene.config.width ** 2
+        assert float(values["falloff_corner"]) == pytest.approx(truth, abs=0.03), values
         assert proc.poll() is None
     finally:
         out = stop_node(proc)
     assert "Traceback" not in out, out
     assert out.count("corrupt_image:") == 1  # logged once per kind
     assert out.count("falling back to SGBM") == 1
+    assert out.count("endoscope fall-off measured on 5 pairs") == 1
 
 
 def test_stereo_depth_takes_best_effort_cameras_in_a_namespace(ros_env, ros_node, scene):

@@ -65,8 +65,8 @@ class FalloffEstimator:
 
     def add(self, left: np.ndarray, right: np.ndarray, depth: np.ndarray | None, mask: np.ndarray | None,
             K_left: np.ndarray, K_right: np.ndarray, baseline_m: float) -> int:
-        """Add one rectified pair (RGB uint8), the left image's depth (metres, NaN or 0: none) and instrument mask
-        (non-zero: instrument); returns how many samples it gave."""
+        """Add one rectified pair (RGB or grey uint8), the left image's depth (metres, NaN or 0: none) and
+        instrument mask (non-zero: instrument); returns how many samples it gave."""
         if depth is None or left.shape != right.shape or not baseline_m > 0:
             return 0
         w = depth.shape[1]
@@ -87,8 +87,9 @@ class FalloffEstimator:
         inside = (xr >= 1) & (xr <= w - 2)
         ys, xs, xr = ys[inside], xs[inside], xr[inside]
         # Slightly blurred grey levels: a sub-pixel error in the disparity does not read as a brightness ratio.
-        gl = cv2.GaussianBlur(left, (5, 5), 1.0).astype(np.float64).mean(-1)
-        gr = cv2.GaussianBlur(right, (5, 5), 1.0).astype(np.float64).mean(-1)
+        gl, gr = (cv2.GaussianBlur(im, (5, 5), 1.0).astype(np.float64) for im in (left, right))
+        if gl.ndim == 3:
+            gl, gr = gl.mean(-1), gr.mean(-1)
         x0 = np.floor(xr).astype(int)
         a = xr - x0
         il, ir = gl[ys, xs], gr[ys, x0] * (1 - a) + gr[ys, x0 + 1] * a

@@ -23,6 +23,7 @@ from surg3d_nodes.common.camera import CameraModel
 from surg3d_nodes.common.camera_yaml import load_camera_yaml
 from surg3d_nodes.common.geometry import backproject
 from surg3d_nodes.common.workers import QueueWorker
+from surg3d_nodes.perception.falloff import FalloffEstimator
 from surg3d_nodes.perception.rectify import Rectifier, rectified_camera
 from surg3d_nodes.perception.stereo_depth import DepthModelError, OnnxDepth, SGBMParams, StereoDepth
 from surg3d_nodes.perception.sync import ApproxTimeSync
@@ -39,6 +40,9 @@ from surg3d_nodes.ros.convert import (
 )
 from surg3d_nodes.ros.runtime import SurgNode, run_node
 from surg3d_nodes.system.node_options import StereoDepthOptions
+
+# Stereo pairs the endoscope's fall-off is measured on (one is enough; a few smooth over noise).
+FALLOFF_PAIRS = 5
 
 
 def bad_image_kind(err: MessageError) -> str:
@@ -72,6 +76,12 @@ class StereoDepthNode(SurgNode):
         self._engine = None
         self._engine_key: tuple | None = None
         self._times: list[float] = []
+        # The endoscope's brightness fall-off, measured on the first pairs and reported (perception.falloff):
+        # what the trainer's `falloff` setting should be for this endoscope.
+        self._falloff = FalloffEstimator()
+        self._falloff_pairs = 0
+        self._falloff_status = "measuring"
+        self._falloff_corner: float | None = None
 
         self.rect_pub = self.publisher(Image, topics.LEFT_RECT)
         self.rect_info_pub = self.publisher(CameraInfo, topics.LEFT_RECT_INFO)
@@ -186,9 +196,31 @@ class StereoDepthNode(SurgNode):
         self.conf_pub.publish(image_to_msg(res.confidence, "mono8", stamp, frame))
         if self.points_pub is not None:
             self.points_pub.publish(self._points(res.depth, res.confidence, left_r, rect_l, stamp, frame))
+        if self._falloff_pairs < FALLOFF_PAIRS:
+            self._measure_falloff(left_r, right_r, res.depth, rect_l, rect_r)
         dt = (time.perf_counter() - t0) * 1000.0
         self._times = [*self._times, dt][-50:]
         self.count("pairs_processed")
+
+    def _measure_falloff(self, left: np.ndarray, right: np.ndarray, depth: np.ndarray, cam_l: CameraModel,
+                         cam_r: CameraModel) -> None:
+        """Add one rectified pair to the fall-off measurement; after FALLOFF_PAIRS, report it once (the
+        instruments are not masked here: their ratios are as valid, their highlights fall out as outliers)."""
+        self._falloff.add(left, right, depth, None, cam_l.intrinsics(), cam_r.intrinsics(), cam_r.baseline)
+        self._falloff_pairs += 1
+        if self._falloff_pairs < FALLOFF_PAIRS:
+            return
+        v = self._falloff.estimate()
+        if v is None:
+            self._falloff_status = f"not measured ({self._falloff.samples} samples)"
+            self.get_logger().warning(f"endoscope fall-off not measured: {self._falloff.samples} samples on "
+                                      f"{FALLOFF_PAIRS} pairs (too little tissue with depth)")
+            return
+        corner = float(v.gain(cam_l.intrinsics(), cam_l.width, cam_l.height)[0, 0])
+        self._falloff_status = f"{v.b1:.4f},{v.b2:.4f}"
+        self._falloff_corner = corner
+        self.get_logger().info(f"endoscope fall-off measured on {FALLOFF_PAIRS} pairs: {corner:.3f} at the image "
+                               f"corner; the trainer's setting for it: falloff: [{v.b1:.4f}, {v.b2:.4f}]")
 
     def _get_engine(self, cam_l: CameraModel, cam_r: CameraModel):
         key = (cam_l.P.tobytes(), cam_r.P.tobytes(), cam_l.width, cam_l.height)
@@ -227,7 +259,9 @@ class StereoDepthNode(SurgNode):
                 "unmatched_left": st.unmatched[0], "unmatched_right": st.unmatched[1],
                 "sync_dropped_left": st.dropped[0], "sync_dropped_right": st.dropped[1],
                 "work_queue": self._worker.pending,
-                "depth_ms_mean": float(np.mean(times)) if times else 0.0}
+                "depth_ms_mean": float(np.mean(times)) if times else 0.0,
+                "falloff": self._falloff_status, **({"falloff_corner": self._falloff_corner}
+                                                    if self._falloff_corner is not None else {})}
 
     def close(self) -> None:
         """Stop the worker thread."""
