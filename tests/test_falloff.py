@@ -47,6 +47,25 @@ def test_one_stereo_pair_measures_the_falloff(vignetting: float) -> None:
     assert gain[128, 160] == pytest.approx(1.0, abs=1e-3)
 
 
+def test_a_narrow_view_measures_the_falloff_without_its_r4_term() -> None:
+    # A 96x96 centre crop of a 320x256 pair (focal length 288 px): rays at most 13 degrees off the axis.
+    scene = generate(SynthConfig(width=320, height=256, frames=2, instruments=0, seed=6))
+    K = scene.cam_left.intrinsics().copy()
+    Kr = scene.cam_right.intrinsics().copy()
+    x0, y0 = 112, 80
+    for k in (K, Kr):
+        k[0, 2] -= x0
+        k[1, 2] -= y0
+    est = FalloffEstimator()
+    for f in scene.frames:
+        cut = (slice(y0, y0 + 96), slice(x0, x0 + 96))
+        est.add(f.left[cut], f.right[cut], f.depth[cut], f.mask[cut], K, Kr, scene.cam_right.baseline)
+    v = est.estimate()
+    assert v is not None and v.b2 == 0.0
+    r2 = ((0 - K[0, 2]) ** 2 + (0 - K[1, 2]) ** 2) / K[0, 0] ** 2
+    assert v.gain(K, 96, 96)[0, 0] == pytest.approx(_truth(scene, r2), abs=0.01)
+
+
 def test_no_measurement_without_depth_or_a_right_image() -> None:
     scene = generate(SynthConfig(width=40, height=32, frames=1, instruments=0))
     f = scene.frames[0]

@@ -30,6 +30,10 @@ SAMPLES_PER_FRAME = 4000
 DARKEST, BRIGHTEST = 20.0, 235.0
 # Fewer samples than this: no estimate (V stays 1).
 MIN_SAMPLES = 2000
+# The r^4 term is fitted only when the samples reach this far off the axis (r^2; 0.1: 18 degrees): over a narrow
+# view (a native-resolution crop) r^2 and r^4 are nearly proportional and their split is noise (b2 -30 on a
+# 160x128 crop of a 569 px focal length).
+MIN_R2_FOR_B2 = 0.1
 
 
 @dataclass(frozen=True)
@@ -62,6 +66,7 @@ class FalloffEstimator:
 
     seed: int = 0
     _rows: list[np.ndarray] = field(default_factory=list, init=False)
+    _max_r2: float = field(default=0.0, init=False)     # the farthest sample off the axis (left image, r^2)
 
     def add(self, left: np.ndarray, right: np.ndarray, depth: np.ndarray | None, mask: np.ndarray | None,
             K_left: np.ndarray, K_right: np.ndarray, baseline_m: float) -> int:
@@ -98,6 +103,8 @@ class FalloffEstimator:
         rr2 = ((xr - cxr) / K_right[0, 0]) ** 2 + ((ys - K_right[1, 2]) / K_right[1, 1]) ** 2
         rows = np.stack([rl2 - rr2, rl2 ** 2 - rr2 ** 2, np.log(il) - np.log(ir)], 1)[lit]
         self._rows.append(rows)
+        if lit.any():
+            self._max_r2 = max(self._max_r2, float(rl2[lit].max()))
         return len(rows)
 
     @property
@@ -106,20 +113,21 @@ class FalloffEstimator:
         return sum(len(r) for r in self._rows)
 
     def estimate(self) -> Falloff | None:
-        """The fitted V (least squares, samples beyond 3 robust standard deviations dropped, four rounds); None
-        with fewer than MIN_SAMPLES samples or a degenerate spread of radii."""
+        """The fitted V (least squares, samples beyond 3 robust standard deviations dropped, four rounds; b2 = 0
+        unless the samples reach MIN_R2_FOR_B2); None with fewer than MIN_SAMPLES samples or a degenerate spread
+        of radii."""
         if self.samples < MIN_SAMPLES:
             return None
         rows = np.concatenate(self._rows)
-        A = np.column_stack([rows[:, 0], rows[:, 1], np.ones(len(rows))])
+        wide = self._max_r2 >= MIN_R2_FOR_B2
+        A = np.column_stack([rows[:, 0], *([rows[:, 1]] if wide else []), np.ones(len(rows))])
         y = rows[:, 2]
         keep = np.ones(len(y), bool)
-        coef = np.zeros(3)
         for _ in range(4):
-            if np.linalg.matrix_rank(A[keep]) < 3:
+            if np.linalg.matrix_rank(A[keep]) < A.shape[1]:
                 return None
             coef, *_ = np.linalg.lstsq(A[keep], y[keep], rcond=None)
             res = y - A @ coef
             sigma = 1.4826 * float(np.median(np.abs(res[keep])))
             keep = np.abs(res) <= 3 * max(sigma, 1e-6)
-        return Falloff(float(coef[0]), float(coef[1]))
+        return Falloff(float(coef[0]), float(coef[1])) if wide else Falloff(float(coef[0]), 0.0)
