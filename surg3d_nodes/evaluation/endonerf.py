@@ -28,7 +28,7 @@ import torch
 from surg3d_nodes.common.metrics import depth_rmse_mm, masked_psnr, psnr_star, ssim, ssim_map
 from surg3d_nodes.data.datasets.base import DatasetFrame
 from surg3d_nodes.data.datasets.endonerf import EndoNeRFReader
-from surg3d_nodes.perception.falloff import FalloffEstimator
+from surg3d_nodes.perception.falloff import NEGLIGIBLE, FalloffEstimator
 from surg3d_nodes.perception.stereo_depth import StereoDepth, right_tissue_mask
 from surg3d_nodes.recon.completion import tint_inferred, unpremultiply
 from surg3d_nodes.recon.config import Frame, TrainerConfig
@@ -269,6 +269,10 @@ def _stereo_falloff(d: dict, progress: Callable[[str], None]) -> tuple[float, fl
     v = est.estimate()
     if v is None:
         progress(f"fall-off: not measured ({est.samples} stereo samples on the first frame): none applied")
+        return 0.0, 0.0
+    if v.negligible(d["cam"].intrinsics(), d["cam"].width, d["cam"].height):
+        progress(f"fall-off measured on the first frame's stereo pair: b1 {v.b1:.3f}, b2 {v.b2:.3f}, within "
+                 f"{NEGLIGIBLE:.0%} of none over the image: none applied")
         return 0.0, 0.0
     progress(f"fall-off measured on the first frame's stereo pair ({est.samples} samples): b1 {v.b1:.3f}, "
              f"b2 {v.b2:.3f} (V {np.exp(v.b1 + v.b2):.3f} at a ray 45 degrees off the axis)")
