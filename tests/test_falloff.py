@@ -129,7 +129,7 @@ def test_a_measured_falloff_shows_the_right_camera_better() -> None:
             pose = f.pose.copy()
             pose[:3, 3] += pose[:3, 0] * cam.baseline
             rgb, _, a = recon.render_view(pose, recon.time_of(f.stamp_ns), cam.width, cam.height, K=cam.intrinsics())
-            seen = right_tissue_mask(f.depth, f.mask, scene.cam_left.fx, cam.baseline, left_seen_only=True)
+            seen = right_tissue_mask(f.depth, f.mask, scene.cam_left.fx, cam.baseline)
             out.append(psnr_star(rgb, f.right, (seen & (a > 0.5)).astype(np.float32)))
         scores[falloff] = float(np.mean(out))
     without, with_ = scores.values()

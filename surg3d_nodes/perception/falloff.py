@@ -19,6 +19,7 @@ optics are alike.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import cv2
@@ -48,12 +49,11 @@ class Falloff:
     b2: float = 0.0
 
     def gain(self, K: np.ndarray, width: int, height: int) -> np.ndarray:
-        """[H,W] float32: V at each pixel of an image with intrinsics K (ROS convention: pixel centres at integer
-        coordinates)."""
-        x = (np.arange(width, dtype=np.float64) - K[0, 2]) / K[0, 0]
-        y = (np.arange(height, dtype=np.float64) - K[1, 2]) / K[1, 1]
-        r2 = y[:, None] ** 2 + x[None, :] ** 2
-        return np.exp(self.b1 * r2 + self.b2 * r2 * r2).astype(np.float32)
+        """[H,W] float32, shared between calls (not to be modified): V at each pixel of an image with
+        intrinsics K (ROS convention: pixel centres at integer coordinates). Made once per camera: every frame and
+        every view needs it."""
+        return _gain(self.b1, self.b2, float(K[0, 0]), float(K[1, 1]), float(K[0, 2]), float(K[1, 2]), width,
+                     height)
 
     def negligible(self, K: np.ndarray, width: int, height: int) -> bool:
         """Whether V stays within NEGLIGIBLE of 1 over the whole image."""
@@ -66,6 +66,14 @@ class Falloff:
 
 
 NO_FALLOFF = Falloff()
+
+
+@functools.lru_cache(maxsize=16)
+def _gain(b1: float, b2: float, fx: float, fy: float, cx: float, cy: float, width: int, height: int) -> np.ndarray:
+    x = (np.arange(width, dtype=np.float64) - cx) / fx
+    y = (np.arange(height, dtype=np.float64) - cy) / fy
+    r2 = y[:, None] ** 2 + x[None, :] ** 2
+    return np.exp(b1 * r2 + b2 * r2 * r2).astype(np.float32)
 
 
 @dataclass

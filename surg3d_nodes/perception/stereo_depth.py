@@ -208,24 +208,19 @@ def disparity_to_depth(disp: np.ndarray, fx: float, baseline_m: float, doffs: fl
     return depth.astype(np.float32)
 
 
-def right_tissue_mask(depth: np.ndarray | None, mask: np.ndarray | None, fx: float, baseline_m: float,
-                      left_seen_only: bool = False) -> np.ndarray:
+def right_tissue_mask(depth: np.ndarray, mask: np.ndarray, fx: float, baseline_m: float) -> np.ndarray:
     """[H,W] bool: the pixels of a rectified pair's right image that show tissue, from the left image's depth
     (metres, NaN or 0 where none) and instrument mask (non-zero = instrument), by forward-warping the left mask.
 
     Instrument pixels often have no depth, so an instrument is warped with the depth of the tissue behind it
     (inpainted), which underestimates its disparity; the warped instrument is therefore also dilated
-    horizontally by half the median disparity. Without depth nothing is known to be tissue. `left_seen_only`:
-    only right pixels that some left pixel maps to (the band the left camera does not see is left out).
+    horizontally by half the median disparity. Without depth nothing is known to be tissue.
     """
-    depth = np.nan_to_num(np.asarray(depth, np.float32), nan=0.0) if depth is not None else None
-    if depth is None or not (depth > 0).any():
-        shape = depth.shape if depth is not None else np.asarray(mask).shape
-        return np.zeros(shape, bool)
+    depth = np.nan_to_num(np.asarray(depth, np.float32), nan=0.0)
     h, w = depth.shape
     valid = depth > 0
-    if mask is None:
-        mask = np.zeros((h, w), np.uint8)
+    if not valid.any():
+        return np.zeros((h, w), bool)
     filled = cv2.inpaint((depth * 1000).astype(np.float32), (~valid).astype(np.uint8), 5, cv2.INPAINT_TELEA)
     disp = fx * baseline_m / np.maximum(filled / 1000.0, 1e-4)
     ys, xs = np.nonzero(mask > 0)
@@ -236,15 +231,7 @@ def right_tissue_mask(depth: np.ndarray | None, mask: np.ndarray | None, fx: flo
     tool |= (mask > 0).astype(np.uint8) * 255
     pad = max(3, round(0.5 * float(np.median(disp[valid]))))
     tool = cv2.dilate(tool, np.ones((3, 2 * pad + 1), np.uint8))
-    if not left_seen_only:
-        return tool == 0
-    ys, xs = np.nonzero(valid)
-    xr = np.round(xs - disp[ys, xs]).astype(int)
-    ok = (xr >= 0) & (xr < w)
-    seen = np.zeros((h, w), np.uint8)
-    seen[ys[ok], xr[ok]] = 1
-    seen = cv2.morphologyEx(seen, cv2.MORPH_CLOSE, np.ones((1, 3), np.uint8))   # rounding gaps
-    return (tool == 0) & (seen > 0)
+    return tool == 0
 
 
 def _nan_median(disp: np.ndarray, k: int) -> np.ndarray:
