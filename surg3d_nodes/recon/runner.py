@@ -33,9 +33,11 @@ from surg3d_nodes.recon.detail import (
     FRAMES_PER_SIDE,
     GAIN_WINDOW_PX,
     confirmed_share,
+    fill_uncovered,
     frame_detail,
     nearest_in_time,
     reproject,
+    uncovered,
 )
 from surg3d_nodes.recon.flow_tracks import FlowTrackConfig, update_tracks
 from surg3d_nodes.recon.gaussians import GaussianConfig, GaussianModel
@@ -223,7 +225,8 @@ class ModelView:
         26.6 dB direct vs 29.2 dB upsampled).
 
         `detail`: add the frame detail of the stored frames within `detail_window_s` of the view's time
-        (recon.detail): measured texture the Gaussians have not fitted yet.
+        (recon.detail): measured texture the Gaussians have not fitted yet; and fill the pixels the model does not
+        cover (seen by no frame) from those around them, a guess that `inferred_weight` marks.
 
         The model holds the tissue's own colour; the view is as the endoscope sees it, darkening towards its
         corners by the configured fall-off (perception.falloff).
@@ -231,15 +234,17 @@ class ModelView:
         width, height, K = self._intrinsics(width, height, K)
         rgb, d, a = self._render(pose, width, height, K)
         d[a < 0.5] = np.nan
-        if detail:
-            rgb = rgb + self._detail(pose, K, d, rgb)
+        if detail and self.detail_window_s > 0:
+            add, measured = self._detail(pose, K, d, rgb)
+            rgb = fill_uncovered(rgb + add, a, measured)
         if not self.falloff.is_identity:
             rgb = rgb * self.falloff.gain(K, width, height)[..., None]
         return (np.clip(rgb, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8), d, a
 
-    def _detail(self, pose: np.ndarray, K: np.ndarray, depth: np.ndarray, view_rgb: np.ndarray) -> np.ndarray:
+    def _detail(self, pose: np.ndarray, K: np.ndarray, depth: np.ndarray, view_rgb: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray]:
         """[H,W,3] float: what the frames nearest the view's time, re-projected into it along the model's motion,
-        add to its render `view_rgb` (recon.detail)."""
+        add to its render `view_rgb` (recon.detail); and [H,W] bool: the pixels some frame saw."""
         near = nearest_in_time(self.frames, self.time_s, self.detail_window_s, FRAMES_PER_SIDE)
         h, w = depth.shape
         images, renders, oks, weights = [], [], [], []
@@ -259,15 +264,18 @@ class ModelView:
                  else np.ones((h, w, 1), np.float32))
         parts = [(np.where(ok[..., None], (im - re) + (1.0 - trust) * (re - view_rgb), 0.0).astype(np.float32), ok,
                   wt) for im, re, ok, wt in zip(images, renders, oks, weights, strict=True)]
-        return frame_detail(parts, depth.shape, at_own_time=len(near) == 1 and near[0][0].t == self.time_s)
+        return (frame_detail(parts, depth.shape, at_own_time=len(near) == 1 and near[0][0].t == self.time_s),
+                np.any(oks, axis=0) if oks else np.zeros(depth.shape, bool))
 
     def inferred_weight(self, pose: np.ndarray, width: int | None = None, height: int | None = None,
                         K: np.ndarray | None = None) -> np.ndarray:
         """float32 HxW 0..1: how much of each pixel of `render` the inferred Gaussians make (recon.completion),
-        so a view can mark the guessed tissue."""
+        and 1 where the model does not cover it (a view with `detail` fills it in unless a frame saw it:
+        recon.detail), so a view can mark the guessed tissue."""
         flags = self.params["inferred"]
-        return self._render(pose, *self._intrinsics(width, height, K),
-                            paint=lambda g: flags.to(g["colors"])[:, None].expand(-1, 3))[0][..., 0]
+        weight, _, alpha = self._render(pose, *self._intrinsics(width, height, K),
+                                        paint=lambda g: flags.to(g["colors"])[:, None].expand(-1, 3))
+        return np.where(uncovered(alpha), 1.0, weight[..., 0]).astype(np.float32)
 
     def _motion(self, pose: np.ndarray, width: int, height: int, K: np.ndarray, time_s: float) -> np.ndarray:
         """[H,W,3] m: how far the model's surface each pixel of the view sees (at the view's time) is displaced
