@@ -9,7 +9,7 @@ import torch
 from recon_support import scene_frames
 
 from surg3d_nodes.data.synthetic import SynthConfig, generate
-from surg3d_nodes.recon.completion import membrane_fill, tint_inferred
+from surg3d_nodes.recon.completion import deoccluded, membrane_fill, tint_inferred
 from surg3d_nodes.recon.config import Frame, TrainerConfig
 from surg3d_nodes.recon.gaussians import GaussianConfig, GaussianModel
 from surg3d_nodes.recon.io.checkpoint import load_reconstructor, save_checkpoint
@@ -118,6 +118,27 @@ def test_flag_survives_densification_checkpoint_and_ply(scene, tmp_path):
     assert names[-1] == "inferred"
     data = np.frombuffer(body, dtype=[(k, "<f4") for k in names])
     assert np.array_equal(data["inferred"] > 0.5, m.inferred.numpy())
+
+
+def test_the_deoccluded_view_takes_the_render_under_the_instrument_in_the_live_light():
+    """The model remembers the tissue as an earlier frame showed it (here 20 % darker, and half covered at the
+    border of the render); under the instrument the view shows the render un-premultiplied and moved by the live
+    image's difference from it around the instrument; elsewhere the live image, untouched."""
+    yy, xx = np.mgrid[0:48, 0:64]
+    tissue = np.stack([120 + 40 * np.sin(xx / 5.0), 90 + 30 * np.cos(yy / 4.0), 80 + 0 * xx], -1).astype(np.float32)
+    mask = np.zeros((48, 64), np.uint8)
+    mask[15:30, 20:44] = 255
+    live = np.where(mask[..., None] > 0, 200.0, tissue).astype(np.uint8)       # the instrument in front
+    alpha = np.ones((48, 64), np.float32)
+    alpha[20:25] = 0.5                                                          # partly covered rows
+    render = (0.8 * tissue * alpha[..., None] + 0.5).astype(np.uint8)
+    out = deoccluded(live, render, alpha, mask)
+    tool = mask > 0
+    assert np.array_equal(out[~tool], live[~tool])
+    err = np.abs(out.astype(np.float32) - tissue)[tool].mean()
+    err_render = np.abs(np.clip(0.8 * tissue, 0, 255) - tissue)[tool].mean()
+    assert err < 0.2 * err_render, (err, err_render)
+    assert np.array_equal(deoccluded(live, render, alpha, np.zeros_like(mask)), live)
 
 
 def test_tint_marks_only_inferred_pixels():

@@ -30,7 +30,7 @@ from surg3d_nodes.data.datasets.base import DatasetFrame
 from surg3d_nodes.data.datasets.endonerf import EndoNeRFReader
 from surg3d_nodes.perception.falloff import NEGLIGIBLE, FalloffEstimator
 from surg3d_nodes.perception.stereo_depth import StereoDepth, right_tissue_mask
-from surg3d_nodes.recon.completion import tint_inferred, unpremultiply
+from surg3d_nodes.recon.completion import deoccluded, tint_inferred
 from surg3d_nodes.recon.config import Frame, TrainerConfig
 from surg3d_nodes.recon.online import OnlineTrainer
 from surg3d_nodes.recon.runner import Reconstructor, train_offline, train_stream
@@ -149,13 +149,6 @@ def seen_before(d: dict, others: list[dict]) -> np.ndarray:
     return out
 
 
-def deoccluded(rgb: np.ndarray, alpha: np.ndarray, d: dict) -> np.ndarray:
-    """The de-occluded view of frame `d`: its input image with the instrument pixels taken from the rendering
-    (`rgb` uint8, `alpha`), un-premultiplied."""
-    render = (unpremultiply(rgb.astype(np.float32) / 255.0, alpha) * 255.0 + 0.5).astype(np.uint8)
-    return np.where(d["mask"][..., None] > 0, render, d["rgb"])
-
-
 def deocclusion_scores(rgb: np.ndarray, depth: np.ndarray, alpha: np.ndarray, d: dict, seen: np.ndarray
                        ) -> dict[str, float]:
     """De-occlusion scores of a rendering of frame `d` against its tissue-only truth on the instrument pixels,
@@ -165,8 +158,8 @@ def deocclusion_scores(rgb: np.ndarray, depth: np.ndarray, alpha: np.ndarray, d:
     tool = d["mask"] > 0
     truth = d["tissue_rgb"]
     out: dict[str, float] = {"deocc_seen_fraction": float(seen[tool].mean()) if tool.any() else float("nan")}
-    images = {"deocc": deoccluded(rgb, alpha, d), "baseline_telea": cv2.inpaint(d["rgb"], tool.astype(np.uint8), 5,
-                                                                         cv2.INPAINT_TELEA)}
+    images = {"deocc": deoccluded(d["rgb"], rgb, alpha, d["mask"]),
+              "baseline_telea": cv2.inpaint(d["rgb"], tool.astype(np.uint8), 5, cv2.INPAINT_TELEA)}
     for key, img in images.items():
         smap = ssim_map(torch.from_numpy(img).float() / 255.0, torch.from_numpy(truth).float() / 255.0).numpy()
         for name, px in (("seen", tool & seen), ("unseen", tool & ~seen)):
@@ -377,7 +370,7 @@ def evaluate_endonerf(root: str | Path, opts: EvalOptions, cfg: TrainerConfig | 
                 cam = d["cam"]
                 w_inf = trainer.view(trainer.time_of(d["stamp_ns"])).inferred_weight(d["pose"], cam.width, cam.height,
                                                                                     cam.intrinsics())
-                tinted = tint_inferred(deoccluded(rgb, alpha, d), w_inf * (d["mask"] > 0))
+                tinted = tint_inferred(deoccluded(d["rgb"], rgb, alpha, d["mask"]), w_inf * (d["mask"] > 0))
                 _save_png(out / f"test_{i:03d}_live_deoccluded_truth.png", np.hstack([d["rgb"], tinted,
                                                                                       d["tissue_rgb"]]))
             _save_png(out / f"test_{i:03d}_depth_gt_render.png",

@@ -37,7 +37,7 @@ from surg3d_msgs.msg import RegionOfInterest, TrainerStatus, ViewRequest
 from surg3d_msgs.srv import LoadCheckpoint, RenderView, SaveModel
 from surg3d_nodes.common.camera import scale_intrinsics
 from surg3d_nodes.perception.sync import ApproxTimeSync
-from surg3d_nodes.recon.completion import tint_inferred, unpremultiply
+from surg3d_nodes.recon.completion import deoccluded, tint_inferred
 from surg3d_nodes.recon.config import Frame, TrainerConfig
 from surg3d_nodes.recon.io.checkpoint import load_checkpoint, save_checkpoint
 from surg3d_nodes.recon.online import OnlineTrainer
@@ -323,26 +323,25 @@ class TrainerNode(SurgNode):
         self.render_depth_pub.publish(image_to_msg(depth, "32FC1", stamp, self._frame_id()))
 
     def publish_deoccluded(self) -> None:
-        """Live image with instrument pixels replaced by the rendered tissue (un-premultiplied); pixels that
-        inferred Gaussians make are tinted while `deoccluded_tint_inferred` is on (recon.completion)."""
+        """Live image with instrument pixels replaced by the rendered tissue (recon.completion.deoccluded); pixels
+        that inferred Gaussians make are tinted while `deoccluded_tint_inferred` is on."""
         live = self._live
         out = self._render_live()
         if live is None or out is None:
             return
         rgb_live, mask, stamp = live
-        render = (unpremultiply(out[0].astype(np.float32) / 255.0, out[2]) * 255.0 + 0.5).astype(np.uint8)
-        size = (rgb_live.shape[1], rgb_live.shape[0])
-        if render.shape[:2] != rgb_live.shape[:2]:
-            render = cv2.resize(render, size, interpolation=cv2.INTER_LINEAR)
-        img = rgb_live.copy()
+        img = rgb_live
         if mask is not None:
-            tool = mask > 0
+            render, alpha = out[0], out[2]
+            size = (rgb_live.shape[1], rgb_live.shape[0])
+            if render.shape[:2] != rgb_live.shape[:2]:
+                render, alpha = (cv2.resize(x, size, interpolation=cv2.INTER_LINEAR) for x in (render, alpha))
+            img = deoccluded(rgb_live, render, alpha, mask)
             if self.deocc_tint:
                 weight = self.trainer.view().inferred_weight(self.trainer.live_pose())
-                if weight.shape != tool.shape:
+                if weight.shape != mask.shape:
                     weight = cv2.resize(weight, size, interpolation=cv2.INTER_LINEAR)
-                render = tint_inferred(render, weight)
-            img[tool] = render[tool]
+                img = tint_inferred(img, weight * (mask > 0))
         self.deocc_pub.publish(image_to_msg(img, "rgb8", stamp, self._frame_id()))
 
     def publish_status(self) -> None:
