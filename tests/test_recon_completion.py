@@ -121,9 +121,10 @@ def test_flag_survives_densification_checkpoint_and_ply(scene, tmp_path):
 
 
 def test_the_deoccluded_view_takes_the_render_under_the_instrument_in_the_live_light():
-    """The model remembers the tissue as an earlier frame showed it (here 20 % darker, and half covered at the
-    border of the render); under the instrument the view shows the render un-premultiplied and moved by the live
-    image's difference from it around the instrument; elsewhere the live image, untouched."""
+    """The model remembers the tissue as an earlier frame showed it (here 20 % darker, and half covered in some
+    rows); under the instrument the view shows the render un-premultiplied and, where it is memory, moved by the
+    live image's difference from it around the instrument; a guess (inferred Gaussians) keeps its colour; elsewhere
+    the live image, untouched."""
     yy, xx = np.mgrid[0:48, 0:64]
     tissue = np.stack([120 + 40 * np.sin(xx / 5.0), 90 + 30 * np.cos(yy / 4.0), 80 + 0 * xx], -1).astype(np.float32)
     mask = np.zeros((48, 64), np.uint8)
@@ -132,13 +133,16 @@ def test_the_deoccluded_view_takes_the_render_under_the_instrument_in_the_live_l
     alpha = np.ones((48, 64), np.float32)
     alpha[20:25] = 0.5                                                          # partly covered rows
     render = (0.8 * tissue * alpha[..., None] + 0.5).astype(np.uint8)
-    out = deoccluded(live, render, alpha, mask)
+    memory = np.zeros((48, 64), np.float32)
+    out = deoccluded(live, render, alpha, mask, memory)
     tool = mask > 0
     assert np.array_equal(out[~tool], live[~tool])
     err = np.abs(out.astype(np.float32) - tissue)[tool].mean()
     err_render = np.abs(np.clip(0.8 * tissue, 0, 255) - tissue)[tool].mean()
     assert err < 0.2 * err_render, (err, err_render)
-    assert np.array_equal(deoccluded(live, render, alpha, np.zeros_like(mask)), live)
+    guessed = deoccluded(live, render, alpha, mask, np.ones_like(memory))
+    assert np.abs(guessed.astype(np.float32) - 0.8 * tissue)[tool].max() <= 1.0, "a guess keeps its own colour"
+    assert np.array_equal(deoccluded(live, render, alpha, np.zeros_like(mask), memory), live)
 
 
 def test_tint_marks_only_inferred_pixels():

@@ -149,16 +149,17 @@ def seen_before(d: dict, others: list[dict]) -> np.ndarray:
     return out
 
 
-def deocclusion_scores(rgb: np.ndarray, depth: np.ndarray, alpha: np.ndarray, d: dict, seen: np.ndarray
-                       ) -> dict[str, float]:
-    """De-occlusion scores of a rendering of frame `d` against its tissue-only truth on the instrument pixels,
+def deocclusion_scores(rgb: np.ndarray, depth: np.ndarray, alpha: np.ndarray, inferred: np.ndarray, d: dict,
+                       seen: np.ndarray) -> dict[str, float]:
+    """De-occlusion scores of a rendering of frame `d` (with its `inferred` weight) against its tissue-only truth
+    on the instrument pixels,
     split into tissue seen before (`seen`) and never seen: PSNR, SSIM (the per-pixel SSIM of the de-occluded
     image averaged over those pixels), the same for the baseline (Telea inpainting of the input frame over its
     mask), and the depth RMSE (mm) and coverage under the instruments."""
     tool = d["mask"] > 0
     truth = d["tissue_rgb"]
     out: dict[str, float] = {"deocc_seen_fraction": float(seen[tool].mean()) if tool.any() else float("nan")}
-    images = {"deocc": deoccluded(d["rgb"], rgb, alpha, d["mask"]),
+    images = {"deocc": deoccluded(d["rgb"], rgb, alpha, d["mask"], inferred),
               "baseline_telea": cv2.inpaint(d["rgb"], tool.astype(np.uint8), 5, cv2.INPAINT_TELEA)}
     for key, img in images.items():
         smap = ssim_map(torch.from_numpy(img).float() / 255.0, torch.from_numpy(truth).float() / 255.0).numpy()
@@ -354,7 +355,10 @@ def evaluate_endonerf(root: str | Path, opts: EvalOptions, cfg: TrainerConfig | 
         deocc = d["tissue_rgb"] is not None and d["tissue_depth"] is not None and bool((d["mask"] > 0).any())
         if deocc:
             seen = seen_before(d, [data[j] for j in train if opts.mode == "offline" or j < i])
-            r.update(deocclusion_scores(rgb, depth, alpha, d, seen))
+            cam = d["cam"]
+            w_inf = trainer.view(trainer.time_of(d["stamp_ns"])).inferred_weight(d["pose"], cam.width, cam.height,
+                                                                                cam.intrinsics())
+            r.update(deocclusion_scores(rgb, depth, alpha, w_inf, d, seen))
         per.append(r)
         progress(f"  test frame {i:3d}: PSNR {r['psnr']:.2f} dB  PSNR* {r['psnr_star']:.2f}  "
                  f"SSIM {r['ssim']:.4f}  depth RMSE {r['depth_rmse_mm']:.2f} mm")
@@ -367,10 +371,7 @@ def evaluate_endonerf(root: str | Path, opts: EvalOptions, cfg: TrainerConfig | 
             valid = np.isfinite(d["depth"])
             lo, hi = (float(np.nanmin(d["depth"])), float(np.nanmax(d["depth"]))) if valid.any() else (0, 1)
             if deocc:
-                cam = d["cam"]
-                w_inf = trainer.view(trainer.time_of(d["stamp_ns"])).inferred_weight(d["pose"], cam.width, cam.height,
-                                                                                    cam.intrinsics())
-                tinted = tint_inferred(deoccluded(d["rgb"], rgb, alpha, d["mask"]), w_inf * (d["mask"] > 0))
+                tinted = tint_inferred(deoccluded(d["rgb"], rgb, alpha, d["mask"], w_inf), w_inf * (d["mask"] > 0))
                 _save_png(out / f"test_{i:03d}_live_deoccluded_truth.png", np.hstack([d["rgb"], tinted,
                                                                                       d["tissue_rgb"]]))
             _save_png(out / f"test_{i:03d}_depth_gt_render.png",

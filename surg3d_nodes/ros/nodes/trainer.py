@@ -336,11 +336,11 @@ class TrainerNode(SurgNode):
             size = (rgb_live.shape[1], rgb_live.shape[0])
             if render.shape[:2] != rgb_live.shape[:2]:
                 render, alpha = (cv2.resize(x, size, interpolation=cv2.INTER_LINEAR) for x in (render, alpha))
-            img = deoccluded(rgb_live, render, alpha, mask)
+            weight = self.trainer.view().inferred_weight(self.trainer.live_pose())
+            if weight.shape != mask.shape:
+                weight = cv2.resize(weight, size, interpolation=cv2.INTER_LINEAR)
+            img = deoccluded(rgb_live, render, alpha, mask, weight)
             if self.deocc_tint:
-                weight = self.trainer.view().inferred_weight(self.trainer.live_pose())
-                if weight.shape != mask.shape:
-                    weight = cv2.resize(weight, size, interpolation=cv2.INTER_LINEAR)
                 img = tint_inferred(img, weight * (mask > 0))
         self.deocc_pub.publish(image_to_msg(img, "rgb8", stamp, self._frame_id()))
 
