@@ -45,6 +45,25 @@ def test_replay_graph_outputs_arrive_and_sigint_stops_everything(synth_bag: Path
         assert any(line.startswith(f"[{name}]") or f"started {name}" in line for line in graph.lines)
 
 
+def stop_trainer(graph: Launch, since: int, tries: int = 3) -> None:
+    """SIGSTOP the trainer the launcher started last (after line `since`), once it runs and beats. A trainer the
+    launcher itself restarted for silence in the meantime (ci47: gone before the signal, a heartbeat more than the
+    test's 5 s late on a loaded 2-core machine) is the mechanism at work, not a failure: the next one is stopped.
+    Any other exit fails."""
+    for _ in range(tries):
+        started = [m for line in graph.lines[since:] if (m := re.search(r"started trainer \(pid (\d+)\) again", line))]
+        pid, at = int(started[-1].group(1)), len(graph.lines)
+        graph.wait_for(r"\[trainer\] .*trainer on cpu", 60, after=since)
+        time.sleep(3.0)    # spinning, heartbeats going (before the first one a node gets 60 s to start)
+        try:
+            os.kill(pid, signal.SIGSTOP)
+            return
+        except ProcessLookupError:
+            graph.wait_for(r"node trainer alive but silent for .*killing it to restart it", 1, after=since)
+            since = graph.lines.index(graph.wait_for(r"started trainer \(pid \d+\) again", 30, after=at).string)
+    raise AssertionError(f"the trainer never stayed up for 3 s in {tries} starts")
+
+
 def test_a_dying_node_is_respawned_within_its_run_or_stops_the_graph(synth_bag: Path, ros_env,
                                                                       tmp_path: Path) -> None:
     # A config copy whose trainer is restarted after 5 s without a heartbeat (30 s in config/graph.yaml).
@@ -77,13 +96,10 @@ def test_a_dying_node_is_respawned_within_its_run_or_stops_the_graph(synth_bag: 
         graph.wait_for(r"started trainer \(pid \d+\) again", 30, after=respawned)
         graph.wait_for(rf"\[trainer\] .*resumed from {re.escape(str(run))}/checkpoint_", 60, after=respawned)
         # Alive but silent (a stopped process stands for a deadlock): killed, counted and respawned.
-        stopped_pid = int(graph.wait_for(r"started trainer \(pid (\d+)\) again", 5, after=respawned).group(1))
-        graph.wait_for(r"\[trainer\] .*trainer on cpu", 60, after=respawned)
-        time.sleep(3.0)    # spinning, heartbeats going (before the first one a node gets 60 s to start)
-        os.kill(stopped_pid, signal.SIGSTOP)
+        stop_trainer(graph, respawned)
         silent = len(graph.lines)
         graph.wait_for(r"node trainer alive but silent for \d+\.\d s \(no heartbeat\): killing it to restart it "
-                       r"\(silent restart 1\)", 30, after=silent)
+                       r"\(silent restart \d\)", 30, after=silent)
         graph.wait_for(r"started trainer \(pid \d+\) again", 30, after=silent)
         graph.wait_for(rf"\[trainer\] .*resumed from {re.escape(str(run))}/checkpoint_", 60, after=silent)
         # stereo_depth has no respawn: the launcher reports it, stops the others and exits non-zero.
