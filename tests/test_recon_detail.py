@@ -20,7 +20,7 @@ from surg3d_nodes.recon.detail import (
     nearest_in_time,
     reproject,
     shared_share,
-    uncovered,
+    to_fill,
 )
 from surg3d_nodes.recon.runner import Reconstructor, StepSchedule
 
@@ -171,7 +171,8 @@ def test_detail_from_the_neighbouring_frames_moves_a_view_towards_what_the_camer
 
 def test_the_fill_inpaints_only_uncovered_pixels_no_frame_saw_and_keeps_the_range():
     """Telea from the pixels around, in every channel, for colours below and above 1 (a fall-off corner); OpenCV's
-    float inpainting returned -0.25 for such a hole amid 0.25..0.75 (why the fill works in 16 bits)."""
+    float inpainting returned -0.25 for such a hole amid 0.25..0.75 (why the fill works in 16 bits); no further
+    than a tenth of the view's width from what the model covers."""
     rng = np.random.default_rng(0)
     rgb = (0.25 + 0.5 * rng.random((20, 24, 3))).astype(np.float32)
     rgb[..., 2] += 1.0
@@ -188,26 +189,30 @@ def test_the_fill_inpaints_only_uncovered_pixels_no_frame_saw_and_keeps_the_rang
     for c, (lo, hi) in enumerate([(0.25, 0.75), (0.25, 0.75), (1.25, 1.75)]):
         assert lo <= hole[..., c].min() and hole[..., c].max() <= hi, (c, hole[..., c].min(), hole[..., c].max())
     assert np.array_equal(fill_uncovered(view, np.ones_like(alpha)), view), "nothing uncovered: unchanged"
+    far = np.ones((20, 100), np.float32)
+    far[:, 30:] = 0.0                           # nothing in the model beyond column 30: filled 10 px (10 %) out
+    reached = to_fill(far)
+    assert reached[:, 30:40].all() and not reached[:, 41:].any()
 
 
 def test_a_view_past_what_the_frames_saw_is_filled_in_and_marked_inferred(trained):
     """The right lens's view of a stored frame's moment sees a band beyond the left images' border that no frame
-    showed: the model does not cover it; the view the product shows fills it from the tissue beside it (mean error
+    showed: the model does not cover it; the tissue-only view fills it from the tissue beside it (mean error
     against the right image there 65 -> 13 grey levels, 2026-12-05), and `inferred_weight` marks it as a guess.
-    With the detail window at 0 the view is the model alone, unfilled."""
+    A view that does not fill shows the model there, unmarked."""
     rec, frames, scene = trained
     T_lr = np.eye(4)
     T_lr[0, 3] = scene.cam_right.baseline
     pose = frames[2].pose @ T_lr
     view = rec.view(rec.time_of(frames[2].stamp_ns))
     model, _, alpha = view.render(pose)
-    shown, _, _ = view.render(pose, detail=True)
-    hole = uncovered(alpha)
+    shown, _, _ = view.render(pose, detail=True, fill=True)
+    hole = to_fill(alpha)
     assert 0.02 < hole.mean() < 0.2, hole.mean()
     truth = scene.frames[2].right.astype(np.float32)
     err_model = np.abs(model.astype(np.float32) - truth)[hole].mean()
     err_shown = np.abs(shown.astype(np.float32) - truth)[hole].mean()
     assert err_shown < 0.5 * err_model, (err_shown, err_model)
-    assert (view.inferred_weight(pose)[hole] == 1.0).all(), "the filled pixels are marked as inferred"
-    view.detail_window_s = 0.0
-    assert np.array_equal(view.render(pose, detail=True)[0], model), "window 0: the model alone"
+    assert (view.inferred_weight(pose, fill=True)[hole] == 1.0).all(), "the filled pixels are marked as inferred"
+    assert (view.inferred_weight(pose)[hole] < 1.0).all(), "a view that does not fill marks nothing there"
+    assert np.array_equal(view.render(pose, detail=True)[0][hole], model[hole]), "without the fill: the model"

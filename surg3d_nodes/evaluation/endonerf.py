@@ -196,14 +196,15 @@ def _tissue(d: dict) -> np.ndarray:
 
 def _render(trainer: Reconstructor | OnlineTrainer, d: dict, right: bool = False, detail: bool = False):
     """The model's view of dataset frame `d` (left, or right through the stereo baseline) at its time; with
-    `detail`, the view the product shows (recon.detail)."""
+    `detail`, the tissue-only view the product shows (recon.detail: the frame detail, and what no frame saw filled
+    in and marked)."""
     pose, cam = d["pose"], d["cam"]
     if right:
         T_lr = np.eye(4)
         T_lr[0, 3] = d["cam_right"].baseline
         pose, cam = pose @ T_lr, d["cam_right"]
     return trainer.render_view(pose, trainer.time_of(d["stamp_ns"]), cam.width, cam.height, K=cam.intrinsics(),
-                               detail=detail)
+                               detail=detail, fill=detail)
 
 
 def _train_offline(trainer: Reconstructor, frames: list[Frame], opts: EvalOptions, progress, t0: float) -> None:

@@ -18,8 +18,8 @@ Gaussians' displacements, rendered); the window bounds how long that motion has 
 
 What no frame has shown is a guess and is marked so: a view from a new viewpoint sees past the edges of what the
 frames saw (behind a fold's occluding edge, beyond the image border), where the model has no Gaussians or only
-the thinned edges of the ones in front. Those pixels (`uncovered`), where no frame re-projects either, are
-inpainted from the others around them (`fill_uncovered`) and count as inferred (`ModelView.inferred_weight`).
+the thinned edges of the ones in front. Those pixels, where no frame re-projects either, are inpainted from the
+others around them up to a reach (`to_fill`, `fill_uncovered`) and count as inferred (`ModelView.inferred_weight`).
 """
 
 from __future__ import annotations
@@ -44,6 +44,9 @@ FRAMES_PER_SIDE = 2
 # frame saw too cost the left view 0.2 dB.
 COVERED = 0.8
 FILL_UNIT = 16383.0   # the fill's 16-bit quantum: colours 0..4 (a fall-off corner can take the tissue above 1)
+# How far from a covered pixel a view fills, as a share of its width: the band beyond a stereo image's border is one
+# disparity wide (about 9 % of the width for a 5 mm baseline at 50 mm with a 90 degree lens).
+FILL_REACH = 0.1
 
 
 class Timed(Protocol):
@@ -165,21 +168,29 @@ def confirmed_share(images: list[np.ndarray], renders: list[np.ndarray], oks: li
     return np.where(power > 1e-12, np.clip(cross / np.maximum(power, 1e-12), 0.0, 1.0), 1.0).astype(np.float32)
 
 
-def uncovered(alpha: np.ndarray) -> np.ndarray:
-    """HxW bool: the pixels of a view the model covers less than `COVERED`."""
-    return alpha < COVERED
+def to_fill(alpha: np.ndarray, measured: np.ndarray | None = None) -> np.ndarray:
+    """HxW bool: the pixels a view fills in: covered less than `COVERED` by the model, seen by no frame (`measured`,
+    the frame detail's), and within `FILL_REACH` of the view's width of a covered pixel: the bands a new viewpoint
+    exposes beside what the frames saw. Further out nothing is known, and the view stays empty there."""
+    hole = alpha < COVERED
+    if measured is not None:
+        hole &= ~measured
+    if not hole.any() or hole.all():
+        return np.zeros_like(hole) if hole.all() else hole
+    reach = cv2.distanceTransform(hole.astype(np.uint8), cv2.DIST_L2, 3)
+    return hole & (reach <= FILL_REACH * alpha.shape[1])
 
 
 def fill_uncovered(rgb: np.ndarray, alpha: np.ndarray, measured: np.ndarray | None = None) -> np.ndarray:
-    """The view `rgb` [H,W,3] float (0..4) with its `uncovered` pixels that no frame saw (`measured` [H,W] bool:
-    the frame detail's) inpainted from the others (OpenCV's Telea, 3 px, per channel in 16 bits: its float path
-    returns values outside the known ones' range for values below 1); unchanged when no pixel or every pixel is
-    to be filled."""
-    hole = uncovered(alpha) if measured is None else uncovered(alpha) & ~measured
-    if not hole.any() or hole.all():
+    """The view `rgb` [H,W,3] float (0..4) with its pixels `to_fill` inpainted from the covered ones around them
+    (OpenCV's Telea, 3 px, per channel in 16 bits: its float path returns values outside the known ones' range for
+    values below 1)."""
+    fill = to_fill(alpha, measured)
+    if not fill.any():
         return rgb
     q = np.round(np.clip(rgb, 0.0, 4.0) * FILL_UNIT).astype(np.uint16)
-    h8 = hole.astype(np.uint8)
+    unknown = alpha < COVERED if measured is None else (alpha < COVERED) & ~measured   # beyond the reach too
+    h8 = unknown.astype(np.uint8)
     filled = np.stack([cv2.inpaint(np.ascontiguousarray(q[..., c]), h8, 3, cv2.INPAINT_TELEA)
                        for c in range(rgb.shape[-1])], -1)
-    return np.where(hole[..., None], filled.astype(np.float32) / FILL_UNIT, rgb)
+    return np.where(fill[..., None], filled.astype(np.float32) / FILL_UNIT, rgb)

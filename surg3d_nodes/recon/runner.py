@@ -37,7 +37,7 @@ from surg3d_nodes.recon.detail import (
     frame_detail,
     nearest_in_time,
     reproject,
-    uncovered,
+    to_fill,
 )
 from surg3d_nodes.recon.flow_tracks import FlowTrackConfig, update_tracks
 from surg3d_nodes.recon.gaussians import GaussianConfig, GaussianModel
@@ -215,7 +215,8 @@ class ModelView:
         return out
 
     def render(self, pose: np.ndarray, width: int | None = None, height: int | None = None,
-               K: np.ndarray | None = None, detail: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+               K: np.ndarray | None = None, detail: bool = False, fill: bool = False
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Render (rgb uint8 HxWx3, depth float32 m with NaN where empty, alpha float32) at `pose`.
 
         K (ROS convention) defaults to the newest frame's intrinsics scaled to width x height. A view finer
@@ -225,8 +226,9 @@ class ModelView:
         26.6 dB direct vs 29.2 dB upsampled).
 
         `detail`: add the frame detail of the stored frames within `detail_window_s` of the view's time
-        (recon.detail): measured texture the Gaussians have not fitted yet; and fill the pixels the model does not
-        cover (seen by no frame) from those around them, a guess that `inferred_weight` marks.
+        (recon.detail): measured texture the Gaussians have not fitted yet. `fill`: the tissue-only view completed:
+        the pixels beside the model's cover that no frame saw filled in from those around them (recon.detail,
+        `to_fill`), a guess that `inferred_weight` marks.
 
         The model holds the tissue's own colour; the view is as the endoscope sees it, darkening towards its
         corners by the configured fall-off (perception.falloff).
@@ -234,9 +236,12 @@ class ModelView:
         width, height, K = self._intrinsics(width, height, K)
         rgb, d, a = self._render(pose, width, height, K)
         d[a < 0.5] = np.nan
+        measured = None
         if detail and self.detail_window_s > 0:
             add, measured = self._detail(pose, K, d, rgb)
-            rgb = fill_uncovered(rgb + add, a, measured)
+            rgb = rgb + add
+        if fill:
+            rgb = fill_uncovered(rgb, a, measured)
         if not self.falloff.is_identity:
             rgb = rgb * self.falloff.gain(K, width, height)[..., None]
         return (np.clip(rgb, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8), d, a
@@ -268,14 +273,14 @@ class ModelView:
                 np.any(oks, axis=0) if oks else np.zeros(depth.shape, bool))
 
     def inferred_weight(self, pose: np.ndarray, width: int | None = None, height: int | None = None,
-                        K: np.ndarray | None = None) -> np.ndarray:
+                        K: np.ndarray | None = None, fill: bool = False) -> np.ndarray:
         """float32 HxW 0..1: how much of each pixel of `render` the inferred Gaussians make (recon.completion),
-        and 1 where the model does not cover it (a view with `detail` fills it in unless a frame saw it:
-        recon.detail), so a view can mark the guessed tissue."""
+        and with `fill` 1 where the view fills in what the model does not cover (recon.detail.to_fill, counting the
+        pixels a frame saw too), so a view can mark the guessed tissue."""
         flags = self.params["inferred"]
         weight, _, alpha = self._render(pose, *self._intrinsics(width, height, K),
                                         paint=lambda g: flags.to(g["colors"])[:, None].expand(-1, 3))
-        return np.where(uncovered(alpha), 1.0, weight[..., 0]).astype(np.float32)
+        return np.where(fill & to_fill(alpha), 1.0, weight[..., 0]).astype(np.float32)
 
     def _motion(self, pose: np.ndarray, width: int, height: int, K: np.ndarray, time_s: float) -> np.ndarray:
         """[H,W,3] m: how far the model's surface each pixel of the view sees (at the view's time) is displaced
@@ -406,10 +411,10 @@ class Reconstructor:
                          self.falloff())
 
     def render_view(self, pose: np.ndarray, time_s: float | None = None, width: int | None = None,
-                    height: int | None = None, K: np.ndarray | None = None, detail: bool = False
-                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                    height: int | None = None, K: np.ndarray | None = None, detail: bool = False,
+                    fill: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """`ModelView.render` of the model at `time_s`."""
-        return self.view(time_s).render(pose, width, height, K, detail)
+        return self.view(time_s).render(pose, width, height, K, detail, fill)
 
     def set_regions(self, regions: tuple[Region, ...]) -> None:
         """The operator's regions of interest, weighted in the colour loss from the next step on (an empty

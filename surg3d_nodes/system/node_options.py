@@ -96,8 +96,9 @@ class TrainerNodeOptions:
                                live=True)
     deoccluded_rate: float = param(5.0, "Hz of /recon/deoccluded/image (0 = off)", low=0.0, high=60.0,
                                    live=True)
-    deoccluded_tint_inferred: bool = param(True, "tint the pixels of /recon/deoccluded/image that inferred "
-                                                 "Gaussians make (tissue no camera has shown) magenta", live=True)
+    deoccluded_tint_inferred: bool = param(True, "tint the pixels of /recon/deoccluded/image and of the requested "
+                                                 "views that are guesses (inferred Gaussians: tissue no camera has "
+                                                 "shown; a view's fill of what no frame saw) magenta", live=True)
     status_rate: float = param(1.0, "Hz of /recon/status (0 = off)", low=0.0, high=60.0, live=True)
     points_max: int = param(100_000, "points per cloud (most opaque first when capped)", low=1,
                             high=10_000_000)

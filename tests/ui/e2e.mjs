@@ -62,6 +62,9 @@ try {
   await page.click("#btn-scope");
   await page.waitForTimeout(1500);  // Spark's sort
   const views = await page.evaluate(() => window.surg3d.counts.get("/recon/view/image") || 0);
+  // The model as it holds it, as the splats show it: not the tissue-only view, which fills in (marked) what no
+  // frame saw beside the model's cover.
+  await page.uncheck("#chk-deocc");
   await page.click("#btn-view");
   await page.waitForFunction((n) => (window.surg3d.counts.get("/recon/view/image") || 0) > n, views, { timeout: TIMEOUT });
   result.scopeView = await page.evaluate(async () => {

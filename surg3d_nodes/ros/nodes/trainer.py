@@ -465,7 +465,7 @@ class TrainerNode(SurgNode):
         """Complete checkpoints in output_dir, oldest first (temp files are hidden, never matched)."""
         return checkpoints(self.output_dir)
 
-    def _view(self, pose_msg, stamp_msg, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+    def _view(self, pose_msg, stamp_msg, width: int, height: int, fill: bool) -> tuple[np.ndarray, np.ndarray]:
         pose = msg_to_pose(pose_msg)
         ns = stamp_to_ns(stamp_msg)
         t = None if ns == 0 else self.trainer.time_of(ns)
@@ -476,15 +476,18 @@ class TrainerNode(SurgNode):
         if self._info is not None and w and h:
             cam = msg_to_camera(self._info)
             K = scale_intrinsics(cam.intrinsics(), w / cam.width, h / cam.height)
-        # The operator's views of any moment carry the frame detail (trainer parameter detail_window_s); the
-        # live /recon/render stays the model alone, to be compared with the camera image.
-        rgb, depth, _ = self.trainer.render_view(pose, t, w, h, K=K, detail=True)
+        # The operator's views of any moment carry the frame detail (trainer parameter detail_window_s), and with
+        # `fill` (a tissue-only view request) what no frame saw beside the model's cover; the live /recon/render
+        # stays the model alone, to be compared with the camera image. Their guesses are marked.
+        rgb, depth, _ = self.trainer.render_view(pose, t, w, h, K=K, detail=True, fill=fill)
+        if self.deocc_tint:
+            rgb = tint_inferred(rgb, self.trainer.view(t).inferred_weight(pose, w, h, K, fill))
         return rgb, depth
 
     def srv_render_view(self, req, res):
         """Render the model from any pose at any past time (stamp 0 = newest)."""
         try:
-            rgb, depth = self._view(req.pose, req.header.stamp, req.width, req.height)
+            rgb, depth = self._view(req.pose, req.header.stamp, req.width, req.height, fill=False)
         except (MessageError, RuntimeError, ValueError) as e:
             res.success, res.message = False, str(e)
             return res
@@ -495,9 +498,10 @@ class TrainerNode(SurgNode):
         return res
 
     def on_view_request(self, msg: ViewRequest) -> None:
-        """Render a requested view to /recon/view/image (the model holds tissue only either way)."""
+        """Render a requested view to /recon/view/image (the model holds tissue only either way; `deoccluded`
+        also fills in what no frame saw beside the model's cover, marked)."""
         try:
-            rgb, _ = self._view(msg.pose, msg.header.stamp, msg.width, msg.height)
+            rgb, _ = self._view(msg.pose, msg.header.stamp, msg.width, msg.height, fill=msg.deoccluded)
         except (MessageError, RuntimeError, ValueError) as e:
             self.report_problem("view_request", str(e))
             return
