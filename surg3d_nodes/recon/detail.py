@@ -172,13 +172,18 @@ def to_fill(alpha: np.ndarray, measured: np.ndarray | None = None) -> np.ndarray
     """HxW bool: the pixels a view fills in: covered less than `COVERED` by the model, seen by no frame (`measured`,
     the frame detail's), and within `FILL_REACH` of the view's width of a covered pixel: the bands a new viewpoint
     exposes beside what the frames saw. Further out nothing is known, and the view stays empty there."""
-    hole = alpha < COVERED
-    if measured is not None:
-        hole &= ~measured
-    if not hole.any() or hole.all():
-        return np.zeros_like(hole) if hole.all() else hole
+    hole = _unknown(alpha, measured)
+    if hole.all():
+        return np.zeros_like(hole)          # nothing to fill from
+    if not hole.any():
+        return hole
     reach = cv2.distanceTransform(hole.astype(np.uint8), cv2.DIST_L2, 3)
     return hole & (reach <= FILL_REACH * alpha.shape[1])
+
+
+def _unknown(alpha: np.ndarray, measured: np.ndarray | None) -> np.ndarray:
+    """HxW bool: covered less than `COVERED` and not `measured` (beyond the fill's reach too)."""
+    return alpha < COVERED if measured is None else (alpha < COVERED) & ~measured
 
 
 def fill_uncovered(rgb: np.ndarray, alpha: np.ndarray, measured: np.ndarray | None = None) -> np.ndarray:
@@ -189,8 +194,7 @@ def fill_uncovered(rgb: np.ndarray, alpha: np.ndarray, measured: np.ndarray | No
     if not fill.any():
         return rgb
     q = np.round(np.clip(rgb, 0.0, 4.0) * FILL_UNIT).astype(np.uint16)
-    unknown = alpha < COVERED if measured is None else (alpha < COVERED) & ~measured   # beyond the reach too
-    h8 = unknown.astype(np.uint8)
+    h8 = _unknown(alpha, measured).astype(np.uint8)   # no source beyond the reach either: black would bleed in
     filled = np.stack([cv2.inpaint(np.ascontiguousarray(q[..., c]), h8, 3, cv2.INPAINT_TELEA)
                        for c in range(rgb.shape[-1])], -1)
     return np.where(fill[..., None], filled.astype(np.float32) / FILL_UNIT, rgb)

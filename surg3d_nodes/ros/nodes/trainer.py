@@ -331,7 +331,7 @@ class TrainerNode(SurgNode):
             return
         rgb_live, mask, stamp = live
         img = rgb_live
-        if mask is not None:
+        if mask is not None and (mask > 0).any():    # no instrument: the live image as it is
             render, alpha = out[0], out[2]
             size = (rgb_live.shape[1], rgb_live.shape[0])
             if render.shape[:2] != rgb_live.shape[:2]:
@@ -479,9 +479,10 @@ class TrainerNode(SurgNode):
         # The operator's views of any moment carry the frame detail (trainer parameter detail_window_s), and with
         # `fill` (a tissue-only view request) what no frame saw beside the model's cover; the live /recon/render
         # stays the model alone, to be compared with the camera image. Their guesses are marked.
-        rgb, depth, _ = self.trainer.render_view(pose, t, w, h, K=K, detail=True, fill=fill)
+        view = self.trainer.view(t)          # one frozen model for the view and its marks
+        rgb, depth, _ = view.render(pose, w, h, K, detail=True, fill=fill)
         if self.deocc_tint:
-            rgb = tint_inferred(rgb, self.trainer.view(t).inferred_weight(pose, w, h, K, fill))
+            rgb = tint_inferred(rgb, view.inferred_weight(pose, w, h, K, fill))
         return rgb, depth
 
     def srv_render_view(self, req, res):
