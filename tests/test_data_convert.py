@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -14,7 +17,7 @@ from rosbags.typesys import Stores, get_typestore
 from surg3d_nodes.cli import convert as convert_cli
 from surg3d_nodes.cli import synth as synth_cli
 from surg3d_nodes.common.geometry import pose_matrix
-from surg3d_nodes.data.bags import BagReader, BagWriter
+from surg3d_nodes.data.bags import BagReader, BagWriter, bag_path_taken, recover_unclosed
 from surg3d_nodes.data.datasets import open_dataset
 
 STORE = get_typestore(Stores.ROS2_KILTED)
@@ -161,3 +164,36 @@ def test_bag_writer_abort_on_exception(tmp_path: Path) -> None:
         w.write("/x", String(data="a"), 1)
         raise RuntimeError("boom")
     no_leftovers(tmp_path, "b")
+
+
+# A writer process that dies in the middle of a bag (abort(): no Python cleanup, as a crash in native code).
+_DYING_WRITER = """
+import os, sys
+from std_msgs.msg import String
+from surg3d_nodes.data.bags import BagWriter
+w = BagWriter(sys.argv[1])
+for i in range(3000):
+    w.write("/x", String(data=f"{i:06d}" + "." * 1000), 1_000_000_000 + i)
+os.abort()
+"""
+
+
+def test_a_bag_left_unclosed_by_a_dead_writer_is_closed_with_what_it_holds(tmp_path: Path) -> None:
+    from rclpy.serialization import deserialize_message
+    from std_msgs.msg import String
+
+    out = tmp_path / "recording_1"
+    dead = subprocess.run([sys.executable, "-c", _DYING_WRITER, str(out)], capture_output=True)
+    assert dead.returncode == -6 and not out.exists() and bag_path_taken(out)
+    mine = BagWriter(tmp_path / "recording_2")           # staged by a live process (this one): left alone
+    mine.write("/x", String(data="live"), 5)
+    recovered = recover_unclosed(tmp_path)
+    assert [r.path for r in recovered] == [out]
+    r = recovered[0]
+    assert r.stopped is not None and "truncated" in r.stopped   # the chunk in the writer's memory died with it
+    with Reader(out) as reader:                                  # rosbags' own reader: a closed, indexed bag
+        got = [deserialize_message(raw, String).data[:6] for _, _, raw in reader.messages()]
+    assert len(got) == r.count > 1000 and got == [f"{i:06d}" for i in range(r.count)]
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == [f".recording_2.partial-{os.getpid()}"]
+    assert recover_unclosed(tmp_path) == []                     # nothing left to close
+    assert mine.close() == tmp_path / "recording_2"

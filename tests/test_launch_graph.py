@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from rosbags.rosbag2 import Reader
 from rosproc import Launch, free_port
 
 from surg3d_nodes.ros import topics
@@ -102,12 +103,33 @@ def test_a_dying_node_is_respawned_within_its_run_or_stops_the_graph(synth_bag: 
                        r"\(silent restart \d\)", 30, after=silent)
         graph.wait_for(r"started trainer \(pid \d+\) again", 30, after=silent)
         graph.wait_for(rf"\[trainer\] .*resumed from {re.escape(str(run))}/checkpoint_", 60, after=silent)
+        # The recorder aborted from native code (as Fast DDS's TCP transport made it in CI after a link cut): it is
+        # respawned into a new recording of the run, and the new recorder closes the bag its predecessor left open.
+        recorder_pid = int(graph.wait_for(r"started recorder \(pid (\d+)\)", 5).group(1))
+        os.kill(recorder_pid, signal.SIGABRT)
+        died = graph.lines.index(graph.wait_for(r"node recorder exited with code -6; respawning", 30).string)
+        closed = graph.wait_for(rf"\[recorder\] .*closed ({re.escape(str(run))}/recording_\S+), left unclosed by a "
+                                rf"recorder that ended without closing it: (\d+) messages", 60, after=died)
+        graph.wait_for(r"\[recorder\] .*subscribed to /depth/image", 30, after=died)
+        time.sleep(3.0)
         # stereo_depth has no respawn: the launcher reports it, stops the others and exits non-zero.
         subprocess.run(["kill", "-KILL", str(depth_pid)], check=True)
         graph.wait_for(r"node stereo_depth died with exit code -9; stopping the graph", 30)
         assert graph.proc.wait(timeout=60) == 1
     finally:
         graph.stop()
+    # Both recordings are closed bags (rosbags' own reader), one after the other, each with the graph's depth.
+    recordings = sorted(run.glob("recording_*"))
+    assert len(recordings) == 2 and recordings[0] == Path(closed.group(1)), recordings
+    spans = []
+    for bag in recordings:
+        with Reader(bag) as r:
+            stamps = [stamp for conn, stamp, _ in r.messages() if conn.topic == "/" + topics.DEPTH]
+        assert stamps, f"{bag}: no depth recorded"
+        spans.append((min(stamps), max(stamps)))
+    with Reader(recordings[0]) as r:
+        assert r.message_count == int(closed.group(2)) > 0
+    assert spans[0][1] < spans[1][0], spans
 
     # A new launch into the same output_dir gets a run folder of its own and never resumes the earlier run.
     second = launch()

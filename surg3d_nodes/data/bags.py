@@ -78,6 +78,9 @@ def _nested_types(store: Typestore, name: str) -> list[str]:
     return out
 
 
+_STAGE_MARK = ".partial-"  # a bag being written is `.<name>.partial-<writer pid>/<name>` beside its final path
+
+
 class BagWriter:
     """Write a rosbag2 directory; use as a context manager (an exception discards the staged bag).
 
@@ -90,7 +93,7 @@ class BagWriter:
         self.out = Path(out)
         if self.out.exists() and not overwrite:
             raise FileExistsError(f"output bag {self.out} already exists (choose a new path or overwrite)")
-        self._stage_root = self.out.parent / f".{self.out.name}.partial-{os.getpid()}"
+        self._stage_root = self.out.parent / f".{self.out.name}{_STAGE_MARK}{os.getpid()}"
         if self._stage_root.exists():
             shutil.rmtree(self._stage_root)
         self._stage_root.mkdir(parents=True)
@@ -350,3 +353,49 @@ class BagReader:
             self.stopped = f"{path}: stopped after {self.count} messages: sqlite3 error: {e}"
         finally:
             con.close()
+
+
+@dataclass
+class Recovered:
+    """A bag that a writer left unclosed, rewritten as a closed bag: where, how many messages, and where reading
+    the damaged copy stopped (None when it was read to its end)."""
+
+    path: Path
+    count: int
+    stopped: str | None
+
+
+def bag_path_taken(out: str | os.PathLike) -> bool:
+    """True when `out` exists or a bag for it is being written or was left unclosed (staged under its name)."""
+    out = Path(out)
+    return out.exists() or any(out.parent.glob(f".{out.name}{_STAGE_MARK}*"))
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:   # someone else's process
+        return True
+    return True
+
+
+def recover_unclosed(folder: str | os.PathLike, storage: str = "mcap") -> list[Recovered]:
+    """Close the bags in `folder` whose writer process ended without closing them (a crash, a kill): every message
+    still readable in the staged copy (`BagReader`'s scan; an MCAP writer loses at most its unwritten chunk) is
+    written to the bag's own path, then the staged copy is removed. Staged bags of live processes are left alone,
+    and so is one whose final path already exists."""
+    recovered = []
+    for stage in sorted(Path(folder).glob(f".*{_STAGE_MARK}*")):
+        name, _, pid = stage.name[1:].rpartition(_STAGE_MARK)
+        staged, out = stage / name, stage.parent / name
+        if not (pid.isdigit() and staged.is_dir()) or _process_alive(int(pid)) or out.exists():
+            continue
+        reader = BagReader(staged)
+        with BagWriter(out, storage=storage) as writer:
+            for m in reader.messages():
+                writer.write_raw(m.topic, m.msgtype, m.stamp_ns, m.data)
+        shutil.rmtree(stage)
+        recovered.append(Recovered(out, reader.count, reader.stopped))
+    return recovered

@@ -3,7 +3,9 @@
 Subscriptions take raw CDR bytes (raw=True) and only enqueue them (bounded queue; a full queue counts a drop);
 a background thread writes them with rosbags. Topic types come from the graph (topics are subscribed as
 soon as a publisher appears). The bag is written under a hidden name and appears at its path when the node
-shuts down and closes it. Parameters: system/node_options.py RecorderOptions.
+shuts down and closes it. A recorder that died (the launcher respawns it) leaves its bag unclosed: the next one
+started in the same folder closes it, with every message still readable in it. Parameters:
+system/node_options.py RecorderOptions.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from surg3d_nodes.data.bags import BagWriter
+from surg3d_nodes.data.bags import BagWriter, bag_path_taken, recover_unclosed
 from surg3d_nodes.ros import qos
 from surg3d_nodes.ros.nodes.bag_replay import message_class
 from surg3d_nodes.ros.runtime import ERROR, SurgNode, run_node
@@ -34,9 +36,11 @@ class Recorder(SurgNode):
         self.qos_depth = p.qos_depth
         if not self.topics:
             raise ValueError("parameter 'topics' lists no topic to record")
-        stamp = time.strftime("%Y%m%d_%H%M%S", time.gmtime())
-        self.output = Path(p.output) if p.output else Path(p.output_dir) / f"recording_{stamp}"
+        self.output = Path(p.output) if p.output else _new_recording(Path(p.output_dir))
         self.writer = BagWriter(self.output, storage=self.storage)   # fails early on an existing output
+        # Bags of recorders that died here, closed in the background (a long one takes a while to rewrite).
+        self._recovery = threading.Thread(target=self._recover, name="recorder_recovery", daemon=True)
+        self._recovery.start()
         self.queue: queue.Queue[tuple[str, str, int, bytes] | None] = queue.Queue(maxsize=self.queue_size)
         self.subs: dict[str, Any] = {}
         self.received = self.written = self.dropped = 0
@@ -46,6 +50,16 @@ class Recorder(SurgNode):
         self._discovery = self.create_timer(p.discovery_period, self._discover)
         self._discover()
         self.get_logger().info(f"recording {self.topics} to {self.output} ({self.storage})")
+
+    def _recover(self) -> None:
+        try:
+            for r in recover_unclosed(self.output.parent, self.storage):
+                self.get_logger().warning(
+                    f"closed {r.path}, left unclosed by a recorder that ended without closing it: {r.count} messages"
+                    + (f"; reading it stopped: {r.stopped}" if r.stopped else ""))
+        except Exception as e:
+            self.report_problem("recover", f"could not close a bag left unclosed in {self.output.parent}: "
+                                           f"{type(e).__name__}: {e}", ERROR)
 
     def _discover(self) -> None:
         """Subscribe to every listed topic whose type is now known from the graph."""
@@ -103,12 +117,24 @@ class Recorder(SurgNode):
         self.subs.clear()
         self.queue.put(None)
         self._thread.join(timeout=60.0)
+        self._recovery.join(timeout=60.0)
         try:
             path = self.writer.close()
             self.get_logger().info(f"closed {path}: {self.written} messages written, {self.dropped} dropped")
         except Exception as e:
             self.get_logger().error(f"could not close the bag {self.output}: {e}")
         super().close()
+
+
+def _new_recording(folder: Path) -> Path:
+    """`<folder>/recording_<UTC time>`, with a suffix (`_2`) where that name is taken, also by a bag still staged
+    or left unclosed (a recorder respawned within the second of its predecessor's start)."""
+    stamp = time.strftime("recording_%Y%m%d_%H%M%S", time.gmtime())
+    name, n = stamp, 1
+    while bag_path_taken(folder / name):
+        n += 1
+        name = f"{stamp}_{n}"
+    return folder / name
 
 
 def main() -> None:
