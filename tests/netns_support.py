@@ -10,8 +10,12 @@ import re
 import secrets
 import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+
+from surg3d_nodes.data.bags import process_alive
+from surg3d_nodes.system.links import RTO_MAX_PATH, TCP_RTO_MAX_MS
 
 
 def ip(*args: str, ns: str | None = None) -> str:
@@ -27,6 +31,11 @@ def on_host(h: dict[str, str], *cmd: str) -> list[str]:
     makes for this command and its children, and goes with them."""
     return ["ip", "netns", "exec", h["ns"], "sh", "-c", 'mount -t tmpfs -o mode=1777 s3d_shm /dev/shm && exec "$@"',
             "sh", *cmd]
+
+
+def on_host_output(h: dict[str, str], *cmd: str) -> str:
+    """Run `cmd` on host `h` (`on_host`) to its end; its standard output."""
+    return subprocess.run(on_host(h, *cmd), check=True, capture_output=True, text=True, timeout=60).stdout
 
 
 @contextmanager
@@ -46,6 +55,11 @@ def two_hosts() -> Iterator[dict[str, dict[str, str]]]:
             ip("addr", "add", f"{h['addr']}/30", "dev", h["dev"], ns=h["ns"])
             ip("link", "set", h["dev"], "up", ns=h["ns"])
             ip("link", "set", "lo", "up", ns=h["ns"])
+            # as each host of a split graph is set up (system/links.py): TCP's backoff capped at a second (where
+            # the kernel has the setting; the launcher warns where it has not)
+            if RTO_MAX_PATH.exists():
+                subprocess.run(["ip", "netns", "exec", h["ns"], "sh", "-c", f"echo {TCP_RTO_MAX_MS} > {RTO_MAX_PATH}"],
+                               check=True, timeout=10)
         yield hosts
     finally:
         for h in hosts.values():     # deleting a namespace deletes its end of the pair, and so the pair
@@ -54,7 +68,8 @@ def two_hosts() -> Iterator[dict[str, dict[str, str]]]:
 
 
 def kill_all(h: dict[str, str]) -> int:
-    """SIGKILL every process in host `h`'s namespace at once (a crash of that host); returns how many."""
+    """SIGKILL every process in host `h`'s namespace at once (a crash of that host) and wait up to 10 s until each
+    has ended (gone, or a zombie); returns how many."""
     out = subprocess.run(["ip", "netns", "pids", h["ns"]], capture_output=True, text=True, timeout=10).stdout
     pids = [int(p) for p in out.split()]
     for pid in pids:
@@ -62,6 +77,9 @@ def kill_all(h: dict[str, str]) -> int:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+    end = time.monotonic() + 10.0
+    while any(map(process_alive, pids)) and time.monotonic() < end:
+        time.sleep(0.05)
     return len(pids)
 
 

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+from bag_support import die_writing
 from rosbags.rosbag2 import Reader
 from rosbags.typesys import Stores, get_typestore
 
@@ -166,25 +165,12 @@ def test_bag_writer_abort_on_exception(tmp_path: Path) -> None:
     no_leftovers(tmp_path, "b")
 
 
-# A writer process that dies in the middle of a bag (abort(): no Python cleanup, as a crash in native code).
-_DYING_WRITER = """
-import os, sys
-from std_msgs.msg import String
-from surg3d_nodes.data.bags import BagWriter
-w = BagWriter(sys.argv[1])
-for i in range(3000):
-    w.write("/x", String(data=f"{i:06d}" + "." * 1000), 1_000_000_000 + i)
-os.abort()
-"""
-
-
 def test_a_bag_left_unclosed_by_a_dead_writer_is_closed_with_what_it_holds(tmp_path: Path) -> None:
     from rclpy.serialization import deserialize_message
     from std_msgs.msg import String
 
     out = tmp_path / "recording_1"
-    dead = subprocess.run([sys.executable, "-c", _DYING_WRITER, str(out)], capture_output=True)
-    assert dead.returncode == -6 and not out.exists() and bag_path_taken(out)
+    assert die_writing(out) == -6 and not out.exists() and bag_path_taken(out)
     mine = BagWriter(tmp_path / "recording_2")           # staged by a live process (this one): left alone
     mine.write("/x", String(data="live"), 5)
     recovered = recover_unclosed(tmp_path)

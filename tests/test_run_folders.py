@@ -8,6 +8,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
+from bag_support import die_writing
+from rosbags.rosbag2 import Reader
 
 from surg3d_nodes.system.graph import GraphError, load_preset
 from surg3d_nodes.system.runs import start_run
@@ -41,9 +43,17 @@ def test_continue_from_puts_the_newest_checkpoint_into_the_new_run(tmp_path: Pat
     (old / "checkpoint_000200.pt").write_bytes(b"newer")
     (old / ".checkpoint_000300.pt.tmp").write_bytes(b"half written")
     os.utime(old / "checkpoint_000100.pt", (1e9, 1e9))
+    # the recording the crash left unclosed: closed in the old run folder, said in the log
+    assert die_writing(old / "recording_20261203_070001") == -6
     preset = load_preset("replay", {"output_dir": str(tmp_path / "case"), "continue_from": str(old)})
-    run = start_run(preset, NOW)
+    said: list[str] = []
+    run = start_run(preset, NOW, log=said.append)
     assert [p.name for p in run.iterdir()] == ["checkpoint_000200.pt"]
+    assert len(said) == 1 and said[0].startswith(f"closed {old / 'recording_20261203_070001'}, left unclosed by the "
+                                                 f"continued run: "), said
+    with Reader(old / "recording_20261203_070001") as r:
+        assert r.message_count == int(said[0].split(": ")[1].split()[0]) > 0
+    assert sorted(p.name for p in old.iterdir() if p.name.startswith(".rec")) == []
     assert (run / "checkpoint_000200.pt").read_bytes() == b"newer"
     # a checkpoint file named directly
     run2 = start_run(load_preset("replay", {"output_dir": str(tmp_path / "case"),

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from surg3d_nodes.system.graph import HOST_ROLES, GraphError, NodeSpec, load_preset
+from surg3d_nodes.system.links import split_host_warnings
 from surg3d_nodes.system.runs import start_run
 from surg3d_nodes.system.supervisor import Supervisor, graph_env
 
@@ -65,12 +66,15 @@ def main(argv: list[str] | None = None) -> int:
     # This launch's own output folder (respawned nodes keep it): never another run's checkpoints, unless
     # continue_from names one.
     try:
-        folder = start_run(preset)
+        folder = start_run(preset, log=lambda line: print(f"[launcher] {line}", flush=True))
     except GraphError as e:
         print(f"surg3d launch: {e}", file=sys.stderr)
         return 2
     if folder is not None:
         print(f"[launcher] run folder {folder}", flush=True)
+    if preset.values.get("host", "all") != "all":
+        for warning in split_host_warnings():
+            print(f"[launcher] warning: {warning}", flush=True)
     if args.single_process:
         import os
 

@@ -371,14 +371,18 @@ def bag_path_taken(out: str | os.PathLike) -> bool:
     return out.exists() or any(out.parent.glob(f".{out.name}{_STAGE_MARK}*"))
 
 
-def _process_alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` runs; a zombie (killed, not yet reaped by its orphaned parent's reaper) does not."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:   # someone else's process
         return True
-    return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def recover_unclosed(folder: str | os.PathLike, storage: str = "mcap") -> list[Recovered]:
@@ -390,7 +394,7 @@ def recover_unclosed(folder: str | os.PathLike, storage: str = "mcap") -> list[R
     for stage in sorted(Path(folder).glob(f".*{_STAGE_MARK}*")):
         name, _, pid = stage.name[1:].rpartition(_STAGE_MARK)
         staged, out = stage / name, stage.parent / name
-        if not (pid.isdigit() and staged.is_dir()) or _process_alive(int(pid)) or out.exists():
+        if not (pid.isdigit() and staged.is_dir()) or process_alive(int(pid)) or out.exists():
             continue
         reader = BagReader(staged)
         with BagWriter(out, storage=storage) as writer:

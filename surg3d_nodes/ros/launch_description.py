@@ -14,6 +14,7 @@ from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
 from surg3d_nodes.system.graph import load_preset
+from surg3d_nodes.system.links import split_host_warnings
 from surg3d_nodes.system.runs import start_run
 from surg3d_nodes.system.supervisor import graph_env
 
@@ -25,6 +26,8 @@ def _nodes(context, preset: str, config_dir: Path | None) -> list[LogInfo | Node
     # Runs once per launch; launch_ros respawns a node with the same parameters, so it keeps the run folder.
     folder = start_run(resolved)
     notes = [LogInfo(msg=f"run folder {folder}")] if folder is not None else []
+    if resolved.values.get("host", "all") != "all":
+        notes += [LogInfo(msg=f"warning: {w}") for w in split_host_warnings()]
     return notes + [Node(package="surg3d", executable=s.executable, name=s.name, output="screen",
                  parameters=[*(str(f) for f in s.parameter_files), dict(s.parameters)],
                  remappings=list(s.remappings.items()), respawn=s.respawn, respawn_delay=s.respawn_delay,

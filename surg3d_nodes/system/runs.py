@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
+from surg3d_nodes.data.bags import recover_unclosed
 from surg3d_nodes.system.graph import GraphError, Preset
 
 OUTPUT_ARGUMENT = "output_dir"  # the launch argument whose node parameters receive the run folder
@@ -54,10 +56,11 @@ def new_run_folder(base: Path, now: datetime | None = None) -> Path:
             folder = base / f"{stamp}_{n}"
 
 
-def start_run(preset: Preset, now: datetime | None = None) -> Path | None:
+def start_run(preset: Preset, now: datetime | None = None, log: Callable[[str], None] = print) -> Path | None:
     """Give this launch of `preset` its own run folder under the `output_dir` argument's value: every node
     parameter that argument sets (trainer, recorder, viewer bridge) now names the new folder. Respawned nodes
-    reuse their spec and so keep it. With `continue_from`, the checkpoint it names goes into the new folder.
+    reuse their spec and so keep it. With `continue_from`, the checkpoint it names goes into the new folder, and
+    the recordings that the continued run's crash left unclosed are closed where they are (`log` says so).
     Returns the folder, or None when no node of the preset writes output; GraphError for a `continue_from`
     without a checkpoint."""
     argument = preset.arguments.get(OUTPUT_ARGUMENT)
@@ -73,6 +76,9 @@ def start_run(preset: Preset, now: datetime | None = None) -> Path | None:
     for spec, param in targets:
         spec.parameters[param] = str(folder)
     if seed is not None:
+        for r in recover_unclosed(seed.parent):
+            log(f"closed {r.path}, left unclosed by the continued run: {r.count} messages"
+                + (f"; reading it stopped: {r.stopped}" if r.stopped else ""))
         # where the trainer's `resume_from_checkpoint: auto` finds it; a respawn within this run then resumes
         # from its own newer checkpoints
         try:
