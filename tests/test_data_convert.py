@@ -183,3 +183,16 @@ def test_a_bag_left_unclosed_by_a_dead_writer_is_closed_with_what_it_holds(tmp_p
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == [f".recording_2.partial-{os.getpid()}"]
     assert recover_unclosed(tmp_path) == []                     # nothing left to close
     assert mine.close() == tmp_path / "recording_2"
+
+
+@pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
+def test_a_flushed_bag_loses_nothing_to_a_crash(tmp_path: Path, storage: str) -> None:
+    from rclpy.serialization import deserialize_message
+    from std_msgs.msg import String
+
+    out = tmp_path / "recording"
+    assert die_writing(out, count=40, storage=storage, flush=True) == -6   # 40 kB: no MCAP chunk full yet
+    [r] = recover_unclosed(tmp_path, storage)
+    with Reader(out) as reader:
+        got = [deserialize_message(raw, String).data[:6] for _, _, raw in reader.messages()]
+    assert r.count == 40 and got == [f"{i:06d}" for i in range(40)]

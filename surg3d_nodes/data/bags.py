@@ -129,6 +129,19 @@ class BagWriter:
 
         self.write_raw(topic, msgtype_of(msg), stamp_ns, serialize_message(msg))
 
+    def flush(self) -> None:
+        """Put every message written so far into the staged file, so that a crash of this process loses none of
+        them (`recover_unclosed` finds them there): the MCAP writer's pending chunk is closed (rosbags closes one
+        only at 1 MiB, which a recorder of small messages fills in minutes), sqlite3's transaction committed.
+        rosbags has no public call for it: its storage writer's own (tests/test_data_convert.py catches a change)."""
+        storage = self._writer.storage
+        if hasattr(storage, "close_chunk"):
+            if storage.chunk.bio.tell():
+                storage.close_chunk()
+            storage.bio.flush()
+        else:
+            storage.conn.commit()
+
     def close(self) -> Path:
         """Finish the bag (metadata.yaml) and move it to its final path."""
         self._writer.close()

@@ -254,6 +254,8 @@ class RecorderOptions:
     storage: str = param("mcap", "bag storage", choices=("mcap", "sqlite3"))
     queue_size: int = param(200, "messages waiting for the writer; a full queue drops (and counts) messages",
                             low=1, high=1_000_000)
+    flush_period: float = param(1.0, "s between flushes of the bag to disk: a crashed recorder loses at most "
+                                     "what it received since the last one", low=0.05, high=3600.0)
     qos_depth: int = param(100, "DDS reader history: absorbs bursts while the executor is busy", low=1,
                            high=100_000)
     discovery_period: float = param(0.5, "s between looks for publishers of topics not yet subscribed",

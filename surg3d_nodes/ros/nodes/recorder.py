@@ -3,9 +3,9 @@
 Subscriptions take raw CDR bytes (raw=True) and only enqueue them (bounded queue; a full queue counts a drop);
 a background thread writes them with rosbags. Topic types come from the graph (topics are subscribed as
 soon as a publisher appears). The bag is written under a hidden name and appears at its path when the node
-shuts down and closes it. A recorder that died (the launcher respawns it) leaves its bag unclosed: the next one
-started in the same folder closes it, with every message still readable in it. Parameters:
-system/node_options.py RecorderOptions.
+shuts down and closes it; what was written goes to disk every `flush_period`. A recorder that died (the launcher
+respawns it) leaves its bag unclosed: the next one started in the same folder closes it, with every message that
+reached the disk. Parameters: system/node_options.py RecorderOptions.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ class Recorder(SurgNode):
         self.storage = p.storage
         self.queue_size = p.queue_size
         self.qos_depth = p.qos_depth
+        self.flush_period = p.flush_period
         if not self.topics:
             raise ValueError("parameter 'topics' lists no topic to record")
         self.output = Path(p.output) if p.output else _new_recording(Path(p.output_dir))
@@ -95,13 +96,21 @@ class Recorder(SurgNode):
             self.report_problem("queue_full", f"writer behind, dropped a message on {topic}")
 
     def _write_loop(self) -> None:
+        flushed = time.monotonic()
         while True:
-            item = self.queue.get()
+            try:
+                item = self.queue.get(timeout=self.flush_period)
+            except queue.Empty:
+                item = ()
             if item is None:
                 return
             try:
-                self.writer.write_raw(*item)
-                self.written += 1
+                if item:
+                    self.writer.write_raw(*item)
+                    self.written += 1
+                if time.monotonic() - flushed >= self.flush_period:
+                    self.writer.flush()
+                    flushed = time.monotonic()
             except Exception as e:
                 self.report_problem("write", f"{type(e).__name__}: {e}", ERROR)
 
