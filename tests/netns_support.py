@@ -55,7 +55,7 @@ def two_hosts() -> Iterator[dict[str, dict[str, str]]]:
             ip("addr", "add", f"{h['addr']}/30", "dev", h["dev"], ns=h["ns"])
             ip("link", "set", h["dev"], "up", ns=h["ns"])
             ip("link", "set", "lo", "up", ns=h["ns"])
-            # as each host of a split graph is set up (system/links.py): TCP's backoff capped at a second (where
+            # as each host of a split graph is set up (system/links.py): TCP's backoff capped at 3 s (where
             # the kernel has the setting; the launcher warns where it has not)
             if RTO_MAX_PATH.exists():
                 subprocess.run(["ip", "netns", "exec", h["ns"], "sh", "-c", f"echo {TCP_RTO_MAX_MS} > {RTO_MAX_PATH}"],
