@@ -194,6 +194,7 @@ def test_robot_and_gpu_parts_across_a_link_only(two_hosts, synth_bag: Path, ros_
     trainer_values: dict[str, str] = {}        # its newest heartbeat's counters
     monitor_beats = 0
     thinned_at: list[float] = []
+    tcp_loss_at: list[float] = []
     depth_made: list[tuple[float, int, int]] = []   # (received, the robot side's depth count, recording)
     depth_at: list[float] = []
     for i, topic, stamp_ns, raw in _recorded(recordings):
@@ -204,6 +205,8 @@ def test_robot_and_gpu_parts_across_a_link_only(two_hosts, synth_bag: Path, ros_
         monitor_beats += topic == "/surg3d/node_status" and b"/monitor" in raw
         if topic == "/diagnostics" and b"below its usual" in raw:
             thinned_at.append(stamp_ns / 1e9)
+        if topic == "/diagnostics" and b"packets are lost on the way" in raw:
+            tcp_loss_at.append(stamp_ns / 1e9)
         if topic == "/surg3d/node_status" and b"stereo_depth" in raw:
             beat = {kv.key: kv.value for kv in deserialize_message(raw, NodeStatus).values}
             if "pairs_processed" in beat:
@@ -246,23 +249,26 @@ def test_robot_and_gpu_parts_across_a_link_only(two_hosts, synth_bag: Path, ros_
             f"{topic}: first message {after_cut.get(topic)} s after the {cut_end - cut_start:.1f} s cut\n{log}"
     # Under loss, each stream still arrives (fewer of the large images: one lost fragment of a 60 kB datagram
     # loses it); the drops are the rules' own counters.
-    # "With 5 % loss the graph keeps running and reports it": over TCP (LARGE_DATA) DDS loses no message, the
-    # link thins the streams (their writers wait on it), and the GPU side's monitor reports a stream below its
-    # usual rate while the loss lasts (or within 5 s of its end: its rates are over 5 s).
-    # Its diagnostics, as recorded.
+    # "With 5 % loss the graph keeps running and reports it": over TCP (LARGE_DATA) DDS loses no message. The GPU
+    # side's monitor reports the segments its host's TCP sent again (over 5 s), and a stream the link thins below its
+    # usual rate (over 5 s; with the hosts' TCP backoff capped, 5 % loss thins the streams by about a fifth only,
+    # ci57, so the first is what reports it); while the loss lasts or within 5 s of its end. As recorded.
     t0, t1 = windows[LOSSES[-1]]
     thinned = [t for t in thinned_at if t0 <= t <= t1 + 5.0]
+    tcp_loss = [t for t in tcp_loss_at if t0 <= t <= t1 + 5.0]
     print(f"the monitor reported a thinned stream {len(thinned_at)} times, {len(thinned)} during "
-          f"{100 * LOSSES[-1]:.0f} % loss or within 5 s of its end")
+          f"{100 * LOSSES[-1]:.0f} % loss or within 5 s of its end; lost TCP segments {len(tcp_loss_at)} times, "
+          f"{len(tcp_loss)} then, first {min(tcp_loss_at, default=float('nan')) - windows[LOSSES[0]][0]:.1f} s after "
+          f"the first loss began")
     for loss in LOSSES:
         print(f"{100 * loss:.0f} % loss for 10 s: {dropped[loss]} packets dropped; received "
               f"{ {t: during[loss][t] for t in ('/depth/image', '/instrument/mask', '/recon/points')} }")
         assert dropped[loss] > 0, f"no packet dropped at {loss}"
         for topic in ("/depth/image", "/instrument/mask", "/recon/points"):
             assert during[loss][topic] > 0, f"{topic}: nothing recorded during {100 * loss:.0f} % loss\n{log}"
-    if not thinned:
+    if not (thinned or tcp_loss):
         _xfail_if_the_monitor_went_unheard(counts, monitor_beats, gpu_part.lines)
-    assert thinned, f"the monitor reported no thinned stream during {100 * LOSSES[-1]:.0f} % loss\n{log}"
+    assert thinned or tcp_loss, f"the monitor reported no loss during {100 * LOSSES[-1]:.0f} % loss\n{log}"
     # Checked last, so that the rest is checked in any case: a clean exit of both sides (a node whose DDS
     # teardown hangs after it closed leaves with 0 by itself, naming where it hung).
     assert codes == (0, 0), f"exit codes {codes}\n{log}"

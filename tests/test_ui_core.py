@@ -189,6 +189,36 @@ def test_monitor_reports_a_stream_that_drops_below_its_usual_rate() -> None:
     assert all(v.level == monitoring.OK for v in verdicts), verdicts
 
 
+def test_monitor_reports_lost_tcp_segments() -> None:
+    """Across hosts the streams ride on TCP, which hides a lossy link from DDS: the monitor reads the host's TCP
+    counters and warns when more than 1 % of the segments it sent in the last 5 s went again, or of those it received
+    came after a gap."""
+    counters = monitoring.tcp_counters(*(open(f).read() for f in monitoring.SNMP_PATHS))   # this machine's parse
+    assert set(counters) == set(monitoring.TCP_COUNTERS) and min(counters.values()) >= 0
+    with pytest.raises(ValueError, match="no Tcp counter OutSegs"):
+        monitoring.tcp_counters("Ip: Forwarding\nIp: 1\n")
+    mon = monitoring.Monitor(period=1.0)
+    assert "network: TCP" not in {h.name for h in mon.evaluate(0.0)}   # one sample: nothing to say yet
+    c = {"OutSegs": 1000, "RetransSegs": 10, "InSegs": 5000, "TCPOFOQueue": 0}
+
+    def run(t0: int, t1: int, sent: int, again: int, received: int, late: int) -> monitoring.Health:
+        for t in range(t0, t1):
+            c.update(OutSegs=c["OutSegs"] + sent, RetransSegs=c["RetransSegs"] + again,
+                     InSegs=c["InSegs"] + received, TCPOFOQueue=c["TCPOFOQueue"] + late)
+            mon.tcp.sample(float(t), dict(c))
+        return {h.name: h for h in mon.evaluate(float(t1 - 1))}["network: TCP"]
+
+    clean = run(0, 8, 2000, 2, 4000, 0)                       # a clean link: 0.1 % again, nothing late
+    assert clean.level == monitoring.OK and clean.values["sent_again"] == 10
+    sent = run(8, 14, 2000, 100, 4000, 0)                     # 5 % of what this host sends lost
+    assert sent.level == monitoring.WARN and "5.0 % of the TCP segments this host sent went again" in sent.message
+    run(14, 20, 2000, 0, 4000, 0)
+    received = run(20, 26, 2000, 0, 4000, 120)                # what it receives: 3 % came after a gap
+    assert received.level == monitoring.WARN and "3.0 % of those it received came after a gap" in received.message
+    mon.tcp.sample(26.0, {k: 0 for k in c})                   # counters began again: no verdict from one sample
+    assert "network: TCP" not in {h.name for h in mon.evaluate(26.0)}
+
+
 def test_monitor_latency_warning_and_restart_counters() -> None:
     mon = monitoring.Monitor(period=1.0, latency_warn_ms=50.0)
     for i in range(5):

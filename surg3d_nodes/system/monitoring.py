@@ -26,6 +26,65 @@ INPUT_ENDED = ("input_ended", "true")
 # hosts, or a source that slowed. The usual rate follows a lasting change within about half that many periods.
 RATE_DROP = 0.6
 USUAL_PERIODS = 30
+# Across hosts the graph's streams ride on TCP (LARGE_DATA), which hides a lossy link from DDS: the streams arrive,
+# late, and thin only when the loss is heavy (5 % random loss each way thinned them by a fifth to a half once TCP's
+# backoff was capped, system/links.py). TCP's own counters show it: segments this host sent again, and segments it
+# received after a gap (out of order: one before them was lost). Above this share of either, over TCP_WINDOW_S, lost
+# packets are reported; a clean link has next to none.
+TCP_LOSS_WARN = 0.01
+TCP_MIN_EVENTS = 5      # fewer such segments in the window are not reported (a stray probe)
+TCP_WINDOW_S = 5.0
+SNMP_PATHS = ("/proc/net/snmp", "/proc/net/netstat")   # this process's network namespace's counters
+TCP_COUNTERS = {"OutSegs": "Tcp", "RetransSegs": "Tcp", "InSegs": "Tcp", "TCPOFOQueue": "TcpExt"}
+
+
+def tcp_counters(*texts: str) -> dict[str, int]:
+    """TCP_COUNTERS from the texts of /proc/net/snmp and /proc/net/netstat (header and value lines per protocol)."""
+    rows: dict[str, list[list[str]]] = {}
+    for text in texts:
+        for line in text.splitlines():
+            proto, _, rest = line.partition(":")
+            rows.setdefault(proto, []).append(rest.split())
+    out = {}
+    for name, proto in TCP_COUNTERS.items():
+        lines = rows.get(proto, [])
+        if len(lines) < 2 or name not in lines[0]:
+            raise ValueError(f"no {proto} counter {name} in the SNMP counters")
+        out[name] = int(lines[1][lines[0].index(name)])
+    return out
+
+
+class TcpLoss:
+    """Lost packets on this host's TCP connections, from its counters (`tcp_counters`) sampled once per period."""
+
+    def __init__(self, window_s: float = TCP_WINDOW_S) -> None:
+        self.window_s = window_s
+        self.samples: deque[tuple[float, dict[str, int]]] = deque()
+
+    def sample(self, now: float, counters: dict[str, int]) -> None:
+        """The counters at time `now`."""
+        if self.samples and counters["OutSegs"] < self.samples[-1][1]["OutSegs"]:   # begun again: a new namespace
+            self.samples.clear()
+        self.samples.append((now, counters))
+        while len(self.samples) > 2 and now - self.samples[1][0] >= self.window_s:
+            self.samples.popleft()
+
+    def health(self) -> Health | None:
+        """The verdict over the window (None before two samples)."""
+        if len(self.samples) < 2:
+            return None
+        (t0, a), (t1, b) = self.samples[0], self.samples[-1]
+        d = {k: b[k] - a[k] for k in TCP_COUNTERS}
+        again, late = d["RetransSegs"] / max(d["OutSegs"], 1), d["TCPOFOQueue"] / max(d["InSegs"], 1)
+        vals = {"segments_sent": d["OutSegs"], "sent_again": d["RetransSegs"], "segments_received": d["InSegs"],
+                "received_after_a_gap": d["TCPOFOQueue"], "window_s": round(t1 - t0, 1)}
+        text = (f"{100 * again:.1f} % of the TCP segments this host sent went again, {100 * late:.1f} % of those it "
+                f"received came after a gap, in the last {t1 - t0:.0f} s")
+        if ((d["RetransSegs"] >= TCP_MIN_EVENTS and again > TCP_LOSS_WARN)
+                or (d["TCPOFOQueue"] >= TCP_MIN_EVENTS and late > TCP_LOSS_WARN)):
+            return Health("network: TCP", WARN, f"{text}: packets are lost on the way (the link between the hosts?)",
+                          vals)
+        return Health("network: TCP", OK, text, vals)
 
 
 @dataclass
@@ -118,7 +177,7 @@ class Monitor:
     A node is flagged ERROR when its heartbeat has been missing for `stall_periods` periods, a watched topic
     when it delivered before and then nothing for `stall_periods` periods (trainer outputs are exempt while
     the trainer says it is paused or idle), WARN on new queue drops, high latency, a stream thinned below its
-    usual rate (RATE_DROP) or GPU memory.
+    usual rate (RATE_DROP), lost TCP segments (`tcp`: fed by the node from `tcp_counters`) or GPU memory.
     Once a source node's heartbeat says its input ended (`INPUT_ENDED`), a topic other than the trainer's that
     stopped with it (its last message within `stall_periods` periods of that heartbeat) is OK, "input ended",
     not stalled; so is that node's own silence afterwards (a replay that exits at the end of its bag).
@@ -138,6 +197,7 @@ class Monitor:
         self.topics: dict[str, TopicTracker] = {}
         self.trainer: dict[str, object] | None = None
         self.input_ended: dict[str, float] = {}   # source node -> when its heartbeat first said its input ended
+        self.tcp = TcpLoss()
 
     @property
     def stall_after(self) -> float:
@@ -247,6 +307,8 @@ class Monitor:
             else:
                 out.append(Health(topic, OK, f"{vals['rate_hz']} Hz", vals))
             tr.note_rate(now, vals["rate_hz"])
+        if (tcp := self.tcp.health()) is not None:
+            out.append(tcp)
         if self.trainer is not None:
             t = self.trainer
             vals = {k: t[k] for k in ("state", "num_gaussians", "gpu_memory_mb", "iterations_per_second",

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import struct
 import time
+from pathlib import Path
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from geometry_msgs.msg import PoseStamped
@@ -26,7 +27,7 @@ from surg3d_msgs.srv import SaveModel
 from surg3d_nodes.ros import qos, topics
 from surg3d_nodes.ros.convert import header, key_values
 from surg3d_nodes.ros.runtime import ERROR, SurgNode, run_node
-from surg3d_nodes.system.monitoring import Monitor, summary
+from surg3d_nodes.system.monitoring import SNMP_PATHS, Monitor, summary, tcp_counters
 from surg3d_nodes.system.node_options import MonitorOptions
 
 # Topics the monitor can watch, with their types (every one starts with a std_msgs/Header).
@@ -116,6 +117,10 @@ class MonitorNode(SurgNode):
     def tick(self) -> None:
         """One monitoring period: evaluate, publish /diagnostics and the compact health, push a snapshot."""
         now = time.monotonic()
+        try:
+            self.monitor.tcp.sample(now, tcp_counters(*(Path(f).read_text() for f in SNMP_PATHS)))
+        except (OSError, ValueError) as e:   # not Linux, or another format: no TCP report
+            self.report_problem("tcp_counters", f"cannot read TCP counters from {', '.join(SNMP_PATHS)}: {e}")
         health = self.monitor.evaluate(now)
         stamp = self.get_clock().now().nanoseconds
         self.diag_pub.publish(DiagnosticArray(header=header(stamp, ""), status=[
