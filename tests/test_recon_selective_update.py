@@ -63,6 +63,49 @@ def test_adam_rows_update_the_selected_gaussians_only():
     assert not torch.equal(sel["sh_dc"][rows], before["sh_dc"][rows])
 
 
+def test_a_new_knot_continues_the_last_knots_adam_state():
+    """A new knot copies the last one's moments and step count, so a track whose gradients were noise takes a
+    small first step on it: from zero moments, Adam's bias correction made that step the full learning rate."""
+    lr = 1e-3
+
+    def grown_after_noise(carry: bool) -> torch.Tensor:
+        p = {"pos_knots": torch.zeros(1, 1, 3)}
+        opt = DictAdam({"pos_knots": lr}, knot_keys=("pos_knots",))
+        for i in range(50):                                   # gradients of alternating sign: m ~ 0, v ~ 1
+            opt.step(p, {"pos_knots": torch.full((1, 1, 3), (-1.0) ** i)}, knot_window=(0, 1))
+        p["pos_knots"] = torch.cat([p["pos_knots"], p["pos_knots"][:, -1:]], 1)
+        opt.grow_knots(2)
+        if not carry:
+            opt.m["pos_knots"][:, 1:] = 0
+            opt.v["pos_knots"][:, 1:] = 0
+            opt.steps["pos_knots"][1:] = 0
+        before = p["pos_knots"][:, 1].clone()
+        opt.step(p, {"pos_knots": torch.full((1, 1, 3), 0.01)}, knot_window=(1, 2))
+        return (p["pos_knots"][:, 1] - before).abs().max()
+
+    assert float(grown_after_noise(carry=False)) == pytest.approx(lr, rel=1e-3)      # the sign step it was
+    assert float(grown_after_noise(carry=True)) < 0.2 * lr
+
+
+def test_adam_state_keeps_the_knots_first_moment_counts():
+    """A checkpoint keeps the knots' first-moment step counts; one from before they were counted apart loads
+    them as the second moment's."""
+    p = {"pos_knots": torch.zeros(2, 1, 3), "sh_dc": torch.zeros(2, 3)}
+    opt = DictAdam({"pos_knots": 1e-3, "sh_dc": 1e-3}, knot_keys=("pos_knots",))
+    for _ in range(3):
+        opt.step(p, {k: torch.ones_like(v) for k, v in p.items()})
+    p["pos_knots"] = torch.cat([p["pos_knots"], p["pos_knots"][:, -1:]], 1)
+    opt.grow_knots(2)
+    opt.step(p, {"pos_knots": torch.ones(2, 1, 3)}, knot_window=(1, 2))
+    sd = opt.state_dict()
+    again = DictAdam({}, knot_keys=("pos_knots",))
+    again.load_state_dict(sd)
+    assert again.m_steps["pos_knots"].tolist() == [3.0, 1.0] and again.steps["pos_knots"].tolist() == [3.0, 4.0]
+    old = DictAdam({}, knot_keys=("pos_knots",))
+    old.load_state_dict({k: v for k, v in sd.items() if k != "m_steps"})
+    assert old.m_steps["pos_knots"].tolist() == [3.0, 4.0] and "sh_dc" not in old.m_steps
+
+
 @pytest.fixture(scope="module")
 def scene():
     return generate(SynthConfig(width=64, height=48, frames=4, instruments=0, seed=3))

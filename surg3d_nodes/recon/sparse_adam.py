@@ -33,12 +33,17 @@ class DictAdam:
         self.m: dict[str, torch.Tensor] = {}
         self.v: dict[str, torch.Tensor] = {}
         self.steps: dict[str, torch.Tensor] = {}
+        # Knots count their first moment's steps apart from the second's: a new knot starts its first moment
+        # afresh and continues the last knot's second moment (`grow_knots`).
+        self.m_steps: dict[str, torch.Tensor] = {}
 
     def _ensure(self, name: str, p: torch.Tensor) -> None:
         if name not in self.m or self.m[name].shape != p.shape:
             self.m[name] = torch.zeros_like(p)
             self.v[name] = torch.zeros_like(p)
             self.steps[name] = torch.zeros(p.shape[1] if name in self.knot_keys else 1, device=p.device)
+            if name in self.knot_keys:
+                self.m_steps[name] = torch.zeros(p.shape[1], device=p.device)
 
     @torch.no_grad()
     def step(self, params: dict[str, torch.Tensor], grads: dict[str, torch.Tensor],
@@ -61,14 +66,13 @@ class DictAdam:
             p = params[name]
             self._ensure(name, p)
             knots = name in self.knot_keys
-            if knots and knot_window is not None:
-                lo, hi = knot_window
-                sl = (slice(None), slice(lo, hi))
-                steps = self.steps[name][lo:hi]
-            else:
-                sl = (slice(None),)
-                steps = self.steps[name]
+            cols = slice(*knot_window) if knots and knot_window is not None else slice(None)
+            sl = (slice(None), cols) if knots else (slice(None),)
+            steps = self.steps[name][cols]
             steps += 1
+            if knots:
+                m_steps = self.m_steps[name][cols]
+                m_steps += 1
             lr = self.lrs[name] * scale
             k = None if keep is None else keep.view(-1, *([1] * (g.dim() - 1)))
             # Unselected rows: no gradient, no decay of the moments, no step.
@@ -86,7 +90,7 @@ class DictAdam:
                 v = self.v[name][sl].mul(f2).addcmul_(g, g, value=1 - b2)
                 self.m[name][sl], self.v[name][sl] = m, v
                 denom = v.sqrt_().mul_(_per_knot((1 - b2 ** steps).rsqrt(), p.shape[2])).add_(self.eps)
-                m.mul_(_per_knot(lr / (1 - b1 ** steps), p.shape[2]))
+                m.mul_(_per_knot(lr / (1 - b1 ** m_steps), p.shape[2]))
                 if k is not None:
                     m.mul_(k)
                 p[sl] -= m.div_(denom)
@@ -115,15 +119,22 @@ class DictAdam:
                 d[k][old:] = 0
 
     def grow_knots(self, total: int) -> None:
-        """Extend knot moments to `total` knots (new knots start with zero moments and step count)."""
+        """Extend knot moments to `total` knots. A new knot starts as a copy of the last one
+        (`GaussianModel.ensure_time`); its first moment (the direction of the steps) starts afresh, its second
+        moment (the scale of each parameter's gradients, a property of the Gaussian rather than of the moment)
+        continues the last knot's. Both from zero, Adam's bias correction made a new knot's first step the
+        learning rate times the gradient's sign whatever its size, so every Gaussian the new frame saw jumped by
+        the full rate; now the step is the gradient over its usual scale (README, issue 14)."""
         for k in list(self.m):
             t = self.m[k]
             if k in self.knot_keys and t.shape[1] < total:
                 old = t.shape[1]
-                for d in (self.m, self.v):
-                    d[k] = grown(d[k], t.shape[0], total)
-                    d[k][:, old:] = 0
-                self.steps[k] = torch.cat([self.steps[k], self.steps[k].new_zeros(total - old)])
+                self.m[k] = grown(t, t.shape[0], total)
+                self.m[k][:, old:] = 0
+                self.v[k] = grown(self.v[k], t.shape[0], total)
+                self.v[k][:, old:] = self.v[k][:, old - 1:old]
+                self.steps[k] = torch.cat([self.steps[k], self.steps[k][old - 1:].expand(total - old)])
+                self.m_steps[k] = torch.cat([self.m_steps[k], self.m_steps[k].new_zeros(total - old)])
 
     def drop_knot(self, j: int) -> None:
         """Remove knot column j from the moments (after `GaussianModel.simplify_knots` removed it)."""
@@ -131,14 +142,17 @@ class DictAdam:
             if k in self.knot_keys:
                 keep = [i for i in range(self.m[k].shape[1]) if i != j]
                 self.m[k], self.v[k] = self.m[k][:, keep], self.v[k][:, keep]
-                self.steps[k] = self.steps[k][keep]
+                self.steps[k], self.m_steps[k] = self.steps[k][keep], self.m_steps[k][keep]
 
     def state_dict(self) -> dict:
         """Moments, step counts and learning rates (each on a storage of its own size)."""
         return {"lrs": dict(self.lrs), "m": {k: compact(t) for k, t in self.m.items()},
-                "v": {k: compact(t) for k, t in self.v.items()}, "steps": dict(self.steps)}
+                "v": {k: compact(t) for k, t in self.v.items()}, "steps": dict(self.steps),
+                "m_steps": dict(self.m_steps)}
 
     def load_state_dict(self, sd: dict) -> None:
-        """Restore from `state_dict()`."""
+        """Restore from `state_dict()` (one written before knots counted their first moment's steps apart counts
+        them as the second's)."""
         self.lrs = dict(sd["lrs"])
         self.m, self.v, self.steps = dict(sd["m"]), dict(sd["v"]), dict(sd["steps"])
+        self.m_steps = dict(sd.get("m_steps") or {k: t.clone() for k, t in self.steps.items() if k in self.knot_keys})
