@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -183,6 +185,22 @@ def test_a_bag_left_unclosed_by_a_dead_writer_is_closed_with_what_it_holds(tmp_p
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == [f".recording_2.partial-{os.getpid()}"]
     assert recover_unclosed(tmp_path) == []                     # nothing left to close
     assert mine.close() == tmp_path / "recording_2"
+
+
+def test_a_recovery_cut_short_is_done_again_from_the_staged_bag(tmp_path: Path) -> None:
+    """A recovery whose process ended before its rewritten bag was in place left a partial copy beside the dead
+    writer's staged bag: the next recovery drops the copy and rewrites the whole staged bag."""
+    out = tmp_path / "recording_1"
+    assert die_writing(out) == -6
+    [staged] = [p for p in tmp_path.iterdir() if p.name.startswith(".recording_1.partial-")]
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    cut = tmp_path / f".recording_1.recovering-{int(gone.stdout)}"        # a dead recovery's half-written copy
+    shutil.copytree(staged, cut)
+    for f in (cut / "recording_1").glob("*.mcap"):
+        f.write_bytes(f.read_bytes()[:len(f.read_bytes()) // 3])
+    [r] = recover_unclosed(tmp_path)
+    assert r.path == out and r.count > 1000 and sum(1 for _ in BagReader(out).messages()) == r.count
+    assert [p.name for p in tmp_path.iterdir()] == ["recording_1"]
 
 
 @pytest.mark.parametrize("storage", ["mcap", "sqlite3"])

@@ -79,21 +79,24 @@ def _nested_types(store: Typestore, name: str) -> list[str]:
 
 
 _STAGE_MARK = ".partial-"  # a bag being written is `.<name>.partial-<writer pid>/<name>` beside its final path
+_RECOVERY_MARK = ".recovering-"  # and one `recover_unclosed` is rewriting from a dead writer's staged copy
 
 
 class BagWriter:
     """Write a rosbag2 directory; use as a context manager (an exception discards the staged bag).
 
-    write(topic, msg, stamp_ns) takes rclpy messages; write_raw takes CDR bytes and the type name.
+    write(topic, msg, stamp_ns) takes rclpy messages; write_raw takes CDR bytes and the type name. `stage_mark`
+    names the staging directory's kind (`recover_unclosed` stages its rewrites apart from writers' bags).
     """
 
-    def __init__(self, out: str | os.PathLike, storage: str = "mcap", overwrite: bool = False) -> None:
+    def __init__(self, out: str | os.PathLike, storage: str = "mcap", overwrite: bool = False,
+                 stage_mark: str = _STAGE_MARK) -> None:
         if storage not in STORAGES:
             raise ValueError(f"storage must be one of {', '.join(STORAGES)}, got {storage!r}")
         self.out = Path(out)
         if self.out.exists() and not overwrite:
             raise FileExistsError(f"output bag {self.out} already exists (choose a new path or overwrite)")
-        self._stage_root = self.out.parent / f".{self.out.name}{_STAGE_MARK}{os.getpid()}"
+        self._stage_root = self.out.parent / f".{self.out.name}{stage_mark}{os.getpid()}"
         if self._stage_root.exists():
             shutil.rmtree(self._stage_root)
         self._stage_root.mkdir(parents=True)
@@ -402,7 +405,14 @@ def recover_unclosed(folder: str | os.PathLike, storage: str = "mcap") -> list[R
     """Close the bags in `folder` whose writer process ended without closing them (a crash, a kill): every message
     still readable in the staged copy (`BagReader`'s scan; an MCAP writer loses at most its unwritten chunk) is
     written to the bag's own path, then the staged copy is removed. Staged bags of live processes are left alone,
-    and so is one whose final path already exists."""
+    and so is one whose final path already exists. A recovery cut short (its process ended before the rewritten
+    bag was in place) left its own partial copy beside the staged one it read, which is still there: the partial
+    copy is removed and the staged one recovered again (taken for a writer's, the partial copy would have made the
+    bag, and the full one been left aside)."""
+    for stage in Path(folder).glob(f".*{_RECOVERY_MARK}*"):
+        pid = stage.name.rpartition(_RECOVERY_MARK)[2]
+        if pid.isdigit() and not process_alive(int(pid)):
+            shutil.rmtree(stage)
     recovered = []
     for stage in sorted(Path(folder).glob(f".*{_STAGE_MARK}*")):
         name, _, pid = stage.name[1:].rpartition(_STAGE_MARK)
@@ -410,7 +420,7 @@ def recover_unclosed(folder: str | os.PathLike, storage: str = "mcap") -> list[R
         if not (pid.isdigit() and staged.is_dir()) or process_alive(int(pid)) or out.exists():
             continue
         reader = BagReader(staged)
-        with BagWriter(out, storage=storage) as writer:
+        with BagWriter(out, storage=storage, stage_mark=_RECOVERY_MARK) as writer:
             for m in reader.messages():
                 writer.write_raw(m.topic, m.msgtype, m.stamp_ns, m.data)
         shutil.rmtree(stage)
