@@ -10,7 +10,9 @@ With `--link-loss P` (root, iproute2, iptables) the trainer runs across a link: 
 namespace, the trainer in another, joined by a veth pair (tests/netns_support.py, DDS discovery over
 ROS_STATIC_PEERS), with random packet loss P each way (0.01 = 1 %; 0 = a clean link).
 
-Runs `--repeats` times (5), each against a fresh trainer node, and prints for each p50 / p95 / max (ms), the
+Runs `--repeats` times (5), each in a process of its own against a fresh trainer node (a run that has not ended
+after `--run-timeout` s is killed with its trainer and reported as hung: across a lossy link a publisher once
+blocked in Fast DDS's TCP send for good), and prints for each p50 / p95 / max (ms), the
 frames that never reached a cloud (the trainer drops the oldest queued frame when it is busy) and the longest
 gap between clouds while frames arrive, and what the trainer says it received and used (/recon/status; a frame
 it never got "reaches" the next frame's cloud); writes JSON and a PNG histogram (the first three runs). Before the
@@ -22,6 +24,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
+import subprocess
 import sys
 import threading
 import time
@@ -144,8 +148,6 @@ def run_once(args: argparse.Namespace, scene, out: Path) -> dict | None:
 def across_a_link(args: argparse.Namespace, argv: list[str]) -> int:
     """Make the two namespaces and the lossy link, run this benchmark again inside the robot namespace with the
     trainer in the GPU one, print the packets the loss dropped; its exit code."""
-    import subprocess
-
     import netns_support as netns
 
     with netns.two_hosts() as hosts:
@@ -159,8 +161,42 @@ def across_a_link(args: argparse.Namespace, argv: list[str]) -> int:
     return run.returncode
 
 
+def in_own_process(argv: list[str], result: Path, timeout: float) -> dict | None:
+    """One run of this benchmark (`one_run`) in a process of its own, in a session of its own with the trainer
+    node it starts; its result (the run's dict, {} when it got no cloud), or None when it had not ended after
+    `timeout` s: then the whole session is killed (a process blocked in native code with the GIL held cannot
+    be stopped from inside)."""
+    result.unlink(missing_ok=True)
+    proc = subprocess.Popen([sys.executable, __file__, *argv, "--one-run", str(result)], start_new_session=True)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        return None
+    return json.loads(result.read_text()) if result.exists() else {}
+
+
+def one_run(args: argparse.Namespace) -> int:
+    """The body of one run (in its own process): a private ROS domain, the scene, `run_once`; writes its dict (or
+    {} without a cloud) to `args.one_run`."""
+    private_ros_domain()
+    if args.trainer_netns:      # discovery across the link: unicast to the named peers
+        os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "SUBNET"
+
+    from surg3d_nodes.data.synthetic import SynthConfig, generate
+
+    print(f"synthetic scene {args.width}x{args.height}, {args.frames} frames", flush=True)
+    scene = generate(SynthConfig(width=args.width, height=args.height, frames=args.frames, instruments=1),
+                     lambda d, n: print(f"\r  rendering {d}/{n}", end="", flush=True))
+    print()
+    r = run_once(args, scene, args.out)
+    Path(args.one_run).write_text(json.dumps(r or {}))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the benchmark; returns 0 (1 when a run got no cloud at all)."""
+    """Run the benchmark; returns 0 (1 when a run got no cloud at all or hung)."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--width", type=int, default=320)
     ap.add_argument("--height", type=int, default=256)
@@ -174,27 +210,27 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--param", action="append", default=[], help="extra trainer parameter NAME:=VALUE")
     ap.add_argument("--link-loss", type=float, default=None,
                     help="the trainer across a link with this random packet loss each way (root; 0.01 = 1 %%)")
+    ap.add_argument("--run-timeout", type=float, default=240.0,
+                    help="s: a run not ended by then is killed with its trainer and reported as hung")
+    ap.add_argument("--one-run", help=argparse.SUPPRESS)         # set on each run's own process
     ap.add_argument("--trainer-netns", help=argparse.SUPPRESS)   # set on the run re-executed across the link
     ap.add_argument("--trainer-peer", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.link_loss is not None and not args.trainer_netns:
         return across_a_link(args, sys.argv[1:] if argv is None else argv)
-    private_ros_domain()
-    if args.trainer_netns:      # discovery across the link: unicast to the named peers
-        os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "SUBNET"
-
-    from surg3d_nodes.data.synthetic import SynthConfig, generate
-
+    if args.one_run:
+        return one_run(args)
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
-    print(f"synthetic scene {args.width}x{args.height}, {args.frames} frames", flush=True)
-    scene = generate(SynthConfig(width=args.width, height=args.height, frames=args.frames, instruments=1),
-                     lambda d, n: print(f"\r  rendering {d}/{n}", end="", flush=True))
-    print()
+    own = list(sys.argv[1:] if argv is None else argv)
     runs = []
     for k in range(args.repeats):
-        r = run_once(args, scene, out)
-        if r is None or not r["reached"]:
+        r = in_own_process(own, out / f"run_{k + 1}.json", args.run_timeout)
+        if r is None:
+            print(f"run {k + 1}: hung: no result within {args.run_timeout:g} s, killed with its trainer", flush=True)
+            runs.append({"hung": True})
+            continue
+        if not r.get("reached"):
             print(f"run {k + 1}: no frame reached a cloud")
             return 1
         runs.append(r)
@@ -207,10 +243,10 @@ def main(argv: list[str] | None = None) -> int:
               "on_frame_rate": args.on_frame_rate, "runs": runs,
               "date_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     (out / "recon_latency.json").write_text(json.dumps(result, indent=2))
-    png = latency_histogram([(f"run {k + 1}", np.array(r["latencies_ms"])) for k, r in enumerate(runs)][:3],
-                            out / "recon_latency.png")
+    png = latency_histogram([(f"run {k + 1}", np.array(r["latencies_ms"])) for k, r in enumerate(runs)
+                             if not r.get("hung")][:3], out / "recon_latency.png")
     print(f"wrote {out / 'recon_latency.json'} and {png}")
-    return 0
+    return 1 if any(r.get("hung") for r in runs) else 0
 
 
 if __name__ == "__main__":
