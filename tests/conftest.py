@@ -5,8 +5,10 @@ from __future__ import annotations
 import itertools
 import os
 import random
+import signal
 import subprocess
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -54,6 +56,44 @@ def colcon_build(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Co
         return builds[kind]
 
     return build
+
+
+def _descendants(pid: int) -> dict[int, str]:
+    """Command lines of the live (not zombie) processes below `pid`, from /proc."""
+    parents: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:               # ended while listed
+            continue
+        if fields[0] != "Z":
+            parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = {}, list(parents.get(pid, []))
+    while todo:
+        child = todo.pop()
+        try:
+            found[child] = Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:200]
+        except OSError:
+            continue
+        todo += parents.get(child, [])
+    return found
+
+
+@pytest.fixture(autouse=True)
+def no_process_left(request: pytest.FixtureRequest):
+    """Every process a test starts ends with it. One left running (ci61: a test that failed before it stopped its
+    trainer left the trainer training through the rest of the suite, on the suite's two cores) is killed, and the
+    test warns with its command line."""
+    yield
+    left = _descendants(os.getpid())
+    for pid in left:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    if left:
+        warnings.warn(f"{request.node.nodeid} left {len(left)} processes running, killed: {list(left.values())}",
+                      stacklevel=1)
 
 
 @pytest.fixture

@@ -64,179 +64,182 @@ def test_bridge_outputs_services_parameters_and_refusals(ros_env, ros_node, tmp_
     out, recon = tmp_path / "out", tmp_path / "recon"
     # No periodic cloud at first (points_rate 0): clouds go out as frames enter the model.
     trainer = _start(recon, ros_env)
-    got = Collector(ros_node, {topics.RECON_STATUS: TrainerStatus, topics.RECON_POINTS: PointCloud2,
-                               topics.RECON_VIEW_IMAGE: Image, topics.NODE_STATUS: NodeStatus})
-    proc, port, lines = start_bridge(ros_env, out)
     try:
-        assert wait_until(lambda: got.last(topics.RECON_STATUS) is not None, 60), "no status from the trainer"
-        got.wait_matched(topics.RECON_POINTS)
-        got.wait_matched(topics.RECON_VIEW_IMAGE)
-        # Clouds go out once, as frames enter the model, and a reader seen by our node may not have matched the
-        # trainer yet (ci33: the bridge had no cloud for its viewer). The last frame is sent once a viewer watches.
-        pubs = _frame_publishers(ros_node)
-        _send_frames(pubs, scene, scene.frames[:-1])
-        assert wait_until(lambda: got.last(topics.RECON_STATUS).frames_used >= 3 and got.get(topics.RECON_POINTS),
-                          60), got.last(topics.RECON_STATUS)
+        # Every outcome stops the trainer (a failure before the second bridge left it running: ci61).
+        got = Collector(ros_node, {topics.RECON_STATUS: TrainerStatus, topics.RECON_POINTS: PointCloud2,
+                                   topics.RECON_VIEW_IMAGE: Image, topics.NODE_STATUS: NodeStatus})
+        proc, port, lines = start_bridge(ros_env, out)
+        try:
+            assert wait_until(lambda: got.last(topics.RECON_STATUS) is not None, 60), "no status from the trainer"
+            got.wait_matched(topics.RECON_POINTS)
+            got.wait_matched(topics.RECON_VIEW_IMAGE)
+            # Clouds go out once, as frames enter the model, and a reader seen by our node may not have matched the
+            # trainer yet (ci33: the bridge had no cloud for its viewer). The last frame is sent once a viewer watches.
+            pubs = _frame_publishers(ros_node)
+            _send_frames(pubs, scene, scene.frames[:-1])
+            assert wait_until(lambda: got.last(topics.RECON_STATUS).frames_used >= 3 and got.get(topics.RECON_POINTS),
+                              60), got.last(topics.RECON_STATUS)
 
-        c = FoxgloveWsClient("127.0.0.1", port)
-        c.poll(0.5)
-        for topic in ("/recon/points", "/recon/status", "/ui/live", "/recon/render/depth", "/tf",
-                      "/diagnostics", "/ui/rois"):
-            c.channel_id(topic)
-        assert {"/recon/pause", "/recon/resume", "/recon/reset", "/recon/save"} <= set(c.services)
-        # the shipped Foxglove layout only names channels and services the bridge offers
-        layout = json.loads((ROOT / "config" / "foxglove_layout.json").read_text())["configById"]
-        advertised = {ch["topic"] for ch in c.channels.values()}
-        for panel_id, cfg in layout.items():
-            for topic in [*cfg.get("topics", {}), cfg.get("imageMode", {}).get("imageTopic"),
-                          cfg.get("topicPath"), cfg.get("topicToRender")]:
-                assert topic is None or topic in advertised, f"{panel_id}: {topic} is not advertised"
-            assert cfg.get("serviceName") in (None, *c.services), f"{panel_id}: unknown service"
+            c = FoxgloveWsClient("127.0.0.1", port)
+            c.poll(0.5)
+            for topic in ("/recon/points", "/recon/status", "/ui/live", "/recon/render/depth", "/tf",
+                          "/diagnostics", "/ui/rois"):
+                c.channel_id(topic)
+            assert {"/recon/pause", "/recon/resume", "/recon/reset", "/recon/save"} <= set(c.services)
+            # the shipped Foxglove layout only names channels and services the bridge offers
+            layout = json.loads((ROOT / "config" / "foxglove_layout.json").read_text())["configById"]
+            advertised = {ch["topic"] for ch in c.channels.values()}
+            for panel_id, cfg in layout.items():
+                for topic in [*cfg.get("topics", {}), cfg.get("imageMode", {}).get("imageTopic"),
+                              cfg.get("topicPath"), cfg.get("topicToRender")]:
+                    assert topic is None or topic in advertised, f"{panel_id}: {topic} is not advertised"
+                assert cfg.get("serviceName") in (None, *c.services), f"{panel_id}: unknown service"
 
-        # outputs: the trainer's cloud (16 B per point) and status, as the trainer published them
-        c.subscribe("/recon/points", 1)
-        c.subscribe("/recon/status", 2)
-        c.subscribe("/ui/rois", 3)
-        _send_frames(pubs, scene, scene.frames[-1:])
-        # The trainer's cloud of the last frame first (a loaded machine may take a while to train it: ci61 timed out
-        # below without saying whether the trainer or the bridge held it up), then the bridge's relay of a cloud.
-        last = scene.frames[-1].stamp_ns
-        assert wait_until(lambda: any(stamp_to_ns(m.header.stamp) >= last for m in got.get(topics.RECON_POINTS)),
-                          60), f"the trainer published no cloud of the last frame: {got.last(topics.RECON_STATUS)}"
-        cloud = c.wait_for(lambda: c.latest_json(1), what="a cloud (the trainer published its cloud of the last frame)")
-        assert cloud["point_stride"] == 16
-        xyz = np.frombuffer(base64.b64decode(cloud["data"]), dtype=[("xyz", "<f4", 3), ("rgba", "u1", 4)])["xyz"]
+            # outputs: the trainer's cloud (16 B per point) and status, as the trainer published them
+            c.subscribe("/recon/points", 1)
+            c.subscribe("/recon/status", 2)
+            c.subscribe("/ui/rois", 3)
+            _send_frames(pubs, scene, scene.frames[-1:])
+            # The trainer's cloud of the last frame first (a loaded machine may take a while to train it: ci61 timed out
+            # below without saying whether the trainer or the bridge held it up), then the bridge's relay of a cloud.
+            last = scene.frames[-1].stamp_ns
+            assert wait_until(lambda: any(stamp_to_ns(m.header.stamp) >= last for m in got.get(topics.RECON_POINTS)),
+                              60), f"the trainer published no cloud of the last frame: {got.last(topics.RECON_STATUS)}"
+            cloud = c.wait_for(lambda: c.latest_json(1),
+                               what="a cloud (the trainer published its cloud of the last frame)")
+            assert cloud["point_stride"] == 16
+            xyz = np.frombuffer(base64.b64decode(cloud["data"]), dtype=[("xyz", "<f4", 3), ("rgba", "u1", 4)])["xyz"]
 
-        def matching() -> list:
-            return [msg_to_pointcloud(m) for m in got.get(topics.RECON_POINTS)
-                    if stamp_to_ns(m.header.stamp) == _stamp_ns(cloud["timestamp"])]
-        wait_until(matching, 10)
-        sent = matching()
-        assert len(xyz) > 100 and any(np.array_equal(xyz, np.stack([p["x"], p["y"], p["z"]], 1)) for p in sent)
-        status = c.wait_for(lambda: c.latest_json(2), what="status")
-        stamp = _stamp_ns(status["header"]["stamp"])
-        assert wait_until(lambda: any(stamp_to_ns(m.header.stamp) == stamp for m in got.get(topics.RECON_STATUS)), 10)
-        same = next(m for m in got.get(topics.RECON_STATUS) if stamp_to_ns(m.header.stamp) == stamp)
-        assert (status["state"], status["num_gaussians"], status["iterations"]) == \
-               ("running", same.num_gaussians, same.iterations) and same.state == "running"
-        assert status["num_gaussians"] > 500
+            def matching() -> list:
+                return [msg_to_pointcloud(m) for m in got.get(topics.RECON_POINTS)
+                        if stamp_to_ns(m.header.stamp) == _stamp_ns(cloud["timestamp"])]
+            wait_until(matching, 10)
+            sent = matching()
+            assert len(xyz) > 100 and any(np.array_equal(xyz, np.stack([p["x"], p["y"], p["z"]], 1)) for p in sent)
+            status = c.wait_for(lambda: c.latest_json(2), what="status")
+            stamp = _stamp_ns(status["header"]["stamp"])
+            assert wait_until(lambda: any(stamp_to_ns(m.header.stamp) == stamp
+                                          for m in got.get(topics.RECON_STATUS)), 10)
+            same = next(m for m in got.get(topics.RECON_STATUS) if stamp_to_ns(m.header.stamp) == stamp)
+            assert (status["state"], status["num_gaussians"], status["iterations"]) == \
+                   ("running", same.num_gaussians, same.iterations) and same.state == "running"
+            assert status["num_gaussians"] > 500
 
-        # services forwarded to the trainer: its state in its status, its files in its output_dir
-        assert c.call("/recon/pause", {}, 1) == (True, {"success": True, "message": "paused"})
-        c.wait_for(lambda: (c.latest_json(2) or {}).get("state") == "paused", what="paused status")
-        ok, res = c.call("/recon/save", {"kind": "checkpoint"}, 2)
-        assert ok and res["success"] and Path(res["path"]).parent == recon, res
-        read_checkpoint(res["path"])   # a complete checkpoint of this format, else ValueError
-        ok, res = c.call("/recon/save", {"kind": "ply"}, 3)
-        assert ok and res["success"] and Path(res["path"]).parent == recon, res
-        assert Path(res["path"]).read_bytes().startswith(b"ply\n")
-        files = sorted(recon.iterdir())
-        # refused calls: bad kind, unknown service (command) id; nothing forwarded
-        ok, why = c.call("/recon/save", {"kind": "obj"}, 4)
-        assert not ok and "kind" in why
-        c.call_id(9999, {}, 5)
-        assert "Unknown service" in c.wait_for(lambda: c.failures.get(5), what="unknown-service failure")
-        assert sorted(recon.iterdir()) == files
+            # services forwarded to the trainer: its state in its status, its files in its output_dir
+            assert c.call("/recon/pause", {}, 1) == (True, {"success": True, "message": "paused"})
+            c.wait_for(lambda: (c.latest_json(2) or {}).get("state") == "paused", what="paused status")
+            ok, res = c.call("/recon/save", {"kind": "checkpoint"}, 2)
+            assert ok and res["success"] and Path(res["path"]).parent == recon, res
+            read_checkpoint(res["path"])   # a complete checkpoint of this format, else ValueError
+            ok, res = c.call("/recon/save", {"kind": "ply"}, 3)
+            assert ok and res["success"] and Path(res["path"]).parent == recon, res
+            assert Path(res["path"]).read_bytes().startswith(b"ply\n")
+            files = sorted(recon.iterdir())
+            # refused calls: bad kind, unknown service (command) id; nothing forwarded
+            ok, why = c.call("/recon/save", {"kind": "obj"}, 4)
+            assert not ok and "kind" in why
+            c.call_id(9999, {}, 5)
+            assert "Unknown service" in c.wait_for(lambda: c.failures.get(5), what="unknown-service failure")
+            assert sorted(recon.iterdir()) == files
 
-        # a pose -> a virtual viewpoint the trainer renders: the same image as its own render_view service
-        # (paused: the model does not change in between)
-        pose = pose_to_msg(scene.frames[0].pose, 0, topics.WORLD_FRAME).pose
-        pose_json = {"position": {k: getattr(pose.position, k) for k in "xyz"},
-                     "orientation": {k: getattr(pose.orientation, k) for k in "xyzw"}}
-        c.advertise(2, "/recon/view_request")
-        c.poll(0.3)
-        c.publish(2, {"pose": pose_json, "width": 32, "height": 24})
-        assert wait_until(lambda: got.get(topics.RECON_VIEW_IMAGE), 20), "no view rendered by the trainer"
-        view = msg_to_image(got.last(topics.RECON_VIEW_IMAGE), "rgb8")
-        own = call_service(ros_node, RenderView, topics.SRV_RENDER_VIEW,
-                           RenderView.Request(pose=pose, width=32, height=24))
-        assert own.success and view.shape == (24, 32, 3) and view.mean() > 10
-        assert np.abs(view.astype(int) - msg_to_image(own.color, "rgb8")).max() <= 2
+            # a pose -> a virtual viewpoint the trainer renders: the same image as its own render_view service
+            # (paused: the model does not change in between)
+            pose = pose_to_msg(scene.frames[0].pose, 0, topics.WORLD_FRAME).pose
+            pose_json = {"position": {k: getattr(pose.position, k) for k in "xyz"},
+                         "orientation": {k: getattr(pose.orientation, k) for k in "xyzw"}}
+            c.advertise(2, "/recon/view_request")
+            c.poll(0.3)
+            c.publish(2, {"pose": pose_json, "width": 32, "height": 24})
+            assert wait_until(lambda: got.get(topics.RECON_VIEW_IMAGE), 20), "no view rendered by the trainer"
+            view = msg_to_image(got.last(topics.RECON_VIEW_IMAGE), "rgb8")
+            own = call_service(ros_node, RenderView, topics.SRV_RENDER_VIEW,
+                               RenderView.Request(pose=pose, width=32, height=24))
+            assert own.success and view.shape == (24, 32, 3) and view.mean() > 10
+            assert np.abs(view.astype(int) - msg_to_image(own.color, "rgb8")).max() <= 2
 
-        assert c.call("/recon/resume", {}, 6) == (True, {"success": True, "message": "running"})
-        c.wait_for(lambda: (c.latest_json(2) or {}).get("state") == "running", what="running status")
-        ok, why = c.call("/recon/pause", {"now": True}, 7)
-        assert not ok and "no arguments" in why
-        n = len(got.get(topics.RECON_STATUS))
-        assert wait_until(lambda: len(got.get(topics.RECON_STATUS)) > n + 1, 10)
-        assert got.last(topics.RECON_STATUS).state == "running"
+            assert c.call("/recon/resume", {}, 6) == (True, {"success": True, "message": "running"})
+            c.wait_for(lambda: (c.latest_json(2) or {}).get("state") == "running", what="running status")
+            ok, why = c.call("/recon/pause", {"now": True}, 7)
+            assert not ok and "no arguments" in why
+            n = len(got.get(topics.RECON_STATUS))
+            assert wait_until(lambda: len(got.get(topics.RECON_STATUS)) > n + 1, 10)
+            assert got.last(topics.RECON_STATUS).state == "running"
 
-        # parameters: read (the trainer's own values), set in range (the trainer has it), refuse out of range /
-        # wrong type / unknown (the trainer keeps its values)
-        values = c.get_parameters([], "g1")
-        assert values == _trainer_parameters(ros_node) and values["trainer.points_rate"] == 0.0
-        it = "trainer.iterations_per_frame"
-        assert c.set_parameters({it: 25}, "s1")[it] == 25
-        assert _trainer_parameters(ros_node)[it] == 25
-        n = len(got.get(topics.RECON_POINTS))
-        assert c.set_parameters({"trainer.points_rate": 4.5}, "s2")["trainer.points_rate"] == 4.5
-        # the trainer now sends its cloud periodically, without new frames
-        assert wait_until(lambda: len(got.get(topics.RECON_POINTS)) >= n + 3, 20), "no periodic clouds"
-        n = len(c.text)
-        beyond = node_parameters("trainer")["iterations_per_frame"].high + 1   # the trainer's declared range
-        assert c.set_parameters({it: beyond}, "s3")[it] == 25
-        assert "outside" in _status_since(c, n, "refused parameter")
-        n = len(c.text)
-        c.set_parameters({"trainer.points_rate": "fast"}, "s4")
-        assert "number" in _status_since(c, n, "refused parameter")
-        n = len(c.text)
-        c.set_parameters({"trainer.use_gpu_please": 1}, "s5")
-        assert "unknown parameter" in _status_since(c, n, "refused parameter")
-        trainer_values = _trainer_parameters(ros_node)
-        assert (trainer_values[it], trainer_values["trainer.points_rate"]) == (25, 4.5)
+            # parameters: read (the trainer's own values), set in range (the trainer has it), refuse out of range /
+            # wrong type / unknown (the trainer keeps its values)
+            values = c.get_parameters([], "g1")
+            assert values == _trainer_parameters(ros_node) and values["trainer.points_rate"] == 0.0
+            it = "trainer.iterations_per_frame"
+            assert c.set_parameters({it: 25}, "s1")[it] == 25
+            assert _trainer_parameters(ros_node)[it] == 25
+            n = len(got.get(topics.RECON_POINTS))
+            assert c.set_parameters({"trainer.points_rate": 4.5}, "s2")["trainer.points_rate"] == 4.5
+            # the trainer now sends its cloud periodically, without new frames
+            assert wait_until(lambda: len(got.get(topics.RECON_POINTS)) >= n + 3, 20), "no periodic clouds"
+            n = len(c.text)
+            beyond = node_parameters("trainer")["iterations_per_frame"].high + 1   # the trainer's declared range
+            assert c.set_parameters({it: beyond}, "s3")[it] == 25
+            assert "outside" in _status_since(c, n, "refused parameter")
+            n = len(c.text)
+            c.set_parameters({"trainer.points_rate": "fast"}, "s4")
+            assert "number" in _status_since(c, n, "refused parameter")
+            n = len(c.text)
+            c.set_parameters({"trainer.use_gpu_please": 1}, "s5")
+            assert "unknown parameter" in _status_since(c, n, "refused parameter")
+            trainer_values = _trainer_parameters(ros_node)
+            assert (trainer_values[it], trainer_values["trainer.points_rate"]) == (25, 4.5)
 
-        # client publish: a clicked point -> a region of interest (stored, shown, held by the trainer)
-        c.advertise(1, "/recon/roi")
-        c.poll(0.3)
-        c.publish(1, {"center": {"x": 0.01, "y": -0.02, "z": 0.1}, "label": "vessel"})
-        assert wait_until(lambda: _values(got).get("regions") == "1", 20), _values(got)
-        scene_json = c.wait_for(lambda: (s := c.latest_json(3)) and s["entities"] and s, what="ROI scene")
-        assert [e["id"] for e in scene_json["entities"]] == ["roi1"]
-        assert json.loads((out / "rois.json").read_text())["rois"][0]["label"] == "vessel"
-        # RViz's Publish Point tool (ROS /clicked_point) also marks a region; another frame is refused
-        clicked = ros_node.create_publisher(PointStamped, "/clicked_point", 10)
-        c.wait_for(lambda: clicked.get_subscription_count() > 0, what="bridge subscribed to /clicked_point")
-        n = len(c.text)
-        clicked.publish(PointStamped(header=header(0, "stereo_left_optical")))
-        assert "expected 'world'" in _status_since(c, n, "refused ROS /clicked_point")
-        clicked.publish(PointStamped(header=header(0, "world")))
-        assert wait_until(lambda: _values(got).get("regions") == "2", 20), _values(got)
-        ok, _ = c.call("/recon/roi/delete", {"id": 2}, 9)
-        assert ok and [r["id"] for r in json.loads((out / "rois.json").read_text())["rois"]] == [1]
-        # the deletion reaches the trainer (region #2 with radius 0)
-        assert wait_until(lambda: _values(got).get("regions") == "1", 20), _values(got)
-        # refused: NaN pose, NaN point, malformed JSON, unknown client topic; nothing reaches the trainer
-        n_views = len(got.get(topics.RECON_VIEW_IMAGE))
-        n = len(c.text)
-        bad = json.loads(json.dumps(pose_json))
-        bad["orientation"]["w"] = float("nan")
-        c.publish(2, json.dumps({"pose": bad}).encode())  # Python writes NaN, as a careless client would
-        assert "finite" in _status_since(c, n, "refused message on /recon/view_request")
-        n = len(c.text)
-        c.publish(1, b'{"center": [0, NaN, 0.1]}')
-        assert "finite" in _status_since(c, n, "refused message on /recon/roi")
-        n = len(c.text)
-        c.publish(1, b"{not json")
-        _status_since(c, n, "refused message on /recon/roi")
-        n = len(c.text)
-        c.advertise(3, "/recon/delete_everything")
-        assert "unknown topic" in _status_since(c, n, "refused client channel")
-        n = len(got.get(topics.NODE_STATUS))
-        assert wait_until(lambda: len(got.get(topics.NODE_STATUS)) > n + 2, 10)   # heartbeats since
-        assert _values(got).get("regions") == "1" and len(got.get(topics.RECON_VIEW_IMAGE)) == n_views
-        assert len(json.loads((out / "rois.json").read_text())["rois"]) == 1
-        # region services: delete an unknown id is refused, clear works
-        ok, why = c.call("/recon/roi/delete", {"id": 42}, 8)
-        assert not ok and "no region" in why
+            # client publish: a clicked point -> a region of interest (stored, shown, held by the trainer)
+            c.advertise(1, "/recon/roi")
+            c.poll(0.3)
+            c.publish(1, {"center": {"x": 0.01, "y": -0.02, "z": 0.1}, "label": "vessel"})
+            assert wait_until(lambda: _values(got).get("regions") == "1", 20), _values(got)
+            scene_json = c.wait_for(lambda: (s := c.latest_json(3)) and s["entities"] and s, what="ROI scene")
+            assert [e["id"] for e in scene_json["entities"]] == ["roi1"]
+            assert json.loads((out / "rois.json").read_text())["rois"][0]["label"] == "vessel"
+            # RViz's Publish Point tool (ROS /clicked_point) also marks a region; another frame is refused
+            clicked = ros_node.create_publisher(PointStamped, "/clicked_point", 10)
+            c.wait_for(lambda: clicked.get_subscription_count() > 0, what="bridge subscribed to /clicked_point")
+            n = len(c.text)
+            clicked.publish(PointStamped(header=header(0, "stereo_left_optical")))
+            assert "expected 'world'" in _status_since(c, n, "refused ROS /clicked_point")
+            clicked.publish(PointStamped(header=header(0, "world")))
+            assert wait_until(lambda: _values(got).get("regions") == "2", 20), _values(got)
+            ok, _ = c.call("/recon/roi/delete", {"id": 2}, 9)
+            assert ok and [r["id"] for r in json.loads((out / "rois.json").read_text())["rois"]] == [1]
+            # the deletion reaches the trainer (region #2 with radius 0)
+            assert wait_until(lambda: _values(got).get("regions") == "1", 20), _values(got)
+            # refused: NaN pose, NaN point, malformed JSON, unknown client topic; nothing reaches the trainer
+            n_views = len(got.get(topics.RECON_VIEW_IMAGE))
+            n = len(c.text)
+            bad = json.loads(json.dumps(pose_json))
+            bad["orientation"]["w"] = float("nan")
+            c.publish(2, json.dumps({"pose": bad}).encode())  # Python writes NaN, as a careless client would
+            assert "finite" in _status_since(c, n, "refused message on /recon/view_request")
+            n = len(c.text)
+            c.publish(1, b'{"center": [0, NaN, 0.1]}')
+            assert "finite" in _status_since(c, n, "refused message on /recon/roi")
+            n = len(c.text)
+            c.publish(1, b"{not json")
+            _status_since(c, n, "refused message on /recon/roi")
+            n = len(c.text)
+            c.advertise(3, "/recon/delete_everything")
+            assert "unknown topic" in _status_since(c, n, "refused client channel")
+            n = len(got.get(topics.NODE_STATUS))
+            assert wait_until(lambda: len(got.get(topics.NODE_STATUS)) > n + 2, 10)   # heartbeats since
+            assert _values(got).get("regions") == "1" and len(got.get(topics.RECON_VIEW_IMAGE)) == n_views
+            assert len(json.loads((out / "rois.json").read_text())["rois"]) == 1
+            # region services: delete an unknown id is refused, clear works
+            ok, why = c.call("/recon/roi/delete", {"id": 42}, 8)
+            assert not ok and "no region" in why
 
-        # reset: the trainer drops its model
-        assert c.call("/recon/reset", {}, 10) == (True, {"success": True, "message": "reset"})
-        c.wait_for(lambda: (s := c.latest_json(2) or {}).get("num_gaussians") == 0 and s["state"] == "idle",
-                   what="the model reset")
-        c.close()
-    finally:
-        stop(proc)
-    try:
+            # reset: the trainer drops its model
+            assert c.call("/recon/reset", {}, 10) == (True, {"success": True, "message": "reset"})
+            c.wait_for(lambda: (s := c.latest_json(2) or {}).get("num_gaussians") == 0 and s["state"] == "idle",
+                       what="the model reset")
+            c.close()
+        finally:
+            stop(proc)
         assert proc.returncode == 0, "\n".join(lines)
         assert any("refused" in line for line in lines), "refusals are logged"
 
