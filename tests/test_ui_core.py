@@ -153,6 +153,23 @@ def test_monitor_rates_latency_and_stalls() -> None:
     assert s["level_name"] == "ERROR" and "/trainer" in s["message"]
 
 
+def test_monitor_reports_a_node_restarted_within_the_stall_time() -> None:
+    """A node killed and respawned before it counts as stalled (ci62: a trainer back in 3.4 s) is reported all the
+    same, by its heartbeat's process id: ERROR for stall_periods evaluations, then as its heartbeats say."""
+    mon = monitoring.Monitor(period=1.0, stall_periods=3)
+    mon.heartbeat("/trainer", 0, "ok", {"pid": "100"}, 0.0)
+    assert {h.name: h for h in mon.evaluate(1.0)}["/trainer"].level == monitoring.OK
+    mon.heartbeat("/trainer", 0, "ok", {"pid": "100"}, 1.0)
+    mon.heartbeat("/trainer", 0, "ok", {"pid": "205"}, 3.5)          # 2.5 s silent: under the 3 s stall time
+    for t in (4.0, 5.0, 6.0):
+        mon.heartbeat("/trainer", 0, "ok", {"pid": "205"}, t)
+        h = {h.name: h for h in mon.evaluate(t)}["/trainer"]
+        assert h.level == monitoring.ERROR and h.message == \
+            "restarted: no heartbeat for 2.5 s, process 100 ended, 205 now", h.message
+    mon.heartbeat("/trainer", 0, "ok", {"pid": "205"}, 7.0)
+    assert {h.name: h for h in mon.evaluate(7.0)}["/trainer"].level == monitoring.OK
+
+
 def test_monitor_reports_a_stream_that_drops_below_its_usual_rate() -> None:
     """A lossy link between hosts thins a stream (the split test's 5 % loss: depth at about half its rate): WARN
     while it arrives at less than 60 % of its usual rate; a stream that stops is a stall, not a drop; the usual

@@ -121,6 +121,7 @@ class SurgNode(Node):
             level, message = self._level, self._message
             self._level, self._message = OK, "ok"  # a problem shows for one period unless it recurs
         values.update(self.status_values())
+        values["pid"] = os.getpid()        # the monitor tells a restarted node by it
         msg = NodeStatus(header=header(self.get_clock().now().nanoseconds, ""),
                          node=self.get_fully_qualified_name(), level=_LEVEL_BYTES[level],
                          message=message, values=key_values(values))

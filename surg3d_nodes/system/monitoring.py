@@ -157,6 +157,8 @@ class NodeRecord:
     values: dict[str, str]
     drops: int = 0
     drops_at_eval: int = 0
+    restart: str = ""              # the report of a restart the heartbeats showed (a new process id)
+    restart_evals: int = 0         # evaluations left that report it
 
 
 def drop_count(values: dict[str, str]) -> int:
@@ -180,7 +182,10 @@ class Monitor:
     usual rate (RATE_DROP), lost TCP segments (`tcp`: fed by the node from `tcp_counters`) or GPU memory.
     Once a source node's heartbeat says its input ended (`INPUT_ENDED`), a topic other than the trainer's that
     stopped with it (its last message within `stall_periods` periods of that heartbeat) is OK, "input ended",
-    not stalled; so is that node's own silence afterwards (a replay that exits at the end of its bag).
+    not stalled; so is that node's own silence afterwards (a replay that exits at the end of its bag). A node whose
+    heartbeat comes from another process than before (`pid`) died and was started again, however briefly it was
+    silent: ERROR for `stall_periods` evaluations (a trainer respawned from a warm disk was back within the
+    stall time, and a crash went unreported: ci62).
     """
 
     def __init__(self, period: float, stall_periods: int = 3, latency_warn_ms: float = 1000.0,
@@ -222,7 +227,14 @@ class Monitor:
         at_eval = prev.drops_at_eval if prev is not None else drops
         if prev is not None and drops < prev.drops:  # the node restarted: its counters began again
             at_eval = 0
-        self.nodes[node] = NodeRecord(now, int(level), message, dict(values), drops, at_eval)
+        rec = NodeRecord(now, int(level), message, dict(values), drops, at_eval)
+        if prev is not None:
+            rec.restart, rec.restart_evals = prev.restart, prev.restart_evals
+            old, new = prev.values.get("pid"), values.get("pid")
+            if old and new and old != new:
+                rec.restart = f"restarted: no heartbeat for {now - prev.last:.1f} s, process {old} ended, {new} now"
+                rec.restart_evals = self.stall_periods
+        self.nodes[node] = rec
         return newly_ended
 
     def message(self, topic: str, now: float, recv_ns: int | None = None,
@@ -273,7 +285,10 @@ class Monitor:
                 continue
             new_drops = rec.drops - rec.drops_at_eval
             rec.drops_at_eval = rec.drops
-            if rec.level > OK:
+            if rec.restart_evals > 0:
+                rec.restart_evals -= 1
+                out.append(Health(name, ERROR, rec.restart, vals))
+            elif rec.level > OK:
                 out.append(Health(name, rec.level, rec.message, vals))
             elif new_drops > 0:
                 out.append(Health(name, WARN, f"{new_drops} messages dropped in the last period", vals))
