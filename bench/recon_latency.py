@@ -215,14 +215,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--one-run", help=argparse.SUPPRESS)         # set on each run's own process
     ap.add_argument("--trainer-netns", help=argparse.SUPPRESS)   # set on the run re-executed across the link
     ap.add_argument("--trainer-peer", help=argparse.SUPPRESS)
-    args = ap.parse_args(argv)
+    own = list(sys.argv[1:] if argv is None else argv)
+    args = ap.parse_args(own)
     if args.link_loss is not None and not args.trainer_netns:
-        return across_a_link(args, sys.argv[1:] if argv is None else argv)
+        return across_a_link(args, own)
     if args.one_run:
         return one_run(args)
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
-    own = list(sys.argv[1:] if argv is None else argv)
     runs = []
     for k in range(args.repeats):
         r = in_own_process(own, out / f"run_{k + 1}.json", args.run_timeout)

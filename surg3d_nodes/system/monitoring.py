@@ -157,8 +157,6 @@ class NodeRecord:
     values: dict[str, str]
     drops: int = 0
     drops_at_eval: int = 0
-    restart: str = ""              # the report of a restart the heartbeats showed (a new process id)
-    restart_evals: int = 0         # evaluations left that report it
 
 
 def drop_count(values: dict[str, str]) -> int:
@@ -202,6 +200,7 @@ class Monitor:
         self.topics: dict[str, TopicTracker] = {}
         self.trainer: dict[str, object] | None = None
         self.input_ended: dict[str, float] = {}   # source node -> when its heartbeat first said its input ended
+        self.restarts: dict[str, tuple[str, int]] = {}   # node -> (its restart's report, evaluations left to report it)
         self.tcp = TcpLoss()
 
     @property
@@ -227,14 +226,11 @@ class Monitor:
         at_eval = prev.drops_at_eval if prev is not None else drops
         if prev is not None and drops < prev.drops:  # the node restarted: its counters began again
             at_eval = 0
-        rec = NodeRecord(now, int(level), message, dict(values), drops, at_eval)
-        if prev is not None:
-            rec.restart, rec.restart_evals = prev.restart, prev.restart_evals
-            old, new = prev.values.get("pid"), values.get("pid")
-            if old and new and old != new:
-                rec.restart = f"restarted: no heartbeat for {now - prev.last:.1f} s, process {old} ended, {new} now"
-                rec.restart_evals = self.stall_periods
-        self.nodes[node] = rec
+        old, new = (prev.values.get("pid") if prev is not None else None), values.get("pid")
+        if old and new and old != new:
+            self.restarts[node] = (f"restarted: no heartbeat for {now - prev.last:.1f} s, process {old} ended, "
+                                   f"{new} now", self.stall_periods)
+        self.nodes[node] = NodeRecord(now, int(level), message, dict(values), drops, at_eval)
         return newly_ended
 
     def message(self, topic: str, now: float, recv_ns: int | None = None,
@@ -285,9 +281,11 @@ class Monitor:
                 continue
             new_drops = rec.drops - rec.drops_at_eval
             rec.drops_at_eval = rec.drops
-            if rec.restart_evals > 0:
-                rec.restart_evals -= 1
-                out.append(Health(name, ERROR, rec.restart, vals))
+            if name in self.restarts:
+                report, left = self.restarts.pop(name)
+                if left > 1:
+                    self.restarts[name] = (report, left - 1)
+                out.append(Health(name, ERROR, report, vals))
             elif rec.level > OK:
                 out.append(Health(name, rec.level, rec.message, vals))
             elif new_drops > 0:
