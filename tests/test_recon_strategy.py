@@ -113,6 +113,11 @@ def test_live_refinement_changes_the_model_after_since_only():
     with torch.no_grad():
         model.params["opacity_logits"][5] = -10.0            # transparent: pruned (for all times)
     before = {t: _alive_state(model, t) for t in (0.0, 0.1)}
+    gen = torch.Generator().manual_seed(0)
+    for d in (opt.m, opt.v):
+        for v in d.values():
+            v.copy_(torch.rand(v.shape, generator=gen) + 0.1)              # each row's own moments
+    state_of_2 = [{k: v[2].clone() for k, v in d.items()} for d in (opt.m, opt.v)]
     o = float(torch.sigmoid(model.params["opacity_logits"].detach()[0]))
     grads = np.array([0.0, 0.0, 0.1, 0.1, 0.0, 0.1])        # 2: clone, 3: split
     strat.step_post_backward(model, opt, _info(n, grads, np.array([2, 2, 2, 9, 2, 2]), cam), cam, step=1,
@@ -135,6 +140,12 @@ def test_live_refinement_changes_the_model_after_since_only():
     # rows 5..8: clone of 2, two children of 3, the copy that takes 2's place; 2 keeps its own opacity
     np.testing.assert_allclose(opac[[2, 5, 6, 7, 8]], [o, half, half, half, half], atol=1e-5)
     assert torch.equal(model.params["means"].detach()[8], model.params["means"].detach()[2])
+    # The copy continues 2's optimizer state (zero moments under the shared step count would make its next steps
+    # several times the learning rate); the clone and the split children start afresh.
+    for d, kept in zip((opt.m, opt.v), state_of_2, strict=True):
+        for k, v in d.items():
+            assert torch.equal(v[8], kept[k]) and torch.equal(v[2], kept[k]), f"{k}: the copy's moments"
+            assert float(v[5:8].abs().sum()) == 0.0, f"{k}: new Gaussians' moments"
     # A Gaussian retired before `since` lives in the past only: it is never refined for the present.
     strat.step_post_backward(model, opt, _info(9, np.full(9, 0.1), np.full(9, 2), cam), cam, step=2,
                              densify=True, scene_depth=0.1, since=0.15)

@@ -110,13 +110,24 @@ class DictAdam:
             for k in d:
                 d[k] = d[k][keep]
 
-    def append(self, n: int) -> None:
-        """Add zero moments for n new Gaussians (in place when there is room: recon.capacity)."""
+    def moments(self, rows: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Copies of the first and second moments of `rows` (indices), for `append`'s `last`."""
+        return ({k: t[rows].clone() for k, t in self.m.items()}, {k: t[rows].clone() for k, t in self.v.items()})
+
+    def append(self, n: int, last: tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]] | None = None) -> None:
+        """Add zero moments for n new Gaussians (in place when there is room: recon.capacity); with `last`
+        (`moments` of other rows), the last of the n continue those rows' moments."""
         for d in (self.m, self.v):
             for k, t in d.items():
                 old = t.shape[0]
                 d[k] = grown(t, old + n, t.shape[1] if k in self.knot_keys else None)
                 d[k][old:] = 0
+        if last is None:
+            return
+        for d, src in zip((self.m, self.v), last, strict=True):
+            for k, t in src.items():
+                if t.shape[0]:
+                    d[k][-t.shape[0]:] = t
 
     def grow_knots(self, total: int) -> None:
         """Extend knot moments to `total` knots. A new knot starts as a copy of the last one

@@ -155,6 +155,10 @@ class DefaultStrategy:
             rows["opacity_logits"] = half(rows["opacity_logits"])
             now = clone[~past[clone]]
             p["opacity_logits"].data[now] = half(p["opacity_logits"].data[now])
+        # The copy of a past parent is that Gaussian from `since` on: it continues its optimizer state as well.
+        # Zero moments under Adam's shared step count made its next steps several times the learning rate
+        # whatever its gradient, and undid its fit in the view shown right after (README, issue 14).
+        carried = optimizer.moments(clone[past[clone]])
         kept = cand[past[cand]]
         model.life[kept, 1] = model.life[kept, 1].clamp(max=since)
         model.select(keep)
@@ -163,5 +167,5 @@ class DefaultStrategy:
         self.reset(int(keep.sum()), self.grad_acc.device)
         if n_new:
             model.append(rows, inferred, life)
-            optimizer.append(n_new)
+            optimizer.append(n_new, carried)
             self.grow(n_new)
