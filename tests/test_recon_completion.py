@@ -10,7 +10,7 @@ import torch
 from recon_support import scene_frames
 
 from surg3d_nodes.data.synthetic import SynthConfig, generate
-from surg3d_nodes.recon.completion import deoccluded, inpaint, membrane_fill, tint_inferred
+from surg3d_nodes.recon.completion import deoccluded, inpaint, membrane_fill, smooth_fill, tint_inferred
 from surg3d_nodes.recon.config import Frame, TrainerConfig
 from surg3d_nodes.recon.gaussians import GaussianConfig, GaussianModel
 from surg3d_nodes.recon.io.checkpoint import load_reconstructor, save_checkpoint
@@ -47,6 +47,40 @@ def test_membrane_fill_is_exact_on_a_plane_and_smooth_on_a_sphere():
     filled = membrane_fill(np.where(hole, 0.0, sphere), ~hole)
     assert np.abs(filled - sphere)[hole].max() < 1e-3
     assert np.abs(np.diff(filled, axis=1)).max() < 2 * np.abs(np.diff(sphere, axis=1)).max()
+
+
+def test_a_large_hole_starts_from_the_coarse_fill_and_ends_at_the_same_membrane(monkeypatch):
+    """Above `COARSE_FROM_PX` unknown pixels the iterations start from the fill at half the resolution: the same
+    solution (to the tolerance) as from Telea's start."""
+    from surg3d_nodes.recon import completion
+
+    h, w = 160, 200
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float64)
+    depth = 0.08 + 0.01 * np.sin(xs / 17.0) * np.cos(ys / 23.0)
+    hole = (np.abs(xs - 100) < 45) & (np.abs(ys - 80) < 40)          # 89 x 79 = 7031 pixels
+    assert hole.sum() > completion.COARSE_FROM_PX
+    coarse = membrane_fill(np.where(hole, 0.0, depth), ~hole)
+    monkeypatch.setattr(completion, "COARSE_FROM_PX", 10 ** 9)
+    direct = membrane_fill(np.where(hole, 0.0, depth), ~hole)
+    assert np.abs(coarse - direct).max() < 1e-6
+    assert np.array_equal(coarse[~hole], depth[~hole].astype(np.float32))
+
+
+def test_the_light_field_of_a_wide_view_is_filled_at_a_coarser_grid_as_well():
+    """`smooth_fill` (the de-occluded view's light difference) solves a 640-wide view on a 320-wide grid: a smooth
+    field with sensor noise is filled within a grey level or two of its noiseless truth, as the full-size fill, and
+    the pixels around the hole are kept."""
+    rng = np.random.default_rng(0)
+    ys, xs = np.mgrid[0:256, 0:640]
+    truth = 128 + 20 * np.sin(xs / 90) + 15 * np.cos(ys / 70)
+    img = np.repeat(np.clip(truth + rng.normal(0, 2, truth.shape), 0, 255).astype(np.uint8)[..., None], 3, -1)
+    hole = np.zeros(truth.shape, np.uint8)
+    cv2.line(hole, (0, 250), (400, 120), 1, 30)
+    hole = hole > 0
+    coarse, full = smooth_fill(img, hole), inpaint(img, hole)
+    assert np.array_equal(coarse[~hole], img[~hole])
+    err_coarse = np.abs(coarse[..., 0] - truth)[hole].mean()
+    assert err_coarse < 1.5 and err_coarse < np.abs(full[..., 0] - truth)[hole].mean() + 0.5
 
 
 def test_never_seen_texture_is_guessed_smooth_and_closer_than_telea():
