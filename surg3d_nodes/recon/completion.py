@@ -58,7 +58,8 @@ def membrane_fill(depth: np.ndarray, known: np.ndarray, tol: float = 1e-9, max_i
     """`depth` [H,W] with every pixel outside `known` replaced by the harmonic interpolation of the known
     pixels (discrete Laplace equation, 4-neighbours, Neumann at the image border): smooth, exact on planes.
     Solved by conjugate gradients on the grid stencil (the system is symmetric positive definite), started
-    from Telea's fill; `tol` is relative to the known depths' scale. The iterations work on the unknown pixels
+    from Telea's fill, or for a hole of more than `COARSE_FROM_PX` pixels from the fill at half the resolution
+    (`_coarse_start`); `tol` is relative to the known values' scale. The iterations work on the unknown pixels
     only, with their neighbours gathered by index (a hole is a few percent of the image)."""
     known = known & np.isfinite(depth)
     out = np.where(known, depth, 0.0).astype(np.float64)
