@@ -26,13 +26,9 @@ STACKS_SIGNAL = signal.SIGUSR1
 def graph_env(config_dir: Path | None = None) -> dict[str, str]:
     """The environment every process of the graph runs with: Fast DDS's participant profile (fastdds.xml in
     `config_dir`, default `default_config_dir()`: LARGE_DATA transports, on which best-effort images are not lost
-    to UDP fragmentation, with shared-memory segments that hold a burst of large images), asynchronous publication
-    and unbuffered output. rmw_fastrtps publishes synchronously by default: a send that blocks on a cut link then
-    blocks `publish`, which holds the GIL, and the whole node stops, its heartbeat and its signal handlers too
-    (twice in the link test's CI runs, README "Across machines"); asynchronously, Fast DDS's own thread sends."""
+    to UDP fragmentation, with shared-memory segments that hold a burst of large images) and unbuffered output."""
     profile = (config_dir or default_config_dir()) / "fastdds.xml"
-    return {"FASTDDS_DEFAULT_PROFILES_FILE": str(profile), "RMW_FASTRTPS_PUBLICATION_MODE": "ASYNCHRONOUS",
-            "PYTHONUNBUFFERED": "1"}
+    return {"FASTDDS_DEFAULT_PROFILES_FILE": str(profile), "PYTHONUNBUFFERED": "1"}
 
 
 # The file a node's heartbeat touches (ros/runtime.py), for a node the supervisor restarts when it goes silent.
