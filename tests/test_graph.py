@@ -83,8 +83,8 @@ def _config_copy(tmp_path: Path) -> Path:
      "graph.yaml: argument 'device': node 'trainer' has no parameter 'devise'"),
     (lambda c: _edit_graph(c, lambda g: g["nodes"]["trainer"].update(respwn=True)),
      "graph.yaml: node 'trainer': unknown key(s) respwn"),
-    (lambda c: _edit_graph(c, lambda g: g["nodes"]["stereo_depth"].update(restart_when_silent_s=10.0)),
-     "graph.yaml: node 'stereo_depth': restart_when_silent_s must be >= 0 and needs respawn: true"),
+    (lambda c: _edit_graph(c, lambda g: g["nodes"]["bag_replay"].update(restart_when_silent_s=10.0)),
+     "graph.yaml: node 'bag_replay': restart_when_silent_s must be >= 0 and needs respawn: true"),
 ])
 def test_bad_config_is_named(tmp_path: Path, mutate, message: str) -> None:
     cdir = _config_copy(tmp_path)

@@ -89,7 +89,7 @@ def test_a_dying_node_is_respawned_within_its_run_or_stops_the_graph(synth_bag: 
     try:
         run = run_folder(graph)
         trainer_pid = int(graph.wait_for(r"started trainer \(pid (\d+)\)", 60).group(1))
-        depth_pid = int(graph.wait_for(r"started stereo_depth \(pid (\d+)\)", 60).group(1))
+        replay_pid = int(graph.wait_for(r"started bag_replay \(pid (\d+)\)", 60).group(1))
         graph.wait_for(rf"checkpoint written: {re.escape(str(run))}/checkpoint_", 120)
         # The trainer's config asks for respawn: it is restarted and continues its own run's model.
         subprocess.run(["kill", "-KILL", str(trainer_pid)], check=True)
@@ -118,9 +118,10 @@ def test_a_dying_node_is_respawned_within_its_run_or_stops_the_graph(synth_bag: 
                        for m in BagReader(staged).messages())
 
         assert wait_until(depth_recorded, 60), "\n".join(graph.lines[-40:])
-        # stereo_depth has no respawn: the launcher reports it, stops the others and exits non-zero.
-        subprocess.run(["kill", "-KILL", str(depth_pid)], check=True)
-        graph.wait_for(r"node stereo_depth died with exit code -9; stopping the graph", 30)
+        # The replay has no respawn (it would play the surgery again from its start): the launcher reports it,
+        # stops the others and exits non-zero.
+        subprocess.run(["kill", "-KILL", str(replay_pid)], check=True)
+        graph.wait_for(r"node bag_replay died with exit code -9; stopping the graph", 30)
         assert graph.proc.wait(timeout=60) == 1
     finally:
         graph.stop()

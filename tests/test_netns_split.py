@@ -167,15 +167,17 @@ def test_robot_and_gpu_parts_across_a_link_only(two_hosts, synth_bag: Path, ros_
                 time.sleep(10.0)
                 dropped[loss] = netns.drop(two_hosts, None)
             # A 5 s cut of the link (both ends down), then the graph must recover by itself.
-            cut_start, seen = time.time(), len(gpu_part.lines)
+            cut_start, seen = time.time(), (len(robot_part.lines), len(gpu_part.lines))
             netns.ip("link", "set", robot["dev"], "down", ns=robot["ns"])
             time.sleep(5.0)
             netns.ip("link", "set", robot["dev"], "up", ns=robot["ns"])
             cut_end = time.time()
             time.sleep(15.0)
-            # A recorder respawned after the cut (Fast DDS's TCP transport once aborted one there) records into a new
-            # recording from its start: it gets as long as the first one had after the cut.
-            if any(re.search(r"started recorder \(pid \d+\) again", ln) for ln in gpu_part.lines[seen:]):
+            # A node respawned after the cut (Fast DDS's TCP transport once aborted a recorder there, and froze a
+            # perception node inside a publish, restarted when silent) starts afresh (a recorder into a new
+            # recording): it gets as long as the first one had after the cut.
+            since = robot_part.lines[seen[0]:] + gpu_part.lines[seen[1]:]
+            if any(re.search(r"started \w+ \(pid \d+\) again", ln) for ln in since):
                 time.sleep(15.0)
         finally:
             codes = robot_part.stop(), gpu_part.stop()
@@ -199,7 +201,8 @@ def test_robot_and_gpu_parts_across_a_link_only(two_hosts, synth_bag: Path, ros_
     monitor_beats = 0
     thinned_at: list[float] = []
     tcp_loss_at: list[float] = []
-    depth_made: list[tuple[float, int, int]] = []   # (received, the robot side's depth count, recording)
+    # (received, the robot side's depth count, (recording, stereo depth's pid): a respawned node counts from 0)
+    depth_made: list[tuple[float, int, tuple[int, str]]] = []
     depth_at: list[float] = []
     for i, topic, stamp_ns, raw in _recorded(recordings):
         counts[topic] += 1
@@ -214,7 +217,7 @@ def test_robot_and_gpu_parts_across_a_link_only(two_hosts, synth_bag: Path, ros_
         if topic == "/surg3d/node_status" and b"stereo_depth" in raw:
             beat = {kv.key: kv.value for kv in deserialize_message(raw, NodeStatus).values}
             if "pairs_processed" in beat:
-                depth_made.append((stamp_ns / 1e9, int(beat["pairs_processed"]), i))
+                depth_made.append((stamp_ns / 1e9, int(beat["pairs_processed"]), (i, beat.get("pid", ""))))
         if topic == "/depth/image":
             depth_at.append(stamp_ns / 1e9)
         for loss, (t0, t1) in windows.items():
@@ -230,12 +233,15 @@ def test_robot_and_gpu_parts_across_a_link_only(two_hosts, synth_bag: Path, ros_
     # (a map in flight as a heartbeat passes may count on either side of it); in the loss windows, shown only.
     spans = {"before the loss": (0.0, windows[LOSSES[0]][0]), "after the cut": (cut_end + 5.0, float("inf")),
              **{f"{100 * loss:.0f} % loss": w for loss, w in windows.items()}}
-    # Two heartbeats of one recording: none is expected while a respawned recorder starts.
+    # Two heartbeats of one recording and one stereo depth process: none is expected while a respawned recorder
+    # starts.
     for name, (a, b) in spans.items():
-        groups = [[(t, n) for t, n, j in depth_made if a <= t <= b and j == i] for i in range(len(recordings))]
+        groups = [[(t, n) for t, n, k in depth_made if a <= t <= b and k == key]
+                  for key in dict.fromkeys(k for _, _, k in depth_made)]
         checked = "%" not in name
         assert any(len(g) >= 2 for g in groups) or not checked, \
-            f"{name}: fewer than two stereo depth heartbeats recorded in one recording; the recordings began " \
+            f"{name}: fewer than two stereo depth heartbeats recorded in one recording of one process; the " \
+            f"recordings began " \
             f"{[round(started[i] - cut_end, 1) for i in sorted(started)]} s after the cut ended, stereo depth " \
             f"heartbeats recorded at {[round(t - cut_end, 1) for t, _, _ in depth_made if t > cut_start - 5]} s, " \
             f"first messages after it {after_cut}; restarts: " \

@@ -148,7 +148,9 @@ class Supervisor:
         name = p.spec.name
         self.silent_restarts[name] = self.silent_restarts.get(name, 0) + 1
         self.log(f"node {name} alive but silent for {p.silent_for(time.monotonic()):.1f} s (no heartbeat): "
-                 f"killing it to restart it (silent restart {self.silent_restarts[name]})")
+                 f"killing it to restart it (silent restart {self.silent_restarts[name]}); its threads' stacks first")
+        p.popen.send_signal(STACKS_SIGNAL)     # where it hung, written from C (no GIL needed)
+        time.sleep(0.5)
         p.popen.terminate()
         try:
             return p.popen.wait(timeout=3)
