@@ -3,6 +3,9 @@ training iteration, and the knot update is the least-norm one."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -128,3 +131,36 @@ def test_a_backlog_gets_one_flow_update_at_its_newest_frame():
     assert st.frames_used == 6 and st.flow_frames == 1 and st.flow_tracked > 0
     assert st.colour_fit_steps == TrainerConfig.colour_fit_iterations + 1     # one colour fit too
     assert tr.recon.track_ref.stamp_ns == frames[-1].stamp_ns
+
+
+def test_tissue_hidden_by_an_instrument_moves_with_the_tissue_around_it():
+    """Tissue sliding 3 px to the right under a still instrument: the Gaussians behind the instrument, which no
+    flow reaches, move with the flow continued under it (`hidden_motion`); without, those beyond the neighbour
+    reach stay where they were last seen."""
+    w, h, z, fx, shift = 160, 128, 0.05, 150.0, 3
+    rng = np.random.default_rng(0)
+    texture = cv2.GaussianBlur(rng.random((h, w + shift)).astype(np.float32), (0, 0), 2.0)
+    texture = (texture - texture.min()) / np.ptp(texture)
+    bar = np.zeros((h, w), bool)
+    bar[:, 60:90] = True                                  # the instrument, 30 px wide, in front of the tissue
+    K = np.array([[fx, 0, w / 2], [0, fx, h / 2], [0, 0, 1]])
+
+    def view(t: float, tissue_image: np.ndarray) -> SimpleNamespace:
+        rgb = np.where(bar[..., None], 0.8, tissue_image[..., None].repeat(3, -1)).astype(np.float32)
+        return SimpleNamespace(rgb=torch.from_numpy(rgb), depth=torch.from_numpy(np.where(bar, 0.04, z).astype(
+            np.float32)), tissue=torch.from_numpy((~bar).astype(np.float32)), pose=np.eye(4), K=K, t=t)
+
+    prev, cur = view(0.0, texture[:, shift:]), view(1.0, texture[:, :w])     # cur = prev moved right by 3 px
+    vv, uu = np.mgrid[4:h - 4:4, 4:w - 4:4]
+    pts = np.stack([(uu - w / 2) / fx * z, (vv - h / 2) / fx * z, np.full(uu.shape, z)], -1).reshape(-1, 3)
+    middle = np.abs(pts[:, 0] / z * fx + w / 2 - 75) < 4        # behind the instrument's middle
+    moved = {}
+    for hidden_motion in (True, False):
+        model = GaussianModel(GaussianConfig(knot_spacing=1.0, knots_at_frames=False))
+        model.append(model.new_gaussians(pts, np.full((len(pts), 3), 0.5), 0.0))
+        model.ensure_time(1.0)
+        update_tracks(model, prev, cur, z, FlowTrackConfig(hidden_motion=hidden_motion))
+        moved[hidden_motion] = (model.evaluate(1.0)["means"].detach().numpy() - pts)[middle, 0] / z * fx  # px
+    print(f"\nbehind the instrument, moved (px): {np.median(moved[True]):.2f} with the continued flow, "
+          f"{np.median(moved[False]):.2f} without")
+    assert np.all(np.abs(moved[True] - shift) < 0.5) and np.all(np.abs(moved[False]) < 0.1)

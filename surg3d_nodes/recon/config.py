@@ -137,6 +137,7 @@ class TrainerConfig:
                                   low=0.0, high=3600.0)
     flow_tracks: bool = param(True, "start each new frame's deformation from optical flow")
     flow_depth_motion: bool = param(True, "... and from the measured depth change along it")
+    flow_hidden_motion: bool = param(True, "... and move tissue hidden by an instrument with the flow around it")
     refine_pose_iterations: int = param(0, "> 0: refine each new frame's pose against the model (README "
                                            "'dVRK users'; 30 to use it)", low=0, high=1000)
     refine_pose_mode: str = param("hand_eye", "hand_eye: one constant hand-eye correction | frame: free per "

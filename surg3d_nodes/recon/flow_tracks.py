@@ -22,7 +22,12 @@ import torch
 from pykdtree.kdtree import KDTree
 
 from surg3d_nodes.common.camera import scale_intrinsics
+from surg3d_nodes.recon.completion import membrane_fill
 from surg3d_nodes.recon.gaussians import GaussianModel
+
+# `membrane_fill`'s tolerance for the continued fields (relative to their largest value: a thousandth of a pixel
+# of flow where the flow reaches a pixel).
+FIELD_TOL = 1e-3
 
 
 @dataclass
@@ -38,6 +43,7 @@ class FlowTrackConfig:
     tool_margin_rel: float = 0.03    # flow this close to an instrument (fraction of the width) is ignored
     min_width: int = 96              # narrower images are not tracked: DIS patches (8 px) span too much of them
     depth_motion: bool = True        # also move along the optical axis by the smoothed measured depth change
+    hidden_motion: bool = True       # Gaussians hidden behind an instrument move with the flow continued under it
     max_flow_width: int = 320        # wider images get their flow at this width (DIS at 640x512: ~40 ms a
                                      # direction, a live budget killer; the flow is smoothed at ~5 px anyway)
 
@@ -190,17 +196,38 @@ def update_tracks(model: GaussianModel, prev: FlowView, cur: FlowView, scene_dep
     sx, sy = size[0] / w, size[1] / h
     us, vs = (u + 0.5) * sx - 0.5, (v + 0.5) * sy - 0.5          # the same points on the flow's grid
     good = surface & (_sample(support, us, vs) > cfg.min_support)
+    # Tissue an instrument hides in `prev` (the Gaussian behind the instrument's measured surface) has no flow of
+    # its own. It moves with the tissue around the instrument: the smoothed flow, depth change and colour change
+    # continued under it as a membrane (the smoothest field through what is measured around it; a grasped fold
+    # moves with its surroundings), instead of staying where it was last seen while the tissue deforms.
+    hidden = np.zeros_like(good)
+    if cfg.hidden_motion:
+        tool = prev.tissue.cpu().numpy()[np.rint(v).astype(int), np.rint(u).astype(int)] < 0.5
+        hidden = ~good & tool & ((dp <= 0) | (z > dp * (1 + cfg.depth_tol_rel)))
+    if hidden.any():
+        known, known_d = support > cfg.min_support, support_d > cfg.min_support
+        under = (np.stack([membrane_fill(flow[..., c], known, FIELD_TOL) for c in range(2)], -1),
+                 np.stack([membrane_fill(dcol_img[..., c], known, FIELD_TOL) for c in range(3)], -1),
+                 membrane_fill(dz_img, known_d, FIELD_TOL) if known_d.any() else np.zeros_like(dz_img))
+        good = good | hidden
     if not good.any():
         return 0
-    sel, us, vs = idx[good], us[good], vs[good]
-    f = _sample(flow, us, vs) / (sx, sy)
+    sel, us, vs, hid = idx[good], us[good], vs[good], hidden[good]
+
+    def hidden_from_under(i: int, x: np.ndarray) -> np.ndarray:   # hidden points: field i continued under
+        if hid.any():
+            x[hid] = _sample(under[i], us[hid], vs[hid])
+        return x
+
+    f = hidden_from_under(0, _sample(flow, us, vs)) / (sx, sy)
     _, _, zc = _project(means[sel], cur)
     if cfg.depth_motion:
-        zc = zc + np.where(_sample(support_d, us, vs) > cfg.min_support, _sample(dz_img, us, vs), 0.0)
+        zc = zc + hidden_from_under(2, np.where(_sample(support_d, us, vs) > cfg.min_support,
+                                                _sample(dz_img, us, vs), 0.0))
     uf, vf = u[good] + f[:, 0], v[good] + f[:, 1]
     xc = np.stack([(uf - cur.K[0, 2]) / cur.K[0, 0] * zc, (vf - cur.K[1, 2]) / cur.K[1, 1] * zc, zc], -1)
     dpos = xc @ cur.pose[:3, :3].T + cur.pose[:3, 3] - means[sel]
-    dcol = _sample(dcol_img, us, vs)
+    dcol = hidden_from_under(1, _sample(dcol_img, us, vs))
     small = np.linalg.norm(dpos, axis=1) < cfg.max_motion_rel * scene_depth
     sel, dpos, dcol = sel[small], dpos[small], dcol[small]
     if sel.size == 0:

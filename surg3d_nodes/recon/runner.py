@@ -478,7 +478,8 @@ class Reconstructor:
         ref = self.track_ref or (self.store.recent[-1] if self.store.recent else None)
         if self.cfg.flow_tracks and track and kf.has_depth and ref is not None and ref.has_depth:
             self.stats.flow_tracked = update_tracks(self.model, ref, kf, self.scene_depth,
-                                                    FlowTrackConfig(depth_motion=self.cfg.flow_depth_motion))
+                                                    FlowTrackConfig(depth_motion=self.cfg.flow_depth_motion,
+                                                                    hidden_motion=self.cfg.flow_hidden_motion))
             self.stats.flow_frames += int(self.stats.flow_tracked > 0)
         if track and kf.has_depth and (ref is None or kf.t > ref.t):
             self.track_ref = kf        # the tracks pass through the model's positions at this frame
