@@ -28,6 +28,10 @@ from surg3d_nodes.recon.gaussians import GaussianModel
 # `membrane_fill`'s tolerance for the continued fields (relative to their largest value: a thousandth of a pixel
 # of flow where the flow reaches a pixel).
 FIELD_TOL = 1e-3
+# The continued fields are solved at most this wide (they are smooth: the flow is blurred over ~1.5 % of the width).
+# A 320x256 frame's flow update took 0.06 s without them, 0.23 s with them solved at 320 px, 0.08 s at 80 (2-core
+# CPU); seen before on the synthetic 320x256 / 160x128 clips 32.52 / 32.11 dB at full width, 32.52 / 32.19 at 80.
+FIELD_WIDTH = 80
 
 
 @dataclass
@@ -132,6 +136,23 @@ def image_flow(prev: FlowView, cur: FlowView, cfg: FlowTrackConfig
     return flow, dcol, support, dz, support_d
 
 
+def _continued(field: np.ndarray, known: np.ndarray) -> np.ndarray:
+    """`field` [H,W] or [H,W,C] with the pixels outside `known` replaced by the membrane through the known ones,
+    solved at most `FIELD_WIDTH` wide (each cell the mean of its known pixels, known where most of it is) and
+    upsampled; known pixels keep their values."""
+    h, w = known.shape
+    size = (min(w, FIELD_WIDTH), max(1, round(h * min(w, FIELD_WIDTH) / w)))
+    k = known.astype(np.float32)
+    share = cv2.resize(k, size, interpolation=cv2.INTER_AREA)
+    fields = field[..., None] if field.ndim == 2 else field
+    out = []
+    for c in range(fields.shape[-1]):
+        mean = cv2.resize(fields[..., c] * k, size, interpolation=cv2.INTER_AREA) / np.maximum(share, 1e-6)
+        solved = membrane_fill(mean, share > 0.5, FIELD_TOL)
+        out.append(np.where(known, fields[..., c], cv2.resize(solved, (w, h), interpolation=cv2.INTER_LINEAR)))
+    return np.stack(out, -1) if field.ndim == 3 else out[0]
+
+
 @dataclass
 class _Resized:
     """A FlowView resized for the flow computation (CPU tensors)."""
@@ -214,9 +235,8 @@ def update_tracks(model: GaussianModel, prev: FlowView, cur: FlowView, scene_dep
                           for x in (support, support_d))
         hidden &= known.any()           # nothing measured around the instruments: nothing to continue
     if hidden.any():
-        under = (np.stack([membrane_fill(flow[..., c], known, FIELD_TOL) for c in range(2)], -1),
-                 np.stack([membrane_fill(dcol_img[..., c], known, FIELD_TOL) for c in range(3)], -1),
-                 membrane_fill(dz_img, known_d, FIELD_TOL) if known_d.any() else np.zeros_like(dz_img))
+        under = (_continued(flow, known), _continued(dcol_img, known),
+                 _continued(dz_img, known_d) if known_d.any() else np.zeros_like(dz_img))
         good = good | hidden
     if not good.any():
         return 0
