@@ -28,10 +28,11 @@ from surg3d_nodes.recon.gaussians import GaussianModel
 # `membrane_fill`'s tolerance for the continued fields (relative to their largest value: a thousandth of a pixel
 # of flow where the flow reaches a pixel).
 FIELD_TOL = 1e-3
-# The continued fields are solved at most this wide (they are smooth: the flow is blurred over ~1.5 % of the width).
-# A 320x256 frame's flow update took 0.06 s without them, 0.23 s with them solved at 320 px, 0.08 s at 80 (2-core
-# CPU); seen before on the synthetic 320x256 / 160x128 clips 32.52 / 32.11 dB at full width, 32.52 / 32.19 at 80.
-FIELD_WIDTH = 80
+# The continued fields are solved at most this wide (they are smooth: the flow is blurred over ~1.5 % of the width;
+# at 160 px the instrument margin, 3 %, still spans 5 cells). A 320x256 frame's flow update took 0.06 s without them,
+# 0.23 / 0.10 / 0.08 s with them solved 320 / 160 / 80 px wide (2-core CPU); on the synthetic 320x256 clip seen
+# before / never seen 32.52 / 24.90, 32.32 / 24.85 (two runs), 32.47 / 24.79 dB (three runs; Telea 23.83).
+FIELD_WIDTH = 160
 
 
 @dataclass
