@@ -4,8 +4,9 @@ Gradient descent alone needs many iterations per frame to discover where the tis
 trainer does not have. When a new frame arrives, dense optical flow (OpenCV DIS) from the previous frame,
 checked forward-backward, carries every Gaussian that was visible on the tissue surface of the previous
 frame to its pixel in the new one; the smoothed change of the measured depth along it moves it along the
-optical axis, and the colour change along the flow gives its appearance change; Gaussians the flow cannot
-follow move with their nearest followed neighbour. The tracks are then moved, with the smallest change of
+optical axis, and the colour change along the flow gives its appearance change; Gaussians hidden behind an
+instrument move with these fields continued under it (a membrane from the tissue around it), and others the
+flow cannot follow move with their nearest followed neighbour. The tracks are then moved, with the smallest change of
 their knots, to pass through these positions and colours at the new frame's time; training refines from
 there. Moving cameras are handled by the poses (flow includes ego-motion; back-projection uses the new
 frame's pose).
@@ -195,7 +196,8 @@ def update_tracks(model: GaussianModel, prev: FlowView, cur: FlowView, scene_dep
 
     A followed Gaussian goes to its flow-displaced pixel in `cur`, at its own depth in `cur`'s camera moved
     by the smoothed depth change there (`depth_motion`; off: depth is left to the depth loss): the motion is
-    what gradient descent finds slowly.
+    what gradient descent finds slowly. With `hidden_motion`, one behind an instrument of `prev` moves the same
+    way with the fields continued under the instrument.
     """
     cfg = cfg or FlowTrackConfig()
     h, w = prev.depth.shape
