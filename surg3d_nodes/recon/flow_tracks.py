@@ -5,11 +5,11 @@ trainer does not have. When a new frame arrives, dense optical flow (OpenCV DIS)
 checked forward-backward, carries every Gaussian that was visible on the tissue surface of the previous
 frame to its pixel in the new one; the smoothed change of the measured depth along it moves it along the
 optical axis, and the colour change along the flow gives its appearance change; Gaussians hidden behind an
-instrument move with these fields continued under it (a membrane from the tissue around it), and others the
-flow cannot follow move with their nearest followed neighbour. The tracks are then moved, with the smallest change of
-their knots, to pass through these positions and colours at the new frame's time; training refines from
-there. Moving cameras are handled by the poses (flow includes ego-motion; back-projection uses the new
-frame's pose).
+instrument move with the flow and depth change continued under it (a membrane from the tissue around it), and
+others the flow cannot follow move with their nearest followed neighbour. The tracks are then moved, with
+the smallest change of their knots, to pass through these positions and colours at the new frame's time;
+training refines from there. Moving cameras are handled by the poses (flow includes ego-motion;
+back-projection uses the new frame's pose).
 """
 
 from __future__ import annotations
@@ -26,13 +26,14 @@ from surg3d_nodes.common.camera import scale_intrinsics
 from surg3d_nodes.recon.completion import membrane_fill
 from surg3d_nodes.recon.gaussians import GaussianModel
 
-# `membrane_fill`'s tolerance for the continued fields (relative to their largest value: a thousandth of a pixel
-# of flow where the flow reaches a pixel).
-FIELD_TOL = 1e-3
+# `membrane_fill`'s tolerance for the continued fields (relative to their largest value: a hundredth of a pixel of
+# flow where the flow reaches a pixel, well inside the flow's own accuracy).
+FIELD_TOL = 1e-2
 # The continued fields are solved at most this wide (they are smooth: the flow is blurred over ~1.5 % of the width;
-# at 160 px the instrument margin, 3 %, still spans 5 cells). A 320x256 frame's flow update took 0.06 s without them,
-# 0.23 / 0.10 / 0.08 s with them solved 320 / 160 / 80 px wide (2-core CPU); on the synthetic 320x256 clip seen
-# before / never seen 32.52 / 24.90, 32.32 / 24.85 (two runs), 32.47 / 24.79 dB (three runs; Telea 23.83).
+# at 160 px the instrument margin, 3 %, still spans 5 cells). With the colour change continued too and a tolerance of
+# 1e-3, a 320x256 frame's flow update took 0.06 s without them, 0.23 / 0.10 / 0.08 s with them solved 320 / 160 / 80
+# px wide, and the shared EndoNeRF clip's frames at 1/4 scale (large instruments) 0.11 s more each at 160; now (flow
+# and depth change, 1e-2) 0.01 and 0.04 s more (2-core CPU).
 FIELD_WIDTH = 160
 
 
@@ -197,7 +198,7 @@ def update_tracks(model: GaussianModel, prev: FlowView, cur: FlowView, scene_dep
     A followed Gaussian goes to its flow-displaced pixel in `cur`, at its own depth in `cur`'s camera moved
     by the smoothed depth change there (`depth_motion`; off: depth is left to the depth loss): the motion is
     what gradient descent finds slowly. With `hidden_motion`, one behind an instrument of `prev` moves the same
-    way with the fields continued under the instrument.
+    way with the flow and depth change continued under the instrument, and keeps its colour.
     """
     cfg = cfg or FlowTrackConfig()
     h, w = prev.depth.shape
@@ -221,9 +222,10 @@ def update_tracks(model: GaussianModel, prev: FlowView, cur: FlowView, scene_dep
     us, vs = (u + 0.5) * sx - 0.5, (v + 0.5) * sy - 0.5          # the same points on the flow's grid
     good = surface & (_sample(support, us, vs) > cfg.min_support)
     # Tissue an instrument hides in `prev` (the Gaussian behind the instrument's measured surface) has no flow of
-    # its own. It moves with the tissue around the instrument: the smoothed flow, depth change and colour change
-    # continued under it as a membrane (the smoothest field through what is measured around it; a grasped fold
-    # moves with its surroundings), instead of staying where it was last seen while the tissue deforms. The
+    # its own. It moves with the tissue around the instrument: the smoothed flow and depth change continued under it
+    # as a membrane (the smoothest field through what is measured around it; a grasped fold moves with its
+    # surroundings), instead of staying where it was last seen while the tissue deforms. Its colour stays as it was
+    # seen (the de-occluded view moves it to the live light, `completion.deoccluded`). The
     # membrane starts one more instrument margin out than the flow that is followed: it carries its boundary to
     # every hidden point, and nearer the instrument the flow still carries some of the instrument's own motion
     # (synthetic scene, streamed, seen-before de-occlusion: from the followed flow's edge 31.72 -> 32.44 dB at
@@ -238,7 +240,7 @@ def update_tracks(model: GaussianModel, prev: FlowView, cur: FlowView, scene_dep
                           for x in (support, support_d))
         hidden &= known.any()           # nothing measured around the instruments: nothing to continue
     if hidden.any():
-        under = (_continued(flow, known), _continued(dcol_img, known),
+        under = (_continued(flow, known), np.zeros_like(dcol_img),
                  _continued(dz_img, known_d) if known_d.any() else np.zeros_like(dz_img))
         good = good | hidden
     if not good.any():
