@@ -30,10 +30,8 @@ from surg3d_nodes.recon.gaussians import GaussianModel
 # flow where the flow reaches a pixel, well inside the flow's own accuracy).
 FIELD_TOL = 1e-2
 # The continued fields are solved at most this wide (they are smooth: the flow is blurred over ~1.5 % of the width;
-# at 160 px the instrument margin, 3 %, still spans 5 cells). With the colour change continued too and a tolerance of
-# 1e-3, a 320x256 frame's flow update took 0.06 s without them, 0.23 / 0.10 / 0.08 s with them solved 320 / 160 / 80
-# px wide, and the shared EndoNeRF clip's frames at 1/4 scale (large instruments) 0.11 s more each at 160; now (flow
-# and depth change, 1e-2) 0.01 and 0.04 s more (2-core CPU).
+# at 160 px the instrument margin, 3 %, still spans 5 cells): 0.01 s more for a 320x256 frame's flow update (0.06 s
+# without), 0.04 s more for the shared EndoNeRF clip's large instruments at 1/4 scale (2-core CPU; README, issue 16).
 FIELD_WIDTH = 160
 
 
@@ -225,11 +223,9 @@ def update_tracks(model: GaussianModel, prev: FlowView, cur: FlowView, scene_dep
     # its own. It moves with the tissue around the instrument: the smoothed flow and depth change continued under it
     # as a membrane (the smoothest field through what is measured around it; a grasped fold moves with its
     # surroundings), instead of staying where it was last seen while the tissue deforms. Its colour stays as it was
-    # seen (the de-occluded view moves it to the live light, `completion.deoccluded`). The
-    # membrane starts one more instrument margin out than the flow that is followed: it carries its boundary to
-    # every hidden point, and nearer the instrument the flow still carries some of the instrument's own motion
-    # (synthetic scene, streamed, seen-before de-occlusion: from the followed flow's edge 31.72 -> 32.44 dB at
-    # 320x256 but 31.94 -> 31.84 at 160x128; one margin further out 32.52 and 32.11).
+    # seen (the de-occluded view moves it to the live light, `completion.deoccluded`). The membrane starts one more
+    # instrument margin out than the flow that is followed: it carries its boundary to every hidden point, and
+    # nearer the instrument the flow still carries some of the instrument's own motion (README, issue 16).
     hidden = np.zeros_like(good)
     if cfg.hidden_motion:
         tool = prev.tissue.cpu().numpy()[np.rint(v).astype(int), np.rint(u).astype(int)] < 0.5
@@ -240,14 +236,13 @@ def update_tracks(model: GaussianModel, prev: FlowView, cur: FlowView, scene_dep
                           for x in (support, support_d))
         hidden &= known.any()           # nothing measured around the instruments: nothing to continue
     if hidden.any():
-        under = (_continued(flow, known), np.zeros_like(dcol_img),
-                 _continued(dz_img, known_d) if known_d.any() else np.zeros_like(dz_img))
+        under = (_continued(flow, known), _continued(dz_img, known_d) if known_d.any() else np.zeros_like(dz_img))
         good = good | hidden
     if not good.any():
         return 0
     sel, us, vs, hid = idx[good], us[good], vs[good], hidden[good]
 
-    def hidden_from_under(i: int, x: np.ndarray) -> np.ndarray:   # hidden points: field i continued under
+    def hidden_from_under(i: int, x: np.ndarray) -> np.ndarray:   # hidden points: flow (0) or depth change (1)
         if hid.any():
             x[hid] = _sample(under[i], us[hid], vs[hid])
         return x
@@ -255,12 +250,13 @@ def update_tracks(model: GaussianModel, prev: FlowView, cur: FlowView, scene_dep
     f = hidden_from_under(0, _sample(flow, us, vs)) / (sx, sy)
     _, _, zc = _project(means[sel], cur)
     if cfg.depth_motion:
-        zc = zc + hidden_from_under(2, np.where(_sample(support_d, us, vs) > cfg.min_support,
+        zc = zc + hidden_from_under(1, np.where(_sample(support_d, us, vs) > cfg.min_support,
                                                 _sample(dz_img, us, vs), 0.0))
     uf, vf = u[good] + f[:, 0], v[good] + f[:, 1]
     xc = np.stack([(uf - cur.K[0, 2]) / cur.K[0, 0] * zc, (vf - cur.K[1, 2]) / cur.K[1, 1] * zc, zc], -1)
     dpos = xc @ cur.pose[:3, :3].T + cur.pose[:3, 3] - means[sel]
-    dcol = hidden_from_under(1, _sample(dcol_img, us, vs))
+    dcol = _sample(dcol_img, us, vs)
+    dcol[hid] = 0.0                                                # hidden: the colour it was seen with
     small = np.linalg.norm(dpos, axis=1) < cfg.max_motion_rel * scene_depth
     sel, dpos, dcol = sel[small], dpos[small], dcol[small]
     if sel.size == 0:
