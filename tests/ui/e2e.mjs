@@ -46,7 +46,14 @@ try {
   const first = await page.evaluate(() => window.view3d.snapshot());
   result.splats = await page.evaluate(() => window.surg3d.splats.n);
   result.litPixels = first.lit;
-  if (result.litPixels < 100) throw new Error("the splat view shows nothing");
+  if (result.litPixels < 100) {
+    const box = await page.evaluate(() => {   // where the splats are, to tell a framing fault from a drawing one
+      const c = window.surg3d.splats.centers, lo = [Infinity, Infinity, Infinity], hi = [-Infinity, -Infinity, -Infinity];
+      for (let i = 0; i < c.length; i++) { lo[i % 3] = Math.min(lo[i % 3], c[i]); hi[i % 3] = Math.max(hi[i % 3], c[i]); }
+      return { lo, hi };
+    });
+    throw new Error(`the splat view shows nothing: ${first.lit} lit pixels, ${result.splats} splats in ${JSON.stringify(box)}`);
+  }
   step(`splats: ${result.splats}, ${result.litPixels} lit pixels of 96x64`);
   await page.waitForTimeout(1000);  // let images and status arrive for the screenshot
   await page.screenshot({ path: join(artifacts, "01_splats.png") });

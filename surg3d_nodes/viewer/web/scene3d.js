@@ -207,13 +207,16 @@ export function createScene(canvas, S, log) {
     return S.splats ? S.splats.centers : null;
   }
 
+  // Frame the model: about its median centre, at the distance that shows 90 % of it. Robust to a few stray
+  // Gaussians (a wrong stereo match lies up to the far end of the working range): with the farthest centre
+  // setting the distance, one stray made the model a speck in the view.
   function fitView() {
     const xyz = centers();
     if (!xyz || !xyz.length) return;
-    const n = xyz.length / 3, c = [0, 0, 0];
-    for (let i = 0; i < n; i++) for (let k = 0; k < 3; k++) c[k] += xyz[3 * i + k] / n;
-    let r = 0;
-    for (let i = 0; i < n; i++) r = Math.max(r, Math.hypot(xyz[3 * i] - c[0], xyz[3 * i + 1] - c[1], xyz[3 * i + 2] - c[2]));
+    const n = xyz.length / 3, quantile = (a, q) => a.sort()[Math.min(a.length - 1, Math.floor(q * a.length))];
+    const c = [0, 1, 2].map((k) => quantile(Float32Array.from({ length: n }, (_, i) => xyz[3 * i + k]), 0.5));
+    const r = quantile(Float32Array.from({ length: n },
+      (_, i) => Math.hypot(xyz[3 * i] - c[0], xyz[3 * i + 1] - c[1], xyz[3 * i + 2] - c[2])), 0.9);
     Object.assign(view, { target: c, dist: Math.max(2.2 * r, 0.01), yaw: 0, pitch: 0, fitted: true, scope: null });
     draw();
   }
