@@ -48,26 +48,34 @@ def run(scene, region: Region, mark: bool, cfg: TrainerConfig, k: int) -> dict:
     recon = Reconstructor(cfg)
     if mark:
         recon.set_regions((region,))
-    cam = scene.cam_left.scaled(cfg.image_scale)
-    live: list[float] = []
+    live: list[tuple[float, float]] = []
 
-    def inside_psnr(i: int) -> tuple[float, float]:
+    def inside_psnr(i: int) -> tuple[float, float, float, float]:
+        """PSNR* inside and outside the region at the training resolution, then at the camera's own."""
         f = frames[i]
-        rgb, tissue, depth = _scaled(f, scene.cam_left, cfg.image_scale)
-        out, _, _ = recon.render_view(f.pose, recon.time_of(f.stamp_ns), cam.width, cam.height, K=cam.intrinsics())
-        roi = region_pixels((region,), torch.as_tensor(depth), cam.intrinsics(), f.pose).numpy() & tissue
-        return psnr_star(out, rgb, roi.astype(np.float32)), psnr_star(out, rgb, (tissue & ~roi).astype(np.float32))
+        out = []
+        for s in (cfg.image_scale, 1.0):
+            cam = scene.cam_left.scaled(s)
+            rgb, tissue, depth = _scaled(f, scene.cam_left, s)
+            img, _, _ = recon.render_view(f.pose, recon.time_of(f.stamp_ns), cam.width, cam.height,
+                                          K=cam.intrinsics())
+            roi = region_pixels((region,), torch.as_tensor(depth), cam.intrinsics(), f.pose).numpy() & tissue
+            out += [psnr_star(img, rgb, roi.astype(np.float32)),
+                    psnr_star(img, rgb, (tissue & ~roi).astype(np.float32))]
+        return tuple(out)
 
     t0 = time.monotonic()
     # live: the newest frame right after its K steps, what the operator's view shows
     train_stream(recon, [Frame(frames[i].stamp_ns, frames[i].left, frames[i].depth, frames[i].mask,
                                frames[i].pose, scene.cam_left) for i in train], k,
-                 lambda j, _: live.append(inside_psnr(train[j])[0]))
+                 lambda j, _: live.append(inside_psnr(train[j])[::2]))
     seconds = time.monotonic() - t0
-    inside, outside = zip(*(inside_psnr(i) for i in tests), strict=True)
+    inside, outside, inside_n, outside_n = zip(*(inside_psnr(i) for i in tests), strict=True)
     st = recon.get_stats()
     return {"psnr_inside": float(np.mean(inside)), "psnr_outside": float(np.mean(outside)),
-            "live_inside": float(np.mean(live)), "inside_per_frame": list(inside),
+            "live_inside": float(np.mean([x[0] for x in live])), "inside_per_frame": list(inside),
+            "psnr_inside_native": float(np.mean(inside_n)), "psnr_outside_native": float(np.mean(outside_n)),
+            "live_inside_native": float(np.mean([x[1] for x in live])),
             "iterations": st.iterations, "gaussians": st.num_gaussians,
             "psnr_regions_status": st.psnr_regions, "train_s": seconds}
 
@@ -106,24 +114,29 @@ def main(argv: list[str] | None = None) -> int:
             r = run(scene, region, mark, replace(cfg), args.k)
             results[name].append(r)
             print(f"seed {seed} {name:9s}: inside {r['psnr_inside']:.2f} dB, outside {r['psnr_outside']:.2f} dB, "
-                  f"live inside {r['live_inside']:.2f} dB, "
+                  f"live inside {r['live_inside']:.2f} dB; at {w}x{h}: inside {r['psnr_inside_native']:.2f}, "
+                  f"outside {r['psnr_outside_native']:.2f}, live inside {r['live_inside_native']:.2f} dB; "
                   f"{r['iterations']} iterations, {r['gaussians']} Gaussians, {r['train_s']:.0f} s", flush=True)
 
     def mean(name: str, key: str) -> float:
         return float(np.mean([r[key] for r in results[name]]))
 
-    gain = mean("marked", "psnr_inside") - mean("unmarked", "psnr_inside")
-    cost = mean("marked", "psnr_outside") - mean("unmarked", "psnr_outside")
-    live_gain = mean("marked", "live_inside") - mean("unmarked", "live_inside")
-    print(f"marking the region (mean of {args.repeats}): inside {mean('unmarked', 'psnr_inside'):.2f} -> "
-          f"{mean('marked', 'psnr_inside'):.2f} dB ({gain:+.2f}), outside {cost:+.2f} dB; live view inside "
-          f"{live_gain:+.2f} dB (roi_weight {args.weight:g})")
+    def gain(key: str) -> float:
+        return mean("marked", key) - mean("unmarked", key)
+
+    for res, sfx in ((f"training resolution ({args.scale:g})", ""), (f"the camera's {w}x{h}", "_native")):
+        print(f"marking the region (mean of {args.repeats}), scored at {res}: inside "
+              f"{mean('unmarked', 'psnr_inside' + sfx):.2f} -> {mean('marked', 'psnr_inside' + sfx):.2f} dB "
+              f"({gain('psnr_inside' + sfx):+.2f}), outside {gain('psnr_outside' + sfx):+.2f} dB; live view inside "
+              f"{gain('live_inside' + sfx):+.2f} dB (roi_weight {args.weight:g})")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "roi_psnr.json").write_text(json.dumps({
         "size": [w, h], "frames": args.frames, "k": args.k, "scale": args.scale, "region": {
-            "center": center, "radius": args.radius}, "roi_weight": args.weight, "gain_inside_db": gain,
-        "gain_live_inside_db": live_gain,
-        "change_outside_db": cost, "runs": results,
+            "center": center, "radius": args.radius}, "roi_weight": args.weight,
+        **{
+            f"{k}{sfx}_db": gain(key + sfx) for sfx in ("", "_native") for k, key in (
+                ("gain_inside", "psnr_inside"), ("gain_live_inside", "live_inside"),
+                ("change_outside", "psnr_outside"))}, "runs": results,
         "date_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}, indent=1))
     return 0
 

@@ -136,7 +136,8 @@ def refine_pose(gaussians: dict[str, torch.Tensor], camera: RenderCamera, rgb: t
     def loss_at(xi: torch.Tensor) -> torch.Tensor:
         # Pose T·C has view matrix inv(C)·inv(T).
         view = (_se3_inv(correction(xi)) @ camera.viewmat.double()).float()
-        out, d, _, _ = render_evaluated(g, RenderCamera(view, camera.K, camera.width, camera.height), backend)
+        out, d, _, _ = render_evaluated(g, RenderCamera(view, camera.K, camera.width, camera.height, camera.eps2d),
+                                        backend)
         r, t = out[px], rgb[px]
         if cfg.exposure:
             # The endoscope's light moves with it: brightness changes with distance, so compare after the

@@ -18,7 +18,6 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 
-import cv2
 import numpy as np
 import torch
 
@@ -57,9 +56,6 @@ from surg3d_nodes.recon.render.camera import EPS2D
 from surg3d_nodes.recon.sparse_adam import DictAdam
 from surg3d_nodes.recon.strategy import DefaultStrategy, Strategy
 
-# render_view: a view finer than the training images by more than this factor is upsampled from one rendered
-# at the training resolution.
-UPSAMPLE_ABOVE = 1.5
 # Frame detail: Gaussian displacements are rendered as colours 0.5 + d / MOTION_SPAN_M, within 0..1 up to 5 cm.
 MOTION_SPAN_M = 0.1
 
@@ -220,10 +216,10 @@ class ModelView:
         """Render (rgb uint8 HxWx3, depth float32 m with NaN where empty, alpha float32) at `pose`.
 
         K (ROS convention) defaults to the newest frame's intrinsics scaled to width x height. A view finer
-        than the training images (by more than `UPSAMPLE_ABOVE`) is rendered at the training resolution and
-        upsampled: the model holds no finer detail, and Gaussians fitted to coarse pixels, rendered finer,
-        show as separate blobs with gaps between them (measured: 320x256 views of a model trained at 80x64,
-        26.6 dB direct vs 29.2 dB upsampled).
+        than the training images is rendered with the training pixel's low-pass (`RenderCamera.eps2d`): the
+        Gaussians were fitted through it, and many are far smaller than a training pixel, so with the view's own
+        pixel low-pass they showed as separate specks with gaps between them (a 320x256 view of a model trained
+        at 80x64: 26.6 dB; rendered at 80x64 and upsampled, as before: 29.2 dB; README, Steering).
 
         `detail`: add the frame detail of the stored frames within `detail_window_s` of the view's time
         (recon.detail): measured texture the Gaussians have not fitted yet. `fill`: the tissue-only view completed:
@@ -313,13 +309,9 @@ class ModelView:
         depth not yet masked) at `pose`, at model time `time_s` (default: the view's; see `render`)."""
         t = self.time_s if time_s is None else time_s
         ref = self.reference
-        rw, rh, rK = width, height, K
         finer = 1.0 if ref is None else float(K[0, 0]) / float(ref.K[0, 0])
-        if finer > UPSAMPLE_ABOVE:
-            rw, rh = max(1, round(width / finer)), max(1, round(height / finer))
-            rK = scale_intrinsics(K, rw / width, rh / height)
         device = next(iter(self.params.values())).device
-        cam = RenderCamera.from_ros(pose, rK, rw, rh, device=device)
+        cam = RenderCamera.from_ros(pose, K, width, height, device=device, eps2d=EPS2D * max(1.0, finer) ** 2)
         with torch.no_grad():
             g = self.model.evaluate(t, cam.center(), params=self.params)
             if paint is not None:
@@ -334,11 +326,7 @@ class ModelView:
                 return np.zeros((height, width, 3), np.float32), z.copy(), z
             rgb, depth, alpha, _ = render_evaluated(g, cam, self.backend)
         rgb = rgb.clamp(0, None if paint is None else 1).cpu().numpy()
-        d = depth.cpu().numpy().astype(np.float32)
-        a = alpha.cpu().numpy().astype(np.float32)
-        if (rw, rh) != (width, height):
-            rgb, d, a = (cv2.resize(x, (width, height), interpolation=cv2.INTER_LINEAR) for x in (rgb, d, a))
-        return rgb, d, a
+        return rgb, depth.cpu().numpy().astype(np.float32), alpha.cpu().numpy().astype(np.float32)
 
     def export_ply(self, path):
         """Write a 3DGS PLY of the model at the view's time; returns the path."""

@@ -16,16 +16,19 @@ class RenderCamera:
 
     viewmat: 4x4 world-to-camera (OpenCV optical frame: x right, y down, z forward).
     K: 3x3 intrinsics in gsplat convention (the centre of pixel (0, 0) at (0.5, 0.5)).
+    eps2d: the screen-space low-pass (px^2); a view finer than the images the model was trained on takes that of
+    the training pixel (EPS2D x the ratio squared), so the Gaussians keep the footprints they were fitted with.
     """
 
     viewmat: torch.Tensor
     K: torch.Tensor
     width: int
     height: int
+    eps2d: float = EPS2D
 
     @classmethod
     def from_ros(cls, T_world_camera: np.ndarray, K_ros: np.ndarray, width: int, height: int,
-                 device: str | torch.device = "cpu") -> RenderCamera:
+                 device: str | torch.device = "cpu", eps2d: float = EPS2D) -> RenderCamera:
         """Build from a camera-to-world pose and ROS/OpenCV intrinsics (adds 0.5 to cx, cy)."""
         T = np.asarray(T_world_camera, dtype=np.float64)
         K = np.asarray(K_ros, dtype=np.float64).copy()
@@ -37,11 +40,11 @@ class RenderCamera:
         K[1, 2] += 0.5
         view = np.linalg.inv(T)
         return cls(torch.as_tensor(view, dtype=torch.float32, device=device),
-                   torch.as_tensor(K, dtype=torch.float32, device=device), int(width), int(height))
+                   torch.as_tensor(K, dtype=torch.float32, device=device), int(width), int(height), float(eps2d))
 
     def to(self, device: str | torch.device) -> RenderCamera:
         """The same camera with its tensors on `device`."""
-        return RenderCamera(self.viewmat.to(device), self.K.to(device), self.width, self.height)
+        return RenderCamera(self.viewmat.to(device), self.K.to(device), self.width, self.height, self.eps2d)
 
     def center(self) -> torch.Tensor:
         """Camera centre in world coordinates."""

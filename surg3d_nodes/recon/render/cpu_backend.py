@@ -264,13 +264,14 @@ def rasterize(means2d: torch.Tensor, conics: torch.Tensor, opacities: torch.Tens
 
 
 def render(means: torch.Tensor, quats: torch.Tensor, scales: torch.Tensor, opacities: torch.Tensor,
-           colors: torch.Tensor, camera: RenderCamera, near_plane: float = 0.01,
-           eps2d: float = EPS2D) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]:
-    """Render RGB [H,W,3], expected depth [H,W] and alpha [H,W]; info as the torch backend's."""
+           colors: torch.Tensor, camera: RenderCamera, near_plane: float = 0.01
+           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]:
+    """Render RGB [H,W,3], expected depth [H,W] and alpha [H,W] (the camera's low-pass); info as the torch
+    backend's."""
     if means.device.type != "cpu":
         raise ValueError(f"the compiled CPU backend renders CPU tensors, got {means.device}")
     means2d, conics, depths, radii = project(means, quats, scales, camera.viewmat, camera.K, camera.width,
-                                             camera.height, eps2d=eps2d, near_plane=near_plane)
+                                             camera.height, eps2d=camera.eps2d, near_plane=near_plane)
     if means2d.requires_grad:
         means2d.retain_grad()
     feats = torch.cat([colors, depths[:, None]], dim=-1)

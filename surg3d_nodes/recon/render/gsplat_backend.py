@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from surg3d_nodes.recon.render.camera import EPS2D, RenderCamera
+from surg3d_nodes.recon.render.camera import RenderCamera
 
 
 def available() -> bool:
@@ -27,8 +27,9 @@ def available() -> bool:
 
 def render(means: torch.Tensor, quats: torch.Tensor, scales: torch.Tensor, opacities: torch.Tensor,
            colors: torch.Tensor, camera: RenderCamera, tile_size: int = 16, near_plane: float = 0.01,
-           eps2d: float = EPS2D, mode: str = "3dgs") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]:
-    """Render with gsplat on CUDA; `mode` is "3dgs" or "2dgs" (surfels: the first two scales span the disc)."""
+           mode: str = "3dgs") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]:
+    """Render with gsplat on CUDA (the camera's low-pass); `mode` is "3dgs" or "2dgs" (surfels: the first two
+    scales span the disc)."""
     import gsplat
 
     viewmats = camera.viewmat[None].to(means)
@@ -36,7 +37,7 @@ def render(means: torch.Tensor, quats: torch.Tensor, scales: torch.Tensor, opaci
     if mode == "3dgs":
         out, alphas, meta = gsplat.rasterization(
             means, quats, scales, opacities, colors, viewmats, Ks, camera.width, camera.height,
-            near_plane=near_plane, eps2d=eps2d, tile_size=tile_size, packed=False,
+            near_plane=near_plane, eps2d=camera.eps2d, tile_size=tile_size, packed=False,
             render_mode="RGB+ED", rasterize_mode="classic")
     elif mode == "2dgs":
         # gsplat takes three scales; a unit third one makes its normals (R s_3's column) unit length.
