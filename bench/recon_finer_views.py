@@ -3,7 +3,7 @@
 A synthetic clip (moving endoscope) is streamed with K steps after each frame at a reduced training scale; the
 newest frame is then rendered at the camera's size with (a) that size's own pixel low-pass, (b) at the training
 size and upsampled (the trainer's way until 2026-12-06), (c) with the training pixel's low-pass (`render_view`
-now), and scored against the camera's image over tissue pixels (PSNR).
+now), and scored against the camera's image over tissue pixels (PSNR*: the squared error over them only).
 
     python bench/recon_finer_views.py [--size 320x256] [--frames 12] [--k 10] [--scales 0.5 0.25]
 
@@ -28,11 +28,6 @@ from surg3d_nodes.recon.config import Frame, TrainerConfig
 from surg3d_nodes.recon.render import RenderCamera, render_evaluated
 from surg3d_nodes.recon.render.camera import EPS2D
 from surg3d_nodes.recon.runner import Reconstructor, train_stream
-
-
-def _psnr(img: np.ndarray, ref: np.ndarray, mask: np.ndarray) -> float:
-    err = ((img.astype(np.float64) - ref.astype(np.float64)) ** 2)[mask > 0].mean()
-    return float(10 * np.log10(255.0 ** 2 / max(err, 1e-12)))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,11 +66,10 @@ def main(argv: list[str] | None = None) -> int:
         gain = recon.falloff().gain(scene.cam_left.intrinsics(), w, h)[..., None]
         own = np.clip(own.numpy() * gain * 255 + 0.5, 0, 255).astype(np.uint8)
         up = cv2.resize(coarse, (w, h), interpolation=cv2.INTER_LINEAR)
-        tissue = ((last.mask == 0) & (alpha > 0.5)).astype(np.uint8)
+        tissue = ((last.mask == 0) & (alpha > 0.5)).astype(np.float32)
         row = {"scale": s, "training_size": [small.width, small.height], "gaussians": recon.model.num_gaussians,
-               **{name: _psnr(img, last.left, tissue) for name, img in
-                  (("own_low_pass_db", own), ("upsampled_db", up), ("training_low_pass_db", fine))},
-               "training_low_pass_psnr_star_db": psnr_star(fine, last.left, tissue.astype(np.float32))}
+               **{name: psnr_star(img, last.left, tissue) for name, img in
+                  (("own_low_pass_db", own), ("upsampled_db", up), ("training_low_pass_db", fine))}}
         rows.append(row)
         print(f"trained at {small.width}x{small.height}, viewed at {w}x{h}: own low-pass {row['own_low_pass_db']:.2f}"
               f" dB, upsampled {row['upsampled_db']:.2f} dB, training pixel's low-pass "
