@@ -308,6 +308,17 @@ def test_checkpoint_during_training_reloads_identically(scene, tmp_path):
         load_reconstructor(bad)
 
 
+def test_checkpoint_of_an_empty_model_resumes_into_a_trainer_that_learns(scene, tmp_path):
+    """A checkpoint written before the first frame (the monitor's timer does not wait for one) restores a
+    trainer that starts like a new one: the first frame sets the scene depth and training runs."""
+    path = save_checkpoint(Reconstructor(_cfg()), tmp_path / "empty.pt")
+    loaded = load_reconstructor(path)
+    assert loaded.model.num_gaussians == 0
+    train_offline(loaded, scene_frames(scene)[:3], 10)
+    assert loaded.scene_depth > 0 and math.isfinite(loaded.scene_depth)
+    assert loaded.steps_spent() == 10 and loaded.get_stats().iterations > 0 and loaded.model.num_gaussians > 0
+
+
 def test_knot_budget_bounds_memory_and_keeps_motion(scene, tmp_path):
     """A long sequence with a small knot budget: the knot count stays bounded, the newest knots keep full
     resolution, the removed knots are the ones a straight line explains, and a checkpoint keeps the times."""

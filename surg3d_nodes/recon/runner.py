@@ -760,8 +760,10 @@ class Reconstructor:
         self.scene_depth = float(state["scene_depth"])
         if state.get("pose_refiner") is not None:
             self.pose_refiner.load_state_dict(state["pose_refiner"])
-        self._make_optimizer()
+        # No optimizer saved: no frame had come (a checkpoint taken before the first); the first frame to come
+        # sets the scene depth and makes one, as in a new reconstructor.
         if state["optimizer"] is not None:
+            self._make_optimizer()
             self.optimizer.load_state_dict({k: ({n: t.to(dev) for n, t in v.items()} if k != "lrs" else v)
                                             for k, v in state["optimizer"].items()})
         self.strategy.reset(self.model.num_gaussians, dev)
