@@ -49,7 +49,8 @@ def _start(out_dir: Path, env: dict[str, str], rates: str = "4.0", resume: str |
     return subprocess.Popen(
         [sys.executable, "-m", "surg3d_nodes.ros.nodes.trainer", "--ros-args", "--params-file",
          str(CONFIG / "trainer.yaml"), "-p", "device:=cpu", "-p", "num_threads:=1", "-p", "image_scale:=1.0",
-         "-p", "heartbeat_period:=0.5", "-p", "points_rate:=0.0", "-p", f"render_rate:={rates}",
+         "-p", "heartbeat_period:=0.5", "-p", "points_rate:=0.0", "-p", "checkpoints_kept:=2",
+         "-p", f"render_rate:={rates}",
          "-p", f"deoccluded_rate:={rates}", "-p", f"status_rate:={rates}", "-p", f"output_dir:={out_dir}",
          *(["-p", f"resume_from_checkpoint:={resume}"] if resume is not None else []),
          *(a for kv in params for a in ("-p", kv))],
@@ -154,6 +155,13 @@ def test_trainer_node(ros_env, ros_node, scene, tmp_path):
 
         res = call_service(ros_node, SaveModel, topics.SRV_SAVE, SaveModel.Request(path="", kind="checkpoint"))
         assert res.success and Path(res.path).is_file() and Path(res.path).parent == out_dir, res.message
+        # Periodic checkpoints (no path given) keep the newest checkpoints_kept (2 here) in output_dir.
+        for _ in range(2):
+            time.sleep(1.1)               # another second: another file name
+            res = call_service(ros_node, SaveModel, topics.SRV_SAVE, SaveModel.Request(path="", kind="checkpoint"))
+            assert res.success, res.message
+        kept = sorted(out_dir.glob("checkpoint_*.pt"))
+        assert len(kept) == 2 and Path(res.path) in kept, kept
         res = call_service(ros_node, SaveModel, topics.SRV_SAVE, SaveModel.Request(path=str(tmp_path / "m.ply"),
                                                                             kind="ply"))
         assert res.success and (tmp_path / "m.ply").read_bytes().startswith(b"ply\n")

@@ -66,3 +66,23 @@ def test_continue_from_puts_the_newest_checkpoint_into_the_new_run(tmp_path: Pat
     with pytest.raises(GraphError, match=r"continue_from.*no checkpoint"):
         start_run(load_preset("replay", {"output_dir": str(tmp_path / "case"), "continue_from": str(empty)}), NOW)
     assert sorted((tmp_path / "case").iterdir()) == before
+
+
+def test_prune_checkpoints_keeps_the_newest(tmp_path: Path) -> None:
+    """After a periodic checkpoint, older checkpoints beyond the newest `keep` go; temporary files, other files
+    and `keep` 0 are left alone."""
+    import os
+
+    from surg3d_nodes.system.runs import checkpoints, prune_checkpoints
+
+    for i in range(5):
+        (tmp_path / f"checkpoint_{i:06d}.pt").write_bytes(b"x")
+        os.utime(tmp_path / f"checkpoint_{i:06d}.pt", (1e9 + i, 1e9 + i))
+    (tmp_path / ".checkpoint_000009.pt.tmp-1").write_bytes(b"half written")
+    (tmp_path / "recon_1.ply").write_bytes(b"ply\n")
+    assert prune_checkpoints(tmp_path, 0) == [] and len(checkpoints(tmp_path)) == 5
+    deleted = prune_checkpoints(tmp_path, 2)
+    assert [p.name for p in deleted] == [f"checkpoint_{i:06d}.pt" for i in range(3)]
+    assert [p.name for p in checkpoints(tmp_path)] == ["checkpoint_000003.pt", "checkpoint_000004.pt"]
+    assert (tmp_path / ".checkpoint_000009.pt.tmp-1").exists() and (tmp_path / "recon_1.ply").exists()
+    assert prune_checkpoints(tmp_path, 2) == []

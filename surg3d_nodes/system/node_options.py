@@ -109,6 +109,10 @@ class TrainerNodeOptions:
     # the launcher sets auto, where output_dir is the launch's own run folder.
     resume_from_checkpoint: str = param("", "auto: newest checkpoint_*.pt in output_dir (a respawned trainer "
                                             "resumes); \"\": start empty; else a checkpoint path")
+    checkpoints_kept: int = param(3, "checkpoints kept in output_dir: after one is saved there (the monitor's "
+                                     "periodic ones), older checkpoint_*.pt beyond the newest N are deleted; the "
+                                     "older ones are a fallback when the newest does not load (0 = keep all)",
+                                  low=0, high=100_000)
     sync_tolerance_ms: float = param(5.0, "image, depth, mask and pose stamps further apart are never paired",
                                      low=0.0, high=1000.0)
     # 1 s at 30 Hz: a pose may come up to 5 x the kinematics node's max_wait_ms (0.5 s) after its image, and a

@@ -29,6 +29,18 @@ def checkpoints(folder: Path) -> list[Path]:
     return sorted(Path(folder).glob(CHECKPOINT_GLOB), key=lambda q: q.stat().st_mtime)
 
 
+def prune_checkpoints(folder: Path, keep: int) -> list[Path]:
+    """Delete the complete checkpoints in `folder` older than its newest `keep` (0: keep all); returns the deleted.
+    Periodic checkpoints exist to resume from (the newest that loads); kept all, a surgery's 30 s checkpoints of a
+    large model fill the disk (25 MB each for a 320x256 synthetic clip after two minutes)."""
+    if keep <= 0:
+        return []
+    old = checkpoints(folder)[:-keep]
+    for path in old:
+        path.unlink(missing_ok=True)
+    return old
+
+
 def continued_checkpoint(source: str) -> Path:
     """The checkpoint `continue_from:=source` names: the file itself, or a run folder's newest. Raises GraphError
     when there is none."""

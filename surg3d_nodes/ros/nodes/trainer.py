@@ -59,7 +59,7 @@ from surg3d_nodes.ros.convert import (
 from surg3d_nodes.ros.runtime import ERROR, SurgNode, run_node
 from surg3d_nodes.system.monitoring import InputLinks
 from surg3d_nodes.system.node_options import TrainerNodeOptions
-from surg3d_nodes.system.runs import CHECKPOINT_GLOB, checkpoints
+from surg3d_nodes.system.runs import CHECKPOINT_GLOB, checkpoints, prune_checkpoints
 
 
 class TrainerNode(SurgNode):
@@ -73,6 +73,7 @@ class TrainerNode(SurgNode):
         self.output_dir = Path(p.output_dir)
         self.points_max = p.points_max
         self.points_min_opacity = p.points_min_opacity
+        self.checkpoints_kept = p.checkpoints_kept
         self.points_on_frame_rate = p.points_on_frame_rate
         self.deocc_tint = p.deoccluded_tint_inferred
         self._points_frames = -1               # frames_used when the last cloud was taken
@@ -423,6 +424,8 @@ class TrainerNode(SurgNode):
                 self.trainer.export_ply(path)
             else:
                 save_checkpoint(self.trainer, path)
+                if not req.path:
+                    self.count("checkpoints_deleted", len(prune_checkpoints(self.output_dir, self.checkpoints_kept)))
         except (OSError, RuntimeError, ValueError) as e:
             res.success, res.message = False, f"save failed: {e}"
             return res
