@@ -253,21 +253,25 @@ def unpremultiply(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
 def deoccluded(live: np.ndarray, render: np.ndarray, alpha: np.ndarray, mask: np.ndarray, inferred: np.ndarray
                ) -> np.ndarray:
     """The de-occluded view (uint8 HxWx3): the `live` image with its instrument pixels (`mask` > 0) taken from the
-    model's `render` (uint8, composited over black; `alpha`), un-premultiplied, and where the render is memory of
-    tissue seen before (1 - `inferred`, the inferred Gaussians' share of each pixel: `ModelView.inferred_weight`)
+    model's `render` (uint8, composited over black; `alpha`), and where the render is memory of tissue seen before
     moved to the live frame's light: plus the difference of the live image and the render on the tissue the model
     covers, filled in from around the instruments (`smooth_fill`). The memory holds the tissue as earlier frames
-    showed it, while the light moves with the camera and the tissue the instrument holds is pulled. Measured on the
-    synthetic scene (seen before / never seen, dB): stream K = 10 at 160x128 30.19 / 24.74 -> 31.43 / 24.76; offline
-    600 at 160x128 29.42 / 24.21 -> 29.73 / 24.21; the difference added to the guessed pixels as well: 31.52 / 24.63
-    and 29.48 / 23.85 (2026-12-05)."""
+    showed it, while the light moves with the camera and the tissue the instrument holds is pulled.
+
+    `inferred` is the inferred Gaussians' share of each pixel (`ModelView.inferred_weight`, 0..alpha). The memory's
+    part of the render is taken as rendered: the observed Gaussians' colours were fitted through the composite over
+    black, at the cover they have (about 0.97 on the synthetic scene's tissue), so the render is what the model
+    predicts, and dividing it by alpha made seen-before tissue 3 grey levels too bright (README, Occluded tissue).
+    The inferred Gaussians' part is un-premultiplied: they are seeded with the fill's colour, one every
+    `INFERRED_STRIDE` pixels, and their partial cover would darken it."""
     tool = mask > 0
-    own = unpremultiply(render.astype(np.float32) / 255.0, alpha) * 255.0
+    rgb = render.astype(np.float32) / 255.0
+    share = np.clip(inferred / np.maximum(alpha, 1e-3), 0.0, 1.0)[..., None]
+    own = ((1.0 - share) * rgb + share * unpremultiply(rgb, alpha)) * 255.0
     known = ~tool & (alpha > 0.5)
     if tool.any() and known.any():
         diff = np.round(np.clip(live.astype(np.float32) - own + 128.0, 0.0, 255.0)).astype(np.uint8)
-        memory = 1.0 - np.clip(inferred, 0.0, 1.0)
-        own = own + memory[..., None] * (smooth_fill(diff, ~known).astype(np.float32) - 128.0)
+        own = own + (1.0 - share) * (smooth_fill(diff, ~known).astype(np.float32) - 128.0)
     return np.where(tool[..., None], np.clip(own + 0.5, 0.0, 255.0), live).astype(np.uint8)
 
 
