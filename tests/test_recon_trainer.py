@@ -492,3 +492,16 @@ def test_a_step_trains_only_the_knots_its_frame_is_rendered_with(scene):
     # Between two knots, both train and no other.
     mid = 0.5 * (rec.model.knot_times[1] + rec.model.knot_times[2])
     assert rec._knot_window(mid, True) == (1, 3) and rec._knot_window(rec.model.knot_times[2], True) == (2, 3)
+
+
+def test_cover_term_makes_the_tissue_opaque(scene):
+    """With `cover_weight` the model covers its tissue pixels more fully than without (the colours are then the
+    tissue's own, not brightened to make up for a cover below 1)."""
+    cover = {}
+    for w in (0.0, 1.0):
+        tr = Reconstructor(_cfg(cover_weight=w))
+        train_offline(tr, scene_frames(scene)[:4], 60)
+        f = scene.frames[2]
+        _, _, alpha = tr.render_view(f.pose, tr.time_of(f.stamp_ns))
+        cover[w] = float(alpha[f.mask == 0].mean())
+    assert cover[1.0] > cover[0.0] + 0.005 and cover[1.0] > 0.98, cover

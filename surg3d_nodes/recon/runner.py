@@ -686,6 +686,8 @@ class Reconstructor:
         smooth = track_smoothness(self.model.knot_context(params, lo, hi, 2), self.scene_depth) \
             if c.smooth_weight > 0 else rgb.new_zeros(())
         loss = loss_c + c.depth_weight * loss_d + c.smooth_weight * smooth
+        if c.cover_weight > 0:
+            loss = loss + c.cover_weight * ((1.0 - alpha) * kf.tissue).sum() / kf.tissue.sum().clamp(min=1.0)
         if "distortion" in info:          # surfels: 2DGS's geometry regularisers
             if c.dist_weight > 0:
                 loss = loss + c.dist_weight * distortion_loss(info["distortion"], kf.tissue, self.scene_depth)
