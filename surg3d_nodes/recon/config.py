@@ -76,8 +76,9 @@ class TrainerConfig:
                                low=0.0, high=1e4, live=True)
     # Tissue is opaque. Without this term the colours are fitted through a cover of about 0.97 (brighter by as much)
     # and a view whose cover differs (another viewpoint, memory under an instrument) is off by the difference.
-    # 0.03: seen-before tissue under the instruments +0.2 to +0.7 dB, the model's views within +-0.1 dB (README).
-    cover_weight: float = param(0.03, "weight of the tissue pixels' uncovered share (1 - alpha): tissue is opaque",
+    # 0.01: seen-before tissue under the instruments +0.3 dB; 0.03 gave more there but cost the native crop's right
+    # view 1-1.5 dB (README, Occluded tissue).
+    cover_weight: float = param(0.01, "weight of the tissue pixels' uncovered share (1 - alpha): tissue is opaque",
                                 low=0.0, high=1e4, live=True)
     smooth_weight: float = param(1.0, "temporal smoothness (2nd differences) of the tracks", low=0.0, high=1e4)
     # 1: the newest frame alone gets recent_fraction (stream, K = 10, pulling 1/4: live 37.86 -> 38.78 dB vs 3).
