@@ -353,7 +353,8 @@ def test_gpu_host_killed_and_restarted_continues_the_model(two_hosts, synth_bag:
     assert [p.name for p in first_run.iterdir() if p.name.startswith(".recording")] == []
     with Reader(closed.group(1)) as r:
         assert r.message_count == int(closed.group(2)) > 0
-    assert int(resumed.group(2)) == read_checkpoint(path)["params"]["means"].shape[0] > 0
+    # The copy in the new run is gone by now (the trainer keeps its newest checkpoints_kept): its source, the same.
+    assert int(resumed.group(2)) == read_checkpoint(newest)["params"]["means"].shape[0] > 0
     counts: Counter[str] = Counter()
     first: dict[str, float] = {}                          # s from the restarted side's first recorded message
     replay: list[tuple[float, str, int]] = []             # the robot side's replay heartbeats: (s, state, published)
