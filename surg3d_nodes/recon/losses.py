@@ -32,6 +32,12 @@ def depth_loss(depth: torch.Tensor, target: torch.Tensor, tissue: torch.Tensor, 
     return err.mean() if weight is None else (err * weight[valid]).sum() / weight[valid].sum()
 
 
+def cover_loss(alpha: torch.Tensor, tissue: torch.Tensor) -> torch.Tensor:
+    """Mean uncovered share (1 - alpha) of the tissue pixels: tissue is opaque, so its colours are fitted at full
+    cover instead of brightened through a partial one."""
+    return ((1.0 - alpha) * tissue).sum() / tissue.sum().clamp(min=1.0)
+
+
 def track_smoothness(knots: dict[str, torch.Tensor], scene_depth: float) -> torch.Tensor:
     """Squared second differences of the deformation tracks over the knot tensors in `knots` (by name, e.g. a
     `GaussianModel.knot_context`; positions relative to the scene depth): motion is smooth in time unless the

@@ -42,6 +42,7 @@ from surg3d_nodes.recon.flow_tracks import FlowTrackConfig, update_tracks
 from surg3d_nodes.recon.gaussians import GaussianConfig, GaussianModel
 from surg3d_nodes.recon.keyframes import Keyframe, KeyframeStore, to_keyframe
 from surg3d_nodes.recon.losses import (
+    cover_loss,
     depth_loss,
     distortion_loss,
     normal_consistency_loss,
@@ -687,7 +688,7 @@ class Reconstructor:
             if c.smooth_weight > 0 else rgb.new_zeros(())
         loss = loss_c + c.depth_weight * loss_d + c.smooth_weight * smooth
         if c.cover_weight > 0:
-            loss = loss + c.cover_weight * ((1.0 - alpha) * kf.tissue).sum() / kf.tissue.sum().clamp(min=1.0)
+            loss = loss + c.cover_weight * cover_loss(alpha, kf.tissue)
         if "distortion" in info:          # surfels: 2DGS's geometry regularisers
             if c.dist_weight > 0:
                 loss = loss + c.dist_weight * distortion_loss(info["distortion"], kf.tissue, self.scene_depth)
