@@ -17,7 +17,9 @@ Replacement: an inferred Gaussian that projects onto a pixel that is tissue in a
 with measured depth, the Gaussian not far behind that surface) is pruned before the frame grows the model, so
 the frame's own observed Gaussians replace it at once (`grow_unexplained` then finds that pixel uncovered).
 Pruning rather than flipping the flag: a flipped Gaussian would be called observed while it still carried the
-guessed colour and depth until training corrected it.
+guessed colour and depth until training corrected it. A guess also gives way to the memory: an inferred Gaussian
+over instrument pixels the observed Gaussians cover is retired when the frame is completed (`remembered_inferred`),
+so a guess never sits in front of tissue the camera has shown.
 """
 
 from __future__ import annotations
@@ -227,6 +229,22 @@ def seen_inferred(model: GaussianModel, kf: Keyframe, margin_px: int) -> torch.T
     hit = inside & tissue[v, u] & (d > 0) & (z < d * (1 + BEHIND_REL))
     seen[rows[hit]] = True
     return seen
+
+
+@torch.no_grad()
+def remembered_inferred(model: GaussianModel, kf: Keyframe, observed_alpha: torch.Tensor) -> torch.Tensor:
+    """[N] bool: inferred Gaussians that project onto a pixel of `kf` the observed Gaussians cover (their alpha
+    `observed_alpha` at least MEMORY_ALPHA): tissue seen there earlier, so the guess is redundant there. Left in, a
+    guess seeded before the tissue showed (in a strip the instrument uncovered within the band, where
+    `seen_inferred` does not look) sits in front of the memory once the instrument covers it again."""
+    out = torch.zeros_like(model.inferred)
+    rows = torch.nonzero(model.inferred).squeeze(1)
+    if rows.numel() == 0:
+        return out
+    u, v, _, inside = _project(model, kf, rows)
+    hit = inside & (observed_alpha[v, u] >= MEMORY_ALPHA)
+    out[rows[hit]] = True
+    return out
 
 
 def smooth_fill(img: np.ndarray, hole: np.ndarray) -> np.ndarray:

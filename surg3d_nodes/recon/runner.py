@@ -26,7 +26,7 @@ from surg3d_nodes.common.geometry import backproject
 from surg3d_nodes.perception.falloff import NO_FALLOFF, Falloff
 from surg3d_nodes.recon.capacity import compact
 from surg3d_nodes.recon.colour_fit import fit_colours
-from surg3d_nodes.recon.completion import hidden_seeds, recolour_inferred, seen_inferred
+from surg3d_nodes.recon.completion import hidden_seeds, recolour_inferred, remembered_inferred, seen_inferred
 from surg3d_nodes.recon.config import Frame, TrainerConfig
 from surg3d_nodes.recon.detail import (
     FRAMES_PER_SIDE,
@@ -621,9 +621,14 @@ class Reconstructor:
         if self.model.num_gaussians == 0 or bool((kf.tissue > 0.5).all()):
             return 0
         g = self.model.evaluate(kf.t, kf.camera.center())
-        _, _, alpha_all, _ = render_evaluated(g, kf.camera, self.backend)
-        g["opacities"] = g["opacities"] * (~self.model.inferred).to(g["opacities"])
+        opacities = g["opacities"]
+        g["opacities"] = opacities * (~self.model.inferred).to(opacities)
         rgb, depth, alpha, _ = render_evaluated(g, kf.camera, self.backend)
+        # Guesses over the memory give way to it (recon.completion); what they leave uncovered is seeded again.
+        remembered = remembered_inferred(self.model, kf, alpha) & self.model.alive(kf.t)
+        self.model.life[remembered, 1] = self.model.birth_time(kf.t)
+        g["opacities"] = opacities * (~remembered).to(opacities)
+        _, _, alpha_all, _ = render_evaluated(g, kf.camera, self.backend)
         pts_c, cols, image, hole = hidden_seeds(kf, (rgb, depth, alpha), alpha_all, self.cfg.complete_margin_px,
                                                 self.cfg.add_stride)
         recolour_inferred(self.model, kf, image, hole)
