@@ -24,6 +24,8 @@ so a guess never sits in front of tissue the camera has shown.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import cv2
 import numpy as np
 import torch
@@ -216,35 +218,32 @@ def recolour_inferred(model: GaussianModel, kf: Keyframe, colours: np.ndarray, h
 
 
 @torch.no_grad()
+def _inferred_where(model: GaussianModel, kf: Keyframe,
+                    test: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """[N] bool: inferred Gaussians inside keyframe `kf` for which `test(u, v, z)` (their pixel and depth) holds."""
+    out = torch.zeros_like(model.inferred)
+    rows = torch.nonzero(model.inferred).squeeze(1)
+    if rows.numel() == 0:
+        return out
+    u, v, z, inside = _project(model, kf, rows)
+    out[rows[inside & test(u, v, z)]] = True
+    return out
+
+
 def seen_inferred(model: GaussianModel, kf: Keyframe, margin_px: int) -> torch.Tensor:
     """[N] bool: inferred Gaussians that keyframe `kf` shows as tissue (they project onto a tissue pixel outside
     the dilated instrument band, with measured depth, and are not more than BEHIND_REL behind it)."""
-    seen = torch.zeros_like(model.inferred)
-    rows = torch.nonzero(model.inferred).squeeze(1)
-    if rows.numel() == 0:
-        return seen
-    u, v, z, inside = _project(model, kf, rows)
     tissue = torch.as_tensor(~instrument_band(kf, margin_px), device=model.device)
-    d = kf.depth[v, u]
-    hit = inside & tissue[v, u] & (d > 0) & (z < d * (1 + BEHIND_REL))
-    seen[rows[hit]] = True
-    return seen
+    d = kf.depth
+    return _inferred_where(model, kf, lambda u, v, z: tissue[v, u] & (d[v, u] > 0) & (z < d[v, u] * (1 + BEHIND_REL)))
 
 
-@torch.no_grad()
 def remembered_inferred(model: GaussianModel, kf: Keyframe, observed_alpha: torch.Tensor) -> torch.Tensor:
     """[N] bool: inferred Gaussians that project onto a pixel of `kf` the observed Gaussians cover (their alpha
     `observed_alpha` at least MEMORY_ALPHA): tissue seen there earlier, so the guess is redundant there. Left in, a
     guess seeded before the tissue showed (in a strip the instrument uncovered within the band, where
     `seen_inferred` does not look) sits in front of the memory once the instrument covers it again."""
-    out = torch.zeros_like(model.inferred)
-    rows = torch.nonzero(model.inferred).squeeze(1)
-    if rows.numel() == 0:
-        return out
-    u, v, _, inside = _project(model, kf, rows)
-    hit = inside & (observed_alpha[v, u] >= MEMORY_ALPHA)
-    out[rows[hit]] = True
-    return out
+    return _inferred_where(model, kf, lambda u, v, z: observed_alpha[v, u] >= MEMORY_ALPHA)
 
 
 def smooth_fill(img: np.ndarray, hole: np.ndarray) -> np.ndarray:

@@ -610,9 +610,13 @@ class Reconstructor:
         """Retire the inferred Gaussians that `kf` shows as tissue at its time, so the frame's observed Gaussians
         replace them from then on (recon.completion) while the earlier frames, fitted with them, keep them;
         returns how many."""
-        seen = seen_inferred(self.model, kf, self.cfg.complete_margin_px) & self.model.alive(kf.t)
-        self.model.life[seen, 1] = self.model.birth_time(kf.t)
-        return int(seen.sum())
+        return self._retire(seen_inferred(self.model, kf, self.cfg.complete_margin_px), kf.t)
+
+    def _retire(self, which: torch.Tensor, t: float) -> int:
+        """End the lives of the Gaussians `which` that are alive at model time t, from t on; returns how many."""
+        which = which & self.model.alive(t)
+        self.model.life[which, 1] = self.model.birth_time(t)
+        return int(which.sum())
 
     @torch.no_grad()
     def complete_hidden(self, kf: Keyframe) -> int:
@@ -625,8 +629,8 @@ class Reconstructor:
         g["opacities"] = opacities * (~self.model.inferred).to(opacities)
         rgb, depth, alpha, _ = render_evaluated(g, kf.camera, self.backend)
         # Guesses over the memory give way to it (recon.completion); what they leave uncovered is seeded again.
-        remembered = remembered_inferred(self.model, kf, alpha) & self.model.alive(kf.t)
-        self.model.life[remembered, 1] = self.model.birth_time(kf.t)
+        remembered = remembered_inferred(self.model, kf, alpha)
+        self._retire(remembered, kf.t)
         g["opacities"] = opacities * (~remembered).to(opacities)
         _, _, alpha_all, _ = render_evaluated(g, kf.camera, self.backend)
         pts_c, cols, image, hole = hidden_seeds(kf, (rgb, depth, alpha), alpha_all, self.cfg.complete_margin_px,
