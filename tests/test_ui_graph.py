@@ -111,7 +111,7 @@ def test_browser_on_the_replay_graph(graph, tmp_path) -> None:
     print("\n".join(result.get("steps", [])))   # what the browser saw, in the test's output
     assert run.returncode == 0, f"{result.get('error')}\n{run.stderr[-3000:]}\n{tail}"
     assert {"/ui/splats", "/recon/status", "/ui/live", "/diagnostics"} <= set(result["topics"])
-    assert result["splats"] > 0 and result["litPixels"] > 100 and result["rois"]
+    assert result["splats"] > 0 and result["litPixels"] >= 100 and result["rois"]
     assert result["scopeView"]["psnr"] >= 25 and result["scopeView"]["tissue"] > 0.3, result["scopeView"]
     assert result["sliderChange"] > 0.2 and "dB" in result["regionPsnr"] and result["cloudLit"] > 100
     assert json.loads((graph.run / "rois.json").read_text())["rois"], "the region persisted"
