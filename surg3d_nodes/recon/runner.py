@@ -706,8 +706,7 @@ class Reconstructor:
                                                                         kf.tissue)
         return loss, {"info": info, "loss_c": float(loss_c.detach()), "loss_d": float(loss_d.detach()),
                       "mse": float(mse), "mse_roi": mse_roi, "window": (lo, hi), "params": params,
-                      "seen": kf.camera.sees(g["means"].detach()),
-                "shown": kf.camera.sees(g["means"].detach(), kf.tissue > 0.5)}
+                      "seen": kf.camera.sees(g["means"].detach())}
 
     def step(self, schedule: StepSchedule) -> bool:
         """One training iteration; False when there is no frame to train on yet."""
@@ -724,12 +723,8 @@ class Reconstructor:
         # pushed by Adam's normalised steps as far as a fully seen one, to fit its sliver of pixels, and showed
         # what that made of it wherever else it appears (the next view, the right camera).
         seen = aux["seen"]
-        # Positions only where the frame shows the centre as tissue: behind an instrument a Gaussian's only
-        # gradients are its fringe over the tissue around and the smoothness term, which Adam's normalised steps
-        # took at the full rate, moving the guesses there 0.3-0.5 mm off the surface they were seeded on (README,
-        # Occluded tissue). Its colour still trains from the fringe.
         self.optimizer.step(params, {k: g for k, g in grads.items() if k in pos}, aux["window"],
-                            scale=schedule.lr_scale, rows=aux["shown"])
+                            scale=schedule.lr_scale, rows=seen)
         self.optimizer.step(params, {k: g for k, g in grads.items() if k not in pos}, aux["window"], rows=seen)
         st = self.stats
         st.iterations += 1
