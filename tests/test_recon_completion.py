@@ -9,6 +9,7 @@ import pytest
 import torch
 from recon_support import scene_frames
 
+from surg3d_nodes.common.geometry import backproject
 from surg3d_nodes.data.synthetic import SynthConfig, generate
 from surg3d_nodes.recon.completion import deoccluded, inpaint, membrane_fill, smooth_fill, tint_inferred
 from surg3d_nodes.recon.config import Frame, TrainerConfig
@@ -144,10 +145,7 @@ def test_a_guess_over_remembered_tissue_gives_way_to_the_memory(scene):
     assert not rec.model.inferred.any()
     # Wrong guesses (magenta, 0.3 mm in front of the surface) over the tissue frame 6's instruments will hide.
     tool = s6.mask > 0
-    ys, xs = np.nonzero(tool)
-    z = s6.tissue_depth[ys, xs] - 3e-4
-    K = scene.cam_left.intrinsics()
-    pts_c = np.stack([(xs - K[0, 2]) / K[0, 0] * z, (ys - K[1, 2]) / K[1, 1] * z, z], -1)
+    pts_c = backproject(s6.tissue_depth - 3e-4, scene.cam_left.intrinsics())[tool]
     pts_w = (pts_c @ s6.pose[:3, :3].T + s6.pose[:3, 3]).astype(np.float32)
     m, t0 = rec.model, rec.time_of(f0.stamp_ns)
     guesses = slice(m.num_gaussians, m.num_gaussians + len(pts_w))

@@ -182,10 +182,11 @@ def hidden_seeds(kf: Keyframe, observed: tuple[torch.Tensor, torch.Tensor, torch
     return pts, colours[ys, xs], colours, hole
 
 
-def _project(model: GaussianModel, kf: Keyframe, rows: torch.Tensor
+def _project(model: GaussianModel, kf: Keyframe, rows: torch.Tensor, means: torch.Tensor | None = None
              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Pixel (u, v), depth z and in-image flag of the Gaussians `rows` in keyframe `kf` at its time."""
-    means = model.evaluate(kf.t)["means"][rows]
+    """Pixel (u, v), depth z and in-image flag of the Gaussians `rows` in keyframe `kf` at its time (`means`: the
+    model's centres then, when the caller has evaluated them already)."""
+    means = (model.evaluate(kf.t)["means"] if means is None else means)[rows]
     R = torch.as_tensor(kf.pose[:3, :3], dtype=means.dtype, device=means.device)
     t = torch.as_tensor(kf.pose[:3, 3], dtype=means.dtype, device=means.device)
     pc = (means - t) @ R                     # world -> camera (R^T (p - t))
@@ -219,13 +220,14 @@ def recolour_inferred(model: GaussianModel, kf: Keyframe, colours: np.ndarray, h
 
 @torch.no_grad()
 def _inferred_where(model: GaussianModel, kf: Keyframe,
-                    test: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]) -> torch.Tensor:
+                    test: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+                    means: torch.Tensor | None = None) -> torch.Tensor:
     """[N] bool: inferred Gaussians inside keyframe `kf` for which `test(u, v, z)` (their pixel and depth) holds."""
     out = torch.zeros_like(model.inferred)
     rows = torch.nonzero(model.inferred).squeeze(1)
     if rows.numel() == 0:
         return out
-    u, v, z, inside = _project(model, kf, rows)
+    u, v, z, inside = _project(model, kf, rows, means)
     out[rows[inside & test(u, v, z)]] = True
     return out
 
@@ -238,12 +240,14 @@ def seen_inferred(model: GaussianModel, kf: Keyframe, margin_px: int) -> torch.T
     return _inferred_where(model, kf, lambda u, v, z: tissue[v, u] & (d[v, u] > 0) & (z < d[v, u] * (1 + BEHIND_REL)))
 
 
-def remembered_inferred(model: GaussianModel, kf: Keyframe, observed_alpha: torch.Tensor) -> torch.Tensor:
+def remembered_inferred(model: GaussianModel, kf: Keyframe, observed_alpha: torch.Tensor,
+                        means: torch.Tensor) -> torch.Tensor:
     """[N] bool: inferred Gaussians that project onto a pixel of `kf` the observed Gaussians cover (their alpha
     `observed_alpha` at least MEMORY_ALPHA): tissue seen there earlier, so the guess is redundant there. Left in, a
     guess seeded before the tissue showed (in a strip the instrument uncovered within the band, where
-    `seen_inferred` does not look) sits in front of the memory once the instrument covers it again."""
-    return _inferred_where(model, kf, lambda u, v, z: observed_alpha[v, u] >= MEMORY_ALPHA)
+    `seen_inferred` does not look) sits in front of the memory once the instrument covers it again. `means`: the
+    model's centres at the keyframe's time (the render's, not evaluated again)."""
+    return _inferred_where(model, kf, lambda u, v, z: observed_alpha[v, u] >= MEMORY_ALPHA, means)
 
 
 def smooth_fill(img: np.ndarray, hole: np.ndarray) -> np.ndarray:

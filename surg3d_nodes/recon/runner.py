@@ -629,7 +629,7 @@ class Reconstructor:
         g["opacities"] = opacities * (~self.model.inferred).to(opacities)
         rgb, depth, alpha, _ = render_evaluated(g, kf.camera, self.backend)
         # Guesses over the memory give way to it (recon.completion); what they leave uncovered is seeded again.
-        remembered = remembered_inferred(self.model, kf, alpha)
+        remembered = remembered_inferred(self.model, kf, alpha, g["means"])
         self._retire(remembered, kf.t)
         g["opacities"] = opacities * (~remembered).to(opacities)
         _, _, alpha_all, _ = render_evaluated(g, kf.camera, self.backend)
