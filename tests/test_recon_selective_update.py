@@ -1,5 +1,6 @@
 """A frame changes only the Gaussians whose centres it sees (Adam's selected rows, the colour fit), so that one
-reaching into the image from outside keeps what the frames that saw it gave it."""
+reaching into the image from outside keeps what the frames that saw it gave it; and moves a guess (an inferred
+Gaussian) only where it shows its centre as tissue, so that one behind an instrument keeps its place."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import torch
 from recon_support import scene_frames
 
 from surg3d_nodes.data.synthetic import SynthConfig, generate
-from surg3d_nodes.recon.config import TrainerConfig
+from surg3d_nodes.recon.config import Frame, TrainerConfig
 from surg3d_nodes.recon.render import RenderCamera
 from surg3d_nodes.recon.runner import Reconstructor, StepSchedule
 from surg3d_nodes.recon.sparse_adam import DictAdam
@@ -29,6 +30,11 @@ def test_camera_sees_the_points_that_project_inside_the_image():
                         [0.0, (47.6 - 23.5) * z / 100, z],  # below the image
                         [0.0, 0.0, -z]])                    # behind the camera
     assert cam.sees(pts).tolist() == [True, True, False, True, False, False, False]
+    right_half = torch.zeros(48, 64, dtype=torch.bool)
+    right_half[:, 32:] = True                                # pixel 32 spans u in [31.5, 32.5)
+    edge = torch.tensor([[(31.4 - 31.5) * z / 100, 0.0, z], [(31.6 - 31.5) * z / 100, 0.0, z]])
+    # The centre (u = 31.5) and the right edge's inside point in the right half, its outside point not seen at all.
+    assert cam.sees(torch.cat([pts, edge]), right_half).tolist() == [True, False, False, True] + [False] * 4 + [True]
 
 
 def _adam_state(n: int, knots: int) -> tuple[dict[str, torch.Tensor], DictAdam]:
@@ -140,3 +146,38 @@ def test_a_gaussian_reaching_in_from_outside_the_frame_keeps_its_parameters(scen
         torch.testing.assert_close(after[k][1], before[k][1], msg=f"{k} of the Gaussian outside changed")
     assert not torch.allclose(after["sh_dc"][0], before["sh_dc"][0]), "the Gaussian inside was not trained"
     assert not torch.allclose(after["col_knots"][0], before["col_knots"][0])
+
+
+def test_a_guess_behind_an_instrument_keeps_its_place_but_not_its_colour(scene):
+    """Three large Gaussians of a wrong colour about an instrument mask's edge, each covering tissue pixels: a
+    guess centred on tissue, a guess behind the instrument, an observed one behind it. Steps on the frame move the
+    first and the third; the second, whose only gradients are that fringe (taken at Adam's full rate, they moved the
+    guesses under the instruments off the surface they are put on), keeps its place while its colour trains."""
+    f0 = scene_frames(scene)[0]
+    mask = np.zeros(f0.rgb.shape[:2], np.uint8)
+    mask[:, 40:] = 255
+    f = Frame(f0.stamp_ns, f0.rgb, f0.depth, mask, f0.pose, f0.camera)
+    tr = Reconstructor(TrainerConfig(device="cpu", backend="cpu", image_scale=1.0, complete_hidden=False,
+                                     num_threads=1, colour_fit_iterations=0))
+    tr.add_frame(f)
+    K = f.camera.intrinsics()
+    z = float(np.nanmedian(f.depth))
+    us = np.array([37.0, 42.0, 42.0])          # ROS pixel centres: 37 is tissue, 42 is behind the instrument
+    pts = np.c_[(us - K[0, 2]) * z / K[0, 0], np.zeros(3), np.full(3, z)]
+    m = tr.model
+    rows = m.new_gaussians(pts @ f.pose[:3, :3].T + f.pose[:3, 3], np.array([[0.1, 0.9, 0.9]] * 3),
+                           tr.time_of(f.stamp_ns))
+    rows["log_scales"][:] = float(np.log(3.0 * z / K[0, 0]))        # 3 px: all reach tissue pixels
+    m.append(rows, inferred=torch.tensor([True, True, False]))
+    tr.optimizer.append(3)
+    new = list(range(m.num_gaussians - 3, m.num_gaussians))
+    before = {k: v.detach()[new].clone() for k, v in m.params.items()}
+    for _ in range(10):
+        tr.step(StepSchedule(recent_fraction=1.0, densify=False))
+    after = {k: v.detach()[new] for k, v in m.params.items()}
+    for k in ("means", "pos_knots"):
+        torch.testing.assert_close(after[k][1], before[k][1], msg=f"{k} of the guess behind the instrument moved")
+    for j, what in ((0, "the guess on tissue"), (2, "the observed Gaussian behind the instrument")):
+        assert not torch.allclose(after["means"][j], before["means"][j]) or \
+            not torch.allclose(after["pos_knots"][j], before["pos_knots"][j]), f"{what} did not move"
+    assert not torch.allclose(after["col_knots"][1], before["col_knots"][1]), "its colour did not train"

@@ -2,7 +2,8 @@
 
 Geometry: under the instrument mask the tissue surface continues the measured depth around it as a membrane
 (the harmonic / Laplace fill: the smoothest surface through the boundary, exact on planes), with the model's own
-rendered depth as extra boundary where it already holds tissue seen earlier.
+rendered depth as extra boundary where it already holds tissue seen earlier. Completed at every frame, it carries
+the inferred Gaussians with it (`place_inferred`).
 
 Appearance: the model's memory first: instrument pixels that existing Gaussians cover (rendered alpha above the
 growth threshold) are left to them. Only pixels no camera has shown are completed, once, into Gaussians flagged
@@ -151,8 +152,9 @@ def hidden_seeds(kf: Keyframe, observed: tuple[torch.Tensor, torch.Tensor, torch
     alpha at the keyframe) and the whole model's alpha `alpha_all`.
 
     Returns camera-frame points [M,3] and colours [M,3] (0..1) of new Gaussians for the pixels nothing covers
-    yet, and the completed colour image [H,W,3] with its hole [H,W] (the instrument pixels no observation
-    covers), to recolour the inferred Gaussians already there (`recolour_inferred`)."""
+    yet; the completed colour image [H,W,3] with its hole [H,W] (the instrument pixels no observation covers), to
+    recolour the inferred Gaussians already there (`recolour_inferred`); and the completed surface [H,W] (camera
+    depth on the dilated instrument pixels, 0 elsewhere), to put them back on it (`place_inferred`)."""
     rgb, depth, alpha = observed
     band = instrument_band(kf, margin_px)
     a = alpha.cpu().numpy()
@@ -165,13 +167,14 @@ def hidden_seeds(kf: Keyframe, observed: tuple[torch.Tensor, torch.Tensor, torch
     hole = ~memory & (kf.tissue < 0.5).cpu().numpy()
     colours = inpaint(composite, hole).astype(np.float32) / 255.0
     new = band & (alpha_all.cpu().numpy() < MEMORY_ALPHA)
-    if not new.any():
-        return np.zeros((0, 3), np.float32), np.zeros((0, 3), np.float32), colours, hole
     measured = kf.depth.cpu().numpy()
     known = (measured > 0) & ~band
     geo = np.where(known, measured, 0.0)
     geo[memory] = depth.cpu().numpy()[memory]
     filled = membrane_fill(geo, known | memory)
+    surface = np.where(band, filled, 0.0)
+    if not new.any():
+        return np.zeros((0, 3), np.float32), np.zeros((0, 3), np.float32), colours, hole, surface
     grid = np.zeros_like(new)
     s = max(stride, INFERRED_STRIDE)
     grid[::s, ::s] = True
@@ -179,7 +182,30 @@ def hidden_seeds(kf: Keyframe, observed: tuple[torch.Tensor, torch.Tensor, torch
     z = filled[ys, xs]
     K = kf.K
     pts = np.stack([(xs - K[0, 2]) / K[0, 0] * z, (ys - K[1, 2]) / K[1, 1] * z, z], -1).astype(np.float32)
-    return pts, colours[ys, xs], colours, hole
+    return pts, colours[ys, xs], colours, hole, surface
+
+
+@torch.no_grad()
+def place_inferred(model: GaussianModel, kf: Keyframe, surface: np.ndarray, means: torch.Tensor) -> int:
+    """Move the inferred Gaussians of keyframe `kf` along their rays onto the completed `surface` (camera depth
+    [H,W], 0 where there is none), from the keyframe's time on (their position knot); returns how many. `means`:
+    the model's centres at the keyframe's time.
+
+    The membrane is the surface the guesses are seeded on; completed again at every frame from the tissue around
+    the instruments, it moves as that tissue does, and so do the guesses on it. Nothing else holds them there:
+    behind an instrument a training step gives them only the gradients of their fringe (`Reconstructor.step`)."""
+    rows = torch.nonzero(model.inferred).squeeze(1)
+    if rows.numel() == 0:
+        return 0
+    u, v, z, inside = _project(model, kf, rows, means)
+    dev = model.device
+    target = torch.as_tensor(surface, dtype=means.dtype, device=dev)[v, u]
+    hit = inside & (target > 0)
+    rows, z, target = rows[hit], z[hit], target[hit]
+    c = torch.as_tensor(kf.pose[:3, 3], dtype=means.dtype, device=dev)
+    placed = c + (means[rows] - c) * (target / z)[:, None]
+    model.fit_track("pos_knots", kf.t, rows, placed - model.params["means"].detach()[rows])
+    return int(rows.numel())
 
 
 def _project(model: GaussianModel, kf: Keyframe, rows: torch.Tensor, means: torch.Tensor | None = None

@@ -51,11 +51,18 @@ class RenderCamera:
         R = self.viewmat[:3, :3]
         return -R.T @ self.viewmat[:3, 3]
 
-    def sees(self, means: torch.Tensor) -> torch.Tensor:
-        """[N] bool: which world points [N,3] project inside the image, in front of the camera."""
+    def sees(self, means: torch.Tensor, where: torch.Tensor | None = None) -> torch.Tensor:
+        """[N] bool: which world points [N,3] project inside the image, in front of the camera, and with `where`
+        ([H,W] bool) onto a pixel where it holds."""
         pc = means @ self.viewmat[:3, :3].T + self.viewmat[:3, 3]
         z = pc[:, 2]
         zs = z.clamp(min=1e-9)
         u = self.K[0, 0] * pc[:, 0] / zs + self.K[0, 2]
         v = self.K[1, 1] * pc[:, 1] / zs + self.K[1, 2]
-        return (z > 0) & (u >= 0) & (u < self.width) & (v >= 0) & (v < self.height)
+        inside = (z > 0) & (u >= 0) & (u < self.width) & (v >= 0) & (v < self.height)
+        if where is None:
+            return inside
+        # K carries the +0.5 of pixel centres at half-integers: pixel (x, y) spans [x, x + 1).
+        x = u.floor().long().clamp(0, self.width - 1)
+        y = v.floor().long().clamp(0, self.height - 1)
+        return inside & where[y, x]
