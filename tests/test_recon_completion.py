@@ -13,7 +13,7 @@ from surg3d_nodes.common.geometry import backproject
 from surg3d_nodes.data.synthetic import SynthConfig, generate
 from surg3d_nodes.recon.completion import deoccluded, inpaint, membrane_fill, smooth_fill, tint_inferred
 from surg3d_nodes.recon.config import Frame, TrainerConfig
-from surg3d_nodes.recon.gaussians import GaussianConfig, GaussianModel
+from surg3d_nodes.recon.gaussians import SH_C0, GaussianConfig, GaussianModel
 from surg3d_nodes.recon.io.checkpoint import load_reconstructor, save_checkpoint
 from surg3d_nodes.recon.io.ply import save_ply
 from surg3d_nodes.recon.runner import Reconstructor, StepSchedule
@@ -199,6 +199,36 @@ def test_guesses_are_put_back_on_the_surface_completed_at_each_frame(scene):
     assert float(gap.median()) < 0.02 and float(gap.max()) < 0.2, gap  # mm; the push was 1 mm
 
 
+def test_the_remembered_view_shows_hidden_tissue_as_it_was_seen(scene):
+    """Behind an instrument a Gaussian's colour is fitted to its fringe over the tissue around; the view the
+    de-occlusion takes shows the colour it had when a frame last showed its centre as tissue. Magenta written
+    into the hidden Gaussians' colour track after the instrument came (a fringe gone wrong) shows in the plain
+    render, not in the remembered one; earlier times remember what they had."""
+    frames = scene_frames(scene)
+    f0, s6 = frames[0], scene.frames[6]
+    rec = Reconstructor(_cfg(knot_spacing_s=1e-3))
+    assert rec.add_frame(Frame(f0.stamp_ns, scene.frames[0].tissue_left, scene.frames[0].tissue_depth,
+                               np.zeros_like(f0.mask), f0.pose, f0.camera))   # all tissue seen
+    m = rec.model
+    t0 = rec.time_of(f0.stamp_ns)
+    seen0 = m.remembered_at(t0).clone()
+    f6 = frames[6]
+    assert rec.add_frame(f6)
+    t6 = rec.time_of(f6.stamp_ns)
+    tool = s6.mask > 0
+    kf = rec.store.recent[-1]
+    hidden = ~kf.camera.sees(m.evaluate(t6)["means"].detach(), kf.tissue > 0.5) & ~m.inferred & m.alive(t6)
+    assert int(hidden.sum()) > 20
+    rows = torch.nonzero(hidden).squeeze(1)
+    base = SH_C0 * m.params["sh_dc"].detach()[rows] + 0.5
+    m.fit_track("col_knots", t6, rows, torch.tensor([1.0, 0.0, 1.0]) - base)
+    plain, _, _ = rec.render_view(f6.pose, t6)
+    remembered, _, _ = rec.render_view(f6.pose, t6, remembered=True)
+    err = lambda img: np.abs(img.astype(np.float64) - s6.tissue_left)[tool].mean()  # noqa: E731
+    assert err(plain) > 30.0 and err(remembered) < 15.0, (err(plain), err(remembered))   # 99 and 10 levels
+    torch.testing.assert_close(m.remembered_at(t0)[: len(seen0)], seen0)
+
+
 def test_completion_can_be_switched_off(scene):
     rec = Reconstructor(_cfg(complete_hidden=False))
     rec.add_frame(scene_frames(scene)[0])
@@ -213,6 +243,8 @@ def test_flag_survives_densification_checkpoint_and_ply(scene, tmp_path):
     n0, flag0 = m.num_gaussians, m.inferred.clone()
     m.life[:, 0] = -1.0 - torch.arange(n0, dtype=torch.float64)    # distinct spans, to follow them
     life0 = m.life.clone()
+    m.remembered[:] = torch.rand(m.remembered.shape)                # distinct memories too
+    mem0 = m.remembered.clone()
     assert flag0.any() and (~flag0).any()
     # Every Gaussian is a candidate: odd ones split (large on screen), even ones are cloned.
     strategy.grad_acc[:] = 1.0
@@ -227,11 +259,13 @@ def test_flag_survives_densification_checkpoint_and_ply(scene, tmp_path):
     expect = torch.cat([flag0[clone], flag0[clone], flag0[split], flag0[split]])
     assert torch.equal(m.inferred, expect)
     assert torch.equal(m.life, torch.cat([life0[clone], life0[clone], life0[split], life0[split]]))
+    assert torch.equal(m.remembered, torch.cat([mem0[clone], mem0[clone], mem0[split], mem0[split]]))
     assert torch.equal(m.params["means"].detach()[clone.numel():2 * clone.numel()], first[clone])
     rec.step(StepSchedule(densify=False))      # the model still trains after the refinement
     path = save_checkpoint(rec, tmp_path / "c.pt")
     back = load_reconstructor(path, device="cpu")
     assert torch.equal(back.model.inferred, m.inferred) and torch.equal(back.model.life, m.life)
+    assert torch.equal(back.model.remembered, m.remembered)
     ply = save_ply(tmp_path / "m.ply", m, 0.0)
     raw = ply.read_bytes()
     head, body = raw.split(b"end_header\n", 1)

@@ -194,17 +194,18 @@ def _tissue(d: dict) -> np.ndarray:
     return (d["mask"] == 0).astype(np.float32)
 
 
-def _render(trainer: Reconstructor | OnlineTrainer, d: dict, right: bool = False, detail: bool = False):
+def _render(trainer: Reconstructor | OnlineTrainer, d: dict, right: bool = False, detail: bool = False,
+            remembered: bool = False):
     """The model's view of dataset frame `d` (left, or right through the stereo baseline) at its time; with
     `detail`, the tissue-only view the product shows (recon.detail: the frame detail, and what no frame saw filled
-    in and marked)."""
+    in and marked); with `remembered`, the view the de-occlusion takes the hidden tissue from (`ModelView.render`)."""
     pose, cam = d["pose"], d["cam"]
     if right:
         T_lr = np.eye(4)
         T_lr[0, 3] = d["cam_right"].baseline
         pose, cam = pose @ T_lr, d["cam_right"]
     return trainer.render_view(pose, trainer.time_of(d["stamp_ns"]), cam.width, cam.height, K=cam.intrinsics(),
-                               detail=detail, fill=detail)
+                               detail=detail, fill=detail, remembered=remembered)
 
 
 def _train_offline(trainer: Reconstructor, frames: list[Frame], opts: EvalOptions, progress, t0: float) -> None:
@@ -359,7 +360,8 @@ def evaluate_endonerf(root: str | Path, opts: EvalOptions, cfg: TrainerConfig | 
             cam = d["cam"]
             w_inf = trainer.view(trainer.time_of(d["stamp_ns"])).inferred_weight(d["pose"], cam.width, cam.height,
                                                                                 cam.intrinsics())
-            r.update(deocclusion_scores(rgb, depth, alpha, w_inf, d, seen))
+            mem, _, mem_alpha = _render(trainer, d, remembered=True)
+            r.update(deocclusion_scores(mem, depth, mem_alpha, w_inf, d, seen))
         per.append(r)
         progress(f"  test frame {i:3d}: PSNR {r['psnr']:.2f} dB  PSNR* {r['psnr_star']:.2f}  "
                  f"SSIM {r['ssim']:.4f}  depth RMSE {r['depth_rmse_mm']:.2f} mm")
@@ -372,7 +374,8 @@ def evaluate_endonerf(root: str | Path, opts: EvalOptions, cfg: TrainerConfig | 
             valid = np.isfinite(d["depth"])
             lo, hi = (float(np.nanmin(d["depth"])), float(np.nanmax(d["depth"]))) if valid.any() else (0, 1)
             if deocc:
-                tinted = tint_inferred(deoccluded(d["rgb"], rgb, alpha, d["mask"], w_inf), w_inf * (d["mask"] > 0))
+                tinted = tint_inferred(deoccluded(d["rgb"], mem, mem_alpha, d["mask"], w_inf),
+                                       w_inf * (d["mask"] > 0))
                 _save_png(out / f"test_{i:03d}_live_deoccluded_truth.png", np.hstack([d["rgb"], tinted,
                                                                                       d["tissue_rgb"]]))
             _save_png(out / f"test_{i:03d}_depth_gt_render.png",

@@ -300,7 +300,8 @@ def unpremultiply(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
 def deoccluded(live: np.ndarray, render: np.ndarray, alpha: np.ndarray, mask: np.ndarray, inferred: np.ndarray
                ) -> np.ndarray:
     """The de-occluded view (uint8 HxWx3): the `live` image with its instrument pixels (`mask` > 0) taken from the
-    model's `render` (uint8, composited over black; `alpha`), and where the render is memory of tissue seen before
+    model's `render` (uint8, composited over black; `alpha`; the remembered view, `ModelView.render`: each observed
+    Gaussian in the colour it showed when last seen as tissue), and where the render is memory of tissue seen before
     moved to the live frame's light: plus the difference of the live image and the render on the tissue the model
     covers, filled in from around the instruments (`smooth_fill`). The memory holds the tissue as earlier frames
     showed it, while the light moves with the camera and the tissue the instrument holds is pulled.

@@ -76,6 +76,9 @@ class GaussianModel:
         self.params: dict[str, torch.Tensor] = {}
         self.inferred = torch.zeros(0, dtype=torch.bool, device=self.device)
         self.life = torch.zeros(0, 2, dtype=torch.float64, device=self.device)   # float64: model times
+        # The colour each Gaussian showed when a frame last showed its centre as tissue, as of each knot
+        # (`remember`): what the de-occluded view renders behind an instrument.
+        self.remembered = torch.zeros(0, 1, 3, device=self.device)
         self._allocate(0, 1)
 
     # ----------------------------------------------------------------- structure
@@ -197,6 +200,17 @@ class GaussianModel:
         return self._interp(self.params, name, t).detach()
 
     @torch.no_grad()
+    def remember(self, t: float, rows: torch.Tensor, colours: torch.Tensor) -> None:
+        """Remember `colours` [M,3] as what Gaussians `rows` showed at time t, from the knot at or after t on
+        (the knots before keep what was shown until then)."""
+        i0, i1, w = self.knot_index(t)
+        self.remembered[rows, i0 if w == 0.0 else i1:] = colours[:, None]
+
+    def remembered_at(self, t: float, params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """[N,3] the remembered colours at time t (of `params`, a `detached_copy`, or the model's)."""
+        return self._interp({"remembered": self.remembered} if params is None else params, "remembered", t)
+
+    @torch.no_grad()
     def fit_track(self, name: str, t: float, rows: torch.Tensor, target: torch.Tensor) -> None:
         """Move track `name` of Gaussians `rows` towards `target` [M,3] at time t by changing only the knot
         at or after t, so earlier times keep their values (online: the past is already fitted). Exact
@@ -231,12 +245,13 @@ class GaussianModel:
 
     def detached_copy(self) -> dict[str, torch.Tensor]:
         """A consistent detached copy of all parameters plus `knot_times` (a float64 tensor), the `inferred`
-        flags and the `life` spans, so it can be evaluated while training adds or removes knots (take it under
-        the trainer's lock)."""
+        flags, the `life` spans and the `remembered` colours, so it can be evaluated while training adds or
+        removes knots (take it under the trainer's lock)."""
         copy = {k: v.detach().clone() for k, v in self.params.items()}
         copy["knot_times"] = torch.tensor(self.knot_times, dtype=torch.float64)
         copy["inferred"] = self.inferred.clone()
         copy["life"] = self.life.clone()
+        copy["remembered"] = self.remembered.clone()
         return copy
 
     # ----------------------------------------------------------------- growth
@@ -262,6 +277,7 @@ class GaussianModel:
                 out = grown(k, n, kn + extra)          # in place when there is room (recon.capacity)
                 out[:, kn:] = k[:, kn - 1:kn]
                 self.params[name] = out.requires_grad_()
+        self.remembered = torch.cat([self.remembered, self.remembered[:, -1:].expand(-1, extra, -1)], 1)
         return extra
 
     @torch.no_grad()
@@ -294,6 +310,7 @@ class GaussianModel:
             for name in self.KNOT_KEYS:
                 if name in self.params:
                     self.params[name] = self.params[name].detach()[:, keep].requires_grad_()
+            self.remembered = self.remembered[:, keep]
             del self.knot_times[j]
             removed.append(j)
         return removed
@@ -355,10 +372,15 @@ class GaussianModel:
         return self.knot_times[i] if i >= 0 and t > self.knot_times[0] + 1e-9 else float("-inf")
 
     def append(self, rows: dict[str, torch.Tensor], inferred: torch.Tensor | bool = False,
-               life: torch.Tensor | tuple[float, float] = (float("-inf"), float("inf"))) -> None:
-        """Append parameter rows (from `new_gaussians` or densification) with their `inferred` flags and
-        `life` spans (one (born, retired) for all rows, or an [M,2] tensor: densification copies its parents')."""
+               life: torch.Tensor | tuple[float, float] = (float("-inf"), float("inf")),
+               remembered: torch.Tensor | None = None) -> None:
+        """Append parameter rows (from `new_gaussians` or densification) with their `inferred` flags, `life`
+        spans (one (born, retired) for all rows, or an [M,2] tensor: densification copies its parents') and
+        `remembered` colours ([M,knots,3]; default: the rows' base colour, what a new Gaussian is seeded with)."""
         n = int(rows["means"].shape[0])
+        if remembered is None:
+            base = (SH_C0 * rows["sh_dc"].detach() + 0.5).clamp(0.0, 1.0)
+            remembered = base[:, None].expand(-1, self.num_knots, -1)
         flags = torch.as_tensor(inferred, dtype=torch.bool, device=self.device).expand(n)
         spans = torch.as_tensor(life, dtype=torch.float64, device=self.device).expand(n, 2)
         old = self.num_gaussians
@@ -368,12 +390,14 @@ class GaussianModel:
             self.params[k] = out.requires_grad_()
         self.inferred = torch.cat([self.inferred, flags])
         self.life = torch.cat([self.life, spans])
+        self.remembered = torch.cat([self.remembered, remembered.to(self.remembered)])
 
     def select(self, keep: torch.Tensor) -> None:
         """Keep only the Gaussians where the boolean mask `keep` is True."""
         self.params = {k: v.detach()[keep].requires_grad_() for k, v in self.params.items()}
         self.inferred = self.inferred[keep]
         self.life = self.life[keep]
+        self.remembered = self.remembered[keep]
 
     def inferred_share(self) -> float:
         """Fraction of the Gaussians alive now (not retired) that are inferred (0 for an empty model)."""
@@ -381,9 +405,11 @@ class GaussianModel:
         return float(self.inferred[now].float().mean()) if bool(now.any()) else 0.0
 
     def load_params(self, params: dict[str, torch.Tensor], knot_times: list[float],
-                    inferred: torch.Tensor | None = None, life: torch.Tensor | None = None) -> None:
-        """Replace all parameters (checkpoint restore), the `inferred` flags (None: all observed) and the
-        `life` spans (None: all alive throughout); keys must match this model's configuration."""
+                    inferred: torch.Tensor | None = None, life: torch.Tensor | None = None,
+                    remembered: torch.Tensor | None = None) -> None:
+        """Replace all parameters (checkpoint restore), the `inferred` flags (None: all observed), the `life`
+        spans (None: all alive throughout) and the `remembered` colours (None: the base colours); keys must
+        match this model's configuration."""
         if set(params) != set(self.params):
             raise ValueError(f"checkpoint parameters {sorted(params)} do not match the model's "
                              f"{sorted(self.params)}")
@@ -395,8 +421,15 @@ class GaussianModel:
             raise ValueError(f"checkpoint has {tuple(inferred.shape)} inferred flags for {n} Gaussians")
         if life is not None and life.shape != (n, 2):
             raise ValueError(f"checkpoint has {tuple(life.shape)} life spans for {n} Gaussians")
+        if remembered is not None and remembered.shape != (n, len(knot_times), 3):
+            raise ValueError(f"checkpoint has {tuple(remembered.shape)} remembered colours for {n} Gaussians "
+                             f"and {len(knot_times)} knots")
         self.params = {k: v.detach().to(self.device).clone().requires_grad_() for k, v in params.items()}
         self.inferred = (torch.zeros(n, dtype=torch.bool) if inferred is None else inferred.bool()).to(self.device)
         always = torch.tensor([float("-inf"), float("inf")]).expand(n, 2)
         self.life = (always if life is None else life).to(self.device, torch.float64).clone()
+        if remembered is None:
+            base = (SH_C0 * self.params["sh_dc"].detach() + 0.5).clamp(0.0, 1.0)
+            remembered = base[:, None].expand(-1, len(knot_times), -1)
+        self.remembered = remembered.to(self.device, torch.float32).clone()
         self.knot_times = [float(x) for x in knot_times]

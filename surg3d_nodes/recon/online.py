@@ -208,10 +208,10 @@ class OnlineTrainer:
 
     def render_view(self, pose: np.ndarray, time_s: float | None = None, width: int | None = None,
                     height: int | None = None, K: np.ndarray | None = None, detail: bool = False,
-                    fill: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                    fill: bool = False, remembered: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Render (rgb uint8, depth m with NaN where empty, alpha) at any pose and model time
         (`ModelView.render`)."""
-        return self.view(time_s).render(pose, width, height, K, detail, fill)
+        return self.view(time_s).render(pose, width, height, K, detail, fill, remembered)
 
     def export_ply(self, path, time_s: float | None = None):
         """Write a 3DGS PLY of the model at model time `time_s` (default newest); returns the path."""

@@ -218,7 +218,7 @@ class ModelView:
         return out
 
     def render(self, pose: np.ndarray, width: int | None = None, height: int | None = None,
-               K: np.ndarray | None = None, detail: bool = False, fill: bool = False
+               K: np.ndarray | None = None, detail: bool = False, fill: bool = False, remembered: bool = False
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Render (rgb uint8 HxWx3, depth float32 m with NaN where empty, alpha float32) at `pose`.
 
@@ -233,11 +233,19 @@ class ModelView:
         the pixels beside the model's cover that no frame saw filled in from those around them (recon.detail,
         `to_fill`), a guess that `inferred_weight` marks.
 
+        `remembered`: each observed Gaussian in the colour it had when a frame last showed its centre as tissue
+        (`GaussianModel.remembered_at` the view's time), the inferred ones as they are: the tissue an instrument
+        hides as it was seen, for the de-occluded view (recon.completion.deoccluded).
+
         The model holds the tissue's own colour; the view is as the endoscope sees it, darkening towards its
         corners by the configured fall-off (perception.falloff).
         """
         width, height, K = self._intrinsics(width, height, K)
-        rgb, d, a = self._render(pose, width, height, K)
+        paint = None
+        if remembered:
+            flags, seen = self.params["inferred"][:, None], self.model.remembered_at(self.time_s, self.params)
+            paint = lambda g: torch.where(flags, g["colors"], seen)  # noqa: E731
+        rgb, d, a = self._render(pose, width, height, K, paint=paint)
         d[a < 0.5] = np.nan
         measured = None
         if detail and self.detail_window_s > 0:
@@ -407,9 +415,9 @@ class Reconstructor:
 
     def render_view(self, pose: np.ndarray, time_s: float | None = None, width: int | None = None,
                     height: int | None = None, K: np.ndarray | None = None, detail: bool = False,
-                    fill: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                    fill: bool = False, remembered: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """`ModelView.render` of the model at `time_s`."""
-        return self.view(time_s).render(pose, width, height, K, detail, fill)
+        return self.view(time_s).render(pose, width, height, K, detail, fill, remembered)
 
     def set_regions(self, regions: tuple[Region, ...]) -> None:
         """The operator's regions of interest, weighted in the colour loss from the next step on (an empty
@@ -484,6 +492,7 @@ class Reconstructor:
             if self.cfg.complete_hidden:
                 self.complete_hidden(kf)
         self.fit_colours(kf, self.cfg.colour_fit_iterations if steps is None else steps // 2 - 1)
+        self.remember_shown(kf)
         self.stats.inferred_share = self.model.inferred_share()
         self.stats.frames_used += 1
         self.stats.last_frame_stamp = stamp
@@ -657,6 +666,20 @@ class Reconstructor:
         self.strategy.grow(len(pts_c))
         return len(pts_c)
 
+    @torch.no_grad()
+    def remember_shown(self, kf: Keyframe) -> int:
+        """Keep the colour, fitted to `kf`, of each observed Gaussian whose centre the frame shows as tissue
+        (`GaussianModel.remember`); returns how many. Behind an instrument a Gaussian's colour is fitted to its fringe
+        over the tissue around (the colour fit and the steps): right for those pixels, not for what the instrument
+        hides, where the de-occluded view shows the colour the tissue had when last seen (`ModelView.render`)."""
+        g = self.model.evaluate(kf.t, kf.camera.center())
+        alive = self.model.alive(kf.t)
+        rows = kf.camera.sees(g["means"], kf.tissue > 0.5) & ~self.model.inferred
+        if alive is not None:
+            rows &= alive
+        self.model.remember(kf.t, rows, g["colors"][rows].clamp(0.0, 1.0))
+        return int(rows.sum())
+
     def fit_colours(self, kf: Keyframe, at_most: int | None = None) -> None:
         """Fit the colours at `kf`'s time to it (recon.colour_fit, `colour_fit_iterations`, at most `at_most`),
         counting the cost."""
@@ -767,7 +790,8 @@ class Reconstructor:
         """Everything a trainer needs to continue: tensors, arrays and plain containers only."""
         m = self.model
         return {"config": asdict(self.cfg), "params": {k: compact(v.detach().cpu()) for k, v in m.params.items()},
-                "inferred": m.inferred.cpu(), "life": m.life.cpu(), "knot_times": list(m.knot_times),
+                "inferred": m.inferred.cpu(), "life": m.life.cpu(), "remembered": m.remembered.cpu(),
+                "knot_times": list(m.knot_times),
                 "optimizer": self.optimizer.state_dict() if self.optimizer else None,
                 "clock": self.clock.state_dict(), "live_stamp_ns": self.live_stamp_ns,
                 "last_pose": self.live_pose, "scene_depth": self.scene_depth,
@@ -778,7 +802,8 @@ class Reconstructor:
         """Restore `state_dict` output into this (new, empty) reconstructor. The densification statistics
         start over; the newest frames are the restored keyframes."""
         dev = self.device
-        self.model.load_params(state["params"], state["knot_times"], state.get("inferred"), state.get("life"))
+        self.model.load_params(state["params"], state["knot_times"], state.get("inferred"), state.get("life"),
+                               state.get("remembered"))
         self.clock.load_state_dict(state["clock"])
         self.live_stamp_ns = state["live_stamp_ns"]
         self.live_pose = state["last_pose"]

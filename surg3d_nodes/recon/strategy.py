@@ -133,6 +133,7 @@ class DefaultStrategy:
         src = torch.cat([clone, split, split, clone[past[clone]]])
         rows = {k: v.detach()[src] for k, v in p.items()}
         inferred = model.inferred[src]
+        remembered = model.remembered[src]
         life = model.life[src].clone()
         life[:, 0].clamp_(min=since)
         if split.numel():
@@ -166,6 +167,6 @@ class DefaultStrategy:
         n_new = src.numel()
         self.reset(int(keep.sum()), self.grad_acc.device)
         if n_new:
-            model.append(rows, inferred, life)
+            model.append(rows, inferred, life, remembered)
             optimizer.append(n_new, carried)
             self.grow(n_new)

@@ -120,8 +120,6 @@ class TrainerNode(SurgNode):
                   (p.render_rate, self.publish_render, render_group),
                   (p.deoccluded_rate, self.publish_deoccluded, render_group),
                   (p.status_rate, self.publish_status, MutuallyExclusiveCallbackGroup()))
-        self._render_cache: tuple[float, int, np.ndarray, np.ndarray] | None = None
-        self._render_max_age = 0.5 / max(p.render_rate, p.deoccluded_rate, 1e-3)
         self._pub_timers = {}
         for (rate, fn, group), name in zip(timers, ("points_rate", "render_rate", "deoccluded_rate",
                                                      "status_rate"), strict=True):
@@ -297,47 +295,39 @@ class TrainerNode(SurgNode):
         self.gaussians_pub.publish(pointcloud_to_msg(fields, ns or view.stamp_ns, topics.WORLD_FRAME))
         self.count("gaussians_published")
 
-    def _render_live(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, int] | None:
-        """Render (rgb, depth, alpha, stamp) at the live pose; the image and de-occlusion timers share one render
-        when close in time."""
-        pose = self.trainer.live_pose()
-        if pose is None or self.trainer.num_gaussians == 0:
-            return None
-        stamp = self.trainer.get_stats().last_frame_stamp
-        c = self._render_cache
-        if c is not None and c[1] == stamp and time.monotonic() - c[0] < self._render_max_age:
-            return c[2], c[3], c[4], stamp
-        try:
-            rgb, depth, alpha = self.trainer.render_view(pose)
-        except RuntimeError:  # a reset (service thread) between the checks above and the render
-            return None
-        self._render_cache = (time.monotonic(), stamp, rgb, depth, alpha)
-        return rgb, depth, alpha, stamp
-
     def publish_render(self) -> None:
         """Render at the live pose and newest time (training resolution)."""
-        out = self._render_live()
-        if out is None:
+        pose = self.trainer.live_pose()
+        if pose is None or self.trainer.num_gaussians == 0:
             return
-        rgb, depth, _, stamp = out
+        stamp = self.trainer.get_stats().last_frame_stamp
+        try:
+            rgb, depth, _ = self.trainer.render_view(pose)
+        except RuntimeError:  # a reset (service thread) between the checks above and the render
+            return
         self.render_pub.publish(image_to_msg(rgb, "rgb8", stamp, self._frame_id()))
         self.render_depth_pub.publish(image_to_msg(depth, "32FC1", stamp, self._frame_id()))
 
     def publish_deoccluded(self) -> None:
-        """Live image with instrument pixels replaced by the rendered tissue (recon.completion.deoccluded); pixels
-        that inferred Gaussians make are tinted while `deoccluded_tint_inferred` is on."""
+        """Live image with instrument pixels replaced by the tissue as the model remembers it
+        (recon.completion.deoccluded, `ModelView.render` remembered); pixels that inferred Gaussians make are
+        tinted while `deoccluded_tint_inferred` is on."""
         live = self._live
-        out = self._render_live()
-        if live is None or out is None:
+        pose = self.trainer.live_pose()
+        if live is None or pose is None or self.trainer.num_gaussians == 0:
             return
         rgb_live, mask, stamp = live
         img = rgb_live
         if mask is not None and (mask > 0).any():    # no instrument: the live image as it is
-            render, alpha = out[0], out[2]
+            view = self.trainer.view()
+            try:
+                render, _, alpha = view.render(pose, remembered=True)
+            except RuntimeError:  # no frame in the model (a reset between the checks above and the render)
+                return
             size = (rgb_live.shape[1], rgb_live.shape[0])
             if render.shape[:2] != rgb_live.shape[:2]:
                 render, alpha = (cv2.resize(x, size, interpolation=cv2.INTER_LINEAR) for x in (render, alpha))
-            weight = self.trainer.view().inferred_weight(self.trainer.live_pose())
+            weight = view.inferred_weight(pose)
             if weight.shape != mask.shape:
                 weight = cv2.resize(weight, size, interpolation=cv2.INTER_LINEAR)
             img = deoccluded(rgb_live, render, alpha, mask, weight)
