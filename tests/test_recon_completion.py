@@ -229,6 +229,22 @@ def test_the_remembered_view_shows_hidden_tissue_as_it_was_seen(scene):
     torch.testing.assert_close(m.remembered_at(t0)[: len(seen0)], seen0)
 
 
+def test_a_checkpoint_without_memories_loads_and_a_wrong_one_is_named(scene):
+    """A checkpoint from before the remembered colours restores with each Gaussian's base colour as its memory; a
+    memory of the wrong shape or type is refused with a message naming it."""
+    rec = Reconstructor(_cfg())
+    rec.add_frame(scene_frames(scene)[0])
+    state = rec.state_dict()
+    old = {k: v for k, v in state.items() if k != "remembered"}
+    back = Reconstructor(_cfg())
+    back.load_state_dict(old)
+    base = (SH_C0 * back.model.params["sh_dc"].detach() + 0.5).clamp(0, 1)
+    torch.testing.assert_close(back.model.remembered_at(0.0), base)
+    for bad in (state["remembered"][:, :, :2], "red"):
+        with pytest.raises(ValueError, match="remembered"):
+            Reconstructor(_cfg()).load_state_dict({**state, "remembered": bad})
+
+
 def test_completion_can_be_switched_off(scene):
     rec = Reconstructor(_cfg(complete_hidden=False))
     rec.add_frame(scene_frames(scene)[0])

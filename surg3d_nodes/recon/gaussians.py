@@ -417,6 +417,9 @@ class GaussianModel:
             raise ValueError(f"checkpoint has {params['pos_knots'].shape[1]} knots but {len(knot_times)} "
                              "knot times")
         n = int(params["means"].shape[0])
+        for name, value in (("inferred", inferred), ("life", life), ("remembered", remembered)):
+            if value is not None and not isinstance(value, torch.Tensor):
+                raise ValueError(f"checkpoint's {name} is a {type(value).__name__}, not a tensor")
         if inferred is not None and inferred.shape != (n,):
             raise ValueError(f"checkpoint has {tuple(inferred.shape)} inferred flags for {n} Gaussians")
         if life is not None and life.shape != (n, 2):
