@@ -11,7 +11,14 @@ from recon_support import scene_frames
 
 from surg3d_nodes.common.geometry import backproject
 from surg3d_nodes.data.synthetic import SynthConfig, generate
-from surg3d_nodes.recon.completion import deoccluded, inpaint, membrane_fill, smooth_fill, tint_inferred
+from surg3d_nodes.recon.completion import (
+    deoccluded,
+    hidden_seeds,
+    inpaint,
+    membrane_fill,
+    smooth_fill,
+    tint_inferred,
+)
 from surg3d_nodes.recon.config import Frame, TrainerConfig
 from surg3d_nodes.recon.gaussians import SH_C0, GaussianConfig, GaussianModel
 from surg3d_nodes.recon.io.checkpoint import load_reconstructor, save_checkpoint
@@ -101,6 +108,30 @@ def test_never_seen_texture_is_guessed_smooth_and_closer_than_telea():
         assert np.array_equal(ours[~hole], img[~hole])
         w = hole.astype(np.float32)
         assert psnr_star(ours, img, w) > psnr_star(telea, img, w) + 0.5
+
+
+def test_the_guess_takes_the_memory_where_it_covers_most_of_a_pixel():
+    """Instrument pixels the observed Gaussians cover 0.9 (below `MEMORY_ALPHA`, so still completed) take the
+    memory's own colour in the completed image; pixels covered 0.5 are filled in from around."""
+    from surg3d_nodes.recon.keyframes import to_keyframe
+
+    h, w = 32, 40
+    rgb = np.full((h, w, 3), 100, np.uint8)
+    mask = np.zeros((h, w), np.uint8)
+    mask[8:24, 10:30] = 255
+    cam = generate(SynthConfig(width=w, height=h, frames=1, instruments=0, seed=1)).cam_left
+    kf = to_keyframe(Frame(0, rgb, np.full((h, w), 0.05, np.float32), mask, np.eye(4), cam), 1.0, 0.0,
+                     torch.device("cpu"))
+    alpha = torch.zeros(h, w)
+    alpha[8:24, 10:20] = 0.9                                   # the left half of the instrument: memory, thin
+    alpha[8:24, 20:30] = 0.5                                   # the right half: a fringe
+    red = torch.tensor([0.8, 0.1, 0.1])
+    observed = (alpha[..., None] * red, torch.full((h, w), 0.05), alpha)
+    _, _, colours, hole = hidden_seeds(kf, observed, alpha, 0, 1)[:4]
+    assert hole[8:24, 10:30].all()                             # both halves are completed ...
+    np.testing.assert_allclose(colours[9:23, 11:19], np.broadcast_to(red.numpy(), (14, 8, 3)), atol=0.01)
+    right = colours[9:23, 22:29]                               # ... the fringe's half from its border
+    assert (right[..., 1] > 0.15).all() and (right[..., 1] < 0.4).all()
 
 
 def test_hidden_tissue_is_inferred_then_replaced_when_it_shows(scene):

@@ -643,6 +643,7 @@ class Reconstructor:
         g = self.model.evaluate(kf.t, kf.camera.center())
         opacities = g["opacities"]
         g["opacities"] = opacities * (~self.model.inferred).to(opacities)
+        g["colors"] = self.model.remembered_at(kf.t)          # the memory as it was seen, as the view shows it
         rgb, depth, alpha, _ = render_evaluated(g, kf.camera, self.backend)
         # Guesses over the memory give way to it (recon.completion); what they leave uncovered is seeded again.
         remembered = remembered_inferred(self.model, kf, alpha, g["means"])
