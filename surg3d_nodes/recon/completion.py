@@ -8,11 +8,11 @@ the inferred Gaussians with it (`place_inferred`).
 Appearance: the model's memory first: instrument pixels that existing Gaussians cover (rendered alpha above the
 growth threshold) are left to them. Only pixels no camera has shown are completed, once, into Gaussians flagged
 `inferred`: the harmonic fill (as the geometry) of the composite image (live tissue + the model's memory under the
-instrument), so the hole to guess is only the part never seen, not the whole instrument, and the guess is not
-repeated per output frame (it moves with the tissue through the Gaussians' tracks). Texture never seen cannot be
-predicted from its border; the smoothest continuation errs least on average, where Telea's inpainting carries the
-border's streaks in (synthetic scene, 320x256 streamed, never-seen PSNR: 24.46 -> 24.86 dB, Telea's baseline
-23.83; README, issue 16).
+instrument, in the colours it was seen with, wherever it covers at least `COLOUR_MEMORY_ALPHA`), so the hole to
+guess is only the part never seen, not the whole instrument, and the guess is not repeated per output frame (it
+moves with the tissue through the Gaussians' tracks). Texture never seen cannot be predicted from its border; the
+smoothest continuation errs least on average, where Telea's inpainting carries the border's streaks in (synthetic
+scene, 320x256 streamed, never-seen PSNR: 24.46 -> 24.86 dB, Telea's baseline 23.83; README, issue 16).
 
 Replacement: an inferred Gaussian that projects onto a pixel that is tissue in a new frame (not under the mask,
 with measured depth, the Gaussian not far behind that surface) is pruned before the frame grows the model, so
