@@ -58,6 +58,12 @@ def logit(p: float) -> float:
     return float(np.log(p / (1.0 - p)))
 
 
+def _seeded_memory(sh_dc: torch.Tensor, knots: int) -> torch.Tensor:
+    """[N,knots,3] remembered colours of Gaussians no frame has shown yet: their base colour, what they were seeded
+    with (`GaussianModel.remember`)."""
+    return (SH_C0 * sh_dc.detach() + 0.5).clamp(0.0, 1.0)[:, None].expand(-1, knots, -1)
+
+
 class GaussianModel:
     """Parameters (leaf tensors in `params`) and the evaluation of the scene at a time t."""
 
@@ -379,8 +385,7 @@ class GaussianModel:
         `remembered` colours ([M,knots,3]; default: the rows' base colour, what a new Gaussian is seeded with)."""
         n = int(rows["means"].shape[0])
         if remembered is None:
-            base = (SH_C0 * rows["sh_dc"].detach() + 0.5).clamp(0.0, 1.0)
-            remembered = base[:, None].expand(-1, self.num_knots, -1)
+            remembered = _seeded_memory(rows["sh_dc"], self.num_knots)
         flags = torch.as_tensor(inferred, dtype=torch.bool, device=self.device).expand(n)
         spans = torch.as_tensor(life, dtype=torch.float64, device=self.device).expand(n, 2)
         old = self.num_gaussians
@@ -432,7 +437,6 @@ class GaussianModel:
         always = torch.tensor([float("-inf"), float("inf")]).expand(n, 2)
         self.life = (always if life is None else life).to(self.device, torch.float64).clone()
         if remembered is None:
-            base = (SH_C0 * self.params["sh_dc"].detach() + 0.5).clamp(0.0, 1.0)
-            remembered = base[:, None].expand(-1, len(knot_times), -1)
+            remembered = _seeded_memory(self.params["sh_dc"], len(knot_times))
         self.remembered = remembered.to(self.device, torch.float32).clone()
         self.knot_times = [float(x) for x in knot_times]

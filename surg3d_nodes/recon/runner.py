@@ -736,10 +736,10 @@ class Reconstructor:
             if c.normal_weight > 0:
                 loss = loss + c.normal_weight * normal_consistency_loss(info["normals"], info["surf_normals"],
                                                                         kf.tissue)
+        x, y, seen = kf.camera.pixels(g["means"].detach())     # projected once for both masks
         return loss, {"info": info, "loss_c": float(loss_c.detach()), "loss_d": float(loss_d.detach()),
                       "mse": float(mse), "mse_roi": mse_roi, "window": (lo, hi), "params": params,
-                      "seen": kf.camera.sees(g["means"].detach()),
-                      "shown": kf.camera.sees(g["means"].detach(), kf.tissue > 0.5)}
+                      "seen": seen, "shown": seen & (kf.tissue > 0.5)[y, x]}
 
     def step(self, schedule: StepSchedule) -> bool:
         """One training iteration; False when there is no frame to train on yet."""

@@ -51,18 +51,22 @@ class RenderCamera:
         R = self.viewmat[:3, :3]
         return -R.T @ self.viewmat[:3, 3]
 
-    def sees(self, means: torch.Tensor, where: torch.Tensor | None = None) -> torch.Tensor:
-        """[N] bool: which world points [N,3] project inside the image, in front of the camera, and with `where`
-        ([H,W] bool) onto a pixel where it holds."""
+    def pixels(self, means: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The pixel (x, y) [N] (long, clamped into the image) each world point [N,3] projects onto, and [N] bool:
+        whether it projects inside the image, in front of the camera."""
         pc = means @ self.viewmat[:3, :3].T + self.viewmat[:3, 3]
         z = pc[:, 2]
         zs = z.clamp(min=1e-9)
         u = self.K[0, 0] * pc[:, 0] / zs + self.K[0, 2]
         v = self.K[1, 1] * pc[:, 1] / zs + self.K[1, 2]
         inside = (z > 0) & (u >= 0) & (u < self.width) & (v >= 0) & (v < self.height)
-        if where is None:
-            return inside
         # K carries the +0.5 of pixel centres at half-integers: pixel (x, y) spans [x, x + 1).
         x = u.floor().long().clamp(0, self.width - 1)
         y = v.floor().long().clamp(0, self.height - 1)
-        return inside & where[y, x]
+        return x, y, inside
+
+    def sees(self, means: torch.Tensor, where: torch.Tensor | None = None) -> torch.Tensor:
+        """[N] bool: which world points [N,3] project inside the image, in front of the camera, and with `where`
+        ([H,W] bool) onto a pixel where it holds."""
+        x, y, inside = self.pixels(means)
+        return inside if where is None else inside & where[y, x]
