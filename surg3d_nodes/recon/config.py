@@ -144,6 +144,11 @@ class TrainerConfig:
     flow_tracks: bool = param(True, "start each new frame's deformation from optical flow")
     flow_depth_motion: bool = param(True, "... and from the measured depth change along it")
     flow_hidden_motion: bool = param(True, "... and move tissue hidden by an instrument with the flow around it")
+    # 4 frames at 30 Hz: frame-to-frame flows add up DIS's bias on sub-pixel motion, the flow over a longer span
+    # errs more on real tissue (recon.flow_tracks._correct_drift; README, issue 16).
+    flow_anchor_s: float = param(0.12, "s, the flow from an anchor frame up to this much older than the new frame "
+                                       "corrects the drift of the frame-to-frame flows since it (0 = off)",
+                                 low=0.0, high=10.0)
     refine_pose_iterations: int = param(0, "> 0: refine each new frame's pose against the model (README "
                                            "'dVRK users'; 30 to use it)", low=0, high=1000)
     refine_pose_mode: str = param("hand_eye", "hand_eye: one constant hand-eye correction | frame: free per "

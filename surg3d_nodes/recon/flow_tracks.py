@@ -9,7 +9,9 @@ instrument move with the flow and depth change continued under it (a membrane fr
 others the flow cannot follow move with their nearest followed neighbour. The tracks are then moved, with
 the smallest change of their knots, to pass through these positions and colours at the new frame's time;
 training refines from there. Moving cameras are handled by the poses (flow includes ego-motion;
-back-projection uses the new frame's pose).
+back-projection uses the new frame's pose). The flow is taken with the instruments blurred over (DIS smooths
+across their edges), and the flow from an anchor frame a few frames back corrects what the frame-to-frame flows
+have added up since it.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ FIELD_TOL = 1e-2
 # at 160 px the instrument margin, 3 %, still spans 5 cells): 0.01 s more for a 320x256 frame's flow update (0.06 s
 # without), 0.04 s more for the shared EndoNeRF clip's large instruments at 1/4 scale (2-core CPU; README, issue 16).
 FIELD_WIDTH = 160
+# The chain's drift since the anchor is measured over at least this many Gaussians both flows follow.
+MIN_DRIFT_SUPPORT = 50
 
 
 @dataclass
@@ -46,6 +50,7 @@ class FlowTrackConfig:
     smooth_sigma_rel: float = 0.015  # scene-flow smoothing (Gaussian sigma) as a fraction of the image width
     min_support: float = 0.3         # a Gaussian needs this much valid flow around its pixel
     tool_margin_rel: float = 0.03    # flow this close to an instrument (fraction of the width) is ignored
+    fill_sigma_rel: float = 0.03     # instruments are blurred over from the tissue around before the flow
     min_width: int = 96              # narrower images are not tracked: DIS patches (8 px) span too much of them
     depth_motion: bool = True        # also move along the optical axis by the smoothed measured depth change
     hidden_motion: bool = True       # Gaussians hidden behind an instrument move with the flow continued under it
@@ -67,6 +72,24 @@ class FlowView(Protocol):
 def _gray(rgb: torch.Tensor) -> np.ndarray:
     img = (rgb.clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy()
     return cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
+
+
+def _tissue_only(gray: np.ndarray, tissue: torch.Tensor, sigma_rel: float) -> np.ndarray:
+    """`gray` with the instrument pixels replaced by the tissue around them, blurred (a normalised Gaussian blur
+    of sigma `sigma_rel` x width; the tissue's mean where none is that near).
+
+    DIS smooths its flow across image edges: beside a still instrument the tissue's flow was held back (tissue
+    sliding 0.7 px a frame past a still bar moved 10-17 % short in the last 10 px before it, 12 % short under it
+    by the flow continued there; 3-4 % with this; `tests/test_recon_flow_tracks.py`). Without the instrument's
+    edges the tissue's own texture sets the flow up to the instrument."""
+    t = (tissue.cpu().numpy() > 0.5).astype(np.float32)
+    if t.all() or not t.any():
+        return gray
+    sigma = sigma_rel * gray.shape[1]
+    den = cv2.GaussianBlur(t, (0, 0), sigma)
+    num = cv2.GaussianBlur(gray.astype(np.float32) * t, (0, 0), sigma)
+    fill = np.where(den > 1e-3, num / np.maximum(den, 1e-3), float(gray[t > 0].mean()))
+    return np.where(t > 0, gray, np.clip(fill + 0.5, 0, 255)).astype(np.uint8)
 
 
 def _sample(img: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
@@ -96,7 +119,7 @@ def image_flow(prev: FlowView, cur: FlowView, cfg: FlowTrackConfig
     motion, also with a valid depth in both frames); a normalised Gaussian blur averages over them only, so
     instruments, holes and single noisy depths do not bleed in.
     """
-    g_prev, g_cur = _gray(prev.rgb), _gray(cur.rgb)
+    g_prev, g_cur = (_tissue_only(_gray(v.rgb), v.tissue, cfg.fill_sigma_rel) for v in (prev, cur))
     dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
     fwd = dis.calc(g_prev, g_cur, None)
     bwd = dis.calc(g_cur, g_prev, None)
@@ -186,9 +209,20 @@ def _project(means: np.ndarray, view: FlowView) -> tuple[np.ndarray, np.ndarray,
     return view.K[0, 0] * pc[:, 0] / zs + view.K[0, 2], view.K[1, 1] * pc[:, 1] / zs + view.K[1, 2], z
 
 
+@dataclass
+class _Targets:
+    """Where one flow update puts the tracks at the new frame's time (track values, not yet written)."""
+
+    rows: np.ndarray      # [n] Gaussian indices
+    pos: np.ndarray       # [n,3] position track values
+    col: np.ndarray       # [n,3] colour track values
+    seen: np.ndarray      # [n] bool: followed by the flow of the tissue they show (not hidden, not a neighbour's)
+    hidden: np.ndarray    # [n] bool: moved by the flow continued under an instrument
+
+
 @torch.no_grad()
 def update_tracks(model: GaussianModel, prev: FlowView, cur: FlowView, scene_depth: float,
-                  cfg: FlowTrackConfig | None = None) -> int:
+                  cfg: FlowTrackConfig | None = None, anchor: FlowView | None = None) -> int:
     """Move the tracks of the Gaussians seen in `prev` with the image motion to `cur` (positions and
     colours at `cur.t`); returns how many Gaussians were updated (0 when `cur` is not later than `prev` or
     the image is narrower than `min_width`).
@@ -197,16 +231,64 @@ def update_tracks(model: GaussianModel, prev: FlowView, cur: FlowView, scene_dep
     by the smoothed depth change there (`depth_motion`; off: depth is left to the depth loss): the motion is
     what gradient descent finds slowly. With `hidden_motion`, one behind an instrument of `prev` moves the same
     way with the flow and depth change continued under the instrument, and keeps its colour.
+
+    With an `anchor` older than `prev`, the flow from the anchor to `cur` corrects what the chain of flows since
+    the anchor has added up (`_correct_drift`).
     """
     cfg = cfg or FlowTrackConfig()
+    chain = _targets(model, prev, cur, scene_depth, cfg)
+    if chain is None:
+        return 0
+    if anchor is not None and anchor.t < prev.t:
+        direct = _targets(model, anchor, cur, scene_depth, cfg)
+        if direct is not None:
+            chain = _correct_drift(chain, direct)
+    rows = torch.as_tensor(chain.rows, device=model.device)
+    for name, value in (("pos_knots", chain.pos), ("col_knots", chain.col)):
+        model.fit_track(name, cur.t, rows, torch.as_tensor(value, dtype=torch.float32, device=model.device))
+    return int(chain.rows.size)
+
+
+def _correct_drift(chain: _Targets, direct: _Targets) -> _Targets:
+    """The chain's targets (flows frame to frame since the anchor) corrected by the direct flow from the anchor.
+
+    DIS overestimates sub-pixel motion by 5-11 % (a texture shifted exactly; within 1 % from a pixel on), and at
+    30 Hz most motion is sub-pixel at the training scale (median 0.19 px a frame on the shared EndoNeRF clip at
+    1/4, 0.5 px on the synthetic one), so chained frame to frame the model slid along the tissue (0.2 mm in 2 s
+    on the synthetic clip), hidden while the tissue shows by the colour knots refitted at each frame, and seen
+    as misplaced tissue wherever an instrument had hidden it (README, issue 16). The chain still starts each
+    frame from where the training steps left the last one, which on real tissue is worth keeping (the direct
+    flow alone: -0.5 dB, shared EndoNeRF clip); so
+    (a) the median difference between the two over the Gaussians both follow on the tissue is the chain's
+    drift, taken off every Gaussian the chain moves, and (b) tissue an instrument hides since the anchor, which
+    no training step corrects, takes the direct flow continued under the instrument."""
+    seen_rows = chain.rows[chain.seen]
+    _, i_chain, i_direct = np.intersect1d(seen_rows, direct.rows[direct.seen], return_indices=True)
+    pos = chain.pos.copy()
+    if i_chain.size >= MIN_DRIFT_SUPPORT:
+        pos += np.median(direct.pos[direct.seen][i_direct] - chain.pos[chain.seen][i_chain], axis=0)
+    under = np.flatnonzero(direct.hidden & ~np.isin(direct.rows, seen_rows))
+    where = np.full(int(max(chain.rows.max(), direct.rows.max())) + 1, -1)
+    where[chain.rows] = np.arange(chain.rows.size)
+    at = where[direct.rows[under]]
+    pos[at[at >= 0]] = direct.pos[under[at >= 0]]
+    new = under[at < 0]                          # hidden since the anchor and beyond the chain's reach
+    return _Targets(np.concatenate([chain.rows, direct.rows[new]]), np.concatenate([pos, direct.pos[new]]),
+                    np.concatenate([chain.col, direct.col[new]]), np.concatenate([chain.seen, direct.seen[new]]),
+                    np.concatenate([chain.hidden, direct.hidden[new]]))
+
+
+def _targets(model: GaussianModel, prev: FlowView, cur: FlowView, scene_depth: float,
+             cfg: FlowTrackConfig) -> _Targets | None:
+    """The flow update from `prev` to `cur` (`update_tracks`), not yet written; None when there is none."""
     h, w = prev.depth.shape
     if model.num_gaussians == 0 or cur.t <= prev.t or w < cfg.min_width:
-        return 0
+        return None
     means = model.evaluate(prev.t)["means"].cpu().numpy().astype(np.float64)
     u, v, z = _project(means, prev)
     idx = np.flatnonzero((z > 1e-6) & (u >= 0) & (u <= w - 1) & (v >= 0) & (v <= h - 1))
     if idx.size == 0:
-        return 0
+        return None
     u, v, z = u[idx], v[idx], z[idx]
     dp = prev.depth.cpu().numpy()[np.rint(v).astype(int), np.rint(u).astype(int)]
     surface = (dp > 0) & (np.abs(z - dp) < cfg.depth_tol_rel * np.maximum(dp, 1e-9))
@@ -239,7 +321,7 @@ def update_tracks(model: GaussianModel, prev: FlowView, cur: FlowView, scene_dep
         under = (_continued(flow, known), _continued(dz_img, known_d) if known_d.any() else np.zeros_like(dz_img))
         good = good | hidden
     if not good.any():
-        return 0
+        return None
     sel, us, vs, hid = idx[good], us[good], vs[good], hidden[good]
 
     def hidden_from_under(i: int, x: np.ndarray) -> np.ndarray:   # hidden points: flow (0) or depth change (1)
@@ -258,9 +340,10 @@ def update_tracks(model: GaussianModel, prev: FlowView, cur: FlowView, scene_dep
     dcol = _sample(dcol_img, us, vs)
     dcol[hid] = 0.0                                                # hidden: the colour it was seen with
     small = np.linalg.norm(dpos, axis=1) < cfg.max_motion_rel * scene_depth
-    sel, dpos, dcol = sel[small], dpos[small], dcol[small]
+    sel, dpos, dcol, hid = sel[small], dpos[small], dcol[small], hid[small]
     if sel.size == 0:
-        return 0
+        return None
+    seen = ~hid
     # Gaussians the flow does not reach (hidden, behind the surface, in unsupported areas) move with their
     # nearest followed neighbour within reach, so the model deforms as a whole instead of tearing.
     followed = np.zeros(model.num_gaussians, bool)
@@ -273,9 +356,9 @@ def update_tracks(model: GaussianModel, prev: FlowView, cur: FlowView, scene_dep
         sel = np.concatenate([sel, rest[near]])
         dpos = np.concatenate([dpos, dpos[nn]])
         dcol = np.concatenate([dcol, dcol[nn]])
+        seen = np.concatenate([seen, np.zeros(int(near.sum()), bool)])
+        hid = np.concatenate([hid, np.zeros(int(near.sum()), bool)])
     rows = torch.as_tensor(sel, device=model.device)
-    for name, delta in (("pos_knots", dpos), ("col_knots", dcol)):
-        before = model.track_at(prev.t, name)[rows]
-        model.fit_track(name, cur.t, rows, before + torch.as_tensor(delta, dtype=torch.float32,
-                                                                     device=model.device))
-    return int(sel.size)
+    pos, col = (model.track_at(prev.t, name)[rows].cpu().numpy().astype(np.float64) + delta
+                for name, delta in (("pos_knots", dpos), ("col_knots", dcol)))
+    return _Targets(sel, pos, col, seen, hid)

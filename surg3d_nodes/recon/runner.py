@@ -375,6 +375,7 @@ class Reconstructor:
         self.live_stamp_ns: int | None = None       # the newest frame by arrival (a loop restarts it)
         self.live_pose: np.ndarray | None = None    # pose of that frame
         self.track_ref: Keyframe | None = None     # the newest frame the flow tracks were updated at
+        self.track_anchor: Keyframe | None = None  # the frame whose direct flow corrects the chain's drift
         self.pose_refiner = PoseRefiner(PoseRefineConfig(
             mode=c.refine_pose_mode, iterations=c.refine_pose_iterations, lr=c.refine_pose_lr,
             depth_weight=c.refine_pose_depth_weight, max_trans_m=c.refine_pose_max_trans_m,
@@ -482,10 +483,14 @@ class Reconstructor:
         if self.cfg.flow_tracks and track and kf.has_depth and ref is not None and ref.has_depth:
             self.stats.flow_tracked = update_tracks(self.model, ref, kf, self.scene_depth,
                                                     FlowTrackConfig(depth_motion=self.cfg.flow_depth_motion,
-                                                                    hidden_motion=self.cfg.flow_hidden_motion))
+                                                                    hidden_motion=self.cfg.flow_hidden_motion),
+                                                    anchor=self.track_anchor)
             self.stats.flow_frames += int(self.stats.flow_tracked > 0)
         if track and kf.has_depth and (ref is None or kf.t > ref.t):
             self.track_ref = kf        # the tracks pass through the model's positions at this frame
+            anchor = self.track_anchor
+            if anchor is None or not anchor.t < kf.t < anchor.t + self.cfg.flow_anchor_s:
+                self.track_anchor = kf
         if kf.has_depth:
             self.retire_inferred(kf)
             self.grow_unexplained(kf, use_error=False)
