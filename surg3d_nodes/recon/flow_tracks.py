@@ -240,7 +240,7 @@ def update_tracks(model: GaussianModel, prev: FlowView, cur: FlowView, scene_dep
     if chain is None:
         return 0
     if anchor is not None and anchor.t < prev.t:
-        direct = _targets(model, anchor, cur, scene_depth, cfg)
+        direct = _targets(model, anchor, cur, scene_depth, cfg, neighbours=False)
         if direct is not None:
             chain = _correct_drift(chain, direct)
     rows = torch.as_tensor(chain.rows, device=model.device)
@@ -279,8 +279,9 @@ def _correct_drift(chain: _Targets, direct: _Targets) -> _Targets:
 
 
 def _targets(model: GaussianModel, prev: FlowView, cur: FlowView, scene_depth: float,
-             cfg: FlowTrackConfig) -> _Targets | None:
-    """The flow update from `prev` to `cur` (`update_tracks`), not yet written; None when there is none."""
+             cfg: FlowTrackConfig, neighbours: bool = True) -> _Targets | None:
+    """The flow update from `prev` to `cur` (`update_tracks`), not yet written; None when there is none. Without
+    `neighbours`, only the Gaussians the flow itself moves (seen or hidden)."""
     h, w = prev.depth.shape
     if model.num_gaussians == 0 or cur.t <= prev.t or w < cfg.min_width:
         return None
@@ -349,7 +350,7 @@ def _targets(model: GaussianModel, prev: FlowView, cur: FlowView, scene_depth: f
     followed = np.zeros(model.num_gaussians, bool)
     followed[sel] = True
     rest = np.flatnonzero(~followed)
-    if rest.size:
+    if rest.size and neighbours:
         dist, nn = KDTree(means[sel].astype(np.float32)).query(means[rest].astype(np.float32), k=1)
         near = np.asarray(dist).reshape(-1) < cfg.neighbour_reach_rel * scene_depth
         nn = np.asarray(nn, dtype=np.int64).reshape(-1)[near]
