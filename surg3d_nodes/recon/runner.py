@@ -488,7 +488,7 @@ class Reconstructor:
             self.stats.flow_frames += int(self.stats.flow_tracked > 0)
         if track and kf.has_depth and (ref is None or kf.t > ref.t):
             self.track_ref = kf        # the tracks pass through the model's positions at this frame
-            anchor = self.track_anchor
+            anchor = self.track_anchor     # kept until a frame comes flow_anchor_s after it (or before it: a loop)
             if anchor is None or not anchor.t < kf.t < anchor.t + self.cfg.flow_anchor_s:
                 self.track_anchor = kf
         if kf.has_depth:
