@@ -54,6 +54,13 @@ MEMORY_ALPHA = 0.95
 # clip, stream K = 10): with 0.8 the fill of the never-seen tissue gained 0.36 dB over 0.95 (the test frames' own
 # fill, remembered colours), and the guesses over those pixels take the memory's colour (README, Occluded tissue).
 COLOUR_MEMORY_ALPHA = 0.8
+# Tissue a moving instrument has just uncovered gets observed Gaussians where the observed ones cover it less than
+# `MEMORY_ALPHA` (`revealed_tissue`): it is often shown only beside the instrument's edge before it is hidden again, and
+# the guesses seeded there while it was hidden (and kept within the margin) made the memory of it (synthetic seed 37:
+# seen-before pixels covered below 0.6 by observed Gaussians scored 27-29 dB, README, Occluded tissue). Only where
+# the measured depth agrees with the surface the model holds there, within this (relative): stereo depth beside an
+# instrument is often wrong on real clips, and Gaussians placed by it cost the shared clip's training fit 1.4 dB.
+REVEALED_DEPTH_REL = 0.05
 # Weight that pulls pixels of a hole with no known neighbour at all towards the mean known depth (keeps the
 # system regular; negligible wherever a boundary exists).
 ANCHOR_WEIGHT = 1e-6
@@ -148,6 +155,12 @@ def instrument_band(kf: Keyframe, margin_px: int) -> np.ndarray:
     if margin_px > 0:
         tool = cv2.dilate(tool, np.ones((2 * margin_px + 1, 2 * margin_px + 1), np.uint8))
     return tool > 0
+
+
+def revealed_tissue(prev: Keyframe, kf: Keyframe, margin_px: int) -> torch.Tensor:
+    """[H,W] bool: tissue pixels of keyframe `kf` that the previous keyframe `prev` showed under its instruments
+    (their band of `margin_px`): what a moving instrument has just uncovered."""
+    return torch.as_tensor(instrument_band(prev, margin_px), device=kf.tissue.device) & (kf.tissue > 0.5)
 
 
 @torch.no_grad()

@@ -27,10 +27,13 @@ from surg3d_nodes.perception.falloff import NO_FALLOFF, Falloff
 from surg3d_nodes.recon.capacity import compact
 from surg3d_nodes.recon.colour_fit import fit_colours
 from surg3d_nodes.recon.completion import (
+    MEMORY_ALPHA,
+    REVEALED_DEPTH_REL,
     hidden_seeds,
     place_inferred,
     recolour_inferred,
     remembered_inferred,
+    revealed_tissue,
     seen_inferred,
 )
 from surg3d_nodes.recon.config import Frame, TrainerConfig
@@ -493,7 +496,10 @@ class Reconstructor:
                 self.track_anchor = kf
         if kf.has_depth:
             self.retire_inferred(kf)
-            self.grow_unexplained(kf, use_error=False)
+            prev = self.store.recent[-1] if self.store.recent else None
+            revealed = (revealed_tissue(prev, kf, self.cfg.complete_margin_px)
+                        if prev is not None and prev.t < kf.t and prev.tissue.shape == kf.tissue.shape else None)
+            self.grow_unexplained(kf, use_error=False, revealed=revealed)
             if self.cfg.complete_hidden:
                 self.complete_hidden(kf)
         self.fit_colours(kf, self.cfg.colour_fit_iterations if steps is None else steps // 2 - 1)
@@ -585,8 +591,11 @@ class Reconstructor:
         return self.cfg.max_gaussians - m.num_gaussians
 
     @torch.no_grad()
-    def grow_unexplained(self, kf: Keyframe, use_error: bool) -> int:
-        """Back-project tissue pixels the model does not explain into new Gaussians; returns how many."""
+    def grow_unexplained(self, kf: Keyframe, use_error: bool, revealed: torch.Tensor | None = None) -> int:
+        """Back-project tissue pixels the model does not explain into new Gaussians; returns how many. Pixels of
+        `revealed` (tissue an instrument has just uncovered, `recon.completion.revealed_tissue`) count as unexplained
+        where the observed Gaussians cover them less than `MEMORY_ALPHA` and the measured depth agrees with the
+        model's (`REVEALED_DEPTH_REL`): the guesses there give way to what the frame shows."""
         if self.model.num_gaussians - int(self.model.retired().sum()) >= self.cfg.max_gaussians:
             return 0                      # full of Gaussians alive now: nothing to make room with
         valid = (kf.depth > 0) & (kf.tissue > 0.5)
@@ -597,6 +606,11 @@ class Reconstructor:
             g = self.model.evaluate(kf.t, kf.camera.center())
             rgb, depth, alpha, _ = render_evaluated(g, kf.camera, self.backend)
             bad = alpha < self.cfg.add_alpha_threshold
+            if revealed is not None and bool(revealed.any()):
+                observed = dict(g, opacities=g["opacities"] * (~self.model.inferred).to(g["opacities"]))
+                _, _, observed_alpha, _ = render_evaluated(observed, kf.camera, self.backend)
+                bad |= (revealed & (observed_alpha < MEMORY_ALPHA)
+                        & ((depth - kf.depth).abs() < REVEALED_DEPTH_REL * kf.depth))
             if use_error:
                 cerr = (rgb - kf.rgb).abs().mean(-1)
                 derr = (depth - kf.depth).abs() / kf.depth.clamp(min=1e-6)
