@@ -496,7 +496,7 @@ class Reconstructor:
                 self.track_anchor = kf
         if kf.has_depth:
             self.retire_inferred(kf)
-            prev = self.store.recent[-1] if self.store.recent else None
+            prev = self.store.recent[-1] if self.store.recent and self.cfg.complete_hidden else None
             revealed = (revealed_tissue(prev, kf, self.cfg.complete_margin_px)
                         if prev is not None and prev.t < kf.t and prev.tissue.shape == kf.tissue.shape else None)
             self.grow_unexplained(kf, use_error=False, revealed=revealed)
