@@ -157,9 +157,12 @@ def instrument_band(kf: Keyframe, margin_px: int) -> np.ndarray:
     return tool > 0
 
 
-def revealed_tissue(prev: Keyframe, kf: Keyframe, margin_px: int) -> torch.Tensor:
+def revealed_tissue(prev: Keyframe | None, kf: Keyframe, margin_px: int) -> torch.Tensor | None:
     """[H,W] bool: tissue pixels of keyframe `kf` that the previous keyframe `prev` showed under its instruments
-    (their band of `margin_px`): what a moving instrument has just uncovered."""
+    (their band of `margin_px`): what a moving instrument has just uncovered. None without an earlier `prev` of
+    the same size (the first frame, reordered input, a new training resolution)."""
+    if prev is None or not prev.t < kf.t or prev.tissue.shape != kf.tissue.shape:
+        return None
     return torch.as_tensor(instrument_band(prev, margin_px), device=kf.tissue.device) & (kf.tissue > 0.5)
 
 

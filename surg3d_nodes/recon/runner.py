@@ -497,9 +497,8 @@ class Reconstructor:
         if kf.has_depth:
             self.retire_inferred(kf)
             prev = self.store.recent[-1] if self.store.recent and self.cfg.complete_hidden else None
-            revealed = (revealed_tissue(prev, kf, self.cfg.complete_margin_px)
-                        if prev is not None and prev.t < kf.t and prev.tissue.shape == kf.tissue.shape else None)
-            self.grow_unexplained(kf, use_error=False, revealed=revealed)
+            self.grow_unexplained(kf, use_error=False,
+                                  revealed=revealed_tissue(prev, kf, self.cfg.complete_margin_px))
             if self.cfg.complete_hidden:
                 self.complete_hidden(kf)
         self.fit_colours(kf, self.cfg.colour_fit_iterations if steps is None else steps // 2 - 1)
