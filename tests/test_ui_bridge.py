@@ -74,7 +74,9 @@ def test_bridge_outputs_services_parameters_and_refusals(ros_env, ros_node, tmp_
             got.wait_matched(topics.RECON_POINTS)
             got.wait_matched(topics.RECON_VIEW_IMAGE)
             # Clouds go out once, as frames enter the model, and a reader seen by our node may not have matched the
-            # trainer yet (ci33: the bridge had no cloud for its viewer). The last frame is sent once a viewer watches.
+            # trainer yet (ci33: the bridge had no cloud for its viewer): frames go in once the trainer's heartbeat
+            # counts both readers (this node, the bridge), and the last one once a viewer watches.
+            assert wait_until(lambda: int(_values(got).get("points_readers", 0)) >= 2, 60), _values(got)
             pubs = _frame_publishers(ros_node)
             _send_frames(pubs, scene, scene.frames[:-1])
             assert wait_until(lambda: got.last(topics.RECON_STATUS).frames_used >= 3 and got.get(topics.RECON_POINTS),
@@ -105,6 +107,12 @@ def test_bridge_outputs_services_parameters_and_refusals(ros_env, ros_node, tmp_
             last = scene.frames[-1].stamp_ns
             assert wait_until(lambda: any(stamp_to_ns(m.header.stamp) >= last for m in got.get(topics.RECON_POINTS)),
                               60), f"the trainer published no cloud of the last frame: {got.last(topics.RECON_STATUS)}"
+            # Then the bridge's own count of the clouds it took in (its heartbeat), so a timeout below says whether
+            # the bridge heard no cloud at all (and whether the trainer had matched it) or did not pass one to its
+            # viewer: CI after 1f955d2 timed out on the viewer's side and could not tell.
+            assert wait_until(lambda: int(_values(got, "foxglove_bridge").get(f"out.{topics.RECON_POINTS}", 0)), 30), \
+                (f"the bridge took in none of the trainer's clouds (alive: {proc.poll() is None}); its heartbeat: "
+                 f"{_values(got, 'foxglove_bridge')}; the trainer's: {_values(got)}; its output: {lines[-20:]}")
             cloud = c.wait_for(lambda: c.latest_json(1),
                                what="a cloud (the trainer published its cloud of the last frame)")
             assert cloud["point_stride"] == 16

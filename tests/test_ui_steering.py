@@ -25,9 +25,9 @@ from surg3d_nodes.viewer.display import SPLAT_BYTES, SPLAT_HEADER
 pytestmark = pytest.mark.ros
 
 
-def _values(got: Collector) -> dict[str, str]:
-    """The newest trainer heartbeat's key-values."""
-    beats = [m for m in got.get(topics.NODE_STATUS) if m.node.endswith("trainer")]
+def _values(got: Collector, node: str = "trainer") -> dict[str, str]:
+    """The newest heartbeat's key-values of the node named `node` (the trainer by default)."""
+    beats = [m for m in got.get(topics.NODE_STATUS) if m.node.endswith(node)]
     return {kv.key: kv.value for kv in beats[-1].values} if beats else {}
 
 

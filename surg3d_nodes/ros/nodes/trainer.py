@@ -370,6 +370,9 @@ class TrainerNode(SurgNode):
         if span is not None:   # the time slider's range
             vals["model.first_stamp_ns"], vals["model.newest_stamp_ns"] = span
         vals["regions"] = len(self._regions)
+        # Readers DDS has matched to the cloud (viewers, bridge, monitor): a viewer with no cloud shows whether it
+        # is connected at all.
+        vals["points_readers"] = self.points_pub.get_subscription_count()
         if self._regions and st.psnr_regions > 0:    # 0: not measured yet (no step on the newest frame since)
             vals["psnr_regions"] = round(st.psnr_regions, 2)
         if self.cfg.refine_pose_iterations > 0:
