@@ -246,8 +246,9 @@ class ModelView:
         width, height, K = self._intrinsics(width, height, K)
         paint = None
         if remembered:
-            flags, seen = self.params["inferred"][:, None], self.model.remembered_at(self.time_s, self.params)
-            paint = lambda g: torch.where(flags, g["colors"], seen)  # noqa: E731
+            flags, light = self.params["inferred"][:, None], torch.as_tensor(pose[:3, 3], dtype=torch.float32)
+            paint = lambda g: torch.where(  # noqa: E731
+                flags, g["colors"], self.model.remembered_at(self.time_s, self.params, g["means"], light))
         rgb, d, a = self._render(pose, width, height, K, paint=paint)
         d[a < 0.5] = np.nan
         measured = None
@@ -661,7 +662,8 @@ class Reconstructor:
         g = self.model.evaluate(kf.t, kf.camera.center())
         opacities = g["opacities"]
         g["opacities"] = opacities * (~self.model.inferred).to(opacities)
-        g["colors"] = self.model.remembered_at(kf.t)          # the memory as it was seen, as the view shows it
+        # The memory as the view shows it: as it was seen, in this frame's light.
+        g["colors"] = self.model.remembered_at(kf.t, means=g["means"], light=kf.camera.center())
         rgb, depth, alpha, _ = render_evaluated(g, kf.camera, self.backend)
         # Guesses over the memory give way to it (recon.completion); what they leave uncovered is seeded again.
         remembered = remembered_inferred(self.model, kf, alpha, g["means"])
@@ -696,7 +698,7 @@ class Reconstructor:
         rows = kf.camera.sees(g["means"], kf.tissue > 0.5) & ~self.model.inferred
         if alive is not None:
             rows &= alive
-        self.model.remember(kf.t, rows, g["colors"][rows].clamp(0.0, 1.0))
+        self.model.remember(kf.t, rows, g["colors"][rows].clamp(0.0, 1.0), g["means"][rows], kf.camera.center())
         return int(rows.sum())
 
     def fit_colours(self, kf: Keyframe, at_most: int | None = None) -> None:
