@@ -236,9 +236,10 @@ class ModelView:
         the pixels beside the model's cover that no frame saw filled in from those around them (recon.detail,
         `to_fill`), a guess that `inferred_weight` marks.
 
-        `remembered`: each observed Gaussian in the colour it had when a frame last showed its centre as tissue
-        (`GaussianModel.remembered_at` the view's time), the inferred ones as they are: the tissue an instrument
-        hides as it was seen, for the de-occluded view (recon.completion.deoccluded).
+        `remembered`: each observed Gaussian in the colour it had when a frame last showed its centre as tissue,
+        relit for how far the view's light (its camera) is from it now (`GaussianModel.remembered_at` the view's
+        time), the inferred ones as they are: the tissue an instrument hides as it was seen, for the de-occluded
+        view (recon.completion.deoccluded).
 
         The model holds the tissue's own colour; the view is as the endoscope sees it, darkening towards its
         corners by the configured fall-off (perception.falloff).
