@@ -16,6 +16,7 @@ from surg3d_nodes.perception.stereo_depth import (
     SGBMParams,
     StereoDepth,
     disparity_search_range,
+    right_tissue_mask,
 )
 
 FX = 400.0
@@ -54,6 +55,34 @@ def _row_plane_pair(h: int = 128, w: int = 192) -> tuple[np.ndarray, np.ndarray,
 
 def _cams(h: int, w: int) -> tuple[CameraModel, CameraModel]:
     return (CameraModel.pinhole(w, h, FX), CameraModel.pinhole(w, h, FX, baseline=BASELINE))
+
+
+def test_right_tissue_mask_leaves_out_an_instrument_beyond_the_left_border():
+    """A shaft 5 cm away over tissue at 10 cm, leaving the left image through its right border at 30 degrees: in
+    the right image it goes on into the band the left image does not see. The right view's tissue pixels hold none
+    of its pixels (the part the left image shows, warped, and the part only the right image shows), and keep most of
+    the tissue the left image sees."""
+    h, w, fx, b = 64, 96, 100.0, 0.01
+    z_tissue, z_tool = 0.10, 0.05
+    d_tissue, d_tool = fx * b / z_tissue, fx * b / z_tool               # 10 and 20 px
+    ys, xl = np.mgrid[0:h, 0:w]
+    def shaft(x: np.ndarray, y: np.ndarray) -> np.ndarray:              # left-image pixels of the shaft
+        return (x >= 50) & (np.abs(y - (20 + np.tan(np.radians(30)) * (x - 50))) <= 3)
+    mask = shaft(xl, ys)
+    depth = np.where(mask, z_tool, z_tissue).astype(np.float32)
+    right_tool = np.zeros((h, w), bool)                                  # the truth: every shaft pixel, warped
+    yy, xx = np.mgrid[0:h, 0:w + 60]
+    on = shaft(xx, yy)
+    xr = xx[on] - int(d_tool)
+    keep = (xr >= 0) & (xr < w)
+    right_tool[yy[on][keep], xr[keep]] = True
+    assert right_tool[:, w - int(d_tool):].any() and not mask[:, w - 1].all()   # it shows beyond the left's view
+    tissue = right_tissue_mask(depth, mask.astype(np.uint8) * 255, fx, b)
+    assert not (tissue & right_tool).any(), np.argwhere(tissue & right_tool)[:5]
+    right_tissue = ~right_tool
+    right_tissue[:, w - int(d_tissue):] = False                         # beyond the left's view: not scored here
+    # 77 % (83 % before the band, with 96 shaft pixels counted as tissue): the rest is the dilation's margin
+    assert (tissue & right_tissue).sum() > 0.75 * right_tissue.sum()
 
 
 def test_disparity_range_from_working_distance():

@@ -214,7 +214,10 @@ def right_tissue_mask(depth: np.ndarray, mask: np.ndarray, fx: float, baseline_m
 
     Instrument pixels often have no depth, so an instrument is warped with the depth of the tissue behind it
     (inpainted), which underestimates its disparity; the warped instrument is therefore also dilated
-    horizontally by half the median disparity. Without depth nothing is known to be tissue.
+    horizontally by half the median disparity. The band along the right image's right edge shows what the left
+    image does not (one disparity wide): an instrument that leaves the left image through its right border goes on
+    there, so within the band's width of the rows it leaves by (a shaft at up to 45 degrees) the band counts as
+    instrument. Without depth nothing is known to be tissue.
     """
     depth = np.nan_to_num(np.asarray(depth, np.float32), nan=0.0)
     h, w = depth.shape
@@ -229,6 +232,10 @@ def right_tissue_mask(depth: np.ndarray, mask: np.ndarray, fx: float, baseline_m
     ok = (xr >= 0) & (xr < w)
     tool[ys[ok], xr[ok]] = 255
     tool |= (mask > 0).astype(np.uint8) * 255
+    rows = np.flatnonzero(mask[:, -1] > 0)
+    for run in np.split(rows, np.flatnonzero(np.diff(rows) > 1) + 1) if rows.size else []:
+        band = min(w // 2, int(np.ceil(float(disp[run, -1].max()))))   # the instrument's disparity where it leaves
+        tool[max(0, run[0] - band):run[-1] + band + 1, w - 1 - band:] = 255
     pad = max(3, round(0.5 * float(np.median(disp[valid]))))
     tool = cv2.dilate(tool, np.ones((3, 2 * pad + 1), np.uint8))
     return tool == 0
