@@ -297,6 +297,28 @@ def test_the_remembered_view_shows_hidden_tissue_as_it_was_seen(scene):
     torch.testing.assert_close(m.remembered_at(t0)[: len(seen0)], seen0)
 
 
+def test_the_remembered_view_takes_the_texture_the_newest_frames_showed(scene):
+    """Tissue that a frame showed and the next one hides behind an instrument: the view the de-occlusion takes
+    (remembered, with the frame detail) shows the texture that frame saw, where the Gaussians hold none of it (every
+    colour and every memory made flat grey)."""
+    frames = scene_frames(scene)
+    rec = Reconstructor(_cfg())
+    for f in frames[:6]:
+        assert rec.add_frame(f)
+    m = rec.model
+    with torch.no_grad():
+        for name in ("sh_dc", "col_knots", "sh_rest"):
+            m.params[name].zero_()
+        m.remembered[..., :3] = 0.5
+    t5 = rec.time_of(frames[5].stamp_ns)
+    hidden = (scene.frames[5].mask > 0) & (scene.frames[4].mask == 0)
+    assert hidden.sum() > 20
+    err = lambda img: np.abs(img.astype(np.float64) - scene.frames[5].tissue_left)[hidden].mean()  # noqa: E731
+    alone, _, _ = rec.render_view(frames[5].pose, t5, remembered=True)
+    detail, _, _ = rec.render_view(frames[5].pose, t5, detail=True, remembered=True)
+    assert err(detail) < 0.6 * err(alone), (err(detail), err(alone))   # 24 against 50 grey levels
+
+
 def test_the_memory_is_relit_for_the_distance_the_light_has_moved():
     """The light travels with the endoscope: tissue remembered 8 cm from it shows 4 times as bright seen again from
     4 cm (the inverse square), a quarter from 16 cm, and no more than RELIGHT_MAX times from 1 cm; memory of no

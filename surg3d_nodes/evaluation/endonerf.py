@@ -198,14 +198,15 @@ def _render(trainer: Reconstructor | OnlineTrainer, d: dict, right: bool = False
             remembered: bool = False):
     """The model's view of dataset frame `d` (left, or right through the stereo baseline) at its time; with
     `detail`, the tissue-only view the product shows (recon.detail: the frame detail, and what no frame saw filled
-    in and marked); with `remembered`, the view the de-occlusion takes the hidden tissue from (`ModelView.render`)."""
+    in and marked); with `remembered`, the view the de-occlusion takes the hidden tissue from (`ModelView.render`;
+    with `detail`, not filled: under an instrument the completion's guesses are the fill)."""
     pose, cam = d["pose"], d["cam"]
     if right:
         T_lr = np.eye(4)
         T_lr[0, 3] = d["cam_right"].baseline
         pose, cam = pose @ T_lr, d["cam_right"]
     return trainer.render_view(pose, trainer.time_of(d["stamp_ns"]), cam.width, cam.height, K=cam.intrinsics(),
-                               detail=detail, fill=detail, remembered=remembered)
+                               detail=detail, fill=detail and not remembered, remembered=remembered)
 
 
 def _train_offline(trainer: Reconstructor, frames: list[Frame], opts: EvalOptions, progress, t0: float) -> None:
@@ -360,7 +361,7 @@ def evaluate_endonerf(root: str | Path, opts: EvalOptions, cfg: TrainerConfig | 
             cam = d["cam"]
             w_inf = trainer.view(trainer.time_of(d["stamp_ns"])).inferred_weight(d["pose"], cam.width, cam.height,
                                                                                 cam.intrinsics())
-            mem, _, mem_alpha = _render(trainer, d, remembered=True)
+            mem, _, mem_alpha = _render(trainer, d, detail=True, remembered=True)
             r.update(deocclusion_scores(mem, depth, mem_alpha, w_inf, d, seen))
         per.append(r)
         progress(f"  test frame {i:3d}: PSNR {r['psnr']:.2f} dB  PSNR* {r['psnr_star']:.2f}  "

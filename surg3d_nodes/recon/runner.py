@@ -239,7 +239,8 @@ class ModelView:
         `remembered`: each observed Gaussian in the colour it had when a frame last showed its centre as tissue,
         relit for how far the view's light (its camera) is from it now (`GaussianModel.remembered_at` the view's
         time), the inferred ones as they are: the tissue an instrument hides as it was seen, for the de-occluded
-        view (recon.completion.deoccluded).
+        view (recon.completion.deoccluded); with `detail`, from the frames around the view's time but not at it
+        (a frame at the view's time shows the instrument there).
 
         The model holds the tissue's own colour; the view is as the endoscope sees it, darkening towards its
         corners by the configured fall-off (perception.falloff).
@@ -254,7 +255,7 @@ class ModelView:
         d[a < 0.5] = np.nan
         measured = None
         if detail and self.detail_window_s > 0:
-            add, measured = self._detail(pose, K, d, rgb)
+            add, measured = self._detail(pose, K, d, rgb, own_time=not remembered)
             rgb = rgb + add
         if fill:
             rgb = fill_uncovered(rgb, a, measured)
@@ -262,11 +263,14 @@ class ModelView:
             rgb = rgb * self.falloff.gain(K, width, height)[..., None]
         return (np.clip(rgb, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8), d, a
 
-    def _detail(self, pose: np.ndarray, K: np.ndarray, depth: np.ndarray, view_rgb: np.ndarray
-                ) -> tuple[np.ndarray, np.ndarray]:
+    def _detail(self, pose: np.ndarray, K: np.ndarray, depth: np.ndarray, view_rgb: np.ndarray,
+                own_time: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """[H,W,3] float: what the frames nearest the view's time, re-projected into it along the model's motion,
-        add to its render `view_rgb` (recon.detail); and [H,W] bool: the pixels some frame saw."""
-        near = nearest_in_time(self.frames, self.time_s, self.detail_window_s, FRAMES_PER_SIDE)
+        add to its render `view_rgb` (recon.detail); and [H,W] bool: the pixels some frame saw. Without `own_time`,
+        a frame at the view's time is passed over for those around it: the remembered view is for what that frame's
+        instruments hide, which it does not show."""
+        frames = self.frames if own_time else [f for f in self.frames if f.t != self.time_s]
+        near = nearest_in_time(frames, self.time_s, self.detail_window_s, FRAMES_PER_SIDE)
         h, w = depth.shape
         images, renders, oks, weights = [], [], [], []
         for kf, weight in near:

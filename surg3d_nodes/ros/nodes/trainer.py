@@ -309,9 +309,9 @@ class TrainerNode(SurgNode):
         self.render_depth_pub.publish(image_to_msg(depth, "32FC1", stamp, self._frame_id()))
 
     def publish_deoccluded(self) -> None:
-        """Live image with instrument pixels replaced by the tissue as the model remembers it
-        (recon.completion.deoccluded, `ModelView.render` remembered); pixels that inferred Gaussians make are
-        tinted while `deoccluded_tint_inferred` is on."""
+        """Live image with instrument pixels replaced by the tissue as the model remembers it, with the texture the
+        newest frames showed of it (recon.completion.deoccluded, `ModelView.render` remembered, with the frame
+        detail); pixels that inferred Gaussians make are tinted while `deoccluded_tint_inferred` is on."""
         live = self._live
         pose = self.trainer.live_pose()
         if live is None or pose is None or self.trainer.num_gaussians == 0:
@@ -321,7 +321,7 @@ class TrainerNode(SurgNode):
         if mask is not None and (mask > 0).any():    # no instrument: the live image as it is
             view = self.trainer.view()
             try:
-                render, _, alpha = view.render(pose, remembered=True)
+                render, _, alpha = view.render(pose, detail=True, remembered=True)
             except RuntimeError:  # no frame in the model (a reset between the checks above and the render)
                 return
             size = (rgb_live.shape[1], rgb_live.shape[0])
