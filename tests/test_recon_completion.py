@@ -20,7 +20,7 @@ from surg3d_nodes.recon.completion import (
     tint_inferred,
 )
 from surg3d_nodes.recon.config import Frame, TrainerConfig
-from surg3d_nodes.recon.gaussians import RELIGHT_MAX, SH_C0, GaussianConfig, GaussianModel
+from surg3d_nodes.recon.gaussians import SH_C0, GaussianConfig, GaussianModel
 from surg3d_nodes.recon.io.checkpoint import load_reconstructor, save_checkpoint
 from surg3d_nodes.recon.io.ply import save_ply
 from surg3d_nodes.recon.runner import Reconstructor, StepSchedule
@@ -309,7 +309,7 @@ def test_the_remembered_view_takes_the_texture_the_newest_frames_showed(scene):
     with torch.no_grad():
         for name in ("sh_dc", "col_knots", "sh_rest"):
             m.params[name].zero_()
-        m.remembered[..., :3] = 0.5
+        m.remembered[:] = 0.5
     t5 = rec.time_of(frames[5].stamp_ns)
     hidden = (scene.frames[5].mask > 0) & (scene.frames[4].mask == 0)
     assert hidden.sum() > 20
@@ -317,26 +317,6 @@ def test_the_remembered_view_takes_the_texture_the_newest_frames_showed(scene):
     alone, _, _ = rec.render_view(frames[5].pose, t5, remembered=True)
     detail, _, _ = rec.render_view(frames[5].pose, t5, detail=True, remembered=True)
     assert err(detail) < 0.6 * err(alone), (err(detail), err(alone))   # 24 against 50 grey levels
-
-
-def test_the_memory_is_relit_for_the_distance_the_light_has_moved():
-    """The light travels with the endoscope: tissue remembered 8 cm from it shows 4 times as bright seen again from
-    4 cm (the inverse square), a quarter from 16 cm, and no more than RELIGHT_MAX times from 1 cm; memory of no
-    known distance (a Gaussian no frame has shown) shows as seen; a time between a knot remembered and one not
-    blends the two as lit."""
-    m = GaussianModel(GaussianConfig(knot_spacing=0.1, knots_at_frames=False))
-    m.ensure_time(0.1)                                                      # knots 0 and 0.1
-    m.append(m.new_gaussians(np.array([[0.0, 0.0, 0.08], [0.01, 0.0, 0.08]]), np.full((2, 3), 0.1), 0.0))
-    means = m.evaluate(0.1)["means"].detach()
-    m.remember(0.1, torch.tensor([0]), torch.tensor([[0.1, 0.2, 0.05]]), means[:1], torch.zeros(3))
-    seen = torch.tensor([0.1, 0.2, 0.05])
-    for z, factor in ((0.0, 1.0), (0.04, 4.0), (-0.08, 0.25), (0.07, RELIGHT_MAX)):
-        lit = m.remembered_at(0.1, means=means, light=torch.tensor([0.0, 0.0, z]))
-        torch.testing.assert_close(lit[0], seen * factor)
-        torch.testing.assert_close(lit[1], torch.full((3,), 0.1), atol=2e-3, rtol=0)   # seeded: as it was seeded
-    torch.testing.assert_close(m.remembered_at(0.05, means=means, light=torch.tensor([0.0, 0.0, 0.04]))[0],
-                               (torch.full((3,), 0.1) + 4.0 * seen) / 2, atol=2e-3, rtol=0)
-    torch.testing.assert_close(m.remembered_at(0.1)[0], seen)              # without a light: as it was seen
 
 
 def test_a_checkpoint_without_memories_loads_and_a_wrong_one_is_named(scene):
@@ -350,12 +330,6 @@ def test_a_checkpoint_without_memories_loads_and_a_wrong_one_is_named(scene):
     back.load_state_dict(old)
     base = (SH_C0 * back.model.params["sh_dc"].detach() + 0.5).clamp(0, 1)
     torch.testing.assert_close(back.model.remembered_at(0.0), base)
-    # Written before the light's distance was kept: the colours, shown as they were seen from any light.
-    colours = Reconstructor(_cfg())
-    colours.load_state_dict({**state, "remembered": state["remembered"][..., :3]})
-    g = colours.model.evaluate(0.0)
-    torch.testing.assert_close(colours.model.remembered_at(0.0, means=g["means"], light=torch.zeros(3)),
-                               state["remembered"][:, 0, :3])
     for bad in (state["remembered"][:, :, :2], "red"):
         with pytest.raises(ValueError, match="remembered"):
             Reconstructor(_cfg()).load_state_dict({**state, "remembered": bad})

@@ -306,10 +306,9 @@ def _targets(model: GaussianModel, prev: FlowView, cur: FlowView, scene_depth: f
     # its own. It moves with the tissue around the instrument: the smoothed flow and depth change continued under it
     # as a membrane (the smoothest field through what is measured around it; a grasped fold moves with its
     # surroundings), instead of staying where it was last seen while the tissue deforms. Its colour stays as it was
-    # seen (the de-occluded view moves it to the live light: `GaussianModel.remembered_at`,
-    # `completion.deoccluded`). The membrane starts one more instrument margin out than the flow that is followed:
-    # it carries its boundary to every hidden point, and nearer the instrument the flow still carries some of the
-    # instrument's own motion (README, issue 16).
+    # seen (the de-occluded view moves it to the live light, `completion.deoccluded`). The membrane starts one more
+    # instrument margin out than the flow that is followed: it carries its boundary to every hidden point, and
+    # nearer the instrument the flow still carries some of the instrument's own motion (README, issue 16).
     hidden = np.zeros_like(good)
     if cfg.hidden_motion:
         tool = prev.tissue.cpu().numpy()[np.rint(v).astype(int), np.rint(u).astype(int)] < 0.5

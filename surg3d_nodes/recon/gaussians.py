@@ -35,9 +35,6 @@ from surg3d_nodes.recon.config import TrainerConfig
 
 SH_C0 = 0.28209479177387814
 SH_C1 = 0.4886025119029199
-# The remembered colours are relit by at most this factor either way (`remembered_at`): a factor of 4 is the
-# light's distance halved or doubled, more than an endoscope moves while an instrument hides tissue.
-RELIGHT_MAX = 4.0
 
 
 @dataclass
@@ -62,10 +59,9 @@ def logit(p: float) -> float:
 
 
 def _seeded_memory(sh_dc: torch.Tensor, knots: int) -> torch.Tensor:
-    """[N,knots,4] memory of Gaussians no frame has shown yet: their base colour, what they were seeded with, at
-    no known distance from the light (`GaussianModel.remember`)."""
-    rgb = (SH_C0 * sh_dc.detach() + 0.5).clamp(0.0, 1.0)
-    return torch.cat([rgb, torch.zeros_like(rgb[:, :1])], 1)[:, None].expand(-1, knots, -1)
+    """[N,knots,3] remembered colours of Gaussians no frame has shown yet: their base colour, what they were seeded
+    with (`GaussianModel.remember`)."""
+    return (SH_C0 * sh_dc.detach() + 0.5).clamp(0.0, 1.0)[:, None].expand(-1, knots, -1)
 
 
 class GaussianModel:
@@ -86,10 +82,9 @@ class GaussianModel:
         self.params: dict[str, torch.Tensor] = {}
         self.inferred = torch.zeros(0, dtype=torch.bool, device=self.device)
         self.life = torch.zeros(0, 2, dtype=torch.float64, device=self.device)   # float64: model times
-        # The colour each Gaussian showed when a frame last showed its centre as tissue and its squared distance
-        # from the light then (0: unknown), as of each knot (`remember`): what the de-occluded view renders behind
-        # an instrument.
-        self.remembered = torch.zeros(0, 1, 4, device=self.device)
+        # The colour each Gaussian showed when a frame last showed its centre as tissue, as of each knot
+        # (`remember`): what the de-occluded view renders behind an instrument.
+        self.remembered = torch.zeros(0, 1, 3, device=self.device)
         self._allocate(0, 1)
 
     # ----------------------------------------------------------------- structure
@@ -211,35 +206,15 @@ class GaussianModel:
         return self._interp(self.params, name, t).detach()
 
     @torch.no_grad()
-    def remember(self, t: float, rows: torch.Tensor, colours: torch.Tensor, means: torch.Tensor,
-                 light: torch.Tensor) -> None:
-        """Remember `colours` [M,3] as what Gaussians `rows` (centred at `means` [M,3] then) showed at time t, lit
-        from `light` [3] (the camera's centre: an endoscope's light travels with it), from the knot at or after t
-        on (the knots before keep what was shown until then)."""
+    def remember(self, t: float, rows: torch.Tensor, colours: torch.Tensor) -> None:
+        """Remember `colours` [M,3] as what Gaussians `rows` showed at time t, from the knot at or after t on
+        (the knots before keep what was shown until then)."""
         i0, i1, w = self.knot_index(t)
-        r2 = ((means.detach() - light.to(means)) ** 2).sum(-1, keepdim=True)
-        self.remembered[rows, i0 if w == 0.0 else i1:] = torch.cat([colours, r2], 1)[:, None]
+        self.remembered[rows, i0 if w == 0.0 else i1:] = colours[:, None]
 
-    def remembered_at(self, t: float, params: dict[str, torch.Tensor] | None = None,
-                      means: torch.Tensor | None = None, light: torch.Tensor | None = None) -> torch.Tensor:
-        """[N,3] the remembered colours at time t (of `params`, a `detached_copy`, or the model's). With the
-        Gaussians' centres `means` [N,3] then and the `light` [3] of a view, each relit for the distance the light
-        has moved to: the light reaching tissue falls with the square of its distance from the light, which
-        travels with the camera, so tissue the camera has moved towards while an instrument hid it shows
-        brighter than it was seen (memory of unknown distance is left as seen; the factor is kept within
-        [1/RELIGHT_MAX, RELIGHT_MAX])."""
-        p = {"remembered": self.remembered} if params is None else params
-        mem = p["remembered"]
-        if means is None or light is None:
-            return self._interp(p, "remembered", t)[:, :3]
-        now = ((means.detach() - light.to(means)) ** 2).sum(-1, keepdim=True)
-
-        def lit(k: torch.Tensor) -> torch.Tensor:    # each knot relit before the two are blended
-            r2 = k[:, 3:]
-            return k[:, :3] * torch.where(r2 > 0, r2 / now.clamp(min=1e-12), 1.0).clamp(1 / RELIGHT_MAX, RELIGHT_MAX)
-
-        i0, i1, w = self.knot_index(t, p["knot_times"].tolist() if "knot_times" in p else None)
-        return lit(mem[:, i0]) * (1.0 - w) + lit(mem[:, i1]) * w if w > 0 else lit(mem[:, i0])
+    def remembered_at(self, t: float, params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """[N,3] the remembered colours at time t (of `params`, a `detached_copy`, or the model's)."""
+        return self._interp({"remembered": self.remembered} if params is None else params, "remembered", t)
 
     @torch.no_grad()
     def fit_track(self, name: str, t: float, rows: torch.Tensor, target: torch.Tensor) -> None:
@@ -454,11 +429,9 @@ class GaussianModel:
             raise ValueError(f"checkpoint has {tuple(inferred.shape)} inferred flags for {n} Gaussians")
         if life is not None and life.shape != (n, 2):
             raise ValueError(f"checkpoint has {tuple(life.shape)} life spans for {n} Gaussians")
-        if remembered is not None and remembered.shape not in ((n, len(knot_times), 3), (n, len(knot_times), 4)):
+        if remembered is not None and remembered.shape != (n, len(knot_times), 3):
             raise ValueError(f"checkpoint has {tuple(remembered.shape)} remembered colours for {n} Gaussians "
                              f"and {len(knot_times)} knots")
-        if remembered is not None and remembered.shape[2] == 3:    # written before the light's distance was kept
-            remembered = torch.cat([remembered, torch.zeros_like(remembered[..., :1])], 2)
         self.params = {k: v.detach().to(self.device).clone().requires_grad_() for k, v in params.items()}
         self.inferred = (torch.zeros(n, dtype=torch.bool) if inferred is None else inferred.bool()).to(self.device)
         always = torch.tensor([float("-inf"), float("inf")]).expand(n, 2)

@@ -236,11 +236,10 @@ class ModelView:
         the pixels beside the model's cover that no frame saw filled in from those around them (recon.detail,
         `to_fill`), a guess that `inferred_weight` marks.
 
-        `remembered`: each observed Gaussian in the colour it had when a frame last showed its centre as tissue,
-        relit for how far the view's light (its camera) is from it now (`GaussianModel.remembered_at` the view's
-        time), the inferred ones as they are: the tissue an instrument hides as it was seen, for the de-occluded
-        view (recon.completion.deoccluded); with `detail`, from the frames around the view's time but not at it
-        (a frame at the view's time shows the instrument there).
+        `remembered`: each observed Gaussian in the colour it had when a frame last showed its centre as tissue
+        (`GaussianModel.remembered_at` the view's time), the inferred ones as they are: the tissue an instrument
+        hides as it was seen, for the de-occluded view (recon.completion.deoccluded); with `detail`, from the
+        frames around the view's time but not at it (a frame at the view's time shows the instrument there).
 
         The model holds the tissue's own colour; the view is as the endoscope sees it, darkening towards its
         corners by the configured fall-off (perception.falloff).
@@ -248,9 +247,8 @@ class ModelView:
         width, height, K = self._intrinsics(width, height, K)
         paint = None
         if remembered:
-            flags, light = self.params["inferred"][:, None], torch.as_tensor(pose[:3, 3], dtype=torch.float32)
-            paint = lambda g: torch.where(  # noqa: E731
-                flags, g["colors"], self.model.remembered_at(self.time_s, self.params, g["means"], light))
+            flags, seen = self.params["inferred"][:, None], self.model.remembered_at(self.time_s, self.params)
+            paint = lambda g: torch.where(flags, g["colors"], seen)  # noqa: E731
         rgb, d, a = self._render(pose, width, height, K, paint=paint)
         d[a < 0.5] = np.nan
         measured = None
@@ -667,8 +665,7 @@ class Reconstructor:
         g = self.model.evaluate(kf.t, kf.camera.center())
         opacities = g["opacities"]
         g["opacities"] = opacities * (~self.model.inferred).to(opacities)
-        # The memory as the view shows it: as it was seen, in this frame's light.
-        g["colors"] = self.model.remembered_at(kf.t, means=g["means"], light=kf.camera.center())
+        g["colors"] = self.model.remembered_at(kf.t)          # the memory as it was seen, as the view shows it
         rgb, depth, alpha, _ = render_evaluated(g, kf.camera, self.backend)
         # Guesses over the memory give way to it (recon.completion); what they leave uncovered is seeded again.
         remembered = remembered_inferred(self.model, kf, alpha, g["means"])
@@ -703,7 +700,7 @@ class Reconstructor:
         rows = kf.camera.sees(g["means"], kf.tissue > 0.5) & ~self.model.inferred
         if alive is not None:
             rows &= alive
-        self.model.remember(kf.t, rows, g["colors"][rows].clamp(0.0, 1.0), g["means"][rows], kf.camera.center())
+        self.model.remember(kf.t, rows, g["colors"][rows].clamp(0.0, 1.0))
         return int(rows.sum())
 
     def fit_colours(self, kf: Keyframe, at_most: int | None = None) -> None:
