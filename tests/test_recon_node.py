@@ -183,7 +183,8 @@ def test_trainer_node(ros_env, ros_node, scene, tmp_path):
         live = call_service(ros_node, SetParameters, "/trainer/set_parameters", SetParameters.Request(parameters=[
             param("max_gaussians", type=ParameterType.PARAMETER_INTEGER, integer_value=123456),
             param("points_rate", type=ParameterType.PARAMETER_DOUBLE, double_value=0.0),
-            param("deoccluded_tint_inferred", type=ParameterType.PARAMETER_BOOL, bool_value=False)]))
+            param("deoccluded_tint_inferred", type=ParameterType.PARAMETER_BOOL, bool_value=False),
+            param("deoccluded_detail", type=ParameterType.PARAMETER_BOOL, bool_value=False)]))
         assert all(r.successful for r in live.results), live
         fixed = call_service(ros_node, SetParameters, "/trainer/set_parameters", SetParameters.Request(parameters=[
             param("device", type=ParameterType.PARAMETER_STRING, string_value="cuda")]))

@@ -76,6 +76,7 @@ class TrainerNode(SurgNode):
         self.checkpoints_kept = p.checkpoints_kept
         self.points_on_frame_rate = p.points_on_frame_rate
         self.deocc_tint = p.deoccluded_tint_inferred
+        self.deocc_detail = p.deoccluded_detail
         self._points_frames = -1               # frames_used when the last cloud was taken
         self._points_last = 0.0                # monotonic time of the last cloud
         self.trainer = OnlineTrainer(self.cfg)
@@ -167,6 +168,8 @@ class TrainerNode(SurgNode):
             self.points_on_frame_rate = value
         elif name == "deoccluded_tint_inferred":
             self.deocc_tint = bool(value)
+        elif name == "deoccluded_detail":
+            self.deocc_detail = bool(value)
 
     # ------------------------------------------------------------------ inputs
     def on_info(self, msg: CameraInfo) -> None:
@@ -310,8 +313,8 @@ class TrainerNode(SurgNode):
 
     def publish_deoccluded(self) -> None:
         """Live image with instrument pixels replaced by the tissue as the model remembers it, with the texture the
-        newest frames showed of it (recon.completion.deoccluded, `ModelView.render` remembered, with the frame
-        detail); pixels that inferred Gaussians make are tinted while `deoccluded_tint_inferred` is on."""
+        newest frames showed of it while `deoccluded_detail` is on (recon.completion.deoccluded, `ModelView.render`
+        remembered); pixels that inferred Gaussians make are tinted while `deoccluded_tint_inferred` is on."""
         live = self._live
         pose = self.trainer.live_pose()
         if live is None or pose is None or self.trainer.num_gaussians == 0:
@@ -321,7 +324,7 @@ class TrainerNode(SurgNode):
         if mask is not None and (mask > 0).any():    # no instrument: the live image as it is
             view = self.trainer.view()
             try:
-                render, _, alpha = view.render(pose, detail=True, remembered=True)
+                render, _, alpha = view.render(pose, detail=self.deocc_detail, remembered=True)
             except RuntimeError:  # no frame in the model (a reset between the checks above and the render)
                 return
             size = (rgb_live.shape[1], rgb_live.shape[0])
