@@ -13,6 +13,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from surg3d_nodes.ros import topics
+
 
 def start_node(module: str, ros_args: list[str], env: dict[str, str],
                prefix: Sequence[str] = ()) -> subprocess.Popen:
@@ -71,6 +73,12 @@ class Collector:
         """The newest message on `topic`, or None."""
         with self.lock:
             return self.msgs[topic][-1] if self.msgs[topic] else None
+
+    def heartbeat(self, node: str) -> dict[str, str]:
+        """The key-values of the newest heartbeat (NodeStatus) collected from the node whose name ends with `node`;
+        {} before its first."""
+        beats = [m for m in self.get(topics.NODE_STATUS) if m.node.endswith(node)]
+        return {kv.key: kv.value for kv in beats[-1].values} if beats else {}
 
 
 def call_service(node, cls, name: str, request, timeout: float = 20.0):

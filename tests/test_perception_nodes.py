@@ -24,11 +24,6 @@ def scene():
     return generate(SynthConfig(width=160, height=128, frames=4, instruments=1, noise_std=1.0))
 
 
-def _status_values(got: Collector, node_name: str) -> dict[str, str]:
-    beats = [m for m in got.get(topics.NODE_STATUS) if m.node.endswith(node_name)]
-    return {kv.key: kv.value for kv in beats[-1].values} if beats else {}
-
-
 def test_stereo_depth_node(ros_env, ros_node, scene):
     proc = start_node("surg3d_nodes.ros.nodes.stereo_depth",
                   ["--params-file", str(CONFIG / "stereo_depth.yaml"), "-p", "heartbeat_period:=0.3",
@@ -57,10 +52,10 @@ def test_stereo_depth_node(ros_env, ros_node, scene):
         early = f0.stamp_ns - 10**9 // 2
         for k in range(20):
             send_pair(f0.stamp_ns - 10**9 + k * 10**7, f0.left, f0.right)
-            if k and "problems.camera_info_missing" in _status_values(got, "stereo_depth"):
+            if k and "problems.camera_info_missing" in got.heartbeat("stereo_depth"):
                 break
         send_pair(early, f0.left, f0.right)
-        assert wait_until(lambda: "problems.camera_info_missing" in _status_values(got, "stereo_depth"), 5)
+        assert wait_until(lambda: "problems.camera_info_missing" in got.heartbeat("stereo_depth"), 5)
 
         def send_info(stamp):
             info[topics.LEFT_INFO].publish(camera_to_msg(scene.cam_left, stamp))
@@ -71,7 +66,7 @@ def test_stereo_depth_node(ros_env, ros_node, scene):
             time.sleep(0.05)
             send_pair(f.stamp_ns, f.left, f.right)
         assert wait_until(lambda: len(got.get(topics.DEPTH)) >= len(scene.frames) + 1, 10), \
-            f"{len(got.get(topics.DEPTH))} depth images; status {_status_values(got, 'stereo_depth')}"
+            f"{len(got.get(topics.DEPTH))} depth images; status {got.heartbeat('stereo_depth')}"
         by_stamp = {f.stamp_ns: f for f in scene.frames} | {early: f0}
         assert early in {stamp_to_ns(m.header.stamp) for m in got.get(topics.DEPTH)}   # the held pair
         for msg in got.get(topics.DEPTH):
@@ -102,11 +97,11 @@ def test_stereo_depth_node(ros_env, ros_node, scene):
         assert wait_until(lambda: len(got.get(topics.DEPTH)) > n_before, 5), "node stopped after bad input"
 
         def reported() -> bool:
-            v = _status_values(got, "stereo_depth")
+            v = got.heartbeat("stereo_depth")
             return (all(f"problems.{k}" in v for k in ("corrupt_image", "size_mismatch", "encoding"))
                     and int(v.get("pairs_processed", 0)) >= len(scene.frames) + 1)
-        assert wait_until(reported, 5), _status_values(got, "stereo_depth")
-        values = _status_values(got, "stereo_depth")
+        assert wait_until(reported, 5), got.heartbeat("stereo_depth")
+        values = got.heartbeat("stereo_depth")
         assert int(values["pairs_processed"]) >= len(scene.frames) + 1
         assert values["backend"] == "sgbm" and int(values["onnx_fallback"]) == 1  # missing model: SGBM
         # The endoscope's fall-off, measured on the first five pairs: the generator's vignetting at the corner,
@@ -188,8 +183,8 @@ def test_instrument_seg_node_cue_with_yolo_fallback(ros_env, ros_node, scene):
         bad.data = bad.data[:50]
         img_pub.publish(bad)
         depth_pub.publish(image_to_msg(scene.frames[0].depth, "32FC1", t_bad, "x"))
-        assert wait_until(lambda: "problems.corrupt_image" in _status_values(got, "instrument_seg"), 5)
-        values = _status_values(got, "instrument_seg")
+        assert wait_until(lambda: "problems.corrupt_image" in got.heartbeat("instrument_seg"), 5)
+        values = got.heartbeat("instrument_seg")
         assert values["source"] == "cue" and int(values["yolo_fallback"]) == 1
         assert proc.poll() is None
     finally:

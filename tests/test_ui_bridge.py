@@ -25,7 +25,6 @@ from rclpy.parameter import parameter_value_to_python
 from rosproc import Collector, call_service, stop_node, wait_until
 from sensor_msgs.msg import Image, PointCloud2
 from test_recon_node import _frame_publishers, _send_frames, _start
-from test_ui_steering import _values
 from ui_support import start_bridge, stop
 
 from surg3d_msgs.msg import NodeStatus, TrainerStatus
@@ -76,7 +75,8 @@ def test_bridge_outputs_services_parameters_and_refusals(ros_env, ros_node, tmp_
             # Clouds go out once, as frames enter the model, and a reader seen by our node may not have matched the
             # trainer yet (ci33: the bridge had no cloud for its viewer): frames go in once the trainer's heartbeat
             # counts both readers (this node, the bridge), and the last one once a viewer watches.
-            assert wait_until(lambda: int(_values(got).get("points_readers", 0)) >= 2, 60), _values(got)
+            assert wait_until(lambda: int(got.heartbeat("trainer").get("points_readers", 0)) >= 2, 60), \
+                got.heartbeat("trainer")
             pubs = _frame_publishers(ros_node)
             _send_frames(pubs, scene, scene.frames[:-1])
             assert wait_until(lambda: got.last(topics.RECON_STATUS).frames_used >= 3 and got.get(topics.RECON_POINTS),
@@ -110,9 +110,10 @@ def test_bridge_outputs_services_parameters_and_refusals(ros_env, ros_node, tmp_
             # Then the bridge's own count of the clouds it took in (its heartbeat), so a timeout below says whether
             # the bridge heard no cloud at all (and whether the trainer had matched it) or did not pass one to its
             # viewer: CI after 1f955d2 timed out on the viewer's side and could not tell.
-            assert wait_until(lambda: int(_values(got, "foxglove_bridge").get(f"out.{topics.RECON_POINTS}", 0)), 30), \
+            assert wait_until(lambda: int(got.heartbeat("foxglove_bridge").get(f"out.{topics.RECON_POINTS}", 0)), 30), \
                 (f"the bridge took in none of the trainer's clouds (alive: {proc.poll() is None}); its heartbeat: "
-                 f"{_values(got, 'foxglove_bridge')}; the trainer's: {_values(got)}; its output: {lines[-20:]}")
+                 f"{got.heartbeat('foxglove_bridge')}; the trainer's: {got.heartbeat('trainer')}; "
+                 f"its output: {lines[-20:]}")
             cloud = c.wait_for(lambda: c.latest_json(1),
                                what="a cloud (the trainer published its cloud of the last frame)")
             assert cloud["point_stride"] == 16
@@ -201,7 +202,7 @@ def test_bridge_outputs_services_parameters_and_refusals(ros_env, ros_node, tmp_
             c.advertise(1, "/recon/roi")
             c.poll(0.3)
             c.publish(1, {"center": {"x": 0.01, "y": -0.02, "z": 0.1}, "label": "vessel"})
-            assert wait_until(lambda: _values(got).get("regions") == "1", 20), _values(got)
+            assert wait_until(lambda: got.heartbeat("trainer").get("regions") == "1", 20), got.heartbeat("trainer")
             scene_json = c.wait_for(lambda: (s := c.latest_json(3)) and s["entities"] and s, what="ROI scene")
             assert [e["id"] for e in scene_json["entities"]] == ["roi1"]
             assert json.loads((out / "rois.json").read_text())["rois"][0]["label"] == "vessel"
@@ -212,11 +213,11 @@ def test_bridge_outputs_services_parameters_and_refusals(ros_env, ros_node, tmp_
             clicked.publish(PointStamped(header=header(0, "stereo_left_optical")))
             assert "expected 'world'" in _status_since(c, n, "refused ROS /clicked_point")
             clicked.publish(PointStamped(header=header(0, "world")))
-            assert wait_until(lambda: _values(got).get("regions") == "2", 20), _values(got)
+            assert wait_until(lambda: got.heartbeat("trainer").get("regions") == "2", 20), got.heartbeat("trainer")
             ok, _ = c.call("/recon/roi/delete", {"id": 2}, 9)
             assert ok and [r["id"] for r in json.loads((out / "rois.json").read_text())["rois"]] == [1]
             # the deletion reaches the trainer (region #2 with radius 0)
-            assert wait_until(lambda: _values(got).get("regions") == "1", 20), _values(got)
+            assert wait_until(lambda: got.heartbeat("trainer").get("regions") == "1", 20), got.heartbeat("trainer")
             # refused: NaN pose, NaN point, malformed JSON, unknown client topic; nothing reaches the trainer
             n_views = len(got.get(topics.RECON_VIEW_IMAGE))
             n = len(c.text)
@@ -235,7 +236,7 @@ def test_bridge_outputs_services_parameters_and_refusals(ros_env, ros_node, tmp_
             assert "unknown topic" in _status_since(c, n, "refused client channel")
             n = len(got.get(topics.NODE_STATUS))
             assert wait_until(lambda: len(got.get(topics.NODE_STATUS)) > n + 2, 10)   # heartbeats since
-            assert _values(got).get("regions") == "1" and len(got.get(topics.RECON_VIEW_IMAGE)) == n_views
+            assert got.heartbeat("trainer").get("regions") == "1" and len(got.get(topics.RECON_VIEW_IMAGE)) == n_views
             assert len(json.loads((out / "rois.json").read_text())["rois"]) == 1
             # region services: delete an unknown id is refused, clear works
             ok, why = c.call("/recon/roi/delete", {"id": 42}, 8)
@@ -262,7 +263,7 @@ def test_bridge_outputs_services_parameters_and_refusals(ros_env, ros_node, tmp_
             ok, res = c.call("/recon/roi/clear", {}, 1)
             assert ok and "1 regions" in res["message"]
             assert json.loads((out / "rois.json").read_text())["rois"] == []
-            assert wait_until(lambda: _values(got).get("regions") == "0", 20), _values(got)
+            assert wait_until(lambda: got.heartbeat("trainer").get("regions") == "0", 20), got.heartbeat("trainer")
             c.close()
         finally:
             stop(proc)

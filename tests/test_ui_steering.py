@@ -25,12 +25,6 @@ from surg3d_nodes.viewer.display import SPLAT_BYTES, SPLAT_HEADER
 pytestmark = pytest.mark.ros
 
 
-def _values(got: Collector, node: str = "trainer") -> dict[str, str]:
-    """The newest heartbeat's key-values of the node named `node` (the trainer by default)."""
-    beats = [m for m in got.get(topics.NODE_STATUS) if m.node.endswith(node)]
-    return {kv.key: kv.value for kv in beats[-1].values} if beats else {}
-
-
 def _splat_updates(ws: FoxgloveWsClient, sub: int) -> dict[int, dict]:
     """Complete splat updates received on subscription `sub`, by update id: stamp, splats, bytes."""
     out: dict[int, dict] = {}
@@ -59,19 +53,20 @@ def test_regions_and_splats_with_the_real_trainer(ros_env, ros_node, tmp_path) -
         assert wait_until(lambda: got.last(topics.RECON_STATUS) is not None, 60), "no status from the trainer"
         _send_frames(_frame_publishers(ros_node), scene, scene.frames)
         assert wait_until(lambda: got.last(topics.RECON_STATUS).frames_used >= 3, 60)
-        assert _values(got).get("regions") == "0"
+        assert got.heartbeat("trainer").get("regions") == "0"
 
         ws = FoxgloveWsClient("127.0.0.1", port)
         ws.advertise(1, "/recon/roi")
         ws.poll(0.3)
         ws.publish(1, {"center": {"x": c[0], "y": c[1], "z": c[2]}, "radius": 0.004, "label": "vessel"})
         # the trainer has the region and trains with it: the region's PSNR comes from its weighted loss
-        assert wait_until(lambda: _values(got).get("regions") == "1" and "psnr_regions" in _values(got), 60), \
-            _values(got)
-        assert float(_values(got)["psnr_regions"]) > 10.0
+        assert wait_until(lambda: got.heartbeat("trainer").get("regions") == "1"
+                          and "psnr_regions" in got.heartbeat("trainer"), 60), got.heartbeat("trainer")
+        assert float(got.heartbeat("trainer")["psnr_regions"]) > 10.0
         ok, res = ws.call("/recon/roi/clear", {}, 1)
         assert ok, res
-        assert wait_until(lambda: _values(got).get("regions") == "0" and "psnr_regions" not in _values(got), 30)
+        assert wait_until(lambda: got.heartbeat("trainer").get("regions") == "0"
+                          and "psnr_regions" not in got.heartbeat("trainer"), 30)
 
         # splats: the whole model, binary, while subscribed; then at the first frame's moment
         ws.subscribe("/ui/splats", 7)
