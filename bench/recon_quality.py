@@ -64,8 +64,9 @@ def summary(r: dict) -> dict:
     """The figures of the README table."""
     keys = ("psnr", "live_psnr", "detail_psnr", "detail_live_psnr", "detail_psnr_star", "detail_right_psnr_star",
             "train_fit_psnr", "train_fit_min_psnr", "psnr_star", "right_psnr_star",
-            "baseline_right_warp_psnr_star", "depth_rmse_mm", "baseline_copy_prev_psnr",
-            "baseline_neighbour_mean_psnr", "num_gaussians", "iterations", "train_time_s")
+            "baseline_right_warp_psnr_star", "depth_rmse_mm", "detail_depth_rmse_mm", "baseline_copy_prev_psnr",
+            "baseline_neighbour_mean_psnr", "baseline_copy_prev_depth_rmse_mm",
+            "baseline_neighbour_mean_depth_rmse_mm", "num_gaussians", "iterations", "train_time_s")
     return {k: (round(r[k], 3) if isinstance(r[k], float) else r[k]) for k in keys}
 
 
@@ -127,16 +128,19 @@ def main() -> int:
                                 "train_fit_per_frame": runs[mid]["train_fit_per_frame"]}
         draw(row, runs[mid], args.out, dirs[mid])
         (args.out / "quality.json").write_text(json.dumps(results, indent=2))
-    print("\nmodel alone | with the frame detail (d-): final, live, right view PSNR*")
+    print("\nmodel alone | with the frame detail (d-): final, live, right view PSNR*, depth RMSE (mm) | the depth "
+          "baselines: copy-previous, neighbour mean")
     print(f"{'row':22s} {'final':>7s} {'live':>7s} {'fit':>7s} {'copy':>7s} {'mean':>7s} {'right*':>7s} "
-          f"{'warp*':>7s} {'left*':>7s} {'depth':>6s} {'d-final':>7s} {'d-live':>7s} {'d-right*':>8s}")
+          f"{'warp*':>7s} {'left*':>7s} {'depth':>6s} {'d-final':>7s} {'d-live':>7s} {'d-right*':>8s} "
+          f"{'d-depth':>7s} {'copy-d':>6s} {'mean-d':>6s}")
     for row, v in results["rows"].items():
         s = v["summary"]
         print(f"{row:22s} {s['psnr']:7.2f} {s['live_psnr']:7.2f} {s['train_fit_psnr']:7.2f} "
               f"{s['baseline_copy_prev_psnr']:7.2f} {s['baseline_neighbour_mean_psnr']:7.2f} "
               f"{s['right_psnr_star']:7.2f} {s['baseline_right_warp_psnr_star']:7.2f} {s['psnr_star']:7.2f} "
               f"{s['depth_rmse_mm']:6.2f} {s['detail_psnr']:7.2f} {s['detail_live_psnr']:7.2f} "
-              f"{s['detail_right_psnr_star']:8.2f}")
+              f"{s['detail_right_psnr_star']:8.2f} {s['detail_depth_rmse_mm']:7.2f} "
+              f"{s['baseline_copy_prev_depth_rmse_mm']:6.2f} {s['baseline_neighbour_mean_depth_rmse_mm']:6.2f}")
         if len(v["runs"]) > 1:
             span = {k: (min(r[k] for r in v["runs"]), max(r[k] for r in v["runs"])) for k in ("psnr", "detail_psnr")}
             print(f"{'':22s} {len(v['runs'])} runs: final {span['psnr'][0]:.2f}-{span['psnr'][1]:.2f}, "

@@ -186,6 +186,12 @@ def _save_png(path: Path, rgb: np.ndarray) -> None:
     cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
 
 
+def _mean_depth(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per pixel the mean of two depth maps (0 = invalid) where both are valid, else the valid one."""
+    both = (a > 0) & (b > 0)
+    return np.where(both, (a + b) / 2.0, np.maximum(a, b)).astype(np.float32)
+
+
 def _frame(d: dict) -> Frame:
     return Frame(d["stamp_ns"], d["rgb"], d["depth"], d["mask"], d["pose"], d["cam"])
 
@@ -339,14 +345,19 @@ def evaluate_endonerf(root: str | Path, opts: EvalOptions, cfg: TrainerConfig | 
              "depth_rmse_mm": depth_rmse_mm(depth, np.nan_to_num(d["depth"], nan=0.0), tissue),
              "coverage": float((alpha > 0.5)[tissue > 0].mean())}
         r.update(live.get(i, {}))
-        drgb = _render(trainer, d, detail=True)[0]
+        drgb, ddepth, _ = _render(trainer, d, detail=True)
         r.update({"detail_psnr": masked_psnr(drgb, gt, tissue), "detail_psnr_star": psnr_star(drgb, gt, tissue),
-                  "detail_ssim": ssim(drgb, gt, tissue)})
+                  "detail_ssim": ssim(drgb, gt, tissue),
+                  "detail_depth_rmse_mm": depth_rmse_mm(ddepth, np.nan_to_num(d["depth"], nan=0.0), tissue)})
         prev = data[i - 1]["rgb"]
         nxt = data[i + 1]["rgb"] if i + 1 < n else prev
         mean = ((prev.astype(np.float32) + nxt.astype(np.float32)) / 2.0 + 0.5).astype(np.uint8)
         r["baseline_copy_prev_psnr"] = masked_psnr(prev, gt, tissue)
         r["baseline_neighbour_mean_psnr"] = masked_psnr(mean, gt, tissue)
+        depths = [np.nan_to_num(data[j]["depth"], nan=0.0) for j in (i - 1, min(i + 1, n - 1))]
+        true_depth = np.nan_to_num(d["depth"], nan=0.0)
+        r["baseline_copy_prev_depth_rmse_mm"] = depth_rmse_mm(depths[0], true_depth, tissue)
+        r["baseline_neighbour_mean_depth_rmse_mm"] = depth_rmse_mm(_mean_depth(*depths), true_depth, tissue)
         if d["right"] is not None and d["cam_right"] is not None:
             rr, _, ra = _render(trainer, d, right=True)
             rmask = (_right_tissue_mask(d) & (ra > 0.5)).astype(np.float32)
@@ -402,11 +413,14 @@ def evaluate_endonerf(root: str | Path, opts: EvalOptions, cfg: TrainerConfig | 
         "live_psnr": avg("live_psnr"),
         # The views the product shows: the model plus the frame detail of the frames nearest in time.
         "detail_psnr": avg("detail_psnr"), "detail_psnr_star": avg("detail_psnr_star"),
-        "detail_ssim": avg("detail_ssim"), "detail_live_psnr": avg("detail_live_psnr"),
+        "detail_ssim": avg("detail_ssim"), "detail_depth_rmse_mm": avg("detail_depth_rmse_mm"),
+        "detail_live_psnr": avg("detail_live_psnr"),
         "detail_right_psnr_star": avg("detail_right_psnr_star"),
         "train_fit_psnr": float(np.mean(fit)), "train_fit_min_psnr": float(np.min(fit)),
         "baseline_copy_prev_psnr": avg("baseline_copy_prev_psnr"),
         "baseline_neighbour_mean_psnr": avg("baseline_neighbour_mean_psnr"),
+        "baseline_copy_prev_depth_rmse_mm": avg("baseline_copy_prev_depth_rmse_mm"),
+        "baseline_neighbour_mean_depth_rmse_mm": avg("baseline_neighbour_mean_depth_rmse_mm"),
         "right_psnr_star": avg("right_psnr_star"),
         "baseline_right_warp_psnr_star": avg("baseline_right_warp_psnr_star"),
         **{k: avg(k) for k in DEOCC_KEYS if any(k in p for p in per)},
@@ -419,13 +433,16 @@ def evaluate_endonerf(root: str | Path, opts: EvalOptions, cfg: TrainerConfig | 
     }
     live_txt = f"  live {result['live_psnr']:.2f}" if live else ""
     progress(f"with frame detail: PSNR {result['detail_psnr']:.2f} dB  live {result['detail_live_psnr']:.2f}  "
-             f"right PSNR* {result['detail_right_psnr_star']:.2f} dB")
+             f"right PSNR* {result['detail_right_psnr_star']:.2f} dB  "
+             f"depth RMSE {result['detail_depth_rmse_mm']:.2f} mm")
     progress(f"model: PSNR {result['psnr']:.2f} dB{live_txt}  PSNR* {result['psnr_star']:.2f} dB  "
              f"SSIM {result['ssim']:.4f}  "
              f"depth RMSE {result['depth_rmse_mm']:.2f} mm  train fit {result['train_fit_psnr']:.2f} dB  "
              f"right PSNR* {result['right_psnr_star']:.2f} dB (warp {result['baseline_right_warp_psnr_star']:.2f})"
              f"  | baselines: copy-prev {result['baseline_copy_prev_psnr']:.2f}, neighbour-mean "
-             f"{result['baseline_neighbour_mean_psnr']:.2f}  | train {train_s:.1f} s, render {fps:.1f} FPS")
+             f"{result['baseline_neighbour_mean_psnr']:.2f} dB, depth {result['baseline_copy_prev_depth_rmse_mm']:.2f}"
+             f" / {result['baseline_neighbour_mean_depth_rmse_mm']:.2f} mm  | train {train_s:.1f} s, "
+             f"render {fps:.1f} FPS")
     if "deocc_depth_rmse_mm" in result:
         progress(f"de-occlusion: seen-before PSNR {result.get('deocc_seen_psnr', float('nan')):.2f} dB SSIM "
                  f"{result.get('deocc_seen_ssim', float('nan')):.4f} (Telea "

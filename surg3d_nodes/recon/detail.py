@@ -137,9 +137,10 @@ def shared_share(parts: list[tuple[np.ndarray, np.ndarray, float]], size: int = 
     return np.clip(cross / np.maximum(power, 1e-12), 0.0, 1.0).astype(np.float32)
 
 
-def frame_detail(parts: list[tuple[np.ndarray, np.ndarray, float]], shape: tuple[int, int], at_own_time: bool
-                 ) -> np.ndarray:
-    """[H,W,3] detail of a view from its frames' predictions minus its render (values, where they count, weight):
+def frame_detail(parts: list[tuple[np.ndarray, np.ndarray, float]], shape: tuple[int, int], at_own_time: bool,
+                 channels: int = 3) -> np.ndarray:
+    """[H,W,channels] detail of a view from its frames' predictions minus its render (values, where they count,
+    weight):
     several frames blended and scaled by the share they have in common (`shared_share`); one frame in full
     when the view is at that frame's own moment (`at_own_time`: the truth then is that image), else none (its
     noise cannot be told from texture); no frame, none."""
@@ -147,7 +148,7 @@ def frame_detail(parts: list[tuple[np.ndarray, np.ndarray, float]], shape: tuple
         return blend(parts) * shared_share(parts, GAIN_WINDOW_PX)[..., None]
     if len(parts) == 1 and at_own_time:
         return blend(parts)
-    return np.zeros((*shape, 3), np.float32)
+    return np.zeros((*shape, channels), np.float32)
 
 
 def confirmed_share(images: list[np.ndarray], renders: list[np.ndarray], oks: list[np.ndarray], weights: list[float],

@@ -253,8 +253,8 @@ class ModelView:
         d[a < 0.5] = np.nan
         measured = None
         if detail and self.detail_window_s > 0:
-            add, measured = self._detail(pose, K, d, rgb, own_time=not remembered)
-            rgb = rgb + add
+            add, add_depth, measured = self._detail(pose, K, d, rgb, own_time=not remembered)
+            rgb, d = rgb + add, d + add_depth
         if fill:
             rgb = fill_uncovered(rgb, a, measured)
         if not self.falloff.is_identity:
@@ -262,32 +262,42 @@ class ModelView:
         return (np.clip(rgb, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8), d, a
 
     def _detail(self, pose: np.ndarray, K: np.ndarray, depth: np.ndarray, view_rgb: np.ndarray,
-                own_time: bool = True) -> tuple[np.ndarray, np.ndarray]:
+                own_time: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """[H,W,3] float: what the frames nearest the view's time, re-projected into it along the model's motion,
-        add to its render `view_rgb` (recon.detail); and [H,W] bool: the pixels some frame saw. Without `own_time`,
-        a frame at the view's time is passed over for those around it: the remembered view is for what that frame's
-        instruments hide, which it does not show."""
+        add to its render `view_rgb` (recon.detail); [H,W] float (m): what their measured depth adds to its
+        rendered `depth` (each frame's depth residual, measured minus rendered, taken along the view's rays: the
+        frames are near the view); and [H,W] bool: the pixels some frame saw. Without `own_time`, a frame at the
+        view's time is passed over for those around it: the remembered view is for what that frame's instruments
+        hide, which it does not show."""
         frames = self.frames if own_time else [f for f in self.frames if f.t != self.time_s]
         near = nearest_in_time(frames, self.time_s, self.detail_window_s, FRAMES_PER_SIDE)
         h, w = depth.shape
-        images, renders, oks, weights = [], [], [], []
+        images, renders, oks, weights, depth_parts = [], [], [], [], []
         for kf, weight in near:
             rgb_k, d_k, a_k = self._render(kf.pose, kf.camera.width, kf.camera.height, kf.K, time_s=kf.t)
             seen = (kf.tissue.cpu().numpy() > 0.5) & (a_k > 0.5)
             both = np.where(seen[..., None], np.concatenate([kf.rgb.cpu().numpy(), rgb_k], -1), np.nan)
             motion = self._motion(pose, w, h, K, kf.t)
-            values, ok = reproject(both, kf.pose, kf.K, np.where(a_k > 0.5, d_k, np.nan), pose, K, depth, motion)
+            d_seen = np.where(a_k > 0.5, d_k, np.nan)
+            values, ok = reproject(both, kf.pose, kf.K, d_seen, pose, K, depth, motion)
             images.append(values[..., :3])
             renders.append(values[..., 3:])
             oks.append(ok)
             weights.append(weight)
+            if kf.has_depth:
+                measured_k = kf.depth.cpu().numpy()
+                residual = np.where(seen & (measured_k > 0), measured_k - d_k, np.nan)[..., None]
+                depth_parts.append((*reproject(residual, kf.pose, kf.K, d_seen, pose, K, depth, motion), weight))
         # A frame predicts the view as its image plus the model's change from it to the view, as far as the
         # images confirm that change (one frame alone: in full).
         trust = (confirmed_share(images, renders, oks, weights, GAIN_WINDOW_PX)[..., None] if len(near) >= 2
                  else np.ones((h, w, 1), np.float32))
         parts = [(np.where(ok[..., None], (im - re) + (1.0 - trust) * (re - view_rgb), 0.0).astype(np.float32), ok,
                   wt) for im, re, ok, wt in zip(images, renders, oks, weights, strict=True)]
-        return (frame_detail(parts, depth.shape, at_own_time=len(near) == 1 and near[0][0].t == self.time_s),
+        own = len(near) == 1 and near[0][0].t == self.time_s
+        add_depth = (frame_detail(depth_parts, depth.shape, own, channels=1)[..., 0] if depth_parts
+                     else np.zeros(depth.shape, np.float32))
+        return (frame_detail(parts, depth.shape, own), add_depth,
                 np.any(oks, axis=0) if oks else np.zeros(depth.shape, bool))
 
     def inferred_weight(self, pose: np.ndarray, width: int | None = None, height: int | None = None,
