@@ -70,6 +70,27 @@ def test_reprojection_through_a_plane_matches_the_geometry_and_drops_what_the_fr
     assert (out[~ok] == 0).all()
 
 
+def test_reprojection_at_a_fractional_shift_keeps_fine_texture():
+    """A plane with a fine stripe texture (period 4 px) seen from a view 0.5 px to the side: bilinear sampling
+    would halve the stripes' amplitude there (its response at that shift and period is cos(pi / 4) ~ 0.71, about a
+    quarter of the texture's power lost: 0.21 of the amplitude off); they come back within 0.02 (bicubic),
+    also beside pixels the frame knows nothing of."""
+    K = np.array([[100.0, 0, 32], [0, 100.0, 24], [0, 0, 1]])
+    h, w, z = 48, 64, 0.1
+    view_pose = np.eye(4)
+    view_pose[0, 3] = 0.0005                                # 0.5 px
+    cols = np.arange(w, dtype=np.float32)
+    values = np.broadcast_to(np.sin(np.pi / 2 * cols)[None, :, None], (h, w, 1)).astype(np.float32).copy()
+    values[20:24, :, 0] = np.nan
+    depth = np.full((h, w), z, np.float32)
+    out, ok = reproject(values, np.eye(4), K, depth, view_pose, K, depth)
+    truth = np.broadcast_to(np.sin(np.pi / 2 * (cols + 0.5))[None, :], (h, w))
+    inner = ok.copy()
+    inner[:, :3] = inner[:, w - 3:] = False
+    assert inner[:19, 3:w - 3].all() and inner[25:, 3:w - 3].all() and not ok[20:24].any()
+    assert np.abs(out[..., 0] - truth)[inner].max() < 0.1
+
+
 def test_blend_renormalises_where_only_some_frames_count():
     a, b = np.full((2, 2, 3), 1.0, np.float32), np.full((2, 2, 3), 3.0, np.float32)
     ok_a = np.array([[True, True], [False, False]])

@@ -92,17 +92,41 @@ def reproject(values: np.ndarray, pose_k: np.ndarray, K_k: np.ndarray, depth_k: 
         uk = (q[..., 0] / q[..., 2] * K_k[0, 0] + K_k[0, 2]).astype(np.float32)
         vk = (q[..., 1] / q[..., 2] * K_k[1, 1] + K_k[1, 2]).astype(np.float32)
     known = np.isfinite(values).all(-1)
-    packed = np.concatenate([np.where(known[..., None], values, 0.0), known[..., None]], -1).astype(np.float32)
     uk_, vk_ = np.nan_to_num(uk, nan=-1e6), np.nan_to_num(vk, nan=-1e6)
-    sampled = cv2.remap(packed, uk_, vk_, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-    if sampled.ndim == 2:
-        sampled = sampled[..., None]
+    # Where every value around a point is known (bilinear weight of the known pixels ~1), its value is sampled
+    # bicubically: bilinear sampling at fractional shifts blurs the texture carried into the view. Offline on the
+    # shared clip (600 iterations, 1/4 scale, the same model scored both ways): +0.21 dB with the detail; the stream
+    # rows, the crop and three synthetic seeds -0.05..+0.06 (README, Frame detail).
+    cover = cv2.remap(known.astype(np.float32), uk_, vk_, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+                      borderValue=0)
+    sampled = _remap_cubic(_extend(np.where(known[..., None], values, 0.0).astype(np.float32), known), uk_, vk_)
     dk = cv2.remap(np.nan_to_num(depth_k, nan=0.0).astype(np.float32), uk_, vk_, cv2.INTER_NEAREST,
                    borderMode=cv2.BORDER_CONSTANT, borderValue=0)
     with np.errstate(invalid="ignore"):
-        ok = (np.isfinite(z) & (q[..., 2] > 0) & (sampled[..., -1] > 0.999)
+        ok = (np.isfinite(z) & (q[..., 2] > 0) & (cover > 0.999)
               & (np.abs(dk - q[..., 2]) < DEPTH_AGREEMENT * q[..., 2]))
-    return np.where(ok[..., None], sampled[..., :-1], 0.0).astype(np.float32), ok
+    return np.where(ok[..., None], sampled, 0.0).astype(np.float32), ok
+
+
+def _extend(values: np.ndarray, known: np.ndarray, px: int = 2) -> np.ndarray:
+    """[H,W,C] `values` with the unknown pixels within `px` of the `known` ones set to the mean of their known
+    neighbours (grown one pixel at a time): a bicubic kernel reads two pixels beyond a bilinear one, and zeros
+    there would ring into the values sampled beside a hole."""
+    vals, kn = values.copy(), known.astype(np.float32)
+    for _ in range(px):
+        num = cv2.boxFilter(vals * kn[..., None], -1, (3, 3), normalize=False).reshape(vals.shape)
+        den = cv2.boxFilter(kn, -1, (3, 3), normalize=False)
+        grow = (kn < 0.5) & (den > 0)
+        vals = np.where(grow[..., None], num / np.maximum(den, 1e-6)[..., None], vals)
+        kn = np.where(grow, 1.0, kn).astype(np.float32)
+    return vals
+
+
+def _remap_cubic(values: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """[H,W,C] `values` sampled bicubically at (u, v) (OpenCV's cubic remap takes at most four channels)."""
+    parts = [cv2.remap(np.ascontiguousarray(values[..., c:c + 4]), u, v, cv2.INTER_CUBIC,
+                       borderMode=cv2.BORDER_REPLICATE) for c in range(0, values.shape[-1], 4)]
+    return np.concatenate([p.reshape(*u.shape, -1) for p in parts], -1)
 
 
 def blend(parts: list[tuple[np.ndarray, np.ndarray, float]]) -> np.ndarray:
