@@ -86,14 +86,11 @@ def test_kinematics_node_with_faulty_streams(ros_env, ros_node):
                 pubs[m.kind].publish(pose_to_msg(m.T, m.stamp_ns, ""))
         frame_of = {em.image_stamp(i): i for i in range(synth.frames)}
 
-        def last_beat() -> dict[str, str]:
-            beats = [m for m in got.get(topics.NODE_STATUS) if m.node.endswith("kinematics")]
-            return {kv.key: kv.value for kv in beats[-1].values} if beats else {}
-
         # Wait until the node has resolved every image it got (those after the stop time out after max_wait;
         # a starved DDS reader on a loaded machine may have lost a few messages, images included).
         time.sleep(2.0)
-        assert wait_until(lambda: last_beat().get("pending") == "0", 10), f"heartbeat {last_beat()}"
+        assert wait_until(lambda: got.heartbeat("kinematics").get("pending") == "0", 10), \
+            f"heartbeat {got.heartbeat('kinematics')}"
         time.sleep(1.0)  # one more heartbeat after the last frame
         # Frames before the stop get poses. On a loaded machine this process may deliver kinematics late or
         # lose some (a starved DDS writer overwrites its history): the node then refuses frames rather than
@@ -101,7 +98,8 @@ def test_kinematics_node_with_faulty_streams(ros_env, ros_node):
         # them when unloaded; exact counts are checked by the core tests).
         before_stop = sum(1 for i in range(synth.frames) if i / synth.fps < 0.7 - 0.05)
         n_poses = len(got.get(topics.CAMERA_POSE))
-        assert n_poses >= before_stop // 3, f"{n_poses} poses, {before_stop} frames; heartbeat {last_beat()}"
+        assert n_poses >= before_stop // 3, \
+            f"{n_poses} poses, {before_stop} frames; heartbeat {got.heartbeat('kinematics')}"
         poses = got.get(topics.CAMERA_POSE)
         for msg in poses:
             i = frame_of[stamp_to_ns(msg.header.stamp)]
@@ -114,7 +112,7 @@ def test_kinematics_node_with_faulty_streams(ros_env, ros_node):
         truth = [em.scene.frames[frame_of[stamp_to_ns(m.header.stamp)]].mask for m in priors]
         ious = [mask_iou(msg_to_image(m, "mono8"), ref) for m, ref in zip(priors, truth, strict=True)]
         assert min(ious) >= 0.8, f"prior IoU {np.round(ious, 3).tolist()}"
-        values = last_beat()
+        values = got.heartbeat("kinematics")
         assert values, "no heartbeat"
         # Faults are reported; which of the few NaN/reordered messages survive a loaded DDS varies (a counter
         # appears once it is non-zero), so their sum is checked here and exact counts in the core tests.

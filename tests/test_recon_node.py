@@ -119,12 +119,10 @@ def test_trainer_node(ros_env, ros_node, scene, tmp_path):
         st = got.last(topics.RECON_STATUS)
         # auto on CPU: the compiled cpu renderer where it builds, else torch (recon/render resolve_backend)
         assert st.state == "running" and st.backend in ("cpu", "torch") and st.device == "cpu"
-        beats = [m for m in got.get(topics.NODE_STATUS) if m.node.endswith("trainer")]
-        assert any(kv.key == "problems.checkpoint_unusable" for kv in beats[-1].values)
+        assert "problems.checkpoint_unusable" in got.heartbeat("trainer")
 
         def heartbeat_value(key: str) -> str:
-            last = [m for m in got.get(topics.NODE_STATUS) if m.node.endswith("trainer")][-1]
-            return next((kv.value for kv in last.values if kv.key == key), "0")
+            return got.heartbeat("trainer").get(key, "0")
 
         # The pairing's own count in the heartbeat: the frames used were paired sets.
         assert wait_until(lambda: int(heartbeat_value("sets_matched")) >= 4, 10), heartbeat_value("sets_matched")

@@ -126,7 +126,7 @@ def test_tracker_node_poses_from_best_effort_inputs_and_none_for_an_occluded_fra
     # started on the same frame. Only that first pose may be missing here: the node's writer can publish it before
     # it has matched this test's reader (the reader had matched the writer: CI lost it once so).
     beats = [m for m in got.get(topics.NODE_STATUS) if m.node.endswith("/tracker")]
-    counts = {kv.key: kv.value for kv in beats[-1].values}
+    counts = got.heartbeat("/tracker")
     start = [f[3] for f in frames].index(int(counts["world_stamp"]))
     assert start < occluded, f"the node received nothing before frame {start}"
     assert all(len(frames) - start <= int(counts[f"in.{t.lstrip('/')}"]) <= len(frames)
