@@ -179,7 +179,8 @@ def test_detail_from_the_neighbouring_frames_moves_a_view_towards_what_the_camer
     """Frame b's viewpoint and time, with b itself left out of the stored frames: the detail comes from its
     neighbours a and c, taken by a moving camera, re-projected through the model's depth into b's view, and
     brings the render closer to b's image (the tissue deforms between the frames, which the re-projection does not
-    follow: 2.01 -> 1.91 grey levels mean error), and its depth closer to b's measured depth (0.156 -> 0.091 mm);
+    follow: 1.98 -> 1.73 grey levels mean error; 1.91 with the colours scaled by the share the frames have in
+    common, before 2026-12-07), and its depth closer to b's measured depth (0.156 -> 0.091 mm);
     with the window at 0, the view is the model alone."""
     rec, frames, _ = trained
     a, b, c = frames[1], frames[2], frames[3]
@@ -191,7 +192,7 @@ def test_detail_from_the_neighbouring_frames_moves_a_view_towards_what_the_camer
     tissue = (b.mask == 0) & (alpha > 0.5)
     err_model = np.abs(model.astype(np.float32) - b.rgb)[tissue].mean()
     err_shown = np.abs(shown.astype(np.float32) - b.rgb)[tissue].mean()
-    assert err_shown < 0.97 * err_model, (err_shown, err_model)
+    assert err_shown < 0.93 * err_model, (err_shown, err_model)
     depth_err_model = np.abs(model_depth - b.depth)[tissue].mean()
     depth_err_shown = np.abs(shown_depth - b.depth)[tissue].mean()
     assert depth_err_shown < 0.8 * depth_err_model, (depth_err_shown, depth_err_model)

@@ -9,9 +9,10 @@ did not see gets nothing from it). Each frame predicts the view as its image plu
 frame to the view: its residual (image minus the model's render of it) plus the difference of the view's render
 and its own re-projected, the latter only as far as the images confirm the model's changes between the frames
 (`confirmed_share`: a change fitted into each frame's own state but absent from the images is not carried over;
-light moving with the camera is). The mean of the predictions minus the view's render is scaled by the share of
-it the frames have in common (`shared_share`: sensor noise is not shared). It is measured texture, never a
-guess: under an instrument of the frame it is nothing, so inferred tissue keeps the model's colour alone.
+light moving with the camera is). The mean of the predictions minus the view's render is the detail; for the
+measured depth, whose stereo noise is large against the relief the frames share, it is scaled by the share of it
+the frames have in common (`shared_share`: noise is not shared). It is measured texture, never a guess: under an
+instrument of the frame it is nothing, so inferred tissue keeps the model's colour alone.
 
 The re-projection follows the model's own motion of the surface between the frame's time and the view's (the
 Gaussians' displacements, rendered); the window bounds how long that motion has to be right for.
@@ -32,8 +33,9 @@ import numpy as np
 
 # A re-projected point counts as seen by the frame when the frame's rendered depth there agrees to this share.
 DEPTH_AGREEMENT = 0.03
-# Side (px) of the window the noise gain is estimated over. Stream K = 10 on the shared clip at 1/4 scale: 5, 9
-# and 17 px give 41.74 / 41.73 / 41.71 dB, the whole view 41.61 (one run each, 2026-12-05).
+# Side (px) of the windows the noise gain (`shared_share`, the depth's since 2026-12-07) and `confirmed_share` are
+# estimated over. With the gain on the colours, stream K = 10 on the shared clip at 1/4 scale: 5, 9 and 17 px gave
+# 41.74 / 41.73 / 41.71 dB, the whole view 41.61 (one run each, 2026-12-05).
 GAIN_WINDOW_PX = 9
 # Frames taken on each side of a view's time. Stream K = 10, 1/4 scale: 1 -> 2 gives live 41.38 -> 41.69 dB (a
 # live view has two frames before it and one after), final 41.71 / 41.66, offline 42.23 / 42.20 (one run each).
@@ -162,14 +164,20 @@ def shared_share(parts: list[tuple[np.ndarray, np.ndarray, float]], size: int = 
 
 
 def frame_detail(parts: list[tuple[np.ndarray, np.ndarray, float]], shape: tuple[int, int], at_own_time: bool,
-                 channels: int = 3) -> np.ndarray:
+                 channels: int = 3, noisy: bool = False) -> np.ndarray:
     """[H,W,channels] detail of a view from its frames' predictions minus its render (values, where they count,
-    weight):
-    several frames blended and scaled by the share they have in common (`shared_share`); one frame in full
-    when the view is at that frame's own moment (`at_own_time`: the truth then is that image), else none (its
-    noise cannot be told from texture); no frame, none."""
+    weight): several frames blended, and for `noisy` values (measured stereo depth) scaled by the share they have
+    in common (`shared_share`); one frame in full when the view is at that frame's own moment (`at_own_time`: the
+    truth then is that image), else none (its noise cannot be told from texture); no frame, none.
+
+    Colours are not scaled: the same trained model scored both ways (2026-12-07, one run per clip), the share cost
+    the views 0.15-0.34 dB (stream and offline on the shared clip, the native crop, four synthetic scenes), the
+    right views 0.03-0.12, and gave the live views at most 0.07 and the remembered view at most 0.05 (both where a
+    view has a single frame on one side, on the synthetic scenes, whose images carry independent noise). The
+    measured depth keeps it: without it the shared clip's depth error grew by 0.03-0.05 mm."""
     if len(parts) >= 2:
-        return blend(parts) * shared_share(parts, GAIN_WINDOW_PX)[..., None]
+        mean = blend(parts)
+        return mean * shared_share(parts, GAIN_WINDOW_PX)[..., None] if noisy else mean
     if len(parts) == 1 and at_own_time:
         return blend(parts)
     return np.zeros((*shape, channels), np.float32)

@@ -295,7 +295,7 @@ class ModelView:
         parts = [(np.where(ok[..., None], (im - re) + (1.0 - trust) * (re - view_rgb), 0.0).astype(np.float32), ok,
                   wt) for im, re, ok, wt in zip(images, renders, oks, weights, strict=True)]
         own = len(near) == 1 and near[0][0].t == self.time_s
-        add_depth = (frame_detail(depth_parts, depth.shape, own, channels=1)[..., 0] if depth_parts
+        add_depth = (frame_detail(depth_parts, depth.shape, own, channels=1, noisy=True)[..., 0] if depth_parts
                      else np.zeros(depth.shape, np.float32))
         return (frame_detail(parts, depth.shape, own), add_depth,
                 np.any(oks, axis=0) if oks else np.zeros(depth.shape, bool))
