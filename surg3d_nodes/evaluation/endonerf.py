@@ -339,23 +339,22 @@ def evaluate_endonerf(root: str | Path, opts: EvalOptions, cfg: TrainerConfig | 
         rgb, depth, alpha = _render(trainer, d)
         render_times.append(time.monotonic() - t1)
         gt = d["rgb"]
+        true_depth = np.nan_to_num(d["depth"], nan=0.0)
         m3 = tissue[..., None]
         r = {"index": i, "psnr": masked_psnr(rgb, gt, tissue), "psnr_star": psnr_star(rgb, gt, tissue),
-             "ssim": ssim(rgb, gt, tissue),
-             "depth_rmse_mm": depth_rmse_mm(depth, np.nan_to_num(d["depth"], nan=0.0), tissue),
+             "ssim": ssim(rgb, gt, tissue), "depth_rmse_mm": depth_rmse_mm(depth, true_depth, tissue),
              "coverage": float((alpha > 0.5)[tissue > 0].mean())}
         r.update(live.get(i, {}))
         drgb, ddepth, _ = _render(trainer, d, detail=True)
         r.update({"detail_psnr": masked_psnr(drgb, gt, tissue), "detail_psnr_star": psnr_star(drgb, gt, tissue),
-                  "detail_ssim": ssim(drgb, gt, tissue),
-                  "detail_depth_rmse_mm": depth_rmse_mm(ddepth, np.nan_to_num(d["depth"], nan=0.0), tissue)})
-        prev = data[i - 1]["rgb"]
-        nxt = data[i + 1]["rgb"] if i + 1 < n else prev
-        mean = ((prev.astype(np.float32) + nxt.astype(np.float32)) / 2.0 + 0.5).astype(np.uint8)
-        r["baseline_copy_prev_psnr"] = masked_psnr(prev, gt, tissue)
+                  "detail_ssim": ssim(drgb, gt, tissue), "detail_depth_rmse_mm": depth_rmse_mm(ddepth, true_depth,
+                                                                                               tissue)})
+        # The baselines: the previous frame, and the mean of it and the next (the previous again at the clip's end).
+        before, after = data[i - 1], data[i + 1] if i + 1 < n else data[i - 1]
+        mean = ((before["rgb"].astype(np.float32) + after["rgb"].astype(np.float32)) / 2.0 + 0.5).astype(np.uint8)
+        r["baseline_copy_prev_psnr"] = masked_psnr(before["rgb"], gt, tissue)
         r["baseline_neighbour_mean_psnr"] = masked_psnr(mean, gt, tissue)
-        depths = [np.nan_to_num(data[j]["depth"], nan=0.0) for j in (i - 1, min(i + 1, n - 1))]
-        true_depth = np.nan_to_num(d["depth"], nan=0.0)
+        depths = [np.nan_to_num(f["depth"], nan=0.0) for f in (before, after)]
         r["baseline_copy_prev_depth_rmse_mm"] = depth_rmse_mm(depths[0], true_depth, tissue)
         r["baseline_neighbour_mean_depth_rmse_mm"] = depth_rmse_mm(_mean_depth(*depths), true_depth, tissue)
         if d["right"] is not None and d["cam_right"] is not None:

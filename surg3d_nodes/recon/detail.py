@@ -26,6 +26,7 @@ others around them up to a reach (`to_fill`, `fill_uncovered`) and count as infe
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Protocol
 
 import cv2
@@ -72,16 +73,38 @@ def nearest_in_time(frames: Iterable[Timed], t: float, window_s: float, per_side
     return [(f, w / sum(inv)) for f, w in zip(chosen, inv, strict=True)]
 
 
-def reproject(values: np.ndarray, pose_k: np.ndarray, K_k: np.ndarray, depth_k: np.ndarray,
-              pose_v: np.ndarray, K_v: np.ndarray, depth_v: np.ndarray, motion: np.ndarray | None = None
-              ) -> tuple[np.ndarray, np.ndarray]:
-    """Sample a frame's per-pixel `values` [h,w,C] (NaN where it has none) at the points a view sees.
+@dataclass(frozen=True)
+class Projection:
+    """Where each pixel of a view lands in a frame (`u`, `v` [H,W] float32, far outside where it lands nowhere) and
+    whether the frame saw that point (`seen` [H,W] bool): the geometry shared by every value sampled (`sample`)."""
 
-    The view (camera-to-world `pose_v`, intrinsics `K_v`, depth `depth_v` [H,W] m, NaN where empty) is
+    u: np.ndarray
+    v: np.ndarray
+    seen: np.ndarray
+
+    def sample(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The frame's per-pixel `values` [h,w,C] (NaN where it has none) at the view's pixels: [H,W,C] (0 where
+        they do not count) and where they count [H,W] bool (the frame saw the point and every value around it is
+        known)."""
+        known = np.isfinite(values).all(-1)
+        # Where every value around a point is known (bilinear weight of the known pixels ~1), its value is sampled
+        # bicubically: bilinear sampling at fractional shifts blurs the texture carried into the view. Offline on
+        # the shared clip (600 iterations, 1/4 scale, the same model scored both ways): +0.21 dB with the detail;
+        # the stream rows, the crop and three synthetic seeds -0.05..+0.06 (README, Frame detail).
+        cover = cv2.remap(known.astype(np.float32), self.u, self.v, cv2.INTER_LINEAR,
+                          borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+        sampled = _remap_cubic(_extend(np.where(known[..., None], values, 0.0).astype(np.float32), known),
+                               self.u, self.v)
+        ok = self.seen & (cover > 0.999)
+        return np.where(ok[..., None], sampled, 0.0).astype(np.float32), ok
+
+
+def projection(pose_k: np.ndarray, K_k: np.ndarray, depth_k: np.ndarray, pose_v: np.ndarray, K_v: np.ndarray,
+               depth_v: np.ndarray, motion: np.ndarray | None = None) -> Projection:
+    """The view (camera-to-world `pose_v`, intrinsics `K_v`, depth `depth_v` [H,W] m, NaN where empty)
     back-projected, moved by `motion` [H,W,3] (world, m: where each point is at the frame's time; default still)
-    and projected into the frame (`pose_k`, `K_k`); a point counts where the frame's `depth_k` agrees with it
-    (DEPTH_AGREEMENT) and every value around it is known. Returns the values [H,W,C] (0 elsewhere) and where they
-    count [H,W] bool."""
+    and projected into the frame (`pose_k`, `K_k`); a point is seen where the frame's `depth_k` agrees with it
+    (DEPTH_AGREEMENT)."""
     H, W = depth_v.shape
     v, u = np.mgrid[0:H, 0:W].astype(np.float64)
     z = depth_v.astype(np.float64)
@@ -91,23 +114,21 @@ def reproject(values: np.ndarray, pose_k: np.ndarray, K_k: np.ndarray, depth_k: 
         pw = pw + motion
     q = (pw - pose_k[:3, 3]) @ pose_k[:3, :3]
     with np.errstate(divide="ignore", invalid="ignore"):
-        uk = (q[..., 0] / q[..., 2] * K_k[0, 0] + K_k[0, 2]).astype(np.float32)
-        vk = (q[..., 1] / q[..., 2] * K_k[1, 1] + K_k[1, 2]).astype(np.float32)
-    known = np.isfinite(values).all(-1)
-    uk_, vk_ = np.nan_to_num(uk, nan=-1e6), np.nan_to_num(vk, nan=-1e6)
-    # Where every value around a point is known (bilinear weight of the known pixels ~1), its value is sampled
-    # bicubically: bilinear sampling at fractional shifts blurs the texture carried into the view. Offline on the
-    # shared clip (600 iterations, 1/4 scale, the same model scored both ways): +0.21 dB with the detail; the stream
-    # rows, the crop and three synthetic seeds -0.05..+0.06 (README, Frame detail).
-    cover = cv2.remap(known.astype(np.float32), uk_, vk_, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
-                      borderValue=0)
-    sampled = _remap_cubic(_extend(np.where(known[..., None], values, 0.0).astype(np.float32), known), uk_, vk_)
-    dk = cv2.remap(np.nan_to_num(depth_k, nan=0.0).astype(np.float32), uk_, vk_, cv2.INTER_NEAREST,
+        uk = np.nan_to_num((q[..., 0] / q[..., 2] * K_k[0, 0] + K_k[0, 2]).astype(np.float32), nan=-1e6)
+        vk = np.nan_to_num((q[..., 1] / q[..., 2] * K_k[1, 1] + K_k[1, 2]).astype(np.float32), nan=-1e6)
+    dk = cv2.remap(np.nan_to_num(depth_k, nan=0.0).astype(np.float32), uk, vk, cv2.INTER_NEAREST,
                    borderMode=cv2.BORDER_CONSTANT, borderValue=0)
     with np.errstate(invalid="ignore"):
-        ok = (np.isfinite(z) & (q[..., 2] > 0) & (cover > 0.999)
-              & (np.abs(dk - q[..., 2]) < DEPTH_AGREEMENT * q[..., 2]))
-    return np.where(ok[..., None], sampled, 0.0).astype(np.float32), ok
+        seen = np.isfinite(z) & (q[..., 2] > 0) & (np.abs(dk - q[..., 2]) < DEPTH_AGREEMENT * q[..., 2])
+    return Projection(uk, vk, seen)
+
+
+def reproject(values: np.ndarray, pose_k: np.ndarray, K_k: np.ndarray, depth_k: np.ndarray,
+              pose_v: np.ndarray, K_v: np.ndarray, depth_v: np.ndarray, motion: np.ndarray | None = None
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """Sample a frame's per-pixel `values` [h,w,C] (NaN where it has none) at the points a view sees
+    (`projection`, then `Projection.sample`): the values [H,W,C] (0 elsewhere) and where they count [H,W] bool."""
+    return projection(pose_k, K_k, depth_k, pose_v, K_v, depth_v, motion).sample(values)
 
 
 def _extend(values: np.ndarray, known: np.ndarray, px: int = 2) -> np.ndarray:

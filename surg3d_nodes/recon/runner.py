@@ -44,7 +44,7 @@ from surg3d_nodes.recon.detail import (
     fill_uncovered,
     frame_detail,
     nearest_in_time,
-    reproject,
+    projection,
     to_fill,
 )
 from surg3d_nodes.recon.flow_tracks import FlowTrackConfig, update_tracks
@@ -278,8 +278,8 @@ class ModelView:
             seen = (kf.tissue.cpu().numpy() > 0.5) & (a_k > 0.5)
             both = np.where(seen[..., None], np.concatenate([kf.rgb.cpu().numpy(), rgb_k], -1), np.nan)
             motion = self._motion(pose, w, h, K, kf.t)
-            d_seen = np.where(a_k > 0.5, d_k, np.nan)
-            values, ok = reproject(both, kf.pose, kf.K, d_seen, pose, K, depth, motion)
+            proj = projection(kf.pose, kf.K, np.where(a_k > 0.5, d_k, np.nan), pose, K, depth, motion)
+            values, ok = proj.sample(both)
             images.append(values[..., :3])
             renders.append(values[..., 3:])
             oks.append(ok)
@@ -287,7 +287,7 @@ class ModelView:
             if kf.has_depth:
                 measured_k = kf.depth.cpu().numpy()
                 residual = np.where(seen & (measured_k > 0), measured_k - d_k, np.nan)[..., None]
-                depth_parts.append((*reproject(residual, kf.pose, kf.K, d_seen, pose, K, depth, motion), weight))
+                depth_parts.append((*proj.sample(residual), weight))
         # A frame predicts the view as its image plus the model's change from it to the view, as far as the
         # images confirm that change (one frame alone: in full).
         trust = (confirmed_share(images, renders, oks, weights, GAIN_WINDOW_PX)[..., None] if len(near) >= 2
