@@ -2,9 +2,11 @@
 
 A synthetic clip (moving endoscope, one instrument) is streamed in time order with exactly K training steps
 after each frame (`train_stream`), once with no region and once with a region marked from the
-first frame on; every 8th frame is held out. Both runs get the same frames, steps and seed. Scored on the
-held-out frames at the training resolution: PSNR* over the tissue pixels inside the region (found from the
-exact tissue depth) and outside it; and "live": inside the region on each newest frame right after its steps.
+first frame on (its pixels weighted `roi_weight`, and `roi_step_share` of the steps on each frame's box about it at
+the camera's resolution instead of the whole frame); every 8th frame is held out. Both runs get the same frames,
+steps and seed. Scored on the held-out frames at the training resolution and at the camera's: PSNR* over the
+tissue pixels inside the region (found from the exact tissue depth) and outside it; and "live": inside the region
+on each newest frame right after its steps.
 
     python bench/recon_roi_psnr.py [--size 320x256] [--frames 40] [--k 10] [--radius 0.006] [--weight 4]
 
@@ -76,7 +78,7 @@ def run(scene, region: Region, mark: bool, cfg: TrainerConfig, k: int) -> dict:
             "live_inside": float(np.mean([x[0] for x in live])), "inside_per_frame": list(inside),
             "psnr_inside_native": float(np.mean(inside_n)), "psnr_outside_native": float(np.mean(outside_n)),
             "live_inside_native": float(np.mean([x[1] for x in live])),
-            "iterations": st.iterations, "gaussians": st.num_gaussians,
+            "iterations": st.iterations, "region_steps": st.region_steps, "gaussians": st.num_gaussians,
             "psnr_regions_status": st.psnr_regions, "train_s": seconds}
 
 
@@ -91,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pixel", default="0.65,0.35", help="region centre: the tissue seen at this image fraction "
                                                            "on the first frame")
     ap.add_argument("--weight", type=float, default=TrainerConfig.roi_weight)
+    ap.add_argument("--share", type=float, default=TrainerConfig.roi_step_share,
+                    help="share of the steps on the region's box (roi_step_share)")
     ap.add_argument("--repeats", type=int, default=3, help="pairs of runs with trainer seeds 0..N-1 (the compiled "
                                                          "CPU renderer is not bit-deterministic: ~0.3 dB apart)")
     ap.add_argument("--threads", type=int, default=1)
@@ -109,14 +113,16 @@ def main(argv: list[str] | None = None) -> int:
     region = Region(1, center, args.radius)
     results: dict[str, list[dict]] = {"unmarked": [], "marked": []}
     for seed in range(args.repeats):
-        cfg = TrainerConfig(device="cpu", image_scale=args.scale, roi_weight=args.weight, seed=seed)
+        cfg = TrainerConfig(device="cpu", image_scale=args.scale, roi_weight=args.weight,
+                            roi_step_share=args.share, seed=seed)
         for name, mark in (("unmarked", False), ("marked", True)):
             r = run(scene, region, mark, replace(cfg), args.k)
             results[name].append(r)
             print(f"seed {seed} {name:9s}: inside {r['psnr_inside']:.2f} dB, outside {r['psnr_outside']:.2f} dB, "
                   f"live inside {r['live_inside']:.2f} dB; at {w}x{h}: inside {r['psnr_inside_native']:.2f}, "
                   f"outside {r['psnr_outside_native']:.2f}, live inside {r['live_inside_native']:.2f} dB; "
-                  f"{r['iterations']} iterations, {r['gaussians']} Gaussians, {r['train_s']:.0f} s", flush=True)
+                  f"{r['iterations']} iterations ({r['region_steps']} on the region's box), {r['gaussians']}"
+                  f" Gaussians, {r['train_s']:.0f} s", flush=True)
 
     def mean(name: str, key: str) -> float:
         return float(np.mean([r[key] for r in results[name]]))
@@ -128,11 +134,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"marking the region (mean of {args.repeats}), scored at {res}: inside "
               f"{mean('unmarked', 'psnr_inside' + sfx):.2f} -> {mean('marked', 'psnr_inside' + sfx):.2f} dB "
               f"({gain('psnr_inside' + sfx):+.2f}), outside {gain('psnr_outside' + sfx):+.2f} dB; live view inside "
-              f"{gain('live_inside' + sfx):+.2f} dB (roi_weight {args.weight:g})")
+              f"{gain('live_inside' + sfx):+.2f} dB (roi_weight {args.weight:g}, roi_step_share {args.share:g})")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "roi_psnr.json").write_text(json.dumps({
         "size": [w, h], "frames": args.frames, "k": args.k, "scale": args.scale, "region": {
-            "center": center, "radius": args.radius}, "roi_weight": args.weight,
+            "center": center, "radius": args.radius}, "roi_weight": args.weight, "roi_step_share": args.share,
         **{
             f"{k}{sfx}_db": gain(key + sfx) for sfx in ("", "_native") for k, key in (
                 ("gain_inside", "psnr_inside"), ("gain_live_inside", "live_inside"),

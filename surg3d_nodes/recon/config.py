@@ -69,6 +69,8 @@ class TrainerConfig:
                                 high=100.0, live=True)
     roi_weight: float = param(4.0, "colour-loss weight of pixels that see an operator's region of interest "
                                    "(1 = no emphasis)", low=1.0, high=100.0, live=True)
+    roi_step_share: float = param(0.5, "share of the steps that train on the box about the operator's regions, at "
+                                       "a finer scale than `image_scale` (0 = none)", low=0.0, high=1.0, live=True)
     # 2DGS's regularisers (gsplat's simple_trainer_2dgs: 5e-2 and 1e-2); only with primitive 2dgs.
     normal_weight: float = param(0.05, "2dgs: weight of the normal consistency (rendered vs depth normals)",
                                  low=0.0, high=100.0, live=True)

@@ -13,6 +13,7 @@ import torch
 from surg3d_nodes.perception.falloff import Falloff
 from surg3d_nodes.recon.config import Frame
 from surg3d_nodes.recon.render import RenderCamera
+from surg3d_nodes.recon.render.camera import EPS2D
 
 
 @dataclass
@@ -29,19 +30,23 @@ class Keyframe:
     K: np.ndarray              # ROS convention
     has_depth: bool
     raw_pose: np.ndarray | None = None   # the input pose, where a pose refinement changed it
+    region: Keyframe | None = None       # the box about the operator's regions, finer (`Reconstructor.add_frame`)
 
     def set_pose(self, pose: np.ndarray) -> None:
-        """Move the frame to `pose` (its render camera follows)."""
+        """Move the frame to `pose` (its render camera, and its region's box, follow)."""
         self.pose = pose
         self.camera = RenderCamera.from_ros(pose, self.K, self.camera.width, self.camera.height,
-                                            device=self.rgb.device)
+                                            device=self.rgb.device, eps2d=self.camera.eps2d)
+        if self.region is not None:
+            self.region.set_pose(pose)
 
     def state_dict(self) -> dict:
         """Plain containers and tensors (checkpoints); the image is stored as 8 bits."""
         return {"stamp_ns": self.stamp_ns, "t": self.t, "pose": self.pose, "K": self.K, "has_depth": self.has_depth,
                 "rgb": (self.rgb.clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu(), "depth": self.depth.cpu(),
                 "tissue": (self.tissue > 0.5).cpu(), "width": self.camera.width, "height": self.camera.height,
-                "raw_pose": self.raw_pose}
+                "eps2d": self.camera.eps2d,
+                "raw_pose": self.raw_pose, "region": None if self.region is None else self.region.state_dict()}
 
     @classmethod
     def from_state_dict(cls, k: dict, device: torch.device) -> Keyframe:
@@ -49,17 +54,25 @@ class Keyframe:
         pose, K = np.asarray(k["pose"], np.float64), np.asarray(k["K"], np.float64)
         return cls(int(k["stamp_ns"]), float(k["t"]), k["rgb"].to(device).float() / 255.0, k["depth"].to(device),
                    k["tissue"].to(device).float(),
-                   RenderCamera.from_ros(pose, K, int(k["width"]), int(k["height"]), device=device),
+                   RenderCamera.from_ros(pose, K, int(k["width"]), int(k["height"]), device=device,
+                                         eps2d=float(k.get("eps2d", EPS2D))),
                    pose, K, bool(k["has_depth"]),
-                   None if k.get("raw_pose") is None else np.asarray(k["raw_pose"], np.float64))
+                   None if k.get("raw_pose") is None else np.asarray(k["raw_pose"], np.float64),
+                   None if k.get("region") is None else cls.from_state_dict(k["region"], device))
 
 
 def to_keyframe(f: Frame, image_scale: float, t: float, device: torch.device,
-                falloff: Falloff | None = None) -> Keyframe:
+                falloff: Falloff | None = None, box: tuple[int, int, int, int] | None = None,
+                eps2d: float = EPS2D) -> Keyframe:
     """Resize a validated input frame by `image_scale` and turn it into training tensors (instrument pixels
     become non-tissue; invalid depth becomes 0); with `falloff`, the image divided by the camera's V (the tissue's
-    own colour, perception.falloff)."""
+    own colour, perception.falloff); with `box` (x0, y0, width, height), only that part of the image; `eps2d`, the
+    render camera's low-pass (px^2)."""
     rgb, depth, mask, cam = f.rgb, f.depth, f.mask, f.camera
+    if box is not None:
+        x0, y0, w, h = box
+        cam = cam.cropped(x0, y0, w, h)
+        rgb, depth, mask = (None if a is None else a[y0:y0 + h, x0:x0 + w] for a in (rgb, depth, mask))
     if image_scale != 1.0:
         cam = cam.scaled(image_scale)
         size = (cam.width, cam.height)
@@ -82,7 +95,8 @@ def to_keyframe(f: Frame, image_scale: float, t: float, device: torch.device,
         colour = colour / torch.as_tensor(falloff.gain(K, w, h), device=device)[..., None]
     return Keyframe(int(f.stamp_ns), t, colour,
                     torch.as_tensor(d, device=device), torch.as_tensor(tissue, device=device),
-                    RenderCamera.from_ros(pose, K, w, h, device=device), pose, K, bool((d * tissue > 0).any()))
+                    RenderCamera.from_ros(pose, K, w, h, device=device, eps2d=eps2d), pose, K,
+                    bool((d * tissue > 0).any()))
 
 
 class KeyframeStore:

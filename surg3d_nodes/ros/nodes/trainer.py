@@ -378,6 +378,7 @@ class TrainerNode(SurgNode):
         vals["points_readers"] = self.points_pub.get_subscription_count()
         if self._regions and st.psnr_regions > 0:    # 0: not measured yet (no step on the newest frame since)
             vals["psnr_regions"] = round(st.psnr_regions, 2)
+        vals["region_steps"] = st.region_steps
         if self.cfg.refine_pose_iterations > 0:
             vals.update({"pose_refine.accepted": st.pose_refined, "pose_refine.rejected": st.pose_refine_rejected,
                          "pose_refine.last": st.pose_refine_last,
