@@ -1,6 +1,7 @@
 """The operator's page against the real trainer, over the bridge's WebSocket: a region of interest marked by a
-viewer (client publish /recon/roi) travels over DDS to the trainer, which weighs it in training and reports the
-region's own PSNR in its heartbeat, and clearing restores the default; the binary splat channel carries the
+viewer (client publish /recon/roi) travels over DDS to the trainer, which weighs it in training, trains the next
+frames' box about it at the camera's resolution and reports the region's own PSNR in its heartbeat, and clearing
+restores the default; the binary splat channel carries the
 whole model, at the newest moment or at the one the viewer picks."""
 
 from __future__ import annotations
@@ -46,12 +47,14 @@ def test_regions_and_splats_with_the_real_trainer(ros_env, ros_node, tmp_path) -
     z = float(f0.tissue_depth[24, 32])
     K = scene.cam_left.intrinsics()
     c = f0.pose @ np.array([(32 - K[0, 2]) / K[0, 0] * z, (24 - K[1, 2]) / K[1, 1] * z, z, 1.0])
-    trainer = _start(tmp_path / "recon", ros_env)
+    # trained at half the camera's size, so a marked region trains at the camera's own (Reconstructor.step)
+    trainer = _start(tmp_path / "recon", ros_env, params=("image_scale:=0.5",))
     bridge, port, bridge_lines = start_bridge(ros_env, tmp_path / "out")
     got = Collector(ros_node, {topics.RECON_STATUS: TrainerStatus, topics.NODE_STATUS: NodeStatus})
     try:
         assert wait_until(lambda: got.last(topics.RECON_STATUS) is not None, 60), "no status from the trainer"
-        _send_frames(_frame_publishers(ros_node), scene, scene.frames)
+        pubs = _frame_publishers(ros_node)
+        _send_frames(pubs, scene, scene.frames[:4])
         assert wait_until(lambda: got.last(topics.RECON_STATUS).frames_used >= 3, 60)
         assert got.heartbeat("trainer").get("regions") == "0"
 
@@ -63,6 +66,11 @@ def test_regions_and_splats_with_the_real_trainer(ros_env, ros_node, tmp_path) -
         assert wait_until(lambda: got.heartbeat("trainer").get("regions") == "1"
                           and "psnr_regions" in got.heartbeat("trainer"), 60), got.heartbeat("trainer")
         assert float(got.heartbeat("trainer")["psnr_regions"]) > 10.0
+        # the frames after the marking keep their box about the region, and steps train on it
+        assert got.heartbeat("trainer").get("region_steps") == "0"
+        _send_frames(pubs, scene, scene.frames[4:])
+        assert wait_until(lambda: int(got.heartbeat("trainer").get("region_steps", 0)) > 0, 60), \
+            got.heartbeat("trainer")
         ok, res = ws.call("/recon/roi/clear", {}, 1)
         assert ok, res
         assert wait_until(lambda: got.heartbeat("trainer").get("regions") == "0"
