@@ -4,9 +4,9 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import onnx
 import pytest
 from onnx import TensorProto, helper
+from onnx_support import save_onnx
 
 from surg3d_nodes.common.camera import CameraModel
 from surg3d_nodes.perception.rectify import Rectifier, rectified_camera
@@ -202,14 +202,6 @@ def test_rectified_surgt_rows_align(shared_data: Path):
 
 # ---------------------------------------------------------------- ONNX backend (tiny models built here)
 
-def _save(model: onnx.ModelProto, path: Path) -> Path:
-    model.opset_import[0].version = 18
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
-    return path
-
-
 def _const_disparity_stereo_model(path: Path, disp: float, h: int | None = None,
                                   w: int | None = None) -> Path:
     """Stereo model (left, right) -> constant disparity map at the model input size."""
@@ -230,7 +222,7 @@ def _const_disparity_stereo_model(path: Path, disp: float, h: int | None = None,
         [helper.make_tensor_value_info("left", TensorProto.FLOAT, dims),
          helper.make_tensor_value_info("right", TensorProto.FLOAT, dims)],
         [helper.make_tensor_value_info("disparity", TensorProto.FLOAT, [1, 1, h or "H", w or "W"])], inits)
-    return _save(helper.make_model(graph), path)
+    return save_onnx(helper.make_model(graph), path)
 
 
 def _inverse_blue_mono_model(path: Path) -> Path:
@@ -247,7 +239,7 @@ def _inverse_blue_mono_model(path: Path) -> Path:
     graph = helper.make_graph(
         nodes, "inv_blue", [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, "H", "W"])],
         [helper.make_tensor_value_info("inv_depth", TensorProto.FLOAT, [1, 1, "H", "W"])], inits)
-    return _save(helper.make_model(graph), path)
+    return save_onnx(helper.make_model(graph), path)
 
 
 def test_onnx_stereo_constant_disparity(tmp_path: Path):

@@ -4,9 +4,9 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+from onnx_support import save_onnx
 
 from surg3d_nodes.common.camera import CameraModel
 from surg3d_nodes.perception.segmentation import (
@@ -138,11 +138,7 @@ def _yolo_like_model(path: Path, nc: int = 2, size: int = 64) -> Path:
         [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, size, size])],
         [helper.make_tensor_value_info("output0", TensorProto.FLOAT, [1, 4 + nc + nm, n]),
          helper.make_tensor_value_info("output1", TensorProto.FLOAT, [1, nm, size // 4, size // 4])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
-    return path
+    return save_onnx(helper.make_model(graph), path, opset=17)
 
 
 def test_yolo_onnx_postprocessing(tmp_path: Path):

@@ -259,6 +259,25 @@ def test_trainer_reports_an_input_whose_publisher_delivers_nothing(ros_env, ros_
     assert reported() and alive and proc.returncode == 0, out
 
 
+def test_trainer_with_an_inpainting_model_that_does_not_load_runs_on(ros_env, ros_node, scene, tmp_path):
+    """`inpaint_model` naming a file that is no ONNX model: the trainer logs the error naming the file, counts the
+    fallback in its heartbeat, and trains with the harmonic fill."""
+    bad = tmp_path / "lama.onnx"
+    bad.write_bytes(b"not an onnx model")
+    proc = _start(tmp_path / "out", ros_env, params=(f"inpaint_model:={bad}",))
+    got = Collector(ros_node, {topics.RECON_STATUS: TrainerStatus, topics.NODE_STATUS: NodeStatus})
+    try:
+        assert wait_until(lambda: got.last(topics.RECON_STATUS) is not None, 30), "no status from the node"
+        _send_until(_frame_publishers(ros_node), scene, scene.frames[:3],
+                    lambda: got.last(topics.RECON_STATUS).frames_used >= 2)
+        used = got.last(topics.RECON_STATUS).frames_used
+        counted = got.heartbeat("trainer").get("inpaint_model_fallback")
+    finally:
+        out = stop_node(proc)
+    assert used >= 2 and counted == "1" and proc.returncode == 0, out
+    assert f"cannot load ONNX inpainting model {bad}" in out and "filled harmonically instead" in out
+
+
 def test_trainer_reports_inputs_that_all_arrive_but_never_pair(ros_env, ros_node, scene, tmp_path):
     """Poses stamped 50 ms after their images (between two frames at 30 Hz, beyond sync_tolerance_ms): every
     input arrives, no set pairs, and after input_link_timeout_s the heartbeat is an ERROR saying so with each

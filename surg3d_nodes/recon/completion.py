@@ -12,7 +12,8 @@ instrument, in the colours it was seen with, wherever it covers at least `COLOUR
 guess is only the part never seen, not the whole instrument, and the guess is not repeated per output frame (it
 moves with the tissue through the Gaussians' tracks). Texture never seen cannot be predicted from its border; the
 smoothest continuation errs least on average, where Telea's inpainting carries the border's streaks in (synthetic
-scene, 320x256 streamed, never-seen PSNR: 24.46 -> 24.86 dB, Telea's baseline 23.83; README, issue 16).
+scene, 320x256 streamed, never-seen PSNR: 24.46 -> 24.86 dB, Telea's baseline 23.83; README, issue 16). A user's
+learned inpainter may take the harmonic fill's place (recon.inpaint_model).
 
 Replacement: an inferred Gaussian that projects onto a pixel that is tissue in a new frame (not under the mask,
 with measured depth, the Gaussian not far behind that surface) is pruned before the frame grows the model, so
@@ -168,9 +169,12 @@ def revealed_tissue(prev: Keyframe | None, kf: Keyframe, margin_px: int) -> torc
 
 @torch.no_grad()
 def hidden_seeds(kf: Keyframe, observed: tuple[torch.Tensor, torch.Tensor, torch.Tensor], alpha_all: torch.Tensor,
-                 margin_px: int, stride: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+                 margin_px: int, stride: int, fill: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Completion of the instrument pixels of `kf` from the observed Gaussians' render (`observed`: rgb in their
-    remembered colours, depth, alpha at the keyframe) and the whole model's alpha `alpha_all`.
+    remembered colours, depth, alpha at the keyframe) and the whole model's alpha `alpha_all`; `fill(rgb, hole)`
+    guesses the colours of the tissue never seen (default: `inpaint`, the harmonic fill; a user's learned
+    inpainter, recon.inpaint_model).
 
     Returns camera-frame points [M,3] and colours [M,3] (0..1) of new Gaussians for the pixels nothing covers
     yet; the completed colour image [H,W,3] with its hole [H,W] (the instrument pixels no observation covers), to
@@ -188,7 +192,7 @@ def hidden_seeds(kf: Keyframe, observed: tuple[torch.Tensor, torch.Tensor, torch
     # and from the model's memory of tissue seen earlier: the hole left to guess is only what was never seen.
     tool = (kf.tissue < 0.5).cpu().numpy()
     hole = ~memory & tool
-    colours = inpaint(composite, ~remembered & tool).astype(np.float32) / 255.0
+    colours = (fill or inpaint)(composite, ~remembered & tool).astype(np.float32) / 255.0
     new = band & (alpha_all.cpu().numpy() < MEMORY_ALPHA)
     measured = kf.depth.cpu().numpy()
     known = (measured > 0) & ~band

@@ -25,6 +25,8 @@ class Frame:
 # The renderers the trainer can use (recon/render resolves them; the list lives here so that the config, and
 # the launcher that checks it, import no torch).
 BACKENDS = ("auto", "cpu", "torch", "gsplat", "gsplat2d")
+# The output ranges of a user's ONNX inpainting model (recon.inpaint_model).
+INPAINT_OUTPUT_RANGES = ("unit", "byte")
 
 
 @dataclass
@@ -133,6 +135,11 @@ class TrainerConfig:
                                         "Gaussians flagged inferred (recon.completion)")
     complete_margin_px: int = param(2, "px, instrument masks are widened by this for completion and for "
                                        "replacing inferred Gaussians by observed tissue", low=0, high=64)
+    inpaint_model: str = param("", "ONNX inpainting model (LaMa's interface, recon.inpaint_model) for the colour of "
+                                   "tissue never seen; empty: the harmonic fill. A model that does not load is "
+                                   "reported and the harmonic fill used")
+    inpaint_model_output: str = param("unit", "the inpainting model's output range: unit (0..1) or byte (0..255)",
+                                      choices=INPAINT_OUTPUT_RANGES)
     add_check_every: int = param(100, "online: iterations between re-checks of the newest frame for "
                                       "unexplained pixels", low=1, high=1_000_000)
     pose_jump_m: float = param(0.05, "m, translation between consecutive poses that counts as a jump (the frame "

@@ -49,6 +49,7 @@ from surg3d_nodes.recon.detail import (
 )
 from surg3d_nodes.recon.flow_tracks import FlowTrackConfig, update_tracks
 from surg3d_nodes.recon.gaussians import GaussianConfig, GaussianModel
+from surg3d_nodes.recon.inpaint_model import OnnxInpainter
 from surg3d_nodes.recon.keyframes import Keyframe, KeyframeStore, to_keyframe
 from surg3d_nodes.recon.losses import (
     cover_loss,
@@ -408,6 +409,8 @@ class Reconstructor:
         self.on_frame: Callable[[], None] | None = None   # called after a frame is in the model
         self.regions: tuple[Region, ...] = ()        # the operator's regions of interest (replaced whole)
         self.falloff()                                # a malformed setting fails here, not at the first frame
+        # A user's learned inpainter for the tissue never seen (InpaintModelError here, named), else the harmonic fill.
+        self.inpainter = OnnxInpainter(c.inpaint_model, c.inpaint_model_output) if c.inpaint_model else None
 
     # ------------------------------------------------------------------ reading
     def falloff(self) -> Falloff:
@@ -710,7 +713,8 @@ class Reconstructor:
         g["opacities"] = opacities * (~remembered).to(opacities)
         _, _, alpha_all, _ = render_evaluated(g, kf.camera, self.backend)
         pts_c, cols, image, hole, surface = hidden_seeds(kf, (rgb, depth, alpha), alpha_all,
-                                                         self.cfg.complete_margin_px, self.cfg.add_stride)
+                                                         self.cfg.complete_margin_px, self.cfg.add_stride,
+                                                         self.inpainter)
         place_inferred(self.model, kf, surface, g["means"])
         recolour_inferred(self.model, kf, image, hole)
         room = self.room(len(pts_c))

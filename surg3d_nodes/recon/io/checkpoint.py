@@ -97,6 +97,9 @@ def _config_of(state: dict, path: str | os.PathLike, device: str | None,
         cfg.device, cfg.backend = device, "auto"
     elif trainer is not None:
         cfg.device, cfg.backend = trainer.cfg.device, trainer.cfg.backend
+    # The inpainting model is the host's, not the checkpoint's: a checkpoint names no file to be loaded.
+    cfg.inpaint_model, cfg.inpaint_model_output = ((trainer.cfg.inpaint_model, trainer.cfg.inpaint_model_output)
+                                                   if trainer is not None else ("", "unit"))
     return cfg
 
 

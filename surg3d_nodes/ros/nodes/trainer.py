@@ -39,6 +39,7 @@ from surg3d_nodes.common.camera import scale_intrinsics
 from surg3d_nodes.perception.sync import ApproxTimeSync
 from surg3d_nodes.recon.completion import deoccluded, tint_inferred
 from surg3d_nodes.recon.config import Frame, TrainerConfig
+from surg3d_nodes.recon.inpaint_model import InpaintModelError
 from surg3d_nodes.recon.io.checkpoint import load_checkpoint, save_checkpoint
 from surg3d_nodes.recon.online import OnlineTrainer
 from surg3d_nodes.recon.regions import Region, update_regions
@@ -79,7 +80,13 @@ class TrainerNode(SurgNode):
         self.deocc_detail = p.deoccluded_detail
         self._points_frames = -1               # frames_used when the last cloud was taken
         self._points_last = 0.0                # monotonic time of the last cloud
-        self.trainer = OnlineTrainer(self.cfg)
+        try:
+            self.trainer = OnlineTrainer(self.cfg)
+        except InpaintModelError as e:     # the node runs on with the classical fill; the heartbeat counts it
+            self.get_logger().error(f"{e}; the tissue never seen is filled harmonically instead")
+            self.cfg.inpaint_model = ""
+            self.count("inpaint_model_fallback")
+            self.trainer = OnlineTrainer(self.cfg)
         resume = p.resume_from_checkpoint
         if resume == "auto":
             self._resume_newest()
