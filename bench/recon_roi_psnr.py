@@ -10,7 +10,9 @@ on each newest frame right after its steps.
 
     python bench/recon_roi_psnr.py [--size 320x256] [--frames 40] [--k 10] [--radius 0.006] [--weight 4]
 
-Prints both runs and the difference, and writes JSON to --out (default /tmp/surg3d_roi_bench).
+Prints both runs and the difference, and writes to --out (default /tmp/surg3d_roi_bench) the JSON, the per-frame
+PSNR inside the region at the camera's resolution (`roi_psnr_per_frame.png`, seed 0) and a held-out frame's
+region: the camera's image, unmarked, marked (`roi_region_strip.png`, 4x; the middle held-out frame).
 """
 
 from __future__ import annotations
@@ -24,11 +26,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+from benchlib import curve_plot
 
 from surg3d_nodes.common.metrics import psnr_star
 from surg3d_nodes.data.synthetic import SynthConfig, generate
 from surg3d_nodes.recon.config import Frame, TrainerConfig
-from surg3d_nodes.recon.regions import Region, region_pixels
+from surg3d_nodes.recon.regions import Region, region_box, region_pixels
 from surg3d_nodes.recon.runner import Reconstructor, train_stream
 
 
@@ -41,11 +44,24 @@ def _scaled(f, cam, s: float):
     return rgb, tissue, depth
 
 
-def run(scene, region: Region, mark: bool, cfg: TrainerConfig, k: int) -> dict:
+def held_out(n: int) -> list[int]:
+    """The held-out frames of an n-frame clip: every 8th, from the second."""
+    return [i for i in range(n) if (i - 1) % 8 == 0]
+
+
+def region_view(recon: Reconstructor, scene, region: Region, i: int) -> np.ndarray:
+    """Frame i's view at the camera's resolution, cut to the box about the region (recon.regions.region_box)."""
+    f, cam = scene.frames[i], scene.cam_left
+    img, _, _ = recon.render_view(f.pose, recon.time_of(f.stamp_ns), cam.width, cam.height, K=cam.intrinsics())
+    x0, y0, w, h = region_box((region,), f.pose, cam.intrinsics(), cam.width, cam.height)
+    return img[y0:y0 + h, x0:x0 + w]
+
+
+def run(scene, region: Region, mark: bool, cfg: TrainerConfig, k: int) -> tuple[dict, np.ndarray]:
     """Stream the training frames with K steps each (`mark`: the region marked before the first), score the
-    held-out frames inside and outside the region."""
+    held-out frames inside and outside the region; also the middle held-out frame's view of the region."""
     frames = scene.frames
-    tests = [i for i in range(len(frames)) if (i - 1) % 8 == 0]
+    tests = held_out(len(frames))
     train = [i for i in range(len(frames)) if i not in tests]
     recon = Reconstructor(cfg)
     if mark:
@@ -76,10 +92,12 @@ def run(scene, region: Region, mark: bool, cfg: TrainerConfig, k: int) -> dict:
     st = recon.get_stats()
     return {"psnr_inside": float(np.mean(inside)), "psnr_outside": float(np.mean(outside)),
             "live_inside": float(np.mean([x[0] for x in live])), "inside_per_frame": list(inside),
+            "inside_native_per_frame": list(inside_n),
             "psnr_inside_native": float(np.mean(inside_n)), "psnr_outside_native": float(np.mean(outside_n)),
             "live_inside_native": float(np.mean([x[1] for x in live])),
             "iterations": st.iterations, "region_steps": st.region_steps, "gaussians": st.num_gaussians,
-            "psnr_regions_status": st.psnr_regions, "train_s": seconds}
+            "psnr_regions_status": st.psnr_regions, "train_s": seconds}, region_view(recon, scene, region,
+                                                                           tests[len(tests) // 2])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -112,12 +130,14 @@ def main(argv: list[str] | None = None) -> int:
     center = tuple(float(c) for c in (f0.pose @ p_cam)[:3])
     region = Region(1, center, args.radius)
     results: dict[str, list[dict]] = {"unmarked": [], "marked": []}
+    views: dict[str, np.ndarray] = {}          # the first seed's view of the region, as the camera would see it
     for seed in range(args.repeats):
         cfg = TrainerConfig(device="cpu", image_scale=args.scale, roi_weight=args.weight,
                             roi_step_share=args.share, seed=seed)
         for name, mark in (("unmarked", False), ("marked", True)):
-            r = run(scene, region, mark, replace(cfg), args.k)
+            r, view = run(scene, region, mark, replace(cfg), args.k)
             results[name].append(r)
+            views.setdefault(name, view)
             print(f"seed {seed} {name:9s}: inside {r['psnr_inside']:.2f} dB, outside {r['psnr_outside']:.2f} dB, "
                   f"live inside {r['live_inside']:.2f} dB; at {w}x{h}: inside {r['psnr_inside_native']:.2f}, "
                   f"outside {r['psnr_outside_native']:.2f}, live inside {r['live_inside_native']:.2f} dB; "
@@ -136,6 +156,17 @@ def main(argv: list[str] | None = None) -> int:
               f"({gain('psnr_inside' + sfx):+.2f}), outside {gain('psnr_outside' + sfx):+.2f} dB; live view inside "
               f"{gain('live_inside' + sfx):+.2f} dB (roi_weight {args.weight:g}, roi_step_share {args.share:g})")
     args.out.mkdir(parents=True, exist_ok=True)
+    curve_plot({f"{name}, seed 0": results[name][0]["inside_native_per_frame"] for name in results},
+               args.out / "roi_psnr_per_frame.png",
+               f"held-out frames: PSNR* inside the region at {w}x{h}, trained at {args.scale:g} (dB)", 20.0, 45.0,
+               (25.0, 30.0, 35.0, 40.0))
+    tests = held_out(args.frames)
+    mid = scene.frames[tests[len(tests) // 2]]
+    x0, y0, bw, bh = region_box((region,), mid.pose, K, w, h)
+    truth = mid.left[y0:y0 + bh, x0:x0 + bw]
+    strip = np.concatenate([truth, views["unmarked"], views["marked"]], 1)
+    cv2.imwrite(str(args.out / "roi_region_strip.png"),
+                cv2.resize(strip[..., ::-1], None, fx=4, fy=4, interpolation=cv2.INTER_NEAREST))
     (args.out / "roi_psnr.json").write_text(json.dumps({
         "size": [w, h], "frames": args.frames, "k": args.k, "scale": args.scale, "region": {
             "center": center, "radius": args.radius}, "roi_weight": args.weight, "roi_step_share": args.share,

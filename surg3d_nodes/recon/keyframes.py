@@ -58,7 +58,8 @@ class Keyframe:
                                          eps2d=float(k.get("eps2d", EPS2D))),
                    pose, K, bool(k["has_depth"]),
                    None if k.get("raw_pose") is None else np.asarray(k["raw_pose"], np.float64),
-                   None if k.get("region") is None else cls.from_state_dict(k["region"], device))
+                   # a box has no box of its own (a crafted file nesting them deeper is not followed)
+                   None if k.get("region") is None else cls.from_state_dict({**k["region"], "region": None}, device))
 
 
 def to_keyframe(f: Frame, image_scale: float, t: float, device: torch.device,
