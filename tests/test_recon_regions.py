@@ -3,9 +3,13 @@ loss and the region's PSNR figure, updates by id as the regions topic carries th
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+import cv2
 import numpy as np
 import torch
 
+from surg3d_nodes.common.camera import scale_intrinsics
 from surg3d_nodes.data.synthetic import SynthConfig, generate
 from surg3d_nodes.recon.config import Frame, TrainerConfig
 from surg3d_nodes.recon.regions import Region, region_box, region_pixels, update_regions
@@ -109,6 +113,20 @@ def test_a_marked_region_trains_on_its_box_at_the_cameras_resolution(tmp_path) -
         assert recon.step(StepSchedule())
     st = recon.get_stats()
     assert 0 < st.region_steps and st.psnr_regions > 10.0
+    # a view at the training size renders the box about the region at the box's scale and averages it over its
+    # pixels (no aliasing of the finer detail); elsewhere it is the plain render
+    view = recon.view()
+    assert view.region_focal == box.K[0, 0]
+    w, h = kf.camera.width, kf.camera.height
+    averaged = view.render(kf.pose, w, h, kf.K)[0].astype(float)
+    plain = replace(view, regions=())
+    x0, y0, bw, bh = region_box(recon.regions, kf.pose, kf.K, w, h)
+    K2 = scale_intrinsics(kf.K - np.array([[0, 0, x0], [0, 0, y0], [0, 0, 0]]), 2, 2)
+    fine = cv2.resize(plain.render(kf.pose, 2 * bw, 2 * bh, K2)[0], (bw, bh), interpolation=cv2.INTER_AREA)
+    inside = np.zeros((h, w), bool)
+    inside[y0:y0 + bh, x0:x0 + bw] = True
+    assert np.array_equal(averaged[~inside], plain.render(kf.pose, w, h, kf.K)[0][~inside])
+    assert np.abs(averaged[y0:y0 + bh, x0:x0 + bw] - fine).max() <= 1.0
     # a checkpoint keeps the box
     recon2 = Reconstructor(TrainerConfig(device="cpu", backend="torch", image_scale=0.5))
     recon2.load_state_dict(recon.state_dict())

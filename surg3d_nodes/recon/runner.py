@@ -18,6 +18,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 
+import cv2
 import numpy as np
 import torch
 
@@ -69,6 +70,10 @@ from surg3d_nodes.recon.strategy import DefaultStrategy, Strategy
 
 # Frame detail: Gaussian displacements are rendered as colours 0.5 + d / MOTION_SPAN_M, within 0..1 up to 5 cm.
 MOTION_SPAN_M = 0.1
+# A view renders the box about the operator's regions finer and averages it (`ModelView._regions_averaged`) where the
+# regions are trained at least this many times finer than its pixels; at most this many render pixels a view pixel.
+SUPERSAMPLE_FROM = 1.5
+MAX_SUPERSAMPLE = 4
 
 
 @dataclass
@@ -179,6 +184,8 @@ class ModelView:
     frames: tuple[Keyframe, ...] = ()  # the stored frames, for the frame detail of views (recon.detail)
     detail_window_s: float = 0.0
     falloff: Falloff = NO_FALLOFF      # the camera's brightness fall-off, applied to its views
+    regions: tuple[Region, ...] = ()   # the operator's regions of interest
+    region_focal: float = 0.0          # px: the focal length of the finest box the regions are trained in
 
     def _alive(self) -> dict[str, torch.Tensor]:
         """The Gaussians alive at the view's time, evaluated then (plus their `inferred` flags)."""
@@ -252,6 +259,7 @@ class ModelView:
             flags, seen = self.params["inferred"][:, None], self.model.remembered_at(self.time_s, self.params)
             paint = lambda g: torch.where(flags, g["colors"], seen)  # noqa: E731
         rgb, d, a = self._render(pose, width, height, K, paint=paint)
+        rgb = self._regions_averaged(pose, width, height, K, rgb, paint)
         d[a < 0.5] = np.nan
         measured = None
         if detail and self.detail_window_s > 0:
@@ -262,6 +270,27 @@ class ModelView:
         if not self.falloff.is_identity:
             rgb = rgb * self.falloff.gain(K, width, height)[..., None]
         return (np.clip(rgb, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8), d, a
+
+    def _regions_averaged(self, pose: np.ndarray, width: int, height: int, K: np.ndarray, rgb: np.ndarray,
+                          paint: Callable[[dict[str, torch.Tensor]], torch.Tensor] | None) -> np.ndarray:
+        """`rgb` with the box about the operator's regions rendered at the finer scale the regions are trained at
+        and averaged over each of the view's pixels, where the view is coarser than that: there the Gaussians hold
+        detail finer than the view's pixels, which a render at the view's size samples at their centres (aliasing;
+        the steering bench, half scale, three seeds: inside the region at the training size 38.51 -> 40.11 dB, README)."""
+        if not self.regions or self.region_focal < SUPERSAMPLE_FROM * float(K[0, 0]):
+            return rgb
+        box = region_box(self.regions, pose, K, width, height)
+        if box is None:
+            return rgb
+        x0, y0, w, h = box
+        f = min(MAX_SUPERSAMPLE, round(self.region_focal / float(K[0, 0])))
+        Kb = K.copy()
+        Kb[0, 2] -= x0
+        Kb[1, 2] -= y0
+        fine, _, _ = self._render(pose, w * f, h * f, scale_intrinsics(Kb, f, f), paint=paint)
+        out = rgb.copy()
+        out[y0:y0 + h, x0:x0 + w] = cv2.resize(fine, (w, h), interpolation=cv2.INTER_AREA)
+        return out
 
     def _detail(self, pose: np.ndarray, K: np.ndarray, depth: np.ndarray, view_rgb: np.ndarray,
                 own_time: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -432,9 +461,11 @@ class Reconstructor:
     def view(self, time_s: float | None = None) -> ModelView:
         """A frozen copy of the model at model time `time_s` (default: the newest frame)."""
         t = self.latest_time() if time_s is None else float(time_s)
+        frames = tuple(self.store.stored())
+        focal = max((float(k.region.K[0, 0]) for k in frames if k.region is not None), default=0.0)
         return ModelView(self.model, self.model.detached_copy(), t, self.live_stamp_ns or 0, self.stats.iterations,
-                         self.store.newest(), self.backend, tuple(self.store.stored()), self.cfg.detail_window_s,
-                         self.falloff())
+                         self.store.newest(), self.backend, frames, self.cfg.detail_window_s, self.falloff(),
+                         self.regions, focal)
 
     def render_view(self, pose: np.ndarray, time_s: float | None = None, width: int | None = None,
                     height: int | None = None, K: np.ndarray | None = None, detail: bool = False,
