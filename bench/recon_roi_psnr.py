@@ -49,12 +49,18 @@ def held_out(n: int) -> list[int]:
     return [i for i in range(n) if (i - 1) % 8 == 0]
 
 
+def region_cut(img: np.ndarray, scene, region: Region, i: int) -> np.ndarray:
+    """An image of frame i at the camera's resolution cut to the box about the region (recon.regions.region_box)."""
+    cam = scene.cam_left
+    x0, y0, w, h = region_box((region,), scene.frames[i].pose, cam.intrinsics(), cam.width, cam.height)
+    return img[y0:y0 + h, x0:x0 + w]
+
+
 def region_view(recon: Reconstructor, scene, region: Region, i: int) -> np.ndarray:
-    """Frame i's view at the camera's resolution, cut to the box about the region (recon.regions.region_box)."""
+    """Frame i's view at the camera's resolution, cut to the box about the region."""
     f, cam = scene.frames[i], scene.cam_left
     img, _, _ = recon.render_view(f.pose, recon.time_of(f.stamp_ns), cam.width, cam.height, K=cam.intrinsics())
-    x0, y0, w, h = region_box((region,), f.pose, cam.intrinsics(), cam.width, cam.height)
-    return img[y0:y0 + h, x0:x0 + w]
+    return region_cut(img, scene, region, i)
 
 
 def run(scene, region: Region, mark: bool, cfg: TrainerConfig, k: int) -> tuple[dict, np.ndarray]:
@@ -161,10 +167,9 @@ def main(argv: list[str] | None = None) -> int:
                f"held-out frames: PSNR* inside the region at {w}x{h}, trained at {args.scale:g} (dB)", 20.0, 45.0,
                (25.0, 30.0, 35.0, 40.0))
     tests = held_out(args.frames)
-    mid = scene.frames[tests[len(tests) // 2]]
-    x0, y0, bw, bh = region_box((region,), mid.pose, K, w, h)
-    truth = mid.left[y0:y0 + bh, x0:x0 + bw]
-    strip = np.concatenate([truth, views["unmarked"], views["marked"]], 1)
+    mid = tests[len(tests) // 2]
+    strip = np.concatenate([region_cut(scene.frames[mid].left, scene, region, mid), views["unmarked"],
+                            views["marked"]], 1)
     cv2.imwrite(str(args.out / "roi_region_strip.png"),
                 cv2.resize(strip[..., ::-1], None, fx=4, fy=4, interpolation=cv2.INTER_NEAREST))
     (args.out / "roi_psnr.json").write_text(json.dumps({

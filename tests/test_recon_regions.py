@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import torch
 
-from surg3d_nodes.common.camera import scale_intrinsics
+from surg3d_nodes.common.camera import crop_intrinsics, scale_intrinsics
 from surg3d_nodes.data.synthetic import SynthConfig, generate
 from surg3d_nodes.recon.config import Frame, TrainerConfig
 from surg3d_nodes.recon.regions import Region, region_box, region_pixels, update_regions
@@ -121,7 +121,7 @@ def test_a_marked_region_trains_on_its_box_at_the_cameras_resolution(tmp_path) -
     averaged = view.render(kf.pose, w, h, kf.K)[0].astype(float)
     plain = replace(view, regions=())
     x0, y0, bw, bh = region_box(recon.regions, kf.pose, kf.K, w, h)
-    K2 = scale_intrinsics(kf.K - np.array([[0, 0, x0], [0, 0, y0], [0, 0, 0]]), 2, 2)
+    K2 = scale_intrinsics(crop_intrinsics(kf.K, x0, y0), 2, 2)
     fine = cv2.resize(plain.render(kf.pose, 2 * bw, 2 * bh, K2)[0], (bw, bh), interpolation=cv2.INTER_AREA)
     inside = np.zeros((h, w), bool)
     inside[y0:y0 + bh, x0:x0 + bw] = True

@@ -103,12 +103,16 @@ class CameraModel:
         """The same camera for the image region [x0, x0 + width) x [y0, y0 + height) (principal point shifted)."""
         if x0 < 0 or y0 < 0 or x0 + width > self.width or y0 + height > self.height or width < 1 or height < 1:
             raise ValueError(f"crop {width}x{height}+{x0}+{y0} is outside the {self.width}x{self.height} image")
-        K, P = self.K.copy(), self.P.copy()
-        K[0, 2] -= x0
-        K[1, 2] -= y0
-        P[0, 2] -= x0
-        P[1, 2] -= y0
-        return CameraModel(width, height, K, self.D, self.R, P, self.distortion_model, self.frame_id)
+        return CameraModel(width, height, crop_intrinsics(self.K, x0, y0), self.D, self.R,
+                           crop_intrinsics(self.P, x0, y0), self.distortion_model, self.frame_id)
+
+
+def crop_intrinsics(K: np.ndarray, x0: float, y0: float) -> np.ndarray:
+    """A copy of intrinsics K (3x3, or a 3x4 projection P) for the image cut from pixel (x0, y0) on."""
+    K = np.array(K, dtype=np.float64)
+    K[0, 2] -= x0
+    K[1, 2] -= y0
+    return K
 
 
 def scale_intrinsics(K: np.ndarray, sx: float, sy: float) -> np.ndarray:

@@ -169,12 +169,12 @@ def revealed_tissue(prev: Keyframe | None, kf: Keyframe, margin_px: int) -> torc
 
 @torch.no_grad()
 def hidden_seeds(kf: Keyframe, observed: tuple[torch.Tensor, torch.Tensor, torch.Tensor], alpha_all: torch.Tensor,
-                 margin_px: int, stride: int, fill: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
+                 margin_px: int, stride: int, fill: Callable[[np.ndarray, np.ndarray], np.ndarray] = inpaint
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Completion of the instrument pixels of `kf` from the observed Gaussians' render (`observed`: rgb in their
     remembered colours, depth, alpha at the keyframe) and the whole model's alpha `alpha_all`; `fill(rgb, hole)`
-    guesses the colours of the tissue never seen (default: `inpaint`, the harmonic fill; a user's learned
-    inpainter, recon.inpaint_model).
+    guesses the colours of the tissue never seen (`inpaint`, the harmonic fill, or a user's learned inpainter,
+    recon.inpaint_model).
 
     Returns camera-frame points [M,3] and colours [M,3] (0..1) of new Gaussians for the pixels nothing covers
     yet; the completed colour image [H,W,3] with its hole [H,W] (the instrument pixels no observation covers), to
@@ -192,7 +192,7 @@ def hidden_seeds(kf: Keyframe, observed: tuple[torch.Tensor, torch.Tensor, torch
     # and from the model's memory of tissue seen earlier: the hole left to guess is only what was never seen.
     tool = (kf.tissue < 0.5).cpu().numpy()
     hole = ~memory & tool
-    colours = (fill or inpaint)(composite, ~remembered & tool).astype(np.float32) / 255.0
+    colours = fill(composite, ~remembered & tool).astype(np.float32) / 255.0
     new = band & (alpha_all.cpu().numpy() < MEMORY_ALPHA)
     measured = kf.depth.cpu().numpy()
     known = (measured > 0) & ~band

@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 import torch
 
-from surg3d_nodes.common.camera import scale_intrinsics
+from surg3d_nodes.common.camera import crop_intrinsics, scale_intrinsics
 from surg3d_nodes.common.geometry import backproject
 from surg3d_nodes.perception.falloff import NO_FALLOFF, Falloff
 from surg3d_nodes.recon.capacity import compact
@@ -31,6 +31,7 @@ from surg3d_nodes.recon.completion import (
     MEMORY_ALPHA,
     REVEALED_DEPTH_REL,
     hidden_seeds,
+    inpaint,
     place_inferred,
     recolour_inferred,
     remembered_inferred,
@@ -276,7 +277,8 @@ class ModelView:
         """`rgb` with the box about the operator's regions rendered at the finer scale the regions are trained at
         and averaged over each of the view's pixels, where the view is coarser than that: there the Gaussians hold
         detail finer than the view's pixels, which a render at the view's size samples at their centres (aliasing;
-        the steering bench, half scale, three seeds: inside the region at the training size 38.51 -> 40.11 dB, README)."""
+        the steering bench, half scale, three seeds: inside the region at the training size 38.51 -> 40.11 dB,
+        README)."""
         if not self.regions or self.region_focal < SUPERSAMPLE_FROM * float(K[0, 0]):
             return rgb
         box = region_box(self.regions, pose, K, width, height)
@@ -284,10 +286,7 @@ class ModelView:
             return rgb
         x0, y0, w, h = box
         f = min(MAX_SUPERSAMPLE, round(self.region_focal / float(K[0, 0])))
-        Kb = K.copy()
-        Kb[0, 2] -= x0
-        Kb[1, 2] -= y0
-        fine, _, _ = self._render(pose, w * f, h * f, scale_intrinsics(Kb, f, f), paint=paint)
+        fine, _, _ = self._render(pose, w * f, h * f, scale_intrinsics(crop_intrinsics(K, x0, y0), f, f), paint=paint)
         out = rgb.copy()
         out[y0:y0 + h, x0:x0 + w] = cv2.resize(fine, (w, h), interpolation=cv2.INTER_AREA)
         return out
@@ -438,8 +437,10 @@ class Reconstructor:
         self.on_frame: Callable[[], None] | None = None   # called after a frame is in the model
         self.regions: tuple[Region, ...] = ()        # the operator's regions of interest (replaced whole)
         self.falloff()                                # a malformed setting fails here, not at the first frame
-        # A user's learned inpainter for the tissue never seen (InpaintModelError here, named), else the harmonic fill.
-        self.inpainter = OnnxInpainter(c.inpaint_model, c.inpaint_model_output) if c.inpaint_model else None
+        # The colours of the tissue never seen: a user's learned inpainter (InpaintModelError here, named), else the
+        # harmonic fill.
+        self.fill_unseen: Callable[[np.ndarray, np.ndarray], np.ndarray] = (
+            OnnxInpainter(c.inpaint_model, c.inpaint_model_output) if c.inpaint_model else inpaint)
 
     # ------------------------------------------------------------------ reading
     def falloff(self) -> Falloff:
@@ -745,7 +746,7 @@ class Reconstructor:
         _, _, alpha_all, _ = render_evaluated(g, kf.camera, self.backend)
         pts_c, cols, image, hole, surface = hidden_seeds(kf, (rgb, depth, alpha), alpha_all,
                                                          self.cfg.complete_margin_px, self.cfg.add_stride,
-                                                         self.inpainter)
+                                                         self.fill_unseen)
         place_inferred(self.model, kf, surface, g["means"])
         recolour_inferred(self.model, kf, image, hole)
         room = self.room(len(pts_c))
