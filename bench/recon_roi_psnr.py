@@ -4,9 +4,10 @@ A synthetic clip (moving endoscope, one instrument) is streamed in time order wi
 after each frame (`train_stream`), once with no region and once with a region marked from the
 first frame on (its pixels weighted `roi_weight`, and `roi_step_share` of the steps on each frame's box about it at
 the camera's resolution instead of the whole frame); every 8th frame is held out. Both runs get the same frames,
-steps and seed. Scored on the held-out frames at the training resolution and at the camera's: PSNR* over the
-tissue pixels inside the region (found from the exact tissue depth) and outside it; and "live": inside the region
-on each newest frame right after its steps.
+steps and seed. Scored on the held-out frames at the training resolution, at the camera's, and with the camera's
+view averaged over the training pixels (one render for both runs at the training size): PSNR* over the tissue
+pixels inside the region (found from the exact tissue depth) and outside it; and "live": inside the region on each
+newest frame right after its steps.
 
     python bench/recon_roi_psnr.py [--size 320x256] [--frames 40] [--k 10] [--radius 0.006] [--weight 4]
 
@@ -74,18 +75,24 @@ def run(scene, region: Region, mark: bool, cfg: TrainerConfig, k: int) -> tuple[
         recon.set_regions((region,))
     live: list[tuple[float, float]] = []
 
-    def inside_psnr(i: int) -> tuple[float, float, float, float]:
-        """PSNR* inside and outside the region at the training resolution, then at the camera's own."""
+    def inside_psnr(i: int) -> tuple[float, ...]:
+        """PSNR* inside and outside the region at the training resolution, at the camera's own, and of the
+        camera's view averaged over the training pixels (the same render for both runs: the view at the training
+        size samples the unmarked model at the pixels it was fitted at, the marked one's box is averaged)."""
         f = frames[i]
-        out = []
+        out, views = [], []
         for s in (cfg.image_scale, 1.0):
             cam = scene.cam_left.scaled(s)
             rgb, tissue, depth = _scaled(f, scene.cam_left, s)
             img, _, _ = recon.render_view(f.pose, recon.time_of(f.stamp_ns), cam.width, cam.height,
                                           K=cam.intrinsics())
             roi = region_pixels((region,), torch.as_tensor(depth), cam.intrinsics(), f.pose).numpy() & tissue
+            views.append((img, rgb, roi, tissue))
             out += [psnr_star(img, rgb, roi.astype(np.float32)),
                     psnr_star(img, rgb, (tissue & ~roi).astype(np.float32))]
+        (small, rgb, roi, tissue), (camera_view, *_) = views
+        area = cv2.resize(camera_view, small.shape[1::-1], interpolation=cv2.INTER_AREA)
+        out += [psnr_star(area, rgb, roi.astype(np.float32)), psnr_star(area, rgb, (tissue & ~roi).astype(np.float32))]
         return tuple(out)
 
     t0 = time.monotonic()
@@ -94,13 +101,15 @@ def run(scene, region: Region, mark: bool, cfg: TrainerConfig, k: int) -> tuple[
                                frames[i].pose, scene.cam_left) for i in train], k,
                  lambda j, _: live.append(inside_psnr(train[j])[::2]))
     seconds = time.monotonic() - t0
-    inside, outside, inside_n, outside_n = zip(*(inside_psnr(i) for i in tests), strict=True)
+    inside, outside, inside_n, outside_n, inside_a, outside_a = zip(*(inside_psnr(i) for i in tests), strict=True)
     st = recon.get_stats()
     return {"psnr_inside": float(np.mean(inside)), "psnr_outside": float(np.mean(outside)),
             "live_inside": float(np.mean([x[0] for x in live])), "inside_per_frame": list(inside),
             "inside_native_per_frame": list(inside_n),
             "psnr_inside_native": float(np.mean(inside_n)), "psnr_outside_native": float(np.mean(outside_n)),
             "live_inside_native": float(np.mean([x[1] for x in live])),
+            "psnr_inside_area": float(np.mean(inside_a)), "psnr_outside_area": float(np.mean(outside_a)),
+            "live_inside_area": float(np.mean([x[2] for x in live])),
             "iterations": st.iterations, "region_steps": st.region_steps, "gaussians": st.num_gaussians,
             "psnr_regions_status": st.psnr_regions, "train_s": seconds}, region_view(recon, scene, region,
                                                                            tests[len(tests) // 2])
@@ -146,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
             views.setdefault(name, view)
             print(f"seed {seed} {name:9s}: inside {r['psnr_inside']:.2f} dB, outside {r['psnr_outside']:.2f} dB, "
                   f"live inside {r['live_inside']:.2f} dB; at {w}x{h}: inside {r['psnr_inside_native']:.2f}, "
-                  f"outside {r['psnr_outside_native']:.2f}, live inside {r['live_inside_native']:.2f} dB; "
+                  f"outside {r['psnr_outside_native']:.2f}, live inside {r['live_inside_native']:.2f} dB; its view "
+                  f"averaged: inside {r['psnr_inside_area']:.2f}, outside {r['psnr_outside_area']:.2f} dB; "
                   f"{r['iterations']} iterations ({r['region_steps']} on the region's box), {r['gaussians']}"
                   f" Gaussians, {r['train_s']:.0f} s", flush=True)
 
@@ -156,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     def gain(key: str) -> float:
         return mean("marked", key) - mean("unmarked", key)
 
-    for res, sfx in ((f"training resolution ({args.scale:g})", ""), (f"the camera's {w}x{h}", "_native")):
+    for res, sfx in ((f"training resolution ({args.scale:g})", ""), (f"the camera's {w}x{h}", "_native"),
+                     (f"the training resolution, the camera's view averaged ({args.scale:g})", "_area")):
         print(f"marking the region (mean of {args.repeats}), scored at {res}: inside "
               f"{mean('unmarked', 'psnr_inside' + sfx):.2f} -> {mean('marked', 'psnr_inside' + sfx):.2f} dB "
               f"({gain('psnr_inside' + sfx):+.2f}), outside {gain('psnr_outside' + sfx):+.2f} dB; live view inside "
@@ -176,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         "size": [w, h], "frames": args.frames, "k": args.k, "scale": args.scale, "region": {
             "center": center, "radius": args.radius}, "roi_weight": args.weight, "roi_step_share": args.share,
         **{
-            f"{k}{sfx}_db": gain(key + sfx) for sfx in ("", "_native") for k, key in (
+            f"{k}{sfx}_db": gain(key + sfx) for sfx in ("", "_native", "_area") for k, key in (
                 ("gain_inside", "psnr_inside"), ("gain_live_inside", "live_inside"),
                 ("change_outside", "psnr_outside"))}, "runs": results,
         "date_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}, indent=1))
