@@ -4,8 +4,9 @@ under its instruments."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -14,6 +15,7 @@ from recon_support import scene_frames
 from surg3d_nodes.data.synthetic import SynthConfig, generate
 from surg3d_nodes.recon.config import TrainerConfig
 from surg3d_nodes.recon.detail import (
+    MASKED_TISSUE_TOLERANCE,
     blend,
     confirmed_share,
     fill_uncovered,
@@ -247,3 +249,29 @@ def test_a_view_past_what_the_frames_saw_is_filled_in_and_marked_inferred(traine
     assert (view.inferred_weight(pose, fill=True)[hole] == 1.0).all(), "the filled pixels are marked as inferred"
     assert (view.inferred_weight(pose)[hole] < 1.0).all(), "a view that does not fill marks nothing there"
     assert np.array_equal(view.render(pose, detail=True)[0][hole], model[hole]), "without the fill: the model"
+
+
+def test_the_rim_a_generous_mask_adds_shows_the_frame_where_it_images_the_models_tissue(trained):
+    """A frame whose instrument mask is drawn 2 px wider than the instrument, as datasets' masks often are: in
+    that rim, tissue the frame imaged, the view with detail at the frame's own time shows the frame's image where
+    it agrees with the model's tissue colour (recon.detail.shown_tissue); on the instrument itself, the model alone."""
+    rec, frames, _ = trained
+    f = frames[2]
+    view = rec.view(rec.time_of(f.stamp_ns))
+    instrument = f.mask > 0
+    generous = cv2.dilate(instrument.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+    view.frames = tuple(replace(k, tissue=torch.as_tensor((~generous).astype(np.float32)))
+                        if k.stamp_ns == f.stamp_ns else k for k in view.frames)
+    model, _, alpha = view.render(f.pose)
+    shown, _, _ = view.render(f.pose, detail=True)
+    rim = generous & ~instrument & (alpha > 0.5)
+    assert rim.sum() > 50
+    err = lambda img: np.abs(img.astype(np.float32) - f.rgb).max(-1)  # noqa: E731
+    agrees = err(model) < 255 * MASKED_TISSUE_TOLERANCE
+    print(f"\nrim {rim.sum()} px, {agrees[rim].mean():.2f} within the tolerance; mean error "
+          f"{err(model)[rim].mean():.2f} -> {err(shown)[rim].mean():.2f} grey levels")
+    assert agrees[rim].mean() > 0.8
+    assert (err(shown)[rim & agrees] <= 1).all(), "the rim's tissue: the frame's image"
+    assert err(shown)[rim].mean() < 0.5 * err(model)[rim].mean()
+    on_instrument = instrument & (alpha > 0.5)
+    assert (shown[on_instrument] == model[on_instrument]).all(axis=-1).mean() > 0.99, "the instrument: the model"

@@ -12,7 +12,8 @@ and its own re-projected, the latter only as far as the images confirm the model
 light moving with the camera is). The mean of the predictions minus the view's render is the detail; for the
 measured depth, whose stereo noise is large against the relief the frames share, it is scaled by the share of it
 the frames have in common (`shared_share`: noise is not shared). It is measured texture, never a guess: under an
-instrument of the frame it is nothing, so inferred tissue keeps the model's colour alone.
+instrument of the frame it is nothing (the band a generous mask adds around one counts as tissue where the image
+shows the model's tissue colour, `shown_tissue`), so inferred tissue keeps the model's colour alone.
 
 The re-projection follows the model's own motion of the surface between the frame's time and the view's (the
 Gaussians' displacements, rendered); the window bounds how long that motion has to be right for.
@@ -34,6 +35,13 @@ import numpy as np
 
 # A re-projected point counts as seen by the frame when the frame's rendered depth there agrees to this share.
 DEPTH_AGREEMENT = 0.03
+# A pixel under a frame's instrument mask whose image is within this of the model's tissue colour there (mean of
+# the channels' absolute differences, colours 0..1) is tissue the mask took in (`shown_tissue`). Same trained model
+# scored both ways (2026-12-07, stream K = 10, the frame detail): the shared EndoNeRF clip at 1/4 scale, whose masks
+# reach 10-20 px beyond the instruments at full size, +0.24 dB at 0.08 (+0.39 with every masked pixel, instrument
+# too); its first 32 / last 31 frames +0.36 / +0.10; a synthetic scene with exact masks 0.00 at 0.05 and 0.08,
+# -0.02 at 0.12 and -5.3 dB with every masked pixel (the instruments' own colours carried into the tissue).
+MASKED_TISSUE_TOLERANCE = 0.08
 # Side (px) of the windows the noise gain (`shared_share`, the depth's since 2026-12-07) and `confirmed_share` are
 # estimated over. With the gain on the colours, stream K = 10 on the shared clip at 1/4 scale: 5, 9 and 17 px gave
 # 41.74 / 41.73 / 41.71 dB, the whole view 41.61 (one run each, 2026-12-05).
@@ -71,6 +79,16 @@ def nearest_in_time(frames: Iterable[Timed], t: float, window_s: float, per_side
     chosen = before + after
     inv = [1.0 / abs(f.t - t) for f in chosen]
     return [(f, w / sum(inv)) for f, w in zip(chosen, inv, strict=True)]
+
+
+def shown_tissue(image: np.ndarray, render: np.ndarray, alpha: np.ndarray, tissue: np.ndarray) -> np.ndarray:
+    """[H,W] bool: the pixels of a frame (`image`, its model `render` [H,W,3] 0..1 and `alpha`) that show tissue
+    the model covers: its `tissue` mask, and the masked pixels whose colour agrees with the model's tissue to
+    `MASKED_TISSUE_TOLERANCE`: instrument masks are drawn generously (a dilated segmentation, a dataset's own),
+    and the band they add is tissue the frame measured."""
+    covered = alpha > 0.5
+    agrees = np.abs(image - render).mean(-1) < MASKED_TISSUE_TOLERANCE
+    return covered & (tissue | agrees)
 
 
 @dataclass(frozen=True)

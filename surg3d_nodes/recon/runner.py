@@ -47,6 +47,7 @@ from surg3d_nodes.recon.detail import (
     frame_detail,
     nearest_in_time,
     projection,
+    shown_tissue,
     to_fill,
 )
 from surg3d_nodes.recon.flow_tracks import FlowTrackConfig, update_tracks
@@ -305,8 +306,9 @@ class ModelView:
         images, renders, oks, weights, depth_parts = [], [], [], [], []
         for kf, weight in near:
             rgb_k, d_k, a_k = self._render(kf.pose, kf.camera.width, kf.camera.height, kf.K, time_s=kf.t)
-            seen = (kf.tissue.cpu().numpy() > 0.5) & (a_k > 0.5)
-            both = np.where(seen[..., None], np.concatenate([kf.rgb.cpu().numpy(), rgb_k], -1), np.nan)
+            image_k = kf.rgb.cpu().numpy()
+            seen = shown_tissue(image_k, rgb_k, a_k, kf.tissue.cpu().numpy() > 0.5)
+            both = np.where(seen[..., None], np.concatenate([image_k, rgb_k], -1), np.nan)
             motion = self._motion(pose, w, h, K, kf.t)
             proj = projection(kf.pose, kf.K, np.where(a_k > 0.5, d_k, np.nan), pose, K, depth, motion)
             values, ok = proj.sample(both)
