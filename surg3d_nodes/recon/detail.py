@@ -49,6 +49,14 @@ GAIN_WINDOW_PX = 9
 # Frames taken on each side of a view's time. Stream K = 10, 1/4 scale: 1 -> 2 gives live 41.38 -> 41.69 dB (a
 # live view has two frames before it and one after), final 41.71 / 41.66, offline 42.23 / 42.20 (one run each).
 FRAMES_PER_SIDE = 2
+# A frame's prediction of a view is the mean of two: its image carried along the model's change to the view (as far
+# as the images confirm it, `confirmed_share`) and its image alone. The confirmation is measured between frames the
+# model was fitted to, where its changes follow the images by construction, so it over-trusts the change at a time
+# between them; the two predictions err apart. Same trained models scored both ways (2026-12-07, stream K = 10, final
+# / live view with the detail): the shared EndoNeRF clip at 1/4 +0.25 / +0.27 dB, its first 32 frames +0.36 / +0.26,
+# synthetic scenes (issue 14's clip, seed 37) +0.27 / +0.13 and +0.24 / +0.12; offline 600 +0.19 / +0.45 (shared,
+# first 32). Weight 0.3: within 0.05 dB of 0.5; 0 (the images alone): -0.02 to +0.32.
+MODEL_CHANGE_WEIGHT = 0.5
 # A pixel the model covers less than this is filled in. The right view of the shared clip (stream K = 10, 1/4 scale,
 # with the frame detail, one run, 2026-12-05): unfilled 32.01 dB; filled below 0.7 / 0.8 / 0.9: 33.20 / 33.41 /
 # 33.15; the fill taken from the far side of a depth edge only (the surface a fold hides): 33.08. Filling pixels a

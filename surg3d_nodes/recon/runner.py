@@ -42,6 +42,7 @@ from surg3d_nodes.recon.config import Frame, TrainerConfig
 from surg3d_nodes.recon.detail import (
     FRAMES_PER_SIDE,
     GAIN_WINDOW_PX,
+    MODEL_CHANGE_WEIGHT,
     confirmed_share,
     fill_uncovered,
     frame_detail,
@@ -321,8 +322,10 @@ class ModelView:
                 residual = np.where(seen & (measured_k > 0), measured_k - d_k, np.nan)[..., None]
                 depth_parts.append((*proj.sample(residual), weight))
         # A frame predicts the view as its image plus the model's change from it to the view, as far as the
-        # images confirm that change (one frame alone: in full).
-        trust = (confirmed_share(images, renders, oks, weights, GAIN_WINDOW_PX)[..., None] if len(near) >= 2
+        # images confirm that change, averaged with its image alone (recon.detail.MODEL_CHANGE_WEIGHT; one frame
+        # alone: in full).
+        trust = (MODEL_CHANGE_WEIGHT * confirmed_share(images, renders, oks, weights, GAIN_WINDOW_PX)[..., None]
+                 if len(near) >= 2
                  else np.ones((h, w, 1), np.float32))
         parts = [(np.where(ok[..., None], (im - re) + (1.0 - trust) * (re - view_rgb), 0.0).astype(np.float32), ok,
                   wt) for im, re, ok, wt in zip(images, renders, oks, weights, strict=True)]
