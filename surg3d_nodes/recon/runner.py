@@ -325,8 +325,7 @@ class ModelView:
         # images confirm that change, averaged with its image alone (recon.detail.MODEL_CHANGE_WEIGHT; one frame
         # alone: in full).
         trust = (MODEL_CHANGE_WEIGHT * confirmed_share(images, renders, oks, weights, GAIN_WINDOW_PX)[..., None]
-                 if len(near) >= 2
-                 else np.ones((h, w, 1), np.float32))
+                 if len(near) >= 2 else np.ones((h, w, 1), np.float32))
         parts = [(np.where(ok[..., None], (im - re) + (1.0 - trust) * (re - view_rgb), 0.0).astype(np.float32), ok,
                   wt) for im, re, ok, wt in zip(images, renders, oks, weights, strict=True)]
         own = len(near) == 1 and near[0][0].t == self.time_s
