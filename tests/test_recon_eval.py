@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from surg3d_nodes.cli.eval import main
@@ -36,9 +37,9 @@ def test_stream_beats_copying_the_previous_frame(shared_data: Path, tmp_path: Pa
     """Issue 14's CI check: live training (stream mode, K = 10 steps per frame, the smallest K that does here; K = 5
     gave 39.82 dB against 40.08) on the shared clip at 1/4 scale renders the held-out frames better than copying
     the previous frame, computed in the same run. The views the product shows (the model plus the frame detail,
-    recon.detail) meet the issue's stream targets: final at least copy-previous + 1 dB (42.50 against 40.08 here),
-    live at least copy-previous, depth RMSE at most 2.5 mm (1.92 mm, the model alone 2.52, copying the previous
-    frame's measured depth 2.54, on 2026-12-07)."""
+    recon.detail) meet the issue's stream targets: final at least copy-previous + 1 dB (43.49 against 40.08 here),
+    live at least copy-previous, depth RMSE at most 2.5 mm (1.92-1.95 mm, the model alone 2.57-2.60, copying the
+    previous frame's measured depth 2.54, on 2026-12-07)."""
     clip = shared_data / "endonerf" / "pulling_soft_tissues"
     if not clip.is_dir():
         pytest.skip(f"EndoNeRF clip absent: {clip}")
@@ -54,6 +55,31 @@ def test_stream_beats_copying_the_previous_frame(shared_data: Path, tmp_path: Pa
     assert r["detail_psnr"] >= r["baseline_copy_prev_psnr"] + 1.0
     assert r["detail_live_psnr"] >= r["baseline_copy_prev_psnr"]
     assert r["detail_depth_rmse_mm"] <= 2.5
+
+
+def test_stream_on_a_slowly_changing_clip_beats_copying_the_previous_frame(shared_data: Path, tmp_path: Path):
+    """The same target on a clip that changes slowly, as the real clip kept from the team in issue 14's table does
+    (copying the previous frame 42.09 dB, the neighbours' mean 46.43): the shared clip's first 32 frames (45.20 /
+    47.09), where the final view with the frame detail was 0.27 dB short of copy-previous + 1 before the detail
+    took the rim of the generous masks and half the model's change (46.65 dB on 2026-12-07)."""
+    clip = shared_data / "endonerf" / "pulling_soft_tissues"
+    if not clip.is_dir():
+        pytest.skip(f"EndoNeRF clip absent: {clip}")
+    first = tmp_path / "first32"
+    for sub in ("images", "images_right", "depth", "masks", "gt_masks"):
+        (first / sub).mkdir(parents=True)
+        for f in sorted((clip / sub).iterdir())[:32]:
+            (first / sub / f.name).symlink_to(f)
+    np.save(first / "poses_bounds.npy", np.load(clip / "poses_bounds.npy")[:32])
+    assert main(["endonerf", str(first), "--mode", "stream", "--iterations-per-frame", "10", "--scale", "0.25",
+                 "--device", "cpu", "--json", str(tmp_path / "r.json")]) == 0
+    r = json.loads((tmp_path / "r.json").read_text())
+    print(f"\nfirst 32 frames, stream K=10: copy-previous {r['baseline_copy_prev_psnr']:.2f}, neighbour mean "
+          f"{r['baseline_neighbour_mean_psnr']:.2f}; with the frame detail final {r['detail_psnr']:.2f}, live "
+          f"{r['detail_live_psnr']:.2f}")
+    assert r["test_frames"] == [1, 9, 17, 25]
+    assert r["detail_psnr"] >= r["baseline_copy_prev_psnr"] + 1.0
+    assert r["detail_live_psnr"] >= r["baseline_copy_prev_psnr"]
 
 
 def test_eval_rejects_bad_input(tmp_path: Path, capsys):
