@@ -73,7 +73,7 @@ def run(scene, region: Region, mark: bool, cfg: TrainerConfig, k: int) -> tuple[
     recon = Reconstructor(cfg)
     if mark:
         recon.set_regions((region,))
-    live: list[tuple[float, float]] = []
+    live: list[tuple[float, ...]] = []   # inside the region: training size, camera's, camera's averaged
 
     def inside_psnr(i: int) -> tuple[float, ...]:
         """PSNR* inside and outside the region at the training resolution, at the camera's own, and of the
