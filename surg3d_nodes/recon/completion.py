@@ -14,8 +14,8 @@ moves with the tissue through the Gaussians' tracks). Texture never seen cannot 
 smooth continuation errs least on average, where Telea's inpainting carries the border's streaks in (synthetic
 scene, 320x256 streamed, never-seen PSNR: 24.46 -> 24.86 dB, Telea's baseline 23.83; README, issue 16): the
 membrane (as the geometry), plus half the slopes a thin plate carries on from the border's large-scale shading
-(+0.2 to +0.5 dB on six of eight synthetic scenes, -0.02 and -0.25 on two; README, Occluded tissue). A user's
-learned inpainter may take that fill's place (recon.inpaint_model).
+(+0.2 to +0.5 dB on five of six synthetic scenes, -0.25 on one; README, Occluded tissue). A user's learned inpainter
+may take that fill's place (recon.inpaint_model).
 
 Replacement: an inferred Gaussian that projects onto a pixel that is tissue in a new frame (not under the mask,
 with measured depth, the Gaussian not far behind that surface) is pruned before the frame grows the model, so
