@@ -134,6 +134,28 @@ def test_the_guess_takes_the_memory_where_it_covers_most_of_a_pixel():
     assert (right[..., 1] > 0.15).all() and (right[..., 1] < 0.4).all()
 
 
+def test_the_guess_keeps_tissue_the_fall_off_correction_brightens_above_one():
+    """A frame divided by the camera's fall-off holds tissue brighter than 1 towards the corners; the completed
+    colours beside it stay that bright (cast straight to 8 bits, 1.2 had wrapped round to 0.2)."""
+    from surg3d_nodes.perception.falloff import Falloff
+    from surg3d_nodes.recon.keyframes import to_keyframe
+
+    h, w = 32, 40
+    cam = generate(SynthConfig(width=w, height=h, frames=1, instruments=0, seed=1)).cam_left
+    falloff = Falloff(-1.0, 0.0)
+    rgb = np.full((h, w, 3), 240, np.uint8)                    # bright tissue: above 1 where the gain is under 0.94
+    mask = np.zeros((h, w), np.uint8)
+    mask[:, :6] = 255                                          # an instrument along the left edge
+    kf = to_keyframe(Frame(0, rgb, np.full((h, w), 0.05, np.float32), mask, np.eye(4), cam), 1.0, 0.0,
+                     torch.device("cpu"), falloff=falloff)
+    assert float(kf.rgb[:, 6].min()) > 1.05
+    none = torch.zeros(h, w)
+    _, _, colours, hole = hidden_seeds(kf, (torch.zeros(h, w, 3), torch.full((h, w), 0.05), none), none, 0, 1)[:4]
+    assert hole[:, :6].all()
+    beside = kf.rgb[:, 6].numpy()                              # [H,3]: the tissue next to the instrument
+    assert colours[:, :6].min() > 0.95 * beside.min() and colours[:, :6].max() < 1.05 * beside.max()
+
+
 def test_hidden_tissue_is_inferred_then_replaced_when_it_shows(scene):
     frames = scene_frames(scene)
     rec = Reconstructor(_cfg())

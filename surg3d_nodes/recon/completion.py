@@ -176,23 +176,28 @@ def hidden_seeds(kf: Keyframe, observed: tuple[torch.Tensor, torch.Tensor, torch
     guesses the colours of the tissue never seen (`inpaint`, the harmonic fill, or a user's learned inpainter,
     recon.inpaint_model).
 
-    Returns camera-frame points [M,3] and colours [M,3] (0..1) of new Gaussians for the pixels nothing covers
-    yet; the completed colour image [H,W,3] with its hole [H,W] (the instrument pixels no observation covers), to
-    recolour the inferred Gaussians already there (`recolour_inferred`); and the completed surface [H,W] (camera
-    depth on the dilated instrument pixels, 0 elsewhere), to put them back on it (`place_inferred`)."""
+    Returns camera-frame points [M,3] and colours [M,3] (the frame's: 0..1, above 1 where the fall-off is
+    divided out) of new Gaussians for the pixels nothing covers yet; the completed colour image [H,W,3] with its
+    hole [H,W] (the instrument pixels no observation covers), to recolour the inferred Gaussians already there
+    (`recolour_inferred`); and the completed surface [H,W] (camera depth on the dilated instrument pixels, 0
+    elsewhere), to put them back on it (`place_inferred`)."""
     rgb, depth, alpha = observed
     band = instrument_band(kf, margin_px)
     a = alpha.cpu().numpy()
     memory = band & (a >= MEMORY_ALPHA)
     remembered = band & (a >= COLOUR_MEMORY_ALPHA)
-    live = (kf.rgb.cpu().numpy() * 255 + 0.5).astype(np.uint8)
-    mem = (unpremultiply(rgb.cpu().numpy(), a) * 255 + 0.5).astype(np.uint8)
+    # The frame's colours are divided by the camera's fall-off (perception.falloff), above 1 towards the corners,
+    # and the fill works on 8-bit images: the composite is scaled by its peak (cast directly, 1.2 wrapped to 0.2).
+    live = kf.rgb.cpu().numpy()
+    peak = max(1.0, float(live.max()))
+    mem = unpremultiply(rgb.cpu().numpy(), a, peak)
     composite = np.where(remembered[..., None], mem, live)
     # Colour comes from the live tissue right up to the instrument (the margin is for depth, unreliable there),
     # and from the model's memory of tissue seen earlier: the hole left to guess is only what was never seen.
     tool = (kf.tissue < 0.5).cpu().numpy()
     hole = ~memory & tool
-    colours = fill(composite, ~remembered & tool).astype(np.float32) / 255.0
+    scaled = (np.clip(composite / peak, 0.0, 1.0) * 255 + 0.5).astype(np.uint8)
+    colours = fill(scaled, ~remembered & tool).astype(np.float32) * (peak / 255.0)
     new = band & (alpha_all.cpu().numpy() < MEMORY_ALPHA)
     measured = kf.depth.cpu().numpy()
     known = (measured > 0) & ~band
@@ -318,10 +323,10 @@ def smooth_fill(img: np.ndarray, hole: np.ndarray) -> np.ndarray:
     return np.where(hole[..., None], filled, img)
 
 
-def unpremultiply(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
-    """Rendered colour (float 0..1, composited over black) divided by its alpha, where alpha > 0: the tissue's
-    own colour at pixels the Gaussians cover only partly."""
-    return np.clip(rgb / np.maximum(alpha, 1e-3)[..., None], 0.0, 1.0) * (alpha > 0)[..., None]
+def unpremultiply(rgb: np.ndarray, alpha: np.ndarray, top: float = 1.0) -> np.ndarray:
+    """Rendered colour (float, composited over black) divided by its alpha, where alpha > 0, at most `top`: the
+    tissue's own colour at pixels the Gaussians cover only partly."""
+    return np.clip(rgb / np.maximum(alpha, 1e-3)[..., None], 0.0, top) * (alpha > 0)[..., None]
 
 
 def deoccluded(live: np.ndarray, render: np.ndarray, alpha: np.ndarray, mask: np.ndarray, inferred: np.ndarray
