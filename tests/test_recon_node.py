@@ -261,7 +261,7 @@ def test_trainer_reports_an_input_whose_publisher_delivers_nothing(ros_env, ros_
 
 def test_trainer_with_an_inpainting_model_that_does_not_load_runs_on(ros_env, ros_node, scene, tmp_path):
     """`inpaint_model` naming a file that is no ONNX model: the trainer logs the error naming the file, counts the
-    fallback in its heartbeat, and trains with the smooth fill."""
+    fallback in its heartbeat, and trains with the harmonic fill."""
     bad = tmp_path / "lama.onnx"
     bad.write_bytes(b"not an onnx model")
     proc = _start(tmp_path / "out", ros_env, params=(f"inpaint_model:={bad}",))
@@ -275,7 +275,7 @@ def test_trainer_with_an_inpainting_model_that_does_not_load_runs_on(ros_env, ro
     finally:
         out = stop_node(proc)
     assert used >= 2 and counted == "1" and proc.returncode == 0, out
-    assert f"cannot load ONNX inpainting model {bad}" in out and "gets the smooth fill instead" in out
+    assert f"cannot load ONNX inpainting model {bad}" in out and "filled harmonically instead" in out
 
 
 def test_trainer_reports_inputs_that_all_arrive_but_never_pair(ros_env, ros_node, scene, tmp_path):

@@ -7,15 +7,13 @@ the inferred Gaussians with it (`place_inferred`).
 
 Appearance: the model's memory first: instrument pixels that existing Gaussians cover (rendered alpha above the
 growth threshold) are left to them. Only pixels no camera has shown are completed, once, into Gaussians flagged
-`inferred`: a smooth fill (`inpaint`) of the composite image (live tissue + the model's memory under the
+`inferred`: the harmonic fill (as the geometry) of the composite image (live tissue + the model's memory under the
 instrument, in the colours it was seen with, wherever it covers at least `COLOUR_MEMORY_ALPHA`), so the hole to
 guess is only the part never seen, not the whole instrument, and the guess is not repeated per output frame (it
-moves with the tissue through the Gaussians' tracks). Texture never seen cannot be predicted from its border; a
-smooth continuation errs least on average, where Telea's inpainting carries the border's streaks in (synthetic
-scene, 320x256 streamed, never-seen PSNR: 24.46 -> 24.86 dB, Telea's baseline 23.83; README, issue 16): the
-membrane (as the geometry), plus half the slopes a thin plate carries on from the border's large-scale shading
-(+0.2 to +0.5 dB on six of eight synthetic scenes, -0.02 and -0.25 on two; README, Occluded tissue). A user's
-learned inpainter may take that fill's place (recon.inpaint_model).
+moves with the tissue through the Gaussians' tracks). Texture never seen cannot be predicted from its border; the
+smoothest continuation errs least on average, where Telea's inpainting carries the border's streaks in (synthetic
+scene, 320x256 streamed, never-seen PSNR: 24.46 -> 24.86 dB, Telea's baseline 23.83; README, issue 16). A user's
+learned inpainter may take the harmonic fill's place (recon.inpaint_model).
 
 Replacement: an inferred Gaussian that projects onto a pixel that is tissue in a new frame (not under the mask,
 with measured depth, the Gaussian not far behind that surface) is pruned before the frame grows the model, so
@@ -45,9 +43,6 @@ INPAINT_RADIUS_PX = 5
 # a 640x512 image in three channels, 0.49 s for a fifth (Telea: 0.06 / 0.09 s; 1e-9, the geometry's, from Telea's
 # start: 0.49 / 1.6 s). 1e-3 (0.13 / 0.23 s, within 0.8): never seen 0.05 dB lower on the synthetic clip, twice.
 COLOUR_TOL = 1e-4
-# The colour fill's base (`inpaint`) leaves out dark structures narrower than this (pixels): vessels. Continued by
-# the thin plate, a vessel crossing the hole's border made a dark blob inside it (synthetic seed 71: -1.7 dB).
-VESSEL_PX = 9
 # `smooth_fill` solves on an image at most this wide.
 SMOOTH_FILL_WIDTH = 320
 # Holes larger than this (pixels) start `membrane_fill` from the fill at half the resolution (`_coarse_start`).
@@ -77,28 +72,6 @@ ANCHOR_WEIGHT = 1e-6
 INFERRED_STRIDE = 2
 
 
-_STEPS = ((1, 0), (-1, 0), (0, 1), (0, -1))
-
-
-def _neighbour_count(h: int, w: int) -> np.ndarray:
-    """[H,W] how many of its 4 neighbours each pixel has inside the image (the Laplacian's Neumann border)."""
-    ys, xs = np.arange(h)[:, None], np.arange(w)[None]
-    return ((ys > 0).astype(np.float64) + (ys < h - 1)) + ((xs > 0).astype(np.float64) + (xs < w - 1))
-
-
-def _laplacian(img: np.ndarray, count: np.ndarray) -> np.ndarray:
-    """The 4-neighbour Laplacian of `img` [H,W] over the neighbours inside the image (`count` of them)."""
-    h, w = img.shape
-    p = np.pad(img, 1)
-    return sum(p[1 + dy:h + 1 + dy, 1 + dx:w + 1 + dx] for dy, dx in _STEPS) - count * img
-
-
-def _known_values(values: np.ndarray, known: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """`values` as float64 with 0 outside `known`, and the known and unknown masks (a non-finite value is unknown)."""
-    known = known & np.isfinite(values)
-    return np.where(known, values, 0.0).astype(np.float64), known, ~known
-
-
 def membrane_fill(depth: np.ndarray, known: np.ndarray, tol: float = 1e-9, max_iter: int = 2000) -> np.ndarray:
     """`depth` [H,W] with every pixel outside `known` replaced by the harmonic interpolation of the known
     pixels (discrete Laplace equation, 4-neighbours, Neumann at the image border): smooth, exact on planes.
@@ -106,7 +79,9 @@ def membrane_fill(depth: np.ndarray, known: np.ndarray, tol: float = 1e-9, max_i
     from Telea's fill, or for a hole of more than `COARSE_FROM_PX` pixels from the fill at half the resolution
     (`_coarse_start`); `tol` is relative to the known values' scale. The iterations work on the unknown pixels
     only, with their neighbours gathered by index (a hole is a few percent of the image)."""
-    out, known, unknown = _known_values(depth, known)
+    known = known & np.isfinite(depth)
+    out = np.where(known, depth, 0.0).astype(np.float64)
+    unknown = ~known
     if not unknown.any() or not known.any():
         return out.astype(np.float32)
     h, w = unknown.shape
@@ -115,11 +90,12 @@ def membrane_fill(depth: np.ndarray, known: np.ndarray, tol: float = 1e-9, max_i
     # Index of every pixel in the unknown vector; known pixels and the outside point at a zero slot (m).
     slot = np.full((h + 2, w + 2), m, np.int64)
     slot[ys + 1, xs + 1] = np.arange(m)
-    nb_idx = np.stack([slot[ys + 1 + dy, xs + 1 + dx] for dy, dx in _STEPS])
-    diag = _neighbour_count(h, w)[ys, xs] + ANCHOR_WEIGHT
+    nb_idx = np.stack([slot[ys + 1 + dy, xs + 1 + dx] for dy, dx in ((1, 0), (-1, 0), (0, 1), (0, -1))])
+    n_in = ((ys > 0).astype(np.float64) + (ys < h - 1) + (xs > 0) + (xs < w - 1))
+    diag = n_in + ANCHOR_WEIGHT
     # Known neighbours' depth: the right-hand side.
     pad = np.pad(out, 1)
-    b = sum(pad[ys + 1 + dy, xs + 1 + dx] for dy, dx in _STEPS)
+    b = sum(pad[ys + 1 + dy, xs + 1 + dx] for dy, dx in ((1, 0), (-1, 0), (0, 1), (0, -1)))
     b = b + ANCHOR_WEIGHT * float(out[known].mean())
     buf = np.zeros(m + 1)
 
@@ -132,28 +108,21 @@ def membrane_fill(depth: np.ndarray, known: np.ndarray, tol: float = 1e-9, max_i
     x = _coarse_start(out, known, tol, max_iter)[ys, xs] if m > COARSE_FROM_PX else \
         cv2.inpaint((out / scale).astype(np.float32), unknown.astype(np.uint8), INPAINT_RADIUS_PX,
                     cv2.INPAINT_TELEA).astype(np.float64)[ys, xs] * scale
-    out[ys, xs] = _conjugate_gradients(apply, b, x, tol * scale, max_iter)
-    return out.astype(np.float32)
-
-
-def _conjugate_gradients(apply: Callable[[np.ndarray], np.ndarray], b: np.ndarray, x: np.ndarray, tol: float,
-                         max_iter: int) -> np.ndarray:
-    """x with `apply(x)` = b (a symmetric positive definite operator), iterated from the start `x` until the
-    residual's norm is at most `tol` or `max_iter` steps."""
     r = b - apply(x)
     p = r.copy()
     rr = float(r @ r)
     for _ in range(max_iter):
-        if rr <= tol ** 2:
+        if rr <= (tol * scale) ** 2:
             break
         ap = apply(p)
         a = rr / float(p @ ap)
-        x = x + a * p
+        x += a * p
         r -= a * ap
         rr_new = float(r @ r)
         p = r + (rr_new / rr) * p
         rr = rr_new
-    return x
+    out[ys, xs] = x
+    return out.astype(np.float32)
 
 
 def _coarse_start(values: np.ndarray, known: np.ndarray, tol: float, max_iter: int) -> np.ndarray:
@@ -170,82 +139,13 @@ def _coarse_start(values: np.ndarray, known: np.ndarray, tol: float, max_iter: i
     return cv2.resize(coarse, (w, h), interpolation=cv2.INTER_LINEAR).astype(np.float64)
 
 
-def thin_plate_fill(values: np.ndarray, known: np.ndarray, start: np.ndarray, tol: float = 1e-9,
-                    max_iter: int = 4000) -> np.ndarray:
-    """`values` [H,W] with every pixel outside `known` replaced by the thin-plate interpolation of the known pixels:
-    the least squared Laplacian over the image (the same 4-neighbour Laplacian and border as `membrane_fill`), exact
-    on planes and, unlike the membrane, continuing the slopes the known pixels have at the hole's border. Solved by
-    conjugate gradients from `start` (the membrane fill: its smooth, wide modes are close) to `tol` relative to the
-    known values' scale, on the unknown pixels and their neighbours only."""
-    out, known, unknown = _known_values(values, known)
-    if not unknown.any() or not known.any():
-        return out.astype(np.float32)
-    h, w = unknown.shape
-    count = _neighbour_count(h, w)
-    near = np.pad(unknown, 1)                  # the pixels whose Laplacian involves an unknown pixel
-    near = (near[1:-1, 1:-1] | near[2:, 1:-1] | near[:-2, 1:-1] | near[1:-1, 2:] | near[1:-1, :-2])
-    uy, ux = np.nonzero(unknown)
-    ny, nx = np.nonzero(near)
-    m, k = uy.size, ny.size
-    # Slots in the unknown vector and in the `near` vector; other pixels and the outside point at a zero slot.
-    slot_u = np.full((h + 2, w + 2), m, np.int64)
-    slot_u[uy + 1, ux + 1] = np.arange(m)
-    slot_n = np.full((h + 2, w + 2), k, np.int64)
-    slot_n[ny + 1, nx + 1] = np.arange(k)
-    near_nb = np.stack([slot_u[ny + 1 + dy, nx + 1 + dx] for dy, dx in _STEPS])
-    near_self, near_count = slot_u[ny + 1, nx + 1], count[ny, nx]
-    unknown_nb = np.stack([slot_n[uy + 1 + dy, ux + 1 + dx] for dy, dx in _STEPS])
-    unknown_self, unknown_count = slot_n[uy + 1, ux + 1], count[uy, ux]
-    buf_u, buf_n = np.zeros(m + 1), np.zeros(k + 1)
-
-    def laplacian_near(x: np.ndarray) -> np.ndarray:      # L x on `near`, x on the unknowns (0 elsewhere)
-        buf_u[:m] = x
-        g = buf_u[near_nb]
-        return g[0] + g[1] + g[2] + g[3] - near_count * buf_u[near_self]
-
-    def laplacian_unknown(y: np.ndarray) -> np.ndarray:   # L y on the unknowns, y on `near` (0 elsewhere)
-        buf_n[:k] = y
-        g = buf_n[unknown_nb]
-        return g[0] + g[1] + g[2] + g[3] - unknown_count * buf_n[unknown_self]
-
-    def apply(x: np.ndarray) -> np.ndarray:               # L L x on the unknowns (L is symmetric)
-        return laplacian_unknown(laplacian_near(x)) + ANCHOR_WEIGHT * x
-
-    b = -laplacian_unknown(_laplacian(out, count)[ny, nx]) + ANCHOR_WEIGHT * float(out[known].mean())
-    scale = float(np.abs(out[known]).max()) or 1.0
-    out[uy, ux] = _conjugate_gradients(apply, b, start[uy, ux].astype(np.float64), tol * scale, max_iter)
-    return out.astype(np.float32)
-
-
-def membrane_inpaint(rgb: np.ndarray, hole: np.ndarray, rounded: bool = True) -> np.ndarray:
-    """The `hole` pixels of an RGB image filled per channel with the harmonic interpolation of the pixels around
-    them (`membrane_fill` to `COLOUR_TOL`): uint8 when `rounded`, else float32 [H,W,C]."""
-    out = np.stack([membrane_fill(rgb[..., c].astype(np.float32), ~hole, COLOUR_TOL) for c in range(rgb.shape[2])],
-                   -1)
-    return np.clip(out + 0.5, 0, 255).astype(np.uint8) if rounded else out
-
-
 def inpaint(rgb: np.ndarray, hole: np.ndarray) -> np.ndarray:
-    """The `hole` pixels of a uint8 RGB image filled per channel from the pixels around them: the harmonic
-    interpolation (`membrane_fill` to `COLOUR_TOL`) plus half of what the thin plate (`thin_plate_fill`) changes
-    in the image's base, the image without its thin dark structures (a grey closing of `VESSEL_PX`). The change
-    is smooth: it is solved at half the resolution (a fourth of the time; within 0.15 dB on the synthetic scenes)."""
+    """The `hole` pixels of a uint8 RGB image filled per channel with the harmonic interpolation of the pixels
+    around them (`membrane_fill` to `COLOUR_TOL`)."""
     out = rgb.copy()
-    if not hole.any():
-        return out
-    known = ~hole
-    h, w = hole.shape
-    half = (-(-w // 2), -(-h // 2))
-    known_half = cv2.resize(known.astype(np.float32), half, interpolation=cv2.INTER_AREA) > 0.999
-    element = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (VESSEL_PX, VESSEL_PX))
-    membrane = membrane_inpaint(rgb, hole, rounded=False)
-    for c in range(rgb.shape[2]):
-        base = cv2.resize(cv2.morphologyEx(membrane[..., c], cv2.MORPH_CLOSE, element), half,
-                          interpolation=cv2.INTER_AREA)
-        base_membrane = membrane_fill(base, known_half, COLOUR_TOL)
-        change = thin_plate_fill(base, known_half, base_membrane, COLOUR_TOL) - base_membrane
-        filled = membrane[..., c] + 0.5 * cv2.resize(change, (w, h), interpolation=cv2.INTER_LINEAR)
-        out[..., c] = np.where(hole, np.clip(filled + 0.5, 0, 255), rgb[..., c])
+    if hole.any():
+        for c in range(rgb.shape[2]):
+            out[..., c] = np.clip(membrane_fill(rgb[..., c].astype(np.float32), ~hole, COLOUR_TOL) + 0.5, 0, 255)
     return out
 
 
@@ -273,7 +173,7 @@ def hidden_seeds(kf: Keyframe, observed: tuple[torch.Tensor, torch.Tensor, torch
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Completion of the instrument pixels of `kf` from the observed Gaussians' render (`observed`: rgb in their
     remembered colours, depth, alpha at the keyframe) and the whole model's alpha `alpha_all`; `fill(rgb, hole)`
-    guesses the colours of the tissue never seen (`inpaint`, the smooth fill, or a user's learned inpainter,
+    guesses the colours of the tissue never seen (`inpaint`, the harmonic fill, or a user's learned inpainter,
     recon.inpaint_model).
 
     Returns camera-frame points [M,3] and colours [M,3] (the frame's: 0..1, above 1 where the fall-off is
@@ -409,19 +309,17 @@ def remembered_inferred(model: GaussianModel, kf: Keyframe, observed_alpha: torc
 
 
 def smooth_fill(img: np.ndarray, hole: np.ndarray) -> np.ndarray:
-    """`membrane_inpaint` of a field that is smooth by nature (the light's difference between the live image and
-    the model; the membrane, which stays within the values around the hole: `inpaint`'s continued slopes cost the
-    remembered tissue 0.4-0.9 dB when they moved it to the live light), solved at most `SMOOTH_FILL_WIDTH` pixels
-    wide and upsampled into the hole: it runs on every published view at the camera's resolution (640x512 with a
-    tenth under the instruments: 0.04 s, 0.19 s at full width)."""
+    """`inpaint` of a field that is smooth by nature (the light's difference between the live image and the
+    model), solved at most `SMOOTH_FILL_WIDTH` pixels wide and upsampled into the hole: it runs on every published
+    view at the camera's resolution (640x512 with a tenth under the instruments: 0.04 s, 0.19 s at full width)."""
     h, w = hole.shape
     f = -(-w // SMOOTH_FILL_WIDTH)
     if f <= 1 or not hole.any():
-        return membrane_inpaint(img, hole)
+        return inpaint(img, hole)
     size = (-(-w // f), -(-h // f))
     small = cv2.resize(img, size, interpolation=cv2.INTER_AREA)
     small_hole = cv2.resize(hole.astype(np.uint8), size, interpolation=cv2.INTER_AREA) > 0  # any pixel of the hole
-    filled = cv2.resize(membrane_inpaint(small, small_hole), (w, h), interpolation=cv2.INTER_LINEAR)
+    filled = cv2.resize(inpaint(small, small_hole), (w, h), interpolation=cv2.INTER_LINEAR)
     return np.where(hole[..., None], filled, img)
 
 

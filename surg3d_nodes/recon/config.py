@@ -136,8 +136,8 @@ class TrainerConfig:
     complete_margin_px: int = param(2, "px, instrument masks are widened by this for completion and for "
                                        "replacing inferred Gaussians by observed tissue", low=0, high=64)
     inpaint_model: str = param("", "ONNX inpainting model (LaMa's interface, recon.inpaint_model) for the colour of "
-                                   "tissue never seen; empty: the smooth fill (membrane and thin plate). A model "
-                                   "that does not load is reported and the smooth fill used")
+                                   "tissue never seen; empty: the harmonic fill. A model that does not load is "
+                                   "reported and the harmonic fill used")
     inpaint_model_output: str = param("unit", "the inpainting model's output range: unit (0..1) or byte (0..255)",
                                       choices=INPAINT_OUTPUT_RANGES)
     add_check_every: int = param(100, "online: iterations between re-checks of the newest frame for "

@@ -1,10 +1,10 @@
 """A user-supplied learned inpainter (ONNX) for the colour of tissue no camera has shown (`inpaint_model`), in
-place of the smooth fill (recon.completion.inpaint), which is the default: no weights ship with surg3d.
+place of the harmonic fill (recon.completion.inpaint), which is the default: no weights ship with surg3d.
 
 A fill from the hole's border alone cannot hold texture the border does not show (synthetic seed 11: the membrane
 fill of the *true* border scores 21.46 dB on the never-seen pixels, under Telea + 1; README, Occluded tissue); a
 learned inpainter trained on surgical images brings such a prior. Its guesses are seeded and marked `inferred` as the
-smooth fill's are: nothing about a learned fill makes it an observation.
+harmonic fill's are: nothing about a learned fill makes it an observation.
 
 The interface is that of LaMa's ONNX exports: two inputs, an RGB image [1,3,H,W] float32 in 0..1 with the hole's
 pixels set to 0, and a mask [1,1,H,W] float32 (1 = to fill), told apart by their channel count; the first output is

@@ -442,7 +442,7 @@ class Reconstructor:
         self.regions: tuple[Region, ...] = ()        # the operator's regions of interest (replaced whole)
         self.falloff()                                # a malformed setting fails here, not at the first frame
         # The colours of the tissue never seen: a user's learned inpainter (InpaintModelError here, named), else the
-        # smooth fill.
+        # harmonic fill.
         self.fill_unseen: Callable[[np.ndarray, np.ndarray], np.ndarray] = (
             OnnxInpainter(c.inpaint_model, c.inpaint_model_output) if c.inpaint_model else inpaint)
 

@@ -83,7 +83,7 @@ class TrainerNode(SurgNode):
         try:
             self.trainer = OnlineTrainer(self.cfg)
         except InpaintModelError as e:     # the node runs on with the classical fill; the heartbeat counts it
-            self.get_logger().error(f"{e}; the tissue never seen gets the smooth fill instead")
+            self.get_logger().error(f"{e}; the tissue never seen is filled harmonically instead")
             self.cfg.inpaint_model = ""
             self.count("inpaint_model_fallback")
             self.trainer = OnlineTrainer(self.cfg)
